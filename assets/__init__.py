@@ -1,0 +1,23 @@
+"""shopseq's software-defined assets, one module per pipeline stage."""
+
+import warnings
+
+from dagster import BetaWarning
+
+# Single-run backfill policies are a deliberate choice (see assets/partitions.py).
+warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=BetaWarning)
+
+from assets.cleaned_events import cleaned_events
+from assets.features import item_features, ranking_candidates, user_features
+from assets.models import next_action_model, next_action_training_set, next_item_ranker, ranker_training_set
+from assets.promotion import champion_promotion
+from assets.raw_events import raw_events
+from assets.recommendations import next_action_predictions, recommendations
+from assets.sequences import sessions, user_sequences
+
+DAILY_ASSETS = [
+    raw_events, cleaned_events, sessions, user_sequences, user_features, item_features, ranking_candidates,
+]
+TRAINING_ASSETS = [next_action_training_set, ranker_training_set, next_action_model, next_item_ranker, champion_promotion]
+SERVING_ASSETS = [recommendations, next_action_predictions]
+ALL_ASSETS = [*DAILY_ASSETS, *TRAINING_ASSETS, *SERVING_ASSETS]

@@ -1,0 +1,46 @@
+"""Cleaning: raw_events -> cleaned_events (deduplicated, sessions filled, bots flagged)."""
+
+import time
+
+from dagster import AssetCheckSpec, AssetExecutionContext, Config, MaterializeResult, asset
+
+from assets.common import frame_for_checks, markdown_preview, per_day_table
+from assets.logic.events import clean_day
+from assets.partitions import WAREHOUSE_POOL, daily_backfill_policy, daily_partitions, partition_days
+from assets.raw_events import raw_events
+from expectations import validate
+from resources import Warehouse
+
+
+class CleaningConfig(Config):
+    bot_events_per_day: int = 2000
+    """Users with more events than this in a day are flagged ``is_bot``."""
+
+
+@asset(
+    deps=[raw_events],
+    partitions_def=daily_partitions,
+    backfill_policy=daily_backfill_policy,
+    group_name="cleaning",
+    kinds={"duckdb"},
+    owners=["team:data-platform"],
+    pool=WAREHOUSE_POOL,
+    check_specs=[AssetCheckSpec("cleaned_events_suite", asset="cleaned_events", blocking=True)],
+)
+def cleaned_events(context: AssetExecutionContext, config: CleaningConfig, warehouse: Warehouse) -> MaterializeResult:
+    """One row per event_id of each day, with sessions derived where the source had none
+    and heavy users flagged as bots (kept, not dropped)."""
+    started = time.perf_counter()
+    days = partition_days(context)
+    with warehouse.connect() as conn:
+        per_day = {day: clean_day(conn, day, config.bot_events_per_day) for day in days}
+        frame, sampled = frame_for_checks(conn, "cleaned_events", "event_time", days)
+    return MaterializeResult(
+        metadata={
+            "dagster/row_count": sum(c["cleaned"] for c in per_day.values()),
+            "per_day": per_day_table(per_day),
+            "preview": markdown_preview(frame),
+            "seconds": round(time.perf_counter() - started, 2),
+        },
+        check_results=[validate(frame, "cleaned_events", "cleaned_events_suite", extra_metadata={"sampled": sampled})],
+    )

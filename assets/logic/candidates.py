@@ -1,0 +1,203 @@
+"""Next-item candidates as of the end of a day, with the features the ranker reads.
+
+Sources, each point-in-time (events before the cut-off only):
+
+* ``recent``: the user's own items of the last 28 days, scored by event type and
+  recency (``sum(weight(type) * exp(-age_hours / 48))``); repeat behaviour is strong;
+* ``covis``: items co-visited in the same session as the user's 10 strongest recent
+  items over the last 7 days, weighted by what happened to the second item;
+* ``category``: the most popular items of yesterday in the user's two strongest categories;
+* ``popular``: the most popular items of yesterday (the fallback for everyone).
+
+Candidates are built for users with an event in the last ``CANDIDATE_USER_DAYS`` days.
+"""
+
+import datetime as dt
+
+import duckdb
+
+from assets.logic.features import HISTORY_DAYS, ITEM_FEATURE_COLUMNS, type_weight_sql
+from assets.logic.warehouse_sql import day_bounds, ensure_table, replace_window
+
+CANDIDATE_USER_DAYS = 7
+RECENT_PER_USER = 30
+COVIS_PER_USER = 30
+COVIS_NEIGHBOURS = 20
+COVIS_DAYS = 7
+CATEGORY_ITEMS = 10
+POPULAR_ITEMS = 30
+RECENCY_HOURS = 48.0
+SOURCES = ("recent", "covis", "category", "popular")
+
+RANKER_FEATURES = [
+    "recent_score",
+    "recent_rank",
+    "covis_score",
+    "covis_rank",
+    "category_rank",
+    "popular_rank",
+    "in_recent",
+    "in_covis",
+    "in_category",
+    "in_popular",
+    "ui_views",
+    "ui_carts",
+    "ui_purchases",
+    "ui_favs",
+    "ui_hours_since_touch",
+    "ui_touched_last_day",
+    "category_affinity",
+    "user_events_7d",
+    "user_hours_since_last_event",
+    *ITEM_FEATURE_COLUMNS,
+]
+
+_CANDIDATES_SQL = f"""
+WITH h AS (
+    SELECT user_id, item_id, category_id, event_type, event_time, session_id
+    FROM cleaned_events
+    WHERE event_time >= $cutoff - INTERVAL {HISTORY_DAYS} DAY AND event_time < $cutoff
+      AND NOT is_bot AND item_id IS NOT NULL
+),
+users AS (
+    SELECT DISTINCT user_id FROM h WHERE event_time >= $cutoff - INTERVAL {CANDIDATE_USER_DAYS} DAY
+),
+ui AS (
+    SELECT h.user_id, item_id,
+           sum({type_weight_sql()} * exp(-date_diff('second', event_time, $cutoff) / 3600.0 / {RECENCY_HOURS})) AS recent_score,
+           count(*) FILTER (WHERE event_type = 'view') AS ui_views,
+           count(*) FILTER (WHERE event_type = 'add_to_cart') AS ui_carts,
+           count(*) FILTER (WHERE event_type = 'purchase') AS ui_purchases,
+           count(*) FILTER (WHERE event_type = 'favorite') AS ui_favs,
+           date_diff('second', max(event_time), $cutoff) / 3600.0 AS ui_hours_since_touch
+    FROM h JOIN users USING (user_id)
+    GROUP BY h.user_id, item_id
+),
+recent AS (
+    SELECT user_id, item_id, recent_score,
+           row_number() OVER (PARTITION BY user_id ORDER BY recent_score DESC, item_id) AS recent_rank
+    FROM ui WHERE recent_score > 0
+    QUALIFY recent_rank <= {RECENT_PER_USER}
+),
+session_items AS (
+    SELECT session_id, item_id, max({type_weight_sql()}) AS weight, max(event_time) AS last_time
+    FROM h WHERE event_time >= $cutoff - INTERVAL {COVIS_DAYS} DAY
+    GROUP BY session_id, item_id
+    QUALIFY row_number() OVER (PARTITION BY session_id ORDER BY last_time DESC, item_id) <= 30
+),
+covis_pairs AS (
+    SELECT a.item_id AS item_a, b.item_id AS item_b, sum(greatest(b.weight, 1.0)) AS pair_weight
+    FROM session_items a JOIN session_items b ON a.session_id = b.session_id AND a.item_id <> b.item_id
+    GROUP BY a.item_id, b.item_id
+    QUALIFY row_number() OVER (PARTITION BY a.item_id ORDER BY pair_weight DESC, b.item_id) <= {COVIS_NEIGHBOURS}
+),
+seeds AS (
+    SELECT user_id, item_id, recent_score / max(recent_score) OVER (PARTITION BY user_id) AS seed_weight
+    FROM recent WHERE recent_rank <= 10
+),
+covis AS (
+    SELECT s.user_id, p.item_b AS item_id, sum(s.seed_weight * p.pair_weight) AS covis_score,
+           row_number() OVER (PARTITION BY s.user_id ORDER BY sum(s.seed_weight * p.pair_weight) DESC, p.item_b) AS covis_rank
+    FROM seeds s JOIN covis_pairs p ON p.item_a = s.item_id
+    GROUP BY s.user_id, p.item_b
+    QUALIFY covis_rank <= {COVIS_PER_USER}
+),
+user_categories AS (
+    SELECT h.user_id, category_id, sum(greatest({type_weight_sql()}, 0)) AS weight,
+           sum(sum(greatest({type_weight_sql()}, 0))) OVER (PARTITION BY h.user_id) AS total
+    FROM h JOIN users USING (user_id)
+    WHERE category_id IS NOT NULL
+    GROUP BY h.user_id, category_id
+),
+top_categories AS (
+    SELECT user_id, category_id FROM user_categories
+    QUALIFY row_number() OVER (PARTITION BY user_id ORDER BY weight DESC, category_id) <= 2
+),
+item_now AS (
+    SELECT * FROM item_features WHERE as_of_date = $as_of_date
+),
+category_top AS (
+    SELECT category_id, item_id,
+           row_number() OVER (PARTITION BY category_id ORDER BY item_score_1d DESC NULLS LAST, item_views_7d DESC, item_id) AS category_rank
+    FROM item_now WHERE category_id IS NOT NULL
+    QUALIFY category_rank <= {CATEGORY_ITEMS}
+),
+category AS (
+    SELECT t.user_id, c.item_id, c.category_rank FROM top_categories t JOIN category_top c USING (category_id)
+),
+popular AS (
+    SELECT item_id, row_number() OVER (ORDER BY item_score_1d DESC NULLS LAST, item_views_7d DESC, item_id) AS popular_rank
+    FROM item_now
+    QUALIFY popular_rank <= {POPULAR_ITEMS}
+),
+pairs AS (
+    SELECT user_id, item_id FROM recent
+    UNION SELECT user_id, item_id FROM covis
+    UNION SELECT user_id, item_id FROM category
+    UNION SELECT u.user_id, p.item_id FROM users u CROSS JOIN popular p
+)
+SELECT CAST($as_of_date AS DATE) AS as_of_date, CAST($cutoff AS TIMESTAMP) AS cutoff, p.user_id, p.item_id,
+       i.category_id,
+       CASE WHEN r.item_id IS NOT NULL THEN 'recent' WHEN c.item_id IS NOT NULL THEN 'covis'
+            WHEN k.item_id IS NOT NULL THEN 'category' ELSE 'popular' END AS source,
+       coalesce(r.recent_score, 0) AS recent_score, coalesce(r.recent_rank, 999) AS recent_rank,
+       coalesce(c.covis_score, 0) AS covis_score, coalesce(c.covis_rank, 999) AS covis_rank,
+       coalesce(k.category_rank, 999) AS category_rank, coalesce(pop.popular_rank, 999) AS popular_rank,
+       CAST(r.item_id IS NOT NULL AS INTEGER) AS in_recent, CAST(c.item_id IS NOT NULL AS INTEGER) AS in_covis,
+       CAST(k.item_id IS NOT NULL AS INTEGER) AS in_category, CAST(pop.item_id IS NOT NULL AS INTEGER) AS in_popular,
+       coalesce(ui.ui_views, 0) AS ui_views, coalesce(ui.ui_carts, 0) AS ui_carts,
+       coalesce(ui.ui_purchases, 0) AS ui_purchases, coalesce(ui.ui_favs, 0) AS ui_favs,
+       ui.ui_hours_since_touch, CAST(coalesce(ui.ui_hours_since_touch < 24, false) AS INTEGER) AS ui_touched_last_day,
+       coalesce(uc.weight / nullif(uc.total, 0), 0) AS category_affinity,
+       uf.events_7d AS user_events_7d, uf.hours_since_last_event AS user_hours_since_last_event,
+       {", ".join(f"i.{c}" for c in ITEM_FEATURE_COLUMNS)}
+FROM pairs p
+LEFT JOIN recent r USING (user_id, item_id)
+LEFT JOIN (SELECT DISTINCT ON (user_id, item_id) * FROM covis) c USING (user_id, item_id)
+LEFT JOIN (SELECT user_id, item_id, min(category_rank) AS category_rank FROM category GROUP BY ALL) k USING (user_id, item_id)
+LEFT JOIN popular pop ON pop.item_id = p.item_id
+LEFT JOIN ui USING (user_id, item_id)
+LEFT JOIN item_now i ON i.item_id = p.item_id
+LEFT JOIN user_categories uc ON uc.user_id = p.user_id AND uc.category_id = i.category_id
+LEFT JOIN (SELECT * FROM user_features WHERE as_of_date = $as_of_date) uf ON uf.user_id = p.user_id
+"""
+
+
+def _candidates_table_sql() -> str:
+    numeric = ", ".join(f"{c} DOUBLE" for c in RANKER_FEATURES)
+    return (
+        "(as_of_date DATE NOT NULL, cutoff TIMESTAMP NOT NULL, user_id VARCHAR NOT NULL, item_id VARCHAR NOT NULL, "
+        f"category_id VARCHAR, source VARCHAR NOT NULL, {numeric})"
+    )
+
+
+def build_candidates_day(conn: duckdb.DuckDBPyConnection, day: dt.date) -> int:
+    """Replace the candidates as of the end of ``day`` (needs that day's item and user features)."""
+    start, cutoff = day_bounds(day)
+    ensure_table(conn, "ranking_candidates", _candidates_table_sql())
+    return replace_window(
+        conn, "ranking_candidates", "as_of_date", start, cutoff, _CANDIDATES_SQL, {"cutoff": cutoff, "as_of_date": day}
+    )
+
+
+def candidate_recall(conn: duckdb.DuckDBPyConnection, day: dt.date) -> dict[str, float]:
+    """Share of next-day (user, item) targets each source, and their union, contains."""
+    _, cutoff = day_bounds(day)
+    rows = conn.execute(
+        f"""
+        WITH targets AS (
+            SELECT DISTINCT user_id, item_id FROM cleaned_events
+            WHERE event_time >= $cutoff AND event_time < $cutoff + INTERVAL 1 DAY AND NOT is_bot AND item_id IS NOT NULL
+              AND user_id IN (SELECT user_id FROM ranking_candidates WHERE as_of_date = $day)
+        )
+        SELECT count(*) AS targets,
+               {", ".join(f"count(c.item_id) FILTER (WHERE c.in_{s} = 1) AS {s}" for s in SOURCES)},
+               count(c.item_id) AS union_all
+        FROM targets t LEFT JOIN ranking_candidates c
+          ON c.as_of_date = $day AND c.user_id = t.user_id AND c.item_id = t.item_id
+        """,
+        {"cutoff": cutoff, "day": day},
+    ).fetchone()
+    total = rows[0]
+    names = [*SOURCES, "union"]
+    return {name: (rows[i + 1] / total if total else float("nan")) for i, name in enumerate(names)}

@@ -1,0 +1,156 @@
+"""Point-in-time user and item features, as of the end of a day.
+
+Every feature of ``as_of_date = D`` reads only cleaned events with
+``event_time < D + 1 day`` (the cut-off) and within ``HISTORY_DAYS`` before it;
+bots are excluded. Rows carry the cut-off so that the leakage check can prove it.
+"""
+
+import datetime as dt
+
+import duckdb
+
+from assets.logic.warehouse_sql import day_bounds, ensure_table, replace_window
+
+HISTORY_DAYS = 28
+WINDOWS = (1, 3, 7, 28)
+COUNTED_TYPES = {
+    "view": "views",
+    "add_to_cart": "carts",
+    "purchase": "purchases",
+    "favorite": "favs",
+    "search": "searches",
+}
+# Weights of event types when a user's interest in an item or a category is summed.
+TYPE_WEIGHTS = {"view": 1.0, "search": 0.0, "favorite": 2.0, "add_to_cart": 4.0, "remove_from_cart": -1.0, "purchase": 3.0}
+
+
+def _windowed_counts() -> str:
+    cols = []
+    for days in WINDOWS:
+        cols.append(f"count(*) FILTER (WHERE event_time >= $cutoff - INTERVAL {days} DAY) AS events_{days}d")
+        for etype, short in COUNTED_TYPES.items():
+            cols.append(
+                f"count(*) FILTER (WHERE event_type = '{etype}' AND event_time >= $cutoff - INTERVAL {days} DAY)"
+                f" AS {short}_{days}d"
+            )
+    return ",\n       ".join(cols)
+
+
+def type_weight_sql(column: str = "event_type") -> str:
+    cases = " ".join(f"WHEN '{k}' THEN {v}" for k, v in TYPE_WEIGHTS.items())
+    return f"(CASE {column} {cases} ELSE 0 END)"
+
+
+USER_FEATURE_COLUMNS = (
+    [f"events_{d}d" for d in WINDOWS]
+    + [f"{short}_{d}d" for d in WINDOWS for short in COUNTED_TYPES.values()]
+    + [
+        "hours_since_last_event",
+        "hours_since_last_cart",
+        "hours_since_last_purchase",
+        "hours_since_first_event",
+        "sessions_7d",
+        "active_days_7d",
+        "items_7d",
+        "categories_7d",
+        "cart_rate_28d",
+        "purchase_per_cart_28d",
+        "repeat_item_ratio_7d",
+        "last_event_is_cart",
+        "last_event_is_purchase",
+        "mean_price_7d",
+        "trend_events_1d_vs_7d",
+    ]
+)
+
+_USER_FEATURES_SQL = f"""
+WITH h AS (
+    SELECT * FROM cleaned_events
+    WHERE event_time >= $cutoff - INTERVAL {HISTORY_DAYS} DAY AND event_time < $cutoff AND NOT is_bot
+)
+SELECT CAST($as_of_date AS DATE) AS as_of_date, CAST($cutoff AS TIMESTAMP) AS cutoff, user_id,
+       {_windowed_counts()},
+       date_diff('second', max(event_time), $cutoff) / 3600.0 AS hours_since_last_event,
+       date_diff('second', max(event_time) FILTER (WHERE event_type = 'add_to_cart'), $cutoff) / 3600.0 AS hours_since_last_cart,
+       date_diff('second', max(event_time) FILTER (WHERE event_type = 'purchase'), $cutoff) / 3600.0 AS hours_since_last_purchase,
+       date_diff('second', min(event_time), $cutoff) / 3600.0 AS hours_since_first_event,
+       count(DISTINCT session_id) FILTER (WHERE event_time >= $cutoff - INTERVAL 7 DAY) AS sessions_7d,
+       count(DISTINCT CAST(event_time AS DATE)) FILTER (WHERE event_time >= $cutoff - INTERVAL 7 DAY) AS active_days_7d,
+       count(DISTINCT item_id) FILTER (WHERE event_time >= $cutoff - INTERVAL 7 DAY) AS items_7d,
+       count(DISTINCT category_id) FILTER (WHERE event_time >= $cutoff - INTERVAL 7 DAY) AS categories_7d,
+       (count(*) FILTER (WHERE event_type = 'add_to_cart') + 1.0) / (count(*) FILTER (WHERE event_type = 'view') + 10.0) AS cart_rate_28d,
+       (count(*) FILTER (WHERE event_type = 'purchase') + 0.5) / (count(*) FILTER (WHERE event_type = 'add_to_cart') + 2.0) AS purchase_per_cart_28d,
+       1.0 - count(DISTINCT item_id) FILTER (WHERE event_time >= $cutoff - INTERVAL 7 DAY)
+             / greatest(count(item_id) FILTER (WHERE event_time >= $cutoff - INTERVAL 7 DAY), 1) AS repeat_item_ratio_7d,
+       CAST(arg_max(event_type, event_time) = 'add_to_cart' AS INTEGER) AS last_event_is_cart,
+       CAST(arg_max(event_type, event_time) = 'purchase' AS INTEGER) AS last_event_is_purchase,
+       avg(price) FILTER (WHERE event_time >= $cutoff - INTERVAL 7 DAY) AS mean_price_7d,
+       (count(*) FILTER (WHERE event_time >= $cutoff - INTERVAL 1 DAY) + 1.0)
+         / (count(*) FILTER (WHERE event_time >= $cutoff - INTERVAL 7 DAY) / 7.0 + 1.0) AS trend_events_1d_vs_7d,
+       max(event_time) AS last_event_time
+FROM h
+GROUP BY user_id
+"""
+
+ITEM_FEATURE_COLUMNS = [
+    "item_views_1d",
+    "item_carts_1d",
+    "item_purchases_1d",
+    "item_views_7d",
+    "item_carts_7d",
+    "item_purchases_7d",
+    "item_users_7d",
+    "item_conversion_7d",
+    "item_trend_1d_vs_7d",
+    "item_hours_since_first_seen",
+]
+
+_ITEM_FEATURES_SQL = f"""
+WITH h AS (
+    SELECT * FROM cleaned_events
+    WHERE event_time >= $cutoff - INTERVAL {HISTORY_DAYS} DAY AND event_time < $cutoff
+      AND NOT is_bot AND item_id IS NOT NULL
+)
+SELECT CAST($as_of_date AS DATE) AS as_of_date, CAST($cutoff AS TIMESTAMP) AS cutoff, item_id,
+       any_value(category_id ORDER BY event_time DESC) AS category_id,
+       count(*) FILTER (WHERE event_type = 'view' AND event_time >= $cutoff - INTERVAL 1 DAY) AS item_views_1d,
+       count(*) FILTER (WHERE event_type = 'add_to_cart' AND event_time >= $cutoff - INTERVAL 1 DAY) AS item_carts_1d,
+       count(*) FILTER (WHERE event_type = 'purchase' AND event_time >= $cutoff - INTERVAL 1 DAY) AS item_purchases_1d,
+       count(*) FILTER (WHERE event_type = 'view' AND event_time >= $cutoff - INTERVAL 7 DAY) AS item_views_7d,
+       count(*) FILTER (WHERE event_type = 'add_to_cart' AND event_time >= $cutoff - INTERVAL 7 DAY) AS item_carts_7d,
+       count(*) FILTER (WHERE event_type = 'purchase' AND event_time >= $cutoff - INTERVAL 7 DAY) AS item_purchases_7d,
+       count(DISTINCT user_id) FILTER (WHERE event_time >= $cutoff - INTERVAL 7 DAY) AS item_users_7d,
+       (count(*) FILTER (WHERE event_type = 'purchase' AND event_time >= $cutoff - INTERVAL 7 DAY) + 0.1)
+         / (count(*) FILTER (WHERE event_type = 'view' AND event_time >= $cutoff - INTERVAL 7 DAY) + 10.0) AS item_conversion_7d,
+       (count(*) FILTER (WHERE event_time >= $cutoff - INTERVAL 1 DAY) + 1.0)
+         / (count(*) FILTER (WHERE event_time >= $cutoff - INTERVAL 7 DAY) / 7.0 + 1.0) AS item_trend_1d_vs_7d,
+       date_diff('second', min(event_time), $cutoff) / 3600.0 AS item_hours_since_first_seen,
+       sum({type_weight_sql()}) FILTER (WHERE event_time >= $cutoff - INTERVAL 1 DAY) AS item_score_1d,
+       max(event_time) AS last_event_time
+FROM h
+GROUP BY item_id
+"""
+
+
+def _feature_table_sql(columns: list[str], key: str) -> str:
+    body = ", ".join(f"{c} DOUBLE" for c in columns)
+    extra = ", category_id VARCHAR, item_score_1d DOUBLE" if key == "item_id" else ""
+    return f"(as_of_date DATE NOT NULL, cutoff TIMESTAMP NOT NULL, {key} VARCHAR NOT NULL, {body}{extra}, last_event_time TIMESTAMP)"
+
+
+def build_user_features_day(conn: duckdb.DuckDBPyConnection, day: dt.date) -> int:
+    """Replace the user features as of the end of ``day``; returns rows."""
+    start, cutoff = day_bounds(day)
+    ensure_table(conn, "user_features", _feature_table_sql(USER_FEATURE_COLUMNS, "user_id"))
+    return replace_window(
+        conn, "user_features", "as_of_date", start, cutoff, _USER_FEATURES_SQL, {"cutoff": cutoff, "as_of_date": day}
+    )
+
+
+def build_item_features_day(conn: duckdb.DuckDBPyConnection, day: dt.date) -> int:
+    """Replace the item features as of the end of ``day``; returns rows."""
+    start, cutoff = day_bounds(day)
+    ensure_table(conn, "item_features", _feature_table_sql(ITEM_FEATURE_COLUMNS, "item_id"))
+    return replace_window(
+        conn, "item_features", "as_of_date", start, cutoff, _ITEM_FEATURES_SQL, {"cutoff": cutoff, "as_of_date": day}
+    )

@@ -1,0 +1,45 @@
+"""Cleaned events -> sessions and per-user daily behaviour sequences."""
+
+import datetime as dt
+
+import duckdb
+
+from assets.logic.warehouse_sql import day_bounds, ensure_table, replace_window
+
+_SESSIONS_SQL = """
+SELECT min(event_time) AS session_start, max(event_time) AS session_end, session_id, user_id,
+       count(*) AS n_events,
+       count(*) FILTER (WHERE event_type = 'view') AS n_views,
+       count(*) FILTER (WHERE event_type = 'add_to_cart') AS n_carts,
+       count(*) FILTER (WHERE event_type = 'purchase') AS n_purchases,
+       count(*) FILTER (WHERE event_type = 'search') AS n_searches,
+       count(DISTINCT item_id) AS n_items,
+       date_diff('millisecond', min(event_time), max(event_time)) / 1000.0 AS duration_s,
+       bool_or(event_type = 'purchase') AS converted
+FROM cleaned_events
+WHERE event_time >= $start AND event_time < $end AND NOT is_bot
+GROUP BY session_id, user_id
+"""
+
+_SEQUENCES_SQL = """
+SELECT CAST($start AS DATE) AS day, user_id, count(*) AS n_events, count(DISTINCT session_id) AS n_sessions,
+       list(coalesce(item_id, '') ORDER BY event_time, event_id) AS items,
+       list(event_type ORDER BY event_time, event_id) AS event_types
+FROM cleaned_events
+WHERE event_time >= $start AND event_time < $end AND NOT is_bot
+GROUP BY user_id
+"""
+
+
+def build_sessions_day(conn: duckdb.DuckDBPyConnection, day: dt.date) -> int:
+    """Replace one day of sessions (keyed by their start, bots excluded); returns rows."""
+    start, end = day_bounds(day)
+    ensure_table(conn, "sessions")
+    return replace_window(conn, "sessions", "session_start", start, end, _SESSIONS_SQL, {"start": start, "end": end})
+
+
+def build_user_sequences_day(conn: duckdb.DuckDBPyConnection, day: dt.date) -> int:
+    """Replace one day of user_sequences: each user's ordered items and event types."""
+    start, end = day_bounds(day)
+    ensure_table(conn, "user_sequences")
+    return replace_window(conn, "user_sequences", "day", start, end, _SEQUENCES_SQL, {"start": start, "end": end})

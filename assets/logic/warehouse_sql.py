@@ -1,0 +1,106 @@
+"""Table definitions of the warehouse and the one idempotent way to replace a partition."""
+
+import datetime as dt
+from typing import Sequence
+
+import duckdb
+
+EVENT_COLUMNS = """
+    event_time TIMESTAMP NOT NULL,
+    user_id VARCHAR NOT NULL,
+    session_id VARCHAR,
+    event_type VARCHAR NOT NULL,
+    item_id VARCHAR,
+    category_id VARCHAR,
+    price DOUBLE,
+    query VARCHAR,
+    event_id VARCHAR NOT NULL
+"""
+
+TABLES = {
+    "raw_events": f"({EVENT_COLUMNS}, source_file VARCHAR NOT NULL, source_row BIGINT NOT NULL)",
+    "raw_events_quarantine": """(
+        partition_date DATE NOT NULL, source_file VARCHAR NOT NULL, source_row BIGINT NOT NULL,
+        reason VARCHAR NOT NULL, raw VARCHAR)""",
+    "cleaned_events": f"({EVENT_COLUMNS}, is_bot BOOLEAN NOT NULL)",
+    "sessions": """(
+        session_start TIMESTAMP NOT NULL, session_end TIMESTAMP NOT NULL, session_id VARCHAR NOT NULL,
+        user_id VARCHAR NOT NULL, n_events BIGINT, n_views BIGINT, n_carts BIGINT, n_purchases BIGINT,
+        n_searches BIGINT, n_items BIGINT, duration_s DOUBLE, converted BOOLEAN)""",
+    "user_sequences": """(
+        day DATE NOT NULL, user_id VARCHAR NOT NULL, n_events BIGINT, n_sessions BIGINT,
+        items VARCHAR[], event_types VARCHAR[])""",
+}
+
+
+def ensure_table(conn: duckdb.DuckDBPyConnection, name: str, columns_sql: str | None = None) -> None:
+    """Create a table once; its rows are replaced per partition by ``replace_window``."""
+    conn.execute(f"CREATE TABLE IF NOT EXISTS {name} {columns_sql or TABLES[name]}")
+
+
+def replace_window(
+    conn: duckdb.DuckDBPyConnection,
+    table: str,
+    time_column: str,
+    start: dt.datetime,
+    end: dt.datetime,
+    select_sql: str,
+    params: Sequence | dict | None = None,
+) -> int:
+    """Delete ``[start, end)`` of ``table`` and insert ``select_sql`` in one transaction.
+
+    Re-running a partition therefore replaces exactly that partition; a failure
+    rolls back and leaves the previous rows in place. Returns the rows inserted.
+    """
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        conn.execute(f"DELETE FROM {table} WHERE {time_column} >= ? AND {time_column} < ?", [start, end])
+        conn.execute(f"INSERT INTO {table} BY NAME {select_sql}", params or [])
+        inserted = conn.execute(
+            f"SELECT count(*) FROM {table} WHERE {time_column} >= ? AND {time_column} < ?", [start, end]
+        ).fetchone()[0]
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return int(inserted)
+
+
+def count_window(conn: duckdb.DuckDBPyConnection, table: str, time_column: str, start, end) -> int:
+    return int(
+        conn.execute(
+            f"SELECT count(*) FROM {table} WHERE {time_column} >= ? AND {time_column} < ?", [start, end]
+        ).fetchone()[0]
+    )
+
+
+def days_in_window(start: dt.datetime, end: dt.datetime) -> list[dt.date]:
+    """The calendar days of a partition time window ``[start, end)``."""
+    first = start.date()
+    return [first + dt.timedelta(days=i) for i in range((end.date() - first).days)]
+
+
+def day_bounds(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
+    start = dt.datetime.combine(day, dt.time())
+    return start, start + dt.timedelta(days=1)
+
+
+def replace_table(conn: duckdb.DuckDBPyConnection, table: str, frame) -> int:
+    """Replace a whole (unpartitioned) table with a pandas frame, atomically."""
+    conn.register("incoming_frame", frame)
+    try:
+        conn.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM incoming_frame")
+    finally:
+        conn.unregister("incoming_frame")
+    return len(frame)
+
+
+def replace_window_from_frame(
+    conn: duckdb.DuckDBPyConnection, table: str, time_column: str, start, end, frame
+) -> int:
+    """``replace_window`` with the rows of a pandas frame (the table must exist)."""
+    conn.register("incoming_frame", frame)
+    try:
+        return replace_window(conn, table, time_column, start, end, "SELECT * FROM incoming_frame")
+    finally:
+        conn.unregister("incoming_frame")

@@ -1,0 +1,102 @@
+"""Promotion: a challenger becomes champion only when it beats the baselines and the current champion."""
+
+import time
+
+import pandas as pd
+from dagster import AssetCheckSpec, Config, MaterializeResult, MetadataValue, asset
+
+from assets.logic.training import metric_value
+from assets.models import BASELINES, MAIN_METRIC, holdout_evaluation, next_action_model, next_item_ranker
+from expectations import validate
+from resources import ModelRegistry, Warehouse
+from resources.registry import CHALLENGER, CHAMPION
+
+
+class PromotionConfig(Config):
+    auto_promote: bool = True
+    """Off: challengers are only recorded; a person moves the champion alias."""
+    min_relative_improvement: float = 0.0
+    """A challenger must beat the champion's main metric on the same hold-out by this fraction."""
+
+
+def decide(
+    challenger_metric: float, best_baseline: float, champion_metric: float | None, config: PromotionConfig
+) -> tuple[bool, str]:
+    """Whether to promote, and why, from metrics measured on one hold-out window."""
+    if challenger_metric <= best_baseline:
+        return False, f"challenger {challenger_metric:.4f} does not beat the best baseline {best_baseline:.4f}"
+    if champion_metric is None:
+        return True, f"first model to beat the baselines ({challenger_metric:.4f} > {best_baseline:.4f})"
+    needed = champion_metric * (1.0 + config.min_relative_improvement)
+    if challenger_metric > needed:
+        return True, f"challenger {challenger_metric:.4f} beats champion {champion_metric:.4f} (needed > {needed:.4f})"
+    return False, f"challenger {challenger_metric:.4f} does not beat champion {champion_metric:.4f} (needed > {needed:.4f})"
+
+
+@asset(
+    deps=[next_action_model, next_item_ranker],
+    group_name="training",
+    kinds={"mlflow"},
+    owners=["team:ml"],
+    pool="warehouse",
+    check_specs=[AssetCheckSpec("champion_promotion_suite", asset="champion_promotion", blocking=True)],
+)
+def champion_promotion(config: PromotionConfig, warehouse: Warehouse, registry: ModelRegistry) -> MaterializeResult:
+    """For each model: compare the challenger with the baselines and with the champion re-scored on the
+    challenger's hold-out, move the ``champion`` alias when it wins, and log the decision."""
+    started = time.perf_counter()
+    decisions = []
+    for model_name, (target, metric) in MAIN_METRIC.items():
+        challenger = registry.version_for_alias(model_name, CHALLENGER)
+        if challenger is None:
+            raise RuntimeError(f"model {model_name!r} has no '{CHALLENGER}' version: run its training asset first")
+        champion = registry.version_for_alias(model_name, CHAMPION)
+        with warehouse.connect() as conn:
+            evaluation, holdout_day = holdout_evaluation(conn, model_name, registry.load_booster(challenger))
+            champion_metric = None
+            if champion is not None and champion.version != challenger.version:
+                champion_eval, _ = holdout_evaluation(conn, model_name, registry.load_booster(champion))
+                champion_metric = metric_value(champion_eval, "model", target, metric)
+        challenger_metric = metric_value(evaluation, "model", target, metric)
+        best_baseline = max(metric_value(evaluation, b, target, metric) for b in BASELINES[model_name])
+        if champion is not None and champion.version == challenger.version:
+            promote, reason = False, "challenger is already the champion"
+        else:
+            promote, reason = decide(challenger_metric, best_baseline, champion_metric, config)
+            if promote and not config.auto_promote:
+                promote, reason = False, f"automatic promotion is off; would promote: {reason}"
+        if promote:
+            registry.set_alias(challenger, CHAMPION, reason)
+            champion = challenger
+        if champion is None:
+            raise RuntimeError(f"model {model_name!r} has no champion and its challenger was not promoted: {reason}")
+        decisions.append(
+            {
+                "model_name": model_name,
+                "challenger_version": challenger.version,
+                "champion_version": champion.version,
+                "champion_run_id": champion.run_id,
+                "decision": "promoted" if promote else "kept",
+                "reason": reason,
+                "metric": f"{target}/{metric}",
+                "challenger_metric": challenger_metric,
+                "champion_metric_before": champion_metric,
+                "best_baseline": best_baseline,
+                "holdout_day": holdout_day,
+                "decided_at": pd.Timestamp.now("UTC").tz_localize(None),
+            }
+        )
+    frame = pd.DataFrame(decisions).astype({"champion_metric_before": float})
+    with warehouse.connect() as conn:
+        conn.register("incoming_frame", frame)
+        conn.execute("CREATE TABLE IF NOT EXISTS promotion_log AS SELECT * FROM incoming_frame LIMIT 0")
+        conn.execute("INSERT INTO promotion_log BY NAME SELECT * FROM incoming_frame")
+        conn.unregister("incoming_frame")
+    return MaterializeResult(
+        metadata={
+            "decisions": MetadataValue.md(frame.drop(columns=["decided_at", "champion_run_id"]).to_markdown(index=False)),
+            "seconds": round(time.perf_counter() - started, 2),
+            **{f"{d['model_name']}_champion": d["champion_version"] for d in decisions},
+        },
+        check_results=[validate(frame, "champion_promotion", "champion_promotion_suite")],
+    )

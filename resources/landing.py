@@ -1,0 +1,54 @@
+"""The landing source: one folder of files per day under ``<home>/landing``."""
+
+import datetime as dt
+import json
+from pathlib import Path
+
+from dagster import ConfigurableResource
+
+from assets.logic.synthetic import ShopParams, write_day
+from resources.home import home_paths
+
+LANDING_SUFFIXES = (".parquet",)
+
+
+class LandingSource(ConfigurableResource):
+    """Daily landing folders ``<home>/landing/YYYY-MM-DD/*.parquet`` in the canonical schema.
+
+    ``mode="synthetic"`` (the embedded default) generates a missing day from the
+    seeded synthetic shop described in ``landing/shop.json`` (written by
+    ``shopseq demo``; the defaults otherwise). ``mode="files"`` only reads what
+    ``shopseq ingest`` or another system put there and fails on a missing day.
+    """
+
+    home: str
+    mode: str = "synthetic"
+
+    @property
+    def root(self) -> Path:
+        return home_paths(self.home)["landing"]
+
+    def shop(self) -> ShopParams:
+        spec = self.root / "shop.json"
+        if not spec.exists():
+            return ShopParams()
+        raw = json.loads(spec.read_text())
+        raw["shop_start"] = dt.date.fromisoformat(raw["shop_start"])
+        return ShopParams(**raw)
+
+    def save_shop(self, params: ShopParams) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        fields = {**params.__dict__, "shop_start": params.shop_start.isoformat()}
+        (self.root / "shop.json").write_text(json.dumps(fields, indent=2))
+
+    def files_for_day(self, day: dt.date) -> list[str]:
+        """The day's landing files, generating them first in synthetic mode."""
+        if self.mode not in ("synthetic", "files"):
+            raise ValueError(f"landing mode must be 'synthetic' or 'files', not {self.mode!r}")
+        folder = self.root / day.isoformat()
+        files = sorted(str(f) for f in folder.glob("*") if f.suffix in LANDING_SUFFIXES) if folder.is_dir() else []
+        if files:
+            return files
+        if self.mode == "synthetic":
+            return [write_day(self.shop(), day, str(self.root))]
+        raise FileNotFoundError(f"no landing files for {day} in {folder} (landing mode 'files')")

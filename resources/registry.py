@@ -1,0 +1,128 @@
+"""The model registry: MLflow tracking and registry behind a small interface."""
+
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import pandas as pd
+from dagster import ConfigurableResource
+
+from resources.home import home_paths
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+class NoChampionError(RuntimeError):
+    """The registry has no version with the ``champion`` alias for a model."""
+
+
+@dataclass(frozen=True)
+class ModelVersionRef:
+    name: str
+    version: int
+    run_id: str
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+class ModelRegistry(ConfigurableResource):
+    """MLflow: a local sqlite store under the home folder, or a server.
+
+    ``tracking_uri`` empty means ``sqlite:///<home>/mlflow.db`` with artifacts in
+    ``<home>/mlartifacts``; set ``SHOPSEQ_MLFLOW_TRACKING_URI`` to use a server.
+    """
+
+    home: str
+    tracking_uri: str = ""
+
+    def resolved_tracking_uri(self) -> str:
+        return self.tracking_uri or f"sqlite:///{home_paths(self.home)['mlflow_db']}"
+
+    def _mlflow(self):
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        import mlflow
+
+        home_paths(self.home)["mlflow_db"].parent.mkdir(parents=True, exist_ok=True)
+        mlflow.set_tracking_uri(self.resolved_tracking_uri())
+        mlflow.set_registry_uri(self.resolved_tracking_uri())
+        return mlflow
+
+    def client(self):
+        mlflow = self._mlflow()
+        return mlflow.MlflowClient(tracking_uri=self.resolved_tracking_uri(), registry_uri=self.resolved_tracking_uri())
+
+    def _experiment_id(self, name: str) -> str:
+        mlflow = self._mlflow()
+        found = mlflow.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location = home_paths(self.home)["mlartifacts"] / name
+        return mlflow.create_experiment(name, artifact_location=location.resolve().as_uri())
+
+    def log_lightgbm(
+        self,
+        model_name: str,
+        booster: Any,
+        features: pd.DataFrame,
+        params: dict[str, Any],
+        metrics: dict[str, float],
+        tags: dict[str, str],
+        tables: Optional[dict[str, pd.DataFrame]] = None,
+    ) -> ModelVersionRef:
+        """Log one training run with its model, register it and mark it ``challenger``."""
+        mlflow = self._mlflow()
+        import lightgbm
+        from mlflow.models import infer_signature
+
+        example = features.head(5)
+        signature = infer_signature(example, booster.predict(example))
+        with mlflow.start_run(experiment_id=self._experiment_id(model_name), tags=tags) as run:
+            mlflow.log_params(params)
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+            for name, table in (tables or {}).items():
+                mlflow.log_table(table, artifact_file=f"{name}.json")
+            info = mlflow.lightgbm.log_model(
+                booster,
+                name="model",
+                signature=signature,
+                input_example=example,
+                pip_requirements=[f"lightgbm=={lightgbm.__version__}", f"pandas=={pd.__version__}"],
+                registered_model_name=model_name,
+            )
+        ref = ModelVersionRef(model_name, int(info.registered_model_version), run.info.run_id)
+        self.client().set_registered_model_alias(model_name, CHALLENGER, str(ref.version))
+        return ref
+
+    def version_for_alias(self, model_name: str, alias: str) -> Optional[ModelVersionRef]:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mv = self.client().get_model_version_by_alias(model_name, alias)
+        except MlflowException as exc:
+            if "not found" in str(exc).lower() or "RESOURCE_DOES_NOT_EXIST" in str(exc):
+                return None
+            raise
+        return ModelVersionRef(model_name, int(mv.version), mv.run_id)
+
+    def set_alias(self, ref: ModelVersionRef, alias: str, reason: str) -> None:
+        client = self.client()
+        client.set_registered_model_alias(ref.name, alias, str(ref.version))
+        client.set_model_version_tag(ref.name, str(ref.version), f"{alias}_reason", reason)
+
+    def champion(self, model_name: str) -> ModelVersionRef:
+        ref = self.version_for_alias(model_name, CHAMPION)
+        if ref is None:
+            raise NoChampionError(
+                f"model {model_name!r} has no '{CHAMPION}' version in the registry at "
+                f"{self.resolved_tracking_uri()}: train and promote one first (shopseq run, or the training job)"
+            )
+        return ref
+
+    def load_booster(self, ref: ModelVersionRef):
+        return self._mlflow().lightgbm.load_model(ref.uri)
+
+    def run_metrics(self, ref: ModelVersionRef) -> dict[str, float]:
+        return dict(self.client().get_run(ref.run_id).data.metrics)

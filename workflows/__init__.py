@@ -1,0 +1,1 @@
+"""Orchestration only: Definitions, jobs, schedules and the shopseq command line."""

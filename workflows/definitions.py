@@ -1,0 +1,30 @@
+"""The one Definitions object of the shopseq code location (loaded by workspace.yaml)."""
+
+import os
+
+from dagster import Definitions
+
+from assets import ALL_ASSETS
+from resources import LandingSource, ModelRegistry, Warehouse, home_from_environment
+from workflows.jobs import daily_pipeline_job, daily_schedule, publish_job, training_job, weekly_training_schedule
+
+
+def build_resources(home: str, tracking_uri: str = "", landing_mode: str = "synthetic") -> dict:
+    """The resources of one home folder; tests call this with a temporary home."""
+    return {
+        "warehouse": Warehouse(home=home),
+        "landing": LandingSource(home=home, mode=landing_mode),
+        "registry": ModelRegistry(home=home, tracking_uri=tracking_uri),
+    }
+
+
+defs = Definitions(
+    assets=ALL_ASSETS,
+    jobs=[daily_pipeline_job, training_job, publish_job],
+    schedules=[daily_schedule, weekly_training_schedule],
+    resources=build_resources(
+        home_from_environment(),
+        tracking_uri=os.environ.get("SHOPSEQ_MLFLOW_TRACKING_URI", ""),
+        landing_mode=os.environ.get("SHOPSEQ_LANDING_MODE", "synthetic"),
+    ),
+)
