@@ -2,7 +2,7 @@
 
 import os
 
-from dagster import Definitions
+from dagster import Definitions, in_process_executor
 
 from assets import ALL_ASSETS
 from resources import LandingSource, ModelRegistry, Warehouse, home_from_environment
@@ -22,6 +22,7 @@ defs = Definitions(
     assets=ALL_ASSETS,
     jobs=[daily_pipeline_job, training_job, publish_job],
     schedules=[daily_schedule, weekly_training_schedule],
+    executor=in_process_executor,
     resources=build_resources(
         home_from_environment(),
         tracking_uri=os.environ.get("SHOPSEQ_MLFLOW_TRACKING_URI", ""),

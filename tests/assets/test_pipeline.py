@@ -1,0 +1,118 @@
+"""In-process materialisation of the asset graph on a temporary home."""
+
+import datetime as dt
+
+import duckdb
+import pandas as pd
+import pytest
+from dagster import AssetKey, AssetSelection, DagsterInstance, materialize
+
+from assets import ALL_ASSETS
+from resources import LandingSource
+from tests.conftest import SMALL_SHOP, shop_days
+from workflows.definitions import build_resources
+
+DAYS = shop_days(6)
+RANGE = {"dagster/asset_partition_range_start": DAYS[0].isoformat(), "dagster/asset_partition_range_end": DAYS[-1].isoformat()}
+
+
+def _materialize(resources, instance, groups, partition_key=None, tags=None):
+    return materialize(
+        ALL_ASSETS, selection=AssetSelection.groups(*groups), resources=resources, instance=instance,
+        partition_key=partition_key, tags=tags or {}, raise_on_error=False,
+    )
+
+
+def _count(home, sql):
+    with duckdb.connect(f"{home}/warehouse.duckdb", read_only=True) as conn:
+        return conn.execute(sql).fetchone()[0]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    LandingSource(home=str(home)).save_shop(SMALL_SHOP)
+    resources = build_resources(str(home))
+    instance = DagsterInstance.ephemeral()
+    daily = _materialize(resources, instance, ("ingestion", "cleaning", "sequences", "features"), tags=RANGE)
+    training = _materialize(resources, instance, ("training",))
+    serving = _materialize(resources, instance, ("serving",), partition_key=DAYS[-1].isoformat())
+    return home, resources, instance, daily, training, serving
+
+
+def test_daily_range_materialises_every_stage_with_passing_checks(built):
+    home, _, _, daily, _, _ = built
+    assert daily.success
+    checks = daily.get_asset_check_evaluations()
+    assert len(checks) >= 9 and all(c.passed for c in checks)
+    for table in ("raw_events", "cleaned_events", "sessions", "user_sequences", "user_features", "item_features", "ranking_candidates"):
+        assert _count(home, f"SELECT count(*) FROM {table}") > 0, table
+    days = _count(home, "SELECT count(DISTINCT CAST(event_time AS DATE)) FROM cleaned_events")
+    assert days == len(DAYS)
+
+
+def test_landing_rows_reconcile(built):
+    home = built[0]
+    landed = _count(home, f"SELECT count(*) FROM read_parquet('{home}/landing/*/events.parquet')")
+    stored = _count(home, "SELECT (SELECT count(*) FROM raw_events) + (SELECT count(*) FROM raw_events_quarantine)")
+    assert landed == stored
+    assert _count(home, "SELECT count(DISTINCT reason) FROM raw_events_quarantine") >= 5
+
+
+def test_training_registers_models_and_promotes_a_champion(built):
+    home, resources, _, _, training, _ = built
+    assert training.success, [e.message for e in training.all_events if e.is_failure]
+    registry = resources["registry"]
+    for model in ("shopseq_next_item_ranker", "shopseq_next_purchase"):
+        champion = registry.champion(model)
+        assert champion.version == 1
+    ranker_metrics = registry.run_metrics(registry.champion("shopseq_next_item_ranker"))
+    assert {"model.any.ndcg_at_20", "popularity.any.ndcg_at_20", "repeat_recent.any.recall_at_20"} <= set(ranker_metrics)
+    purchase_metrics = registry.run_metrics(registry.champion("shopseq_next_purchase"))
+    assert {"model.label_purchase.auc", "base_rate.label_purchase.brier"} <= set(purchase_metrics)
+    evaluation = duckdb.connect(f"{home}/warehouse.duckdb", read_only=True).execute(
+        "SELECT method, value FROM model_evaluations WHERE target = 'any' AND metric = 'ndcg@20'"
+    ).df().set_index("method")["value"]
+    assert evaluation["model"] > evaluation["popularity"]
+
+
+def test_recommendations_name_the_champion_version(built):
+    home, _, _, _, _, serving = built
+    assert serving.success
+    rows = _count(home, "SELECT count(*) FROM recommendations")
+    assert rows > 0
+    assert _count(home, "SELECT count(*) FROM recommendations WHERE model_version IS NULL OR run_id IS NULL") == 0
+    assert _count(home, "SELECT max(rank) FROM recommendations") == 20
+    active = _count(home, f"SELECT count(DISTINCT user_id) FROM cleaned_events WHERE CAST(event_time AS DATE) = DATE '{DAYS[-1]}' AND NOT is_bot")
+    assert _count(home, "SELECT count(DISTINCT user_id) FROM recommendations") == active
+    assert _count(home, "SELECT count(*) FROM next_action_predictions") == active
+
+
+def test_rematerialising_a_partition_replaces_it(built):
+    home, resources, instance, *_ = built
+    tables = ["raw_events", "raw_events_quarantine", "cleaned_events", "sessions", "user_features", "ranking_candidates"]
+    before = {t: _count(home, f"SELECT count(*) FROM {t}") for t in tables}
+    again = _materialize(resources, instance, ("ingestion", "cleaning", "sequences", "features"), partition_key=DAYS[2].isoformat())
+    assert again.success
+    assert {t: _count(home, f"SELECT count(*) FROM {t}") for t in tables} == before
+
+
+def test_failing_check_stops_downstream_and_names_the_expectation(tmp_path):
+    """A corrupted landing file (every row without a user) fails raw_events' suite; nothing downstream runs."""
+    day = SMALL_SHOP.shop_start
+    folder = tmp_path / "landing" / day.isoformat()
+    folder.mkdir(parents=True)
+    pd.DataFrame({
+        "event_time": [pd.Timestamp(day) + pd.Timedelta(minutes=i) for i in range(5)], "user_id": [None] * 5,
+        "session_id": None, "event_type": "view", "item_id": "i1", "category_id": "c1", "price": 1.0, "query": None,
+        "event_id": [f"e{i}" for i in range(5)],
+    }).to_parquet(folder / "events.parquet")
+    result = _materialize(build_resources(str(tmp_path)), DagsterInstance.ephemeral(), ("ingestion", "cleaning"),
+                          partition_key=day.isoformat())
+    assert not result.success
+    suite = [c for c in result.get_asset_check_evaluations() if c.check_name == "raw_events_suite"][0]
+    assert not suite.passed
+    assert "expect_table_row_count_to_be_between" in suite.description
+    materialized = {e.asset_key for e in result.get_asset_materialization_events()}
+    assert AssetKey("raw_events") in materialized and AssetKey("cleaned_events") not in materialized
+    assert _count(tmp_path, "SELECT count(*) FROM raw_events_quarantine WHERE reason = 'missing_user'") == 5

@@ -1,0 +1,26 @@
+from assets import ALL_ASSETS
+from assets.promotion import PromotionConfig, decide
+
+
+def test_definitions_load_with_jobs_schedules_and_groups(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHOPSEQ_HOME", str(tmp_path))
+    import importlib
+
+    import workflows.definitions as module
+
+    defs = importlib.reload(module).defs
+    for job in ("daily_pipeline", "training", "publish"):
+        assert defs.resolve_job_def(job) is not None
+    assert {s.name for s in defs.schedules} == {"daily_pipeline_schedule", "weekly_training"}
+    groups = {a.key.to_user_string(): a.group_names_by_key[a.key] for a in ALL_ASSETS}
+    assert set(groups.values()) == {"ingestion", "cleaning", "sequences", "features", "training", "serving"}
+    assert defs.resources["warehouse"].home == str(tmp_path)
+
+
+def test_promotion_rules():
+    config = PromotionConfig(min_relative_improvement=0.05)
+    assert decide(0.5, 0.6, None, config)[0] is False
+    assert decide(0.7, 0.6, None, config)[0] is True
+    assert decide(0.7, 0.6, 0.68, config)[0] is False  # needs > 0.714
+    promote, reason = decide(0.72, 0.6, 0.68, config)
+    assert promote and "beats champion" in reason

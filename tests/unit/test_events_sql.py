@@ -1,0 +1,98 @@
+import datetime as dt
+
+import duckdb
+import pandas as pd
+import pytest
+
+from assets.logic.events import clean_day, load_raw_day
+from assets.logic.features import build_user_features_day
+
+DAY = dt.date(2025, 3, 2)
+
+
+def _row(t, user="u1", etype="view", item="i1", price=1.0, event_id=None, session=None):
+    return {"event_time": pd.Timestamp(t), "user_id": user, "session_id": session, "event_type": etype, "item_id": item,
+            "category_id": "c1", "price": price, "query": None, "event_id": event_id}
+
+
+@pytest.fixture
+def conn():
+    c = duckdb.connect()
+    yield c
+    c.close()
+
+
+def _landing(tmp_path, rows, name="events.parquet"):
+    path = tmp_path / name
+    pd.DataFrame(rows).to_parquet(path, index=False)
+    return [str(path)]
+
+
+BAD_ROWS = [
+    (_row("2025-03-02 10:00", user=None, event_id="a"), "missing_user"),
+    (_row("2025-03-02 10:01", user="  ", event_id="b"), "missing_user"),
+    (_row("2025-03-02 10:02", etype="click", event_id="c"), "unknown_event_type"),
+    (_row("2025-03-02 10:03", item=None, event_id="d"), "missing_item"),
+    (_row("2025-03-01 23:59", event_id="e"), "late_event"),
+    (_row("2025-03-03 00:00", event_id="f"), "out_of_partition"),
+    (_row("2025-03-02 10:04", price=-3.0, event_id="g"), "negative_price"),
+]
+
+
+def test_every_row_is_accepted_or_quarantined_with_its_reason(conn, tmp_path):
+    good = [_row("2025-03-02 09:00", event_id="ok1"), _row("2025-03-02 09:05", etype=" Purchase ", event_id="ok2"),
+            _row("2025-03-02 09:06", etype="search", item=None, event_id="ok3")]
+    dup = _row("2025-03-02 09:00", event_id="ok1")
+    files = _landing(tmp_path, good + [dup] + [r for r, _ in BAD_ROWS])
+    counts = load_raw_day(conn, files, DAY)
+    assert counts["read"] == 11 and counts["accepted"] == 3 and counts["quarantined"] == 8
+    reasons = dict(conn.execute("SELECT reason, count(*) FROM raw_events_quarantine GROUP BY 1").fetchall())
+    expected = pd.Series([r for _, r in BAD_ROWS] + ["exact_duplicate"]).value_counts().to_dict()
+    assert reasons == expected
+    q = conn.execute("SELECT source_row, raw FROM raw_events_quarantine WHERE reason = 'unknown_event_type'").fetchone()
+    assert q[0] == 7 and '"click"' in q[1]  # 1-based line in the file, raw text kept
+    assert conn.execute("SELECT event_type FROM raw_events WHERE event_id = 'ok2'").fetchone()[0] == "purchase"
+
+
+def test_reloading_a_day_replaces_it(conn, tmp_path):
+    files = _landing(tmp_path, [_row("2025-03-02 09:00", event_id="x"), _row("2025-03-02 09:01", user=None, event_id="y")])
+    load_raw_day(conn, files, DAY)
+    load_raw_day(conn, files, DAY)
+    assert conn.execute("SELECT count(*) FROM raw_events").fetchone()[0] == 1
+    assert conn.execute("SELECT count(*) FROM raw_events_quarantine").fetchone()[0] == 1
+
+
+def test_cleaning_dedups_ids_derives_sessions_and_flags_bots(conn, tmp_path):
+    rows = [
+        _row("2025-03-02 09:00", event_id="e1"),
+        _row("2025-03-02 09:10", event_id="e1", item="i2"),  # same id, other content: the earliest wins
+        _row("2025-03-02 09:20", event_id="e2"),
+        _row("2025-03-02 11:00", event_id="e3"),  # > 30 min gap: new session
+        _row("2025-03-02 11:00", user="given", session="S9", event_id="e4"),
+    ] + [_row(f"2025-03-02 12:{i:02d}", user="bot", event_id=f"b{i}") for i in range(5)]
+    load_raw_day(conn, _landing(tmp_path, rows), DAY)
+    counts = clean_day(conn, DAY, bot_events_per_day=4)
+    assert counts == {"raw": 10, "cleaned": 9, "duplicates_removed": 1, "bot_users": 1}
+    u1 = conn.execute("SELECT event_id, item_id, session_id FROM cleaned_events WHERE user_id = 'u1' ORDER BY event_time").fetchall()
+    assert [r[0] for r in u1] == ["e1", "e2", "e3"] and u1[0][1] == "i1"
+    assert u1[0][2] == u1[1][2] != u1[2][2]
+    assert conn.execute("SELECT session_id FROM cleaned_events WHERE event_id = 'e4'").fetchone()[0] == "S9"
+    assert conn.execute("SELECT bool_and(is_bot) FROM cleaned_events WHERE user_id = 'bot'").fetchone()[0]
+
+
+def test_features_as_of_a_day_ignore_later_events(conn, tmp_path):
+    """Point in time: adding events after the cut-off changes no feature of that day."""
+    base = [_row("2025-03-02 09:00", event_id="p1"), _row("2025-03-02 10:00", etype="add_to_cart", event_id="p2")]
+    load_raw_day(conn, _landing(tmp_path, base), DAY)
+    clean_day(conn, DAY, 1000)
+    build_user_features_day(conn, DAY)
+    before = conn.execute("SELECT * FROM user_features ORDER BY user_id").df()
+    later = [_row("2025-03-03 08:00", etype="purchase", event_id="p3")]
+    next_day = DAY + dt.timedelta(days=1)
+    load_raw_day(conn, _landing(tmp_path, later, "later.parquet"), next_day)
+    clean_day(conn, next_day, 1000)
+    build_user_features_day(conn, DAY)
+    after = conn.execute("SELECT * FROM user_features WHERE as_of_date = ? ORDER BY user_id", [DAY]).df()
+    pd.testing.assert_frame_equal(before, after)
+    assert before.loc[0, "carts_1d"] == 1 and before.loc[0, "purchases_28d"] == 0
+    assert before.loc[0, "hours_since_last_event"] == pytest.approx(14.0)

@@ -1,0 +1,48 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from assets.logic.metrics import binary_metrics, ranking_metrics, top_k
+
+
+def _recs(rows):
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "rank"])
+
+
+def test_ranking_metrics_by_hand():
+    recs = _recs([("a", "x", 1), ("a", "y", 2), ("a", "z", 3), ("b", "p", 1), ("b", "q", 2)])
+    targets = pd.DataFrame({"user_id": ["a", "a", "b", "c"], "item_id": ["y", "w", "r", "x"]})
+    m = ranking_metrics(recs, targets, k=2)
+    # a: 1 hit of min(2, 2) targets; b: 0; c: no recommendations -> miss
+    assert m["users"] == 3
+    assert m["recall@2"] == pytest.approx((0.5 + 0 + 0) / 3)
+    assert m["hr@2"] == pytest.approx(1 / 3)
+    assert m["mrr@2"] == pytest.approx((1 / 2) / 3)
+    idcg_a = 1 + 1 / math.log2(3)
+    assert m["ndcg@2"] == pytest.approx(((1 / math.log2(3)) / idcg_a) / 3)
+
+
+def test_recall_is_capped_by_k():
+    recs = _recs([("a", "x", 1)])
+    targets = pd.DataFrame({"user_id": ["a"] * 5, "item_id": list("xvwyz")})
+    assert ranking_metrics(recs, targets, k=1)["recall@1"] == 1.0
+
+
+def test_top_k_pads_with_fallback_and_covers_users_without_candidates():
+    scored = pd.DataFrame({"user_id": ["a", "a"], "item_id": ["x", "y"], "s": [0.1, 0.9]})
+    out = top_k(scored, "s", 3, fallback_items=["y", "p", "q"], users=pd.Series(["a", "b"]))
+    a = out[out["user_id"] == "a"]
+    assert a["item_id"].tolist() == ["y", "x", "p"]
+    assert a["rank"].tolist() == [1, 2, 3]
+    b = out[out["user_id"] == "b"]
+    assert b["item_id"].tolist() == ["y", "p", "q"] and b["score"].isna().all()
+
+
+def test_binary_metrics():
+    y = np.array([0, 0, 1, 1])
+    m = binary_metrics(y, np.array([0.1, 0.4, 0.35, 0.8]))
+    assert m["auc"] == pytest.approx(0.75)
+    assert m["brier"] == pytest.approx(np.mean((np.array([0.1, 0.4, 0.35, 0.8]) - y) ** 2))
+    assert math.isnan(binary_metrics(np.array([0, 0]), np.array([0.2, 0.3]))["auc"])
