@@ -6,7 +6,7 @@ from dagster import AssetCheckSpec, AssetExecutionContext, Config, MaterializeRe
 
 from assets.common import frame_for_checks, markdown_preview, per_day_table
 from assets.logic.events import clean_day
-from assets.partitions import WAREHOUSE_POOL, daily_backfill_policy, daily_partitions, partition_days
+from assets.partitions import DAILY_ASSET, partition_days
 from assets.raw_events import raw_events
 from expectations import validate
 from resources import Warehouse
@@ -19,12 +19,10 @@ class CleaningConfig(Config):
 
 @asset(
     deps=[raw_events],
-    partitions_def=daily_partitions,
-    backfill_policy=daily_backfill_policy,
+    **DAILY_ASSET,
     group_name="cleaning",
     kinds={"duckdb"},
     owners=["team:data-platform"],
-    pool=WAREHOUSE_POOL,
     check_specs=[AssetCheckSpec("cleaned_events_suite", asset="cleaned_events", blocking=True)],
 )
 def cleaned_events(context: AssetExecutionContext, config: CleaningConfig, warehouse: Warehouse) -> MaterializeResult:

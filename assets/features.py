@@ -1,28 +1,18 @@
 """Features: point-in-time user and item features and next-item candidates, as of the end of each day."""
 
-import time
-
 from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from assets.cleaned_events import cleaned_events
-from assets.common import frame_for_checks, markdown_preview
+from assets.common import build_daily_table
 from assets.logic.candidates import build_candidates_day, candidate_recall
 from assets.logic.features import build_item_features_day, build_user_features_day
-from assets.partitions import WAREHOUSE_POOL, daily_backfill_policy, daily_partitions, partition_days
-from expectations import validate
+from assets.partitions import DAILY_ASSET
 from resources import Warehouse
 
-_COMMON = dict(
-    partitions_def=daily_partitions,
-    backfill_policy=daily_backfill_policy,
-    group_name="features",
-    kinds={"duckdb"},
-    owners=["team:ml"],
-    pool=WAREHOUSE_POOL,
-)
+_COMMON = dict(**DAILY_ASSET, group_name="features", kinds={"duckdb"}, owners=["team:ml"])
 
 
-def _leakage_check(conn, table: str, time_column: str, days) -> AssetCheckResult:
+def _leakage_check(conn, table: str, days, time_column: str = "last_event_time") -> AssetCheckResult:
     """No row of ``table`` may describe an event at or after its cut-off."""
     leaks = conn.execute(
         f"""SELECT count(*) FROM {table}
@@ -33,28 +23,6 @@ def _leakage_check(conn, table: str, time_column: str, days) -> AssetCheckResult
         check_name=f"{table}_no_leakage",
         passed=leaks == 0,
         metadata={"rows_with_events_after_cutoff": int(leaks)},
-    )
-
-
-def _build(context, warehouse: Warehouse, table: str, build, leakage_column: str | None, extra=None) -> MaterializeResult:
-    started = time.perf_counter()
-    days = partition_days(context)
-    with warehouse.connect() as conn:
-        rows = {str(day): build(conn, day) for day in days}
-        frame, sampled = frame_for_checks(conn, table, "as_of_date", days)
-        checks = [validate(frame, table, f"{table}_suite", extra_metadata={"sampled": sampled})]
-        if leakage_column:
-            checks.append(_leakage_check(conn, table, leakage_column, days))
-        metadata = extra(conn, days) if extra else {}
-    return MaterializeResult(
-        metadata={
-            "dagster/row_count": sum(rows.values()),
-            "rows_per_day": rows,
-            "preview": markdown_preview(frame),
-            "seconds": round(time.perf_counter() - started, 2),
-            **metadata,
-        },
-        check_results=checks,
     )
 
 
@@ -70,7 +38,8 @@ def _build(context, warehouse: Warehouse, table: str, build, leakage_column: str
 def user_features(context: AssetExecutionContext, warehouse: Warehouse) -> MaterializeResult:
     """Per-user behaviour features as of the end of each day (28 days of history, bots excluded):
     counts per event type over 1/3/7/28 days, recency, sessions, funnel ratios, repeat ratio, trend."""
-    return _build(context, warehouse, "user_features", build_user_features_day, "last_event_time")
+    return build_daily_table(context, warehouse, "user_features", "as_of_date", build_user_features_day,
+                             lambda conn, days: [_leakage_check(conn, "user_features", days)])
 
 
 @asset(
@@ -83,7 +52,8 @@ def user_features(context: AssetExecutionContext, warehouse: Warehouse) -> Mater
 )
 def item_features(context: AssetExecutionContext, warehouse: Warehouse) -> MaterializeResult:
     """Per-item popularity, conversion, trend and age as of the end of each day."""
-    return _build(context, warehouse, "item_features", build_item_features_day, "last_event_time")
+    return build_daily_table(context, warehouse, "item_features", "as_of_date", build_item_features_day,
+                             lambda conn, days: [_leakage_check(conn, "item_features", days)])
 
 
 def _recall_metadata(conn, days) -> dict:
@@ -109,4 +79,5 @@ def _recall_metadata(conn, days) -> dict:
 def ranking_candidates(context: AssetExecutionContext, warehouse: Warehouse) -> MaterializeResult:
     """Next-item candidates per recently active user as of the end of each day, from their own
     recent items, co-visitation, category and global popularity, with the ranker's features."""
-    return _build(context, warehouse, "ranking_candidates", build_candidates_day, None, _recall_metadata)
+    return build_daily_table(context, warehouse, "ranking_candidates", "as_of_date", build_candidates_day,
+                             more_metadata=_recall_metadata)

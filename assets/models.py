@@ -12,9 +12,9 @@ from assets.logic import training
 from assets.logic.candidates import RANKER_FEATURES
 from assets.logic.features import USER_FEATURE_COLUMNS
 from assets.logic.warehouse_sql import replace_table
+from assets.partitions import WAREHOUSE_POOL
 from expectations import validate
 from resources import ModelRegistry, Warehouse
-from resources.registry import CHAMPION
 
 NEXT_ACTION_MODEL = "shopseq_next_purchase"
 RANKER_MODEL = "shopseq_next_item_ranker"
@@ -22,7 +22,7 @@ RANKER_MODEL = "shopseq_next_item_ranker"
 MAIN_METRIC = {NEXT_ACTION_MODEL: ("label_purchase", "auc"), RANKER_MODEL: ("any", "ndcg@20")}
 BASELINES = {NEXT_ACTION_MODEL: ("buy_history_rule", "base_rate"), RANKER_MODEL: ("popularity", "repeat_recent", "recent_covis_pop")}
 
-_COMMON = dict(group_name="training", owners=["team:ml"], pool="warehouse")
+_COMMON = dict(group_name="training", owners=["team:ml"], pool=WAREHOUSE_POOL)
 
 
 class TrainingSetConfig(Config):

@@ -20,3 +20,6 @@ def partition_days(context: AssetExecutionContext) -> list[dt.date]:
     first = window.start.astimezone(dt.timezone.utc).date()
     last = window.end.astimezone(dt.timezone.utc).date()
     return [first + dt.timedelta(days=i) for i in range((last - first).days)]
+
+# What every daily warehouse asset shares: the partitioning, the range backfill, the writer pool.
+DAILY_ASSET = dict(partitions_def=daily_partitions, backfill_policy=daily_backfill_policy, pool=WAREHOUSE_POOL)

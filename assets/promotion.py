@@ -7,6 +7,7 @@ from dagster import AssetCheckSpec, Config, MaterializeResult, MetadataValue, as
 
 from assets.logic.training import metric_value
 from assets.models import BASELINES, MAIN_METRIC, holdout_evaluation, next_action_model, next_item_ranker
+from assets.partitions import WAREHOUSE_POOL
 from expectations import validate
 from resources import ModelRegistry, Warehouse
 from resources.registry import CHALLENGER, CHAMPION
@@ -38,7 +39,7 @@ def decide(
     group_name="training",
     kinds={"mlflow"},
     owners=["team:ml"],
-    pool="warehouse",
+    pool=WAREHOUSE_POOL,
     check_specs=[AssetCheckSpec("champion_promotion_suite", asset="champion_promotion", blocking=True)],
 )
 def champion_promotion(config: PromotionConfig, warehouse: Warehouse, registry: ModelRegistry) -> MaterializeResult:

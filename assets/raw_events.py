@@ -6,18 +6,16 @@ from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, Mat
 
 from assets.common import frame_for_checks, per_day_table
 from assets.logic.events import load_raw_day
-from assets.partitions import WAREHOUSE_POOL, daily_backfill_policy, daily_partitions, partition_days
+from assets.partitions import DAILY_ASSET, partition_days
 from expectations import validate
 from resources import LandingSource, Warehouse
 
 
 @asset(
-    partitions_def=daily_partitions,
-    backfill_policy=daily_backfill_policy,
+    **DAILY_ASSET,
     group_name="ingestion",
     kinds={"duckdb", "parquet"},
     owners=["team:data-platform"],
-    pool=WAREHOUSE_POOL,
     check_specs=[
         AssetCheckSpec("raw_events_suite", asset="raw_events", blocking=True, description="GX suite raw_events"),
         AssetCheckSpec(

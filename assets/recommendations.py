@@ -12,19 +12,12 @@ from assets.logic.features import USER_FEATURE_COLUMNS
 from assets.logic.serving import check_features, predict_next_action_day, recommend_day
 from assets.logic.warehouse_sql import day_bounds, ensure_table, replace_window_from_frame
 from assets.models import NEXT_ACTION_MODEL, RANKER_MODEL
-from assets.partitions import WAREHOUSE_POOL, daily_backfill_policy, daily_partitions, partition_days
+from assets.partitions import DAILY_ASSET, partition_days
 from assets.promotion import champion_promotion
 from expectations import validate
 from resources import ModelRegistry, Warehouse
 
-_COMMON = dict(
-    partitions_def=daily_partitions,
-    backfill_policy=daily_backfill_policy,
-    group_name="serving",
-    kinds={"duckdb", "lightgbm"},
-    owners=["team:ml"],
-    pool=WAREHOUSE_POOL,
-)
+_COMMON = dict(**DAILY_ASSET, group_name="serving", kinds={"duckdb", "lightgbm"}, owners=["team:ml"])
 _LINEAGE = "model_name VARCHAR NOT NULL, model_version BIGINT NOT NULL, run_id VARCHAR NOT NULL, scored_at TIMESTAMP"
 TABLES = {
     "recommendations": f"(as_of_date DATE NOT NULL, user_id VARCHAR NOT NULL, rank BIGINT NOT NULL, item_id VARCHAR NOT NULL, score DOUBLE, source VARCHAR, {_LINEAGE})",

@@ -1,7 +1,6 @@
 import datetime as dt
 import os
 
-import pytest
 
 from assets.logic.synthetic import ShopParams
 

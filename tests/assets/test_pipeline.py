@@ -1,6 +1,5 @@
 """In-process materialisation of the asset graph on a temporary home."""
 
-import datetime as dt
 
 import duckdb
 import pandas as pd

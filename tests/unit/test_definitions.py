@@ -24,3 +24,11 @@ def test_promotion_rules():
     assert decide(0.7, 0.6, 0.68, config)[0] is False  # needs > 0.714
     promote, reason = decide(0.72, 0.6, 0.68, config)
     assert promote and "beats champion" in reason
+
+
+def test_demo_instance_settings_match_the_repository_dagster_yaml():
+    from pathlib import Path
+
+    from workflows.cli import DAGSTER_YAML
+
+    assert (Path(__file__).resolve().parents[2] / "dagster.yaml").read_text() == DAGSTER_YAML
