@@ -195,19 +195,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     home = prepare_home(args.home)
     workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
-    command = ["dagster", "dev", "-h", args.host, "-p", str(args.port)]
+    command = [sys.executable, "-m", "dagster", "dev", "-h", args.host, "-p", str(args.port)]
     command += ["-w", str(workspace)] if workspace.exists() else ["-m", "workflows.definitions"]
-    print(f"SHOPSEQ_HOME={home} DAGSTER_HOME={home}/dagster_home {' '.join(command)}", flush=True)
+    print(f"SHOPSEQ_HOME={home} DAGSTER_HOME={home}/dagster_home {' '.join(command[1:])}", flush=True)
     os.execvp(command[0], command)
 
 
 def cmd_mlflow_ui(args: argparse.Namespace) -> int:
     home = prepare_home(args.home)
     command = [
-        "mlflow", "ui", "--host", args.host, "--port", str(args.port),
+        sys.executable, "-m", "mlflow", "ui", "--host", args.host, "--port", str(args.port),
         "--backend-store-uri", f"sqlite:///{home}/mlflow.db", "--default-artifact-root", f"{home}/mlartifacts",
     ]
-    print(" ".join(command), flush=True)
+    print(" ".join(command[1:]), flush=True)
     os.execvp(command[0], command)
 
 
