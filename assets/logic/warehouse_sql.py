@@ -66,20 +66,6 @@ def replace_window(
     return int(inserted)
 
 
-def count_window(conn: duckdb.DuckDBPyConnection, table: str, time_column: str, start, end) -> int:
-    return int(
-        conn.execute(
-            f"SELECT count(*) FROM {table} WHERE {time_column} >= ? AND {time_column} < ?", [start, end]
-        ).fetchone()[0]
-    )
-
-
-def days_in_window(start: dt.datetime, end: dt.datetime) -> list[dt.date]:
-    """The calendar days of a partition time window ``[start, end)``."""
-    first = start.date()
-    return [first + dt.timedelta(days=i) for i in range((end.date() - first).days)]
-
-
 def day_bounds(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
     start = dt.datetime.combine(day, dt.time())
     return start, start + dt.timedelta(days=1)
