@@ -9,7 +9,12 @@ warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=BetaWa
 
 from assets.cleaned_events import cleaned_events
 from assets.features import item_features, ranking_candidates, user_features
-from assets.models import next_action_model, next_action_training_set, next_item_ranker, ranker_training_set
+from assets.models import (
+    next_action_model,
+    next_action_training_set,
+    next_item_ranker,
+    ranker_training_set,
+)
 from assets.promotion import champion_promotion
 from assets.raw_events import raw_events
 from assets.recommendations import next_action_predictions, recommendations

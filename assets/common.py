@@ -6,26 +6,65 @@ from typing import Callable
 
 import duckdb
 import pandas as pd
-from dagster import MaterializeResult, MetadataValue
+from dagster import AssetCheckResult, MaterializeResult, MetadataValue
+
+from assets.logic.warehouse_sql import date_bounds, day_bounds
 
 CHECK_ROW_LIMIT = 500_000
 
 
+def window_bounds(conn: duckdb.DuckDBPyConnection, table: str, day_column: str, days: list[dt.date], tz: str):
+    """``[start, end)`` of the window ``days`` in ``day_column``: dates for a DATE column,
+    else the UTC instants of the shop's days."""
+    data_type = conn.execute(
+        "SELECT data_type FROM information_schema.columns WHERE table_name = ? AND column_name = ?", [table, day_column]
+    ).fetchone()[0]
+    if data_type == "DATE":
+        return date_bounds(days[0])[0], date_bounds(days[-1])[1]
+    return day_bounds(days[0], tz)[0], day_bounds(days[-1], tz)[1]
+
+
 def frame_for_checks(
-    conn: duckdb.DuckDBPyConnection, table: str, day_column: str, days: list[dt.date]
+    conn: duckdb.DuckDBPyConnection, table: str, day_column: str, days: list[dt.date], tz: str = "UTC"
 ) -> tuple[pd.DataFrame, bool]:
     """The rows of ``days`` for a Great Expectations suite, and whether they were sampled.
 
     Windows above ``CHECK_ROW_LIMIT`` rows are checked on a seeded reservoir sample,
     which keeps GX's pandas validation inside seconds and a few hundred MB.
     """
-    first, end = days[0], days[-1] + dt.timedelta(days=1)
-    where = f"{day_column} >= CAST($first AS TIMESTAMP) AND {day_column} < CAST($end AS TIMESTAMP)"
-    n = conn.execute(f"SELECT count(*) FROM {table} WHERE {where}", {"first": first, "end": end}).fetchone()[0]
+    start, end = window_bounds(conn, table, day_column, days, tz)
+    where = f"{day_column} >= $start AND {day_column} < $end"
+    n = conn.execute(f"SELECT count(*) FROM {table} WHERE {where}", {"start": start, "end": end}).fetchone()[0]
     sample = n > CHECK_ROW_LIMIT
     suffix = f" USING SAMPLE reservoir({CHECK_ROW_LIMIT} ROWS) REPEATABLE (7)" if sample else ""
-    frame = conn.execute(f"SELECT * FROM {table} WHERE {where}{suffix}", {"first": first, "end": end}).df()
+    frame = conn.execute(f"SELECT * FROM {table} WHERE {where}{suffix}", {"start": start, "end": end}).df()
     return frame, sample
+
+
+# The days of a window with their UTC bounds, as a relation for reconciliation SQL (params: ``day_windows``).
+DAY_WINDOWS_SQL = "(SELECT unnest($days) AS day, unnest($starts) AS start_ts, unnest($ends) AS end_ts, unnest($extra) AS extra)"
+
+
+def day_windows(days: list[dt.date], tz: str, extra: list | None = None) -> dict:
+    bounds = [day_bounds(d, tz) for d in days]
+    return {"days": days, "starts": [b[0] for b in bounds], "ends": [b[1] for b in bounds], "extra": extra or [0] * len(days)}
+
+
+def reconciliation_check(conn: duckdb.DuckDBPyConnection, check_name: str, sql: str, params: dict) -> AssetCheckResult:
+    """Row counts of two stages per day (``sql`` returns day, expected, actual), validated by
+    the ``stage_reconciliation`` suite over every row of the window (counted in DuckDB)."""
+    from expectations import validate
+
+    frame = conn.execute(sql, params).df()
+    return validate(frame, "stage_reconciliation", check_name, extra_metadata={"per_day": markdown_preview(frame, 31)})
+
+
+def point_in_time_check(per_day: pd.DataFrame, check_name: str) -> AssetCheckResult:
+    """The ``point_in_time`` suite on one row per as-of day: its cut-off and the latest event time
+    any of its rows describes (aggregated over every row, not a sample)."""
+    from expectations import validate
+
+    return validate(per_day, "point_in_time", check_name, extra_metadata={"per_day": markdown_preview(per_day, 31)})
 
 
 def markdown_preview(frame: pd.DataFrame, rows: int = 10) -> MetadataValue:
@@ -41,16 +80,17 @@ def build_daily_table(
     context, warehouse, table: str, day_column: str, build: Callable, more_checks: Callable | None = None,
     more_metadata: Callable | None = None,
 ) -> MaterializeResult:
-    """The body of a daily asset: ``build(conn, day)`` for each day of the window (each replaces its
-    day), then the table's suite on the window and any further checks and metadata."""
+    """The body of a daily asset: ``build(conn, day, tz)`` for each day of the window (each replaces
+    its day), then the table's suite on the window and any further checks and metadata."""
     from assets.partitions import partition_days
     from expectations import validate
 
     started = time.perf_counter()
     days = partition_days(context)
+    tz = warehouse.timezone
     with warehouse.connect() as conn:
-        rows = {str(day): build(conn, day) for day in days}
-        frame, sampled = frame_for_checks(conn, table, day_column, days)
+        rows = {str(day): build(conn, day, tz) for day in days}
+        frame, sampled = frame_for_checks(conn, table, day_column, days, tz)
         checks = [validate(frame, table, f"{table}_suite", extra_metadata={"sampled": sampled})]
         checks += more_checks(conn, days) if more_checks else []
         metadata = more_metadata(conn, days) if more_metadata else {}

@@ -1,9 +1,16 @@
 """Features: point-in-time user and item features and next-item candidates, as of the end of each day."""
 
-from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
 
 from assets.cleaned_events import cleaned_events
-from assets.common import build_daily_table
+from assets.common import build_daily_table, point_in_time_check, reconciliation_check
 from assets.logic.candidates import build_candidates_day, candidate_recall
 from assets.logic.features import build_item_features_day, build_user_features_day
 from assets.partitions import DAILY_ASSET
@@ -12,17 +19,28 @@ from resources import Warehouse
 _COMMON = dict(**DAILY_ASSET, group_name="features", kinds={"duckdb"}, owners=["team:ml"])
 
 
-def _leakage_check(conn, table: str, days, time_column: str = "last_event_time") -> AssetCheckResult:
-    """No row of ``table`` may describe an event at or after its cut-off."""
-    leaks = conn.execute(
-        f"""SELECT count(*) FROM {table}
-            WHERE as_of_date >= $first AND as_of_date <= $last AND {time_column} >= cutoff""",
+def _leakage_check(conn, table: str, days) -> AssetCheckResult:
+    """No row of ``table`` may describe an event at or after its cut-off (every row, per day)."""
+    per_day = conn.execute(
+        f"""SELECT as_of_date, min(cutoff) AS cutoff, max(last_event_time) AS latest_event_time, count(*) AS rows
+            FROM {table} WHERE as_of_date >= $first AND as_of_date <= $last GROUP BY ALL ORDER BY 1""",
         {"first": days[0], "last": days[-1]},
-    ).fetchone()[0]
-    return AssetCheckResult(
-        check_name=f"{table}_no_leakage",
-        passed=leaks == 0,
-        metadata={"rows_with_events_after_cutoff": int(leaks)},
+    ).df()
+    return point_in_time_check(per_day, f"{table}_no_leakage")
+
+
+def _active_users_reconcile(conn, days) -> AssetCheckResult:
+    """Every user active on the day (not a bot) has a feature row that counts the day's events."""
+    return reconciliation_check(
+        conn, "user_features_reconciles",
+        """WITH f AS (SELECT as_of_date, cutoff, count(*) FILTER (WHERE events_1d > 0) AS actual
+                      FROM user_features WHERE as_of_date >= $first AND as_of_date <= $last GROUP BY ALL)
+           SELECT f.as_of_date AS day,
+                  (SELECT count(DISTINCT user_id) FROM cleaned_events
+                   WHERE event_time >= f.cutoff - INTERVAL 1 DAY AND event_time < f.cutoff AND NOT is_bot) AS expected,
+                  f.actual
+           FROM f ORDER BY 1""",
+        {"first": days[0], "last": days[-1]},
     )
 
 
@@ -33,13 +51,16 @@ def _leakage_check(conn, table: str, days, time_column: str = "last_event_time")
         AssetCheckSpec("user_features_suite", asset="user_features", blocking=True),
         AssetCheckSpec("user_features_no_leakage", asset="user_features", blocking=True,
                        description="No user feature row has an event at or after its cut-off."),
+        AssetCheckSpec("user_features_reconciles", asset="user_features", blocking=True,
+                       description="Users active on the day = feature rows with events in the last 24 hours."),
     ],
 )
 def user_features(context: AssetExecutionContext, warehouse: Warehouse) -> MaterializeResult:
     """Per-user behaviour features as of the end of each day (28 days of history, bots excluded):
     counts per event type over 1/3/7/28 days, recency, sessions, funnel ratios, repeat ratio, trend."""
     return build_daily_table(context, warehouse, "user_features", "as_of_date", build_user_features_day,
-                             lambda conn, days: [_leakage_check(conn, "user_features", days)])
+                             lambda conn, days: [_leakage_check(conn, "user_features", days),
+                                                 _active_users_reconcile(conn, days)])
 
 
 @asset(

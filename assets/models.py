@@ -4,9 +4,17 @@ import datetime as dt
 import time
 
 import pandas as pd
-from dagster import AssetCheckSpec, AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+from dagster import (
+    AssetCheckSpec,
+    AssetExecutionContext,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
 
 from assets.cleaned_events import cleaned_events
+from assets.common import point_in_time_check
 from assets.features import ranking_candidates, user_features
 from assets.logic import training
 from assets.logic.candidates import RANKER_FEATURES
@@ -64,7 +72,19 @@ def _split_frame(train: pd.DataFrame, holdout: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([train.assign(split="train"), holdout.assign(split="holdout")], ignore_index=True)
 
 
-def _training_set_result(frame: pd.DataFrame, table: str, train_days, holdout_day, started) -> MaterializeResult:
+def _point_in_time(frame: pd.DataFrame, hours_since_last_event: str) -> pd.DataFrame:
+    """Per as-of day: the cut-off and the latest event any row's features describe."""
+    latest = frame["cutoff"] - pd.to_timedelta(frame[hours_since_last_event], unit="h")
+    return (
+        frame.assign(latest_event_time=latest)
+        .groupby("as_of_date", as_index=False)
+        .agg(cutoff=("cutoff", "min"), latest_event_time=("latest_event_time", "max"), rows=("cutoff", "size"))
+    )
+
+
+def _training_set_result(
+    frame: pd.DataFrame, table: str, train_days, holdout_day, started, hours_since_last_event: str
+) -> MaterializeResult:
     return MaterializeResult(
         metadata={
             "dagster/row_count": len(frame),
@@ -74,7 +94,10 @@ def _training_set_result(frame: pd.DataFrame, table: str, train_days, holdout_da
             "holdout_rows": int((frame["split"] == "holdout").sum()),
             "seconds": round(time.perf_counter() - started, 2),
         },
-        check_results=[validate(frame, table, f"{table}_suite")],
+        check_results=[
+            validate(frame, table, f"{table}_suite"),
+            point_in_time_check(_point_in_time(frame, hours_since_last_event), f"{table}_point_in_time"),
+        ],
     )
 
 
@@ -82,7 +105,11 @@ def _training_set_result(frame: pd.DataFrame, table: str, train_days, holdout_da
     **_COMMON,
     deps=[user_features, cleaned_events],
     kinds={"duckdb"},
-    check_specs=[AssetCheckSpec("next_action_training_set_suite", asset="next_action_training_set", blocking=True)],
+    check_specs=[
+        AssetCheckSpec("next_action_training_set_suite", asset="next_action_training_set", blocking=True),
+        AssetCheckSpec("next_action_training_set_point_in_time", asset="next_action_training_set", blocking=True,
+                       description="Features of every row describe only events before its cut-off."),
+    ],
 )
 def next_action_training_set(config: TrainingSetConfig, warehouse: Warehouse) -> MaterializeResult:
     """User features as of the end of each cut-off day D with 0/1 labels from day D + 1
@@ -94,14 +121,20 @@ def next_action_training_set(config: TrainingSetConfig, warehouse: Warehouse) ->
             training.next_action_frame(conn, train_days), training.next_action_frame(conn, [holdout_day])
         )
         replace_table(conn, "next_action_training_set", frame)
-    return _training_set_result(frame, "next_action_training_set", train_days, holdout_day, started)
+    return _training_set_result(
+        frame, "next_action_training_set", train_days, holdout_day, started, "hours_since_last_event"
+    )
 
 
 @asset(
     **_COMMON,
     deps=[ranking_candidates, cleaned_events],
     kinds={"duckdb"},
-    check_specs=[AssetCheckSpec("ranker_training_set_suite", asset="ranker_training_set", blocking=True)],
+    check_specs=[
+        AssetCheckSpec("ranker_training_set_suite", asset="ranker_training_set", blocking=True),
+        AssetCheckSpec("ranker_training_set_point_in_time", asset="ranker_training_set", blocking=True,
+                       description="Features of every row describe only events before its cut-off."),
+    ],
 )
 def ranker_training_set(config: TrainingSetConfig, warehouse: Warehouse) -> MaterializeResult:
     """Candidates as of each cut-off day D with graded relevance from day D + 1 (training keeps users
@@ -114,7 +147,9 @@ def ranker_training_set(config: TrainingSetConfig, warehouse: Warehouse) -> Mate
             training.ranker_frame(conn, [holdout_day], positives_only=False),
         )
         replace_table(conn, "ranker_training_set", frame)
-    return _training_set_result(frame, "ranker_training_set", train_days, holdout_day, started)
+    return _training_set_result(
+        frame, "ranker_training_set", train_days, holdout_day, started, "user_hours_since_last_event"
+    )
 
 
 def _comparison_markdown(evaluation: pd.DataFrame, metrics: list[str]) -> MetadataValue:

@@ -1,11 +1,15 @@
-"""The one daily partitioning of the pipeline (UTC days) and how assets read their window."""
+"""The one daily partitioning of the pipeline and how assets read their window.
+
+A partition key is a day of the shop's calendar (``settings.json`` timezone, UTC by
+default); assets turn it into UTC bounds with ``day_bounds(day, tz)``.
+"""
 
 import datetime as dt
 
 from dagster import AssetExecutionContext, BackfillPolicy, DailyPartitionsDefinition
 
-# Early enough for the public sample logs (DIGINETICA starts in 2016).
-daily_partitions = DailyPartitionsDefinition(start_date="2016-01-01", timezone="UTC")
+# Early enough for the public logs (YooChoose starts in April 2014, RetailRocket in 2015).
+daily_partitions = DailyPartitionsDefinition(start_date="2014-01-01", timezone="UTC")
 
 # A range backfill runs as one run: assets loop over the days of their window,
 # one transaction per day, so a range gives exactly the rows of day-by-day runs.
@@ -15,7 +19,7 @@ WAREHOUSE_POOL = "warehouse"
 
 
 def partition_days(context: AssetExecutionContext) -> list[dt.date]:
-    """The UTC days of the run's partition window (one day, or a backfilled range)."""
+    """The days of the run's partition window (one day, or a backfilled range)."""
     window = context.partition_time_window
     first = window.start.astimezone(dt.timezone.utc).date()
     last = window.end.astimezone(dt.timezone.utc).date()

@@ -6,7 +6,13 @@ import pandas as pd
 from dagster import AssetCheckSpec, Config, MaterializeResult, MetadataValue, asset
 
 from assets.logic.training import metric_value
-from assets.models import BASELINES, MAIN_METRIC, holdout_evaluation, next_action_model, next_item_ranker
+from assets.models import (
+    BASELINES,
+    MAIN_METRIC,
+    holdout_evaluation,
+    next_action_model,
+    next_item_ranker,
+)
 from assets.partitions import WAREHOUSE_POOL
 from expectations import validate
 from resources import ModelRegistry, Warehouse

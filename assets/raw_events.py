@@ -1,14 +1,37 @@
 """Ingestion: daily landing files -> raw_events, with every unusable row quarantined with its reason."""
 
+import datetime as dt
 import time
 
-from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, MaterializeResult, MetadataValue, asset
+import pandas as pd
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
 
-from assets.common import frame_for_checks, per_day_table
+from assets.common import (
+    DAY_WINDOWS_SQL,
+    day_windows,
+    frame_for_checks,
+    markdown_preview,
+    per_day_table,
+    reconciliation_check,
+)
 from assets.logic.events import load_raw_day
+from assets.logic.monitoring import mix_shifts, volume_anomalies
+from assets.logic.warehouse_sql import day_bounds
 from assets.partitions import DAILY_ASSET, partition_days
 from expectations import validate
 from resources import LandingSource, Warehouse
+
+MONITOR_HISTORY_DAYS = 60
+
+_LOCAL_DAY = "CAST(timezone($tz, timezone('UTC', event_time)) AS DATE)"
 
 
 @asset(
@@ -22,27 +45,39 @@ from resources import LandingSource, Warehouse
             "landing_reconciles", asset="raw_events", blocking=True,
             description="Every landing row is accepted or quarantined: read = accepted + quarantined, per day.",
         ),
+        AssetCheckSpec(
+            "raw_events_volume", asset="raw_events", blocking=False,
+            description="Advisory: daily accepted rows inside the 99% interval of an AR(1) forecast from the days before.",
+        ),
+        AssetCheckSpec(
+            "raw_events_event_mix", asset="raw_events", blocking=False,
+            description="Advisory: event-type shares within 0.15 (total variation) of the 7 days before.",
+        ),
     ],
 )
 def raw_events(context: AssetExecutionContext, warehouse: Warehouse, landing: LandingSource) -> MaterializeResult:
     """Accepted landing rows of each day in the canonical event schema; the rest go to
-    ``raw_events_quarantine`` with partition, source file, row number, reason and raw text."""
+    ``raw_events_quarantine`` with partition, source file, line, reason and raw text."""
     started = time.perf_counter()
     days = partition_days(context)
-    per_day, mismatches = {}, []
+    tz = warehouse.timezone
+    per_day, landed = {}, []
     with warehouse.connect() as conn:
         for day in days:
             files = landing.files_for_day(day)
-            per_day[day] = load_raw_day(conn, files, day)
-            landed = conn.execute("SELECT count(*) FROM read_parquet(?, union_by_name = true)", [files]).fetchone()[0]
-            stored = conn.execute(
-                """SELECT (SELECT count(*) FROM raw_events WHERE CAST(event_time AS DATE) = $day)
-                        + (SELECT count(*) FROM raw_events_quarantine WHERE partition_date = $day)""",
-                {"day": day},
-            ).fetchone()[0]
-            if landed != stored:
-                mismatches.append({"day": str(day), "landed": landed, "stored": stored})
-        frame, sampled = frame_for_checks(conn, "raw_events", "event_time", days)
+            per_day[day] = load_raw_day(conn, files, day, tz)
+            rows = conn.execute("SELECT count(*) FROM read_parquet(?, union_by_name = true)", [files]).fetchone()[0]
+            landed.append(rows)
+        reconciled = reconciliation_check(
+            conn, "landing_reconciles",
+            f"""SELECT b.day, b.extra AS expected,
+                       (SELECT count(*) FROM raw_events r WHERE r.event_time >= b.start_ts AND r.event_time < b.end_ts)
+                     + (SELECT count(*) FROM raw_events_quarantine q WHERE q.partition_date = b.day) AS actual
+                FROM {DAY_WINDOWS_SQL} b ORDER BY 1""",
+            day_windows(days, tz, landed),
+        )
+        frame, sampled = frame_for_checks(conn, "raw_events", "event_time", days, tz)
+        monitors = _monitors(conn, days, tz)
     read = sum(c["read"] for c in per_day.values())
     accepted = sum(c["accepted"] for c in per_day.values())
     return MaterializeResult(
@@ -51,15 +86,53 @@ def raw_events(context: AssetExecutionContext, warehouse: Warehouse, landing: La
             "rows_read": read,
             "rows_quarantined": read - accepted,
             "per_day": per_day_table(per_day),
-            "landing_mode": landing.mode,
+            "landing_mode": landing.effective_mode,
+            "timezone": tz,
+            "preview": markdown_preview(frame),
             "seconds": round(time.perf_counter() - started, 2),
         },
         check_results=[
             validate(frame, "raw_events", "raw_events_suite", extra_metadata={"sampled": sampled}),
-            AssetCheckResult(
-                check_name="landing_reconciles",
-                passed=not mismatches,
-                metadata={"days": len(days), "rows_read": read, "mismatches": MetadataValue.json(mismatches)},
-            ),
+            reconciled,
+            *monitors,
         ],
+    )
+
+
+def _monitors(conn, days: list[dt.date], tz: str) -> list[AssetCheckResult]:
+    """Volume and event-mix monitors over the window and up to ``MONITOR_HISTORY_DAYS`` before it."""
+    first = days[0] - dt.timedelta(days=MONITOR_HISTORY_DAYS)
+    counts = conn.execute(
+        f"""SELECT {_LOCAL_DAY} AS day, event_type, count(*) AS n FROM raw_events
+            WHERE event_time >= $start AND event_time < $end GROUP BY ALL""",
+        {"tz": tz, "start": day_bounds(first, tz)[0], "end": day_bounds(days[-1], tz)[1]},
+    ).df()
+    calendar = [first + dt.timedelta(days=i) for i in range((days[-1] - first).days + 1)]
+    by_type = counts.pivot_table(index="day", columns="event_type", values="n", aggfunc="sum", fill_value=0)
+    by_type.index = [pd.Timestamp(d).date() for d in by_type.index]
+    by_type = by_type.reindex(calendar, fill_value=0)
+    # Days before the shop's first event are not history: start the series at the first day with rows.
+    active = by_type.sum(axis=1)
+    by_type = by_type.loc[active[active > 0].index.min():] if active.any() else by_type.iloc[0:0]
+    judged = [d for d in days if d in by_type.index]
+    volume = volume_anomalies(by_type.sum(axis=1), judged)
+    mix = mix_shifts(by_type, judged)
+    return [
+        _advisory("raw_events_volume", volume, "anomalous", "days outside the forecast interval"),
+        _advisory("raw_events_event_mix", mix, "shifted", "days whose event-type mix shifted"),
+    ]
+
+
+def _advisory(name: str, table: pd.DataFrame, flag: str, what: str) -> AssetCheckResult:
+    flagged = table[table[flag]] if len(table) else table
+    return AssetCheckResult(
+        check_name=name,
+        passed=len(flagged) == 0,
+        severity=AssetCheckSeverity.WARN,
+        description=f"{len(flagged)} {what}: {', '.join(flagged['day'])}" if len(flagged) else None,
+        metadata={
+            "days_judged": len(table),
+            "days_flagged": len(flagged),
+            "per_day": MetadataValue.md(table.to_markdown(index=False) if len(table) else "_not enough history to judge_"),
+        },
     )

@@ -10,7 +10,11 @@ from assets.features import ranking_candidates, user_features
 from assets.logic.candidates import RANKER_FEATURES
 from assets.logic.features import USER_FEATURE_COLUMNS
 from assets.logic.serving import check_features, predict_next_action_day, recommend_day
-from assets.logic.warehouse_sql import day_bounds, ensure_table, replace_window_from_frame
+from assets.logic.warehouse_sql import (
+    date_bounds,
+    ensure_table,
+    replace_window_from_frame,
+)
 from assets.models import NEXT_ACTION_MODEL, RANKER_MODEL
 from assets.partitions import DAILY_ASSET, partition_days
 from assets.promotion import champion_promotion
@@ -39,7 +43,7 @@ def _publish(context, warehouse: Warehouse, registry: ModelRegistry, table: str,
                 model_name=model_name, model_version=champion.version, run_id=champion.run_id,
                 scored_at=pd.Timestamp.now("UTC").tz_localize(None),
             )
-            rows[str(day)] = replace_window_from_frame(conn, table, "as_of_date", *day_bounds(day), frame)
+            rows[str(day)] = replace_window_from_frame(conn, table, "as_of_date", *date_bounds(day), frame)
         checked, sampled = frame_for_checks(conn, table, "as_of_date", days)
     return MaterializeResult(
         metadata={

@@ -24,6 +24,13 @@ def load_suite(name: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def _show(value: Any) -> str:
+    """An offending value as a person would write it (numpy scalars unwrapped, pairs as pairs)."""
+    if isinstance(value, (tuple, list)):
+        return "(" + ", ".join(_show(v) for v in value) + ")"
+    return str(value.item() if hasattr(value, "item") else value)
+
+
 def _describe(config: Any) -> str:
     kwargs = {k: v for k, v in config.kwargs.items() if k not in ("batch_id", "result_format")}
     return f"{config.type}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
@@ -54,7 +61,7 @@ def run_suite(frame: pd.DataFrame, suite_name: str) -> list[dict[str, Any]]:
                 "success": bool(r.success),
                 "unexpected_count": detail.get("unexpected_count"),
                 "observed_value": detail.get("observed_value"),
-                "examples": [str(x) for x in examples[:MAX_EXAMPLES]],
+                "examples": [_show(x) for x in examples[:MAX_EXAMPLES]],
                 "error": (r.exception_info or {}).get("exception_message") if not r.success else None,
             }
         )

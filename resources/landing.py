@@ -7,7 +7,7 @@ from pathlib import Path
 from dagster import ConfigurableResource
 
 from assets.logic.synthetic import ShopParams, write_day
-from resources.home import home_paths
+from resources.home import home_paths, read_settings
 
 LANDING_SUFFIXES = (".parquet",)
 
@@ -15,14 +15,24 @@ LANDING_SUFFIXES = (".parquet",)
 class LandingSource(ConfigurableResource):
     """Daily landing folders ``<home>/landing/YYYY-MM-DD/*.parquet`` in the canonical schema.
 
-    ``mode="synthetic"`` (the embedded default) generates a missing day from the
-    seeded synthetic shop described in ``landing/shop.json`` (written by
-    ``shopseq demo``; the defaults otherwise). ``mode="files"`` only reads what
-    ``shopseq ingest`` or another system put there and fails on a missing day.
+    ``mode="synthetic"`` generates a missing day from the seeded synthetic shop
+    described in ``landing/shop.json`` (written by ``shopseq demo``; the defaults
+    otherwise). ``mode="files"`` only reads what ``shopseq ingest`` or another
+    system put there and fails on a missing day. ``mode="auto"`` (the default) is
+    ``files`` once ``shopseq ingest`` has marked the home so, else ``synthetic``:
+    a home of real logs never gets synthetic days mixed in.
     """
 
     home: str
-    mode: str = "synthetic"
+    mode: str = "auto"
+
+    @property
+    def effective_mode(self) -> str:
+        if self.mode == "auto":
+            return read_settings(self.home).get("landing", "synthetic")
+        if self.mode not in ("synthetic", "files"):
+            raise ValueError(f"landing mode must be 'auto', 'synthetic' or 'files', not {self.mode!r}")
+        return self.mode
 
     @property
     def root(self) -> Path:
@@ -41,14 +51,27 @@ class LandingSource(ConfigurableResource):
         fields = {**params.__dict__, "shop_start": params.shop_start.isoformat()}
         (self.root / "shop.json").write_text(json.dumps(fields, indent=2))
 
+    def landed_days(self) -> list[dt.date]:
+        """The days that have a landing folder with at least one file, in order."""
+        if not self.root.is_dir():
+            return []
+        days = []
+        for folder in self.root.iterdir():
+            try:
+                day = dt.date.fromisoformat(folder.name)
+            except ValueError:
+                continue
+            if any(f.suffix in LANDING_SUFFIXES for f in folder.iterdir()):
+                days.append(day)
+        return sorted(days)
+
     def files_for_day(self, day: dt.date) -> list[str]:
         """The day's landing files, generating them first in synthetic mode."""
-        if self.mode not in ("synthetic", "files"):
-            raise ValueError(f"landing mode must be 'synthetic' or 'files', not {self.mode!r}")
+        mode = self.effective_mode
         folder = self.root / day.isoformat()
         files = sorted(str(f) for f in folder.glob("*") if f.suffix in LANDING_SUFFIXES) if folder.is_dir() else []
         if files:
             return files
-        if self.mode == "synthetic":
+        if mode == "synthetic":
             return [write_day(self.shop(), day, str(self.root))]
         raise FileNotFoundError(f"no landing files for {day} in {folder} (landing mode 'files')")

@@ -7,7 +7,7 @@ import duckdb
 from dagster import ConfigurableResource
 from dagster_duckdb import DuckDBResource
 
-from resources.home import home_paths
+from resources.home import home_paths, read_settings
 
 
 class Warehouse(ConfigurableResource):
@@ -21,6 +21,11 @@ class Warehouse(ConfigurableResource):
     home: str
     memory_limit: str = "4GB"
     threads: int = 2
+
+    @property
+    def timezone(self) -> str:
+        """The shop's timezone: partition keys are its days; ``event_time`` is stored in UTC."""
+        return read_settings(self.home).get("timezone", "UTC")
 
     @property
     def path(self) -> str:

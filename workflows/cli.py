@@ -18,6 +18,8 @@ concurrency:
     default_limit: 1
 """
 
+PSEUDONYM_KEY_VARIABLE = "SHOPSEQ_PSEUDONYM_KEY"
+
 STAGES = [
     ("ingestion", "raw_events"),
     ("cleaning", "cleaned_events"),
@@ -50,7 +52,7 @@ def _progress(message: str) -> None:
 class Pipeline:
     """Runs the asset graph in-process against one home, recording runs in its Dagster instance."""
 
-    def __init__(self, home: Path, landing_mode: str = "synthetic", log_level: str = "WARNING"):
+    def __init__(self, home: Path, landing_mode: str = "auto", log_level: str = "WARNING"):
         from dagster import DagsterInstance
 
         from workflows.definitions import build_resources
@@ -94,6 +96,9 @@ class Pipeline:
 
     def run(self, start: dt.date, end: dt.date, train: bool = True) -> None:
         """Daily stages for every day of ``[start, end]``, then training, then publishing ``end``."""
+        from assets.logic.training import labelled_cutoffs
+        from assets.models import NEXT_ACTION_MODEL, RANKER_MODEL
+
         days = (end - start).days + 1
         for group, table in STAGES:
             began = time.perf_counter()
@@ -101,29 +106,64 @@ class Pipeline:
             self.materialize((group,), start, end)
             _progress(f"[{group:>9}] done in {time.perf_counter() - began:5.1f} s ({self.count(table):,} rows in {table})")
         if train:
+            with self.resources["warehouse"].connect() as conn:
+                cutoffs = labelled_cutoffs(conn)
+            if len(cutoffs) < 2:
+                train = False
+                _progress(
+                    f"[ training] skipped: {len(cutoffs)} labelled cut-off day(s) (features as of D with events on D + 1);"
+                    " training needs 2, one of them for the hold-out"
+                )
+        if train:
             began = time.perf_counter()
             _progress("[ training] training sets, LightGBM models, hold-out evaluation, promotion ...")
             self.materialize(("training",))
             _progress(f"[ training] done in {time.perf_counter() - began:5.1f} s")
+        registry = self.resources["registry"]
+        missing = [m for m in (RANKER_MODEL, NEXT_ACTION_MODEL) if registry.version_for_alias(m, "champion") is None]
+        if missing:
+            _progress(f"[  serving] skipped: no champion model yet for {', '.join(missing)}")
+            return
         began = time.perf_counter()
         _progress(f"[  serving] recommendations and next-action predictions for {end} ...")
         self.materialize(("serving",), end, end)
         _progress(f"[  serving] done in {time.perf_counter() - began:5.1f} s ({self.count('recommendations'):,} rows in recommendations)")
 
-    def count(self, table: str) -> int:
+    def has(self, table: str) -> bool:
         with self.resources["warehouse"].connect() as conn:
-            exists = conn.execute(
+            return bool(conn.execute(
                 "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]
-            ).fetchone()[0]
-            return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]) if exists else 0
+            ).fetchone()[0])
+
+    def count(self, table: str) -> int:
+        if not self.has(table):
+            return 0
+        with self.resources["warehouse"].connect() as conn:
+            return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
 
 
 def summary(pipeline: Pipeline, users: int = 3) -> str:
     """Rows per stage, the models beside their baselines, a few users' recommendations, the UI commands."""
-    import pandas as pd
-
     lines = ["", "Rows per table:"]
     lines += [f"  {t:<26} {pipeline.count(t):>10,}" for t in SUMMARY_TABLES]
+    if pipeline.has("recommendations"):
+        lines += _model_summary(pipeline, users)
+    home = pipeline.home
+    lines += [
+        "",
+        "Open the same state in the UIs:",
+        f"  Dagster: shopseq ui --home {home}",
+        f"     (or: SHOPSEQ_HOME={home} DAGSTER_HOME={home}/dagster_home dagster dev -w workspace.yaml)",
+        f"  MLflow:  shopseq mlflow-ui --home {home}",
+        f"     (or: mlflow ui --backend-store-uri sqlite:///{home}/mlflow.db --default-artifact-root {home}/mlartifacts)",
+    ]
+    return "\n".join(lines)
+
+
+def _model_summary(pipeline: Pipeline, users: int) -> list[str]:
+    import pandas as pd
+
+    lines = []
     with pipeline.resources["warehouse"].connect() as conn:
         evaluation = conn.execute(
             """SELECT * FROM model_evaluations
@@ -148,16 +188,7 @@ def summary(pipeline: Pipeline, users: int = 3) -> str:
     lines += ["", "Promotion:"] + [f"  {r.model_name}: champion v{r.champion_version} ({r.decision}: {r.reason})" for r in decisions.itertuples()]
     lines += ["", "Recommendations (first users, top 5 of 20):"]
     lines += [f"  {r.user_id:<10} {', '.join(r.top_5)}  [{r.model} v{r.version}]" for r in recs.itertuples()]
-    home = pipeline.home
-    lines += [
-        "",
-        "Open the same state in the UIs:",
-        f"  Dagster: shopseq ui --home {home}",
-        f"     (or: SHOPSEQ_HOME={home} DAGSTER_HOME={home}/dagster_home dagster dev -w workspace.yaml)",
-        f"  MLflow:  shopseq mlflow-ui --home {home}",
-        f"     (or: mlflow ui --backend-store-uri sqlite:///{home}/mlflow.db --default-artifact-root {home}/mlartifacts)",
-    ]
-    return "\n".join(lines)
+    return lines
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -181,10 +212,52 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from assets.logic.ingest import FORMATS, IngestError, ingest
+    from resources import LandingSource
+    from resources.home import read_settings, write_settings
+
+    home = prepare_home(args.home)
+    landing = LandingSource(home=str(home))
+    tz = args.tz or FORMATS[args.format].default_tz
+    settings = read_settings(str(home))
+    if landing.landed_days() and settings.get("landing") != "files":
+        raise SystemExit(f"error: {landing.root} holds synthetic landing days; ingest real logs into another --home")
+    if landing.landed_days() and settings.get("timezone", tz) != tz:
+        raise SystemExit(
+            f"error: the days of {home} are {settings['timezone']} days; ingesting with --tz {tz} would mix two calendars"
+        )
+    key = None
+    if args.pseudonymise:
+        key = os.environ.get(PSEUDONYM_KEY_VARIABLE)
+        if not key:
+            raise SystemExit(f"error: --pseudonymise needs a secret key in ${PSEUDONYM_KEY_VARIABLE} (16 characters or more)")
+    began = time.perf_counter()
+    try:
+        report = ingest(args.path, args.format, str(landing.root), tz, start=args.start, end=args.end, pseudonym_key=key)
+    except IngestError as error:
+        print(f"error: cannot ingest {error}", file=sys.stderr)
+        return 2
+    write_settings(str(home), timezone=tz, landing="files")
+    print(f"Ingested {len(args.path)} {args.format} file(s) into {landing.root} ({tz} days) in {time.perf_counter() - began:.1f} s:")
+    print(report.table())
+    for path, counts in report.per_file.items():
+        print(f"  {path}: {counts['read']:,} rows read, {counts['quarantined_at_ingest']:,} unparseable at ingest")
+    days = sorted(report.per_day)
+    print(f"\nNext: shopseq run --home {home}   (materialises {days[0]}..{days[-1]})")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    from resources import LandingSource
+
     home = prepare_home(args.home)
     pipeline = Pipeline(home, landing_mode=args.landing_mode)
-    start, end = args.start, args.end or args.start
+    landed = LandingSource(home=str(home), mode=args.landing_mode).landed_days()
+    if args.start is None and not landed:
+        raise SystemExit(f"error: no landing days under {home}/landing; pass --start (synthetic) or run shopseq ingest first")
+    start = args.start or landed[0]
+    end = args.end or (landed[-1] if args.start is None else start)
     if end < start:
         raise SystemExit(f"--end {end} is before --start {start}")
     pipeline.run(start, end, train=not args.skip_training)
@@ -219,6 +292,7 @@ def _date(text: str) -> dt.date:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from assets.logic.ingest import FORMATS
     from assets.logic.synthetic import ShopParams
 
     parser = argparse.ArgumentParser(prog="shopseq", description="Predict what e-commerce shoppers do next.")
@@ -236,10 +310,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=ShopParams().seed)
     demo.set_defaults(func=cmd_demo)
 
+    ingest = with_home(sub.add_parser("ingest", help="split real logs into daily landing partitions, report counts"))
+    ingest.add_argument("--format", required=True, choices=sorted(FORMATS))
+    ingest.add_argument("--path", required=True, nargs="+", help="source files (.gz too)")
+    ingest.add_argument("--tz", help="the shop's timezone: partition days, and how times without an offset are read "
+                        "(default: the format's, UTC except taobao = Asia/Shanghai)")
+    ingest.add_argument("--start", type=_date, help="first valid day; earlier events are quarantined (timestamp_out_of_range)")
+    ingest.add_argument("--end", type=_date, help="last valid day; later events are quarantined")
+    ingest.add_argument("--pseudonymise", action="store_true",
+                        help=f"replace user and session ids by a keyed hash (key in ${PSEUDONYM_KEY_VARIABLE})")
+    ingest.set_defaults(func=cmd_ingest)
+
     run = with_home(sub.add_parser("run", help="materialise the daily graph for days, train, evaluate, publish"))
-    run.add_argument("--start", type=_date, required=True)
-    run.add_argument("--end", type=_date)
-    run.add_argument("--landing-mode", choices=["synthetic", "files"], default=os.environ.get("SHOPSEQ_LANDING_MODE", "synthetic"))
+    run.add_argument("--start", type=_date, help="first day (default: the first landing day)")
+    run.add_argument("--end", type=_date, help="last day (default: --start, or the last landing day)")
+    run.add_argument("--landing-mode", choices=["auto", "synthetic", "files"], default=os.environ.get("SHOPSEQ_LANDING_MODE", "auto"))
     run.add_argument("--skip-training", action="store_true", help="publish with the current champion")
     run.set_defaults(func=cmd_run)
 

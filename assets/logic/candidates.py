@@ -17,7 +17,12 @@ import datetime as dt
 import duckdb
 
 from assets.logic.features import HISTORY_DAYS, ITEM_FEATURE_COLUMNS, type_weight_sql
-from assets.logic.warehouse_sql import day_bounds, ensure_table, replace_window
+from assets.logic.warehouse_sql import (
+    date_bounds,
+    day_bounds,
+    ensure_table,
+    replace_window,
+)
 
 CANDIDATE_USER_DAYS = 7
 RECENT_PER_USER = 30
@@ -171,23 +176,23 @@ def _candidates_table_sql() -> str:
     )
 
 
-def build_candidates_day(conn: duckdb.DuckDBPyConnection, day: dt.date) -> int:
+def build_candidates_day(conn: duckdb.DuckDBPyConnection, day: dt.date, tz: str = "UTC") -> int:
     """Replace the candidates as of the end of ``day`` (needs that day's item and user features)."""
-    start, cutoff = day_bounds(day)
+    _, cutoff = day_bounds(day, tz)
     ensure_table(conn, "ranking_candidates", _candidates_table_sql())
     return replace_window(
-        conn, "ranking_candidates", "as_of_date", start, cutoff, _CANDIDATES_SQL, {"cutoff": cutoff, "as_of_date": day}
+        conn, "ranking_candidates", "as_of_date", *date_bounds(day), _CANDIDATES_SQL, {"cutoff": cutoff, "as_of_date": day}
     )
 
 
 def candidate_recall(conn: duckdb.DuckDBPyConnection, day: dt.date) -> dict[str, float]:
     """Share of next-day (user, item) targets each source, and their union, contains."""
-    _, cutoff = day_bounds(day)
     rows = conn.execute(
         f"""
-        WITH targets AS (
-            SELECT DISTINCT user_id, item_id FROM cleaned_events
-            WHERE event_time >= $cutoff AND event_time < $cutoff + INTERVAL 1 DAY AND NOT is_bot AND item_id IS NOT NULL
+        WITH c AS (SELECT any_value(cutoff) AS cutoff FROM ranking_candidates WHERE as_of_date = $day),
+        targets AS (
+            SELECT DISTINCT user_id, item_id FROM cleaned_events, c
+            WHERE event_time >= c.cutoff AND event_time < c.cutoff + INTERVAL 1 DAY AND NOT is_bot AND item_id IS NOT NULL
               AND user_id IN (SELECT user_id FROM ranking_candidates WHERE as_of_date = $day)
         )
         SELECT count(*) AS targets,
@@ -196,7 +201,7 @@ def candidate_recall(conn: duckdb.DuckDBPyConnection, day: dt.date) -> dict[str,
         FROM targets t LEFT JOIN ranking_candidates c
           ON c.as_of_date = $day AND c.user_id = t.user_id AND c.item_id = t.item_id
         """,
-        {"cutoff": cutoff, "day": day},
+        {"day": day},
     ).fetchone()
     total = rows[0]
     names = [*SOURCES, "union"]

@@ -1,29 +1,42 @@
 """Landing files -> raw events (+ quarantine) -> cleaned events, as DuckDB SQL.
 
-Rules, per row of a landing file for day D (the partition):
+Landing files are Parquet in the canonical schema (``event_time`` in UTC). Files
+written by ``shopseq ingest`` also carry ``source_file``, ``source_line``, ``raw``
+(the original text) and ``ingest_reason`` (set when the line could not be parsed);
+files written by another system (or the synthetic shop) need only the canonical
+columns, and their rows are located by Parquet file and row number.
 
-========================  ==========================================================
-reason                    rule
-========================  ==========================================================
-missing_user              ``user_id`` null or blank
-missing_item              ``item_id`` null or blank for any event except ``search``
-unknown_event_type        ``event_type`` (trimmed, lower-cased) not in the canonical set
-bad_timestamp             ``event_time`` null
-late_event                ``event_time`` before D: it arrived a day late; quarantined, not
-                          moved, so that partitions stay independent
-out_of_partition          ``event_time`` at or after D + 1
-negative_price            ``price`` < 0
-exact_duplicate           the same row (every column) already seen earlier in the day
-========================  ==========================================================
+Rules, per row of the landing files of day D (the partition, a day in the shop's timezone):
+
+=======================  ============================================================
+reason                   rule
+=======================  ============================================================
+(ingest reasons)         ``non_utf8``, ``unparseable_line``, ``wrong_column_count``,
+                         ``bad_type``, ``bad_timestamp``, ``timestamp_out_of_range``,
+                         ``future_timestamp``: set by ``shopseq ingest``, kept as is
+missing_user             ``user_id`` null or blank
+unknown_event_type       ``event_type`` (trimmed, lower-cased, aliases applied) not canonical
+missing_item             ``item_id`` null or blank for any event except ``search``
+bad_timestamp            ``event_time`` null or not a timestamp
+late_event               ``event_time`` before D: it arrived after its day was landed;
+                         quarantined, not moved, so that partitions stay independent
+                         (``shopseq ingest`` routes every event to its own day instead)
+out_of_partition         ``event_time`` at or after D + 1
+negative_price           ``price`` < 0
+exact_duplicate          the same row (every canonical column) seen earlier in the day
+=======================  ============================================================
 
 A row is quarantined with the first reason that applies; every other row is
 accepted. ``read = accepted + quarantined`` holds per partition.
 
-Cleaning (raw -> cleaned): one row per ``event_id`` (the earliest), event types
-trimmed and lower-cased, missing ``session_id`` derived from 30 minutes of
-inactivity, ``price`` kept null when unknown, and users with more than
-``bot_events_per_day`` events in the day flagged ``is_bot`` (kept, not dropped;
-features and recommendations skip them).
+Event types are normalised before they are checked: trimmed, lower-cased, and
+mapped by ``EVENT_TYPE_ALIASES`` (Taobao ``pv``/``fav``/``cart``/``buy``, RetailRocket
+``addtocart``/``transaction``, OTTO ``clicks``/``carts``/``orders``, ...).
+
+Cleaning (raw -> cleaned): one row per ``event_id`` (the earliest), missing
+``session_id`` derived from 30 minutes of inactivity, ``price`` kept null when
+unknown, and users with more than ``bot_events_per_day`` events in the day
+flagged ``is_bot`` (kept, not dropped; features and recommendations skip them).
 """
 
 import datetime as dt
@@ -35,31 +48,73 @@ from assets.logic.warehouse_sql import day_bounds, ensure_table, replace_window
 
 SESSION_GAP_MINUTES = 30
 
+EVENT_TYPE_ALIASES = {
+    "pv": "view", "click": "view", "clicks": "view", "page_view": "view", "detail": "view",
+    "cart": "add_to_cart", "carts": "add_to_cart", "addtocart": "add_to_cart", "add-to-cart": "add_to_cart",
+    "remove": "remove_from_cart", "removefromcart": "remove_from_cart",
+    "fav": "favorite", "favourite": "favorite", "wishlist": "favorite",
+    "buy": "purchase", "order": "purchase", "orders": "purchase", "transaction": "purchase",
+}
+
+# Columns that landing files written by ``shopseq ingest`` add to the canonical ones.
+PROVENANCE_COLUMNS = {"source_file": "VARCHAR", "source_line": "BIGINT", "raw": "VARCHAR", "ingest_reason": "VARCHAR"}
+CANONICAL_COLUMNS = ("event_time", "user_id", "session_id", "event_type", "item_id", "category_id", "price", "query", "event_id")
+
+
+def normalised_event_type_sql(column: str = "event_type") -> str:
+    """SQL for the canonical event type of a raw value (NULL stays NULL, unknown stays itself)."""
+    cases = " ".join(f"WHEN '{alias}' THEN '{canonical}'" for alias, canonical in EVENT_TYPE_ALIASES.items())
+    value = f"lower(trim(CAST({column} AS VARCHAR)))"
+    return f"(CASE {value} {cases} ELSE {value} END)"
+
+
+def _landing_select(conn: duckdb.DuckDBPyConnection, files: list[str]) -> str:
+    """SELECT of landing files in canonical types plus provenance, whatever optional columns they have."""
+    described = conn.execute(
+        "DESCRIBE SELECT * FROM read_parquet($files, union_by_name = true)", {"files": files}
+    ).fetchall()
+    types = {row[0]: row[1] for row in described}
+    missing = [c for c in ("event_time", "user_id", "event_type") if c not in types]
+    if missing:
+        raise ValueError(f"landing files {files} lack the canonical columns {missing} (found {sorted(types)})")
+
+    def col(name: str) -> str:
+        return name if name in types else "NULL"
+
+    event_time = (
+        "timezone('UTC', event_time)" if types["event_time"] == "TIMESTAMP WITH TIME ZONE"
+        else "TRY_CAST(event_time AS TIMESTAMP)"
+    )
+    return f"""
+        SELECT
+            {event_time} AS event_time,
+            NULLIF(trim(CAST({col("user_id")} AS VARCHAR)), '') AS user_id,
+            NULLIF(trim(CAST({col("session_id")} AS VARCHAR)), '') AS session_id,
+            {normalised_event_type_sql(col("event_type"))} AS event_type,
+            NULLIF(trim(CAST({col("item_id")} AS VARCHAR)), '') AS item_id,
+            NULLIF(trim(CAST({col("category_id")} AS VARCHAR)), '') AS category_id,
+            TRY_CAST({col("price")} AS DOUBLE) AS price,
+            CAST({col("query")} AS VARCHAR) AS query,
+            CAST({col("event_id")} AS VARCHAR) AS event_id,
+            coalesce(CAST({col("source_file")} AS VARCHAR), filename) AS source_file,
+            coalesce(CAST({col("source_line")} AS BIGINT), file_row_number + 1) AS source_line,
+            CAST({col("raw")} AS VARCHAR) AS raw_text,
+            CAST({col("ingest_reason")} AS VARCHAR) AS ingest_reason
+        FROM read_parquet($files, filename = true, file_row_number = true, union_by_name = true)"""
+
+
 _CLASSIFY_SQL = """
 CREATE OR REPLACE TEMP TABLE landing_classified AS
-WITH src AS (
-    SELECT
-        TRY_CAST(event_time AS TIMESTAMP) AS event_time,
-        NULLIF(trim(CAST(user_id AS VARCHAR)), '') AS user_id,
-        NULLIF(trim(CAST(session_id AS VARCHAR)), '') AS session_id,
-        lower(trim(CAST(event_type AS VARCHAR))) AS event_type,
-        NULLIF(trim(CAST(item_id AS VARCHAR)), '') AS item_id,
-        NULLIF(trim(CAST(category_id AS VARCHAR)), '') AS category_id,
-        TRY_CAST(price AS DOUBLE) AS price,
-        CAST(query AS VARCHAR) AS query,
-        CAST(event_id AS VARCHAR) AS event_id,
-        filename AS source_file,
-        file_row_number + 1 AS source_row
-    FROM read_parquet($files, filename = true, file_row_number = true, union_by_name = true)
-),
+WITH src AS ({landing}),
 numbered AS (
     SELECT *, row_number() OVER (
         PARTITION BY event_time, user_id, session_id, event_type, item_id, category_id, price, query, event_id
-        ORDER BY source_file, source_row) AS copy_no
+        ORDER BY source_file, source_line) AS copy_no
     FROM src
 )
 SELECT *,
     CASE
+        WHEN ingest_reason IS NOT NULL THEN ingest_reason
         WHEN user_id IS NULL THEN 'missing_user'
         WHEN event_type IS NULL OR NOT list_contains($event_types, event_type) THEN 'unknown_event_type'
         WHEN item_id IS NULL AND event_type <> 'search' THEN 'missing_item'
@@ -73,18 +128,28 @@ FROM numbered
 """
 
 
-def load_raw_day(conn: duckdb.DuckDBPyConnection, files: list[str], day: dt.date) -> dict[str, int]:
+def classify_landing(conn: duckdb.DuckDBPyConnection, files: list[str], day: dt.date, tz: str = "UTC") -> dict[str, int]:
+    """Classify the landing files of ``day`` into the temp table ``landing_classified``
+    (one row per landing row, ``reason`` NULL when accepted); returns counts per outcome."""
+    start, end = day_bounds(day, tz)
+    conn.execute(
+        _CLASSIFY_SQL.format(landing=_landing_select(conn, files)),
+        {"files": files, "event_types": list(EVENT_TYPES), "day_start": start, "day_end": end},
+    )
+    return dict(
+        conn.execute("SELECT coalesce(reason, 'accepted'), count(*) FROM landing_classified GROUP BY ALL ORDER BY 1").fetchall()
+    )
+
+
+def load_raw_day(conn: duckdb.DuckDBPyConnection, files: list[str], day: dt.date, tz: str = "UTC") -> dict[str, int]:
     """Classify one day's landing files and replace the day in raw_events and the quarantine.
 
     Returns ``{"read", "accepted", "quarantined"}`` plus one count per quarantine reason.
     """
-    start, end = day_bounds(day)
+    start, end = day_bounds(day, tz)
     ensure_table(conn, "raw_events")
     ensure_table(conn, "raw_events_quarantine")
-    conn.execute(
-        _CLASSIFY_SQL,
-        {"files": files, "event_types": list(EVENT_TYPES), "day_start": start, "day_end": end},
-    )
+    counts = classify_landing(conn, files, day, tz)
     accepted = replace_window(
         conn,
         "raw_events",
@@ -92,39 +157,34 @@ def load_raw_day(conn: duckdb.DuckDBPyConnection, files: list[str], day: dt.date
         start,
         end,
         """SELECT event_time, user_id, session_id, event_type, item_id, category_id, price, query,
-                  coalesce(event_id, md5(concat_ws('|', event_time, user_id, event_type, item_id, source_row))) AS event_id,
-                  source_file, source_row
+                  coalesce(event_id, md5(concat_ws('|', event_time, user_id, event_type, item_id, source_file, source_line))) AS event_id,
+                  source_file, source_line
            FROM landing_classified WHERE reason IS NULL""",
     )
     replace_window(
         conn,
         "raw_events_quarantine",
         "partition_date",
-        start,
-        end,
-        """SELECT CAST(? AS DATE) AS partition_date, source_file, source_row, reason,
-                  CAST(to_json(struct_pack(event_time, user_id, session_id, event_type, item_id,
-                                           category_id, price, query, event_id)) AS VARCHAR) AS raw
+        day,
+        day + dt.timedelta(days=1),
+        """SELECT CAST(? AS DATE) AS partition_date, source_file, source_line, reason,
+                  coalesce(raw_text, CAST(to_json(struct_pack(event_time, user_id, session_id, event_type, item_id,
+                                           category_id, price, query, event_id)) AS VARCHAR)) AS raw
            FROM landing_classified WHERE reason IS NOT NULL""",
         [day],
     )
-    counts = dict(
-        conn.execute(
-            "SELECT coalesce(reason, 'accepted'), count(*) FROM landing_classified GROUP BY ALL"
-        ).fetchall()
-    )
+    conn.execute("DROP TABLE landing_classified")
     read = sum(counts.values())
     accepted_total = counts.pop("accepted", 0)
     if accepted_total != accepted:
         raise RuntimeError(f"raw_events for {day}: classified {accepted_total} accepted rows but stored {accepted}")
-    conn.execute("DROP TABLE landing_classified")
     return {"read": read, "accepted": accepted, "quarantined": read - accepted, **counts}
 
 
 _CLEAN_SQL = """
 WITH day_rows AS (
-    SELECT * EXCLUDE (source_file, source_row, rn) FROM (
-        SELECT *, row_number() OVER (PARTITION BY event_id ORDER BY event_time, source_file, source_row) AS rn
+    SELECT * EXCLUDE (source_file, source_line, rn) FROM (
+        SELECT *, row_number() OVER (PARTITION BY event_id ORDER BY event_time, source_file, source_line) AS rn
         FROM raw_events WHERE event_time >= $start AND event_time < $end
     ) WHERE rn = 1
 ),
@@ -143,15 +203,15 @@ per_user AS (
     SELECT user_id, count(*) > $bot_events_per_day AS is_bot FROM day_rows GROUP BY user_id
 )
 SELECT d.event_time, d.user_id,
-       coalesce(d.session_id, d.user_id || '-' || strftime(CAST($start AS TIMESTAMP), '%Y%m%d') || '-' || d.session_no) AS session_id,
+       coalesce(d.session_id, d.user_id || '-' || strftime(CAST($day AS DATE), '%Y%m%d') || '-' || d.session_no) AS session_id,
        d.event_type, d.item_id, d.category_id, d.price, d.query, d.event_id, u.is_bot
 FROM derived d JOIN per_user u USING (user_id)
 """.replace("SESSION_GAP", str(SESSION_GAP_MINUTES))
 
 
-def clean_day(conn: duckdb.DuckDBPyConnection, day: dt.date, bot_events_per_day: int) -> dict[str, int]:
+def clean_day(conn: duckdb.DuckDBPyConnection, day: dt.date, bot_events_per_day: int, tz: str = "UTC") -> dict[str, int]:
     """Replace one day of cleaned_events from raw_events; returns row counts."""
-    start, end = day_bounds(day)
+    start, end = day_bounds(day, tz)
     ensure_table(conn, "cleaned_events")
     raw = conn.execute(
         "SELECT count(*) FROM raw_events WHERE event_time >= ? AND event_time < ?", [start, end]
@@ -163,7 +223,7 @@ def clean_day(conn: duckdb.DuckDBPyConnection, day: dt.date, bot_events_per_day:
         start,
         end,
         _CLEAN_SQL,
-        {"start": start, "end": end, "bot_events_per_day": bot_events_per_day},
+        {"start": start, "end": end, "day": day, "bot_events_per_day": bot_events_per_day},
     )
     bots = conn.execute(
         "SELECT count(DISTINCT user_id) FROM cleaned_events WHERE is_bot AND event_time >= ? AND event_time < ?",

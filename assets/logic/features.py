@@ -9,7 +9,12 @@ import datetime as dt
 
 import duckdb
 
-from assets.logic.warehouse_sql import day_bounds, ensure_table, replace_window
+from assets.logic.warehouse_sql import (
+    date_bounds,
+    day_bounds,
+    ensure_table,
+    replace_window,
+)
 
 HISTORY_DAYS = 28
 WINDOWS = (1, 3, 7, 28)
@@ -138,19 +143,19 @@ def _feature_table_sql(columns: list[str], key: str) -> str:
     return f"(as_of_date DATE NOT NULL, cutoff TIMESTAMP NOT NULL, {key} VARCHAR NOT NULL, {body}{extra}, last_event_time TIMESTAMP)"
 
 
-def build_user_features_day(conn: duckdb.DuckDBPyConnection, day: dt.date) -> int:
-    """Replace the user features as of the end of ``day``; returns rows."""
-    start, cutoff = day_bounds(day)
+def build_user_features_day(conn: duckdb.DuckDBPyConnection, day: dt.date, tz: str = "UTC") -> int:
+    """Replace the user features as of the end of ``day`` (a day in ``tz``); returns rows."""
+    _, cutoff = day_bounds(day, tz)
     ensure_table(conn, "user_features", _feature_table_sql(USER_FEATURE_COLUMNS, "user_id"))
     return replace_window(
-        conn, "user_features", "as_of_date", start, cutoff, _USER_FEATURES_SQL, {"cutoff": cutoff, "as_of_date": day}
+        conn, "user_features", "as_of_date", *date_bounds(day), _USER_FEATURES_SQL, {"cutoff": cutoff, "as_of_date": day}
     )
 
 
-def build_item_features_day(conn: duckdb.DuckDBPyConnection, day: dt.date) -> int:
-    """Replace the item features as of the end of ``day``; returns rows."""
-    start, cutoff = day_bounds(day)
+def build_item_features_day(conn: duckdb.DuckDBPyConnection, day: dt.date, tz: str = "UTC") -> int:
+    """Replace the item features as of the end of ``day`` (a day in ``tz``); returns rows."""
+    _, cutoff = day_bounds(day, tz)
     ensure_table(conn, "item_features", _feature_table_sql(ITEM_FEATURE_COLUMNS, "item_id"))
     return replace_window(
-        conn, "item_features", "as_of_date", start, cutoff, _ITEM_FEATURES_SQL, {"cutoff": cutoff, "as_of_date": day}
+        conn, "item_features", "as_of_date", *date_bounds(day), _ITEM_FEATURES_SQL, {"cutoff": cutoff, "as_of_date": day}
     )

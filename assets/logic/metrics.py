@@ -2,7 +2,12 @@
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
+from sklearn.metrics import (
+    average_precision_score,
+    brier_score_loss,
+    log_loss,
+    roc_auc_score,
+)
 
 
 def ranking_metrics(recommendations: pd.DataFrame, targets: pd.DataFrame, k: int) -> dict[str, float]:

@@ -4,7 +4,12 @@ import datetime as dt
 
 import duckdb
 
-from assets.logic.warehouse_sql import day_bounds, ensure_table, replace_window
+from assets.logic.warehouse_sql import (
+    date_bounds,
+    day_bounds,
+    ensure_table,
+    replace_window,
+)
 
 _SESSIONS_SQL = """
 SELECT min(event_time) AS session_start, max(event_time) AS session_end, session_id, user_id,
@@ -22,7 +27,7 @@ GROUP BY session_id, user_id
 """
 
 _SEQUENCES_SQL = """
-SELECT CAST($start AS DATE) AS day, user_id, count(*) AS n_events, count(DISTINCT session_id) AS n_sessions,
+SELECT CAST($day AS DATE) AS day, user_id, count(*) AS n_events, count(DISTINCT session_id) AS n_sessions,
        list(coalesce(item_id, '') ORDER BY event_time, event_id) AS items,
        list(event_type ORDER BY event_time, event_id) AS event_types
 FROM cleaned_events
@@ -31,15 +36,17 @@ GROUP BY user_id
 """
 
 
-def build_sessions_day(conn: duckdb.DuckDBPyConnection, day: dt.date) -> int:
+def build_sessions_day(conn: duckdb.DuckDBPyConnection, day: dt.date, tz: str = "UTC") -> int:
     """Replace one day of sessions (keyed by their start, bots excluded); returns rows."""
-    start, end = day_bounds(day)
+    start, end = day_bounds(day, tz)
     ensure_table(conn, "sessions")
     return replace_window(conn, "sessions", "session_start", start, end, _SESSIONS_SQL, {"start": start, "end": end})
 
 
-def build_user_sequences_day(conn: duckdb.DuckDBPyConnection, day: dt.date) -> int:
+def build_user_sequences_day(conn: duckdb.DuckDBPyConnection, day: dt.date, tz: str = "UTC") -> int:
     """Replace one day of user_sequences: each user's ordered items and event types."""
-    start, end = day_bounds(day)
+    start, end = day_bounds(day, tz)
     ensure_table(conn, "user_sequences")
-    return replace_window(conn, "user_sequences", "day", start, end, _SEQUENCES_SQL, {"start": start, "end": end})
+    return replace_window(
+        conn, "user_sequences", "day", *date_bounds(day), _SEQUENCES_SQL, {"start": start, "end": end, "day": day}
+    )

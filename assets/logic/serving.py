@@ -11,16 +11,14 @@ from assets.logic.candidates import RANKER_FEATURES
 from assets.logic.features import USER_FEATURE_COLUMNS
 from assets.logic.metrics import top_k
 from assets.logic.training import popular_items
-from assets.logic.warehouse_sql import day_bounds
 
 TOP_K = 20
 
 
 def active_users(conn: duckdb.DuckDBPyConnection, day: dt.date) -> pd.Series:
-    start, end = day_bounds(day)
+    """Users (not bots) with an event in the 24 hours before the cut-off of ``day``."""
     return conn.execute(
-        "SELECT DISTINCT user_id FROM cleaned_events WHERE event_time >= ? AND event_time < ? AND NOT is_bot ORDER BY 1",
-        [start, end],
+        "SELECT user_id FROM user_features WHERE as_of_date = ? AND events_1d > 0 ORDER BY 1", [day]
     ).df()["user_id"]
 
 

@@ -151,7 +151,7 @@ def holdout_targets(conn: duckdb.DuckDBPyConnection, day: dt.date) -> pd.DataFra
     """Distinct (user, item, event_type) of day D + 1 for users with history before it."""
     return conn.execute(
         """
-        WITH bounds AS (SELECT CAST($day AS TIMESTAMP) + INTERVAL 1 DAY AS cutoff)
+        WITH bounds AS (SELECT any_value(cutoff) AS cutoff FROM ranking_candidates WHERE as_of_date = $day)
         SELECT DISTINCT e.user_id, e.item_id, e.event_type
         FROM cleaned_events e, bounds b
         WHERE e.event_time >= b.cutoff AND e.event_time < b.cutoff + INTERVAL 1 DAY

@@ -2,6 +2,7 @@
 
 import datetime as dt
 from typing import Sequence
+from zoneinfo import ZoneInfo
 
 import duckdb
 
@@ -18,9 +19,9 @@ EVENT_COLUMNS = """
 """
 
 TABLES = {
-    "raw_events": f"({EVENT_COLUMNS}, source_file VARCHAR NOT NULL, source_row BIGINT NOT NULL)",
+    "raw_events": f"({EVENT_COLUMNS}, source_file VARCHAR NOT NULL, source_line BIGINT NOT NULL)",
     "raw_events_quarantine": """(
-        partition_date DATE NOT NULL, source_file VARCHAR NOT NULL, source_row BIGINT NOT NULL,
+        partition_date DATE NOT NULL, source_file VARCHAR NOT NULL, source_line BIGINT NOT NULL,
         reason VARCHAR NOT NULL, raw VARCHAR)""",
     "cleaned_events": f"({EVENT_COLUMNS}, is_bot BOOLEAN NOT NULL)",
     "sessions": """(
@@ -66,9 +67,20 @@ def replace_window(
     return int(inserted)
 
 
-def day_bounds(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
-    start = dt.datetime.combine(day, dt.time())
-    return start, start + dt.timedelta(days=1)
+def day_bounds(day: dt.date, tz: str = "UTC") -> tuple[dt.datetime, dt.datetime]:
+    """The UTC instants (naive, like ``event_time``) where the shop's day ``day`` starts and ends.
+
+    Partition keys are days in the shop's timezone; event times are stored in UTC.
+    A day is 23 or 25 hours long where its timezone changes clocks.
+    """
+    zone = ZoneInfo(tz)
+    start, end = (dt.datetime.combine(d, dt.time(), tzinfo=zone) for d in (day, day + dt.timedelta(days=1)))
+    return tuple(t.astimezone(dt.timezone.utc).replace(tzinfo=None) for t in (start, end))
+
+
+def date_bounds(day: dt.date) -> tuple[dt.date, dt.date]:
+    """``[day, day + 1)`` for tables keyed by a DATE column (as_of_date, day)."""
+    return day, day + dt.timedelta(days=1)
 
 
 def replace_table(conn: duckdb.DuckDBPyConnection, table: str, frame) -> int:

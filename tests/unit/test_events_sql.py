@@ -31,7 +31,7 @@ def _landing(tmp_path, rows, name="events.parquet"):
 BAD_ROWS = [
     (_row("2025-03-02 10:00", user=None, event_id="a"), "missing_user"),
     (_row("2025-03-02 10:01", user="  ", event_id="b"), "missing_user"),
-    (_row("2025-03-02 10:02", etype="click", event_id="c"), "unknown_event_type"),
+    (_row("2025-03-02 10:02", etype="teleport", event_id="c"), "unknown_event_type"),
     (_row("2025-03-02 10:03", item=None, event_id="d"), "missing_item"),
     (_row("2025-03-01 23:59", event_id="e"), "late_event"),
     (_row("2025-03-03 00:00", event_id="f"), "out_of_partition"),
@@ -49,8 +49,8 @@ def test_every_row_is_accepted_or_quarantined_with_its_reason(conn, tmp_path):
     reasons = dict(conn.execute("SELECT reason, count(*) FROM raw_events_quarantine GROUP BY 1").fetchall())
     expected = pd.Series([r for _, r in BAD_ROWS] + ["exact_duplicate"]).value_counts().to_dict()
     assert reasons == expected
-    q = conn.execute("SELECT source_row, raw FROM raw_events_quarantine WHERE reason = 'unknown_event_type'").fetchone()
-    assert q[0] == 7 and '"click"' in q[1]  # 1-based line in the file, raw text kept
+    q = conn.execute("SELECT source_line, raw FROM raw_events_quarantine WHERE reason = 'unknown_event_type'").fetchone()
+    assert q[0] == 7 and '"teleport"' in q[1]  # 1-based line in the file, raw text kept
     assert conn.execute("SELECT event_type FROM raw_events WHERE event_id = 'ok2'").fetchone()[0] == "purchase"
 
 

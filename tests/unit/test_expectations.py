@@ -11,7 +11,7 @@ def test_failed_expectations_are_named_with_offending_values():
     frame = pd.DataFrame({
         "event_time": pd.to_datetime(["2025-03-01 10:00"] * 3), "user_id": ["a", "b", "c"], "session_id": "s",
         "event_type": ["view", "teleport", "purchase"], "item_id": "i", "category_id": "c", "price": [1.0, -2.0, 3.0],
-        "query": None, "event_id": ["1", "2", "3"], "source_file": "f", "source_row": [1, 2, 3],
+        "query": None, "event_id": ["1", "2", "3"], "source_file": "f", "source_line": [1, 2, 3],
     })
     result = validate(frame, "raw_events", "raw_events_suite")
     assert not result.passed
