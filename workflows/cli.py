@@ -85,12 +85,16 @@ class Pipeline:
             raise_on_error=False,
         )
         if not result.success:
-            failed = [e for e in result.all_events if e.is_failure or e.event_type_value == "ASSET_CHECK_EVALUATION"]
-            details = "; ".join(
-                (e.step_key or "") + ": " + (e.message or "")[:400]
-                for e in failed
-                if e.is_failure or not e.event_specific_data.asset_check_evaluation.passed
-            )
+            details = []
+            for event in result.all_events:
+                if event.event_type_value == "ASSET_CHECK_EVALUATION" and not event.event_specific_data.passed:
+                    check = event.event_specific_data
+                    details.append(f"check {check.check_name} failed: {check.description or check.metadata}"[:600])
+                elif event.is_step_failure:
+                    error = getattr(event.event_specific_data, "error", None)
+                    cause = error.cause if error is not None and error.cause is not None else error
+                    details.append(f"{event.step_key}: {(cause.message if cause else event.message or '').strip()[:600]}")
+            details = "; ".join(details)
             raise RuntimeError(f"stage {'/'.join(groups)} failed (run {result.run_id}): {details}")
         return result
 

@@ -65,3 +65,47 @@ def test_dagster_cli_materialises_one_partition_idempotently(demo):
         with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as conn:
             counts.append([conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("raw_events", "cleaned_events", "sessions")])
     assert counts[0] == counts[1]
+
+
+def _shopseq(home: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "workflows.cli", *args, "--home", str(home)], cwd=cwd, env=_env(home),
+                          capture_output=True, text=True, timeout=900)
+
+
+def _taobao_like(path: Path, users: int = 60, days: int = 5) -> None:
+    """A small UserBehavior file (China-time days from 2017-11-25) with one line of each kind of garbage."""
+    start, lines = 1511539200, []  # 2017-11-24 16:00 UTC = 2017-11-25 00:00 China time
+    for u in range(1, users + 1):
+        for d in range(days):
+            for k in range(6):
+                item = (u * 7 + k * (d + 1)) % 90
+                kind = "buy" if k == 5 and (u + d) % 4 == 0 else "cart" if k == 4 else "pv"
+                lines.append(f"{u},{item},{item % 9},{kind},{start + d * 86400 + u * 300 + k * 60}")
+    lines += ["", "7,8,9,pv", "x,1,1,pv,1511600000", "7,8,9,teleport,1511600000"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_ingest_then_run_on_a_real_format(tmp_path):
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    cwd.mkdir()
+    source = tmp_path / "UserBehavior.csv"
+    _taobao_like(source)
+    out = _shopseq(home, "ingest", "--format", "taobao", "--path", str(source), cwd=cwd)
+    assert out.returncode == 0, out.stderr[-3000:]
+    total = next(line for line in out.stdout.splitlines() if line.strip().startswith("total")).split()
+    assert total[1:4] == ["1804", "1800", "4"]  # read, accepted, quarantined
+    assert "(Asia/Shanghai days)" in out.stdout
+
+    out = _shopseq(home, "run", "--skip-training", cwd=cwd)  # the days come from the landing folders
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "5 day(s) 2017-11-25..2017-11-29" in out.stdout
+    assert "[  serving] skipped: no champion model yet" in out.stdout
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as conn:
+        assert conn.execute("SELECT count(*) FROM raw_events").fetchone()[0] == 1800
+        assert conn.execute("SELECT count(*) FROM raw_events_quarantine").fetchone()[0] == 4
+        # China-time days: the first event, 2017-11-25 00:05 in Shanghai, is stored in UTC.
+        assert str(conn.execute("SELECT min(event_time) FROM raw_events").fetchone()[0]) == "2017-11-24 16:05:00"
+
+    missing = tmp_path / "nope.csv.gz"
+    out = _shopseq(home, "ingest", "--format", "taobao", "--path", str(missing), cwd=cwd)
+    assert out.returncode == 2 and str(missing) in out.stderr and "file not found" in out.stderr
