@@ -1,7 +1,6 @@
 import datetime as dt
 import os
 
-
 from assets.logic.synthetic import ShopParams
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

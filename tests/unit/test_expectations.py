@@ -3,8 +3,8 @@ import json
 import pandas as pd
 import pytest
 
-from expectations.adapter import SUITES, validate
 from assets import ALL_ASSETS
+from expectations.adapter import SUITES, validate
 
 
 def test_failed_expectations_are_named_with_offending_values():

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from assets.logic.events import load_raw_day
-from assets.logic.ingest import FORMATS, IngestError, ingest, landing_name, pseudonym
+from assets.logic.ingest import IngestError, ingest, landing_name, pseudonym
 
 NOW = dt.datetime(2026, 1, 1)  # "now" for future_timestamp, fixed so the tests do not age
 SHANGHAI = "Asia/Shanghai"
