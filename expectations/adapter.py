@@ -9,6 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue
 
@@ -26,9 +27,9 @@ def load_suite(name: str) -> dict[str, Any]:
 
 def _show(value: Any) -> str:
     """An offending value as a person would write it (numpy scalars unwrapped, pairs as pairs)."""
-    if isinstance(value, (tuple, list)):
+    if isinstance(value, (tuple, list, np.ndarray)):
         return "(" + ", ".join(_show(v) for v in value) + ")"
-    return str(value.item() if hasattr(value, "item") else value)
+    return str(value.item() if isinstance(value, np.generic) else value)
 
 
 def _describe(config: Any) -> str:

@@ -45,6 +45,10 @@ def prepare_home(home: str) -> Path:
     return root
 
 
+class StageFailed(RuntimeError):
+    """A stage of the graph did not materialise; the message names the failed steps and checks."""
+
+
 def _progress(message: str) -> None:
     print(message, flush=True)
 
@@ -95,7 +99,7 @@ class Pipeline:
                     cause = error.cause if error is not None and error.cause is not None else error
                     details.append(f"{event.step_key}: {(cause.message if cause else event.message or '').strip()[:600]}")
             details = "; ".join(details)
-            raise RuntimeError(f"stage {'/'.join(groups)} failed (run {result.run_id}): {details}")
+            raise StageFailed(f"stage {'/'.join(groups)} failed (run {result.run_id}): {details}")
         return result
 
     def run(self, start: dt.date, end: dt.date, train: bool = True) -> None:
@@ -344,7 +348,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "days", 4) < 4:
         raise SystemExit("--days must be at least 4: training needs two labelled cut-off days and a hold-out")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except StageFailed as failure:
+        print(f"error: {failure}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from resources import LandingSource, ModelRegistry, Warehouse, home_from_environ
 from workflows.jobs import daily_pipeline_job, daily_schedule, publish_job, training_job, weekly_training_schedule
 
 
-def build_resources(home: str, tracking_uri: str = "", landing_mode: str = "synthetic") -> dict:
+def build_resources(home: str, tracking_uri: str = "", landing_mode: str = "auto") -> dict:
     """The resources of one home folder; tests call this with a temporary home."""
     return {
         "warehouse": Warehouse(home=home),
@@ -26,6 +26,6 @@ defs = Definitions(
     resources=build_resources(
         home_from_environment(),
         tracking_uri=os.environ.get("SHOPSEQ_MLFLOW_TRACKING_URI", ""),
-        landing_mode=os.environ.get("SHOPSEQ_LANDING_MODE", "synthetic"),
+        landing_mode=os.environ.get("SHOPSEQ_LANDING_MODE", "auto"),
     ),
 )

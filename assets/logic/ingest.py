@@ -53,6 +53,9 @@ header that is not the format's, or more than ``max_bad_fraction`` of its lines
 unusable) stops the whole ingest with an ``IngestError`` naming the file and the
 reason, before any landing file is replaced.
 
+Every day from a file's first to its last event gets a landing file, an empty
+one for a day without events, so a quiet day is told apart from a missing one.
+
 Re-ingesting a file replaces the landing files it produced before (their names
 derive from the file's absolute path), so ingesting twice leaves the same rows.
 
@@ -697,10 +700,10 @@ def _write_days(conn: duckdb.DuckDBPyConnection, staging: Path, sources: list[Pa
     written = []
     for source in sources:
         name = landing_name(source)
-        days = [r[0] for r in conn.execute(
-            "SELECT DISTINCT day FROM placed WHERE source_file = ? ORDER BY 1", [str(source)]
-        ).fetchall()]
-        for day in days:
+        first, last = conn.execute("SELECT min(day), max(day) FROM placed WHERE source_file = ?", [str(source)]).fetchall()[0]
+        # Every day the file spans lands, days without events as an empty file: such a day is
+        # known to be empty, unlike a day whose landing has not arrived.
+        for day in (first + dt.timedelta(days=i) for i in range((last - first).days + 1)):
             folder = staging / day.isoformat()
             folder.mkdir(exist_ok=True)
             conn.execute(
