@@ -3,6 +3,7 @@
 import datetime as dt
 import time
 
+import numpy as np
 import pandas as pd
 from dagster import (
     AssetCheckSpec,
@@ -56,7 +57,21 @@ class TrainingConfig(Config):
 
 
 def holdout_evaluation(conn, model_name: str, booster) -> tuple[pd.DataFrame, dt.date]:
-    """A model and its baselines on the hold-out cut-off of the current training set."""
+    """A model and its baselines on the hold-out cut-off of the current training set; refuses
+    a hold-out on which the model's main metric is undefined (it could not be promoted)."""
+    evaluation, day = _evaluate(conn, model_name, booster)
+    target, metric = MAIN_METRIC[model_name]
+    value = training.metric_value(evaluation, "model", target, metric)
+    if not np.isfinite(value):
+        users = evaluation.loc[(evaluation["method"] == "model") & (evaluation["target"] == target), "users"].max()
+        raise ValueError(
+            f"{model_name}: the hold-out (features as of {day}, targets on the next day) cannot measure {metric} "
+            f"for target {target!r} ({users} users, no positive or no negative among them); land more days"
+        )
+    return evaluation, day
+
+
+def _evaluate(conn, model_name: str, booster) -> tuple[pd.DataFrame, dt.date]:
     if model_name == RANKER_MODEL:
         holdout = conn.execute("SELECT * FROM ranker_training_set WHERE split = 'holdout'").df()
         day = pd.Timestamp(holdout["as_of_date"].iloc[0]).date()

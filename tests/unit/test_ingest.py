@@ -243,11 +243,19 @@ def test_reingesting_a_file_replaces_its_landing_files(tmp_path):
     source = tmp_path / "log.csv"
     _write(source, [f"1,100,10,pv,{TS}", f"1,101,10,pv,{TS + 86400}"])
     root = tmp_path / "landing"
-    ingest([str(source)], "taobao", str(root), now=NOW)
-    first = _landed(root).drop(columns="filename")
-    ingest([str(source)], "taobao", str(root), now=NOW)
-    assert_frame = _landed(root).drop(columns="filename")
-    pd.testing.assert_frame_equal(first, assert_frame)
+    conn = duckdb.connect()
+
+    def ingest_and_load():
+        ingest([str(source)], "taobao", str(root), now=NOW)
+        for folder in sorted(root.iterdir()):
+            load_raw_day(conn, [str(f) for f in folder.glob("*.parquet")], dt.date.fromisoformat(folder.name), SHANGHAI)
+        return _landed(root).drop(columns="filename"), conn.execute("SELECT * FROM raw_events ORDER BY ALL").df()
+
+    landed_once, warehouse_once = ingest_and_load()
+    landed_twice, warehouse_twice = ingest_and_load()
+    pd.testing.assert_frame_equal(landed_once, landed_twice)
+    pd.testing.assert_frame_equal(warehouse_once, warehouse_twice)
+    assert len(warehouse_twice) == 2
     # The file shrank to one day: the other day's old rows must not linger.
     _write(source, [f"1,100,10,pv,{TS}"])
     ingest([str(source)], "taobao", str(root), now=NOW)
