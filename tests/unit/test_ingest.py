@@ -3,6 +3,7 @@
 import datetime as dt
 import gzip
 import json
+import os
 from pathlib import Path
 
 import duckdb
@@ -285,7 +286,8 @@ def test_pseudonymised_ingest_lets_no_raw_identifier_through(tmp_path):
         ingest([source], "taobao", str(tmp_path / "x"), now=NOW, pseudonym_key="short")
 
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+# The public samples beside the repository (../shared/data), or wherever SHOPSEQ_SAMPLE_DATA points.
+SHARED = Path(os.environ.get("SHOPSEQ_SAMPLE_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data")
 
 # Row and event-type counts published in ../shared/data/README.md.
 SAMPLES = {
