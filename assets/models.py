@@ -20,7 +20,8 @@ from assets.features import ranking_candidates, user_features
 from assets.logic import training
 from assets.logic.candidates import RANKER_FEATURES
 from assets.logic.features import USER_FEATURE_COLUMNS
-from assets.logic.warehouse_sql import replace_table
+from assets.logic.metrics import reliability_table
+from assets.logic.warehouse_sql import ensure_table, replace_table
 from assets.partitions import WAREHOUSE_POOL
 from expectations import validate
 from resources import ModelRegistry, Warehouse
@@ -29,7 +30,13 @@ NEXT_ACTION_MODEL = "shopseq_next_purchase"
 RANKER_MODEL = "shopseq_next_item_ranker"
 # The metric each model is promoted on: (target, metric); higher is better.
 MAIN_METRIC = {NEXT_ACTION_MODEL: ("label_purchase", "auc"), RANKER_MODEL: ("any", "ndcg@20")}
-BASELINES = {NEXT_ACTION_MODEL: ("buy_history_rule", "base_rate"), RANKER_MODEL: ("popularity", "repeat_recent", "recent_covis_pop")}
+BASELINES = {
+    NEXT_ACTION_MODEL: ("buy_history_rule", "base_rate"),
+    RANKER_MODEL: ("popularity", "repeat_recent", "covisitation", "markov", "recent_covis_pop"),
+}
+EVALUATION_COLUMNS = """(segment VARCHAR, method VARCHAR, target VARCHAR, metric VARCHAR, value DOUBLE, ci_low DOUBLE,
+    ci_high DOUBLE, users BIGINT, model_name VARCHAR, model_version BIGINT, run_id VARCHAR, holdout_day DATE,
+    evaluated_at TIMESTAMP)"""
 
 _COMMON = dict(group_name="training", owners=["team:ml"], pool=WAREHOUSE_POOL)
 
@@ -40,10 +47,12 @@ class TrainingSetConfig(Config):
 
 
 class TrainingConfig(Config):
-    num_boost_round: int = 150
+    # Small trees, many rounds: next-day behaviour is noisy and training sets have a few
+    # thousand users per cut-off (chosen on the Taobao sample's training days, see README).
+    num_boost_round: int = 300
     learning_rate: float = 0.05
-    num_leaves: int = 31
-    min_data_in_leaf: int = 20
+    num_leaves: int = 7
+    min_data_in_leaf: int = 50
     seed: int = 42
 
     def params(self) -> training.LightGBMParams:
@@ -63,7 +72,8 @@ def holdout_evaluation(conn, model_name: str, booster) -> tuple[pd.DataFrame, dt
     target, metric = MAIN_METRIC[model_name]
     value = training.metric_value(evaluation, "model", target, metric)
     if not np.isfinite(value):
-        users = evaluation.loc[(evaluation["method"] == "model") & (evaluation["target"] == target), "users"].max()
+        users = evaluation.loc[(evaluation["method"] == "model") & (evaluation["target"] == target)
+                               & (evaluation["segment"] == "all"), "users"].max()
         raise ValueError(
             f"{model_name}: the hold-out (features as of {day}, targets on the next day) cannot measure {metric} "
             f"for target {target!r} ({users} users, no positive or no negative among them); land more days"
@@ -75,7 +85,9 @@ def _evaluate(conn, model_name: str, booster) -> tuple[pd.DataFrame, dt.date]:
     if model_name == RANKER_MODEL:
         holdout = conn.execute("SELECT * FROM ranker_training_set WHERE split = 'holdout'").df()
         day = pd.Timestamp(holdout["as_of_date"].iloc[0]).date()
-        return training.evaluate_ranker(holdout, booster, training.holdout_targets(conn, day)), day
+        targets = training.holdout_targets(conn, day)
+        markov = training.markov_recommendations(conn, day, targets["user_id"].unique().tolist(), 20)
+        return training.evaluate_ranker(holdout, booster, targets, markov), day
     frame = conn.execute("SELECT * FROM next_action_training_set").df()
     train_rate = float(frame.loc[frame["split"] == "train", "label_purchase"].mean())
     holdout = frame[frame["split"] == "holdout"]
@@ -168,8 +180,13 @@ def ranker_training_set(config: TrainingSetConfig, warehouse: Warehouse) -> Mate
 
 
 def _comparison_markdown(evaluation: pd.DataFrame, metrics: list[str]) -> MetadataValue:
+    """Model and baselines side by side per segment and target; the model with its 95% interval."""
     shown = evaluation[evaluation["metric"].isin(metrics)]
-    table = shown.pivot_table(index=["target", "metric"], columns="method", values="value").round(4)
+    table = shown.pivot_table(index=["segment", "target", "metric"], columns="method", values="value", sort=False).round(4)
+    model = shown[shown["method"] == "model"].set_index(["segment", "target", "metric"]).reindex(table.index)
+    table["model 95% CI"] = [
+        f"{lo:.4f}..{hi:.4f}" if pd.notna(lo) else "" for lo, hi in zip(model["ci_low"], model["ci_high"])
+    ]
     return MetadataValue.md(table.reset_index().to_markdown(index=False))
 
 
@@ -185,10 +202,11 @@ def _record_model(
     config: TrainingConfig,
     holdout_day: dt.date,
     started: float,
+    extra_tables: dict[str, pd.DataFrame] | None = None,
 ) -> MaterializeResult:
     """Log the run to MLflow, register the version as challenger, store its evaluation."""
     flat = {
-        f"{row.method}.{row.target}.{row.metric}".replace("@", "_at_"): row.value
+        (f"{row.method}.{row.target}.{row.metric}" + ("" if row.segment == "all" else f".{row.segment}")).replace("@", "_at_"): row.value
         for row in evaluation.itertuples()
         if pd.notna(row.value)
     }
@@ -203,17 +221,14 @@ def _record_model(
             "holdout_day": str(holdout_day),
             "train_cutoffs": ",".join(sorted({str(d) for d in train["as_of_date"]})),
         },
-        tables={"holdout_evaluation": evaluation},
+        tables={"holdout_evaluation": evaluation, **(extra_tables or {})},
     )
     stored = evaluation.assign(
         model_name=model_name, model_version=ref.version, run_id=ref.run_id, holdout_day=holdout_day,
         evaluated_at=pd.Timestamp.now("UTC").tz_localize(None),
     )
     with warehouse.connect() as conn:
-        conn.execute(
-            """CREATE TABLE IF NOT EXISTS model_evaluations (method VARCHAR, target VARCHAR, metric VARCHAR, value DOUBLE,
-               users BIGINT, model_name VARCHAR, model_version BIGINT, run_id VARCHAR, holdout_day DATE, evaluated_at TIMESTAMP)"""
-        )
+        ensure_table(conn, "model_evaluations", EVALUATION_COLUMNS)
         conn.register("incoming_frame", stored)
         conn.execute("INSERT INTO model_evaluations BY NAME SELECT * FROM incoming_frame")
         conn.unregister("incoming_frame")
@@ -228,6 +243,7 @@ def _record_model(
             "train_rows": len(train),
             f"holdout_{metric}": training.metric_value(evaluation, "model", target, metric),
             "model_vs_baselines": _comparison_markdown(evaluation, [metric, "recall@20", "auc", "brier"]),
+            **{name: MetadataValue.md(table.to_markdown(index=False)) for name, table in (extra_tables or {}).items()},
             "seconds": round(time.perf_counter() - started, 2),
         },
         check_results=[validate(evaluation, "model_evaluation", "model_evaluation_suite")],
@@ -250,8 +266,10 @@ def next_action_model(
         train = conn.execute("SELECT * FROM next_action_training_set WHERE split = 'train'").df()
         booster = training.train_binary(train, "label_purchase", config.params())
         evaluation, holdout_day = holdout_evaluation(conn, NEXT_ACTION_MODEL, booster)
+        holdout = conn.execute("SELECT * FROM next_action_training_set WHERE split = 'holdout'").df()
+    reliability = reliability_table(holdout["label_purchase"], booster.predict(holdout[USER_FEATURE_COLUMNS].astype(float)))
     return _record_model(context, warehouse, registry, NEXT_ACTION_MODEL, booster, train, USER_FEATURE_COLUMNS,
-                         evaluation, config, holdout_day, started)
+                         evaluation, config, holdout_day, started, {"reliability": reliability})
 
 
 @asset(

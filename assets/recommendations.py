@@ -3,13 +3,25 @@
 import time
 
 import pandas as pd
-from dagster import AssetCheckSpec, AssetExecutionContext, MaterializeResult, asset
+from dagster import (
+    AssetCheckSpec,
+    AssetExecutionContext,
+    Config,
+    MaterializeResult,
+    asset,
+)
 
 from assets.common import frame_for_checks, markdown_preview
 from assets.features import ranking_candidates, user_features
 from assets.logic.candidates import RANKER_FEATURES
 from assets.logic.features import USER_FEATURE_COLUMNS
-from assets.logic.serving import check_features, predict_next_action_day, recommend_day
+from assets.logic.serving import (
+    TOP_K,
+    BusinessRules,
+    check_features,
+    predict_next_action_day,
+    recommend_day,
+)
 from assets.logic.warehouse_sql import (
     date_bounds,
     ensure_table,
@@ -21,10 +33,23 @@ from assets.promotion import champion_promotion
 from expectations import validate
 from resources import ModelRegistry, Warehouse
 
+
+class RecommendationConfig(Config):
+    """Business rules, applied after ranking (see ``assets.logic.serving.BusinessRules``)."""
+
+    exclude_purchased: bool = True
+    max_per_category: int = 5
+    deny_items: list[str] = []
+    min_items: int = TOP_K
+
+    def rules(self) -> BusinessRules:
+        return BusinessRules(self.exclude_purchased, self.max_per_category, tuple(self.deny_items), self.min_items)
+
+
 _COMMON = dict(**DAILY_ASSET, group_name="serving", kinds={"duckdb", "lightgbm"}, owners=["team:ml"])
 _LINEAGE = "model_name VARCHAR NOT NULL, model_version BIGINT NOT NULL, run_id VARCHAR NOT NULL, scored_at TIMESTAMP"
 TABLES = {
-    "recommendations": f"(as_of_date DATE NOT NULL, user_id VARCHAR NOT NULL, rank BIGINT NOT NULL, item_id VARCHAR NOT NULL, score DOUBLE, source VARCHAR, {_LINEAGE})",
+    "recommendations": f"(as_of_date DATE NOT NULL, user_id VARCHAR NOT NULL, rank BIGINT NOT NULL, item_id VARCHAR NOT NULL, score DOUBLE, source VARCHAR, rules VARCHAR, {_LINEAGE})",
     "next_action_predictions": f"(as_of_date DATE NOT NULL, user_id VARCHAR NOT NULL, p_purchase DOUBLE NOT NULL, {_LINEAGE})",
 }
 
@@ -64,10 +89,17 @@ def _publish(context, warehouse: Warehouse, registry: ModelRegistry, table: str,
     deps=[ranking_candidates, champion_promotion],
     check_specs=[AssetCheckSpec("recommendations_suite", asset="recommendations", blocking=True)],
 )
-def recommendations(context: AssetExecutionContext, warehouse: Warehouse, registry: ModelRegistry) -> MaterializeResult:
-    """Top 20 items for every user active on the day, as of its end, scored by the champion ranker;
-    each row names the model version and MLflow run that scored it."""
-    return _publish(context, warehouse, registry, "recommendations", RANKER_MODEL, RANKER_FEATURES, recommend_day)
+def recommendations(
+    context: AssetExecutionContext, config: RecommendationConfig, warehouse: Warehouse, registry: ModelRegistry
+) -> MaterializeResult:
+    """Top 20 items for every user active on the day, as of its end, scored by the champion ranker and
+    filtered by the business rules; each row names its candidate source, the rules, the model version
+    and the MLflow run that scored it."""
+    rules = config.rules()
+    return _publish(
+        context, warehouse, registry, "recommendations", RANKER_MODEL, RANKER_FEATURES,
+        lambda conn, booster, day: recommend_day(conn, booster, day, rules=rules),
+    )
 
 
 @asset(

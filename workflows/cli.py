@@ -190,9 +190,20 @@ def _model_summary(pipeline: Pipeline, users: int) -> list[str]:
         ).df()
     holdout = evaluation["holdout_day"].max() if len(evaluation) else "?"
     lines += ["", f"Temporal hold-out (features as of {pd.Timestamp(holdout).date()}, targets on the next day):"]
-    table = evaluation.pivot_table(index=["model_name", "target", "metric"], columns="method", values="value")
-    ordered = [c for c in ["model", "recent_covis_pop", "repeat_recent", "popularity", "buy_history_rule", "base_rate"] if c in table.columns]
+    methods = ["model", "repeat_recent", "recent_covis_pop", "covisitation", "markov", "popularity", "buy_history_rule", "base_rate"]
+    overall = evaluation[evaluation["segment"] == "all"]
+    table = overall.pivot_table(index=["model_name", "target", "metric"], columns="method", values="value")
+    model = overall[overall["method"] == "model"].set_index(["model_name", "target", "metric"]).reindex(table.index)
+    table.insert(0, "model 95% CI", (model["ci_low"].round(3).astype(str) + ".." + model["ci_high"].round(3).astype(str)))
+    ordered = ["model 95% CI"] + [c for c in methods if c in table.columns]
     lines += ["  " + line for line in table[ordered].round(3).to_string(na_rep="").splitlines()]
+    segments = evaluation[(evaluation["segment"] != "all") & evaluation["metric"].isin(["recall@20", "ndcg@20"])]
+    if len(segments):
+        lines += ["", "By segment (target any):"]
+        by_segment = segments.pivot_table(index=["segment", "metric"], columns="method", values="value")
+        by_segment["users"] = segments.groupby(["segment", "metric"])["users"].max()
+        shown = [c for c in methods if c in by_segment.columns] + ["users"]
+        lines += ["  " + line for line in by_segment[shown].round(3).to_string(na_rep="").splitlines()]
     lines += ["", "Promotion:"] + [f"  {r.model_name}: champion v{r.champion_version} ({r.decision}: {r.reason})" for r in decisions.itertuples()]
     lines += ["", "Recommendations (first users, top 5 of 20):"]
     lines += [f"  {r.user_id:<10} {', '.join(r.top_5)}  [{r.model} v{r.version}]" for r in recs.itertuples()]

@@ -2,7 +2,7 @@
 
 Sources, each point-in-time (events before the cut-off only):
 
-* ``recent``: the user's own items of the last 28 days, scored by event type and
+* ``recent``: the user's own items of the last 28 days (the 100 strongest), scored by event type and
   recency (``sum(weight(type) * exp(-age_hours / 48))``); repeat behaviour is strong;
 * ``covis``: items co-visited in the same session as the user's 10 strongest recent
   items over the last 7 days, weighted by what happened to the second item;
@@ -25,7 +25,7 @@ from assets.logic.warehouse_sql import (
 )
 
 CANDIDATE_USER_DAYS = 7
-RECENT_PER_USER = 30
+RECENT_PER_USER = 100
 COVIS_PER_USER = 30
 COVIS_NEIGHBOURS = 20
 COVIS_DAYS = 7
@@ -51,6 +51,13 @@ RANKER_FEATURES = [
     "ui_favs",
     "ui_hours_since_touch",
     "ui_touched_last_day",
+    "ui_hours_since_first_touch",
+    "ui_sessions",
+    "ui_days",
+    "ui_events_1d",
+    "ui_in_last_session",
+    "ui_last_session_position",
+    "in_last_category",
     "category_affinity",
     "user_events_7d",
     "user_hours_since_last_event",
@@ -67,6 +74,16 @@ WITH h AS (
 users AS (
     SELECT DISTINCT user_id FROM h WHERE event_time >= $cutoff - INTERVAL {CANDIDATE_USER_DAYS} DAY
 ),
+last_touch AS (
+    SELECT h.user_id, arg_max(session_id, event_time) AS last_session, arg_max(category_id, event_time) AS last_category
+    FROM h JOIN users USING (user_id) GROUP BY h.user_id
+),
+last_session_items AS (
+    SELECT h.user_id, item_id, min(position) AS ui_last_session_position FROM (
+        SELECT h.user_id, item_id, row_number() OVER (PARTITION BY h.user_id ORDER BY event_time DESC, item_id) AS position
+        FROM h JOIN last_touch l ON l.user_id = h.user_id AND h.session_id = l.last_session
+    ) h GROUP BY ALL
+),
 ui AS (
     SELECT h.user_id, item_id,
            sum({type_weight_sql()} * exp(-date_diff('second', event_time, $cutoff) / 3600.0 / {RECENCY_HOURS})) AS recent_score,
@@ -74,7 +91,11 @@ ui AS (
            count(*) FILTER (WHERE event_type = 'add_to_cart') AS ui_carts,
            count(*) FILTER (WHERE event_type = 'purchase') AS ui_purchases,
            count(*) FILTER (WHERE event_type = 'favorite') AS ui_favs,
-           date_diff('second', max(event_time), $cutoff) / 3600.0 AS ui_hours_since_touch
+           date_diff('second', max(event_time), $cutoff) / 3600.0 AS ui_hours_since_touch,
+           date_diff('second', min(event_time), $cutoff) / 3600.0 AS ui_hours_since_first_touch,
+           count(DISTINCT session_id) AS ui_sessions,
+           count(DISTINCT date_trunc('day', event_time)) AS ui_days,
+           count(*) FILTER (WHERE event_time >= $cutoff - INTERVAL 1 DAY) AS ui_events_1d
     FROM h JOIN users USING (user_id)
     GROUP BY h.user_id, item_id
 ),
@@ -153,6 +174,10 @@ SELECT CAST($as_of_date AS DATE) AS as_of_date, CAST($cutoff AS TIMESTAMP) AS cu
        coalesce(ui.ui_views, 0) AS ui_views, coalesce(ui.ui_carts, 0) AS ui_carts,
        coalesce(ui.ui_purchases, 0) AS ui_purchases, coalesce(ui.ui_favs, 0) AS ui_favs,
        ui.ui_hours_since_touch, CAST(coalesce(ui.ui_hours_since_touch < 24, false) AS INTEGER) AS ui_touched_last_day,
+       ui.ui_hours_since_first_touch, coalesce(ui.ui_sessions, 0) AS ui_sessions, coalesce(ui.ui_days, 0) AS ui_days,
+       coalesce(ui.ui_events_1d, 0) AS ui_events_1d,
+       CAST(ls.item_id IS NOT NULL AS INTEGER) AS ui_in_last_session, ls.ui_last_session_position,
+       CAST(coalesce(i.category_id = lt.last_category, false) AS INTEGER) AS in_last_category,
        coalesce(uc.weight / nullif(uc.total, 0), 0) AS category_affinity,
        uf.events_7d AS user_events_7d, uf.hours_since_last_event AS user_hours_since_last_event,
        {", ".join(f"i.{c}" for c in ITEM_FEATURE_COLUMNS)}
@@ -162,6 +187,8 @@ LEFT JOIN (SELECT DISTINCT ON (user_id, item_id) * FROM covis) c USING (user_id,
 LEFT JOIN (SELECT user_id, item_id, min(category_rank) AS category_rank FROM category GROUP BY ALL) k USING (user_id, item_id)
 LEFT JOIN popular pop ON pop.item_id = p.item_id
 LEFT JOIN ui USING (user_id, item_id)
+LEFT JOIN last_session_items ls ON ls.user_id = p.user_id AND ls.item_id = p.item_id
+LEFT JOIN last_touch lt ON lt.user_id = p.user_id
 LEFT JOIN item_now i ON i.item_id = p.item_id
 LEFT JOIN user_categories uc ON uc.user_id = p.user_id AND uc.category_id = i.category_id
 LEFT JOIN (SELECT * FROM user_features WHERE as_of_date = $as_of_date) uf ON uf.user_id = p.user_id

@@ -9,18 +9,18 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+RANKING_METRICS = ("recall", "hr", "ndcg", "mrr")
+BOOTSTRAP_SAMPLES = 200
 
-def ranking_metrics(recommendations: pd.DataFrame, targets: pd.DataFrame, k: int) -> dict[str, float]:
-    """Recall@K, HR@K, NDCG@K and MRR@K over the users in ``targets``.
+
+def per_user_ranking(recommendations: pd.DataFrame, targets: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Recall@K, HR@K, NDCG@K and MRR@K of each user in ``targets`` (index user_id).
 
     ``recommendations``: columns user_id, item_id, rank (1 = best); ``targets``:
     user_id, item_id (distinct). Users without recommendations count as misses.
     Recall@K = hits / min(K, |targets|) (OTTO style); NDCG uses binary gains.
     """
     users = targets["user_id"].drop_duplicates()
-    n_users = len(users)
-    if n_users == 0:
-        return {f"{m}@{k}": float("nan") for m in ("recall", "hr", "ndcg", "mrr")} | {"users": 0}
     top = recommendations[recommendations["rank"] <= k]
     hits = top.merge(targets[["user_id", "item_id"]].drop_duplicates(), on=["user_id", "item_id"])
     n_targets = targets.groupby("user_id")["item_id"].nunique()
@@ -31,13 +31,34 @@ def ranking_metrics(recommendations: pd.DataFrame, targets: pd.DataFrame, k: int
     per_user = per_user.fillna({"hits": 0.0, "dcg": 0.0})
     ideal_n = np.minimum(n_targets.reindex(per_user.index).to_numpy(), k)
     idcg = np.array([np.sum(1.0 / np.log2(np.arange(2, n + 2))) for n in ideal_n])
-    return {
-        f"recall@{k}": float(np.mean(per_user["hits"].to_numpy() / ideal_n)),
-        f"hr@{k}": float(np.mean(per_user["hits"].to_numpy() > 0)),
-        f"ndcg@{k}": float(np.mean(per_user["dcg"].to_numpy() / idcg)),
-        f"mrr@{k}": float(np.mean(np.where(per_user["first_hit"].isna(), 0.0, 1.0 / per_user["first_hit"]))),
-        "users": n_users,
-    }
+    return pd.DataFrame(
+        {
+            "recall": per_user["hits"].to_numpy() / ideal_n,
+            "hr": (per_user["hits"].to_numpy() > 0).astype(float),
+            "ndcg": per_user["dcg"].to_numpy() / idcg if len(idcg) else np.array([]),
+            "mrr": np.where(per_user["first_hit"].isna(), 0.0, 1.0 / per_user["first_hit"]),
+        },
+        index=per_user.index,
+    )
+
+
+def ranking_metrics(recommendations: pd.DataFrame, targets: pd.DataFrame, k: int) -> dict[str, float]:
+    """Mean Recall@K, HR@K, NDCG@K and MRR@K over the users in ``targets``, plus ``users``."""
+    per_user = per_user_ranking(recommendations, targets, k)
+    if per_user.empty:
+        return {f"{m}@{k}": float("nan") for m in RANKING_METRICS} | {"users": 0}
+    return {f"{m}@{k}": float(per_user[m].mean()) for m in RANKING_METRICS} | {"users": len(per_user)}
+
+
+def bootstrap_interval(values: np.ndarray, statistic=np.mean, samples: int = BOOTSTRAP_SAMPLES, seed: int = 7) -> tuple[float, float]:
+    """95% percentile bootstrap interval of ``statistic`` over resampled rows (users)."""
+    values = np.asarray(values)
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(values), size=(samples, len(values)))
+    stats = np.array([statistic(values[d]) for d in draws], dtype=float)
+    return float(np.nanpercentile(stats, 2.5)), float(np.nanpercentile(stats, 97.5))
 
 
 def binary_metrics(y_true: np.ndarray, p: np.ndarray) -> dict[str, float]:
@@ -53,6 +74,15 @@ def binary_metrics(y_true: np.ndarray, p: np.ndarray) -> dict[str, float]:
         "positive_rate": float(y.mean()) if len(y) else float("nan"),
         "rows": int(len(y)),
     }
+
+
+def reliability_table(y_true: np.ndarray, p: np.ndarray, bins: int = 10) -> pd.DataFrame:
+    """Calibration: rows grouped by predicted probability (equal-count bins), mean predicted
+    probability beside the observed rate; a calibrated model has them close."""
+    frame = pd.DataFrame({"y": np.asarray(y_true, dtype=float), "p": np.asarray(p, dtype=float)})
+    frame["bin"] = pd.qcut(frame["p"].rank(method="first"), q=min(bins, len(frame)), labels=False)
+    table = frame.groupby("bin").agg(rows=("y", "size"), mean_predicted=("p", "mean"), observed_rate=("y", "mean"))
+    return table.reset_index(drop=True).round(4)
 
 
 def top_k(

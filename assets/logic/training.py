@@ -14,8 +14,14 @@ import numpy as np
 import pandas as pd
 
 from assets.logic.candidates import RANKER_FEATURES
-from assets.logic.features import USER_FEATURE_COLUMNS
-from assets.logic.metrics import binary_metrics, ranking_metrics, top_k
+from assets.logic.features import HISTORY_DAYS, USER_FEATURE_COLUMNS
+from assets.logic.metrics import (
+    RANKING_METRICS,
+    binary_metrics,
+    bootstrap_interval,
+    per_user_ranking,
+    top_k,
+)
 
 NEXT_ACTION_LABELS = {
     "purchase": "count(*) FILTER (WHERE event_type = 'purchase') > 0",
@@ -148,17 +154,57 @@ def train_lambdarank(frame: pd.DataFrame, params: LightGBMParams) -> lgb.Booster
 
 
 def holdout_targets(conn: duckdb.DuckDBPyConnection, day: dt.date) -> pd.DataFrame:
-    """Distinct (user, item, event_type) of day D + 1 for users with history before it."""
+    """Distinct (user, item, event_type) of day D + 1 for users with history before it, with the
+    segments: ``new_user`` (first event on D), ``cold_item`` (no event on the item before D + 1)."""
     return conn.execute(
         """
-        WITH bounds AS (SELECT any_value(cutoff) AS cutoff FROM ranking_candidates WHERE as_of_date = $day)
-        SELECT DISTINCT e.user_id, e.item_id, e.event_type
-        FROM cleaned_events e, bounds b
+        WITH bounds AS (SELECT any_value(cutoff) AS cutoff FROM ranking_candidates WHERE as_of_date = $day),
+        history AS (
+            SELECT user_id, min(event_time) AS first_seen FROM cleaned_events, bounds
+            WHERE event_time < bounds.cutoff AND NOT is_bot GROUP BY user_id
+        ),
+        seen_items AS (
+            SELECT DISTINCT item_id FROM cleaned_events, bounds WHERE event_time < bounds.cutoff AND item_id IS NOT NULL
+        )
+        SELECT DISTINCT e.user_id, e.item_id, e.event_type,
+               h.first_seen >= b.cutoff - INTERVAL 1 DAY AS new_user, s.item_id IS NULL AS cold_item
+        FROM cleaned_events e
+        CROSS JOIN bounds b
+        JOIN history h ON h.user_id = e.user_id
+        LEFT JOIN seen_items s ON s.item_id = e.item_id
         WHERE e.event_time >= b.cutoff AND e.event_time < b.cutoff + INTERVAL 1 DAY
           AND NOT e.is_bot AND e.item_id IS NOT NULL
-          AND e.user_id IN (SELECT user_id FROM cleaned_events, bounds WHERE event_time < bounds.cutoff AND NOT is_bot)
         """,
         {"day": day},
+    ).df()
+
+
+def markov_recommendations(conn: duckdb.DuckDBPyConnection, day: dt.date, users: list[str], k: int) -> pd.DataFrame:
+    """First-order Markov baseline: the items that most often followed each user's last item
+    (consecutive events of any user in the 28 days before the cut-off of ``day``)."""
+    return conn.execute(
+        f"""
+        WITH bounds AS (SELECT any_value(cutoff) AS cutoff FROM ranking_candidates WHERE as_of_date = $day),
+        h AS (
+            SELECT user_id, item_id, event_time FROM cleaned_events, bounds
+            WHERE event_time < bounds.cutoff AND event_time >= bounds.cutoff - INTERVAL {HISTORY_DAYS} DAY
+              AND NOT is_bot AND item_id IS NOT NULL
+        ),
+        steps AS (
+            SELECT item_id, lead(item_id) OVER (PARTITION BY user_id ORDER BY event_time, item_id) AS next_item FROM h
+        ),
+        transitions AS (
+            SELECT item_id, next_item, count(*) AS n FROM steps
+            WHERE next_item IS NOT NULL AND next_item <> item_id GROUP BY ALL
+        ),
+        last_item AS (
+            SELECT user_id, arg_max(item_id, event_time) AS item_id FROM h
+            WHERE list_contains($users, user_id) GROUP BY user_id
+        )
+        SELECT l.user_id, t.next_item AS item_id, t.n AS markov
+        FROM last_item l JOIN transitions t USING (item_id)
+        """,
+        {"day": day, "users": users},
     ).df()
 
 
@@ -168,46 +214,78 @@ def popular_items(candidates: pd.DataFrame) -> list[str]:
 
 
 TARGET_FILTERS = {"any": None, "add_to_cart": "add_to_cart", "purchase": "purchase"}
+SEGMENTS = ("all", "new_users", "returning_users", "cold_items")
 
 
-def recommendation_lists(candidates: pd.DataFrame, scores: np.ndarray, users: pd.Series, k: int) -> dict[str, pd.DataFrame]:
-    """Top-k lists of the model and of the baselines for the same users, from one candidate set."""
+def recommendation_lists(
+    candidates: pd.DataFrame, scores: np.ndarray, users: pd.Series, k: int, markov: pd.DataFrame | None = None
+) -> dict[str, pd.DataFrame]:
+    """Top-k lists of the model and of the baselines for the same users, from one candidate set
+    (the Markov baseline from its own transitions); popular items pad short lists."""
     popular = popular_items(candidates)
     scored = candidates.assign(
         model=scores,
         repeat_recent=candidates["recent_score"].where(candidates["in_recent"] == 1),
+        covisitation=candidates["covis_score"].where(candidates["in_covis"] == 1),
         recent_covis_pop=candidates["in_recent"] * 1e6 + candidates["recent_score"] * 1e3 + candidates["covis_score"],
     )
-    return {
+    lists = {
         "model": top_k(scored, "model", k, popular, users),
         "popularity": top_k(scored.iloc[0:0], "model", k, popular, users),
         "repeat_recent": top_k(scored.dropna(subset=["repeat_recent"]), "repeat_recent", k),
+        "covisitation": top_k(scored.dropna(subset=["covisitation"]), "covisitation", k, popular, users),
         "recent_covis_pop": top_k(scored, "recent_covis_pop", k, popular, users),
+    }
+    if markov is not None:
+        lists["markov"] = top_k(markov, "markov", k, popular, users)
+    return lists
+
+
+def _segments(targets: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    return {
+        "all": targets,
+        "new_users": targets[targets["new_user"]],
+        "returning_users": targets[~targets["new_user"]],
+        "cold_items": targets[targets["cold_item"]],
     }
 
 
 def evaluate_ranker(
-    candidates: pd.DataFrame, booster: lgb.Booster, targets: pd.DataFrame, ks: tuple[int, ...] = (10, 20)
+    candidates: pd.DataFrame,
+    booster: lgb.Booster,
+    targets: pd.DataFrame,
+    markov: pd.DataFrame | None = None,
+    ks: tuple[int, ...] = (10, 20),
 ) -> pd.DataFrame:
-    """Model and baselines on the hold-out: one row per (method, target, metric)."""
+    """Model and baselines on the hold-out: one row per (segment, method, target, metric), with
+    a 95% bootstrap interval over users. Segments other than ``all`` are reported for ``any``."""
     users = targets["user_id"].drop_duplicates()
     pool = candidates[candidates["user_id"].isin(users)].reset_index(drop=True)
     scores = booster.predict(pool[RANKER_FEATURES].astype(float)) if len(pool) else np.array([])
+    lists = recommendation_lists(pool, scores, users, max(ks), markov)
     rows = []
-    lists = recommendation_lists(pool, scores, users, max(ks))
-    for target, event_type in TARGET_FILTERS.items():
-        t = targets if event_type is None else targets[targets["event_type"] == event_type]
-        t = t[["user_id", "item_id"]].drop_duplicates()
-        for method, recs in lists.items():
-            for k in ks:
-                result = ranking_metrics(recs, t, k)
-                n_users = result.pop("users")
-                rows += [{"method": method, "target": target, "metric": m, "value": v, "users": n_users} for m, v in result.items()]
+    for segment, segment_targets in _segments(targets).items():
+        for target, event_type in TARGET_FILTERS.items():
+            if segment != "all" and target != "any":
+                continue
+            t = segment_targets if event_type is None else segment_targets[segment_targets["event_type"] == event_type]
+            t = t[["user_id", "item_id"]].drop_duplicates()
+            for method, recs in lists.items():
+                for k in ks:
+                    per_user = per_user_ranking(recs, t, k)
+                    for m in RANKING_METRICS:
+                        low, high = bootstrap_interval(per_user[m].to_numpy())
+                        rows.append({
+                            "segment": segment, "method": method, "target": target, "metric": f"{m}@{k}",
+                            "value": float(per_user[m].mean()) if len(per_user) else float("nan"),
+                            "ci_low": low, "ci_high": high, "users": len(per_user),
+                        })
     return pd.DataFrame(rows)
 
 
 def evaluate_next_action(holdout: pd.DataFrame, booster: lgb.Booster, label: str, train_rate: float) -> pd.DataFrame:
-    """The next-action model beside two simple rules on the hold-out cut-off."""
+    """The next-action model beside two simple rules on the hold-out cut-off, with 95% bootstrap
+    intervals over users for AUC and Brier."""
     y = holdout[label].to_numpy()
     # Past purchases first, activity as the tie-break, scaled to the training base rate.
     rule = holdout["purchases_28d"] + 0.01 * holdout["events_28d"]
@@ -219,12 +297,19 @@ def evaluate_next_action(holdout: pd.DataFrame, booster: lgb.Booster, label: str
     rows = []
     for method, p in candidates.items():
         for metric, value in binary_metrics(y, p).items():
-            rows.append({"method": method, "target": label, "metric": metric, "value": value, "users": len(y)})
+            low = high = float("nan")
+            if metric in ("auc", "brier"):
+                low, high = bootstrap_interval(np.arange(len(y)), lambda idx: binary_metrics(y[idx], p[idx])[metric])
+            rows.append({"segment": "all", "method": method, "target": label, "metric": metric, "value": value,
+                         "ci_low": low, "ci_high": high, "users": len(y)})
     return pd.DataFrame(rows)
 
 
-def metric_value(evaluation: pd.DataFrame, method: str, target: str, metric: str) -> float:
-    hit = evaluation[(evaluation["method"] == method) & (evaluation["target"] == target) & (evaluation["metric"] == metric)]
+def metric_value(evaluation: pd.DataFrame, method: str, target: str, metric: str, segment: str = "all") -> float:
+    hit = evaluation[
+        (evaluation["segment"] == segment) & (evaluation["method"] == method)
+        & (evaluation["target"] == target) & (evaluation["metric"] == metric)
+    ]
     if hit.empty:
         raise KeyError(f"no {metric} for {method}/{target} in the evaluation")
     return float(hit["value"].iloc[0])

@@ -34,9 +34,34 @@ TABLES = {
 }
 
 
+class SchemaChanged(RuntimeError):
+    """A warehouse table was written by a version of shopseq with other columns."""
+
+
 def ensure_table(conn: duckdb.DuckDBPyConnection, name: str, columns_sql: str | None = None) -> None:
-    """Create a table once; its rows are replaced per partition by ``replace_window``."""
-    conn.execute(f"CREATE TABLE IF NOT EXISTS {name} {columns_sql or TABLES[name]}")
+    """Create a table once; its rows are replaced per partition by ``replace_window``.
+
+    An existing table must have exactly the columns this code writes: an older
+    layout is refused with a clear error rather than half-filled or silently dropped.
+    """
+    columns_sql = columns_sql or TABLES[name]
+    shape = """SELECT column_name, data_type FROM information_schema.columns
+               WHERE table_name = ? AND table_catalog = coalesce(?, current_database()) AND table_schema = 'main'"""
+    have = conn.execute(shape, [name, None]).fetchall()
+    if not have:
+        conn.execute(f"CREATE TABLE {name} {columns_sql}")
+        return
+    conn.execute(f"CREATE OR REPLACE TEMP TABLE expected_shape {columns_sql}")
+    want = conn.execute(shape, ["expected_shape", "temp"]).fetchall()
+    conn.execute("DROP TABLE expected_shape")
+    if sorted(have) != sorted(want):
+        missing = sorted({c for c, _ in want} - {c for c, _ in have})
+        extra = sorted({c for c, _ in have} - {c for c, _ in want})
+        raise SchemaChanged(
+            f"warehouse table {name} was written by another version of shopseq (missing columns {missing[:8]}, "
+            f"extra {extra[:8]}); it is derived data: DROP TABLE {name} (or delete the warehouse file) and "
+            "re-materialise its partitions"
+        )
 
 
 def replace_window(

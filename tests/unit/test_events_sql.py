@@ -96,3 +96,61 @@ def test_features_as_of_a_day_ignore_later_events(conn, tmp_path):
     pd.testing.assert_frame_equal(before, after)
     assert before.loc[0, "carts_1d"] == 1 and before.loc[0, "purchases_28d"] == 0
     assert before.loc[0, "hours_since_last_event"] == pytest.approx(14.0)
+
+
+def test_a_table_of_another_layout_is_refused_not_half_filled(conn):
+    from assets.logic.warehouse_sql import SchemaChanged, ensure_table
+
+    ensure_table(conn, "sessions")
+    ensure_table(conn, "sessions")  # the same layout: nothing to do
+    conn.execute("ALTER TABLE sessions DROP COLUMN converted")
+    with pytest.raises(SchemaChanged, match=r"sessions .*missing columns \['converted'\]"):
+        ensure_table(conn, "sessions")
+
+
+def _two_days(conn, tmp_path, rows_by_day):
+    from assets.logic.candidates import build_candidates_day
+    from assets.logic.features import build_item_features_day
+
+    for i, (day, rows) in enumerate(rows_by_day.items()):
+        load_raw_day(conn, _landing(tmp_path, rows, f"d{i}.parquet"), day)
+        clean_day(conn, day, 1000)
+        build_user_features_day(conn, day)
+        build_item_features_day(conn, day)
+        build_candidates_day(conn, day)
+
+
+def test_training_sets_read_features_before_the_cutoff_and_labels_only_from_the_next_day(conn, tmp_path):
+    from assets.logic import training
+
+    d1, d2, d3 = DAY, DAY + dt.timedelta(days=1), DAY + dt.timedelta(days=2)
+    _two_days(conn, tmp_path, {
+        d1: [_row("2025-03-02 09:00", item="a", event_id="1"), _row("2025-03-02 23:59:59", user="u2", item="b", event_id="2")],
+        d2: [_row("2025-03-03 00:00", etype="purchase", item="a", event_id="3"), _row("2025-03-03 12:00", user="u2", item="c", event_id="4")],
+        d3: [_row("2025-03-04 10:00", etype="purchase", user="u2", item="b", event_id="5")],
+    })
+    frame = training.next_action_frame(conn, [d1, d2])
+    assert (frame["last_event_time"] < frame["cutoff"]).all()
+    labels = frame.set_index(["as_of_date", "user_id"])["label_purchase"]
+    # u1 buys at the very first instant of D + 1: a label of D, never a feature of D.
+    assert labels[(pd.Timestamp(d1), "u1")] == 1 and labels[(pd.Timestamp(d1), "u2")] == 0
+    assert labels[(pd.Timestamp(d2), "u2")] == 1  # the purchase on D + 2 labels the cut-off D + 1 only
+    ranker = training.ranker_frame(conn, [d1], positives_only=False)
+    assert set(ranker.loc[ranker["relevance"] > 0, "item_id"]) == {"a"}
+
+
+def test_markov_baseline_and_holdout_segments(conn, tmp_path):
+    from assets.logic import training
+
+    d1, d2 = DAY, DAY + dt.timedelta(days=1)
+    _two_days(conn, tmp_path, {
+        d1: [_row("2025-03-02 09:00", user="u1", item="a", event_id="1"), _row("2025-03-02 09:01", user="u1", item="b", event_id="2"),
+             _row("2025-03-02 10:00", user="u2", item="a", event_id="3"), _row("2025-03-02 10:01", user="u2", item="b", event_id="4"),
+             _row("2025-03-02 11:00", user="u3", item="c", event_id="5"), _row("2025-03-02 11:01", user="u3", item="a", event_id="6")],
+        d2: [_row("2025-03-03 09:00", user="u3", item="b", event_id="7"), _row("2025-03-03 09:05", user="u3", item="z", event_id="8")],
+    })
+    markov = training.markov_recommendations(conn, d1, ["u3"], 20)
+    assert markov.values.tolist() == [["u3", "b", 2]]  # u3 ended on a; a -> b twice
+    targets = training.holdout_targets(conn, d1)
+    assert targets.set_index("item_id")["cold_item"].to_dict() == {"b": False, "z": True}
+    assert targets["new_user"].all()  # u3's history is the one day before the targets

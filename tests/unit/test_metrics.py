@@ -46,3 +46,27 @@ def test_binary_metrics():
     assert m["auc"] == pytest.approx(0.75)
     assert m["brier"] == pytest.approx(np.mean((np.array([0.1, 0.4, 0.35, 0.8]) - y) ** 2))
     assert math.isnan(binary_metrics(np.array([0, 0]), np.array([0.2, 0.3]))["auc"])
+
+
+def test_bootstrap_interval_brackets_the_mean_and_narrows_with_more_users():
+    from assets.logic.metrics import bootstrap_interval
+
+    rng = np.random.default_rng(0)
+    small, large = rng.binomial(1, 0.3, 100).astype(float), rng.binomial(1, 0.3, 5000).astype(float)
+    lo_s, hi_s = bootstrap_interval(small)
+    lo_l, hi_l = bootstrap_interval(large)
+    assert lo_s < small.mean() < hi_s and lo_l < large.mean() < hi_l
+    assert (hi_l - lo_l) < (hi_s - lo_s) / 3
+    assert all(math.isnan(v) for v in bootstrap_interval(np.array([1.0])))
+
+
+def test_reliability_table_compares_predicted_and_observed_rates():
+    from assets.logic.metrics import reliability_table
+
+    rng = np.random.default_rng(1)
+    p = rng.uniform(0, 1, 20_000)
+    calibrated = reliability_table(rng.binomial(1, p), p)
+    assert len(calibrated) == 10 and calibrated["rows"].sum() == 20_000
+    assert (calibrated["mean_predicted"] - calibrated["observed_rate"]).abs().max() < 0.03
+    overconfident = reliability_table(rng.binomial(1, p), np.clip(p * 1.5, 0, 1))
+    assert (overconfident["mean_predicted"] - overconfident["observed_rate"]).max() > 0.2
