@@ -49,7 +49,7 @@ class RecommendationConfig(Config):
 _COMMON = dict(**DAILY_ASSET, group_name="serving", kinds={"duckdb", "lightgbm"}, owners=["team:ml"])
 _LINEAGE = "model_name VARCHAR NOT NULL, model_version BIGINT NOT NULL, run_id VARCHAR NOT NULL, scored_at TIMESTAMP"
 TABLES = {
-    "recommendations": f"(as_of_date DATE NOT NULL, user_id VARCHAR NOT NULL, rank BIGINT NOT NULL, item_id VARCHAR NOT NULL, score DOUBLE, source VARCHAR, rules VARCHAR, {_LINEAGE})",
+    "recommendations": f"(as_of_date DATE NOT NULL, user_id VARCHAR NOT NULL, rank BIGINT NOT NULL, item_id VARCHAR NOT NULL, score DOUBLE, source VARCHAR, reason VARCHAR, rules VARCHAR, {_LINEAGE})",
     "next_action_predictions": f"(as_of_date DATE NOT NULL, user_id VARCHAR NOT NULL, p_purchase DOUBLE NOT NULL, {_LINEAGE})",
 }
 

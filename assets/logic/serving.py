@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from assets.logic.candidates import RANKER_FEATURES
+from assets.logic.explanations import reasons
 from assets.logic.features import USER_FEATURE_COLUMNS
 
 TOP_K = 20
@@ -84,14 +85,19 @@ def apply_rules(scored: pd.DataFrame, users: pd.Series, rules: BusinessRules, k:
 def recommend_day(
     conn: duckdb.DuckDBPyConnection, booster: lgb.Booster, day: dt.date, k: int = TOP_K, rules: BusinessRules = BusinessRules()
 ) -> pd.DataFrame:
-    """Top-k items for every user active on ``day``, as of its end, under the business rules."""
+    """Top-k items for every user active on ``day``, as of its end, under the business rules,
+    each with the reason its largest feature contributions give."""
     users = active_users(conn, day)
     candidates = conn.execute(
         "SELECT * FROM ranking_candidates WHERE as_of_date = ? AND user_id IN (SELECT unnest(?))",
         [day, users.tolist()],
     ).df()
     scores = booster.predict(candidates[RANKER_FEATURES].astype(float)) if len(candidates) else np.array([])
-    return apply_rules(candidates.assign(score=scores), users, rules, k).assign(as_of_date=day)
+    recs = apply_rules(candidates.assign(score=scores), users, rules, k)
+    chosen = recs[["user_id", "item_id"]].merge(candidates, on=["user_id", "item_id"], how="left")
+    recs["reason"] = reasons(booster, chosen).to_numpy() if len(chosen) else []
+    recs.loc[recs["source"] == "fallback", "reason"] = "popular with shoppers right now (fills the list)"
+    return recs.assign(as_of_date=day)
 
 
 def predict_next_action_day(conn: duckdb.DuckDBPyConnection, booster: lgb.Booster, day: dt.date) -> pd.DataFrame:

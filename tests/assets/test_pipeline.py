@@ -70,9 +70,9 @@ def test_training_registers_models_and_promotes_a_champion(built):
     purchase_metrics = registry.run_metrics(registry.champion("shopseq_next_purchase"))
     assert {"model.label_purchase.auc", "base_rate.label_purchase.brier"} <= set(purchase_metrics)
     evaluation = duckdb.connect(f"{home}/warehouse.duckdb", read_only=True).execute(
-        "SELECT method, value FROM model_evaluations WHERE target = 'any' AND metric = 'ndcg@20'"
+        "SELECT method, value FROM model_evaluations WHERE segment = 'all' AND target = 'any' AND metric = 'ndcg@20'"
     ).df().set_index("method")["value"]
-    assert evaluation["model"] > evaluation["popularity"]
+    assert evaluation["model"] > max(evaluation[b] for b in ("popularity", "markov", "covisitation"))
 
 
 def test_recommendations_name_the_champion_version(built):
@@ -82,6 +82,16 @@ def test_recommendations_name_the_champion_version(built):
     assert rows > 0
     assert _count(home, "SELECT count(*) FROM recommendations WHERE model_version IS NULL OR run_id IS NULL") == 0
     assert _count(home, "SELECT max(rank) FROM recommendations") == 20
+    # Every row says why (from the ranker's contributions) and under which business rules.
+    assert _count(home, "SELECT count(*) FROM recommendations WHERE reason IS NULL OR rules IS NULL") == 0
+    assert _count(home, "SELECT count(DISTINCT rules) FROM recommendations") == 1
+    assert _count(home, "SELECT count(*) FROM recommendations WHERE reason LIKE 'you %'") > 0
+    assert _count(home, """SELECT count(*) FROM recommendations r JOIN cleaned_events e
+                           ON e.user_id = r.user_id AND e.item_id = r.item_id AND e.event_type = 'purchase'""") == 0
+    assert _count(home, """SELECT max(n) FROM (SELECT count(*) AS n FROM recommendations r
+                           JOIN item_features i ON i.item_id = r.item_id AND i.as_of_date = r.as_of_date
+                           WHERE r.source <> 'fallback' AND i.category_id IS NOT NULL
+                           GROUP BY r.user_id, i.category_id)""") <= 5  # the default category cap
     active = _count(home, f"SELECT count(DISTINCT user_id) FROM cleaned_events WHERE CAST(event_time AS DATE) = DATE '{DAYS[-1]}' AND NOT is_bot")
     assert _count(home, "SELECT count(DISTINCT user_id) FROM recommendations") == active
     assert _count(home, "SELECT count(*) FROM next_action_predictions") == active
