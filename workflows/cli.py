@@ -183,7 +183,7 @@ def _model_summary(pipeline: Pipeline, users: int) -> list[str]:
         ).df()
         recs = conn.execute(
             """SELECT user_id, list(item_id ORDER BY rank)[1:5] AS top_5, any_value(model_name) AS model,
-                      any_value(model_version) AS version
+                      any_value(model_version) AS version, arg_min(reason, rank) AS first_reason
                FROM recommendations WHERE as_of_date = (SELECT max(as_of_date) FROM recommendations)
                GROUP BY user_id ORDER BY user_id LIMIT ?""",
             [users],
@@ -206,7 +206,8 @@ def _model_summary(pipeline: Pipeline, users: int) -> list[str]:
         lines += ["  " + line for line in by_segment[shown].round(3).to_string(na_rep="").splitlines()]
     lines += ["", "Promotion:"] + [f"  {r.model_name}: champion v{r.champion_version} ({r.decision}: {r.reason})" for r in decisions.itertuples()]
     lines += ["", "Recommendations (first users, top 5 of 20):"]
-    lines += [f"  {r.user_id:<10} {', '.join(r.top_5)}  [{r.model} v{r.version}]" for r in recs.itertuples()]
+    for r in recs.itertuples():
+        lines += [f"  {r.user_id:<10} {', '.join(r.top_5)}  [{r.model} v{r.version}]", f"  {'':<10} #1: {r.first_reason}"]
     return lines
 
 

@@ -2,11 +2,11 @@
 
 import numpy as np
 import pandas as pd
+from scipy.stats import rankdata
 from sklearn.metrics import (
     average_precision_score,
     brier_score_loss,
     log_loss,
-    roc_auc_score,
 )
 
 RANKING_METRICS = ("recall", "hr", "ndcg", "mrr")
@@ -50,15 +50,28 @@ def ranking_metrics(recommendations: pd.DataFrame, targets: pd.DataFrame, k: int
     return {f"{m}@{k}": float(per_user[m].mean()) for m in RANKING_METRICS} | {"users": len(per_user)}
 
 
-def bootstrap_interval(values: np.ndarray, statistic=np.mean, samples: int = BOOTSTRAP_SAMPLES, seed: int = 7) -> tuple[float, float]:
-    """95% percentile bootstrap interval of ``statistic`` over resampled rows (users)."""
+def bootstrap_interval(values: np.ndarray, statistic=None, samples: int = BOOTSTRAP_SAMPLES, seed: int = 7) -> tuple[float, float]:
+    """95% percentile bootstrap interval over resampled rows (users) of ``values``: of their mean
+    (vectorised), or of ``statistic(rows)`` when given (``values`` are then row indices)."""
     values = np.asarray(values)
     if len(values) < 2:
         return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(values), size=(samples, len(values)))
-    stats = np.array([statistic(values[d]) for d in draws], dtype=float)
+    draws = np.random.default_rng(seed).integers(0, len(values), size=(samples, len(values)))
+    if statistic is None:
+        stats = values[draws].mean(axis=1)
+    else:
+        stats = np.array([statistic(values[d]) for d in draws], dtype=float)
     return float(np.nanpercentile(stats, 2.5)), float(np.nanpercentile(stats, 97.5))
+
+
+def auc(y_true: np.ndarray, p: np.ndarray) -> float:
+    """ROC AUC by the rank-sum formula (ties share ranks); NaN with one class."""
+    y = np.asarray(y_true).astype(bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(p)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def binary_metrics(y_true: np.ndarray, p: np.ndarray) -> dict[str, float]:
@@ -67,7 +80,7 @@ def binary_metrics(y_true: np.ndarray, p: np.ndarray) -> dict[str, float]:
     p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
     both = len(np.unique(y)) == 2
     return {
-        "auc": float(roc_auc_score(y, p)) if both else float("nan"),
+        "auc": auc(y, p),
         "pr_auc": float(average_precision_score(y, p)) if both else float("nan"),
         "log_loss": float(log_loss(y, p, labels=[0, 1])),
         "brier": float(brier_score_loss(y, p)),

@@ -17,6 +17,7 @@ from assets.logic.candidates import RANKER_FEATURES
 from assets.logic.features import HISTORY_DAYS, USER_FEATURE_COLUMNS
 from assets.logic.metrics import (
     RANKING_METRICS,
+    auc,
     binary_metrics,
     bootstrap_interval,
     per_user_ranking,
@@ -298,8 +299,10 @@ def evaluate_next_action(holdout: pd.DataFrame, booster: lgb.Booster, label: str
     for method, p in candidates.items():
         for metric, value in binary_metrics(y, p).items():
             low = high = float("nan")
-            if metric in ("auc", "brier"):
-                low, high = bootstrap_interval(np.arange(len(y)), lambda idx: binary_metrics(y[idx], p[idx])[metric])
+            if metric == "auc":
+                low, high = bootstrap_interval(np.arange(len(y)), lambda idx: auc(y[idx], p[idx]))
+            elif metric == "brier":
+                low, high = bootstrap_interval((np.clip(p, 1e-6, 1 - 1e-6) - y) ** 2)
             rows.append({"segment": "all", "method": method, "target": label, "metric": metric, "value": value,
                          "ci_low": low, "ci_high": high, "users": len(y)})
     return pd.DataFrame(rows)

@@ -70,3 +70,15 @@ def test_reliability_table_compares_predicted_and_observed_rates():
     assert (calibrated["mean_predicted"] - calibrated["observed_rate"]).abs().max() < 0.03
     overconfident = reliability_table(rng.binomial(1, p), np.clip(p * 1.5, 0, 1))
     assert (overconfident["mean_predicted"] - overconfident["observed_rate"]).max() > 0.2
+
+
+def test_rank_sum_auc_equals_sklearn_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    from assets.logic.metrics import auc
+
+    rng = np.random.default_rng(2)
+    y = rng.binomial(1, 0.3, 500)
+    p = np.round(rng.uniform(0, 1, 500) + 0.3 * y, 1)  # rounded: many ties
+    assert auc(y, p) == pytest.approx(roc_auc_score(y, p))
+    assert math.isnan(auc(np.zeros(5), np.arange(5)))
