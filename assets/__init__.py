@@ -10,7 +10,7 @@ warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=BetaWa
 from assets.cleaned_events import cleaned_events
 from assets.features import item_features, ranking_candidates, user_features
 from assets.models import (
-    next_action_model,
+    NEXT_ACTION_ASSETS,
     next_action_training_set,
     next_item_ranker,
     ranker_training_set,
@@ -23,6 +23,8 @@ from assets.sequences import sessions, user_sequences
 DAILY_ASSETS = [
     raw_events, cleaned_events, sessions, user_sequences, user_features, item_features, ranking_candidates,
 ]
-TRAINING_ASSETS = [next_action_training_set, ranker_training_set, next_action_model, next_item_ranker, champion_promotion]
+TRAINING_ASSETS = [
+    next_action_training_set, ranker_training_set, *NEXT_ACTION_ASSETS, next_item_ranker, champion_promotion,
+]
 SERVING_ASSETS = [recommendations, next_action_predictions]
 ALL_ASSETS = [*DAILY_ASSETS, *TRAINING_ASSETS, *SERVING_ASSETS]

@@ -26,12 +26,18 @@ from assets.partitions import WAREHOUSE_POOL
 from expectations import validate
 from resources import ModelRegistry, Warehouse
 
-NEXT_ACTION_MODEL = "shopseq_next_purchase"
+# Next-action models: the label of the training set each one learns, and its registered name.
+NEXT_ACTION_MODELS = {
+    "label_purchase": "shopseq_next_purchase",
+    "label_add_to_cart": "shopseq_next_cart",
+    "label_return": "shopseq_next_return",
+}
+NEXT_ACTION_LABEL = {name: label for label, name in NEXT_ACTION_MODELS.items()}
 RANKER_MODEL = "shopseq_next_item_ranker"
 # The metric each model is promoted on: (target, metric); higher is better.
-MAIN_METRIC = {NEXT_ACTION_MODEL: ("label_purchase", "auc"), RANKER_MODEL: ("any", "ndcg@20")}
+MAIN_METRIC = {**{name: (label, "auc") for label, name in NEXT_ACTION_MODELS.items()}, RANKER_MODEL: ("any", "ndcg@20")}
 BASELINES = {
-    NEXT_ACTION_MODEL: ("buy_history_rule", "base_rate"),
+    **{name: (training.HISTORY_RULES[label][0], "base_rate") for label, name in NEXT_ACTION_MODELS.items()},
     RANKER_MODEL: ("popularity", "repeat_recent", "covisitation", "markov", "recent_covis_pop"),
 }
 EVALUATION_COLUMNS = """(segment VARCHAR, method VARCHAR, target VARCHAR, metric VARCHAR, value DOUBLE, ci_low DOUBLE,
@@ -88,11 +94,12 @@ def _evaluate(conn, model_name: str, booster) -> tuple[pd.DataFrame, dt.date]:
         targets = training.holdout_targets(conn, day)
         markov = training.markov_recommendations(conn, day, targets["user_id"].unique().tolist(), 20)
         return training.evaluate_ranker(holdout, booster, targets, markov), day
+    label = NEXT_ACTION_LABEL[model_name]
     frame = conn.execute("SELECT * FROM next_action_training_set").df()
-    train_rate = float(frame.loc[frame["split"] == "train", "label_purchase"].mean())
+    train_rate = float(frame.loc[frame["split"] == "train", label].mean())
     holdout = frame[frame["split"] == "holdout"]
     day = pd.Timestamp(holdout["as_of_date"].iloc[0]).date()
-    return training.evaluate_next_action(holdout, booster, "label_purchase", train_rate), day
+    return training.evaluate_next_action(holdout, booster, label, train_rate), day
 
 
 def _split_frame(train: pd.DataFrame, holdout: pd.DataFrame) -> pd.DataFrame:
@@ -250,26 +257,39 @@ def _record_model(
     )
 
 
-@asset(
-    **_COMMON,
-    deps=[next_action_training_set],
-    kinds={"lightgbm", "mlflow"},
-    check_specs=[AssetCheckSpec("model_evaluation_suite", asset="next_action_model", blocking=True)],
-)
-def next_action_model(
-    context: AssetExecutionContext, config: TrainingConfig, warehouse: Warehouse, registry: ModelRegistry
-) -> MaterializeResult:
-    """LightGBM probability that a user purchases tomorrow, evaluated on the temporal hold-out beside
-    the buy-rate rule and the base rate, logged and registered in MLflow as ``challenger``."""
-    started = time.perf_counter()
-    with warehouse.connect() as conn:
-        train = conn.execute("SELECT * FROM next_action_training_set WHERE split = 'train'").df()
-        booster = training.train_binary(train, "label_purchase", config.params())
-        evaluation, holdout_day = holdout_evaluation(conn, NEXT_ACTION_MODEL, booster)
-        holdout = conn.execute("SELECT * FROM next_action_training_set WHERE split = 'holdout'").df()
-    reliability = reliability_table(holdout["label_purchase"], booster.predict(holdout[USER_FEATURE_COLUMNS].astype(float)))
-    return _record_model(context, warehouse, registry, NEXT_ACTION_MODEL, booster, train, USER_FEATURE_COLUMNS,
-                         evaluation, config, holdout_day, started, {"reliability": reliability})
+def _next_action_asset(asset_name: str, label: str, what: str):
+    model_name = NEXT_ACTION_MODELS[label]
+
+    @asset(
+        name=asset_name,
+        **_COMMON,
+        deps=[next_action_training_set],
+        kinds={"lightgbm", "mlflow"},
+        check_specs=[AssetCheckSpec("model_evaluation_suite", asset=asset_name, blocking=True)],
+        description=f"LightGBM probability that a user {what} tomorrow, evaluated on the temporal hold-out beside "
+        f"{training.HISTORY_RULES[label][0]} and the base rate (with a reliability table), logged and registered "
+        f"in MLflow as {model_name}@challenger.",
+    )
+    def _model(
+        context: AssetExecutionContext, config: TrainingConfig, warehouse: Warehouse, registry: ModelRegistry
+    ) -> MaterializeResult:
+        started = time.perf_counter()
+        with warehouse.connect() as conn:
+            train = conn.execute("SELECT * FROM next_action_training_set WHERE split = 'train'").df()
+            booster = training.train_binary(train, label, config.params())
+            evaluation, holdout_day = holdout_evaluation(conn, model_name, booster)
+            holdout = conn.execute("SELECT * FROM next_action_training_set WHERE split = 'holdout'").df()
+        reliability = reliability_table(holdout[label], booster.predict(holdout[USER_FEATURE_COLUMNS].astype(float)))
+        return _record_model(context, warehouse, registry, model_name, booster, train, USER_FEATURE_COLUMNS,
+                             evaluation, config, holdout_day, started, {"reliability": reliability})
+
+    return _model
+
+
+next_purchase_model = _next_action_asset("next_purchase_model", "label_purchase", "purchases")
+next_cart_model = _next_action_asset("next_cart_model", "label_add_to_cart", "adds an item to the cart")
+next_return_model = _next_action_asset("next_return_model", "label_return", "comes back (any event)")
+NEXT_ACTION_ASSETS = [next_purchase_model, next_cart_model, next_return_model]
 
 
 @asset(

@@ -9,8 +9,8 @@ from assets.logic.training import metric_value
 from assets.models import (
     BASELINES,
     MAIN_METRIC,
+    NEXT_ACTION_ASSETS,
     holdout_evaluation,
-    next_action_model,
     next_item_ranker,
 )
 from assets.partitions import WAREHOUSE_POOL
@@ -41,7 +41,7 @@ def decide(
 
 
 @asset(
-    deps=[next_action_model, next_item_ranker],
+    deps=[*NEXT_ACTION_ASSETS, next_item_ranker],
     group_name="training",
     kinds={"mlflow"},
     owners=["team:ml"],
@@ -75,14 +75,12 @@ def champion_promotion(config: PromotionConfig, warehouse: Warehouse, registry: 
         if promote:
             registry.set_alias(challenger, CHAMPION, reason)
             champion = challenger
-        if champion is None:
-            raise RuntimeError(f"model {model_name!r} has no champion and its challenger was not promoted: {reason}")
         decisions.append(
             {
                 "model_name": model_name,
                 "challenger_version": challenger.version,
-                "champion_version": champion.version,
-                "champion_run_id": champion.run_id,
+                "champion_version": champion.version if champion else None,
+                "champion_run_id": champion.run_id if champion else None,
                 "decision": "promoted" if promote else "kept",
                 "reason": reason,
                 "metric": f"{target}/{metric}",
@@ -93,7 +91,7 @@ def champion_promotion(config: PromotionConfig, warehouse: Warehouse, registry: 
                 "decided_at": pd.Timestamp.now("UTC").tz_localize(None),
             }
         )
-    frame = pd.DataFrame(decisions).astype({"champion_metric_before": float})
+    frame = pd.DataFrame(decisions).astype({"champion_metric_before": float, "champion_version": "Int64"})
     with warehouse.connect() as conn:
         conn.register("incoming_frame", frame)
         conn.execute("CREATE TABLE IF NOT EXISTS promotion_log AS SELECT * FROM incoming_frame LIMIT 0")
@@ -103,7 +101,7 @@ def champion_promotion(config: PromotionConfig, warehouse: Warehouse, registry: 
         metadata={
             "decisions": MetadataValue.md(frame.drop(columns=["decided_at", "champion_run_id"]).to_markdown(index=False)),
             "seconds": round(time.perf_counter() - started, 2),
-            **{f"{d['model_name']}_champion": d["champion_version"] for d in decisions},
+            **{f"{d['model_name']}_champion": d["champion_version"] or "none" for d in decisions},
         },
         check_results=[validate(frame, "champion_promotion", "champion_promotion_suite")],
     )

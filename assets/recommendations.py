@@ -8,6 +8,7 @@ from dagster import (
     AssetExecutionContext,
     Config,
     MaterializeResult,
+    MetadataValue,
     asset,
 )
 
@@ -27,11 +28,12 @@ from assets.logic.warehouse_sql import (
     ensure_table,
     replace_window_from_frame,
 )
-from assets.models import NEXT_ACTION_MODEL, RANKER_MODEL
+from assets.models import NEXT_ACTION_MODELS, RANKER_MODEL
 from assets.partitions import DAILY_ASSET, partition_days
 from assets.promotion import champion_promotion
 from expectations import validate
 from resources import ModelRegistry, Warehouse
+from resources.registry import CHAMPION, NoChampionError
 
 
 class RecommendationConfig(Config):
@@ -50,33 +52,55 @@ _COMMON = dict(**DAILY_ASSET, group_name="serving", kinds={"duckdb", "lightgbm"}
 _LINEAGE = "model_name VARCHAR NOT NULL, model_version BIGINT NOT NULL, run_id VARCHAR NOT NULL, scored_at TIMESTAMP"
 TABLES = {
     "recommendations": f"(as_of_date DATE NOT NULL, user_id VARCHAR NOT NULL, rank BIGINT NOT NULL, item_id VARCHAR NOT NULL, score DOUBLE, source VARCHAR, reason VARCHAR, rules VARCHAR, {_LINEAGE})",
-    "next_action_predictions": f"(as_of_date DATE NOT NULL, user_id VARCHAR NOT NULL, p_purchase DOUBLE NOT NULL, {_LINEAGE})",
+    "next_action_predictions": f"(as_of_date DATE NOT NULL, user_id VARCHAR NOT NULL, action VARCHAR NOT NULL, probability DOUBLE NOT NULL, {_LINEAGE})",
 }
 
 
-def _publish(context, warehouse: Warehouse, registry: ModelRegistry, table: str, model_name: str, features, score_day):
+def _publish(
+    context, warehouse: Warehouse, registry: ModelRegistry, table: str, scorers: dict, all_required: bool = True
+):
+    """Score each day with the champion of every model in ``scorers`` ({model name: (features,
+    score_day)}) and replace the day's rows of ``table``; every row names its model version and run.
+
+    Without a champion a model fails the asset, unless ``all_required`` is off: then its rows are
+    left out, with a warning and the model named in the metadata (at least one must have a champion).
+    """
     started = time.perf_counter()
-    champion = registry.champion(model_name)
-    booster = registry.load_booster(champion)
-    check_features(booster, features, f"{model_name} v{champion.version}")
+    champions, unserved = {}, []
+    for model_name, (features, score_day) in scorers.items():
+        if not all_required and registry.version_for_alias(model_name, CHAMPION) is None:
+            context.log.warning(f"{model_name} has no champion (see promotion_log): its rows are not published")
+            unserved.append(model_name)
+            continue
+        champion = registry.champion(model_name)
+        booster = registry.load_booster(champion)
+        check_features(booster, features, f"{model_name} v{champion.version}")
+        champions[model_name] = (champion, booster, score_day)
+    if not champions:
+        raise NoChampionError(f"none of {', '.join(scorers)} has a champion: nothing to publish in {table}")
     days = partition_days(context)
     rows = {}
     with warehouse.connect() as conn:
         ensure_table(conn, table, TABLES[table])
         for day in days:
-            frame = score_day(conn, booster, day).assign(
-                model_name=model_name, model_version=champion.version, run_id=champion.run_id,
-                scored_at=pd.Timestamp.now("UTC").tz_localize(None),
-            )
+            frame = pd.concat([
+                score_day(conn, booster, day).assign(
+                    model_name=name, model_version=champion.version, run_id=champion.run_id,
+                    scored_at=pd.Timestamp.now("UTC").tz_localize(None),
+                )
+                for name, (champion, booster, score_day) in champions.items()
+            ], ignore_index=True)
             rows[str(day)] = replace_window_from_frame(conn, table, "as_of_date", *date_bounds(day), frame)
         checked, sampled = frame_for_checks(conn, table, "as_of_date", days)
     return MaterializeResult(
         metadata={
             "dagster/row_count": sum(rows.values()),
             "rows_per_day": rows,
-            "model_name": model_name,
-            "model_version": champion.version,
-            "mlflow_run_id": champion.run_id,
+            "models": MetadataValue.md(
+                "| model | version | MLflow run |\n|---|---|---|\n"
+                + "\n".join(f"| {n} | {c.version} | {c.run_id} |" for n, (c, _, _) in champions.items())
+            ),
+            "models_without_champion": ", ".join(unserved) or "none",
             "preview": markdown_preview(checked, 20),
             "seconds": round(time.perf_counter() - started, 2),
         },
@@ -97,8 +121,8 @@ def recommendations(
     and the MLflow run that scored it."""
     rules = config.rules()
     return _publish(
-        context, warehouse, registry, "recommendations", RANKER_MODEL, RANKER_FEATURES,
-        lambda conn, booster, day: recommend_day(conn, booster, day, rules=rules),
+        context, warehouse, registry, "recommendations",
+        {RANKER_MODEL: (RANKER_FEATURES, lambda conn, booster, day: recommend_day(conn, booster, day, rules=rules))},
     )
 
 
@@ -110,8 +134,17 @@ def recommendations(
 def next_action_predictions(
     context: AssetExecutionContext, warehouse: Warehouse, registry: ModelRegistry
 ) -> MaterializeResult:
-    """Probability that each user active on the day purchases the next day, from the champion model."""
+    """For each user active on the day, the probability that they purchase, add to cart, and come back
+    the next day (one row per action), each from its champion model."""
     return _publish(
-        context, warehouse, registry, "next_action_predictions", NEXT_ACTION_MODEL, USER_FEATURE_COLUMNS,
-        predict_next_action_day,
+        context, warehouse, registry, "next_action_predictions",
+        {
+            name: (USER_FEATURE_COLUMNS, _action_scorer(label.removeprefix("label_")))
+            for label, name in NEXT_ACTION_MODELS.items()
+        },
+        all_required=False,
     )
+
+
+def _action_scorer(action: str):
+    return lambda conn, booster, day: predict_next_action_day(conn, booster, day).assign(action=action)

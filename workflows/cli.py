@@ -105,7 +105,7 @@ class Pipeline:
     def run(self, start: dt.date, end: dt.date, train: bool = True) -> None:
         """Daily stages for every day of ``[start, end]``, then training, then publishing ``end``."""
         from assets.logic.training import labelled_cutoffs
-        from assets.models import NEXT_ACTION_MODEL, RANKER_MODEL
+        from assets.models import MAIN_METRIC, RANKER_MODEL
 
         days = (end - start).days + 1
         for group, table in STAGES:
@@ -128,10 +128,12 @@ class Pipeline:
             self.materialize(("training",))
             _progress(f"[ training] done in {time.perf_counter() - began:5.1f} s")
         registry = self.resources["registry"]
-        missing = [m for m in (RANKER_MODEL, NEXT_ACTION_MODEL) if registry.version_for_alias(m, "champion") is None]
-        if missing:
+        missing = [m for m in MAIN_METRIC if registry.version_for_alias(m, "champion") is None]
+        if len(missing) == len(MAIN_METRIC) or RANKER_MODEL in missing:
             _progress(f"[  serving] skipped: no champion model yet for {', '.join(missing)}")
             return
+        if missing:
+            _progress(f"[  serving] no champion for {', '.join(missing)} (lost to its baseline): its predictions are left out")
         began = time.perf_counter()
         _progress(f"[  serving] recommendations and next-action predictions for {end} ...")
         self.materialize(("serving",), end, end)
@@ -179,7 +181,8 @@ def _model_summary(pipeline: Pipeline, users: int) -> list[str]:
                  AND metric IN ('recall@20', 'ndcg@20', 'hr@20', 'auc', 'pr_auc', 'brier')"""
         ).df()
         decisions = conn.execute(
-            "SELECT model_name, champion_version, decision, reason FROM promotion_log ORDER BY decided_at DESC LIMIT 2"
+            """SELECT model_name, champion_version, decision, reason FROM promotion_log
+               QUALIFY row_number() OVER (PARTITION BY model_name ORDER BY decided_at DESC) = 1 ORDER BY model_name"""
         ).df()
         recs = conn.execute(
             """SELECT user_id, list(item_id ORDER BY rank)[1:5] AS top_5, any_value(model_name) AS model,
@@ -190,11 +193,12 @@ def _model_summary(pipeline: Pipeline, users: int) -> list[str]:
         ).df()
     holdout = evaluation["holdout_day"].max() if len(evaluation) else "?"
     lines += ["", f"Temporal hold-out (features as of {pd.Timestamp(holdout).date()}, targets on the next day):"]
-    methods = ["model", "repeat_recent", "recent_covis_pop", "covisitation", "markov", "popularity", "buy_history_rule", "base_rate"]
+    methods = ["model", "repeat_recent", "recent_covis_pop", "covisitation", "markov", "popularity",
+               "buy_history_rule", "cart_history_rule", "activity_rule", "base_rate"]
     overall = evaluation[evaluation["segment"] == "all"]
     table = overall.pivot_table(index=["model_name", "target", "metric"], columns="method", values="value")
     model = overall[overall["method"] == "model"].set_index(["model_name", "target", "metric"]).reindex(table.index)
-    table.insert(0, "model 95% CI", (model["ci_low"].round(3).astype(str) + ".." + model["ci_high"].round(3).astype(str)))
+    table.insert(0, "model 95% CI", [f"{lo:.3f}..{hi:.3f}" if lo == lo else "" for lo, hi in zip(model["ci_low"], model["ci_high"])])
     ordered = ["model 95% CI"] + [c for c in methods if c in table.columns]
     lines += ["  " + line for line in table[ordered].round(3).to_string(na_rep="").splitlines()]
     segments = evaluation[(evaluation["segment"] != "all") & evaluation["metric"].isin(["recall@20", "ndcg@20"])]

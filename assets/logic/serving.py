@@ -101,11 +101,11 @@ def recommend_day(
 
 
 def predict_next_action_day(conn: duckdb.DuckDBPyConnection, booster: lgb.Booster, day: dt.date) -> pd.DataFrame:
-    """Probability that each user active on ``day`` purchases on the next day."""
+    """Each active user's probability, from a next-action model, of that action on the next day."""
     users = active_users(conn, day)
     features = conn.execute(
         "SELECT * FROM user_features WHERE as_of_date = ? AND user_id IN (SELECT unnest(?)) ORDER BY user_id",
         [day, users.tolist()],
     ).df()
     p = booster.predict(features[USER_FEATURE_COLUMNS].astype(float)) if len(features) else np.array([])
-    return pd.DataFrame({"as_of_date": day, "user_id": features["user_id"], "p_purchase": p})
+    return pd.DataFrame({"as_of_date": day, "user_id": features["user_id"], "probability": p})

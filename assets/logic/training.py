@@ -284,15 +284,24 @@ def evaluate_ranker(
     return pd.DataFrame(rows)
 
 
+# The simple rule each next-action model must beat: (name, score from the user's features).
+HISTORY_RULES = {
+    "label_purchase": ("buy_history_rule", lambda f: f["purchases_28d"] + 0.01 * f["events_28d"]),
+    "label_add_to_cart": ("cart_history_rule", lambda f: f["carts_28d"] + 0.01 * f["events_28d"]),
+    "label_return": ("activity_rule", lambda f: f["active_days_7d"] + 0.01 * f["events_7d"]),
+}
+
+
 def evaluate_next_action(holdout: pd.DataFrame, booster: lgb.Booster, label: str, train_rate: float) -> pd.DataFrame:
-    """The next-action model beside two simple rules on the hold-out cut-off, with 95% bootstrap
-    intervals over users for AUC and Brier."""
+    """The next-action model beside its history rule and the base rate on the hold-out cut-off,
+    with 95% bootstrap intervals over users for AUC and Brier."""
     y = holdout[label].to_numpy()
-    # Past purchases first, activity as the tie-break, scaled to the training base rate.
-    rule = holdout["purchases_28d"] + 0.01 * holdout["events_28d"]
+    # The user's own history of the action first, activity as the tie-break, scaled to the base rate.
+    rule_name, rule_score = HISTORY_RULES[label]
+    rule = rule_score(holdout)
     candidates = {
         "model": booster.predict(holdout[USER_FEATURE_COLUMNS].astype(float)),
-        "buy_history_rule": np.clip(rule.to_numpy() * (train_rate / max(rule.mean(), 1e-9)), 0.0, 1.0),
+        rule_name: np.clip(rule.to_numpy() * (train_rate / max(rule.mean(), 1e-9)), 0.0, 1.0),
         "base_rate": np.full(len(holdout), train_rate),
     }
     rows = []

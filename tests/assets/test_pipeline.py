@@ -63,8 +63,15 @@ def test_training_registers_models_and_promotes_a_champion(built):
     assert training.success, [e.message for e in training.all_events if e.is_failure]
     registry = resources["registry"]
     for model in ("shopseq_next_item_ranker", "shopseq_next_purchase"):
-        champion = registry.champion(model)
-        assert champion.version == 1
+        assert registry.champion(model).version == 1
+    # The cart and return models are promoted only if they beat their history rule on this small shop;
+    # either way the promotion log says what happened and why.
+    log = duckdb.connect(f"{home}/warehouse.duckdb", read_only=True).execute(
+        "SELECT model_name, decision, champion_version, reason FROM promotion_log"
+    ).df().set_index("model_name")
+    for model in ("shopseq_next_cart", "shopseq_next_return"):
+        has_champion = registry.version_for_alias(model, "champion") is not None
+        assert (log.loc[model, "decision"] == "promoted") == has_champion, log.loc[model, "reason"]
     ranker_metrics = registry.run_metrics(registry.champion("shopseq_next_item_ranker"))
     assert {"model.any.ndcg_at_20", "popularity.any.ndcg_at_20", "repeat_recent.any.recall_at_20"} <= set(ranker_metrics)
     purchase_metrics = registry.run_metrics(registry.champion("shopseq_next_purchase"))
@@ -94,7 +101,10 @@ def test_recommendations_name_the_champion_version(built):
                            GROUP BY r.user_id, i.category_id)""") <= 5  # the default category cap
     active = _count(home, f"SELECT count(DISTINCT user_id) FROM cleaned_events WHERE CAST(event_time AS DATE) = DATE '{DAYS[-1]}' AND NOT is_bot")
     assert _count(home, "SELECT count(DISTINCT user_id) FROM recommendations") == active
-    assert _count(home, "SELECT count(*) FROM next_action_predictions") == active
+    served = _count(home, "SELECT count(*) FROM promotion_log WHERE model_name <> 'shopseq_next_item_ranker' AND decision = 'promoted'")
+    assert _count(home, "SELECT count(*) FROM next_action_predictions") == served * active
+    assert "purchase" in _count(home, "SELECT list(DISTINCT action) FROM next_action_predictions")
+    assert _count(home, "SELECT count(DISTINCT model_name) FROM next_action_predictions") == served
 
 
 def test_rematerialising_a_partition_replaces_it(built):
