@@ -208,7 +208,11 @@ def _model_summary(pipeline: Pipeline, users: int) -> list[str]:
         by_segment["users"] = segments.groupby(["segment", "metric"])["users"].max()
         shown = [c for c in methods if c in by_segment.columns] + ["users"]
         lines += ["  " + line for line in by_segment[shown].round(3).to_string(na_rep="").splitlines()]
-    lines += ["", "Promotion:"] + [f"  {r.model_name}: champion v{r.champion_version} ({r.decision}: {r.reason})" for r in decisions.itertuples()]
+    lines += ["", "Promotion:"] + [
+        f"  {r.model_name}: {'champion v' + str(r.champion_version) if pd.notna(r.champion_version) else 'no champion, not served'}"
+        f" ({r.decision}: {r.reason})"
+        for r in decisions.itertuples()
+    ]
     lines += ["", "Recommendations (first users, top 5 of 20):"]
     for r in recs.itertuples():
         lines += [f"  {r.user_id:<10} {', '.join(r.top_5)}  [{r.model} v{r.version}]", f"  {'':<10} #1: {r.first_reason}"]
