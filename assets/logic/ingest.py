@@ -657,7 +657,7 @@ def ingest(
         with duckdb.connect(str(staging / "ingest.duckdb")) as conn:
             conn.execute(f"SET TimeZone = '{tz}'")
             conn.execute(f"CREATE TABLE staged {_STAGED_COLUMNS}")
-            sources = [Path(p) for p in paths]
+            sources = [Path(p) for p in dict.fromkeys(paths)]  # a file named twice is read once
             for source in sources:
                 _stage_file(conn, source, fmt, max_bad_fraction)
             conn.execute(_PLACE_SQL, {"tz": tz, "now": now, "first": first, "last": last})
@@ -685,7 +685,7 @@ def _stage_file(conn: duckdb.DuckDBPyConnection, source: Path, fmt: SourceFormat
         raise IngestError(str(source), "empty file: no lines to ingest")
     unusable, first_problem = conn.execute(
         """SELECT count(*) FILTER (WHERE ingest_reason IS NOT NULL),
-                  min(source_line || ': ' || ingest_reason) FILTER (WHERE ingest_reason IS NOT NULL)
+                  arg_min(source_line || ': ' || ingest_reason, source_line) FILTER (WHERE ingest_reason IS NOT NULL)
            FROM staged WHERE source_file = ?""",
         [str(source)],
     ).fetchall()[0]

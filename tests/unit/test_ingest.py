@@ -308,3 +308,10 @@ def test_shared_samples_reproduce_their_published_counts(tmp_path, fmt):
     # Each row's source event type, from the parsed field or (for a truncated line) its raw text.
     types = landed["event_type"].fillna(landed["raw"].str.split(",").str[1])
     assert types.value_counts().to_dict() == mix
+
+
+def test_a_mostly_unusable_file_is_refused_naming_its_first_bad_line(tmp_path):
+    lines = [f"1,{i},10,pv,{TS}" for i in range(3)] + ["not,a,taobao,line"] * 9  # lines 4..12 are bad
+    source = _write(tmp_path / "mixed.csv", lines)
+    with pytest.raises(IngestError, match=r"9 of 12 rows unusable \(first: line 4: wrong_column_count\)"):
+        ingest([source], "taobao", str(tmp_path / "landing"), now=NOW)
