@@ -65,12 +65,19 @@ USER_FEATURE_COLUMNS = (
         "last_event_is_purchase",
         "mean_price_7d",
         "trend_events_1d_vs_7d",
+        "searches_without_view_7d",
+        "search_led_categories_7d",
+        "last_event_is_search",
     ]
 )
 
 _USER_FEATURES_SQL = f"""
 WITH h AS (
-    SELECT * FROM cleaned_events
+    -- next_type / next_category: what the user did next in the same session, before the cut-off
+    SELECT *,
+        lead(event_type) OVER (PARTITION BY user_id, session_id ORDER BY event_time, event_id) AS next_type,
+        lead(category_id) OVER (PARTITION BY user_id, session_id ORDER BY event_time, event_id) AS next_category
+    FROM cleaned_events
     WHERE event_time >= $cutoff - INTERVAL {HISTORY_DAYS} DAY AND event_time < $cutoff AND NOT is_bot
 )
 SELECT CAST($as_of_date AS DATE) AS as_of_date, CAST($cutoff AS TIMESTAMP) AS cutoff, user_id,
@@ -92,6 +99,11 @@ SELECT CAST($as_of_date AS DATE) AS as_of_date, CAST($cutoff AS TIMESTAMP) AS cu
        avg(price) FILTER (WHERE event_time >= $cutoff - INTERVAL 7 DAY) AS mean_price_7d,
        (count(*) FILTER (WHERE event_time >= $cutoff - INTERVAL 1 DAY) + 1.0)
          / (count(*) FILTER (WHERE event_time >= $cutoff - INTERVAL 7 DAY) / 7.0 + 1.0) AS trend_events_1d_vs_7d,
+       count(*) FILTER (WHERE event_type = 'search' AND coalesce(next_type, '') <> 'view'
+                        AND event_time >= $cutoff - INTERVAL 7 DAY) AS searches_without_view_7d,
+       count(DISTINCT next_category) FILTER (WHERE event_type = 'search' AND next_type = 'view'
+                                             AND event_time >= $cutoff - INTERVAL 7 DAY) AS search_led_categories_7d,
+       CAST(arg_max(event_type, event_time) = 'search' AS INTEGER) AS last_event_is_search,
        max(event_time) AS last_event_time
 FROM h
 GROUP BY user_id

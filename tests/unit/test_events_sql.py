@@ -154,3 +154,20 @@ def test_markov_baseline_and_holdout_segments(conn, tmp_path):
     targets = training.holdout_targets(conn, d1)
     assert targets.set_index("item_id")["cold_item"].to_dict() == {"b": False, "z": True}
     assert targets["new_user"].all()  # u3's history is the one day before the targets
+
+
+def test_search_features_follow_the_session_and_stop_at_the_cutoff(conn, tmp_path):
+    rows = [
+        _row("2025-03-02 09:00", etype="search", item=None, session="s1", event_id="1"),
+        {**_row("2025-03-02 09:01", session="s1", event_id="2"), "category_id": "c2"},  # the search led to c2
+        _row("2025-03-02 10:00", etype="search", item=None, session="s2", event_id="3"),  # abandoned search
+        _row("2025-03-02 23:59:59", etype="search", item=None, session="s3", event_id="4"),  # last event of the day
+    ]
+    load_raw_day(conn, _landing(tmp_path, rows), DAY)
+    clean_day(conn, DAY, 1000)
+    nxt = DAY + dt.timedelta(days=1)
+    load_raw_day(conn, _landing(tmp_path, [_row("2025-03-03 00:00:01", session="s3", event_id="5")], "n.parquet"), nxt)
+    clean_day(conn, nxt, 1000)  # the view that answers search 4 comes after the cut-off: it must not count
+    build_user_features_day(conn, DAY)
+    f = conn.execute("SELECT * FROM user_features WHERE as_of_date = ?", [DAY]).df().iloc[0]
+    assert (f["searches_without_view_7d"], f["search_led_categories_7d"], f["last_event_is_search"]) == (2, 1, 1)
