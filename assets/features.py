@@ -57,7 +57,8 @@ def _active_users_reconcile(conn, days) -> AssetCheckResult:
 )
 def user_features(context: AssetExecutionContext, warehouse: Warehouse) -> MaterializeResult:
     """Per-user behaviour features as of the end of each day (28 days of history, bots excluded):
-    counts per event type over 1/3/7/28 days, recency, sessions, funnel ratios, repeat ratio, trend."""
+    counts per event type over 1/3/7/28 days, recency, sessions, funnel ratios, repeat ratio, trend,
+    search behaviour (searches not followed by a view, categories searches led to)."""
     return build_daily_table(context, warehouse, "user_features", "as_of_date", build_user_features_day,
                              lambda conn, days: [_leakage_check(conn, "user_features", days),
                                                  _active_users_reconcile(conn, days)])
