@@ -56,8 +56,7 @@ EVENT_TYPE_ALIASES = {
     "buy": "purchase", "order": "purchase", "orders": "purchase", "transaction": "purchase",
 }
 
-# Columns that landing files written by ``shopseq ingest`` add to the canonical ones.
-PROVENANCE_COLUMNS = {"source_file": "VARCHAR", "source_line": "BIGINT", "raw": "VARCHAR", "ingest_reason": "VARCHAR"}
+# The columns of the canonical event schema (landing files may add provenance: source_file, source_line, raw, ingest_reason).
 CANONICAL_COLUMNS = ("event_time", "user_id", "session_id", "event_type", "item_id", "category_id", "price", "query", "event_id")
 
 

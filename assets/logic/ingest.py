@@ -84,12 +84,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from assets.logic.events import classify_landing
+from assets.logic.events import CANONICAL_COLUMNS, classify_landing
 
-INGEST_REASONS = (
-    "non_utf8", "unparseable_line", "wrong_column_count", "bad_type", "bad_timestamp",
-    "timestamp_out_of_range", "future_timestamp",
-)
 EARLIEST_DAY = dt.date(1995, 1, 1)
 BATCH_LINES = 200_000
 
@@ -150,7 +146,6 @@ class SourceFormat:
         return self.columns + self.optional
 
 
-_CANONICAL_FIELDS = ("event_time", "user_id", "session_id", "event_type", "item_id", "category_id", "price", "query", "event_id")
 _CANONICAL_MAPPING = {
     "event_time": _text_time("event_time"),
     "user_id": _id("user_id"),
@@ -297,9 +292,9 @@ FORMATS: dict[str, SourceFormat] = {
         SourceFormat(name="canonical-csv", kind="delimited", header=True, columns=("event_time", "user_id", "event_type"),
                      optional=("session_id", "item_id", "category_id", "price", "query", "event_id"),
                      mapping=_CANONICAL_MAPPING, time_field="event_time", numeric=("price",)),
-        SourceFormat(name="canonical-jsonl", kind="jsonl", columns=_CANONICAL_FIELDS,
+        SourceFormat(name="canonical-jsonl", kind="jsonl", columns=CANONICAL_COLUMNS,
                      mapping=_CANONICAL_MAPPING, time_field="event_time", numeric=("price",)),
-        SourceFormat(name="canonical-parquet", kind="parquet", columns=_CANONICAL_FIELDS,
+        SourceFormat(name="canonical-parquet", kind="parquet", columns=CANONICAL_COLUMNS,
                      mapping=_CANONICAL_MAPPING, time_field="event_time", numeric=("price",)),
     ]
 }
@@ -503,7 +498,7 @@ _READERS = {"delimited": _delimited_batches, "jsonl": _jsonl_batches, "parquet":
 
 def _typed_select(fmt: SourceFormat) -> str:
     """SQL turning one batch of VARCHAR fields into canonical columns and a parse-level reason."""
-    canonical = ", ".join(f"{fmt.mapping.get(c, 'NULL')} AS {c}" for c in _CANONICAL_FIELDS)
+    canonical = ", ".join(f"{fmt.mapping.get(c, 'NULL')} AS {c}" for c in CANONICAL_COLUMNS)
     bad_numbers = " OR ".join(
         f"(NULLIF(trim({c}), '') IS NOT NULL AND TRY_CAST(trim({c}) AS DOUBLE) IS NULL)" for c in fmt.numeric
     ) or "false"
@@ -564,7 +559,6 @@ class IngestReport:
 
     per_day: dict[dt.date, dict[str, int]]
     per_file: dict[str, dict[str, int]]
-    landing_files: list[str]
     timezone: str
 
     @property
@@ -668,7 +662,6 @@ def ingest(
         _publish(root, staging, written, sources)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    report.landing_files = [str(root / day.isoformat() / name) for day, name in written]
     return report
 
 
@@ -707,7 +700,7 @@ def _write_days(conn: duckdb.DuckDBPyConnection, staging: Path, sources: list[Pa
             folder = staging / day.isoformat()
             folder.mkdir(exist_ok=True)
             conn.execute(
-                f"""COPY (SELECT {', '.join(_CANONICAL_FIELDS)}, source_file, source_line, raw, ingest_reason
+                f"""COPY (SELECT {', '.join(CANONICAL_COLUMNS)}, source_file, source_line, raw, ingest_reason
                           FROM placed WHERE source_file = $source AND day = $day ORDER BY file_row)
                     TO '{folder / name}' (FORMAT parquet)""",
                 {"source": str(source), "day": day},
@@ -732,7 +725,7 @@ def _report(conn: duckdb.DuckDBPyConnection, staging: Path, written, sources: li
         ).fetchall()[0]))
         for s in sources
     }
-    return IngestReport(per_day=per_day, per_file=per_file, landing_files=[], timezone=tz)
+    return IngestReport(per_day=per_day, per_file=per_file, timezone=tz)
 
 
 def _publish(root: Path, staging: Path, written: list[tuple[dt.date, str]], sources: list[Path]) -> None:

@@ -215,7 +215,6 @@ def popular_items(candidates: pd.DataFrame) -> list[str]:
 
 
 TARGET_FILTERS = {"any": None, "add_to_cart": "add_to_cart", "purchase": "purchase"}
-SEGMENTS = ("all", "new_users", "returning_users", "cold_items")
 
 
 def recommendation_lists(
