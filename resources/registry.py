@@ -121,6 +121,18 @@ class ModelRegistry(ConfigurableResource):
             )
         return ref
 
+    def version(self, model_name: str, version: int) -> ModelVersionRef:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mv = self.client().get_model_version(model_name, str(version))
+        except MlflowException as exc:
+            raise ValueError(f"model {model_name!r} has no version {version} in {self.resolved_tracking_uri()}") from exc
+        return ModelVersionRef(model_name, int(mv.version), mv.run_id)
+
+    def run_tags(self, ref: ModelVersionRef) -> dict[str, str]:
+        return dict(self.client().get_run(ref.run_id).data.tags)
+
     def load_booster(self, ref: ModelVersionRef):
         return self._mlflow().lightgbm.load_model(ref.uri)
 

@@ -293,6 +293,110 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+OUTPUT_FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "json", ".json": "json"}
+
+
+def _scoring_models(registry, overrides: list[str]) -> tuple[dict, list[str]]:
+    """{model name: version ref} to score with: each model's champion unless ``NAME=V`` (or ``V`` for the
+    ranker) names a version; next-action models without a champion are left out, with a note."""
+    from assets.models import NEXT_ACTION_MODELS, RANKER_MODEL
+    from resources.registry import CHAMPION
+
+    chosen = {}
+    for text in overrides:
+        name, _, version = text.rpartition("=")
+        name = name or RANKER_MODEL
+        if name not in (RANKER_MODEL, *NEXT_ACTION_MODELS.values()) or not version.isdigit():
+            raise SystemExit(f"error: --model-version {text!r}: give V (the ranker) or NAME=V with NAME one of "
+                             f"{RANKER_MODEL}, {', '.join(NEXT_ACTION_MODELS.values())}")
+        chosen[name] = registry.version(name, int(version))
+    notes = []
+    chosen.setdefault(RANKER_MODEL, registry.champion(RANKER_MODEL))
+    for name in NEXT_ACTION_MODELS.values():
+        if name not in chosen:
+            ref = registry.version_for_alias(name, CHAMPION)
+            if ref is None:
+                notes.append(f"{name} has no champion: its probability column is left out")
+            else:
+                chosen[name] = ref
+    return chosen, notes
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import duckdb
+
+    from assets.logic.candidates import RANKER_FEATURES
+    from assets.logic.features import USER_FEATURE_COLUMNS
+    from assets.logic.ingest import FORMATS, IngestError
+    from assets.logic.predict import load_item_side, read_sequences, score_sequences
+    from assets.logic.serving import BusinessRules, check_features
+    from assets.models import NEXT_ACTION_LABEL, RANKER_MODEL
+    from resources import ModelRegistry, Warehouse
+    from resources.registry import NoChampionError
+
+    out = Path(args.out)
+    if out.suffix not in OUTPUT_FORMATS:
+        raise SystemExit(f"error: --out {out}: name a {', '.join(OUTPUT_FORMATS)} file")
+    home = prepare_home(args.home)
+    warehouse = Warehouse(home=str(home))
+    if not Path(warehouse.path).exists():
+        raise SystemExit(f"error: {warehouse.path} does not exist: run shopseq run (or demo) on this home first")
+    registry = ModelRegistry(home=str(home), tracking_uri=os.environ.get("SHOPSEQ_MLFLOW_TRACKING_URI", ""))
+    try:
+        refs, notes = _scoring_models(registry, args.model_version or [])
+    except (NoChampionError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from None
+    boosters = {}
+    for name, ref in refs.items():
+        boosters[name] = registry.load_booster(ref)
+        check_features(boosters[name], RANKER_FEATURES if name == RANKER_MODEL else USER_FEATURE_COLUMNS, f"{name} v{ref.version}")
+    item_day = dt.date.fromisoformat(registry.run_tags(refs[RANKER_MODEL])["holdout_day"])
+    tz = warehouse.timezone if "timezone" in _settings(home) else FORMATS[args.format].default_tz
+    began = time.perf_counter()
+    with duckdb.connect() as conn:
+        try:
+            report = read_sequences(conn, args.events, args.format, tz)
+        except IngestError as error:
+            print(f"error: cannot read {error}", file=sys.stderr)
+            return 2
+        read_seconds = time.perf_counter() - began
+        load_item_side(conn, warehouse.path, item_day, warehouse.timezone)
+        frame = score_sequences(
+            conn, boosters[RANKER_MODEL],
+            {NEXT_ACTION_LABEL[n].removeprefix("label_"): b for n, b in boosters.items() if n != RANKER_MODEL},
+            item_day, args.k, BusinessRules(min_items=args.k),
+        )
+        frame["models"] = ", ".join(f"{n} v{r.version}" for n, r in refs.items())
+        scored_seconds = time.perf_counter() - began - read_seconds
+        staged = out.with_name(f".{out.name}.partial")
+        conn.register("predictions", frame)
+        conn.execute(f"COPY predictions TO '{staged}' (FORMAT {OUTPUT_FORMATS[out.suffix]})")
+        staged.replace(out)
+    sequences = frame["sequence_id"].nunique()
+    reasons = {k: v for k, v in report.items() if k not in ("read", "accepted", "quarantined")}
+    print(f"Read {args.format} {', '.join(args.events)} ({tz} days): {report['read']:,} rows = {report['accepted']:,} "
+          f"accepted + {report['quarantined']:,} quarantined"
+          + (f" ({', '.join(f'{r} {n:,}' for r, n in sorted(reasons.items()))})" if reasons else "")
+          + f" in {read_seconds:.1f} s.")
+    print(f"Scored {sequences:,} sequences as of their last event in {scored_seconds:.1f} s with "
+          f"{frame['models'].iloc[0]}; item statistics as of {item_day}.")
+    sources = frame["source"].value_counts()
+    print("Items by candidate source: " + ", ".join(f"{s} {n:,}" for s, n in sources.items()))
+    short = (frame.groupby("sequence_id")["rank"].max() < args.k).sum()
+    if short:
+        print(f"{short:,} sequences got fewer than {args.k} items (the warehouse knows too few popular items).")
+    for note in notes:
+        print(f"note: {note}")
+    print(f"Wrote {len(frame):,} rows to {out}")
+    return 0
+
+
+def _settings(home: Path) -> dict:
+    from resources.home import read_settings
+
+    return read_settings(str(home))
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     home = prepare_home(args.home)
     workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
@@ -355,6 +459,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--landing-mode", choices=["auto", "synthetic", "files"], default=os.environ.get("SHOPSEQ_LANDING_MODE", "auto"))
     run.add_argument("--skip-training", action="store_true", help="publish with the current champion")
     run.set_defaults(func=cmd_run)
+
+    predict = with_home(sub.add_parser(
+        "predict", help="score every sequence of a log file as of its last event: top-k items + next-action probabilities"))
+    predict.add_argument("--events", required=True, nargs="+", help="log files (.gz too)")
+    predict.add_argument("--format", required=True, choices=sorted(FORMATS))
+    predict.add_argument("--k", type=int, default=20, help="items per sequence (default %(default)s)")
+    predict.add_argument("--out", required=True, help="output file: .csv, .parquet or .jsonl")
+    predict.add_argument("--model-version", action="append", metavar="[NAME=]V",
+                         help="score with this version instead of the champion: V for the ranker, NAME=V for "
+                         "another model (repeatable)")
+    predict.set_defaults(func=cmd_predict)
 
     for name, port, func in (("ui", 3000, cmd_ui), ("mlflow-ui", 5000, cmd_mlflow_ui)):
         p = with_home(sub.add_parser(name, help=f"open the {'Dagster' if name == 'ui' else 'MLflow'} UI on the home"))

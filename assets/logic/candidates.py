@@ -16,7 +16,7 @@ import datetime as dt
 
 import duckdb
 
-from assets.logic.features import HISTORY_DAYS, ITEM_FEATURE_COLUMNS, type_weight_sql
+from assets.logic.features import ITEM_FEATURE_COLUMNS, daily_history_sql, type_weight_sql
 from assets.logic.warehouse_sql import (
     date_bounds,
     day_bounds,
@@ -64,15 +64,37 @@ RANKER_FEATURES = [
     *ITEM_FEATURE_COLUMNS,
 ]
 
-_CANDIDATES_SQL = f"""
-WITH h AS (
-    SELECT user_id, item_id, category_id, event_type, event_time, session_id
-    FROM cleaned_events
-    WHERE event_time >= $cutoff - INTERVAL {HISTORY_DAYS} DAY AND event_time < $cutoff
-      AND NOT is_bot AND item_id IS NOT NULL
+def covis_pairs_sql(events: str = "cleaned_events") -> str:
+    """Item-to-item co-visitation as of ``$cutoff``: for each item, its ``COVIS_NEIGHBOURS`` strongest
+    session neighbours over the ``COVIS_DAYS`` before the cut-off, weighted by what happened to the neighbour."""
+    return f"""
+WITH session_items AS (
+    SELECT session_id, item_id, max({type_weight_sql()}) AS weight, max(event_time) AS last_time
+    FROM {events}
+    WHERE event_time >= $cutoff - INTERVAL {COVIS_DAYS} DAY AND event_time < $cutoff AND NOT is_bot AND item_id IS NOT NULL
+    GROUP BY session_id, item_id
+    QUALIFY row_number() OVER (PARTITION BY session_id ORDER BY last_time DESC, item_id) <= 30
+)
+SELECT a.item_id AS item_a, b.item_id AS item_b, sum(greatest(b.weight, 1.0)) AS pair_weight
+FROM session_items a JOIN session_items b ON a.session_id = b.session_id AND a.item_id <> b.item_id
+GROUP BY a.item_id, b.item_id
+QUALIFY row_number() OVER (PARTITION BY a.item_id ORDER BY pair_weight DESC, b.item_id) <= {COVIS_NEIGHBOURS}
+"""
+
+
+def candidates_sql(history: str, covis_pairs: str, item_now: str, user_features: str) -> str:
+    """Candidates with the ranker's features. The user side reads ``history`` (events with their user's
+    ``cutoff``, see ``features.daily_history_sql``); the item side reads ``covis_pairs`` (``covis_pairs_sql``),
+    ``item_now`` (item features) and ``user_features``, all SELECTs. Param: ``$as_of_date`` (of the item side)."""
+    return f"""
+WITH events AS (
+    SELECT user_id, item_id, category_id, event_type, event_time, session_id, cutoff FROM ({history}) e
 ),
+h AS (SELECT * FROM events WHERE item_id IS NOT NULL),
+-- every recently active user gets candidates, also one who only searched (popular items at least)
 users AS (
-    SELECT DISTINCT user_id FROM h WHERE event_time >= $cutoff - INTERVAL {CANDIDATE_USER_DAYS} DAY
+    SELECT user_id, cutoff FROM events GROUP BY user_id, cutoff
+    HAVING max(event_time) >= cutoff - INTERVAL {CANDIDATE_USER_DAYS} DAY
 ),
 last_touch AS (
     SELECT h.user_id, arg_max(session_id, event_time) AS last_session, arg_max(category_id, event_time) AS last_category
@@ -86,18 +108,18 @@ last_session_items AS (
 ),
 ui AS (
     SELECT h.user_id, item_id,
-           sum({type_weight_sql()} * exp(-date_diff('second', event_time, $cutoff) / 3600.0 / {RECENCY_HOURS})) AS recent_score,
+           sum({type_weight_sql()} * exp(-date_diff('second', event_time, h.cutoff) / 3600.0 / {RECENCY_HOURS})) AS recent_score,
            count(*) FILTER (WHERE event_type = 'view') AS ui_views,
            count(*) FILTER (WHERE event_type = 'add_to_cart') AS ui_carts,
            count(*) FILTER (WHERE event_type = 'purchase') AS ui_purchases,
            count(*) FILTER (WHERE event_type = 'favorite') AS ui_favs,
-           date_diff('second', max(event_time), $cutoff) / 3600.0 AS ui_hours_since_touch,
-           date_diff('second', min(event_time), $cutoff) / 3600.0 AS ui_hours_since_first_touch,
+           date_diff('second', max(event_time), h.cutoff) / 3600.0 AS ui_hours_since_touch,
+           date_diff('second', min(event_time), h.cutoff) / 3600.0 AS ui_hours_since_first_touch,
            count(DISTINCT session_id) AS ui_sessions,
            count(DISTINCT date_trunc('day', event_time)) AS ui_days,
-           count(*) FILTER (WHERE event_time >= $cutoff - INTERVAL 1 DAY) AS ui_events_1d
+           count(*) FILTER (WHERE event_time >= h.cutoff - INTERVAL 1 DAY) AS ui_events_1d
     FROM h JOIN users USING (user_id)
-    GROUP BY h.user_id, item_id
+    GROUP BY h.user_id, item_id, h.cutoff
 ),
 recent AS (
     SELECT user_id, item_id, recent_score,
@@ -105,18 +127,7 @@ recent AS (
     FROM ui WHERE recent_score > 0
     QUALIFY recent_rank <= {RECENT_PER_USER}
 ),
-session_items AS (
-    SELECT session_id, item_id, max({type_weight_sql()}) AS weight, max(event_time) AS last_time
-    FROM h WHERE event_time >= $cutoff - INTERVAL {COVIS_DAYS} DAY
-    GROUP BY session_id, item_id
-    QUALIFY row_number() OVER (PARTITION BY session_id ORDER BY last_time DESC, item_id) <= 30
-),
-covis_pairs AS (
-    SELECT a.item_id AS item_a, b.item_id AS item_b, sum(greatest(b.weight, 1.0)) AS pair_weight
-    FROM session_items a JOIN session_items b ON a.session_id = b.session_id AND a.item_id <> b.item_id
-    GROUP BY a.item_id, b.item_id
-    QUALIFY row_number() OVER (PARTITION BY a.item_id ORDER BY pair_weight DESC, b.item_id) <= {COVIS_NEIGHBOURS}
-),
+covis_pairs AS ({covis_pairs}),
 seeds AS (
     SELECT user_id, item_id, recent_score / max(recent_score) OVER (PARTITION BY user_id) AS seed_weight
     FROM recent WHERE recent_rank <= 10
@@ -139,9 +150,7 @@ top_categories AS (
     SELECT user_id, category_id FROM user_categories
     QUALIFY row_number() OVER (PARTITION BY user_id ORDER BY weight DESC, category_id) <= 2
 ),
-item_now AS (
-    SELECT * FROM item_features WHERE as_of_date = $as_of_date
-),
+item_now AS ({item_now}),
 category_top AS (
     SELECT category_id, item_id,
            row_number() OVER (PARTITION BY category_id ORDER BY item_score_1d DESC NULLS LAST, item_views_7d DESC, item_id) AS category_rank
@@ -162,8 +171,8 @@ pairs AS (
     UNION SELECT user_id, item_id FROM category
     UNION SELECT u.user_id, p.item_id FROM users u CROSS JOIN popular p
 )
-SELECT CAST($as_of_date AS DATE) AS as_of_date, CAST($cutoff AS TIMESTAMP) AS cutoff, p.user_id, p.item_id,
-       i.category_id,
+SELECT CAST($as_of_date AS DATE) AS as_of_date, u.cutoff, p.user_id, p.item_id,
+       coalesce(i.category_id, ev.category_id) AS category_id,
        CASE WHEN r.item_id IS NOT NULL THEN 'recent' WHEN c.item_id IS NOT NULL THEN 'covis'
             WHEN k.item_id IS NOT NULL THEN 'category' ELSE 'popular' END AS source,
        coalesce(r.recent_score, 0) AS recent_score, coalesce(r.recent_rank, 999) AS recent_rank,
@@ -177,21 +186,26 @@ SELECT CAST($as_of_date AS DATE) AS as_of_date, CAST($cutoff AS TIMESTAMP) AS cu
        ui.ui_hours_since_first_touch, coalesce(ui.ui_sessions, 0) AS ui_sessions, coalesce(ui.ui_days, 0) AS ui_days,
        coalesce(ui.ui_events_1d, 0) AS ui_events_1d,
        CAST(ls.item_id IS NOT NULL AS INTEGER) AS ui_in_last_session, ls.ui_last_session_position,
-       CAST(coalesce(i.category_id = lt.last_category, false) AS INTEGER) AS in_last_category,
+       CAST(coalesce(coalesce(i.category_id, ev.category_id) = lt.last_category, false) AS INTEGER) AS in_last_category,
        coalesce(uc.weight / nullif(uc.total, 0), 0) AS category_affinity,
        uf.events_7d AS user_events_7d, uf.hours_since_last_event AS user_hours_since_last_event,
        {", ".join(f"i.{c}" for c in ITEM_FEATURE_COLUMNS)}
 FROM pairs p
-LEFT JOIN recent r USING (user_id, item_id)
-LEFT JOIN (SELECT DISTINCT ON (user_id, item_id) * FROM covis) c USING (user_id, item_id)
-LEFT JOIN (SELECT user_id, item_id, min(category_rank) AS category_rank FROM category GROUP BY ALL) k USING (user_id, item_id)
+JOIN users u ON u.user_id = p.user_id
+LEFT JOIN recent r ON r.user_id = p.user_id AND r.item_id = p.item_id
+LEFT JOIN (SELECT DISTINCT ON (user_id, item_id) * FROM covis) c ON c.user_id = p.user_id AND c.item_id = p.item_id
+LEFT JOIN (SELECT user_id, item_id, min(category_rank) AS category_rank FROM category GROUP BY ALL) k
+       ON k.user_id = p.user_id AND k.item_id = p.item_id
 LEFT JOIN popular pop ON pop.item_id = p.item_id
-LEFT JOIN ui USING (user_id, item_id)
+LEFT JOIN ui ON ui.user_id = p.user_id AND ui.item_id = p.item_id
 LEFT JOIN last_session_items ls ON ls.user_id = p.user_id AND ls.item_id = p.item_id
 LEFT JOIN last_touch lt ON lt.user_id = p.user_id
 LEFT JOIN item_now i ON i.item_id = p.item_id
-LEFT JOIN user_categories uc ON uc.user_id = p.user_id AND uc.category_id = i.category_id
-LEFT JOIN (SELECT * FROM user_features WHERE as_of_date = $as_of_date) uf ON uf.user_id = p.user_id
+-- an item the item side does not know keeps the category the user's own events gave it
+LEFT JOIN (SELECT user_id, item_id, arg_max(category_id, event_time) AS category_id FROM h GROUP BY ALL) ev
+       ON ev.user_id = p.user_id AND ev.item_id = p.item_id
+LEFT JOIN user_categories uc ON uc.user_id = p.user_id AND uc.category_id = coalesce(i.category_id, ev.category_id)
+LEFT JOIN ({user_features}) uf ON uf.user_id = p.user_id
 """
 
 
@@ -207,9 +221,13 @@ def build_candidates_day(conn: duckdb.DuckDBPyConnection, day: dt.date, tz: str 
     """Replace the candidates as of the end of ``day`` (needs that day's item and user features)."""
     _, cutoff = day_bounds(day, tz)
     ensure_table(conn, "ranking_candidates", _candidates_table_sql())
-    return replace_window(
-        conn, "ranking_candidates", "as_of_date", *date_bounds(day), _CANDIDATES_SQL, {"cutoff": cutoff, "as_of_date": day}
+    sql = candidates_sql(
+        history=daily_history_sql(),
+        covis_pairs=covis_pairs_sql(),
+        item_now="SELECT * FROM item_features WHERE as_of_date = $as_of_date",
+        user_features="SELECT * FROM user_features WHERE as_of_date = $as_of_date",
     )
+    return replace_window(conn, "ranking_candidates", "as_of_date", *date_bounds(day), sql, {"cutoff": cutoff, "as_of_date": day})
 
 
 def candidate_recall(conn: duckdb.DuckDBPyConnection, day: dt.date) -> dict[str, float]:

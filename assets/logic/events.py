@@ -127,10 +127,13 @@ FROM numbered
 """
 
 
-def classify_landing(conn: duckdb.DuckDBPyConnection, files: list[str], day: dt.date, tz: str = "UTC") -> dict[str, int]:
-    """Classify the landing files of ``day`` into the temp table ``landing_classified``
-    (one row per landing row, ``reason`` NULL when accepted); returns counts per outcome."""
-    start, end = day_bounds(day, tz)
+def classify_landing(
+    conn: duckdb.DuckDBPyConnection, files: list[str], day: dt.date | None, tz: str = "UTC",
+    window: tuple[dt.datetime, dt.datetime] | None = None,
+) -> dict[str, int]:
+    """Classify the landing files of ``day`` (or of the UTC ``window`` of event times) into the temp table
+    ``landing_classified`` (one row per landing row, ``reason`` NULL when accepted); returns counts per outcome."""
+    start, end = window or day_bounds(day, tz)
     conn.execute(
         _CLASSIFY_SQL.format(landing=_landing_select(conn, files)),
         {"files": files, "event_types": list(EVENT_TYPES), "day_start": start, "day_end": end},
@@ -138,6 +141,14 @@ def classify_landing(conn: duckdb.DuckDBPyConnection, files: list[str], day: dt.
     return dict(
         conn.execute("SELECT coalesce(reason, 'accepted'), count(*) FROM landing_classified GROUP BY ALL ORDER BY 1").fetchall()
     )
+
+
+# The accepted rows of ``landing_classified`` as raw events (an event without a source id gets a deterministic one).
+ACCEPTED_SQL = """
+SELECT event_time, user_id, session_id, event_type, item_id, category_id, price, query,
+       coalesce(event_id, md5(concat_ws('|', event_time, user_id, event_type, item_id, source_file, source_line))) AS event_id,
+       source_file, source_line
+FROM landing_classified WHERE reason IS NULL"""
 
 
 def load_raw_day(conn: duckdb.DuckDBPyConnection, files: list[str], day: dt.date, tz: str = "UTC") -> dict[str, int]:
@@ -155,10 +166,7 @@ def load_raw_day(conn: duckdb.DuckDBPyConnection, files: list[str], day: dt.date
         "event_time",
         start,
         end,
-        """SELECT event_time, user_id, session_id, event_type, item_id, category_id, price, query,
-                  coalesce(event_id, md5(concat_ws('|', event_time, user_id, event_type, item_id, source_file, source_line))) AS event_id,
-                  source_file, source_line
-           FROM landing_classified WHERE reason IS NULL""",
+        ACCEPTED_SQL,
     )
     replace_window(
         conn,
@@ -180,7 +188,9 @@ def load_raw_day(conn: duckdb.DuckDBPyConnection, files: list[str], day: dt.date
     return {"read": read, "accepted": accepted, "quarantined": read - accepted, **counts}
 
 
-_CLEAN_SQL = """
+# raw_events of [$start, $end) -> cleaned events: one row per event_id, derived sessions named after $day,
+# users with more than $bot_events_per_day events flagged.
+CLEAN_SQL = """
 WITH day_rows AS (
     SELECT * EXCLUDE (source_file, source_line, rn) FROM (
         SELECT *, row_number() OVER (PARTITION BY event_id ORDER BY event_time, source_file, source_line) AS rn
@@ -221,7 +231,7 @@ def clean_day(conn: duckdb.DuckDBPyConnection, day: dt.date, bot_events_per_day:
         "event_time",
         start,
         end,
-        _CLEAN_SQL,
+        CLEAN_SQL,
         {"start": start, "end": end, "day": day, "bot_events_per_day": bot_events_per_day},
     )
     bots = conn.execute(

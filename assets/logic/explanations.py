@@ -1,15 +1,21 @@
 """Readable reasons for recommendations, from the ranker's own per-row feature contributions.
 
 LightGBM's ``pred_contrib`` splits each score into one contribution per feature
-(SHAP values for trees). Contributions are summed into families a shopper would
+(SHAP values for trees; see ``EXPLAINED_ROUNDS`` for the rounds read). Contributions are summed into families a shopper would
 recognise; the family that pushed the item up most gives the reason, worded with
 the row's own numbers ("you viewed it 3 times and carted it, last 5 hours ago").
 """
 
 import lightgbm as lgb
+import numpy as np
 import pandas as pd
 
 from assets.logic.candidates import RANKER_FEATURES
+
+# SHAP costs ~0.2 ms per row for 300 rounds of 7 leaves (12 s for 60k recommendations): reasons read the
+# first 50 rounds, which carry the largest effects. On the Taobao sample's 16,020 recommendations their top
+# family is the one all 300 rounds give for 93.6% of rows (20 rounds: 93.1%, 150: 95.3%), at a sixth of the cost.
+EXPLAINED_ROUNDS = 50
 
 FAMILIES = {
     "own_history": (
@@ -30,13 +36,15 @@ def _family(feature: str) -> str:
     return "item_popularity"  # popularity rank and the item's own statistics
 
 
-def family_contributions(booster: lgb.Booster, features: pd.DataFrame) -> pd.DataFrame:
-    """Per row, the summed contribution of each family of features to the ranker's score."""
+def family_contributions(booster: lgb.Booster, features: pd.DataFrame, rounds: int | None = None) -> pd.DataFrame:
+    """Per row, the summed contribution (SHAP, the last column of ``pred_contrib`` left out: the bias) of each
+    family of features to the ranker's score, over its first ``rounds`` boosting rounds (None: all)."""
     if features.empty:
         return pd.DataFrame(columns=[*FAMILIES, "item_popularity"])
-    contrib = booster.predict(features[RANKER_FEATURES].astype(float), pred_contrib=True)[:, :-1]  # last: bias
-    frame = pd.DataFrame(contrib, columns=RANKER_FEATURES, index=features.index)
-    return frame.T.groupby([_family(f) for f in RANKER_FEATURES]).sum().T
+    contrib = booster.predict(features[RANKER_FEATURES].astype(float), pred_contrib=True, num_iteration=rounds)[:, :-1]
+    families = [*FAMILIES, "item_popularity"]
+    membership = np.array([[_family(f) == family for family in families] for f in RANKER_FEATURES], dtype=float)
+    return pd.DataFrame(contrib @ membership, columns=families, index=features.index)
 
 
 def _times(n: float, what: str) -> str:
@@ -64,11 +72,12 @@ def _phrase(family: str, row) -> str:
     return "popular with shoppers right now"
 
 
-def reasons(booster: lgb.Booster, rows: pd.DataFrame) -> pd.Series:
+def reasons(booster: lgb.Booster, rows: pd.DataFrame, rounds: int | None = EXPLAINED_ROUNDS) -> pd.Series:
     """One short reason per candidate row: the family with the largest positive contribution."""
     if rows.empty:
         return pd.Series([], dtype=object, index=rows.index)
-    families = family_contributions(booster, rows)
+    families = family_contributions(booster, rows, rounds)
     top = families.idxmax(axis=1).where(families.max(axis=1) > 0, "item_popularity")
-    return pd.Series([_phrase(f, r) for f, r in zip(top, rows.itertuples())], index=rows.index, dtype=object)
+    worded = rows[["ui_views", "ui_carts", "ui_favs", "ui_purchases", "ui_hours_since_touch", "category_id", "category_affinity"]]
+    return pd.Series([_phrase(f, r) for f, r in zip(top, worded.itertuples())], index=rows.index, dtype=object)
 

@@ -3,6 +3,10 @@
 Every feature of ``as_of_date = D`` reads only cleaned events with
 ``event_time < D + 1 day`` (the cut-off) and within ``HISTORY_DAYS`` before it;
 bots are excluded. Rows carry the cut-off so that the leakage check can prove it.
+
+User-side SQL reads a *history*: events, each with the ``cutoff`` of its user.
+Daily, every user has the end of the day as cut-off (``daily_history_sql``);
+``shopseq predict`` gives each sequence its own (just after its last event).
 """
 
 import datetime as dt
@@ -32,10 +36,10 @@ TYPE_WEIGHTS = {"view": 1.0, "search": 0.0, "favorite": 2.0, "add_to_cart": 4.0,
 def _windowed_counts() -> str:
     cols = []
     for days in WINDOWS:
-        cols.append(f"count(*) FILTER (WHERE event_time >= $cutoff - INTERVAL {days} DAY) AS events_{days}d")
+        cols.append(f"count(*) FILTER (WHERE event_time >= cutoff - INTERVAL {days} DAY) AS events_{days}d")
         for etype, short in COUNTED_TYPES.items():
             cols.append(
-                f"count(*) FILTER (WHERE event_type = '{etype}' AND event_time >= $cutoff - INTERVAL {days} DAY)"
+                f"count(*) FILTER (WHERE event_type = '{etype}' AND event_time >= cutoff - INTERVAL {days} DAY)"
                 f" AS {short}_{days}d"
             )
     return ",\n       ".join(cols)
@@ -71,42 +75,50 @@ USER_FEATURE_COLUMNS = (
     ]
 )
 
-_USER_FEATURES_SQL = f"""
+
+def daily_history_sql() -> str:
+    """The history of every user as of ``$cutoff``: cleaned events (not bots) of the ``HISTORY_DAYS`` before it."""
+    return f"""SELECT *, CAST($cutoff AS TIMESTAMP) AS cutoff FROM cleaned_events
+               WHERE event_time >= $cutoff - INTERVAL {HISTORY_DAYS} DAY AND event_time < $cutoff AND NOT is_bot"""
+
+
+def user_features_sql(history: str) -> str:
+    """User features from ``history`` (a SELECT of events with their user's ``cutoff``); params: ``$as_of_date``."""
+    return f"""
 WITH h AS (
     -- next_type / next_category: what the user did next in the same session, before the cut-off
     SELECT *,
         lead(event_type) OVER (PARTITION BY user_id, session_id ORDER BY event_time, event_id) AS next_type,
         lead(category_id) OVER (PARTITION BY user_id, session_id ORDER BY event_time, event_id) AS next_category
-    FROM cleaned_events
-    WHERE event_time >= $cutoff - INTERVAL {HISTORY_DAYS} DAY AND event_time < $cutoff AND NOT is_bot
+    FROM ({history}) e
 )
-SELECT CAST($as_of_date AS DATE) AS as_of_date, CAST($cutoff AS TIMESTAMP) AS cutoff, user_id,
+SELECT CAST($as_of_date AS DATE) AS as_of_date, cutoff, user_id,
        {_windowed_counts()},
-       date_diff('second', max(event_time), $cutoff) / 3600.0 AS hours_since_last_event,
-       date_diff('second', max(event_time) FILTER (WHERE event_type = 'add_to_cart'), $cutoff) / 3600.0 AS hours_since_last_cart,
-       date_diff('second', max(event_time) FILTER (WHERE event_type = 'purchase'), $cutoff) / 3600.0 AS hours_since_last_purchase,
-       date_diff('second', min(event_time), $cutoff) / 3600.0 AS hours_since_first_event,
-       count(DISTINCT session_id) FILTER (WHERE event_time >= $cutoff - INTERVAL 7 DAY) AS sessions_7d,
-       count(DISTINCT CAST(event_time AS DATE)) FILTER (WHERE event_time >= $cutoff - INTERVAL 7 DAY) AS active_days_7d,
-       count(DISTINCT item_id) FILTER (WHERE event_time >= $cutoff - INTERVAL 7 DAY) AS items_7d,
-       count(DISTINCT category_id) FILTER (WHERE event_time >= $cutoff - INTERVAL 7 DAY) AS categories_7d,
+       date_diff('second', max(event_time), cutoff) / 3600.0 AS hours_since_last_event,
+       date_diff('second', max(event_time) FILTER (WHERE event_type = 'add_to_cart'), cutoff) / 3600.0 AS hours_since_last_cart,
+       date_diff('second', max(event_time) FILTER (WHERE event_type = 'purchase'), cutoff) / 3600.0 AS hours_since_last_purchase,
+       date_diff('second', min(event_time), cutoff) / 3600.0 AS hours_since_first_event,
+       count(DISTINCT session_id) FILTER (WHERE event_time >= cutoff - INTERVAL 7 DAY) AS sessions_7d,
+       count(DISTINCT CAST(event_time AS DATE)) FILTER (WHERE event_time >= cutoff - INTERVAL 7 DAY) AS active_days_7d,
+       count(DISTINCT item_id) FILTER (WHERE event_time >= cutoff - INTERVAL 7 DAY) AS items_7d,
+       count(DISTINCT category_id) FILTER (WHERE event_time >= cutoff - INTERVAL 7 DAY) AS categories_7d,
        (count(*) FILTER (WHERE event_type = 'add_to_cart') + 1.0) / (count(*) FILTER (WHERE event_type = 'view') + 10.0) AS cart_rate_28d,
        (count(*) FILTER (WHERE event_type = 'purchase') + 0.5) / (count(*) FILTER (WHERE event_type = 'add_to_cart') + 2.0) AS purchase_per_cart_28d,
-       1.0 - count(DISTINCT item_id) FILTER (WHERE event_time >= $cutoff - INTERVAL 7 DAY)
-             / greatest(count(item_id) FILTER (WHERE event_time >= $cutoff - INTERVAL 7 DAY), 1) AS repeat_item_ratio_7d,
+       1.0 - count(DISTINCT item_id) FILTER (WHERE event_time >= cutoff - INTERVAL 7 DAY)
+             / greatest(count(item_id) FILTER (WHERE event_time >= cutoff - INTERVAL 7 DAY), 1) AS repeat_item_ratio_7d,
        CAST(arg_max(event_type, event_time) = 'add_to_cart' AS INTEGER) AS last_event_is_cart,
        CAST(arg_max(event_type, event_time) = 'purchase' AS INTEGER) AS last_event_is_purchase,
-       avg(price) FILTER (WHERE event_time >= $cutoff - INTERVAL 7 DAY) AS mean_price_7d,
-       (count(*) FILTER (WHERE event_time >= $cutoff - INTERVAL 1 DAY) + 1.0)
-         / (count(*) FILTER (WHERE event_time >= $cutoff - INTERVAL 7 DAY) / 7.0 + 1.0) AS trend_events_1d_vs_7d,
+       avg(price) FILTER (WHERE event_time >= cutoff - INTERVAL 7 DAY) AS mean_price_7d,
+       (count(*) FILTER (WHERE event_time >= cutoff - INTERVAL 1 DAY) + 1.0)
+         / (count(*) FILTER (WHERE event_time >= cutoff - INTERVAL 7 DAY) / 7.0 + 1.0) AS trend_events_1d_vs_7d,
        count(*) FILTER (WHERE event_type = 'search' AND coalesce(next_type, '') <> 'view'
-                        AND event_time >= $cutoff - INTERVAL 7 DAY) AS searches_without_view_7d,
+                        AND event_time >= cutoff - INTERVAL 7 DAY) AS searches_without_view_7d,
        count(DISTINCT next_category) FILTER (WHERE event_type = 'search' AND next_type = 'view'
-                                             AND event_time >= $cutoff - INTERVAL 7 DAY) AS search_led_categories_7d,
+                                             AND event_time >= cutoff - INTERVAL 7 DAY) AS search_led_categories_7d,
        CAST(arg_max(event_type, event_time) = 'search' AS INTEGER) AS last_event_is_search,
        max(event_time) AS last_event_time
 FROM h
-GROUP BY user_id
+GROUP BY user_id, cutoff
 """
 
 ITEM_FEATURE_COLUMNS = [
@@ -160,7 +172,8 @@ def build_user_features_day(conn: duckdb.DuckDBPyConnection, day: dt.date, tz: s
     _, cutoff = day_bounds(day, tz)
     ensure_table(conn, "user_features", _feature_table_sql(USER_FEATURE_COLUMNS, "user_id"))
     return replace_window(
-        conn, "user_features", "as_of_date", *date_bounds(day), _USER_FEATURES_SQL, {"cutoff": cutoff, "as_of_date": day}
+        conn, "user_features", "as_of_date", *date_bounds(day), user_features_sql(daily_history_sql()),
+        {"cutoff": cutoff, "as_of_date": day},
     )
 
 

@@ -623,6 +623,35 @@ def _pseudonymise(conn: duckdb.DuckDBPyConnection, key: str) -> None:
     conn.unregister("line_hashes")
 
 
+def place(
+    conn: duckdb.DuckDBPyConnection,
+    paths: list[str],
+    format_name: str,
+    tz: str | None = None,
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+    now: dt.datetime | None = None,
+    max_bad_fraction: float = 0.5,
+) -> list[Path]:
+    """Read source files into the table ``placed``: one row per line, in canonical columns, with its
+    ingest reason (NULL when the line parsed) and its ``day``. Returns the files read, once each."""
+    if format_name not in FORMATS:
+        raise ValueError(f"unknown format {format_name!r}; known: {', '.join(FORMATS)}")
+    fmt = FORMATS[format_name]
+    tz = tz or fmt.default_tz
+    first = start or (fmt.period[0] if fmt.period else EARLIEST_DAY)
+    last = end or (fmt.period[1] if fmt.period else dt.date(9999, 12, 31))
+    now = now or dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    conn.execute(f"SET TimeZone = '{tz}'")
+    conn.execute(f"CREATE TABLE staged {_STAGED_COLUMNS}")
+    sources = [Path(p) for p in dict.fromkeys(paths)]  # a file named twice is read once
+    for source in sources:
+        _stage_file(conn, source, fmt, max_bad_fraction)
+    conn.execute(_PLACE_SQL, {"tz": tz, "now": now, "first": first, "last": last})
+    conn.execute("DROP TABLE staged")
+    return sources
+
+
 def ingest(
     paths: list[str],
     format_name: str,
@@ -635,13 +664,7 @@ def ingest(
     max_bad_fraction: float = 0.5,
 ) -> IngestReport:
     """Split source files into daily landing partitions; see the module docstring for the rules."""
-    if format_name not in FORMATS:
-        raise ValueError(f"unknown format {format_name!r}; known: {', '.join(FORMATS)}")
-    fmt = FORMATS[format_name]
-    tz = tz or fmt.default_tz
-    first = start or (fmt.period[0] if fmt.period else EARLIEST_DAY)
-    last = end or (fmt.period[1] if fmt.period else dt.date(9999, 12, 31))
-    now = now or dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    tz = tz or (FORMATS[format_name].default_tz if format_name in FORMATS else "UTC")
     if pseudonym_key is not None and len(pseudonym_key) < 16:
         raise ValueError("the pseudonymisation key must have at least 16 characters")
     root = Path(landing_root)
@@ -649,12 +672,7 @@ def ingest(
     staging.mkdir(parents=True)
     try:
         with duckdb.connect(str(staging / "ingest.duckdb")) as conn:
-            conn.execute(f"SET TimeZone = '{tz}'")
-            conn.execute(f"CREATE TABLE staged {_STAGED_COLUMNS}")
-            sources = [Path(p) for p in dict.fromkeys(paths)]  # a file named twice is read once
-            for source in sources:
-                _stage_file(conn, source, fmt, max_bad_fraction)
-            conn.execute(_PLACE_SQL, {"tz": tz, "now": now, "first": first, "last": last})
+            sources = place(conn, paths, format_name, tz, start, end, now, max_bad_fraction)
             if pseudonym_key is not None:
                 _pseudonymise(conn, pseudonym_key)
             written = _write_days(conn, staging, sources)

@@ -13,6 +13,7 @@ from assets.logic.explanations import reasons
 from assets.logic.features import USER_FEATURE_COLUMNS
 
 TOP_K = 20
+FALLBACK_REASON = "popular with shoppers right now (fills the list)"
 
 
 def active_users(conn: duckdb.DuckDBPyConnection, day: dt.date) -> pd.Series:
@@ -82,22 +83,29 @@ def apply_rules(scored: pd.DataFrame, users: pd.Series, rules: BusinessRules, k:
     return recs[["user_id", "item_id", "score", "source", "rank", "rules"]].reset_index(drop=True)
 
 
+def recommend(
+    booster: lgb.Booster, candidates: pd.DataFrame, users: pd.Series, k: int = TOP_K, rules: BusinessRules = BusinessRules()
+) -> pd.DataFrame:
+    """Top-k items per user from scored candidates under the business rules, each with the reason
+    its largest feature contributions give."""
+    scores = booster.predict(candidates[RANKER_FEATURES].astype(float)) if len(candidates) else np.array([])
+    recs = apply_rules(candidates.assign(score=scores), users, rules, k)
+    chosen = recs[["user_id", "item_id"]].merge(candidates, on=["user_id", "item_id"], how="left")
+    recs["reason"] = reasons(booster, chosen).to_numpy() if len(chosen) else []
+    recs.loc[recs["source"] == "fallback", "reason"] = FALLBACK_REASON
+    return recs
+
+
 def recommend_day(
     conn: duckdb.DuckDBPyConnection, booster: lgb.Booster, day: dt.date, k: int = TOP_K, rules: BusinessRules = BusinessRules()
 ) -> pd.DataFrame:
-    """Top-k items for every user active on ``day``, as of its end, under the business rules,
-    each with the reason its largest feature contributions give."""
+    """Top-k items for every user active on ``day``, as of its end (see ``recommend``)."""
     users = active_users(conn, day)
     candidates = conn.execute(
         "SELECT * FROM ranking_candidates WHERE as_of_date = ? AND user_id IN (SELECT unnest(?))",
         [day, users.tolist()],
     ).df()
-    scores = booster.predict(candidates[RANKER_FEATURES].astype(float)) if len(candidates) else np.array([])
-    recs = apply_rules(candidates.assign(score=scores), users, rules, k)
-    chosen = recs[["user_id", "item_id"]].merge(candidates, on=["user_id", "item_id"], how="left")
-    recs["reason"] = reasons(booster, chosen).to_numpy() if len(chosen) else []
-    recs.loc[recs["source"] == "fallback", "reason"] = "popular with shoppers right now (fills the list)"
-    return recs.assign(as_of_date=day)
+    return recommend(booster, candidates, users, k, rules).assign(as_of_date=day)
 
 
 def predict_next_action_day(conn: duckdb.DuckDBPyConnection, booster: lgb.Booster, day: dt.date) -> pd.DataFrame:

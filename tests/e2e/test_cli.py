@@ -8,6 +8,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from tests.samples import SHARED, needs_samples
+
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
 
@@ -109,3 +111,80 @@ def test_ingest_then_run_on_a_real_format(tmp_path):
     missing = tmp_path / "nope.csv.gz"
     out = _shopseq(home, "ingest", "--format", "taobao", "--path", str(missing), cwd=cwd)
     assert out.returncode == 2 and str(missing) in out.stderr and "file not found" in out.stderr
+
+
+def _predict(home: Path, events: Path, fmt: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return _shopseq(home, "predict", "--events", str(events), "--format", fmt, "--out", str(out), *extra, cwd=out.parent)
+
+
+def _assert_ranked_lists(frame, k: int) -> None:
+    """k distinct items per sequence, ranks 1..k, scored rows by falling score and fallbacks after them."""
+    for sequence, rows in frame.groupby("sequence_id"):
+        rows = rows.sort_values("rank")
+        assert rows["rank"].tolist() == list(range(1, k + 1)), sequence
+        assert rows["item_id"].is_unique, sequence
+        scored = rows[rows["source"] != "fallback"]
+        assert scored["score"].is_monotonic_decreasing, sequence
+        assert (rows["source"] == "fallback").tolist() == sorted((rows["source"] == "fallback").tolist()), sequence
+        assert rows["reason"].str.len().gt(0).all(), sequence
+    for column in ("p_purchase", "p_add_to_cart"):
+        assert frame[column].between(0, 1).all()
+        assert (frame.groupby("sequence_id")[column].nunique() == 1).all()
+
+
+def test_predict_scores_known_cold_and_search_only_sequences(demo, tmp_path):
+    import pandas as pd
+
+    home, _ = demo
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as conn:
+        known = conn.execute(
+            """SELECT user_id, event_type, item_id, category_id, event_time FROM cleaned_events
+               WHERE user_id = (SELECT user_id FROM cleaned_events WHERE event_type = 'purchase' AND NOT is_bot
+                                ORDER BY event_time DESC, user_id LIMIT 1)
+               ORDER BY event_time"""
+        ).df()
+    bought = set(known.loc[known["event_type"] == "purchase", "item_id"])
+    lines = ["event_time,user_id,event_type,item_id,category_id,query"]
+    lines += [f"{r.event_time},{r.user_id},{r.event_type},{r.item_id},{r.category_id}," for r in known.itertuples()]
+    last = known["event_time"].max()
+    lines += [f"{last},cold,view,zz-1,zz-cat,", f"{last},cold,add_to_cart,zz-2,zz-cat,",
+              f"{last},searcher,search,,,red shoes", f"{last},,view,zz-3,,"]  # the last line has no user
+    source = tmp_path / "events.csv"
+    source.write_text("\n".join(lines) + "\n")
+
+    out = _predict(home, source, "canonical-csv", tmp_path / "predictions.parquet", "--k", "10")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"{len(known) + 4} rows = {len(known) + 3} accepted + 1 quarantined (missing_user 1)" in out.stdout
+    frame = pd.read_parquet(tmp_path / "predictions.parquet")
+    assert set(frame["sequence_id"]) == {known["user_id"].iloc[0], "cold", "searcher"}
+    _assert_ranked_lists(frame, 10)
+    by_sequence = dict(tuple(frame.groupby("sequence_id")))
+    assert not bought & set(by_sequence[known["user_id"].iloc[0]]["item_id"])  # purchased items are excluded
+    cold = by_sequence["cold"]
+    assert {"zz-1", "zz-2"} <= set(cold.loc[cold["source"] == "recent", "item_id"])  # its own, unknown items
+    assert set(by_sequence["searcher"]["source"]) <= {"popular", "fallback"}
+    assert (frame.groupby("sequence_id")["events"].first().to_dict()
+            == {known["user_id"].iloc[0]: len(known), "cold": 2, "searcher": 1})
+
+    out = _predict(home, source, "canonical-csv", tmp_path / "again.csv", "--model-version", "99")
+    assert out.returncode != 0 and "has no version 99" in out.stderr
+    assert not (tmp_path / "again.csv").exists()
+
+
+@needs_samples
+@pytest.mark.parametrize("fmt, path, sequences", [
+    ("diginetica", "diginetica/sample_train-item-views.csv", None),  # sessions, mostly without users
+    ("taobao", "taobao/UserBehavior_head_84k.csv", 815),
+])
+def test_predict_runs_on_the_shared_samples(demo, tmp_path, fmt, path, sequences):
+    import pandas as pd
+
+    home, _ = demo
+    out = _predict(home, SHARED / path, fmt, tmp_path / "predictions.csv")
+    assert out.returncode == 0, out.stderr[-3000:]
+    frame = pd.read_csv(tmp_path / "predictions.csv", dtype={"sequence_id": str, "item_id": str})
+    _assert_ranked_lists(frame, 20)
+    if sequences is None:  # one sequence per session without a user, one per user otherwise
+        raw = pd.read_csv(SHARED / path, sep=";", dtype=str)
+        sequences = raw.loc[raw["user_id"].isna(), "session_id"].nunique() + raw["user_id"].nunique()
+    assert frame["sequence_id"].nunique() == sequences

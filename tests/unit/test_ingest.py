@@ -3,7 +3,6 @@
 import datetime as dt
 import gzip
 import json
-import os
 from pathlib import Path
 
 import duckdb
@@ -12,6 +11,7 @@ import pytest
 
 from assets.logic.events import load_raw_day
 from assets.logic.ingest import IngestError, ingest, landing_name, pseudonym
+from tests.samples import SHARED, needs_samples
 
 NOW = dt.datetime(2026, 1, 1)  # "now" for future_timestamp, fixed so the tests do not age
 SHANGHAI = "Asia/Shanghai"
@@ -286,9 +286,6 @@ def test_pseudonymised_ingest_lets_no_raw_identifier_through(tmp_path):
         ingest([source], "taobao", str(tmp_path / "x"), now=NOW, pseudonym_key="short")
 
 
-# The public samples beside the repository (../shared/data), or wherever SHOPSEQ_SAMPLE_DATA points.
-SHARED = Path(os.environ.get("SHOPSEQ_SAMPLE_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data")
-
 # Row and event-type counts published in ../shared/data/README.md.
 SAMPLES = {
     "taobao": ("taobao/UserBehavior_head_84k.csv", 84_475, {"pv": 75_872, "cart": 4_497, "fav": 2_356, "buy": 1_750}),
@@ -298,7 +295,7 @@ SAMPLES = {
 }
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="the shared public samples are not on this machine")
+@needs_samples
 @pytest.mark.parametrize("fmt", sorted(SAMPLES))
 def test_shared_samples_reproduce_their_published_counts(tmp_path, fmt):
     path, rows, mix = SAMPLES[fmt]

@@ -1,0 +1,115 @@
+"""Scoring the sequences of a log file (``shopseq predict``).
+
+A sequence is a user of the file (formats without users give each session its own
+user id, ``s<session>``, so a sequence is then a session). Each is scored as of its
+last event: its history is its own events of the ``HISTORY_DAYS`` before that, read
+by the same SQL that builds the daily features and candidates, with a cut-off just
+after the last event. The item side (item statistics, co-visitation, category and
+global popularity) is the warehouse's as of the day the ranker was trained with.
+
+The file is read by ``shopseq ingest``'s readers and the rules of ``raw_events``
+and ``cleaned_events`` (the same quarantine reasons, event-id de-duplication and
+30-minute sessions); no bot flag: a file's sequences are all scored. Unknown users
+are the norm here; unknown items have no item statistics (LightGBM reads them as
+missing) and every sequence gets the popular items as candidates, so every
+sequence gets ``k`` items unless the warehouse knows fewer.
+"""
+
+import datetime as dt
+import tempfile
+from pathlib import Path
+
+import duckdb
+import lightgbm as lgb
+import pandas as pd
+
+from assets.logic.candidates import candidates_sql, covis_pairs_sql
+from assets.logic.events import ACCEPTED_SQL, CLEAN_SQL, classify_landing
+from assets.logic.features import HISTORY_DAYS, USER_FEATURE_COLUMNS, user_features_sql
+from assets.logic.ingest import place
+from assets.logic.serving import BusinessRules, recommend
+from assets.logic.warehouse_sql import day_bounds, ensure_table
+
+NO_BOT_LIMIT = 2**62
+_SEQUENCE_HISTORY = f"""
+SELECT e.*, c.cutoff FROM sequence_events e
+JOIN (SELECT user_id, max(event_time) + INTERVAL 1 MICROSECOND AS cutoff FROM sequence_events GROUP BY user_id) c USING (user_id)
+WHERE e.event_time >= c.cutoff - INTERVAL {HISTORY_DAYS} DAY
+"""
+
+
+def read_sequences(conn: duckdb.DuckDBPyConnection, paths: list[str], format_name: str, tz: str) -> dict[str, int]:
+    """Read log files into the table ``sequence_events`` (cleaned events); returns the rows read, accepted,
+    quarantined and a count per quarantine reason. Raises ``IngestError`` for an unreadable file."""
+    place(conn, paths, format_name, tz)
+    with tempfile.TemporaryDirectory(prefix="shopseq-predict-") as folder:
+        placed = str(Path(folder) / "placed.parquet")
+        conn.execute(f"COPY (SELECT * EXCLUDE (day, file_row) FROM placed ORDER BY source_file, file_row) TO '{placed}'")
+        first, last = conn.execute("SELECT min(event_time), max(event_time) FROM placed WHERE ingest_reason IS NULL").fetchone()
+        if first is None:
+            raise ValueError(f"{', '.join(paths)}: no line could be read as {format_name}")
+        counts = classify_landing(conn, [placed], None, tz, window=(first, last + dt.timedelta(seconds=1)))
+    ensure_table(conn, "raw_events")
+    conn.execute(f"INSERT INTO raw_events BY NAME {ACCEPTED_SQL}")
+    conn.execute("DROP TABLE landing_classified")
+    conn.execute("DROP TABLE placed")
+    read, accepted = sum(counts.values()), counts.pop("accepted", 0)
+    if accepted == 0:
+        raise ValueError(f"{', '.join(paths)}: no event could be accepted ({counts})")
+    conn.execute(
+        f"CREATE TABLE sequence_events AS {CLEAN_SQL}",
+        {"start": first, "end": last + dt.timedelta(seconds=1), "day": first.date(), "bot_events_per_day": NO_BOT_LIMIT},
+    )
+    return {"read": read, "accepted": accepted, "quarantined": read - accepted, **counts}
+
+
+def load_item_side(conn: duckdb.DuckDBPyConnection, warehouse: str, day: dt.date, tz: str) -> int:
+    """Copy the warehouse's item statistics and co-visitation pairs as of the end of ``day`` into
+    temp tables (``predict_item_now``, ``predict_covis_pairs``); the warehouse is attached read-only
+    for this copy only. Returns the number of items."""
+    _, cutoff = day_bounds(day, tz)
+    conn.execute("ATTACH ? AS wh (READ_ONLY)", [warehouse])
+    try:
+        conn.execute("CREATE TEMP TABLE predict_item_now AS SELECT * FROM wh.item_features WHERE as_of_date = ?", [day])
+        conn.execute(f"CREATE TEMP TABLE predict_covis_pairs AS {covis_pairs_sql('wh.cleaned_events')}", {"cutoff": cutoff})
+    finally:
+        conn.execute("DETACH wh")
+    items = conn.execute("SELECT count(*) FROM predict_item_now").fetchone()[0]
+    if items == 0:
+        raise ValueError(f"the warehouse {warehouse} has no item features as of {day} (the day the ranker was "
+                         "trained with): re-materialise that partition")
+    return items
+
+
+def score_sequences(
+    conn: duckdb.DuckDBPyConnection,
+    ranker: lgb.Booster,
+    action_models: dict[str, lgb.Booster],
+    item_day: dt.date,
+    k: int,
+    rules: BusinessRules,
+) -> pd.DataFrame:
+    """Top-k items per sequence of ``sequence_events`` (with source, reason, rules) and, per action of
+    ``action_models``, the probability ``p_<action>`` that the sequence's shopper does it within a day.
+
+    Needs ``read_sequences`` and ``load_item_side`` first. One row per (sequence, rank)."""
+    params = {"as_of_date": item_day}
+    conn.execute(f"CREATE OR REPLACE TEMP TABLE sequence_features AS {user_features_sql(_SEQUENCE_HISTORY)}", params)
+    candidates = conn.execute(
+        candidates_sql(_SEQUENCE_HISTORY, "SELECT * FROM predict_covis_pairs", "SELECT * FROM predict_item_now",
+                       "SELECT * FROM sequence_features"),
+        params,
+    ).df()
+    features = conn.execute(
+        """SELECT f.*, s.events FROM sequence_features f
+           JOIN (SELECT user_id, count(*) AS events FROM sequence_events GROUP BY ALL) s USING (user_id)
+           ORDER BY user_id"""
+    ).df()
+    recs = recommend(ranker, candidates, features["user_id"], k, rules)
+    per_sequence = features[["user_id", "events", "last_event_time"]].assign(
+        **{f"p_{action}": booster.predict(features[USER_FEATURE_COLUMNS].astype(float))
+           for action, booster in action_models.items()},
+    )
+    out = recs.merge(per_sequence, on="user_id", how="left").rename(columns={"user_id": "sequence_id"})
+    columns = ["sequence_id", "events", "last_event_time", "rank", "item_id", "score", "source", "reason", "rules"]
+    return out.sort_values(["sequence_id", "rank"])[columns + [f"p_{a}" for a in action_models]].reset_index(drop=True)
