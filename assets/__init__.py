@@ -12,6 +12,8 @@ from assets.features import item_features, ranking_candidates, user_features
 from assets.models import (
     NEXT_ACTION_ASSETS,
     next_action_training_set,
+    next_event_model,
+    next_event_training_set,
     next_item_ranker,
     ranker_training_set,
 )
@@ -24,7 +26,8 @@ DAILY_ASSETS = [
     raw_events, cleaned_events, sessions, user_sequences, user_features, item_features, ranking_candidates,
 ]
 TRAINING_ASSETS = [
-    next_action_training_set, ranker_training_set, *NEXT_ACTION_ASSETS, next_item_ranker, champion_promotion,
+    next_action_training_set, ranker_training_set, next_event_training_set, *NEXT_ACTION_ASSETS, next_item_ranker,
+    next_event_model, champion_promotion,
 ]
 SERVING_ASSETS = [recommendations, next_action_predictions]
 ALL_ASSETS = [*DAILY_ASSETS, *TRAINING_ASSETS, *SERVING_ASSETS]

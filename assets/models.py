@@ -15,13 +15,13 @@ from dagster import (
 )
 
 from assets.cleaned_events import cleaned_events
-from assets.common import point_in_time_check
+from assets.common import point_in_time_check, reconciliation_check
 from assets.features import ranking_candidates, user_features
-from assets.logic import training
+from assets.logic import next_event, training
 from assets.logic.candidates import RANKER_FEATURES
 from assets.logic.features import USER_FEATURE_COLUMNS
 from assets.logic.metrics import reliability_table
-from assets.logic.warehouse_sql import ensure_table, replace_table
+from assets.logic.warehouse_sql import day_bounds, ensure_table, replace_table
 from assets.partitions import WAREHOUSE_POOL
 from expectations import validate
 from resources import ModelRegistry, Warehouse
@@ -34,11 +34,17 @@ NEXT_ACTION_MODELS = {
 }
 NEXT_ACTION_LABEL = {name: label for label, name in NEXT_ACTION_MODELS.items()}
 RANKER_MODEL = "shopseq_next_item_ranker"
+NEXT_EVENT_MODEL = "shopseq_next_event"
 # The metric each model is promoted on: (target, metric); higher is better.
-MAIN_METRIC = {**{name: (label, "auc") for label, name in NEXT_ACTION_MODELS.items()}, RANKER_MODEL: ("any", "ndcg@20")}
+MAIN_METRIC = {
+    **{name: (label, "auc") for label, name in NEXT_ACTION_MODELS.items()},
+    RANKER_MODEL: ("any", "ndcg@20"),
+    NEXT_EVENT_MODEL: ("next_event_type", "auc"),
+}
 BASELINES = {
     **{name: (training.HISTORY_RULES[label][0], "base_rate") for label, name in NEXT_ACTION_MODELS.items()},
     RANKER_MODEL: ("popularity", "repeat_recent", "covisitation", "markov", "recent_covis_pop"),
+    NEXT_EVENT_MODEL: ("class_prior", "last_type_markov"),
 }
 EVALUATION_COLUMNS = """(segment VARCHAR, method VARCHAR, target VARCHAR, metric VARCHAR, value DOUBLE, ci_low DOUBLE,
     ci_high DOUBLE, users BIGINT, model_name VARCHAR, model_version BIGINT, run_id VARCHAR, holdout_day DATE,
@@ -88,6 +94,11 @@ def holdout_evaluation(conn, model_name: str, booster) -> tuple[pd.DataFrame, dt
 
 
 def _evaluate(conn, model_name: str, booster) -> tuple[pd.DataFrame, dt.date]:
+    if model_name == NEXT_EVENT_MODEL:
+        frame = conn.execute("SELECT * FROM next_event_training_set").df()
+        holdout = frame[frame["split"] == "holdout"]
+        day = pd.Timestamp(holdout["as_of_date"].iloc[0]).date()
+        return next_event.evaluate_next_event(holdout, booster, frame[frame["split"] == "train"]), day
     if model_name == RANKER_MODEL:
         holdout = conn.execute("SELECT * FROM ranker_training_set WHERE split = 'holdout'").df()
         day = pd.Timestamp(holdout["as_of_date"].iloc[0]).date()
@@ -183,6 +194,53 @@ def ranker_training_set(config: TrainingSetConfig, warehouse: Warehouse) -> Mate
         replace_table(conn, "ranker_training_set", frame)
     return _training_set_result(
         frame, "ranker_training_set", train_days, holdout_day, started, "user_hours_since_last_event"
+    )
+
+
+@asset(
+    **_COMMON,
+    deps=[cleaned_events, user_features],
+    kinds={"duckdb"},
+    check_specs=[
+        AssetCheckSpec("next_event_training_set_suite", asset="next_event_training_set", blocking=True),
+        AssetCheckSpec("next_event_training_set_point_in_time", asset="next_event_training_set", blocking=True,
+                       description="Every state describes only its session up to the state's event (before the "
+                       "labelled next event) and the user's activity before the session."),
+    ],
+)
+def next_event_training_set(config: TrainingSetConfig, warehouse: Warehouse) -> MaterializeResult:
+    """In-session states labelled with the type of the session's next event: training states have their next
+    event on the days after the training cut-offs, hold-out states on the day after the hold-out cut-off (the
+    same days as the other models' labels)."""
+    started = time.perf_counter()
+    with warehouse.connect() as conn:
+        train_days, holdout_day = training.split_cutoffs(training.labelled_cutoffs(conn), config.train_days)
+        tz = warehouse.timezone
+        frames = []
+        for split, days in (("train", train_days), ("holdout", [holdout_day])):
+            for day in days:  # states whose next event is on day + 1, as of the cut-off day
+                start, end = day_bounds(day + dt.timedelta(days=1), tz)
+                frames.append(next_event.next_event_frame(conn, start, end).assign(split=split, as_of_date=pd.Timestamp(day).as_unit("ns")))
+        frame = pd.concat(frames, ignore_index=True)
+        replace_table(conn, "next_event_training_set", frame)
+        in_order = reconciliation_check(
+            conn, "next_event_training_set_point_in_time",
+            """SELECT as_of_date AS day, count(*) AS expected,
+                      count(*) FILTER (WHERE state_time <= next_time AND session_start <= state_time) AS actual
+               FROM next_event_training_set GROUP BY ALL ORDER BY 1""",
+            {},
+        )
+    return MaterializeResult(
+        metadata={
+            "dagster/row_count": len(frame),
+            "train_cutoffs": [str(d) for d in train_days],
+            "holdout_cutoff": str(holdout_day),
+            "train_rows": int((frame["split"] == "train").sum()),
+            "holdout_rows": int((frame["split"] == "holdout").sum()),
+            "next_types": MetadataValue.md(frame.groupby(["split", "next_type"]).size().unstack(0).fillna(0).to_markdown()),
+            "seconds": round(time.perf_counter() - started, 2),
+        },
+        check_results=[validate(frame, "next_event_training_set", "next_event_training_set_suite"), in_order],
     )
 
 
@@ -309,4 +367,25 @@ def next_item_ranker(
         booster = training.train_lambdarank(train, config.params())
         evaluation, holdout_day = holdout_evaluation(conn, RANKER_MODEL, booster)
     return _record_model(context, warehouse, registry, RANKER_MODEL, booster, train, RANKER_FEATURES,
+                         evaluation, config, holdout_day, started)
+
+
+@asset(
+    **_COMMON,
+    deps=[next_event_training_set],
+    kinds={"lightgbm", "mlflow"},
+    check_specs=[AssetCheckSpec("model_evaluation_suite", asset="next_event_model", blocking=True)],
+)
+def next_event_model(
+    context: AssetExecutionContext, config: TrainingConfig, warehouse: Warehouse, registry: ModelRegistry
+) -> MaterializeResult:
+    """LightGBM multiclass model of the type of a session's next event (view, search, cart, remove, favourite,
+    purchase) from the session so far, evaluated on the hold-out day's states beside the class prior and a
+    last-type Markov chain, registered in MLflow as shopseq_next_event@challenger."""
+    started = time.perf_counter()
+    with warehouse.connect() as conn:
+        train = conn.execute("SELECT * FROM next_event_training_set WHERE split = 'train'").df()
+        booster = next_event.train_next_event(train, config.params())
+        evaluation, holdout_day = holdout_evaluation(conn, NEXT_EVENT_MODEL, booster)
+    return _record_model(context, warehouse, registry, NEXT_EVENT_MODEL, booster, train, next_event.NEXT_EVENT_FEATURES,
                          evaluation, config, holdout_day, started)

@@ -11,6 +11,7 @@ from assets.models import (
     MAIN_METRIC,
     NEXT_ACTION_ASSETS,
     holdout_evaluation,
+    next_event_model,
     next_item_ranker,
 )
 from assets.partitions import WAREHOUSE_POOL
@@ -41,7 +42,7 @@ def decide(
 
 
 @asset(
-    deps=[*NEXT_ACTION_ASSETS, next_item_ranker],
+    deps=[*NEXT_ACTION_ASSETS, next_item_ranker, next_event_model],
     group_name="training",
     kinds={"mlflow"},
     owners=["team:ml"],

@@ -194,7 +194,7 @@ def _model_summary(pipeline: Pipeline, users: int) -> list[str]:
     holdout = evaluation["holdout_day"].max() if len(evaluation) else "?"
     lines += ["", f"Temporal hold-out (features as of {pd.Timestamp(holdout).date()}, targets on the next day):"]
     methods = ["model", "repeat_recent", "recent_covis_pop", "covisitation", "markov", "popularity",
-               "buy_history_rule", "cart_history_rule", "activity_rule", "base_rate"]
+               "buy_history_rule", "cart_history_rule", "activity_rule", "base_rate", "last_type_markov", "class_prior"]
     overall = evaluation[evaluation["segment"] == "all"]
     table = overall.pivot_table(index=["model_name", "target", "metric"], columns="method", values="value")
     model = overall[overall["method"] == "model"].set_index(["model_name", "target", "metric"]).reindex(table.index)
@@ -298,25 +298,26 @@ OUTPUT_FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "json", ".json
 
 def _scoring_models(registry, overrides: list[str]) -> tuple[dict, list[str]]:
     """{model name: version ref} to score with: each model's champion unless ``NAME=V`` (or ``V`` for the
-    ranker) names a version; next-action models without a champion are left out, with a note."""
-    from assets.models import NEXT_ACTION_MODELS, RANKER_MODEL
+    ranker) names a version; other models than the ranker without a champion are left out, with a note."""
+    from assets.models import NEXT_ACTION_MODELS, NEXT_EVENT_MODEL, RANKER_MODEL
     from resources.registry import CHAMPION
 
+    optional = [*NEXT_ACTION_MODELS.values(), NEXT_EVENT_MODEL]
     chosen = {}
     for text in overrides:
         name, _, version = text.rpartition("=")
         name = name or RANKER_MODEL
-        if name not in (RANKER_MODEL, *NEXT_ACTION_MODELS.values()) or not version.isdigit():
+        if name not in (RANKER_MODEL, *optional) or not version.isdigit():
             raise SystemExit(f"error: --model-version {text!r}: give V (the ranker) or NAME=V with NAME one of "
-                             f"{RANKER_MODEL}, {', '.join(NEXT_ACTION_MODELS.values())}")
+                             f"{RANKER_MODEL}, {', '.join(optional)}")
         chosen[name] = registry.version(name, int(version))
     notes = []
     chosen.setdefault(RANKER_MODEL, registry.champion(RANKER_MODEL))
-    for name in NEXT_ACTION_MODELS.values():
+    for name in optional:
         if name not in chosen:
             ref = registry.version_for_alias(name, CHAMPION)
             if ref is None:
-                notes.append(f"{name} has no champion: its probability column is left out")
+                notes.append(f"{name} has no champion: its probability columns are left out")
             else:
                 chosen[name] = ref
     return chosen, notes
@@ -328,9 +329,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from assets.logic.candidates import RANKER_FEATURES
     from assets.logic.features import USER_FEATURE_COLUMNS
     from assets.logic.ingest import FORMATS, IngestError
+    from assets.logic.next_event import NEXT_EVENT_FEATURES
     from assets.logic.predict import load_item_side, read_sequences, score_sequences
     from assets.logic.serving import BusinessRules, check_features
-    from assets.models import NEXT_ACTION_LABEL, RANKER_MODEL
+    from assets.models import NEXT_ACTION_LABEL, NEXT_EVENT_MODEL, RANKER_MODEL
     from resources import ModelRegistry, Warehouse
     from resources.registry import NoChampionError
 
@@ -346,10 +348,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         refs, notes = _scoring_models(registry, args.model_version or [])
     except (NoChampionError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
+    inputs = {RANKER_MODEL: RANKER_FEATURES, NEXT_EVENT_MODEL: NEXT_EVENT_FEATURES}
     boosters = {}
     for name, ref in refs.items():
         boosters[name] = registry.load_booster(ref)
-        check_features(boosters[name], RANKER_FEATURES if name == RANKER_MODEL else USER_FEATURE_COLUMNS, f"{name} v{ref.version}")
+        check_features(boosters[name], inputs.get(name, USER_FEATURE_COLUMNS), f"{name} v{ref.version}")
     item_day = dt.date.fromisoformat(registry.run_tags(refs[RANKER_MODEL])["holdout_day"])
     tz = warehouse.timezone if "timezone" in _settings(home) else FORMATS[args.format].default_tz
     began = time.perf_counter()
@@ -363,8 +366,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         load_item_side(conn, warehouse.path, item_day, warehouse.timezone)
         frame = score_sequences(
             conn, boosters[RANKER_MODEL],
-            {NEXT_ACTION_LABEL[n].removeprefix("label_"): b for n, b in boosters.items() if n != RANKER_MODEL},
-            item_day, args.k, BusinessRules(min_items=args.k),
+            {NEXT_ACTION_LABEL[n].removeprefix("label_"): b for n, b in boosters.items() if n in NEXT_ACTION_LABEL},
+            item_day, args.k, BusinessRules(min_items=args.k), boosters.get(NEXT_EVENT_MODEL),
         )
         frame["models"] = ", ".join(f"{n} v{r.version}" for n, r in refs.items())
         scored_seconds = time.perf_counter() - began - read_seconds

@@ -27,6 +27,7 @@ from assets.logic.candidates import candidates_sql, covis_pairs_sql
 from assets.logic.events import ACCEPTED_SQL, CLEAN_SQL, classify_landing
 from assets.logic.features import HISTORY_DAYS, USER_FEATURE_COLUMNS, user_features_sql
 from assets.logic.ingest import place
+from assets.logic.next_event import EVENT_CLASSES, NEXT_EVENT_FEATURES, session_states_sql
 from assets.logic.serving import BusinessRules, recommend
 from assets.logic.warehouse_sql import day_bounds, ensure_table
 
@@ -88,9 +89,11 @@ def score_sequences(
     item_day: dt.date,
     k: int,
     rules: BusinessRules,
+    next_event_model: lgb.Booster | None = None,
 ) -> pd.DataFrame:
-    """Top-k items per sequence of ``sequence_events`` (with source, reason, rules) and, per action of
-    ``action_models``, the probability ``p_<action>`` that the sequence's shopper does it within a day.
+    """Top-k items per sequence of ``sequence_events`` (with source, reason, rules); per action of
+    ``action_models``, the probability ``p_<action>`` that the sequence's shopper does it within a day; with
+    ``next_event_model``, the probability ``p_next_<type>`` of each type for the sequence's next event.
 
     Needs ``read_sequences`` and ``load_item_side`` first. One row per (sequence, rank)."""
     params = {"as_of_date": item_day}
@@ -110,6 +113,15 @@ def score_sequences(
         **{f"p_{action}": booster.predict(features[USER_FEATURE_COLUMNS].astype(float))
            for action, booster in action_models.items()},
     )
+    if next_event_model is not None:
+        states = conn.execute(
+            f"""SELECT * FROM ({session_states_sql('SELECT * FROM sequence_events')})
+                QUALIFY row_number() OVER (PARTITION BY user_id ORDER BY state_time DESC, event_id DESC) = 1"""
+        ).df()
+        p = next_event_model.predict(states[NEXT_EVENT_FEATURES].astype(float)).reshape(len(states), -1)
+        next_event = pd.DataFrame(p, columns=[f"p_next_{t}" for t in EVENT_CLASSES]).assign(user_id=states["user_id"])
+        per_sequence = per_sequence.merge(next_event, on="user_id", how="left")
     out = recs.merge(per_sequence, on="user_id", how="left").rename(columns={"user_id": "sequence_id"})
     columns = ["sequence_id", "events", "last_event_time", "rank", "item_id", "score", "source", "reason", "rules"]
-    return out.sort_values(["sequence_id", "rank"])[columns + [f"p_{a}" for a in action_models]].reset_index(drop=True)
+    probabilities = [c for c in per_sequence.columns if c.startswith("p_")]
+    return out.sort_values(["sequence_id", "rank"])[columns + probabilities].reset_index(drop=True)

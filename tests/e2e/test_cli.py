@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pytest
 
 from tests.samples import SHARED, needs_samples
@@ -127,7 +128,9 @@ def _assert_ranked_lists(frame, k: int) -> None:
         assert scored["score"].is_monotonic_decreasing, sequence
         assert (rows["source"] == "fallback").tolist() == sorted((rows["source"] == "fallback").tolist()), sequence
         assert rows["reason"].str.len().gt(0).all(), sequence
-    for column in ("p_purchase", "p_add_to_cart"):
+    next_event = frame.filter(like="p_next_")
+    assert next_event.shape[1] == 6 and np.allclose(next_event.sum(axis=1), 1.0)  # one probability per event type
+    for column in ("p_purchase", "p_add_to_cart", *next_event.columns):
         assert frame[column].between(0, 1).all()
         assert (frame.groupby("sequence_id")[column].nunique() == 1).all()
 

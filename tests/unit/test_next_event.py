@@ -1,0 +1,61 @@
+import datetime as dt
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from assets.logic.next_event import EVENT_CLASSES, NEXT_EVENT_FEATURES, multiclass_metrics, session_states_sql
+
+T0 = dt.datetime(2025, 3, 10, 12, 0)
+
+
+def _states(events: list[tuple]) -> pd.DataFrame:
+    frame = pd.DataFrame(events, columns=["user_id", "session_id", "event_time", "event_id", "event_type", "item_id"])
+    with duckdb.connect() as conn:
+        conn.register("events", frame)
+        return conn.execute(f"SELECT * FROM ({session_states_sql('SELECT * FROM events')}) ORDER BY state_time, event_id").df()
+
+
+EVENTS = [
+    ("u", "old", T0 - dt.timedelta(days=2), "e0", "purchase", "Z"),
+    ("u", "s", T0, "e1", "view", "A"),
+    ("u", "s", T0 + dt.timedelta(seconds=30), "e2", "view", "B"),
+    ("u", "s", T0 + dt.timedelta(seconds=90), "e3", "add_to_cart", "B"),
+    ("u", "s", T0 + dt.timedelta(seconds=100), "e4", "purchase", "B"),
+]
+
+
+def test_a_state_describes_its_session_so_far_and_the_users_week_before():
+    states = _states(EVENTS).set_index("event_id")
+    after_b = states.loc["e2"]
+    assert after_b["next_type"] == "add_to_cart"
+    assert (after_b["session_events"], after_b["session_views"], after_b["session_carts"]) == (2, 2, 0)
+    assert (after_b["last_is_view"], after_b["previous_is_view"], after_b["session_items"]) == (1, 1, 2)
+    assert (after_b["gap_seconds"], after_b["session_seconds"], after_b["last_item_repeats"]) == (30, 30, 0)
+    assert (after_b["user_events_7d"], after_b["user_purchases_7d"], after_b["user_sessions_7d"]) == (1, 1, 1)
+    after_cart = states.loc["e3"]
+    assert (after_cart["last_is_add_to_cart"], after_cart["previous_is_view"], after_cart["last_item_repeats"]) == (1, 1, 1)
+    assert after_cart["session_items"] == 2
+    assert pd.isna(states.loc["e4", "next_type"])  # the session's last event has nothing to predict
+    assert states.loc["e0", "user_events_7d"] == 0  # nothing before the first session
+
+
+def test_a_state_never_reads_a_later_event():
+    before = _states(EVENTS).set_index("event_id")
+    later = [("u", "s", T0 + dt.timedelta(seconds=200), "e5", "favorite", "C"), ("u", "s2", T0 + dt.timedelta(hours=3), "e6", "view", "D")]
+    after = _states(EVENTS + later).set_index("event_id")
+    earlier = ["e0", "e1", "e2", "e3"]
+    pd.testing.assert_frame_equal(before.loc[earlier, NEXT_EVENT_FEATURES], after.loc[earlier, NEXT_EVENT_FEATURES])
+    assert after.loc["e4", "next_type"] == "favorite"
+    assert (after["state_time"] <= after["next_time"].fillna(after["state_time"])).all()
+
+
+def test_multiclass_metrics_reward_the_right_class():
+    y = np.array([0, 2, 5, 0, 2])
+    perfect = np.eye(len(EVENT_CLASSES))[y] * 0.9 + 0.1 / len(EVENT_CLASSES)
+    uniform = np.full((len(y), len(EVENT_CLASSES)), 1 / len(EVENT_CLASSES))
+    good, flat = multiclass_metrics(y, perfect), multiclass_metrics(y, uniform)
+    assert good["auc"] == 1.0 and good["accuracy"] == 1.0
+    assert flat["auc"] == 0.5
+    assert good["log_loss"] < flat["log_loss"] and good["brier"] < flat["brier"]
+    assert "auc_search" not in good  # no hold-out state has a search next: its AUC is undefined, not reported
