@@ -20,6 +20,7 @@ from assets.models import (
 from assets.promotion import champion_promotion
 from assets.raw_events import raw_events
 from assets.recommendations import next_action_predictions, recommendations
+from assets.replay import model_replay
 from assets.sequences import sessions, user_sequences
 
 DAILY_ASSETS = [
@@ -30,4 +31,5 @@ TRAINING_ASSETS = [
     next_event_model, champion_promotion,
 ]
 SERVING_ASSETS = [recommendations, next_action_predictions]
-ALL_ASSETS = [*DAILY_ASSETS, *TRAINING_ASSETS, *SERVING_ASSETS]
+EVALUATION_ASSETS = [model_replay]
+ALL_ASSETS = [*DAILY_ASSETS, *TRAINING_ASSETS, *SERVING_ASSETS, *EVALUATION_ASSETS]

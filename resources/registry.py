@@ -130,6 +130,13 @@ class ModelRegistry(ConfigurableResource):
             raise ValueError(f"model {model_name!r} has no version {version} in {self.resolved_tracking_uri()}") from exc
         return ModelVersionRef(model_name, int(mv.version), mv.run_id)
 
+    def versions(self, model_name: str) -> list[tuple[ModelVersionRef, dict[str, str]]]:
+        """Every registered version of a model (oldest first) with its training run's tags; none if unknown."""
+        client = self.client()
+        found = sorted(client.search_model_versions(f"name = '{model_name}'"), key=lambda mv: int(mv.version))
+        refs = [ModelVersionRef(model_name, int(mv.version), mv.run_id) for mv in found]
+        return [(ref, self.run_tags(ref)) for ref in refs]
+
     def run_tags(self, ref: ModelVersionRef) -> dict[str, str]:
         return dict(self.client().get_run(ref.run_id).data.tags)
 

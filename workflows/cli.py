@@ -28,8 +28,8 @@ STAGES = [
 ]
 SUMMARY_TABLES = [
     "raw_events", "raw_events_quarantine", "cleaned_events", "sessions", "user_sequences", "user_features",
-    "item_features", "ranking_candidates", "next_action_training_set", "ranker_training_set", "model_evaluations",
-    "promotion_log", "recommendations", "next_action_predictions",
+    "item_features", "ranking_candidates", "next_action_training_set", "ranker_training_set", "next_event_training_set",
+    "model_evaluations", "promotion_log", "recommendations", "next_action_predictions", "model_replay",
 ]
 
 
@@ -127,6 +127,7 @@ class Pipeline:
             _progress("[ training] training sets, LightGBM models, hold-out evaluation, promotion ...")
             self.materialize(("training",))
             _progress(f"[ training] done in {time.perf_counter() - began:5.1f} s")
+        self.replay(start, end)
         registry = self.resources["registry"]
         missing = [m for m in MAIN_METRIC if registry.version_for_alias(m, "champion") is None]
         if len(missing) == len(MAIN_METRIC) or RANKER_MODEL in missing:
@@ -138,6 +139,18 @@ class Pipeline:
         _progress(f"[  serving] recommendations and next-action predictions for {end} ...")
         self.materialize(("serving",), end, end)
         _progress(f"[  serving] done in {time.perf_counter() - began:5.1f} s ({self.count('recommendations'):,} rows in recommendations)")
+
+    def replay(self, start: dt.date, end: dt.date) -> None:
+        """Each day scored by the model versions trained before it (days no version predates get no rows)."""
+        began = time.perf_counter()
+        self.materialize(("evaluation",), start, end)
+        with self.resources["warehouse"].connect() as conn:
+            days, versions = conn.execute(
+                "SELECT count(DISTINCT day), count(DISTINCT (model_name, model_version)) FROM model_replay WHERE day BETWEEN ? AND ?",
+                [start, end],
+            ).fetchone()
+        _progress(f"[   replay] {days} day(s) scored by {versions} model version(s) trained before them "
+                  f"in {time.perf_counter() - began:5.1f} s")
 
     def has(self, table: str) -> bool:
         with self.resources["warehouse"].connect() as conn:

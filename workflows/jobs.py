@@ -17,10 +17,11 @@ daily_pipeline_job = define_asset_job(
 
 publish_job = define_asset_job(
     "publish",
-    selection=AssetSelection.groups("serving"),
+    selection=AssetSelection.groups("serving", "evaluation"),
     partitions_def=daily_partitions,
     executor_def=in_process_executor,
-    description="Score a day's active users with the champion models: recommendations and next-action tables.",
+    description="Score a day's active users with the champion models (recommendations and next-action tables) "
+    "and replay the day with the models trained before it.",
 )
 
 training_job = define_asset_job(

@@ -1,6 +1,9 @@
 """In-process materialisation of the asset graph on a temporary home."""
 
 
+import datetime as dt
+import shutil
+
 import duckdb
 import pandas as pd
 import pytest
@@ -101,7 +104,7 @@ def test_recommendations_name_the_champion_version(built):
                            GROUP BY r.user_id, i.category_id)""") <= 5  # the default category cap
     active = _count(home, f"SELECT count(DISTINCT user_id) FROM cleaned_events WHERE CAST(event_time AS DATE) = DATE '{DAYS[-1]}' AND NOT is_bot")
     assert _count(home, "SELECT count(DISTINCT user_id) FROM recommendations") == active
-    served = _count(home, "SELECT count(*) FROM promotion_log WHERE model_name <> 'shopseq_next_item_ranker' AND decision = 'promoted'")
+    served = _count(home, "SELECT count(*) FROM promotion_log WHERE model_name NOT IN ('shopseq_next_item_ranker', 'shopseq_next_event') AND decision = 'promoted'")
     assert _count(home, "SELECT count(*) FROM next_action_predictions") == served * active
     assert "purchase" in _count(home, "SELECT list(DISTINCT action) FROM next_action_predictions")
     assert _count(home, "SELECT count(DISTINCT model_name) FROM next_action_predictions") == served
@@ -135,3 +138,39 @@ def test_failing_check_stops_downstream_and_names_the_expectation(tmp_path):
     materialized = {e.asset_key for e in result.get_asset_materialization_events()}
     assert AssetKey("raw_events") in materialized and AssetKey("cleaned_events") not in materialized
     assert _count(tmp_path, "SELECT count(*) FROM raw_events_quarantine WHERE reason = 'missing_user'") == 5
+
+
+def test_replay_scores_later_days_with_the_models_trained_before_them(built, tmp_path):
+    """Two more days land after training; replay scores them with version 1 (its data ended before them)
+    and leaves the last trained-on day without rows: a model is never replayed on what it saw."""
+    home, *_ = built
+    later = shutil.copytree(home, tmp_path / "home")  # MLflow keeps absolute artifact paths: the models load
+    resources = build_resources(str(later))
+    instance = DagsterInstance.ephemeral()
+    new_days = shop_days(8)[6:]
+    tags = {"dagster/asset_partition_range_start": new_days[0].isoformat(),
+            "dagster/asset_partition_range_end": new_days[-1].isoformat()}
+    assert _materialize(resources, instance, ("ingestion", "cleaning", "sequences", "features"), tags=tags).success
+    replay = _materialize(resources, instance, ("evaluation",), tags={**tags, "dagster/asset_partition_range_start": DAYS[-1].isoformat()})
+    assert replay.success, [e.message for e in replay.all_events if e.is_failure]
+    assert all(c.passed for c in replay.get_asset_check_evaluations())
+    rows = duckdb.connect(f"{later}/warehouse.duckdb", read_only=True).execute(
+        "SELECT day, model_name, model_version, holdout_day, method, value FROM model_replay "
+        "WHERE segment = 'all' AND metric IN ('ndcg@20', 'auc') AND target IN ('any', 'label_purchase', 'next_event_type')"
+    ).df()
+    assert set(rows["day"].dt.date) == set(new_days)  # DAYS[-1] was the hold-out's label day: not replayed
+    assert (rows["model_version"] == 1).all() and (rows["holdout_day"].dt.date == DAYS[-2]).all()
+    assert {"shopseq_next_item_ranker", "shopseq_next_purchase", "shopseq_next_event"} <= set(rows["model_name"])
+    ranker = rows[rows["model_name"] == "shopseq_next_item_ranker"]
+    assert {"model", "repeat_recent", "popularity", "markov"} <= set(ranker["method"])
+
+
+def test_a_version_is_replayed_only_on_days_after_its_data():
+    from assets.replay import model_trained_before
+    from resources.registry import ModelVersionRef
+
+    versions = [(ModelVersionRef("m", 1, "r1"), {"holdout_day": "2025-03-05"}),
+                (ModelVersionRef("m", 2, "r2"), {"holdout_day": "2025-03-09"})]
+    assert model_trained_before(versions, dt.date(2025, 3, 6)) is None  # v1's hold-out labels are on 03-06
+    assert model_trained_before(versions, dt.date(2025, 3, 7))[0].version == 1
+    assert model_trained_before(versions, dt.date(2025, 3, 11))[0].version == 2
