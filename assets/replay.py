@@ -81,7 +81,7 @@ def _replay_day(conn, model_name: str, booster, day: dt.date, tz: str) -> pd.Dat
     owners=["team:ml"],
     deps=[AssetDep(ranking_candidates, partition_mapping=_YESTERDAY),
           AssetDep(user_features, partition_mapping=_YESTERDAY), cleaned_events],
-    check_specs=[AssetCheckSpec("model_replay_suite", asset="model_replay", blocking=True)],
+    check_specs=[AssetCheckSpec("model_evaluation_suite", asset="model_replay", blocking=True)],
 )
 def model_replay(context: AssetExecutionContext, warehouse: Warehouse, registry: ModelRegistry) -> MaterializeResult:
     """For each day D of the partition window, every model's newest version trained before D (its training and
@@ -122,9 +122,9 @@ def model_replay(context: AssetExecutionContext, warehouse: Warehouse, registry:
                 replace_window(conn, "model_replay", "day", *date_bounds(day), "SELECT * FROM model_replay WHERE false")
     replayed = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if len(replayed):
-        check = validate(replayed.drop(columns="day"), "model_evaluation", "model_replay_suite")
+        check = validate(replayed.drop(columns="day"), "model_evaluation", "model_evaluation_suite")
     else:
-        check = AssetCheckResult(check_name="model_replay_suite", passed=True,
+        check = AssetCheckResult(check_name="model_evaluation_suite", passed=True,
                                  metadata={"rows": 0, "why": "no model was trained before any day of the window"})
     return MaterializeResult(
         metadata={

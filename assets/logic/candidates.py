@@ -61,6 +61,7 @@ RANKER_FEATURES = [
     "category_affinity",
     "user_events_7d",
     "user_hours_since_last_event",
+    "price_vs_user_mean",
     *ITEM_FEATURE_COLUMNS,
 ]
 
@@ -189,6 +190,7 @@ SELECT CAST($as_of_date AS DATE) AS as_of_date, u.cutoff, p.user_id, p.item_id,
        CAST(coalesce(coalesce(i.category_id, ev.category_id) = lt.last_category, false) AS INTEGER) AS in_last_category,
        coalesce(uc.weight / nullif(uc.total, 0), 0) AS category_affinity,
        uf.events_7d AS user_events_7d, uf.hours_since_last_event AS user_hours_since_last_event,
+       i.item_price / nullif(uf.mean_price_7d, 0) AS price_vs_user_mean,
        {", ".join(f"i.{c}" for c in ITEM_FEATURE_COLUMNS)}
 FROM pairs p
 JOIN users u ON u.user_id = p.user_id

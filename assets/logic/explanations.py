@@ -26,6 +26,7 @@ FAMILIES = {
     "co_visitation": ("covis_score", "covis_rank", "in_covis"),
     "category": ("category_rank", "in_category", "category_affinity", "in_last_category"),
     "user_activity": ("user_events_7d", "user_hours_since_last_event"),
+    "price": ("price_vs_user_mean", "item_price"),
 }
 
 
@@ -69,6 +70,8 @@ def _phrase(family: str, row) -> str:
         return f"popular in category {row.category_id}, which you browse{share}"
     if family == "user_activity":
         return "matches how actively you are shopping"
+    if family == "price":
+        return "in the price range you shop in"
     return "popular with shoppers right now"
 
 

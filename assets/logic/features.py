@@ -132,6 +132,7 @@ ITEM_FEATURE_COLUMNS = [
     "item_conversion_7d",
     "item_trend_1d_vs_7d",
     "item_hours_since_first_seen",
+    "item_price",
 ]
 
 _ITEM_FEATURES_SQL = f"""
@@ -154,6 +155,7 @@ SELECT CAST($as_of_date AS DATE) AS as_of_date, CAST($cutoff AS TIMESTAMP) AS cu
        (count(*) FILTER (WHERE event_time >= $cutoff - INTERVAL 1 DAY) + 1.0)
          / (count(*) FILTER (WHERE event_time >= $cutoff - INTERVAL 7 DAY) / 7.0 + 1.0) AS item_trend_1d_vs_7d,
        date_diff('second', min(event_time), $cutoff) / 3600.0 AS item_hours_since_first_seen,
+       avg(price) FILTER (WHERE event_time >= $cutoff - INTERVAL 7 DAY) AS item_price,
        sum({type_weight_sql()}) FILTER (WHERE event_time >= $cutoff - INTERVAL 1 DAY) AS item_score_1d,
        max(event_time) AS last_event_time
 FROM h

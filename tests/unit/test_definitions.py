@@ -13,7 +13,7 @@ def test_definitions_load_with_jobs_schedules_and_groups(tmp_path, monkeypatch):
         assert defs.resolve_job_def(job) is not None
     assert {s.name for s in defs.schedules} == {"daily_pipeline_schedule", "weekly_training"}
     groups = {a.key.to_user_string(): a.group_names_by_key[a.key] for a in ALL_ASSETS}
-    assert set(groups.values()) == {"ingestion", "cleaning", "sequences", "features", "training", "serving"}
+    assert set(groups.values()) == {"ingestion", "cleaning", "sequences", "features", "training", "serving", "evaluation"}
     assert defs.resources["warehouse"].home == str(tmp_path)
 
 
