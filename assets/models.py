@@ -199,7 +199,7 @@ def ranker_training_set(config: TrainingSetConfig, warehouse: Warehouse) -> Mate
 
 @asset(
     **_COMMON,
-    deps=[cleaned_events, user_features],
+    deps=[cleaned_events, user_features, ranking_candidates],  # the labelled cut-offs need features and candidates
     kinds={"duckdb"},
     check_specs=[
         AssetCheckSpec("next_event_training_set_suite", asset="next_event_training_set", blocking=True),
@@ -220,7 +220,8 @@ def next_event_training_set(config: TrainingSetConfig, warehouse: Warehouse) -> 
         for split, days in (("train", train_days), ("holdout", [holdout_day])):
             for day in days:  # states whose next event is on day + 1, as of the cut-off day
                 start, end = day_bounds(day + dt.timedelta(days=1), tz)
-                frames.append(next_event.next_event_frame(conn, start, end).assign(split=split, as_of_date=pd.Timestamp(day).as_unit("ns")))
+                states = next_event.next_event_frame(conn, start, end)
+                frames.append(states.assign(split=split, as_of_date=pd.Timestamp(day).as_unit("ns")))
         frame = pd.concat(frames, ignore_index=True)
         replace_table(conn, "next_event_training_set", frame)
         in_order = reconciliation_check(

@@ -347,6 +347,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from assets.logic.serving import BusinessRules, check_features
     from assets.models import NEXT_ACTION_LABEL, NEXT_EVENT_MODEL, RANKER_MODEL
     from resources import ModelRegistry, Warehouse
+    from resources.home import read_settings
     from resources.registry import NoChampionError
 
     out = Path(args.out)
@@ -367,16 +368,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
         boosters[name] = registry.load_booster(ref)
         check_features(boosters[name], inputs.get(name, USER_FEATURE_COLUMNS), f"{name} v{ref.version}")
     item_day = dt.date.fromisoformat(registry.run_tags(refs[RANKER_MODEL])["holdout_day"])
-    tz = warehouse.timezone if "timezone" in _settings(home) else FORMATS[args.format].default_tz
+    tz = read_settings(str(home)).get("timezone", FORMATS[args.format].default_tz)  # the home's days, else the format's
     began = time.perf_counter()
     with duckdb.connect() as conn:
         try:
             report = read_sequences(conn, args.events, args.format, tz)
-        except IngestError as error:
-            print(f"error: cannot read {error}", file=sys.stderr)
+            read_seconds = time.perf_counter() - began
+            load_item_side(conn, warehouse.path, item_day, warehouse.timezone)
+        except (IngestError, ValueError) as error:
+            print(f"error: cannot score {error}", file=sys.stderr)
             return 2
-        read_seconds = time.perf_counter() - began
-        load_item_side(conn, warehouse.path, item_day, warehouse.timezone)
         frame = score_sequences(
             conn, boosters[RANKER_MODEL],
             {NEXT_ACTION_LABEL[n].removeprefix("label_"): b for n, b in boosters.items() if n in NEXT_ACTION_LABEL},
@@ -384,10 +385,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
         frame["models"] = ", ".join(f"{n} v{r.version}" for n, r in refs.items())
         scored_seconds = time.perf_counter() - began - read_seconds
-        staged = out.with_name(f".{out.name}.partial")
+        staged = out.with_name(f".{out.name}.partial")  # the output appears whole or not at all
         conn.register("predictions", frame)
-        conn.execute(f"COPY predictions TO '{staged}' (FORMAT {OUTPUT_FORMATS[out.suffix]})")
-        staged.replace(out)
+        try:
+            conn.execute(f"COPY predictions TO '{staged}' (FORMAT {OUTPUT_FORMATS[out.suffix]})")
+            staged.replace(out)
+        finally:
+            staged.unlink(missing_ok=True)
     sequences = frame["sequence_id"].nunique()
     reasons = {k: v for k, v in report.items() if k not in ("read", "accepted", "quarantined")}
     print(f"Read {args.format} {', '.join(args.events)} ({tz} days): {report['read']:,} rows = {report['accepted']:,} "
@@ -405,12 +409,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     print(f"Wrote {len(frame):,} rows to {out}")
     return 0
-
-
-def _settings(home: Path) -> dict:
-    from resources.home import read_settings
-
-    return read_settings(str(home))
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
