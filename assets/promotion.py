@@ -5,6 +5,7 @@ import time
 import pandas as pd
 from dagster import AssetCheckSpec, Config, MaterializeResult, MetadataValue, asset
 
+from assets.logic.lifecycle import record_alias_change
 from assets.logic.training import metric_value
 from assets.models import (
     BASELINES,
@@ -25,16 +26,36 @@ class PromotionConfig(Config):
     """Off: challengers are only recorded; a person moves the champion alias."""
     min_relative_improvement: float = 0.0
     """A challenger must beat the champion's main metric on the same hold-out by this fraction."""
+    max_segment_regression: float = 0.05
+    """No segment (new users, returning users, cold items) may lose more than this fraction of the champion's
+    main metric on the same hold-out."""
+
+
+def segment_regressions(challenger: pd.DataFrame, champion: pd.DataFrame, target: str, metric: str,
+                        tolerance: float) -> list[str]:
+    """Segments (other than ``all``) where the challenger's main metric falls more than ``tolerance``
+    (relative) below the champion's on the same hold-out, worded for the decision."""
+    def per_segment(evaluation):
+        rows = evaluation[(evaluation["method"] == "model") & (evaluation["target"] == target)
+                          & (evaluation["metric"] == metric) & (evaluation["segment"] != "all")]
+        return rows.set_index("segment")["value"].dropna()
+
+    new, old = per_segment(challenger), per_segment(champion)
+    return [f"{segment} {new[segment]:.4f} < {old[segment]:.4f} - {tolerance:.0%}"
+            for segment in new.index.intersection(old.index) if new[segment] < old[segment] * (1.0 - tolerance)]
 
 
 def decide(
-    challenger_metric: float, best_baseline: float, champion_metric: float | None, config: PromotionConfig
+    challenger_metric: float, best_baseline: float, champion_metric: float | None, config: PromotionConfig,
+    regressions: list[str] = (),
 ) -> tuple[bool, str]:
     """Whether to promote, and why, from metrics measured on one hold-out window."""
     if challenger_metric <= best_baseline:
         return False, f"challenger {challenger_metric:.4f} does not beat the best baseline {best_baseline:.4f}"
     if champion_metric is None:
         return True, f"first model to beat the baselines ({challenger_metric:.4f} > {best_baseline:.4f})"
+    if regressions:
+        return False, f"challenger regresses on segments: {'; '.join(regressions)}"
     needed = champion_metric * (1.0 + config.min_relative_improvement)
     if challenger_metric > needed:
         return True, f"challenger {challenger_metric:.4f} beats champion {champion_metric:.4f} (needed > {needed:.4f})"
@@ -61,20 +82,33 @@ def champion_promotion(config: PromotionConfig, warehouse: Warehouse, registry: 
         champion = registry.version_for_alias(model_name, CHAMPION)
         with warehouse.connect() as conn:
             evaluation, holdout_day = holdout_evaluation(conn, model_name, registry.load_booster(challenger))
-            champion_metric = None
+            champion_metric, regressions = None, []
             if champion is not None and champion.version != challenger.version:
                 champion_eval, _ = holdout_evaluation(conn, model_name, registry.load_booster(champion))
                 champion_metric = metric_value(champion_eval, "model", target, metric)
+                regressions = segment_regressions(evaluation, champion_eval, target, metric, config.max_segment_regression)
         challenger_metric = metric_value(evaluation, "model", target, metric)
         best_baseline = max(metric_value(evaluation, b, target, metric) for b in BASELINES[model_name])
         if champion is not None and champion.version == challenger.version:
             promote, reason = False, "challenger is already the champion"
         else:
-            promote, reason = decide(challenger_metric, best_baseline, champion_metric, config)
+            promote, reason = decide(challenger_metric, best_baseline, champion_metric, config, regressions)
             if promote and not config.auto_promote:
                 promote, reason = False, f"automatic promotion is off; would promote: {reason}"
+        if champion is None or champion.version != challenger.version:
+            registry.annotate(
+                challenger,
+                f"{'Promoted' if promote else 'Kept as challenger'} on the hold-out of {holdout_day} ({target}/{metric}): "
+                f"{reason}. Challenger {challenger_metric:.4f}, best baseline {best_baseline:.4f}, champion before "
+                + (f"{champion_metric:.4f}" if champion_metric is not None else "none") + ".",
+                {"promotion_decision": "promoted" if promote else "kept", "promotion_reason": reason,
+                 "promotion_holdout_day": str(holdout_day)},
+            )
         if promote:
             registry.set_alias(challenger, CHAMPION, reason)
+            with warehouse.connect() as conn:
+                record_alias_change(conn, model_name, CHAMPION, champion.version if champion else None,
+                                    challenger.version, reason, "champion_promotion")
             champion = challenger
         decisions.append(
             {

@@ -112,6 +112,13 @@ class ModelRegistry(ConfigurableResource):
         client.set_registered_model_alias(ref.name, alias, str(ref.version))
         client.set_model_version_tag(ref.name, str(ref.version), f"{alias}_reason", reason)
 
+    def annotate(self, ref: ModelVersionRef, description: str, tags: dict[str, str]) -> None:
+        """Write a decision about a version where the MLflow UI shows it: its description and tags."""
+        client = self.client()
+        client.update_model_version(ref.name, str(ref.version), description=description)
+        for key, value in tags.items():
+            client.set_model_version_tag(ref.name, str(ref.version), key, value)
+
     def champion(self, model_name: str) -> ModelVersionRef:
         ref = self.version_for_alias(model_name, CHAMPION)
         if ref is None:

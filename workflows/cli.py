@@ -411,6 +411,48 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _move_champion(args: argparse.Namespace, version_of) -> int:
+    """Point ``champion`` of ``args.model`` at ``version_of(registry, conn, current)`` and record the change."""
+    from assets.logic.lifecycle import record_alias_change
+    from resources import ModelRegistry, Warehouse
+    from resources.registry import CHAMPION
+
+    home = prepare_home(args.home)
+    registry = ModelRegistry(home=str(home), tracking_uri=os.environ.get("SHOPSEQ_MLFLOW_TRACKING_URI", ""))
+    current = registry.version_for_alias(args.model, CHAMPION)
+    with Warehouse(home=str(home)).connect() as conn:
+        try:
+            target = version_of(registry, conn, current)
+        except ValueError as error:
+            raise SystemExit(f"error: {error}") from None
+        registry.set_alias(target, CHAMPION, args.reason)
+        record_alias_change(conn, args.model, CHAMPION, current.version if current else None, target.version,
+                            args.reason, f"shopseq {args.command}")
+    print(f"{args.model}: champion v{current.version if current else '-'} -> v{target.version} ({args.reason}). "
+          "The next publish run (shopseq run --skip-training, or the publish job) scores with it.")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    return _move_champion(args, lambda registry, conn, current: registry.version(args.model, args.version))
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from assets.logic.lifecycle import rollback_target
+    from resources.registry import CHAMPION
+
+    def previous(registry, conn, current):
+        if current is None:
+            raise ValueError(f"{args.model} has no champion to roll back")
+        version = rollback_target(conn, args.model, CHAMPION, current.version)
+        if version is None:
+            raise ValueError(f"{args.model} v{current.version} is the first champion on record: nothing to roll back to")
+        return registry.version(args.model, version)
+
+    args.reason = args.reason or "rollback"
+    return _move_champion(args, previous)
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     home = prepare_home(args.home)
     workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
@@ -484,6 +526,17 @@ def build_parser() -> argparse.ArgumentParser:
                          help="score with this version instead of the champion: V for the ranker, NAME=V for "
                          "another model (repeatable)")
     predict.set_defaults(func=cmd_predict)
+
+    promote = with_home(sub.add_parser("promote", help="make a model version the champion (recorded in alias_history)"))
+    promote.add_argument("--model", required=True)
+    promote.add_argument("--version", required=True, type=int)
+    promote.add_argument("--reason", required=True)
+    promote.set_defaults(func=cmd_promote)
+
+    rollback = with_home(sub.add_parser("rollback", help="move the champion back to the version it replaced"))
+    rollback.add_argument("--model", required=True)
+    rollback.add_argument("--reason", help="recorded with the change (default: rollback)")
+    rollback.set_defaults(func=cmd_rollback)
 
     for name, port, func in (("ui", 3000, cmd_ui), ("mlflow-ui", 5000, cmd_mlflow_ui)):
         p = with_home(sub.add_parser(name, help=f"open the {'Dagster' if name == 'ui' else 'MLflow'} UI on the home"))

@@ -75,6 +75,11 @@ def test_training_registers_models_and_promotes_a_champion(built):
     for model in ("shopseq_next_cart", "shopseq_next_return"):
         has_champion = registry.version_for_alias(model, "champion") is not None
         assert (log.loc[model, "decision"] == "promoted") == has_champion, log.loc[model, "reason"]
+    # The decision is written where the ML lead looks (the version's description and tags) and in the alias history.
+    version = registry.client().get_model_version("shopseq_next_item_ranker", "1")
+    assert version.tags["promotion_decision"] == "promoted" and version.description.startswith("Promoted on the hold-out")
+    promoted = set(log[log["decision"] == "promoted"].index)
+    assert _count(home, "SELECT list(model_name ORDER BY model_name) FROM alias_history WHERE from_version IS NULL") == sorted(promoted)
     ranker_metrics = registry.run_metrics(registry.champion("shopseq_next_item_ranker"))
     assert {"model.any.ndcg_at_20", "popularity.any.ndcg_at_20", "repeat_recent.any.recall_at_20"} <= set(ranker_metrics)
     purchase_metrics = registry.run_metrics(registry.champion("shopseq_next_purchase"))

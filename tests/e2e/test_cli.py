@@ -55,6 +55,17 @@ def test_demo_leaves_every_stage_and_a_champion(demo):
     assert registry.champion("shopseq_next_purchase").version == 1
 
 
+def test_promotions_are_recorded_and_rollback_needs_a_previous_champion(demo, tmp_path):
+    home, _ = demo
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as conn:
+        history = conn.execute("SELECT model_name, from_version, to_version, changed_by FROM alias_history").fetchall()
+    assert ("shopseq_next_item_ranker", None, 1, "champion_promotion") in history
+    out = _shopseq(home, "rollback", "--model", "shopseq_next_item_ranker", cwd=tmp_path)
+    assert out.returncode != 0 and "first champion on record" in out.stderr
+    out = _shopseq(home, "promote", "--model", "shopseq_next_item_ranker", "--version", "9", "--reason", "try", cwd=tmp_path)
+    assert out.returncode != 0 and "has no version 9" in out.stderr
+
+
 def test_dagster_cli_materialises_one_partition_idempotently(demo):
     home, _ = demo
     counts = []

@@ -24,6 +24,23 @@ def test_promotion_rules():
     assert decide(0.7, 0.6, 0.68, config)[0] is False  # needs > 0.714
     promote, reason = decide(0.72, 0.6, 0.68, config)
     assert promote and "beats champion" in reason
+    promote, reason = decide(0.72, 0.6, 0.68, config, ["new_users 0.30 < 0.40 - 5%"])
+    assert not promote and "new_users" in reason
+
+
+def test_a_segment_that_drops_beyond_the_tolerance_blocks_promotion():
+    import pandas as pd
+
+    from assets.promotion import segment_regressions
+
+    def evaluation(values):
+        return pd.DataFrame([{"segment": s, "method": "model", "target": "any", "metric": "ndcg@20", "value": v}
+                             for s, v in values.items()])
+
+    champion = evaluation({"all": 0.50, "new_users": 0.40, "returning_users": 0.52, "cold_items": 0.0})
+    challenger = evaluation({"all": 0.55, "new_users": 0.37, "returning_users": 0.51, "cold_items": 0.0})
+    assert segment_regressions(challenger, champion, "any", "ndcg@20", 0.05) == ["new_users 0.3700 < 0.4000 - 5%"]
+    assert segment_regressions(challenger, champion, "any", "ndcg@20", 0.10) == []
 
 
 def test_demo_instance_settings_match_the_repository_dagster_yaml():
