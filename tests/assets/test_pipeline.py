@@ -179,3 +179,25 @@ def test_a_version_is_replayed_only_on_days_after_its_data():
     assert model_trained_before(versions, dt.date(2025, 3, 6)) is None  # v1's hold-out labels are on 03-06
     assert model_trained_before(versions, dt.date(2025, 3, 7))[0].version == 1
     assert model_trained_before(versions, dt.date(2025, 3, 11))[0].version == 2
+
+
+def test_a_moved_champion_alias_requests_a_re_scoring_of_the_latest_partition(built):
+    import json
+
+    from dagster import RunRequest, SkipReason, build_sensor_context
+
+    from workflows.sensors import champion_alias_sensor
+
+    _, resources, instance, *_ = built
+    first = build_sensor_context(instance=instance, resources={"registry": resources["registry"]})
+    assert isinstance(champion_alias_sensor(first), SkipReason)  # the first look only records the champions
+    champions = json.loads(first.cursor)
+    assert champions["shopseq_next_item_ranker"] == 1
+    same = build_sensor_context(instance=instance, cursor=first.cursor, resources={"registry": resources["registry"]})
+    assert isinstance(champion_alias_sensor(same), SkipReason)
+    # As if the ranker's champion had been v7 at the last look and someone moved it to v1 since.
+    before = json.dumps({**champions, "shopseq_next_item_ranker": 7})
+    moved = build_sensor_context(instance=instance, cursor=before, resources={"registry": resources["registry"]})
+    request = champion_alias_sensor(moved)
+    assert isinstance(request, RunRequest) and request.partition_key == DAYS[-1].isoformat()
+    assert "shopseq_next_item_ranker 7->1" in request.tags["shopseq/reason"]
