@@ -17,7 +17,7 @@ from dagster import (
 from assets.cleaned_events import cleaned_events
 from assets.common import point_in_time_check, reconciliation_check
 from assets.features import ranking_candidates, user_features
-from assets.logic import next_event, training
+from assets.logic import next_event, plots, training
 from assets.logic.candidates import RANKER_FEATURES
 from assets.logic.features import USER_FEATURE_COLUMNS
 from assets.logic.metrics import reliability_table
@@ -40,6 +40,11 @@ MAIN_METRIC = {
     **{name: (label, "auc") for label, name in NEXT_ACTION_MODELS.items()},
     RANKER_MODEL: ("any", "ndcg@20"),
     NEXT_EVENT_MODEL: ("next_event_type", "auc"),
+}
+TRAINING_TABLE = {
+    **{name: "next_action_training_set" for name in NEXT_ACTION_MODELS.values()},
+    RANKER_MODEL: "ranker_training_set",
+    NEXT_EVENT_MODEL: "next_event_training_set",
 }
 BASELINES = {
     **{name: (training.HISTORY_RULES[label][0], "base_rate") for label, name in NEXT_ACTION_MODELS.items()},
@@ -269,8 +274,10 @@ def _record_model(
     holdout_day: dt.date,
     started: float,
     extra_tables: dict[str, pd.DataFrame] | None = None,
+    extra_figures: dict | None = None,
 ) -> MaterializeResult:
-    """Log the run to MLflow, register the version as challenger, store its evaluation."""
+    """Log the run to MLflow (with its training data as a dataset input and figures), register the version as
+    challenger, store its evaluation."""
     flat = {
         (f"{row.method}.{row.target}.{row.metric}" + ("" if row.segment == "all" else f".{row.segment}")).replace("@", "_at_"): row.value
         for row in evaluation.itertuples()
@@ -288,6 +295,9 @@ def _record_model(
             "train_cutoffs": ",".join(sorted({str(d) for d in train["as_of_date"]})),
         },
         tables={"holdout_evaluation": evaluation, **(extra_tables or {})},
+        datasets={"training": (train, f"{TRAINING_TABLE[model_name]} (train split)")},
+        figures={"feature_importance": plots.importance_figure(booster), **(extra_figures or {}),
+                 **_metric_by_day(warehouse, model_name, evaluation, holdout_day)},
     )
     stored = evaluation.assign(
         model_name=model_name, model_version=ref.version, run_id=ref.run_id, holdout_day=holdout_day,
@@ -316,6 +326,22 @@ def _record_model(
     )
 
 
+def _metric_by_day(warehouse: Warehouse, model_name: str, evaluation: pd.DataFrame, holdout_day: dt.date) -> dict:
+    """The main metric of this model's earlier versions per replayed day, with this hold-out, as a figure."""
+    target, metric = MAIN_METRIC[model_name]
+    this = evaluation[(evaluation["segment"] == "all") & (evaluation["target"] == target) & (evaluation["metric"] == metric)]
+    per_day = [this.assign(day=pd.Timestamp(holdout_day + dt.timedelta(days=1)))[["day", "method", "value"]]]
+    with warehouse.connect() as conn:
+        if conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'model_replay'").fetchone()[0]:
+            per_day.append(conn.execute(
+                """SELECT day, method, value FROM model_replay
+                   WHERE model_name = ? AND segment = 'all' AND target = ? AND metric = ?""",
+                [model_name, target, metric],
+            ).df())
+    per_day = pd.concat([f for f in per_day if len(f)], ignore_index=True)
+    return {"metric_by_day": plots.metric_by_day_figure(per_day, f"{target} {metric}")}
+
+
 def _next_action_asset(asset_name: str, label: str, what: str):
     model_name = NEXT_ACTION_MODELS[label]
 
@@ -340,7 +366,8 @@ def _next_action_asset(asset_name: str, label: str, what: str):
             holdout = conn.execute("SELECT * FROM next_action_training_set WHERE split = 'holdout'").df()
         reliability = reliability_table(holdout[label], booster.predict(holdout[USER_FEATURE_COLUMNS].astype(float)))
         return _record_model(context, warehouse, registry, model_name, booster, train, USER_FEATURE_COLUMNS,
-                             evaluation, config, holdout_day, started, {"reliability": reliability})
+                             evaluation, config, holdout_day, started, {"reliability": reliability},
+                             {"calibration": plots.calibration_figure(reliability)})
 
     return _model
 

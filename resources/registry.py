@@ -1,7 +1,9 @@
 """The model registry: MLflow tracking and registry behind a small interface."""
 
 import os
+import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 import pandas as pd
@@ -26,6 +28,25 @@ class ModelVersionRef:
     @property
     def uri(self) -> str:
         return f"models:/{self.name}/{self.version}"
+
+
+def _code_version() -> dict[str, str]:
+    """The git commit of the code when it runs from a checkout (``-dirty`` with uncommitted changes), else the
+    installed package version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=40"], cwd=root,
+                                capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        commit = None
+    if commit is not None and commit.returncode == 0:
+        return {"code_version": commit.stdout.strip(), "code_version_kind": "git commit"}
+    try:
+        return {"code_version": version("shopseq"), "code_version_kind": "package version"}
+    except PackageNotFoundError:
+        return {"code_version": "unknown", "code_version_kind": "none"}
 
 
 class ModelRegistry(ConfigurableResource):
@@ -71,19 +92,30 @@ class ModelRegistry(ConfigurableResource):
         metrics: dict[str, float],
         tags: dict[str, str],
         tables: Optional[dict[str, pd.DataFrame]] = None,
+        datasets: Optional[dict[str, tuple[pd.DataFrame, str]]] = None,
+        figures: Optional[dict[str, Any]] = None,
     ) -> ModelVersionRef:
-        """Log one training run with its model, register it and mark it ``challenger``."""
+        """Log one training run with its model, register it and mark it ``challenger``.
+
+        ``datasets``: {context: (frame, name)} logged as MLflow dataset inputs (with MLflow's digest of the
+        data); ``figures``: {file name: matplotlib figure}; the code version is tagged."""
         mlflow = self._mlflow()
         import lightgbm
+        import matplotlib.pyplot as plt
         from mlflow.models import infer_signature
 
         example = features.head(5)
         signature = infer_signature(example, booster.predict(example))
-        with mlflow.start_run(experiment_id=self._experiment_id(model_name), tags=tags) as run:
+        with mlflow.start_run(experiment_id=self._experiment_id(model_name), tags={**tags, **_code_version()}) as run:
             mlflow.log_params(params)
             mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+            for context, (frame, name) in (datasets or {}).items():
+                mlflow.log_input(mlflow.data.from_pandas(frame, name=name), context=context)
             for name, table in (tables or {}).items():
                 mlflow.log_table(table, artifact_file=f"{name}.json")
+            for name, figure in (figures or {}).items():
+                mlflow.log_figure(figure, f"{name}.png")
+                plt.close(figure)
             info = mlflow.lightgbm.log_model(
                 booster,
                 name="model",

@@ -80,6 +80,14 @@ def test_training_registers_models_and_promotes_a_champion(built):
     assert version.tags["promotion_decision"] == "promoted" and version.description.startswith("Promoted on the hold-out")
     promoted = set(log[log["decision"] == "promoted"].index)
     assert _count(home, "SELECT list(model_name ORDER BY model_name) FROM alias_history WHERE from_version IS NULL") == sorted(promoted)
+    # Complete runs: training data as a dataset input with its digest, the code version, figures.
+    for model, figures in (("shopseq_next_item_ranker", {"feature_importance.png", "metric_by_day.png"}),
+                           ("shopseq_next_purchase", {"feature_importance.png", "metric_by_day.png", "calibration.png"})):
+        run = registry.client().get_run(registry.champion(model).run_id)
+        assert run.data.tags["code_version"] and run.data.tags["dagster_run_id"]
+        inputs = run.inputs.dataset_inputs
+        assert len(inputs) == 1 and inputs[0].dataset.digest and inputs[0].tags[0].value == "training"
+        assert figures <= {a.path for a in registry.client().list_artifacts(run.info.run_id)}
     ranker_metrics = registry.run_metrics(registry.champion("shopseq_next_item_ranker"))
     assert {"model.any.ndcg_at_20", "popularity.any.ndcg_at_20", "repeat_recent.any.recall_at_20"} <= set(ranker_metrics)
     purchase_metrics = registry.run_metrics(registry.champion("shopseq_next_purchase"))

@@ -1,0 +1,47 @@
+"""Figures for the MLflow run of a model: what a person would rather look at than read."""
+
+import lightgbm as lgb
+import matplotlib
+
+matplotlib.use("Agg")  # no display: figures are only saved
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def importance_figure(booster: lgb.Booster, top: int = 20):
+    """The features with the largest total gain."""
+    gains = pd.Series(booster.feature_importance("gain"), index=booster.feature_name()).nlargest(top)[::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(gains) + 1.2))
+    ax.barh(gains.index, gains.to_numpy())
+    ax.set_xlabel("total gain")
+    ax.set_title(f"Feature importance (top {len(gains)})")
+    fig.tight_layout()
+    return fig
+
+
+def calibration_figure(reliability: pd.DataFrame):
+    """Mean predicted probability against the observed rate per bin (``metrics.reliability_table``)."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    top = float(max(reliability["mean_predicted"].max(), reliability["observed_rate"].max(), 0.01))
+    ax.plot([0, top], [0, top], linestyle="--", color="grey", label="calibrated")
+    ax.plot(reliability["mean_predicted"], reliability["observed_rate"], marker="o", label="model")
+    ax.set_xlabel("mean predicted probability")
+    ax.set_ylabel("observed rate")
+    ax.set_title("Calibration on the hold-out")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def metric_by_day_figure(per_day: pd.DataFrame, metric: str):
+    """The main metric per day (columns day, method, value): the model beside its baselines."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for method, rows in per_day.sort_values("day").groupby("method"):
+        ax.plot(rows["day"], rows["value"], marker="o", label=method, linewidth=2.5 if method == "model" else 1)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} by day (replay and hold-out)")
+    ax.legend(fontsize=8)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig
