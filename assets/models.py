@@ -292,7 +292,7 @@ def _record_model(
         tags={
             "dagster_run_id": context.run.run_id,
             "holdout_day": str(holdout_day),
-            "train_cutoffs": ",".join(sorted({str(d) for d in train["as_of_date"]})),
+            "train_cutoffs": ",".join(sorted({str(pd.Timestamp(d).date()) for d in train["as_of_date"]})),
         },
         tables={"holdout_evaluation": evaluation, **(extra_tables or {})},
         datasets={"training": (train, f"{TRAINING_TABLE[model_name]} (train split)")},

@@ -453,6 +453,21 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return _move_champion(args, previous)
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from dagster import DagsterInstance
+
+    from resources import ModelRegistry, Warehouse
+    from workflows.explain import explain
+
+    home = prepare_home(args.home)
+    registry = ModelRegistry(home=str(home), tracking_uri=os.environ.get("SHOPSEQ_MLFLOW_TRACKING_URI", ""))
+    try:
+        print(explain(Warehouse(home=str(home)), registry, DagsterInstance.get(), args.user, args.day))
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     home = prepare_home(args.home)
     workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
@@ -537,6 +552,11 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--model", required=True)
     rollback.add_argument("--reason", help="recorded with the change (default: rollback)")
     rollback.set_defaults(func=cmd_rollback)
+
+    explain = with_home(sub.add_parser("explain", help="which model, partitions and checks produced a user's rows"))
+    explain.add_argument("--user", required=True)
+    explain.add_argument("--day", required=True, type=_date)
+    explain.set_defaults(func=cmd_explain)
 
     for name, port, func in (("ui", 3000, cmd_ui), ("mlflow-ui", 5000, cmd_mlflow_ui)):
         p = with_home(sub.add_parser(name, help=f"open the {'Dagster' if name == 'ui' else 'MLflow'} UI on the home"))

@@ -66,6 +66,21 @@ def test_promotions_are_recorded_and_rollback_needs_a_previous_champion(demo, tm
     assert out.returncode != 0 and "has no version 9" in out.stderr
 
 
+def test_explain_names_the_model_run_partitions_and_checks_behind_a_users_rows(demo, tmp_path):
+    home, _ = demo
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as conn:
+        user, day, run_id = conn.execute(
+            "SELECT user_id, as_of_date, run_id FROM recommendations ORDER BY as_of_date DESC, user_id LIMIT 1").fetchone()
+    out = _shopseq(home, "explain", "--user", user, "--day", str(day), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"model shopseq_next_item_ranker v1, MLflow run {run_id}" in out.stdout
+    assert f"Checks of the partition {day}:" in out.stdout
+    for check in ("recommendations_suite passed", "user_features_no_leakage passed", "raw_events_suite passed"):
+        assert check in out.stdout
+    out = _shopseq(home, "explain", "--user", "nobody", "--day", str(day), cwd=tmp_path)
+    assert out.returncode != 0 and "no recommendation or prediction row for user 'nobody'" in out.stderr
+
+
 def test_dagster_cli_materialises_one_partition_idempotently(demo):
     home, _ = demo
     counts = []
