@@ -209,3 +209,55 @@ def test_a_moved_champion_alias_requests_a_re_scoring_of_the_latest_partition(bu
     request = champion_alias_sensor(moved)
     assert isinstance(request, RunRequest) and request.partition_key == DAYS[-1].isoformat()
     assert "shopseq_next_item_ranker 7->1" in request.tags["shopseq/reason"]
+
+
+def test_champion_lifecycle_gates_manual_moves_rescoring_and_rollback(built, tmp_path, monkeypatch):
+    """v1 is champion; a worse v2 stays challenger; a person promotes v2 and the sensor re-scores the latest day
+    with it; a better v3 is promoted over v2; rollback restores v2; the alias history holds every move."""
+    import json
+
+    from dagster import RunConfig, RunRequest, build_sensor_context
+
+    from assets.models import TrainingConfig
+    from workflows.cli import main
+    from workflows.sensors import champion_alias_sensor
+
+    home = shutil.copytree(built[0], tmp_path / "home")
+    resources, instance = build_resources(str(home)), DagsterInstance.ephemeral()
+    registry, ranker = resources["registry"], "shopseq_next_item_ranker"
+    for variable in ("DAGSTER_HOME", "SHOPSEQ_HOME"):  # the CLI commands below set them for themselves
+        monkeypatch.setenv(variable, str(tmp_path))
+
+    def train(config: TrainingConfig):
+        result = materialize(
+            [a for a in ALL_ASSETS if a.key.to_user_string() in ("next_item_ranker", "champion_promotion")],
+            resources=resources, instance=instance, raise_on_error=False,
+            run_config=RunConfig(ops={"next_item_ranker": config}),
+        )
+        assert result.success, [e.message for e in result.all_events if e.is_failure]
+        return _count(home, f"SELECT arg_max(decision, decided_at) FROM promotion_log WHERE model_name = '{ranker}'")
+
+    assert train(TrainingConfig(num_boost_round=1, num_leaves=2)) == "kept"  # v2: one stump
+    assert registry.champion(ranker).version == 1 and registry.version_for_alias(ranker, "challenger").version == 2
+
+    published = _materialize(resources, instance, ("serving",), partition_key=DAYS[-1].isoformat())
+    assert published.success
+    look = build_sensor_context(instance=instance, resources={"registry": registry})
+    champion_alias_sensor(look)  # records the champions
+    assert main(["promote", "--home", str(home), "--model", ranker, "--version", "2", "--reason", "manual test"]) == 0
+    request = champion_alias_sensor(build_sensor_context(instance=instance, cursor=look.cursor, resources={"registry": registry}))
+    assert isinstance(request, RunRequest) and request.partition_key == DAYS[-1].isoformat()
+    assert _materialize(resources, instance, ("serving",), partition_key=request.partition_key).success
+    assert _count(home, "SELECT list(DISTINCT model_version) FROM recommendations WHERE as_of_date = "
+                        f"DATE '{DAYS[-1]}'") == [2]
+
+    assert train(TrainingConfig()) == "promoted"  # v3 beats the stump on the same hold-out
+    assert registry.champion(ranker).version == 3
+    assert main(["rollback", "--home", str(home), "--model", ranker]) == 0
+    assert registry.champion(ranker).version == 2
+    history = duckdb.connect(f"{home}/warehouse.duckdb", read_only=True).execute(
+        f"SELECT from_version, to_version, changed_by FROM alias_history WHERE model_name = '{ranker}' ORDER BY changed_at"
+    ).fetchall()
+    assert history == [(None, 1, "champion_promotion"), (1, 2, "shopseq promote"), (2, 3, "champion_promotion"),
+                       (3, 2, "shopseq rollback")]
+    assert json.loads(look.cursor)[ranker] == 1
