@@ -19,6 +19,10 @@ class NoChampionError(RuntimeError):
     """The registry has no version with the ``champion`` alias for a model."""
 
 
+class RegistryUnavailable(RuntimeError):
+    """The MLflow registry did not answer: scoring stops rather than guess a model."""
+
+
 @dataclass(frozen=True)
 class ModelVersionRef:
     name: str
@@ -64,6 +68,9 @@ class ModelRegistry(ConfigurableResource):
 
     def _mlflow(self):
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        # An unreachable tracking server fails in seconds, not after MLflow's default minutes of retries.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         import mlflow
 
         home_paths(self.home)["mlflow_db"].parent.mkdir(parents=True, exist_ok=True)
@@ -129,6 +136,8 @@ class ModelRegistry(ConfigurableResource):
         return ref
 
     def version_for_alias(self, model_name: str, alias: str) -> Optional[ModelVersionRef]:
+        """The version ``alias`` points at; None when the model or alias does not exist. Raises
+        ``RegistryUnavailable`` when the registry cannot be asked."""
         from mlflow.exceptions import MlflowException
 
         try:
@@ -136,7 +145,10 @@ class ModelRegistry(ConfigurableResource):
         except MlflowException as exc:
             if "not found" in str(exc).lower() or "RESOURCE_DOES_NOT_EXIST" in str(exc):
                 return None
-            raise
+            raise RegistryUnavailable(
+                f"cannot read alias {alias!r} of {model_name!r} from the MLflow registry at "
+                f"{self.resolved_tracking_uri()}: {str(exc).splitlines()[0][:300]}"
+            ) from exc
         return ModelVersionRef(model_name, int(mv.version), mv.run_id)
 
     def set_alias(self, ref: ModelVersionRef, alias: str, reason: str) -> None:

@@ -570,9 +570,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "days", 4) < 4:
         raise SystemExit("--days must be at least 4: training needs two labelled cut-off days and a hold-out")
+    from resources.registry import RegistryUnavailable
+
     try:
         return args.func(args)
-    except StageFailed as failure:
+    except (StageFailed, RegistryUnavailable) as failure:
         print(f"error: {failure}", file=sys.stderr)
         return 1
 
