@@ -480,7 +480,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 def cmd_mlflow_ui(args: argparse.Namespace) -> int:
     home = prepare_home(args.home)
     command = [
-        sys.executable, "-m", "mlflow", "ui", "--host", args.host, "--port", str(args.port),
+        sys.executable, "-m", "mlflow", "ui", "--host", args.host, "--port", str(args.port), "--workers", "1",
         "--backend-store-uri", f"sqlite:///{home}/mlflow.db", "--default-artifact-root", f"{home}/mlartifacts",
     ]
     print(" ".join(command[1:]), flush=True)
