@@ -1,5 +1,6 @@
 """Serving: daily recommendation and next-action tables, scored with the ``champion`` models."""
 
+import json
 import time
 
 import pandas as pd
@@ -16,6 +17,7 @@ from assets.common import frame_for_checks, markdown_preview
 from assets.features import ranking_candidates, user_features
 from assets.logic.candidates import RANKER_FEATURES
 from assets.logic.features import USER_FEATURE_COLUMNS
+from assets.logic.lifecycle import record_outside_moves
 from assets.logic.serving import (
     TOP_K,
     BusinessRules,
@@ -48,6 +50,8 @@ class RecommendationConfig(Config):
         return BusinessRules(self.exclude_purchased, self.max_per_category, tuple(self.deny_items), self.min_items)
 
 
+# Set by workflows.sensors.champion_alias_sensor on the publish runs it requests: {model: [from, to]}.
+ALIAS_MOVES_TAG = "shopseq/alias_moves"
 _COMMON = dict(**DAILY_ASSET, group_name="serving", kinds={"duckdb", "lightgbm"}, owners=["team:ml"])
 _LINEAGE = "model_name VARCHAR NOT NULL, model_version BIGINT NOT NULL, run_id VARCHAR NOT NULL, scored_at TIMESTAMP"
 TABLES = {
@@ -81,6 +85,9 @@ def _publish(
     days = partition_days(context)
     rows = {}
     with warehouse.connect() as conn:
+        moves = context.run.tags.get(ALIAS_MOVES_TAG)
+        if moves:  # a run the champion_alias_sensor asked for: record moves made in the MLflow UI
+            record_outside_moves(conn, CHAMPION, json.loads(moves), "MLflow UI (seen by champion_alias_sensor)")
         ensure_table(conn, table, TABLES[table])
         for day in days:
             frame = pd.concat([

@@ -6,6 +6,7 @@ import json
 from dagster import AssetKey, DefaultSensorStatus, RunRequest, SensorEvaluationContext, SkipReason, sensor
 
 from assets.models import MAIN_METRIC
+from assets.recommendations import ALIAS_MOVES_TAG
 from resources import ModelRegistry
 from resources.registry import CHAMPION
 from workflows.jobs import publish_job
@@ -28,9 +29,13 @@ def champion_alias_sensor(context: SensorEvaluationContext, registry: ModelRegis
     partition = latest.dagster_event.partition if latest and latest.dagster_event else None
     if partition is None:
         return SkipReason(f"champions moved ({before} -> {champions}) but no recommendations partition is published yet")
-    moved = {name: f"{before.get(name)}->{version}" for name, version in champions.items() if before.get(name) != version}
+    moved = {name: [before.get(name), version] for name, version in champions.items() if before.get(name) != version}
     return RunRequest(
         run_key=f"champions-{json.dumps(champions, sort_keys=True)}-{partition}",
         partition_key=partition,
-        tags={"shopseq/reason": "champion moved: " + ", ".join(f"{n} {m}" for n, m in moved.items())},
+        tags={
+            "shopseq/reason": "champion moved: " + ", ".join(f"{n} {a}->{b}" for n, (a, b) in moved.items()),
+            # the publish run writes the moves nobody recorded (made in the MLflow UI) to alias_history
+            ALIAS_MOVES_TAG: json.dumps(moved, sort_keys=True),
+        },
     )

@@ -33,3 +33,22 @@ def rollback_target(conn: duckdb.DuckDBPyConnection, model_name: str, alias: str
         [model_name, alias, current],
     ).fetchone()
     return None if row is None else row[0]
+
+
+def record_outside_moves(conn: duckdb.DuckDBPyConnection, alias: str, moves: dict[str, list], changed_by: str) -> int:
+    """Record alias moves seen from outside (``{model: [from, to]}``) that no row of ``alias_history`` records
+    yet (the CLI and the promotion asset record their own); returns how many were recorded."""
+    from assets.logic.warehouse_sql import ensure_table
+
+    ensure_table(conn, "alias_history", ALIAS_HISTORY_COLUMNS)
+    recorded = 0
+    for model_name, (from_version, to_version) in moves.items():
+        latest = conn.execute(
+            "SELECT to_version FROM alias_history WHERE model_name = ? AND alias = ? ORDER BY changed_at DESC LIMIT 1",
+            [model_name, alias],
+        ).fetchone()
+        if to_version is not None and (latest is None or latest[0] != to_version):
+            record_alias_change(conn, model_name, alias, from_version, to_version,
+                                "moved outside shopseq (seen by champion_alias_sensor)", changed_by)
+            recorded += 1
+    return recorded

@@ -213,7 +213,8 @@ def test_a_moved_champion_alias_requests_a_re_scoring_of_the_latest_partition(bu
 
 def test_champion_lifecycle_gates_manual_moves_rescoring_and_rollback(built, tmp_path, monkeypatch):
     """v1 is champion; a worse v2 stays challenger; a person promotes v2 and the sensor re-scores the latest day
-    with it; a better v3 is promoted over v2; rollback restores v2; the alias history holds every move."""
+    with it; a better v3 is promoted over v2; rollback restores v2; a move in the MLflow UI is re-scored too;
+    the alias history holds every move, once."""
     import json
 
     from dagster import RunConfig, RunRequest, build_sensor_context
@@ -247,7 +248,7 @@ def test_champion_lifecycle_gates_manual_moves_rescoring_and_rollback(built, tmp
     assert main(["promote", "--home", str(home), "--model", ranker, "--version", "2", "--reason", "manual test"]) == 0
     request = champion_alias_sensor(build_sensor_context(instance=instance, cursor=look.cursor, resources={"registry": registry}))
     assert isinstance(request, RunRequest) and request.partition_key == DAYS[-1].isoformat()
-    assert _materialize(resources, instance, ("serving",), partition_key=request.partition_key).success
+    assert _materialize(resources, instance, ("serving",), partition_key=request.partition_key, tags=request.tags).success
     assert _count(home, "SELECT list(DISTINCT model_version) FROM recommendations WHERE as_of_date = "
                         f"DATE '{DAYS[-1]}'") == [2]
 
@@ -255,9 +256,16 @@ def test_champion_lifecycle_gates_manual_moves_rescoring_and_rollback(built, tmp
     assert registry.champion(ranker).version == 3
     assert main(["rollback", "--home", str(home), "--model", ranker]) == 0
     assert registry.champion(ranker).version == 2
+    # Someone moves the alias by hand in the MLflow UI: the sensor's publish run re-scores and records the move.
+    look = build_sensor_context(instance=instance, resources={"registry": registry})
+    champion_alias_sensor(look)
+    registry.client().set_registered_model_alias(ranker, "champion", "3")
+    request = champion_alias_sensor(build_sensor_context(instance=instance, cursor=look.cursor, resources={"registry": registry}))
+    assert _materialize(resources, instance, ("serving",), partition_key=request.partition_key, tags=request.tags).success
+    assert _count(home, f"SELECT list(DISTINCT model_version) FROM recommendations WHERE as_of_date = DATE '{DAYS[-1]}'") == [3]
     history = duckdb.connect(f"{home}/warehouse.duckdb", read_only=True).execute(
         f"SELECT from_version, to_version, changed_by FROM alias_history WHERE model_name = '{ranker}' ORDER BY changed_at"
     ).fetchall()
     assert history == [(None, 1, "champion_promotion"), (1, 2, "shopseq promote"), (2, 3, "champion_promotion"),
-                       (3, 2, "shopseq rollback")]
-    assert json.loads(look.cursor)[ranker] == 1
+                       (3, 2, "shopseq rollback"), (2, 3, "MLflow UI (seen by champion_alias_sensor)")]
+    assert json.loads(look.cursor)[ranker] == 2
