@@ -342,6 +342,18 @@ def _metric_by_day(warehouse: Warehouse, model_name: str, evaluation: pd.DataFra
     return {"metric_by_day": plots.metric_by_day_figure(per_day, f"{target} {metric}")}
 
 
+def _train_and_record(context, config: TrainingConfig, warehouse: Warehouse, registry: ModelRegistry, model_name: str,
+                      train_model, features: list[str]) -> MaterializeResult:
+    """Train ``model_name`` on the train split of its training set, evaluate it on the hold-out, record it."""
+    started = time.perf_counter()
+    with warehouse.connect() as conn:
+        train = conn.execute(f"SELECT * FROM {TRAINING_TABLE[model_name]} WHERE split = 'train'").df()
+        booster = train_model(train, config.params())
+        evaluation, holdout_day = holdout_evaluation(conn, model_name, booster)
+    return _record_model(context, warehouse, registry, model_name, booster, train, features, evaluation, config,
+                         holdout_day, started)
+
+
 def _next_action_asset(asset_name: str, label: str, what: str):
     model_name = NEXT_ACTION_MODELS[label]
 
@@ -389,13 +401,7 @@ def next_item_ranker(
 ) -> MaterializeResult:
     """LightGBM LambdaRank reranker of the candidates, evaluated on the temporal hold-out (next-day
     protocol) beside popularity, repeat-recent and recent+co-visitation+popularity, registered as ``challenger``."""
-    started = time.perf_counter()
-    with warehouse.connect() as conn:
-        train = conn.execute("SELECT * FROM ranker_training_set WHERE split = 'train'").df()
-        booster = training.train_lambdarank(train, config.params())
-        evaluation, holdout_day = holdout_evaluation(conn, RANKER_MODEL, booster)
-    return _record_model(context, warehouse, registry, RANKER_MODEL, booster, train, RANKER_FEATURES,
-                         evaluation, config, holdout_day, started)
+    return _train_and_record(context, config, warehouse, registry, RANKER_MODEL, training.train_lambdarank, RANKER_FEATURES)
 
 
 @asset(
@@ -410,10 +416,5 @@ def next_event_model(
     """LightGBM multiclass model of the type of a session's next event (view, search, cart, remove, favourite,
     purchase) from the session so far, evaluated on the hold-out day's states beside the class prior and a
     last-type Markov chain, registered in MLflow as shopseq_next_event@challenger."""
-    started = time.perf_counter()
-    with warehouse.connect() as conn:
-        train = conn.execute("SELECT * FROM next_event_training_set WHERE split = 'train'").df()
-        booster = next_event.train_next_event(train, config.params())
-        evaluation, holdout_day = holdout_evaluation(conn, NEXT_EVENT_MODEL, booster)
-    return _record_model(context, warehouse, registry, NEXT_EVENT_MODEL, booster, train, next_event.NEXT_EVENT_FEATURES,
-                         evaluation, config, holdout_day, started)
+    return _train_and_record(context, config, warehouse, registry, NEXT_EVENT_MODEL, next_event.train_next_event,
+                             next_event.NEXT_EVENT_FEATURES)
