@@ -1,9 +1,10 @@
 """Readable reasons for recommendations, from the ranker's own per-row feature contributions.
 
 LightGBM's ``pred_contrib`` splits each score into one contribution per feature
-(SHAP values for trees; see ``EXPLAINED_ROUNDS`` for the rounds read). Contributions are summed into families a shopper would
-recognise; the family that pushed the item up most gives the reason, worded with
-the row's own numbers ("you viewed it 3 times and carted it, last 5 hours ago").
+(SHAP values for trees; see ``EXPLAINED_ROUNDS`` for the rounds read). Contributions
+are summed into families a shopper would recognise; the family that pushed the item up
+most gives the reason, worded with the row's own numbers ("you viewed it 3 times and
+carted it, last 5 hours ago").
 """
 
 import lightgbm as lgb

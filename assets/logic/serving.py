@@ -75,7 +75,7 @@ fallback AS (
     FROM allowed a LEFT JOIN have h USING (user_id)
     WHERE a.popular_rank < 999
       AND NOT EXISTS (SELECT 1 FROM ranked r WHERE r.user_id = a.user_id AND r.item_id = a.item_id)
-    QUALIFY row_number() OVER (PARTITION BY a.user_id ORDER BY a.popular_rank, a.item_id) <= $fill - coalesce(any_value(h.n) OVER (PARTITION BY a.user_id), 0)
+    QUALIFY row_number() OVER (PARTITION BY a.user_id ORDER BY a.popular_rank, a.item_id) <= $fill - coalesce(h.n, 0)
 )
 SELECT user_id, item_id, score, CASE WHEN filled THEN 'fallback' ELSE source END AS source,
        row_number() OVER (PARTITION BY user_id ORDER BY filled, score DESC NULLS LAST, popular_rank, item_id) AS rank,
