@@ -22,7 +22,6 @@ from assets.logic.candidates import RANKER_FEATURES
 from assets.logic.features import USER_FEATURE_COLUMNS
 from assets.logic.metrics import reliability_table
 from assets.logic.warehouse_sql import day_bounds, ensure_table, replace_table
-from assets.partitions import WAREHOUSE_POOL
 from expectations import validate
 from resources import ModelRegistry, Warehouse
 
@@ -55,7 +54,7 @@ EVALUATION_COLUMNS = """(segment VARCHAR, method VARCHAR, target VARCHAR, metric
     ci_high DOUBLE, users BIGINT, model_name VARCHAR, model_version BIGINT, run_id VARCHAR, holdout_day DATE,
     evaluated_at TIMESTAMP)"""
 
-_COMMON = dict(group_name="training", owners=["team:ml"], pool=WAREHOUSE_POOL)
+_COMMON = dict(group_name="training", owners=["team:ml"])
 
 
 class TrainingSetConfig(Config):

@@ -15,8 +15,6 @@ daily_partitions = DailyPartitionsDefinition(start_date="2014-01-01", timezone="
 # one transaction per day, so a range gives exactly the rows of day-by-day runs.
 daily_backfill_policy = BackfillPolicy.single_run()
 
-WAREHOUSE_POOL = "warehouse"
-
 
 def partition_days(context: AssetExecutionContext) -> list[dt.date]:
     """The days of the run's partition window (one day, or a backfilled range)."""
@@ -25,5 +23,7 @@ def partition_days(context: AssetExecutionContext) -> list[dt.date]:
     last = window.end.astimezone(dt.timezone.utc).date()
     return [first + dt.timedelta(days=i) for i in range((last - first).days)]
 
-# What every daily warehouse asset shares: the partitioning, the range backfill, the writer pool.
-DAILY_ASSET = dict(partitions_def=daily_partitions, backfill_policy=daily_backfill_policy, pool=WAREHOUSE_POOL)
+# What every daily warehouse asset shares: the partitioning and the range backfill. Writers are serialised
+# by the warehouse's file lock (resources/warehouse.py), not by a Dagster pool: a killed run would keep
+# its pool slot claimed and block every later run.
+DAILY_ASSET = dict(partitions_def=daily_partitions, backfill_policy=daily_backfill_policy)

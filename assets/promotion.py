@@ -15,7 +15,6 @@ from assets.models import (
     next_event_model,
     next_item_ranker,
 )
-from assets.partitions import WAREHOUSE_POOL
 from expectations import validate
 from resources import ModelRegistry, Warehouse
 from resources.registry import CHALLENGER, CHAMPION
@@ -67,7 +66,6 @@ def decide(
     group_name="training",
     kinds={"mlflow"},
     owners=["team:ml"],
-    pool=WAREHOUSE_POOL,
     check_specs=[AssetCheckSpec("champion_promotion_suite", asset="champion_promotion", blocking=True)],
 )
 def champion_promotion(config: PromotionConfig, warehouse: Warehouse, registry: ModelRegistry) -> MaterializeResult:

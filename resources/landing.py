@@ -4,10 +4,14 @@ import datetime as dt
 import json
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from dagster import ConfigurableResource
 
-from assets.logic.synthetic import ShopParams, write_day
 from resources.home import home_paths, read_settings
+
+if TYPE_CHECKING:
+    from assets.logic.synthetic import ShopParams
 
 LANDING_SUFFIXES = (".parquet",)
 
@@ -38,7 +42,10 @@ class LandingSource(ConfigurableResource):
     def root(self) -> Path:
         return home_paths(self.home)["landing"]
 
-    def shop(self) -> ShopParams:
+    def shop(self) -> "ShopParams":
+        # imported here: importing assets.logic loads the asset modules, which import this package
+        from assets.logic.synthetic import ShopParams
+
         spec = self.root / "shop.json"
         if not spec.exists():
             return ShopParams()
@@ -46,7 +53,7 @@ class LandingSource(ConfigurableResource):
         raw["shop_start"] = dt.date.fromisoformat(raw["shop_start"])
         return ShopParams(**raw)
 
-    def save_shop(self, params: ShopParams) -> None:
+    def save_shop(self, params: "ShopParams") -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         fields = {**params.__dict__, "shop_start": params.shop_start.isoformat()}
         (self.root / "shop.json").write_text(json.dumps(fields, indent=2))
@@ -73,5 +80,7 @@ class LandingSource(ConfigurableResource):
         if files:
             return files
         if mode == "synthetic":
+            from assets.logic.synthetic import write_day
+
             return [write_day(self.shop(), day, str(self.root))]
         raise FileNotFoundError(f"no landing files for {day} in {folder} (landing mode 'files')")

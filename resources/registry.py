@@ -2,14 +2,15 @@
 
 import os
 import subprocess
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import pandas as pd
-from dagster import ConfigurableResource
 
 from resources.home import home_paths
+from resources.transient import RetriesTransientFailures
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -21,6 +22,11 @@ class NoChampionError(RuntimeError):
 
 class RegistryUnavailable(RuntimeError):
     """The MLflow registry did not answer: scoring stops rather than guess a model."""
+
+
+# MLflow's codes for a registry that did not answer (connection refused, timeout, server error, sqlite busy),
+# as opposed to a request it answered with "no" (RESOURCE_DOES_NOT_EXIST, INVALID_PARAMETER_VALUE, ...).
+UNAVAILABLE_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"}
 
 
 @dataclass(frozen=True)
@@ -53,15 +59,39 @@ def _code_version() -> dict[str, str]:
         return {"code_version": "unknown", "code_version_kind": "none"}
 
 
-class ModelRegistry(ConfigurableResource):
+class ModelRegistry(RetriesTransientFailures):
     """MLflow: a local sqlite store under the home folder, or a server.
 
     ``tracking_uri`` empty means ``sqlite:///<home>/mlflow.db`` with artifacts in
-    ``<home>/mlartifacts``; set ``SHOPSEQ_MLFLOW_TRACKING_URI`` to use a server.
+    ``<home>/mlartifacts``; set ``SHOPSEQ_MLFLOW_TRACKING_URI`` to use a server. A registry that does not
+    answer raises ``RegistryUnavailable`` (retried with backoff inside a Dagster step).
+    ``ui_url`` is where the MLflow UI serves this store: asset metadata links runs and versions there.
     """
 
     home: str
     tracking_uri: str = ""
+    ui_url: str = "http://127.0.0.1:5000"
+
+    @contextmanager
+    def _asking(self, what: str) -> Iterator[None]:
+        """Turn "the registry did not answer" into ``RegistryUnavailable`` (transient); other errors pass."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            yield
+        except MlflowException as exc:
+            if exc.error_code not in UNAVAILABLE_CODES:
+                raise
+            raise self.transient(RegistryUnavailable(
+                f"cannot {what}: the MLflow registry at {self.resolved_tracking_uri()} did not answer: "
+                f"{str(exc).splitlines()[0][:300]}"
+            )) from exc
+
+    def run_url(self, run_id: str, experiment_id: str) -> str:
+        return f"{self.ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+    def version_url(self, ref: "ModelVersionRef") -> str:
+        return f"{self.ui_url.rstrip('/')}/#/models/{ref.name}/versions/{ref.version}"
 
     def resolved_tracking_uri(self) -> str:
         return self.tracking_uri or f"sqlite:///{home_paths(self.home)['mlflow_db']}"
@@ -113,7 +143,7 @@ class ModelRegistry(ConfigurableResource):
 
         example = features.head(5)
         signature = infer_signature(example, booster.predict(example))
-        with mlflow.start_run(experiment_id=self._experiment_id(model_name), tags={**tags, **_code_version()}) as run:
+        with self._asking(f"log a training run of {model_name}"), mlflow.start_run(experiment_id=self._experiment_id(model_name), tags={**tags, **_code_version()}) as run:
             mlflow.log_params(params)
             mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
             for context, (frame, name) in (datasets or {}).items():
@@ -132,7 +162,8 @@ class ModelRegistry(ConfigurableResource):
                 registered_model_name=model_name,
             )
         ref = ModelVersionRef(model_name, int(info.registered_model_version), run.info.run_id)
-        self.client().set_registered_model_alias(model_name, CHALLENGER, str(ref.version))
+        with self._asking(f"mark {model_name} version {ref.version} {CHALLENGER}"):
+            self.client().set_registered_model_alias(model_name, CHALLENGER, str(ref.version))
         return ref
 
     def version_for_alias(self, model_name: str, alias: str) -> Optional[ModelVersionRef]:
@@ -141,27 +172,27 @@ class ModelRegistry(ConfigurableResource):
         from mlflow.exceptions import MlflowException
 
         try:
-            mv = self.client().get_model_version_by_alias(model_name, alias)
+            with self._asking(f"read alias {alias!r} of {model_name!r}"):
+                mv = self.client().get_model_version_by_alias(model_name, alias)
         except MlflowException as exc:
-            if "not found" in str(exc).lower() or "RESOURCE_DOES_NOT_EXIST" in str(exc):
+            if "not found" in str(exc).lower() or exc.error_code == "RESOURCE_DOES_NOT_EXIST":
                 return None
-            raise RegistryUnavailable(
-                f"cannot read alias {alias!r} of {model_name!r} from the MLflow registry at "
-                f"{self.resolved_tracking_uri()}: {str(exc).splitlines()[0][:300]}"
-            ) from exc
+            raise
         return ModelVersionRef(model_name, int(mv.version), mv.run_id)
 
     def set_alias(self, ref: ModelVersionRef, alias: str, reason: str) -> None:
         client = self.client()
-        client.set_registered_model_alias(ref.name, alias, str(ref.version))
+        with self._asking(f"move alias {alias!r} of {ref.name}"):
+            client.set_registered_model_alias(ref.name, alias, str(ref.version))
         client.set_model_version_tag(ref.name, str(ref.version), f"{alias}_reason", reason)
 
     def annotate(self, ref: ModelVersionRef, description: str, tags: dict[str, str]) -> None:
         """Write a decision about a version where the MLflow UI shows it: its description and tags."""
         client = self.client()
-        client.update_model_version(ref.name, str(ref.version), description=description)
-        for key, value in tags.items():
-            client.set_model_version_tag(ref.name, str(ref.version), key, value)
+        with self._asking(f"annotate {ref.name} version {ref.version}"):
+            client.update_model_version(ref.name, str(ref.version), description=description)
+            for key, value in tags.items():
+                client.set_model_version_tag(ref.name, str(ref.version), key, value)
 
     def champion(self, model_name: str) -> ModelVersionRef:
         ref = self.version_for_alias(model_name, CHAMPION)
@@ -176,7 +207,8 @@ class ModelRegistry(ConfigurableResource):
         from mlflow.exceptions import MlflowException
 
         try:
-            mv = self.client().get_model_version(model_name, str(version))
+            with self._asking(f"read {model_name} version {version}"):
+                mv = self.client().get_model_version(model_name, str(version))
         except MlflowException as exc:
             raise ValueError(f"model {model_name!r} has no version {version} in {self.resolved_tracking_uri()}") from exc
         return ModelVersionRef(model_name, int(mv.version), mv.run_id)
@@ -184,15 +216,19 @@ class ModelRegistry(ConfigurableResource):
     def versions(self, model_name: str) -> list[tuple[ModelVersionRef, dict[str, str]]]:
         """Every registered version of a model (oldest first) with its training run's tags; none if unknown."""
         client = self.client()
-        found = sorted(client.search_model_versions(f"name = '{model_name}'"), key=lambda mv: int(mv.version))
+        with self._asking(f"list the versions of {model_name}"):
+            found = sorted(client.search_model_versions(f"name = '{model_name}'"), key=lambda mv: int(mv.version))
         refs = [ModelVersionRef(model_name, int(mv.version), mv.run_id) for mv in found]
         return [(ref, self.run_tags(ref)) for ref in refs]
 
     def run_tags(self, ref: ModelVersionRef) -> dict[str, str]:
-        return dict(self.client().get_run(ref.run_id).data.tags)
+        with self._asking(f"read run {ref.run_id}"):
+            return dict(self.client().get_run(ref.run_id).data.tags)
 
     def load_booster(self, ref: ModelVersionRef):
-        return self._mlflow().lightgbm.load_model(ref.uri)
+        with self._asking(f"load {ref.uri}"):
+            return self._mlflow().lightgbm.load_model(ref.uri)
 
     def run_metrics(self, ref: ModelVersionRef) -> dict[str, float]:
-        return dict(self.client().get_run(ref.run_id).data.metrics)
+        with self._asking(f"read run {ref.run_id}"):
+            return dict(self.client().get_run(ref.run_id).data.metrics)

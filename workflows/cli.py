@@ -11,11 +11,11 @@ DAGSTER_YAML = """\
 # Instance settings for DAGSTER_HOME (shopseq demo writes the same file to <home>/dagster_home).
 telemetry:
   enabled: false
-# One writer at a time on the DuckDB warehouse: every asset that writes it claims the
-# "warehouse" pool, and the pool admits one step at a time across all runs.
-concurrency:
-  pools:
-    default_limit: 1
+# One writer at a time on the DuckDB warehouse. Every warehouse connection takes the exclusive file lock
+# <home>/warehouse.lock first (resources/warehouse.py): runs started at once (a backfill beside the daily
+# schedule, two partitions launched from the UI) queue there step by step, each waiting its turn. This is
+# deliberately not a Dagster concurrency pool or a run-queue limit: the kernel drops the lock of a killed
+# process, whereas a pool slot or run slot held by a killed run stays claimed and blocks every later run.
 """
 
 PSEUDONYM_KEY_VARIABLE = "SHOPSEQ_PSEUDONYM_KEY"
