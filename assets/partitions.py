@@ -6,7 +6,7 @@ default); assets turn it into UTC bounds with ``day_bounds(day, tz)``.
 
 import datetime as dt
 
-from dagster import AssetExecutionContext, BackfillPolicy, DailyPartitionsDefinition
+from dagster import AssetExecutionContext, AutomationCondition, BackfillPolicy, DailyPartitionsDefinition
 
 # Early enough for the public logs (YooChoose starts in April 2014, RetailRocket in 2015).
 daily_partitions = DailyPartitionsDefinition(start_date="2014-01-01", timezone="UTC")
@@ -22,6 +22,14 @@ def partition_days(context: AssetExecutionContext) -> list[dt.date]:
     first = window.start.astimezone(dt.timezone.utc).date()
     last = window.end.astimezone(dt.timezone.utc).date()
     return [first + dt.timedelta(days=i) for i in range((last - first).days)]
+
+# The run tags of a ranged run (what a single-run backfill of days sets).
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+# Publishing tables follow their upstream daily tables by themselves (the publish_automation sensor): the
+# latest day re-runs when its features or the champion changed.
+PUBLISH_AUTOMATION = AutomationCondition.eager()
 
 # What every daily warehouse asset shares: the partitioning and the range backfill. Writers are serialised
 # by the warehouse's file lock (resources/warehouse.py), not by a Dagster pool: a killed run would keep

@@ -31,7 +31,7 @@ from assets.logic.warehouse_sql import (
     replace_window_from_frame,
 )
 from assets.models import NEXT_ACTION_MODELS, RANKER_MODEL
-from assets.partitions import DAILY_ASSET, partition_days
+from assets.partitions import DAILY_ASSET, PUBLISH_AUTOMATION, partition_days
 from assets.promotion import champion_promotion
 from expectations import validate
 from resources import ModelRegistry, Warehouse
@@ -52,7 +52,7 @@ class RecommendationConfig(Config):
 
 # Set by workflows.sensors.champion_alias_sensor on the publish runs it requests: {model: [from, to]}.
 ALIAS_MOVES_TAG = "shopseq/alias_moves"
-_COMMON = dict(**DAILY_ASSET, group_name="serving", kinds={"duckdb", "lightgbm"}, owners=["team:ml"])
+_COMMON = dict(**DAILY_ASSET, automation_condition=PUBLISH_AUTOMATION, group_name="serving", kinds={"duckdb", "lightgbm"}, owners=["team:ml"])
 _LINEAGE = "model_name VARCHAR NOT NULL, model_version BIGINT NOT NULL, run_id VARCHAR NOT NULL, scored_at TIMESTAMP"
 TABLES = {
     "recommendations": f"(as_of_date DATE NOT NULL, user_id VARCHAR NOT NULL, rank BIGINT NOT NULL, item_id VARCHAR NOT NULL, score DOUBLE, source VARCHAR, reason VARCHAR, rules VARCHAR, {_LINEAGE})",

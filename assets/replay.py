@@ -33,7 +33,7 @@ from assets.models import (
     NEXT_EVENT_MODEL,
     RANKER_MODEL,
 )
-from assets.partitions import DAILY_ASSET, partition_days
+from assets.partitions import DAILY_ASSET, PUBLISH_AUTOMATION, partition_days
 from expectations import validate
 from resources import ModelRegistry, Warehouse
 
@@ -76,6 +76,7 @@ def _replay_day(conn, model_name: str, booster, day: dt.date, tz: str) -> pd.Dat
 
 @asset(
     **DAILY_ASSET,
+    automation_condition=PUBLISH_AUTOMATION,
     group_name="evaluation",
     kinds={"duckdb", "lightgbm"},
     owners=["team:ml"],

@@ -3,7 +3,6 @@
 import datetime as dt
 import json
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from dagster import ConfigurableResource

@@ -72,12 +72,13 @@ class Pipeline:
         from dagster import AssetSelection, materialize
 
         from assets import ALL_ASSETS
+        from assets.partitions import RANGE_END_TAG, RANGE_START_TAG
 
         tags = {}
         if start is not None:
             tags = {
-                "dagster/asset_partition_range_start": start.isoformat(),
-                "dagster/asset_partition_range_end": (end or start).isoformat(),
+                RANGE_START_TAG: start.isoformat(),
+                RANGE_END_TAG: (end or start).isoformat(),
             }
         result = materialize(
             ALL_ASSETS,
@@ -468,6 +469,26 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_failures(args: argparse.Namespace) -> int:
+    import json
+
+    from workflows.sensors import RUN_FAILURES_FILE
+
+    path = Path(args.home).expanduser().resolve() / RUN_FAILURES_FILE
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    if not records:
+        print(f"no failed runs recorded in {path}")
+        return 0
+    for record in records[-args.last:]:
+        where = f" partition {record['partition']}" if record["partition"] else ""
+        print(f"{record['time']}  {record['job']}{where}  run {record['run_id']}")
+        for step in record["failed_steps"]:
+            print(f"    {step['step']}: {step['error'].splitlines()[0][:300] if step['error'] else ''}")
+        for check in record["failed_checks"]:
+            print(f"    check failed: {check}")
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     home = prepare_home(args.home)
     workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
@@ -557,6 +578,10 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--user", required=True)
     explain.add_argument("--day", required=True, type=_date)
     explain.set_defaults(func=cmd_explain)
+
+    failures = with_home(sub.add_parser("failures", help="the failed runs recorded by the run_failure_recorder sensor"))
+    failures.add_argument("--last", type=int, default=20, help="how many, newest last (default %(default)s)")
+    failures.set_defaults(func=cmd_failures)
 
     for name, port, func in (("ui", 3000, cmd_ui), ("mlflow-ui", 5000, cmd_mlflow_ui)):
         p = with_home(sub.add_parser(name, help=f"open the {'Dagster' if name == 'ui' else 'MLflow'} UI on the home"))

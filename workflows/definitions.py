@@ -7,7 +7,7 @@ from dagster import Definitions, in_process_executor
 from assets import ALL_ASSETS
 from resources import LandingSource, ModelRegistry, Warehouse, home_from_environment
 from workflows.jobs import daily_pipeline_job, daily_schedule, publish_job, training_job, weekly_training_schedule
-from workflows.sensors import champion_alias_sensor
+from workflows.sensors import champion_alias_sensor, landing_sensor, publish_automation_sensor, run_failure_recorder
 
 
 def build_resources(home: str, tracking_uri: str = "", landing_mode: str = "auto") -> dict:
@@ -23,7 +23,7 @@ defs = Definitions(
     assets=ALL_ASSETS,
     jobs=[daily_pipeline_job, training_job, publish_job],
     schedules=[daily_schedule, weekly_training_schedule],
-    sensors=[champion_alias_sensor],
+    sensors=[landing_sensor, run_failure_recorder, publish_automation_sensor, champion_alias_sensor],
     executor=in_process_executor,
     resources=build_resources(
         home_from_environment(),

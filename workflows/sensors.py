@@ -1,15 +1,34 @@
-"""Sensors: a champion chosen outside the pipeline (MLflow UI, ``shopseq promote`` / ``rollback``) re-scores
-the latest published day."""
+"""Sensors: landing folders that arrive start their day; failed runs are recorded where an operator looks; the
+serving tables follow the daily tables (declarative automation); a champion chosen outside the pipeline (MLflow
+UI, ``shopseq promote`` / ``rollback``) re-scores the latest published day."""
 
+import datetime as dt
+import hashlib
 import json
+from pathlib import Path
 
-from dagster import AssetKey, DefaultSensorStatus, RunRequest, SensorEvaluationContext, SkipReason, sensor
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    AssetSelection,
+    AutomationConditionSensorDefinition,
+    DagsterEventType,
+    DefaultSensorStatus,
+    RunFailureSensorContext,
+    RunRequest,
+    SensorEvaluationContext,
+    SkipReason,
+    run_failure_sensor,
+    sensor,
+)
 
 from assets.models import MAIN_METRIC
+from assets.partitions import RANGE_END_TAG, RANGE_START_TAG
 from assets.recommendations import ALIAS_MOVES_TAG
-from resources import ModelRegistry
+from resources import LandingSource, ModelRegistry, Warehouse
+from resources.landing import LANDING_SUFFIXES
 from resources.registry import CHAMPION
-from workflows.jobs import publish_job
+from workflows.jobs import daily_pipeline_job, publish_job
 
 
 @sensor(job=publish_job, minimum_interval_seconds=60, default_status=DefaultSensorStatus.RUNNING)
@@ -39,3 +58,112 @@ def champion_alias_sensor(context: SensorEvaluationContext, registry: ModelRegis
             ALIAS_MOVES_TAG: json.dumps(moved, sort_keys=True),
         },
     )
+
+
+# Landing folders ----------------------------------------------------------------------------------------------
+
+
+def landing_fingerprints(landing: LandingSource) -> dict[str, list]:
+    """{day: [newest file mtime, files, bytes]} of every landing folder that holds files."""
+    prints = {}
+    for day in landing.landed_days():
+        files = [f.stat() for f in (landing.root / day.isoformat()).iterdir() if f.suffix in LANDING_SUFFIXES]
+        prints[day.isoformat()] = [max(s.st_mtime for s in files), len(files), sum(s.st_size for s in files)]
+    return prints
+
+
+def _consecutive_ranges(days: list[str]) -> list[tuple[str, str]]:
+    ranges: list[list[dt.date]] = []
+    for day in sorted(dt.date.fromisoformat(d) for d in days):
+        if ranges and (day - ranges[-1][1]).days == 1:
+            ranges[-1][1] = day
+        else:
+            ranges.append([day, day])
+    return [(first.isoformat(), last.isoformat()) for first, last in ranges]
+
+
+@sensor(job=daily_pipeline_job, minimum_interval_seconds=60, default_status=DefaultSensorStatus.RUNNING)
+def landing_sensor(context: SensorEvaluationContext, landing: LandingSource):
+    """Every minute, in landing mode ``files``: a day whose landing folder appeared or changed since
+    ``raw_events`` last materialised it starts the daily pipeline for it, so late-arriving days run by
+    themselves. Consecutive days go as one ranged run (the assets' single-run backfill policy)."""
+    if landing.effective_mode != "files":
+        return SkipReason("landing mode is synthetic: the daily schedule generates and runs each day")
+    now = landing_fingerprints(landing)
+    seen = json.loads(context.cursor) if context.cursor else {}
+    context.update_cursor(json.dumps(now, sort_keys=True))
+    due = []
+    for day, (newest, _, _) in now.items():
+        if seen.get(day) == now[day]:
+            continue
+        latest = context.instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=AssetKey("raw_events"), asset_partitions=[day]), limit=1
+        ).records
+        if not latest or latest[0].timestamp < newest:
+            due.append(day)
+    if not due:
+        return SkipReason("no landing folder appeared or changed since its day was materialised")
+    requests = []
+    for first, last in _consecutive_ranges(due):
+        key = hashlib.sha256(json.dumps([now[d] for d in due if first <= d <= last]).encode()).hexdigest()[:12]
+        reason = {"shopseq/reason": f"landing files of {first}..{last} arrived or changed"}
+        if first == last:
+            requests.append(RunRequest(run_key=f"landing-{first}-{key}", partition_key=first, tags=reason))
+        else:
+            requests.append(RunRequest(run_key=f"landing-{first}-{last}-{key}", tags={
+                **reason, RANGE_START_TAG: first, RANGE_END_TAG: last}))
+    return requests
+
+
+# Failed runs --------------------------------------------------------------------------------------------------
+
+RUN_FAILURES_FILE = "run_failures.jsonl"
+
+
+def failure_record(run, step_failures: list, failed_checks: list[str]) -> dict:
+    """What an operator needs about a failed run, one JSON object: when, which job and partition(s), which
+    steps failed with what error, which checks failed."""
+    tags = run.tags
+    partition = tags.get("dagster/partition") or (
+        f"{tags[RANGE_START_TAG]}...{tags[RANGE_END_TAG]}"
+        if RANGE_START_TAG in tags else None
+    )
+    steps = []
+    for event in step_failures:
+        error = event.event_specific_data.error if event.event_specific_data else None
+        cause = error.cause if error is not None and error.cause is not None else error
+        steps.append({"step": event.step_key, "error": (cause.message if cause else event.message or "").strip()[:2000]})
+    return {
+        "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "run_id": run.run_id, "job": run.job_name, "partition": partition,
+        "failed_steps": steps, "failed_checks": failed_checks,
+        "reason": tags.get("shopseq/reason"),
+    }
+
+
+@run_failure_sensor(monitor_all_code_locations=False, minimum_interval_seconds=30,
+                    default_status=DefaultSensorStatus.RUNNING)
+def run_failure_recorder(context: RunFailureSensorContext, warehouse: Warehouse):
+    """Every failed run of this code location becomes a line of ``<home>/run_failures.jsonl`` (listed by
+    ``shopseq failures``) and an error in the daemon's log: job, partition, failed steps with their errors,
+    failed checks. A file, not a warehouse table: the sensor must never wait for the warehouse lock."""
+    checks = [
+        f"{event.dagster_event.event_specific_data.asset_key.to_user_string()}:"
+        f"{event.dagster_event.event_specific_data.check_name}"
+        for event in context.instance.all_logs(context.dagster_run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION)
+        if not event.dagster_event.event_specific_data.passed
+    ]
+    record = failure_record(context.dagster_run, context.get_step_failure_events(), checks)
+    with open(Path(warehouse.home) / RUN_FAILURES_FILE, "a") as out:
+        out.write(json.dumps(record) + "\n")
+    context.log.error(f"run {record['run_id']} of {record['job']} ({record['partition']}) failed: "
+                      + "; ".join(f"{s['step']}: {s['error'][:200]}" for s in record["failed_steps"]))
+
+
+# Publishing follows the daily tables by declarative automation (the assets' AutomationCondition.eager()).
+publish_automation_sensor = AutomationConditionSensorDefinition(
+    "publish_automation",
+    target=AssetSelection.groups("serving", "evaluation"),
+    default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=60,
+)

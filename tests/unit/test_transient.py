@@ -9,7 +9,6 @@ import pytest
 from dagster import DagsterEventType, asset, materialize
 
 from resources import ModelRegistry, Warehouse
-from resources.registry import RegistryUnavailable
 from resources.warehouse import WarehouseLocked
 
 

@@ -1,0 +1,117 @@
+"""Operations: the landing sensor, the run-failure recorder and the publishing automation."""
+
+import datetime as dt
+import json
+import os
+
+from dagster import (
+    AssetKey,
+    AssetMaterialization,
+    AssetSelection,
+    DagsterEventType,
+    DagsterInstance,
+    RunRequest,
+    SkipReason,
+    build_run_status_sensor_context,
+    build_sensor_context,
+    evaluate_automation_conditions,
+    materialize,
+)
+
+from assets import ALL_ASSETS
+from assets.logic.synthetic import write_day
+from assets.partitions import RANGE_END_TAG, RANGE_START_TAG
+from resources import LandingSource
+from resources.home import write_settings
+from tests.conftest import SMALL_SHOP, shop_days
+from workflows.definitions import build_resources, defs
+from workflows.sensors import RUN_FAILURES_FILE, landing_sensor, run_failure_recorder
+
+DAYS = shop_days(5)
+
+
+def _tick(instance, landing, cursor):
+    context = build_sensor_context(instance=instance, resources={"landing": landing}, cursor=cursor)
+    result = landing_sensor(context)
+    requests = result if isinstance(result, list) else []
+    return requests, result if isinstance(result, SkipReason) else None, context.cursor
+
+
+def _window(request: RunRequest) -> tuple[str, str]:
+    if request.partition_key:
+        return request.partition_key, request.partition_key
+    return request.tags[RANGE_START_TAG], request.tags[RANGE_END_TAG]
+
+
+def test_landing_folders_that_arrive_or_change_start_their_days(tmp_path):
+    home = str(tmp_path)
+    for day in DAYS[:3]:
+        write_day(SMALL_SHOP, day, f"{home}/landing")
+    write_settings(home, landing="files")
+    landing = LandingSource(home=home)
+    instance = DagsterInstance.ephemeral()
+
+    # first look: three days never materialised -> one ranged run
+    requests, _, cursor = _tick(instance, landing, None)
+    assert [_window(r) for r in requests] == [(DAYS[0].isoformat(), DAYS[2].isoformat())]
+
+    # the days were materialised (by that run, say); nothing changed -> nothing to do
+    for day in DAYS[:3]:
+        instance.report_runless_asset_event(AssetMaterialization("raw_events", partition=day.isoformat()))
+    requests, skip, cursor = _tick(instance, landing, cursor)
+    assert requests == [] and "no landing folder appeared or changed" in skip.skip_message
+
+    # day 2 is re-delivered (newer file) and day 5 arrives late, day 4 still missing -> two single-day runs
+    folder = f"{home}/landing/{DAYS[1].isoformat()}"
+    later = dt.datetime.now().timestamp() + 5
+    for name in os.listdir(folder):
+        os.utime(f"{folder}/{name}", (later, later))
+    write_day(SMALL_SHOP, DAYS[4], f"{home}/landing")
+    requests, _, cursor = _tick(instance, landing, cursor)
+    assert sorted(_window(r) for r in requests) == [(DAYS[1].isoformat(),) * 2, (DAYS[4].isoformat(),) * 2]
+    assert all(r.run_key.startswith("landing-") for r in requests)
+
+
+def test_the_landing_sensor_leaves_synthetic_homes_to_the_schedule(tmp_path):
+    landing = LandingSource(home=str(tmp_path))
+    landing.save_shop(SMALL_SHOP)
+    requests, skip, _ = _tick(DagsterInstance.ephemeral(), landing, None)
+    assert requests == [] and "synthetic" in skip.skip_message
+
+
+def test_a_failed_run_is_recorded_with_its_partition_step_and_error(tmp_path):
+    home = str(tmp_path)
+    write_settings(home, landing="files")  # no landing day: raw_events fails by name
+    instance = DagsterInstance.ephemeral()
+    resources = build_resources(home)
+    result = materialize(ALL_ASSETS, selection=AssetSelection.assets("raw_events"), resources=resources,
+                         instance=instance, partition_key=DAYS[0].isoformat(), raise_on_error=False)
+    assert not result.success
+    run = instance.get_run_by_id(result.run_id)
+    failure = next(e for e in result.all_events if e.event_type == DagsterEventType.RUN_FAILURE)
+    context = build_run_status_sensor_context(
+        sensor_name="run_failure_recorder", dagster_event=failure, dagster_instance=instance, dagster_run=run,
+        resources={"warehouse": resources["warehouse"]},
+    ).for_run_failure()
+    run_failure_recorder(context)
+    record = json.loads((tmp_path / RUN_FAILURES_FILE).read_text().splitlines()[-1])
+    assert record["run_id"] == result.run_id and record["partition"] == DAYS[0].isoformat()
+    assert record["failed_steps"][0]["step"] == "raw_events"
+    assert "no landing files for 2025-03-01" in record["failed_steps"][0]["error"]
+
+
+def test_publishing_follows_the_latest_days_features_by_declarative_automation():
+    instance = DagsterInstance.ephemeral()
+    today = dt.datetime.now(dt.timezone.utc).date()
+    latest, before = (today - dt.timedelta(days=1)).isoformat(), (today - dt.timedelta(days=2)).isoformat()
+    selection = AssetSelection.groups("serving", "evaluation")
+    first = evaluate_automation_conditions(defs, instance, asset_selection=selection)
+    assert first.total_requested == 0  # nothing upstream exists yet
+    for key in ("ranking_candidates", "user_features", "cleaned_events"):
+        for day in (before, latest):  # the replay of a day reads the features of the day before
+            instance.report_runless_asset_event(AssetMaterialization(key, partition=day))
+    instance.report_runless_asset_event(AssetMaterialization("champion_promotion"))
+    second = evaluate_automation_conditions(defs, instance, asset_selection=selection, cursor=first.cursor)
+    for key in ("recommendations", "next_action_predictions", "model_replay"):
+        assert second.get_requested_partitions(AssetKey(key)) == {latest}, key
+    assert second.total_requested == 3  # only the latest day: older days are backfills, not automation
