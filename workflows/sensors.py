@@ -22,6 +22,7 @@ from dagster import (
     sensor,
 )
 
+from assets.logic.features import HISTORY_DAYS
 from assets.models import MAIN_METRIC
 from assets.partitions import RANGE_END_TAG, RANGE_START_TAG
 from assets.recommendations import ALIAS_MOVES_TAG
@@ -86,7 +87,8 @@ def _consecutive_ranges(days: list[str]) -> list[tuple[str, str]]:
 def landing_sensor(context: SensorEvaluationContext, landing: LandingSource):
     """Every minute, in landing mode ``files``: a day whose landing folder appeared or changed since
     ``raw_events`` last materialised it starts the daily pipeline for it, so late-arriving days run by
-    themselves. Consecutive days go as one ranged run (the assets' single-run backfill policy)."""
+    themselves. The materialised days whose features read it (the ``HISTORY_DAYS`` after it) run again with
+    it, and consecutive days go as one ranged run (the assets' single-run backfill policy), in order."""
     if landing.effective_mode != "files":
         return SkipReason("landing mode is synthetic: the daily schedule generates and runs each day")
     now = landing_fingerprints(landing)
@@ -103,9 +105,14 @@ def landing_sensor(context: SensorEvaluationContext, landing: LandingSource):
             due.append(day)
     if not due:
         return SkipReason("no landing folder appeared or changed since its day was materialised")
+    done = context.instance.get_materialized_partitions(AssetKey("raw_events"))
+    later = {
+        (dt.date.fromisoformat(day) + dt.timedelta(days=n)).isoformat() for day in due for n in range(1, HISTORY_DAYS)
+    }
+    runs = sorted(set(due) | (later & done & set(now)))
     requests = []
-    for first, last in _consecutive_ranges(due):
-        key = hashlib.sha256(json.dumps([now[d] for d in due if first <= d <= last]).encode()).hexdigest()[:12]
+    for first, last in _consecutive_ranges(runs):
+        key = hashlib.sha256(json.dumps([now[d] for d in runs if first <= d <= last]).encode()).hexdigest()[:12]
         reason = {"shopseq/reason": f"landing files of {first}..{last} arrived or changed"}
         if first == last:
             requests.append(RunRequest(run_key=f"landing-{first}-{key}", partition_key=first, tags=reason))
