@@ -15,7 +15,7 @@ from dagster import (
 )
 
 from assets.cleaned_events import cleaned_events
-from assets.common import point_in_time_check, reconciliation_check
+from assets.common import markdown_preview, point_in_time_check, reconciliation_check
 from assets.features import ranking_candidates, user_features
 from assets.logic import next_event, plots, training
 from assets.logic.candidates import RANKER_FEATURES
@@ -141,6 +141,7 @@ def _training_set_result(
             "holdout_cutoff": str(holdout_day),
             "train_rows": int((frame["split"] == "train").sum()),
             "holdout_rows": int((frame["split"] == "holdout").sum()),
+            "preview": markdown_preview(frame),
             "seconds": round(time.perf_counter() - started, 2),
         },
         check_results=[
@@ -243,6 +244,7 @@ def next_event_training_set(config: TrainingSetConfig, warehouse: Warehouse) -> 
             "train_rows": int((frame["split"] == "train").sum()),
             "holdout_rows": int((frame["split"] == "holdout").sum()),
             "next_types": MetadataValue.md(frame.groupby(["split", "next_type"]).size().unstack(0).fillna(0).to_markdown()),
+            "preview": markdown_preview(frame),
             "seconds": round(time.perf_counter() - started, 2),
         },
         check_results=[validate(frame, "next_event_training_set", "next_event_training_set_suite"), in_order],
@@ -312,7 +314,10 @@ def _record_model(
         metadata={
             "model_name": model_name,
             "model_version": ref.version,
+            "dagster/row_count": len(stored),
             "mlflow_run_id": ref.run_id,
+            "mlflow_run": MetadataValue.url(registry.run_url(ref.run_id)),
+            "mlflow_model_version": MetadataValue.url(registry.version_url(ref)),
             "mlflow_model_uri": ref.uri,
             "holdout_day": str(holdout_day),
             "train_rows": len(train),

@@ -130,9 +130,13 @@ def champion_promotion(config: PromotionConfig, warehouse: Warehouse, registry: 
         conn.execute("CREATE TABLE IF NOT EXISTS promotion_log AS SELECT * FROM incoming_frame LIMIT 0")
         conn.execute("INSERT INTO promotion_log BY NAME SELECT * FROM incoming_frame")
         conn.unregister("incoming_frame")
+    champions = {d["model_name"]: registry.version_for_alias(d["model_name"], CHAMPION) for d in decisions}
     return MaterializeResult(
         metadata={
+            "dagster/row_count": len(frame),
             "decisions": MetadataValue.md(frame.drop(columns=["decided_at", "champion_run_id"]).to_markdown(index=False)),
+            **{f"{name}_champion_in_mlflow": MetadataValue.url(registry.version_url(ref))
+               for name, ref in champions.items() if ref is not None},
             "seconds": round(time.perf_counter() - started, 2),
             **{f"{d['model_name']}_champion": d["champion_version"] or "none" for d in decisions},
         },

@@ -87,7 +87,10 @@ class ModelRegistry(RetriesTransientFailures):
                 f"{str(exc).splitlines()[0][:300]}"
             )) from exc
 
-    def run_url(self, run_id: str, experiment_id: str) -> str:
+    def run_url(self, run_id: str) -> str:
+        """The run's page in the MLflow UI at ``ui_url``."""
+        with self._asking(f"read run {run_id}"):
+            experiment_id = self.client().get_run(run_id).info.experiment_id
         return f"{self.ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
     def version_url(self, ref: "ModelVersionRef") -> str:

@@ -61,6 +61,10 @@ def test_landing_rows_reconcile(built):
     assert _count(home, "SELECT count(DISTINCT reason) FROM raw_events_quarantine") >= 5
 
 
+def run_experiment(registry, ref) -> str:
+    return registry.client().get_run(ref.run_id).info.experiment_id
+
+
 def test_training_registers_models_and_promotes_a_champion(built):
     home, resources, _, _, training, _ = built
     assert training.success, [e.message for e in training.all_events if e.is_failure]
@@ -88,6 +92,14 @@ def test_training_registers_models_and_promotes_a_champion(built):
         inputs = run.inputs.dataset_inputs
         assert len(inputs) == 1 and inputs[0].dataset.digest and inputs[0].tags[0].value == "training"
         assert figures <= {a.path for a in registry.client().list_artifacts(run.info.run_id)}
+    # The asset's materialisation links its MLflow run and version; every training asset reports rows and a preview.
+    ranker = registry.champion("shopseq_next_item_ranker")
+    metadata = training.asset_materializations_for_node("next_item_ranker")[0].metadata
+    assert metadata["mlflow_run"].value.endswith(f"/#/experiments/{run_experiment(registry, ranker)}/runs/{ranker.run_id}")
+    assert metadata["mlflow_model_version"].value.endswith("/#/models/shopseq_next_item_ranker/versions/1")
+    for node in ("ranker_training_set", "next_action_training_set", "next_event_training_set"):
+        metadata = training.asset_materializations_for_node(node)[0].metadata
+        assert metadata["dagster/row_count"].value > 0 and "|" in metadata["preview"].value and "seconds" in metadata
     ranker_metrics = registry.run_metrics(registry.champion("shopseq_next_item_ranker"))
     assert {"model.any.ndcg_at_20", "popularity.any.ndcg_at_20", "repeat_recent.any.recall_at_20"} <= set(ranker_metrics)
     purchase_metrics = registry.run_metrics(registry.champion("shopseq_next_purchase"))
