@@ -16,10 +16,9 @@ from dagster import AssetSelection, DagsterInstance, materialize
 from assets import ALL_ASSETS
 from assets.partitions import RANGE_END_TAG, RANGE_START_TAG
 from resources import LandingSource
-from tests.conftest import SMALL_SHOP, shop_days
-from workflows.cli import prepare_home
-from workflows.jobs import DAILY_GROUPS
+from tests.conftest import SMALL_SHOP, dagster_home, shop_days
 from workflows.definitions import build_resources
+from workflows.jobs import DAILY_GROUPS
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
@@ -70,8 +69,7 @@ def _dagster_materialize(home: Path, groups, *window: str) -> subprocess.Popen:
 def reference(tmp_path_factory):
     """A home with three landed days and the tables of a day-by-day run of them."""
     home = tmp_path_factory.mktemp("ops")
-    prepare_home(str(home))
-    DagsterInstance.from_config(str(home / "dagster_home")).dispose()  # its storage, before two processes race to create it
+    dagster_home(home)
     landing = LandingSource(home=str(home))
     landing.save_shop(SMALL_SHOP)
     for day in DAYS:
