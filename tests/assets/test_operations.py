@@ -24,6 +24,7 @@ from assets.partitions import RANGE_END_TAG, RANGE_START_TAG
 from resources import LandingSource
 from resources.home import write_settings
 from tests.conftest import SMALL_SHOP, shop_days
+from workflows.cli import main
 from workflows.definitions import build_resources, defs
 from workflows.sensors import RUN_FAILURES_FILE, landing_sensor, run_failure_recorder
 
@@ -80,7 +81,7 @@ def test_the_landing_sensor_leaves_synthetic_homes_to_the_schedule(tmp_path):
     assert requests == [] and "synthetic" in skip.skip_message
 
 
-def test_a_failed_run_is_recorded_with_its_partition_step_and_error(tmp_path):
+def test_a_failed_run_is_recorded_with_its_partition_step_and_error(tmp_path, capsys):
     home = str(tmp_path)
     write_settings(home, landing="files")  # no landing day: raw_events fails by name
     instance = DagsterInstance.ephemeral()
@@ -99,6 +100,10 @@ def test_a_failed_run_is_recorded_with_its_partition_step_and_error(tmp_path):
     assert record["run_id"] == result.run_id and record["partition"] == DAYS[0].isoformat()
     assert record["failed_steps"][0]["step"] == "raw_events"
     assert "no landing files for 2025-03-01" in record["failed_steps"][0]["error"]
+    assert main(["failures", "--home", home]) == 0
+    printed = capsys.readouterr().out
+    assert f"partition 2025-03-01  run {result.run_id}" in printed
+    assert "    raw_events: " in printed and "no landing files for 2025-03-01" in printed
 
 
 def test_publishing_follows_the_latest_days_features_by_declarative_automation():
