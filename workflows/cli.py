@@ -579,6 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--day", required=True, type=_date)
     explain.set_defaults(func=cmd_explain)
 
+    sub.add_parser("bench", add_help=False, help="benchmark every stage on synthetic days of 1M and 10M events beside "
+                   "a pandas path and DuckDB's scan (shopseq bench --help)")
     failures = with_home(sub.add_parser("failures", help="the failed runs recorded by the run_failure_recorder sensor"))
     failures.add_argument("--last", type=int, default=20, help="how many, newest last (default %(default)s)")
     failures.set_defaults(func=cmd_failures)
@@ -592,6 +594,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # its own options: shopseq bench --help
+        from bench.run import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     if getattr(args, "days", 4) < 4:
         raise SystemExit("--days must be at least 4: training needs two labelled cut-off days and a hold-out")

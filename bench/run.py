@@ -1,0 +1,321 @@
+"""``shopseq bench``: measure every stage, side by side with a pandas path and DuckDB's floor, in one run.
+
+Each measured path runs in its own process (``python -m bench.run --worker ...``), so its peak RSS is its own;
+within a process, a sampler thread reads the resident set every 20 ms and each stage reports the peak it saw.
+"""
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+DAILY_STAGES = ["raw_events", "cleaned_events", "sessions", "user_sequences", "user_features", "item_features",
+                "ranking_candidates"]
+TRAIN_ROWS = 1_000_000
+SCORE_USERS = 1_000_000
+SCORE_BATCH_USERS = 100_000
+
+
+class Meter:
+    """Wall time and peak resident memory of named stages of this process."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+        self._peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def rss() -> int:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self._peak = max(self._peak, self.rss())
+            time.sleep(0.02)
+
+    @contextlib.contextmanager
+    def stage(self, name: str, **extra):
+        self._peak = self.rss()
+        started = time.perf_counter()
+        yield
+        seconds = time.perf_counter() - started
+        self.rows.append({"stage": name, "seconds": round(seconds, 3), "peak_rss_mb": round(max(self._peak, self.rss()) / 2**20),
+                          **extra})
+
+
+def _worker_shopseq(args, meter: Meter) -> dict:
+    """The pipeline's own assets (checks included), one materialisation per asset, on a files-mode home."""
+    import great_expectations  # noqa: F401  - import cost (~2.5 s) outside the first stage
+    from dagster import AssetSelection, DagsterInstance, materialize
+
+    from assets import ALL_ASSETS
+    from bench.data import DAY
+    from resources.home import write_settings
+    from workflows.definitions import build_resources
+
+    write_settings(args.home, landing="files", timezone="UTC")
+    resources = build_resources(args.home, landing_mode="files")
+    instance = DagsterInstance.ephemeral()
+    for stage in DAILY_STAGES:
+        with meter.stage(stage):
+            result = materialize(ALL_ASSETS, selection=AssetSelection.assets(stage), resources=resources,
+                                 instance=instance, partition_key=DAY.isoformat(), raise_on_error=False)
+        if not result.success:
+            raise RuntimeError(f"{stage} failed in the benchmark: {[e.message for e in result.all_events if e.is_failure]}")
+    import duckdb
+
+    with duckdb.connect(f"{args.home}/warehouse.duckdb", read_only=True) as conn:
+        sizes = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in DAILY_STAGES}
+    return {"rows": sizes}
+
+
+def _worker_pandas(args, meter: Meter) -> dict:
+    from bench import pandas_path
+    from bench.data import DAY
+
+    tables = pandas_path.run([args.landing], DAY, meter.stage)
+    return {"rows": {name: len(frame) for name, frame in tables.items()}}
+
+
+def _worker_floor(args, meter: Meter) -> dict:
+    import duckdb
+
+    with duckdb.connect() as conn:
+        columns = [r[0] for r in conn.execute(f"DESCRIBE SELECT * FROM read_parquet('{args.landing}')").fetchall()]
+        counts = ", ".join(f"count({c})" for c in columns)
+        conn.execute("SET threads = 2")
+        with meter.stage("duckdb_scan"):
+            rows = conn.execute(f"SELECT count(*), {counts} FROM read_parquet('{args.landing}')").fetchone()[0]
+    return {"rows": {"landing": rows}}
+
+
+def _worker_models(args, meter: Meter) -> dict:
+    """LightGBM training on 1M ranking rows and top-20 recommendations for 1M users, from the real candidates of
+    the benchmark day (copied to reach the sizes, users renamed), through the pipeline's training and serving code."""
+    import duckdb
+    import numpy as np
+    import pandas as pd
+
+    from assets.logic.candidates import RANKER_FEATURES
+    from assets.logic.serving import recommend
+    from assets.logic.training import train_lambdarank
+    from assets.models import TrainingConfig
+
+    with duckdb.connect(f"{args.home}/warehouse.duckdb", read_only=True) as conn:
+        candidates = conn.execute("SELECT * FROM ranking_candidates").df()
+    per_user = candidates.groupby("user_id").size().mean()
+    rng = np.random.default_rng(0)
+
+    def copies(frame: pd.DataFrame, rows: int) -> pd.DataFrame:
+        n = int(np.ceil(rows / len(frame)))
+        parts = [frame.assign(user_id=frame["user_id"] + f"x{k}") for k in range(n)]
+        return pd.concat(parts, ignore_index=True).head(rows)
+
+    train = copies(candidates, args.train_rows)
+    signal = train["recent_score"].fillna(0).rank(pct=True) + rng.uniform(0, 1, len(train))
+    train["relevance"] = (signal > 1.6).astype(int)
+    with meter.stage("train_ranker", rows=len(train)):
+        booster = train_lambdarank(train, TrainingConfig().params())
+    del train
+
+    users_per_copy = candidates["user_id"].nunique()
+    n_copies = int(np.ceil(args.score_users / users_per_copy))
+    scored = 0
+    with meter.stage("recommend", users=args.score_users, candidates_per_user=round(float(per_user), 1)):
+        batch = []
+        for k in range(n_copies):
+            batch.append(candidates.assign(user_id=candidates["user_id"] + f"x{k}"))
+            users_in_batch = sum(b["user_id"].nunique() for b in batch)
+            if users_in_batch >= SCORE_BATCH_USERS or k == n_copies - 1:
+                frame = pd.concat(batch, ignore_index=True)
+                users = pd.Series(frame["user_id"].unique())
+                users = users.head(max(0, args.score_users - scored))
+                frame = frame[frame["user_id"].isin(set(users))]
+                recommend(booster, frame, users)
+                scored += len(users)
+                batch = []
+    return {"rows": {"train_rows": args.train_rows, "scored_users": scored, "features": len(RANKER_FEATURES)}}
+
+
+WORKERS = {"shopseq": _worker_shopseq, "pandas": _worker_pandas, "floor": _worker_floor, "models": _worker_models}
+
+
+def worker_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--worker", choices=sorted(WORKERS))
+    parser.add_argument("--home")
+    parser.add_argument("--landing")
+    parser.add_argument("--train-rows", type=int, default=TRAIN_ROWS)
+    parser.add_argument("--score-users", type=int, default=SCORE_USERS)
+    args = parser.parse_args(argv)
+    meter = Meter()
+    extra = WORKERS[args.worker](args, meter)
+    print("BENCH " + json.dumps({"stages": meter.rows, "peak_rss_mb": round(_max_rss_mb()), **extra}), flush=True)
+
+
+def _max_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _run_worker(name: str, **options) -> dict:
+    command = [sys.executable, "-m", "bench.run", "--worker", name]
+    for key, value in options.items():
+        command += [f"--{key.replace('_', '-')}", str(value)]
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    out = subprocess.run(command, capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parent.parent)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("BENCH ")]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"benchmark worker {name} failed ({out.returncode}): {out.stderr[-3000:]}")
+    return json.loads(lines[-1][len("BENCH "):])
+
+
+def _machine() -> str:
+    import duckdb
+    import lightgbm
+    import pandas as pd
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    memory = next((int(line.split()[1]) / 2**20 for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal")), 0)
+    return (f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB RAM, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}, DuckDB {duckdb.__version__}, pandas {pd.__version__}, "
+            f"LightGBM {lightgbm.__version__}")
+
+
+def check_equivalence(workdir: Path, events: int) -> list[str]:
+    """The pandas path and the pipeline on the same small day: the differences (none expected)."""
+    import duckdb
+
+    from bench import pandas_path
+    from bench.data import DAY, make_day
+
+    folder = workdir / f"check_{events}"
+    landing = make_day(folder, events)
+    _run_worker("shopseq", home=folder, landing=landing)
+    tables = pandas_path.run([str(landing)], DAY, pandas_path.timed_noop)
+    with duckdb.connect(str(folder / "warehouse.duckdb"), read_only=True) as conn:
+        return pandas_path.compare(tables, conn, DAY)
+
+
+def _mark(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def report(results: dict, check: list[str], check_events: int, models: dict | None, machine: str, started: str) -> str:
+    from tabulate import tabulate
+
+    lines = [f"# Benchmarks\n\nRun {started} with `shopseq bench {results['argv']}` on {machine}.\n",
+             f"Pandas path checked against the pipeline on a {check_events:,}-event day: "
+             + ("same results (row counts of raw, quarantine, cleaned, sessions; every compared column of cleaned "
+                "events, sessions, sequences, user and item features)." if not check else "DIFFERENT: " + "; ".join(check))
+             + "\n"]
+    summary = {}
+    for events, run in results["sizes"].items():
+        shopseq = {r["stage"]: r for r in run["shopseq"]["stages"]}
+        pandas = {r["stage"]: r for r in run["pandas"]["stages"]}
+        floor = run["floor"]["stages"][0]["seconds"]
+        rows = []
+        for stage in DAILY_STAGES:
+            ours, theirs = shopseq[stage], pandas.get(stage)
+            rows.append([stage, f"{ours['seconds']:.2f}", f"{events / ours['seconds']:,.0f}", ours["peak_rss_mb"],
+                         f"{theirs['seconds']:.2f}" if theirs else "not built",
+                         theirs["peak_rss_mb"] if theirs else "",
+                         f"{theirs['seconds'] / ours['seconds']:.1f}x" if theirs else ""])
+        common = [s for s in DAILY_STAGES if s in pandas]
+        total = sum(shopseq[s]["seconds"] for s in DAILY_STAGES)
+        ours_common = sum(shopseq[s]["seconds"] for s in common)
+        theirs_common = sum(pandas[s]["seconds"] for s in common)
+        rows.append(["**landing → features**", f"**{total:.2f}**", f"{events / total:,.0f}", run["shopseq"]["peak_rss_mb"],
+                     "", "", ""])
+        rows.append([f"same stages as pandas ({len(common)})", f"{ours_common:.2f}", f"{events / ours_common:,.0f}", "",
+                     f"{theirs_common:.2f}", run["pandas"]["peak_rss_mb"], f"{theirs_common / ours_common:.1f}x"])
+        rows.append(["DuckDB floor: scan every column", f"{floor:.2f}", f"{events / floor:,.0f}",
+                     run["floor"]["peak_rss_mb"], "", "", f"pipeline = {total / floor:.0f}x floor"])
+        lines.append(f"\n## {events:,} events (generated in {run['generate_seconds']:.1f} s, not counted)\n")
+        lines.append(tabulate(rows, headers=["stage", "shopseq s", "events/s", "peak RSS MB", "pandas s",
+                                             "pandas peak RSS MB", "pandas / shopseq"], tablefmt="github"))
+        summary[events] = {"total": total, "rss": run["shopseq"]["peak_rss_mb"], "pandas_ratio": theirs_common / ours_common,
+                           "floor_ratio": total / floor}
+    lines.append("\n## Targets (../shared/design.md)\n")
+    targets = []
+    big = max(summary)
+    s = summary[big]
+    targets.append([f"{big:,} events, landing → features ≤ 90 s", f"{s['total']:.1f} s", _mark(s["total"] <= 90)])
+    targets.append([f"{big:,} events, peak RSS ≤ 4 GiB", f"{s['rss'] / 1024:.2f} GiB", _mark(s["rss"] <= 4096)])
+    targets.append(["≥ 5x faster than the pandas path (same stages)", f"{s['pandas_ratio']:.1f}x", _mark(s["pandas_ratio"] >= 5)])
+    targets.append(["within 10x of the DuckDB floor", f"{s['floor_ratio']:.0f}x", _mark(s["floor_ratio"] <= 10)])
+    if len(summary) > 1:
+        small = min(summary)
+        growth = (summary[big]["total"] / summary[small]["total"]) / (big / small)
+        targets.append([f"linear growth {small:,} → {big:,} (time ratio / size ratio ≤ 1.25)", f"{growth:.2f}",
+                        _mark(growth <= 1.25)])
+    if models:
+        stages = {r["stage"]: r for r in models["stages"]}
+        train, rec = stages["train_ranker"], stages["recommend"]
+        targets.append([f"LightGBM LambdaRank training on {train['rows']:,} ranking rows ≤ 60 s",
+                        f"{train['seconds']:.1f} s ({train['peak_rss_mb']} MB)", _mark(train["seconds"] <= 60)])
+        targets.append([f"recommendations for {rec['users']:,} users ≤ 120 s ({rec['candidates_per_user']} candidates "
+                        "each, LightGBM + rules + reasons)", f"{rec['seconds']:.1f} s ({rec['peak_rss_mb']} MB)",
+                        _mark(rec["seconds"] <= 120)])
+    lines.append(tabulate(targets, headers=["target", "measured", ""], tablefmt="github"))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="shopseq bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--workdir", default=".shopseq-bench", help="where the days and warehouses go (default %(default)s)")
+    parser.add_argument("--out", help="write the report there (e.g. BENCHMARKS.md)")
+    parser.add_argument("--check-events", type=int, default=20_000, help="size of the pandas equivalence check")
+    parser.add_argument("--train-rows", type=int, default=TRAIN_ROWS)
+    parser.add_argument("--score-users", type=int, default=SCORE_USERS)
+    parser.add_argument("--skip-models", action="store_true", help="no training / scoring benchmark")
+    args = parser.parse_args(argv)
+    from bench.data import make_day
+
+    started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    workdir = Path(args.workdir).resolve()
+    results = {"argv": " ".join(argv if argv is not None else sys.argv[1:]), "sizes": {}}
+    print(f"checking the pandas path against the pipeline on {args.check_events:,} events ...", flush=True)
+    check = check_equivalence(workdir, args.check_events)
+    print("  same results" if not check else "  DIFFERENT: " + "; ".join(check), flush=True)
+    for events in sorted(args.events):
+        folder = workdir / f"day_{events}"
+        t = time.perf_counter()
+        landing = make_day(folder, events)
+        run = {"generate_seconds": time.perf_counter() - t}
+        for name in ("floor", "shopseq", "pandas"):
+            print(f"{events:,} events: {name} ...", flush=True)
+            run[name] = _run_worker(name, home=folder, landing=landing)
+        results["sizes"][events] = run
+    models = None
+    if not args.skip_models:
+        print(f"training on {args.train_rows:,} ranking rows and scoring {args.score_users:,} users ...", flush=True)
+        models = _run_worker("models", home=workdir / f"day_{min(args.events)}", train_rows=args.train_rows,
+                             score_users=args.score_users)
+    text = report(results, check, args.check_events, models, _machine(), started)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    if "--worker" in sys.argv:
+        worker_main(sys.argv[1:])
+    else:
+        sys.exit(main())
