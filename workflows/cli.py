@@ -73,6 +73,7 @@ class Pipeline:
 
         from assets import ALL_ASSETS
         from assets.partitions import RANGE_END_TAG, RANGE_START_TAG
+        from workflows.sensors import step_error
 
         tags = {}
         if start is not None:
@@ -96,9 +97,7 @@ class Pipeline:
                     check = event.event_specific_data
                     details.append(f"check {check.check_name} failed: {check.description or check.metadata}"[:600])
                 elif event.is_step_failure:
-                    error = getattr(event.event_specific_data, "error", None)
-                    cause = error.cause if error is not None and error.cause is not None else error
-                    details.append(f"{event.step_key}: {(cause.message if cause else event.message or '').strip()[:600]}")
+                    details.append(f"{event.step_key}: {step_error(event)[:600]}")
             details = "; ".join(details)
             raise StageFailed(f"stage {'/'.join(groups)} failed (run {result.run_id}): {details}")
         return result

@@ -127,6 +127,13 @@ def landing_sensor(context: SensorEvaluationContext, landing: LandingSource):
 RUN_FAILURES_FILE = "run_failures.jsonl"
 
 
+def step_error(event) -> str:
+    """The message of a step failure event: the user code's own exception where there is one."""
+    error = getattr(event.event_specific_data, "error", None)
+    cause = error.cause if error is not None and error.cause is not None else error
+    return (cause.message if cause else event.message or "").strip()
+
+
 def failure_record(run, step_failures: list, failed_checks: list[str]) -> dict:
     """What an operator needs about a failed run, one JSON object: when, which job and partition(s), which
     steps failed with what error, which checks failed."""
@@ -135,11 +142,7 @@ def failure_record(run, step_failures: list, failed_checks: list[str]) -> dict:
         f"{tags[RANGE_START_TAG]}...{tags[RANGE_END_TAG]}"
         if RANGE_START_TAG in tags else None
     )
-    steps = []
-    for event in step_failures:
-        error = event.event_specific_data.error if event.event_specific_data else None
-        cause = error.cause if error is not None and error.cause is not None else error
-        steps.append({"step": event.step_key, "error": (cause.message if cause else event.message or "").strip()[:2000]})
+    steps = [{"step": event.step_key, "error": step_error(event)[:2000]} for event in step_failures]
     return {
         "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "run_id": run.run_id, "job": run.job_name, "partition": partition,
