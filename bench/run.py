@@ -92,10 +92,11 @@ def _worker_floor(args, meter: Meter) -> dict:
 
     with duckdb.connect() as conn:
         columns = [r[0] for r in conn.execute(f"DESCRIBE SELECT * FROM read_parquet('{args.landing}')").fetchall()]
-        counts = ", ".join(f"count({c})" for c in columns)
+        # hash every value: count(column) alone can be answered from the Parquet statistics without reading data
+        hashes = ", ".join(f"sum(hash({c}))" for c in columns)
         conn.execute("SET threads = 2")
         with meter.stage("duckdb_scan"):
-            rows = conn.execute(f"SELECT count(*), {counts} FROM read_parquet('{args.landing}')").fetchone()[0]
+            rows = conn.execute(f"SELECT count(*), {hashes} FROM read_parquet('{args.landing}')").fetchone()[0]
     return {"rows": {"landing": rows}}
 
 
@@ -284,30 +285,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-rows", type=int, default=TRAIN_ROWS)
     parser.add_argument("--score-users", type=int, default=SCORE_USERS)
     parser.add_argument("--skip-models", action="store_true", help="no training / scoring benchmark")
+    parser.add_argument("--report-only", action="store_true", help="write the report from the workdir's saved results")
     args = parser.parse_args(argv)
     from bench.data import make_day
 
     started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     workdir = Path(args.workdir).resolve()
-    results = {"argv": " ".join(argv if argv is not None else sys.argv[1:]), "sizes": {}}
-    print(f"checking the pandas path against the pipeline on {args.check_events:,} events ...", flush=True)
-    check = check_equivalence(workdir, args.check_events)
-    print("  same results" if not check else "  DIFFERENT: " + "; ".join(check), flush=True)
-    for events in sorted(args.events):
-        folder = workdir / f"day_{events}"
-        t = time.perf_counter()
-        landing = make_day(folder, events)
-        run = {"generate_seconds": time.perf_counter() - t}
-        for name in ("floor", "shopseq", "pandas"):
-            print(f"{events:,} events: {name} ...", flush=True)
-            run[name] = _run_worker(name, home=folder, landing=landing)
-        results["sizes"][events] = run
-    models = None
-    if not args.skip_models:
-        print(f"training on {args.train_rows:,} ranking rows and scoring {args.score_users:,} users ...", flush=True)
-        models = _run_worker("models", home=workdir / f"day_{min(args.events)}", train_rows=args.train_rows,
-                             score_users=args.score_users)
-    text = report(results, check, args.check_events, models, _machine(), started)
+    workdir.mkdir(parents=True, exist_ok=True)
+    saved = workdir / "results.json"  # every measurement as soon as it is made, for --report-only
+    results = {"argv": " ".join(argv if argv is not None else sys.argv[1:]), "started": started, "sizes": {},
+               "check": None, "models": None}
+
+    def save() -> None:
+        saved.write_text(json.dumps(results, indent=1))
+
+    if args.report_only:
+        if not saved.exists():
+            raise SystemExit(f"error: no saved results in {saved}: run shopseq bench with this --workdir first")
+        results = json.loads(saved.read_text())
+        results["sizes"] = {int(k): v for k, v in results["sizes"].items()}
+    else:
+        print(f"checking the pandas path against the pipeline on {args.check_events:,} events ...", flush=True)
+        results["check"] = check_equivalence(workdir, args.check_events)
+        print("  same results" if not results["check"] else "  DIFFERENT: " + "; ".join(results["check"]), flush=True)
+        save()
+        for events in sorted(args.events):
+            folder = workdir / f"day_{events}"
+            t = time.perf_counter()
+            landing = make_day(folder, events)
+            run = {"generate_seconds": time.perf_counter() - t}
+            for name in ("floor", "shopseq", "pandas"):
+                print(f"{events:,} events: {name} ...", flush=True)
+                run[name] = _run_worker(name, home=folder, landing=landing)
+                results["sizes"][events] = run
+                save()
+        if not args.skip_models:
+            print(f"training on {args.train_rows:,} ranking rows and scoring {args.score_users:,} users ...", flush=True)
+            results["models"] = _run_worker("models", home=workdir / f"day_{min(args.events)}",
+                                            train_rows=args.train_rows, score_users=args.score_users)
+            save()
+    text = report(results, results["check"], args.check_events, results["models"], _machine(), results["started"])
     print(text)
     if args.out:
         Path(args.out).write_text(text)
