@@ -5,7 +5,7 @@ inside a Dagster step they become retries with exponential backoff, then a clear
 from dagster import ConfigurableResource, DagsterInvariantViolationError, OpExecutionContext, RetryRequested
 
 
-def _step_context() -> OpExecutionContext | None:
+def step_context() -> OpExecutionContext | None:
     try:
         return OpExecutionContext.get()
     except DagsterInvariantViolationError:
@@ -22,7 +22,7 @@ class RetriesTransientFailures(ConfigurableResource):
     def transient(self, error: Exception) -> Exception:
         """What to raise for ``error``: a ``RetryRequested`` while the step has attempts left, else ``error``
         saying how many attempts were made. Use as ``raise self.transient(error) from cause``."""
-        context = _step_context()
+        context = step_context()
         if context is None:
             return error
         attempt = context.retry_number

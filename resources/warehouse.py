@@ -13,7 +13,7 @@ from typing import Iterator
 import duckdb
 
 from resources.home import home_paths, read_settings
-from resources.transient import RetriesTransientFailures, _step_context
+from resources.transient import RetriesTransientFailures, step_context
 
 
 class WarehouseLocked(RuntimeError):
@@ -33,7 +33,7 @@ def _holder(lock_file: Path) -> str:
 
 
 def _who_am_i() -> str:
-    context = _step_context()
+    context = step_context()
     where = f"run {context.run_id} step {context.op.name}" if context else " ".join(sys.argv[:2])
     return json.dumps({"pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "by": where})
 
@@ -88,7 +88,7 @@ class Warehouse(RetriesTransientFailures):
                             raise self.transient(WarehouseLocked(
                                 f"the warehouse {self.path} is in use by another writer ({_holder(lock_file)}); "
                                 f"waited {self.lock_timeout_seconds:g} s for {lock_file}")) from None
-                        context = _step_context()
+                        context = step_context()
                         if context is not None and not waited_note:
                             context.log.info(f"waiting for the warehouse lock, held by {_holder(lock_file)}")
                             waited_note = True
