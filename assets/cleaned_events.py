@@ -13,15 +13,14 @@ from dagster import (
 from assets.common import (
     DAY_WINDOWS_SQL,
     day_windows,
-    frame_for_checks,
     markdown_preview,
     per_day_table,
     reconciliation_check,
+    suite_check,
 )
 from assets.logic.events import clean_day
 from assets.partitions import DAILY_ASSET, partition_days
 from assets.raw_events import raw_events
-from expectations import validate
 from resources import Warehouse
 
 
@@ -50,7 +49,7 @@ def cleaned_events(context: AssetExecutionContext, config: CleaningConfig, wareh
     tz = warehouse.timezone
     with warehouse.connect() as conn:
         per_day = {day: clean_day(conn, day, config.bot_events_per_day, tz) for day in days}
-        frame, sampled = frame_for_checks(conn, "cleaned_events", "event_time", days, tz)
+        suite, head = suite_check(conn, "cleaned_events", "event_time", days, tz)
         reconciled = reconciliation_check(
             conn, "cleaned_events_reconciles",
             f"""SELECT b.day,
@@ -63,11 +62,11 @@ def cleaned_events(context: AssetExecutionContext, config: CleaningConfig, wareh
         metadata={
             "dagster/row_count": sum(c["cleaned"] for c in per_day.values()),
             "per_day": per_day_table(per_day),
-            "preview": markdown_preview(frame),
+            "preview": markdown_preview(head),
             "seconds": round(time.perf_counter() - started, 2),
         },
         check_results=[
-            validate(frame, "cleaned_events", "cleaned_events_suite", extra_metadata={"sampled": sampled}),
+            suite,
             reconciled,
         ],
     )

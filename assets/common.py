@@ -10,8 +10,6 @@ from dagster import AssetCheckResult, MaterializeResult, MetadataValue
 
 from assets.logic.warehouse_sql import date_bounds, day_bounds
 
-CHECK_ROW_LIMIT = 500_000
-
 
 def window_bounds(conn: duckdb.DuckDBPyConnection, table: str, day_column: str, days: list[dt.date], tz: str):
     """``[start, end)`` of the window ``days`` in ``day_column``: dates for a DATE column,
@@ -24,21 +22,16 @@ def window_bounds(conn: duckdb.DuckDBPyConnection, table: str, day_column: str, 
     return day_bounds(days[0], tz)[0], day_bounds(days[-1], tz)[1]
 
 
-def frame_for_checks(
+def suite_check(
     conn: duckdb.DuckDBPyConnection, table: str, day_column: str, days: list[dt.date], tz: str = "UTC"
-) -> tuple[pd.DataFrame, bool]:
-    """The rows of ``days`` for a Great Expectations suite, and whether they were sampled.
+) -> tuple[AssetCheckResult, pd.DataFrame]:
+    """The table's suite over its rows of ``days``: row-wise expectations counted by DuckDB over every row,
+    columns and types by GX on the first rows (``expectations.validate_window``). Returns the check and those rows."""
+    from expectations import validate_window
 
-    Windows above ``CHECK_ROW_LIMIT`` rows are checked on a seeded reservoir sample,
-    which keeps GX's pandas validation inside seconds and a few hundred MB.
-    """
     start, end = window_bounds(conn, table, day_column, days, tz)
-    where = f"{day_column} >= $start AND {day_column} < $end"
-    n = conn.execute(f"SELECT count(*) FROM {table} WHERE {where}", {"start": start, "end": end}).fetchone()[0]
-    sample = n > CHECK_ROW_LIMIT
-    suffix = f" USING SAMPLE reservoir({CHECK_ROW_LIMIT} ROWS) REPEATABLE (7)" if sample else ""
-    frame = conn.execute(f"SELECT * FROM {table} WHERE {where}{suffix}", {"start": start, "end": end}).df()
-    return frame, sample
+    relation = f"(SELECT * FROM {table} WHERE {day_column} >= $start AND {day_column} < $end)"
+    return validate_window(conn, relation, {"start": start, "end": end}, table, f"{table}_suite")
 
 
 # The days of a window with their UTC bounds, as a relation for reconciliation SQL (params: ``day_windows``).
@@ -83,22 +76,21 @@ def build_daily_table(
     """The body of a daily asset: ``build(conn, day, tz)`` for each day of the window (each replaces
     its day), then the table's suite on the window and any further checks and metadata."""
     from assets.partitions import partition_days
-    from expectations import validate
 
     started = time.perf_counter()
     days = partition_days(context)
     tz = warehouse.timezone
     with warehouse.connect() as conn:
         rows = {str(day): build(conn, day, tz) for day in days}
-        frame, sampled = frame_for_checks(conn, table, day_column, days, tz)
-        checks = [validate(frame, table, f"{table}_suite", extra_metadata={"sampled": sampled})]
+        suite, head = suite_check(conn, table, day_column, days, tz)
+        checks = [suite]
         checks += more_checks(conn, days) if more_checks else []
         metadata = more_metadata(conn, days) if more_metadata else {}
     return MaterializeResult(
         metadata={
             "dagster/row_count": sum(rows.values()),
             "rows_per_day": rows,
-            "preview": markdown_preview(frame),
+            "preview": markdown_preview(head),
             "seconds": round(time.perf_counter() - started, 2),
             **metadata,
         },

@@ -17,16 +17,15 @@ from dagster import (
 from assets.common import (
     DAY_WINDOWS_SQL,
     day_windows,
-    frame_for_checks,
     markdown_preview,
     per_day_table,
     reconciliation_check,
+    suite_check,
 )
 from assets.logic.events import load_raw_day
 from assets.logic.monitoring import mix_shifts, volume_anomalies
 from assets.logic.warehouse_sql import day_bounds
 from assets.partitions import DAILY_ASSET, partition_days
-from expectations import validate
 from resources import LandingSource, Warehouse
 
 MONITOR_HISTORY_DAYS = 60
@@ -76,7 +75,7 @@ def raw_events(context: AssetExecutionContext, warehouse: Warehouse, landing: La
                 FROM {DAY_WINDOWS_SQL} b ORDER BY 1""",
             day_windows(days, tz, landed),
         )
-        frame, sampled = frame_for_checks(conn, "raw_events", "event_time", days, tz)
+        suite, head = suite_check(conn, "raw_events", "event_time", days, tz)
         monitors = _monitors(conn, days, tz)
     read = sum(c["read"] for c in per_day.values())
     accepted = sum(c["accepted"] for c in per_day.values())
@@ -88,11 +87,11 @@ def raw_events(context: AssetExecutionContext, warehouse: Warehouse, landing: La
             "per_day": per_day_table(per_day),
             "landing_mode": landing.effective_mode,
             "timezone": tz,
-            "preview": markdown_preview(frame),
+            "preview": markdown_preview(head),
             "seconds": round(time.perf_counter() - started, 2),
         },
         check_results=[
-            validate(frame, "raw_events", "raw_events_suite", extra_metadata={"sampled": sampled}),
+            suite,
             reconciled,
             *monitors,
         ],

@@ -13,7 +13,7 @@ from dagster import (
     asset,
 )
 
-from assets.common import frame_for_checks, markdown_preview
+from assets.common import markdown_preview, suite_check
 from assets.features import ranking_candidates, user_features
 from assets.logic.candidates import RANKER_FEATURES
 from assets.logic.features import USER_FEATURE_COLUMNS
@@ -33,7 +33,6 @@ from assets.logic.warehouse_sql import (
 from assets.models import NEXT_ACTION_MODELS, RANKER_MODEL
 from assets.partitions import DAILY_ASSET, PUBLISH_AUTOMATION, partition_days
 from assets.promotion import champion_promotion
-from expectations import validate
 from resources import ModelRegistry, Warehouse
 from resources.registry import CHAMPION, NoChampionError
 
@@ -98,7 +97,7 @@ def _publish(
                 for name, (champion, booster, score_day) in champions.items()
             ], ignore_index=True)
             rows[str(day)] = replace_window_from_frame(conn, table, "as_of_date", *date_bounds(day), frame)
-        checked, sampled = frame_for_checks(conn, table, "as_of_date", days)
+        suite, head = suite_check(conn, table, "as_of_date", days)
     return MaterializeResult(
         metadata={
             "dagster/row_count": sum(rows.values()),
@@ -108,10 +107,10 @@ def _publish(
                 + "\n".join(f"| {n} | {c.version} | {c.run_id} |" for n, (c, _, _) in champions.items())
             ),
             "models_without_champion": ", ".join(unserved) or "none",
-            "preview": markdown_preview(checked, 20),
+            "preview": markdown_preview(head, 20),
             "seconds": round(time.perf_counter() - started, 2),
         },
-        check_results=[validate(checked, table, f"{table}_suite", extra_metadata={"sampled": sampled})],
+        check_results=[suite],
     )
 
 

@@ -42,3 +42,65 @@ def test_every_asset_has_a_blocking_suite_check():
         assert any(s.blocking and s.name.endswith("_suite") for s in specs), asset.key
         suite_names = {s.name.removesuffix("_suite") for s in specs if s.name.endswith("_suite")}
         assert any((SUITES / f"{n}.json").exists() for n in suite_names), asset.key
+
+
+PARITY_EXPECTATIONS = [
+    {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "user_id"}},
+    {"type": "expect_column_values_to_be_between", "kwargs": {"column": "price", "min_value": 0}},
+    {"type": "expect_column_values_to_be_between", "kwargs": {"column": "price", "max_value": 5.0}},
+    {"type": "expect_column_values_to_be_between", "kwargs": {"column": "rank", "min_value": 1, "max_value": 3}},
+    {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "event_type", "value_set": ["view", "purchase"]}},
+    {"type": "expect_column_values_to_be_unique", "kwargs": {"column": "event_id"}},
+    {"type": "expect_compound_columns_to_be_unique", "kwargs": {"column_list": ["user_id", "rank"]}},
+    {"type": "expect_table_row_count_to_be_between", "kwargs": {"min_value": 7}},
+    {"type": "expect_table_row_count_to_be_between", "kwargs": {"min_value": 1}},
+]
+
+
+def test_duckdb_counts_the_same_unexpected_rows_as_gx():
+    """Each row-wise expectation counted in DuckDB agrees with GX on the same rows (success and count)."""
+    import duckdb
+
+    from expectations.adapter import run_suite
+    from expectations.sql import counted_in_sql, sql_outcomes
+
+    frame = pd.DataFrame({
+        "user_id": ["a", "a", None, "b", "b", "c"],
+        "price": [1.0, -2.0, None, 7.0, 3.0, 0.0],
+        "rank": [1, 2, 2, 3, 3, 9],
+        "event_type": ["view", "teleport", None, "purchase", "view", "fly"],
+        "event_id": ["1", "2", "2", None, None, "3"],
+    })
+    assert all(counted_in_sql(e) for e in PARITY_EXPECTATIONS)
+    by_gx = run_suite(frame, "raw_events", PARITY_EXPECTATIONS)
+    with duckdb.connect() as conn:
+        conn.register("frame", frame)
+        rows, by_sql = sql_outcomes(conn, "frame", {}, PARITY_EXPECTATIONS)
+    assert rows == 6
+    assert [o["success"] for o in by_sql] == [o["success"] for o in by_gx] == [False, False, False, False, False, False,
+                                                                             False, False, True]
+    assert [o["unexpected_count"] for o in by_sql] == [o["unexpected_count"] for o in by_gx]
+    assert by_sql[4]["examples"] == ["fly", "teleport"] and by_sql[5]["examples"] == ["2"]
+
+
+def test_window_suite_counts_every_row_not_only_what_gx_reads(tmp_path):
+    """One bad price among 50,000 rows fails the suite even when GX reads 100 rows."""
+    import duckdb
+
+    from expectations import validate_window
+
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as conn:
+        conn.execute("""
+            CREATE TABLE raw_events AS SELECT TIMESTAMP '2025-03-01' + INTERVAL (i) SECOND AS event_time,
+                   'u' || (i % 97) AS user_id, 's' AS session_id, 'view' AS event_type, 'i' || (i % 13) AS item_id,
+                   'c' AS category_id, CASE WHEN i = 31337 THEN -1.5 ELSE 2.0 END AS price, NULL::VARCHAR AS query,
+                   'e' || i AS event_id, 'f' AS source_file, i AS source_line
+            FROM range(50000) t(i)""")
+        check, head = validate_window(conn, "(SELECT * FROM raw_events WHERE event_time >= $start)",
+                                        {"start": pd.Timestamp("2025-03-01")}, "raw_events", "raw_events_suite",
+                                        gx_rows=100)
+    assert len(head) == 100 and not check.passed
+    assert check.metadata["rows_validated"].value == 50000
+    (failure,) = check.metadata["failures"].value
+    assert failure["expectation"].startswith("expect_column_values_to_be_between") and failure["unexpected_count"] == 1
+    assert failure["examples"] == ["-1.5"]
