@@ -13,6 +13,7 @@ Candidates are built for users with an event in the last ``CANDIDATE_USER_DAYS``
 """
 
 import datetime as dt
+import math
 
 import duckdb
 
@@ -32,6 +33,7 @@ COVIS_DAYS = 7
 CATEGORY_ITEMS = 10
 POPULAR_ITEMS = 30
 RECENCY_HOURS = 48.0
+EVENTS_PER_PASS = 2_500_000  # history events per pass of the user side (see build_candidates_day)
 SOURCES = ("recent", "covis", "category", "popular")
 
 RANKER_FEATURES = [
@@ -107,27 +109,30 @@ last_session_items AS (
         FROM h JOIN last_touch l ON l.user_id = h.user_id AND h.session_id = l.last_session
     ) h GROUP BY ALL
 ),
+-- what the user did with each item they touched; recent_rank orders them by the recency-weighted score
 ui AS (
-    SELECT h.user_id, item_id,
-           sum({type_weight_sql()} * exp(-date_diff('second', event_time, h.cutoff) / 3600.0 / {RECENCY_HOURS})) AS recent_score,
-           count(*) FILTER (WHERE event_type = 'view') AS ui_views,
-           count(*) FILTER (WHERE event_type = 'add_to_cart') AS ui_carts,
-           count(*) FILTER (WHERE event_type = 'purchase') AS ui_purchases,
-           count(*) FILTER (WHERE event_type = 'favorite') AS ui_favs,
-           date_diff('second', max(event_time), h.cutoff) / 3600.0 AS ui_hours_since_touch,
-           date_diff('second', min(event_time), h.cutoff) / 3600.0 AS ui_hours_since_first_touch,
-           count(DISTINCT session_id) AS ui_sessions,
-           count(DISTINCT date_trunc('day', event_time)) AS ui_days,
-           count(*) FILTER (WHERE event_time >= h.cutoff - INTERVAL 1 DAY) AS ui_events_1d
-    FROM h JOIN users USING (user_id)
-    GROUP BY h.user_id, item_id, h.cutoff
+    SELECT ui.*, row_number() OVER (PARTITION BY ui.user_id ORDER BY recent_score DESC, ui.item_id) AS recent_rank,
+           ls.item_id IS NOT NULL AS in_last_session, ls.ui_last_session_position
+    FROM (
+        SELECT h.user_id, item_id,
+               sum({type_weight_sql()} * exp(-date_diff('second', event_time, h.cutoff) / 3600.0 / {RECENCY_HOURS})) AS recent_score,
+               count(*) FILTER (WHERE event_type = 'view') AS ui_views,
+               count(*) FILTER (WHERE event_type = 'add_to_cart') AS ui_carts,
+               count(*) FILTER (WHERE event_type = 'purchase') AS ui_purchases,
+               count(*) FILTER (WHERE event_type = 'favorite') AS ui_favs,
+               date_diff('second', max(event_time), h.cutoff) / 3600.0 AS ui_hours_since_touch,
+               date_diff('second', min(event_time), h.cutoff) / 3600.0 AS ui_hours_since_first_touch,
+               count(DISTINCT session_id) AS ui_sessions,
+               count(DISTINCT date_trunc('day', event_time)) AS ui_days,
+               count(*) FILTER (WHERE event_time >= h.cutoff - INTERVAL 1 DAY) AS ui_events_1d,
+               -- an item the item side does not know keeps the category the user's own events gave it
+               arg_max(category_id, event_time) AS event_category
+        FROM h JOIN users USING (user_id)
+        GROUP BY h.user_id, item_id, h.cutoff
+    ) ui
+    LEFT JOIN last_session_items ls ON ls.user_id = ui.user_id AND ls.item_id = ui.item_id
 ),
-recent AS (
-    SELECT user_id, item_id, recent_score,
-           row_number() OVER (PARTITION BY user_id ORDER BY recent_score DESC, item_id) AS recent_rank
-    FROM ui WHERE recent_score > 0
-    QUALIFY recent_rank <= {RECENT_PER_USER}
-),
+recent AS (SELECT * FROM ui WHERE recent_score > 0 AND recent_rank <= {RECENT_PER_USER}),
 covis_pairs AS ({covis_pairs}),
 seeds AS (
     SELECT user_id, item_id, recent_score / max(recent_score) OVER (PARTITION BY user_id) AS seed_weight
@@ -158,56 +163,53 @@ category_top AS (
     FROM item_now WHERE category_id IS NOT NULL
     QUALIFY category_rank <= {CATEGORY_ITEMS}
 ),
-category AS (
-    SELECT t.user_id, c.item_id, c.category_rank FROM top_categories t JOIN category_top c USING (category_id)
-),
 popular AS (
     SELECT item_id, row_number() OVER (ORDER BY item_score_1d DESC NULLS LAST, item_views_7d DESC, item_id) AS popular_rank
     FROM item_now
     QUALIFY popular_rank <= {POPULAR_ITEMS}
 ),
+-- one row per (user, item) proposed by any source, with the rank every source gave it: the sources are stacked
+-- and aggregated once (joining each source to their union cost a hash join of every candidate per source)
 pairs AS (
-    SELECT user_id, item_id FROM recent
-    UNION SELECT user_id, item_id FROM covis
-    UNION SELECT user_id, item_id FROM category
-    UNION SELECT u.user_id, p.item_id FROM users u CROSS JOIN popular p
+    SELECT user_id, item_id, min(recent_rank) AS recent_rank, max(covis_score) AS covis_score, min(covis_rank) AS covis_rank,
+           min(category_rank) AS category_rank, min(popular_rank) AS popular_rank
+    FROM (
+        SELECT user_id, item_id, recent_rank FROM recent
+        UNION ALL BY NAME SELECT user_id, item_id, covis_score, covis_rank FROM covis
+        UNION ALL BY NAME SELECT user_id, item_id, category_rank FROM top_categories JOIN category_top USING (category_id)
+        UNION ALL BY NAME SELECT user_id, item_id, popular_rank FROM users CROSS JOIN popular
+    )
+    GROUP BY user_id, item_id
+),
+user_side AS (
+    SELECT u.user_id, u.cutoff, lt.last_category, uf.events_7d, uf.hours_since_last_event, uf.mean_price_7d
+    FROM users u LEFT JOIN last_touch lt USING (user_id) LEFT JOIN ({user_features}) uf USING (user_id)
 )
 SELECT CAST($as_of_date AS DATE) AS as_of_date, u.cutoff, p.user_id, p.item_id,
-       coalesce(i.category_id, ev.category_id) AS category_id,
-       CASE WHEN r.item_id IS NOT NULL THEN 'recent' WHEN c.item_id IS NOT NULL THEN 'covis'
-            WHEN k.item_id IS NOT NULL THEN 'category' ELSE 'popular' END AS source,
-       coalesce(r.recent_score, 0) AS recent_score, coalesce(r.recent_rank, 999) AS recent_rank,
-       coalesce(c.covis_score, 0) AS covis_score, coalesce(c.covis_rank, 999) AS covis_rank,
-       coalesce(k.category_rank, 999) AS category_rank, coalesce(pop.popular_rank, 999) AS popular_rank,
-       CAST(r.item_id IS NOT NULL AS INTEGER) AS in_recent, CAST(c.item_id IS NOT NULL AS INTEGER) AS in_covis,
-       CAST(k.item_id IS NOT NULL AS INTEGER) AS in_category, CAST(pop.item_id IS NOT NULL AS INTEGER) AS in_popular,
+       coalesce(i.category_id, ui.event_category) AS category_id,
+       CASE WHEN p.recent_rank IS NOT NULL THEN 'recent' WHEN p.covis_rank IS NOT NULL THEN 'covis'
+            WHEN p.category_rank IS NOT NULL THEN 'category' ELSE 'popular' END AS source,
+       CASE WHEN p.recent_rank IS NOT NULL THEN ui.recent_score ELSE 0 END AS recent_score, coalesce(p.recent_rank, 999) AS recent_rank,
+       coalesce(p.covis_score, 0) AS covis_score, coalesce(p.covis_rank, 999) AS covis_rank,
+       coalesce(p.category_rank, 999) AS category_rank, coalesce(p.popular_rank, 999) AS popular_rank,
+       CAST(p.recent_rank IS NOT NULL AS INTEGER) AS in_recent, CAST(p.covis_rank IS NOT NULL AS INTEGER) AS in_covis,
+       CAST(p.category_rank IS NOT NULL AS INTEGER) AS in_category, CAST(p.popular_rank IS NOT NULL AS INTEGER) AS in_popular,
        coalesce(ui.ui_views, 0) AS ui_views, coalesce(ui.ui_carts, 0) AS ui_carts,
        coalesce(ui.ui_purchases, 0) AS ui_purchases, coalesce(ui.ui_favs, 0) AS ui_favs,
        ui.ui_hours_since_touch, CAST(coalesce(ui.ui_hours_since_touch < 24, false) AS INTEGER) AS ui_touched_last_day,
        ui.ui_hours_since_first_touch, coalesce(ui.ui_sessions, 0) AS ui_sessions, coalesce(ui.ui_days, 0) AS ui_days,
        coalesce(ui.ui_events_1d, 0) AS ui_events_1d,
-       CAST(ls.item_id IS NOT NULL AS INTEGER) AS ui_in_last_session, ls.ui_last_session_position,
-       CAST(coalesce(coalesce(i.category_id, ev.category_id) = lt.last_category, false) AS INTEGER) AS in_last_category,
+       CAST(coalesce(ui.in_last_session, false) AS INTEGER) AS ui_in_last_session, ui.ui_last_session_position,
+       CAST(coalesce(coalesce(i.category_id, ui.event_category) = u.last_category, false) AS INTEGER) AS in_last_category,
        coalesce(uc.weight / nullif(uc.total, 0), 0) AS category_affinity,
-       uf.events_7d AS user_events_7d, uf.hours_since_last_event AS user_hours_since_last_event,
-       i.item_price / nullif(uf.mean_price_7d, 0) AS price_vs_user_mean,
+       u.events_7d AS user_events_7d, u.hours_since_last_event AS user_hours_since_last_event,
+       i.item_price / nullif(u.mean_price_7d, 0) AS price_vs_user_mean,
        {", ".join(f"i.{c}" for c in ITEM_FEATURE_COLUMNS)}
 FROM pairs p
-JOIN users u ON u.user_id = p.user_id
-LEFT JOIN recent r ON r.user_id = p.user_id AND r.item_id = p.item_id
-LEFT JOIN (SELECT DISTINCT ON (user_id, item_id) * FROM covis) c ON c.user_id = p.user_id AND c.item_id = p.item_id
-LEFT JOIN (SELECT user_id, item_id, min(category_rank) AS category_rank FROM category GROUP BY ALL) k
-       ON k.user_id = p.user_id AND k.item_id = p.item_id
-LEFT JOIN popular pop ON pop.item_id = p.item_id
+JOIN user_side u ON u.user_id = p.user_id
 LEFT JOIN ui ON ui.user_id = p.user_id AND ui.item_id = p.item_id
-LEFT JOIN last_session_items ls ON ls.user_id = p.user_id AND ls.item_id = p.item_id
-LEFT JOIN last_touch lt ON lt.user_id = p.user_id
 LEFT JOIN item_now i ON i.item_id = p.item_id
--- an item the item side does not know keeps the category the user's own events gave it
-LEFT JOIN (SELECT user_id, item_id, arg_max(category_id, event_time) AS category_id FROM h GROUP BY ALL) ev
-       ON ev.user_id = p.user_id AND ev.item_id = p.item_id
-LEFT JOIN user_categories uc ON uc.user_id = p.user_id AND uc.category_id = coalesce(i.category_id, ev.category_id)
-LEFT JOIN ({user_features}) uf ON uf.user_id = p.user_id
+LEFT JOIN user_categories uc ON uc.user_id = p.user_id AND uc.category_id = coalesce(i.category_id, ui.event_category)
 """
 
 
@@ -220,16 +222,33 @@ def _candidates_table_sql() -> str:
 
 
 def build_candidates_day(conn: duckdb.DuckDBPyConnection, day: dt.date, tz: str = "UTC") -> int:
-    """Replace the candidates as of the end of ``day`` (needs that day's item and user features)."""
+    """Replace the candidates as of the end of ``day`` (needs that day's item and user features).
+
+    The item side (co-visitation pairs, item features) is computed once; the user side runs in passes over
+    disjoint sets of users (by hash), one pass per ``EVENTS_PER_PASS`` events of history. Every CTE of the
+    user side is per user, so the passes give exactly the rows of one pass over everyone, while their hash
+    tables fit in memory: at 10M events one pass spilled and took 172 s, four took 100 s."""
     _, cutoff = day_bounds(day, tz)
     ensure_table(conn, "ranking_candidates", _candidates_table_sql())
-    sql = candidates_sql(
-        history=daily_history_sql(),
-        covis_pairs=covis_pairs_sql(),
-        item_now="SELECT * FROM item_features WHERE as_of_date = $as_of_date",
-        user_features="SELECT * FROM user_features WHERE as_of_date = $as_of_date",
-    )
-    return replace_window(conn, "ranking_candidates", "as_of_date", *date_bounds(day), sql, {"cutoff": cutoff, "as_of_date": day})
+    params = {"cutoff": cutoff, "as_of_date": day}
+    conn.execute(f"CREATE OR REPLACE TEMP TABLE day_covis_pairs AS {covis_pairs_sql()}", {"cutoff": cutoff})
+    conn.execute("CREATE OR REPLACE TEMP TABLE day_item_features AS SELECT * FROM item_features WHERE as_of_date = $day",
+                 {"day": day})
+    events = conn.execute(f"SELECT count(*) FROM ({daily_history_sql()})", {"cutoff": cutoff}).fetchone()[0]
+    passes = max(1, math.ceil(events / EVENTS_PER_PASS))
+    selects = [
+        candidates_sql(
+            history=f"SELECT * FROM ({daily_history_sql()}) WHERE hash(user_id) % {passes} = {k}",
+            covis_pairs="SELECT * FROM day_covis_pairs",
+            item_now="SELECT * FROM day_item_features",
+            user_features="SELECT * FROM user_features WHERE as_of_date = $as_of_date",
+        )
+        for k in range(passes)
+    ]
+    try:
+        return replace_window(conn, "ranking_candidates", "as_of_date", *date_bounds(day), selects, params)
+    finally:
+        conn.execute("DROP TABLE IF EXISTS day_covis_pairs; DROP TABLE IF EXISTS day_item_features")
 
 
 def candidate_recall(conn: duckdb.DuckDBPyConnection, day: dt.date) -> dict[str, float]:

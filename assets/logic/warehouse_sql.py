@@ -70,10 +70,11 @@ def replace_window(
     time_column: str,
     start: dt.datetime,
     end: dt.datetime,
-    select_sql: str,
+    select_sql: str | list[str],
     params: Sequence | dict | None = None,
 ) -> int:
-    """Delete ``[start, end)`` of ``table`` and insert ``select_sql`` in one transaction.
+    """Delete ``[start, end)`` of ``table`` and insert ``select_sql`` (or each of a list of SELECTs, one
+    after another) in one transaction.
 
     Re-running a partition therefore replaces exactly that partition; a failure
     rolls back and leaves the previous rows in place. Returns the rows inserted.
@@ -81,7 +82,8 @@ def replace_window(
     conn.execute("BEGIN TRANSACTION")
     try:
         conn.execute(f"DELETE FROM {table} WHERE {time_column} >= ? AND {time_column} < ?", [start, end])
-        conn.execute(f"INSERT INTO {table} BY NAME {select_sql}", params or [])
+        for select in [select_sql] if isinstance(select_sql, str) else select_sql:
+            conn.execute(f"INSERT INTO {table} BY NAME {select}", params or [])
         inserted = conn.execute(
             f"SELECT count(*) FROM {table} WHERE {time_column} >= ? AND {time_column} < ?", [start, end]
         ).fetchone()[0]

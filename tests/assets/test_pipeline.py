@@ -144,6 +144,28 @@ def test_rematerialising_a_partition_replaces_it(built):
     assert {t: _count(home, f"SELECT count(*) FROM {t}") for t in tables} == before
 
 
+def test_candidates_in_passes_over_users_are_the_rows_of_one_pass(built, tmp_path, monkeypatch):
+    """The user side of the candidates runs in passes over disjoint users on big days; forced to several
+    passes on the small shop it must give exactly the stored rows (built in one pass)."""
+    from assets.logic import candidates
+
+    home = built[0]
+    copy = shutil.copy(f"{home}/warehouse.duckdb", tmp_path / "warehouse.duckdb")
+    day = DAYS[-1]
+    with duckdb.connect(str(copy)) as conn:
+        one_pass = conn.execute("SELECT * FROM ranking_candidates WHERE as_of_date = ? ORDER BY user_id, item_id", [day]).df()
+        history = conn.execute("SELECT count(*) FROM cleaned_events WHERE NOT is_bot").fetchone()[0]
+        monkeypatch.setattr(candidates, "EVENTS_PER_PASS", history // 3)
+        passes = []
+        replace_window = candidates.replace_window
+        monkeypatch.setattr(candidates, "replace_window",
+                            lambda conn, *a: passes.append(len(a[4])) or replace_window(conn, *a))
+        rows = candidates.build_candidates_day(conn, day)
+        in_passes = conn.execute("SELECT * FROM ranking_candidates WHERE as_of_date = ? ORDER BY user_id, item_id", [day]).df()
+    assert passes[0] >= 3 and rows == len(one_pass) == len(in_passes) > 0
+    pd.testing.assert_frame_equal(in_passes, one_pass, check_exact=False, rtol=1e-9)
+
+
 def test_failing_check_stops_downstream_and_names_the_expectation(tmp_path):
     """A corrupted landing file (every row without a user) fails raw_events' suite; nothing downstream runs."""
     day = SMALL_SHOP.shop_start
