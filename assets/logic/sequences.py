@@ -26,13 +26,17 @@ WHERE event_time >= $start AND event_time < $end AND NOT is_bot
 GROUP BY session_id, user_id
 """
 
+# One ordered list of (item, type) per user, split after: one sort per user instead of two.
 _SEQUENCES_SQL = """
-SELECT CAST($day AS DATE) AS day, user_id, count(*) AS n_events, count(DISTINCT session_id) AS n_sessions,
-       list(coalesce(item_id, '') ORDER BY event_time, event_id) AS items,
-       list(event_type ORDER BY event_time, event_id) AS event_types
-FROM cleaned_events
-WHERE event_time >= $start AND event_time < $end AND NOT is_bot
-GROUP BY user_id
+SELECT day, user_id, n_events, n_sessions,
+       list_transform(events, lambda e: e.item) AS items, list_transform(events, lambda e: e.type) AS event_types
+FROM (
+    SELECT CAST($day AS DATE) AS day, user_id, count(*) AS n_events, count(DISTINCT session_id) AS n_sessions,
+           list({'item': coalesce(item_id, ''), 'type': event_type} ORDER BY event_time, event_id) AS events
+    FROM cleaned_events
+    WHERE event_time >= $start AND event_time < $end AND NOT is_bot
+    GROUP BY user_id
+)
 """
 
 
