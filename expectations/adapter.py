@@ -80,8 +80,9 @@ def validate_window(
     from expectations.sql import counted_in_sql, sql_outcomes
 
     expectations = load_suite(suite_name)["expectations"]
-    in_sql = [e for e in expectations if counted_in_sql(e)]
-    in_gx = [e for e in expectations if not counted_in_sql(e)]
+    counted_here = [counted_in_sql(e) for e in expectations]
+    in_sql = [e for e, here in zip(expectations, counted_here) if here]
+    in_gx = [e for e, here in zip(expectations, counted_here) if not here]
     # the first rows: a reservoir sample reads every column of every row (10 s on 20M candidates), and
     # columns and types are the same in any rows
     head = conn.execute(f"SELECT * FROM {relation} LIMIT {gx_rows}", params).df()
@@ -89,8 +90,8 @@ def validate_window(
     counted = iter(counted)
     by_gx = iter(run_suite(head, suite_name, in_gx) if in_gx else [])
     outcomes = []
-    for e in expectations:
-        if counted_in_sql(e):
+    for e, here in zip(expectations, counted_here):
+        if here:
             o = next(counted)
             outcomes.append({**o, "expectation": _describe(e["type"], e["kwargs"]), "examples": [_show(x) for x in o["examples"]]})
         else:

@@ -29,27 +29,27 @@ def _literal(value: Any) -> str:
 
 
 def _unexpected_condition(kind: str, kwargs: dict) -> str | None:
-    """A SQL condition true for the rows GX would count as unexpected, or None when not row-wise here."""
+    """A SQL condition true for the rows GX would count as unexpected, or None for other kinds."""
     column = _q(kwargs["column"]) if "column" in kwargs else None
-    if kind == "expect_column_values_to_not_be_null" and "row_condition" not in kwargs:
+    if kind == "expect_column_values_to_not_be_null":
         return f"{column} IS NULL"
-    if kind == "expect_column_values_to_be_between" and "row_condition" not in kwargs:
+    if kind == "expect_column_values_to_be_between":
         bounds = []
         if kwargs.get("min_value") is not None:
             bounds.append(f"{column} {'<=' if kwargs.get('strict_min') else '<'} {_literal(kwargs['min_value'])}")
         if kwargs.get("max_value") is not None:
             bounds.append(f"{column} {'>=' if kwargs.get('strict_max') else '>'} {_literal(kwargs['max_value'])}")
         return f"{column} IS NOT NULL AND ({' OR '.join(bounds) or 'false'})"
-    if kind == "expect_column_values_to_be_in_set" and "row_condition" not in kwargs:
+    if kind == "expect_column_values_to_be_in_set":
         values = ", ".join(_literal(v) for v in kwargs["value_set"])
         return f"{column} IS NOT NULL AND {column} NOT IN ({values})"
     return None
 
 
 def _unique_columns(kind: str, kwargs: dict) -> list[str] | None:
-    if kind == "expect_column_values_to_be_unique" and "row_condition" not in kwargs:
+    if kind == "expect_column_values_to_be_unique":
         return [kwargs["column"]]
-    if kind == "expect_compound_columns_to_be_unique" and "row_condition" not in kwargs:
+    if kind == "expect_compound_columns_to_be_unique":
         return list(kwargs["column_list"])
     return None
 
@@ -63,11 +63,12 @@ def _duplicates_sql(relation: str, unique: list[str], select: str) -> str:
 
 
 def counted_in_sql(expectation: dict) -> bool:
+    """Whether the expectation is counted here (row-conditioned ones are left to GX)."""
     kind, kwargs = expectation["type"], expectation["kwargs"]
-    return (
+    return "row_condition" not in kwargs and (
         _unexpected_condition(kind, kwargs) is not None
         or _unique_columns(kind, kwargs) is not None
-        or (kind == "expect_table_row_count_to_be_between" and "row_condition" not in kwargs)
+        or kind == "expect_table_row_count_to_be_between"
     )
 
 

@@ -72,6 +72,9 @@ def test_duckdb_counts_the_same_unexpected_rows_as_gx():
         "event_id": ["1", "2", "2", None, None, "3"],
     })
     assert all(counted_in_sql(e) for e in PARITY_EXPECTATIONS)
+    conditioned = {"type": "expect_column_values_to_not_be_null",
+                   "kwargs": {"column": "user_id", "row_condition": "price>0", "condition_parser": "pandas"}}
+    assert not counted_in_sql(conditioned)  # left to GX
     by_gx = run_suite(frame, "raw_events", PARITY_EXPECTATIONS)
     with duckdb.connect() as conn:
         conn.register("frame", frame)
