@@ -733,7 +733,7 @@ def _report(conn: duckdb.DuckDBPyConnection, staging: Path, written, sources: li
     for day in sorted({d for d, _ in written}):
         files = [str(staging / day.isoformat() / name) for d, name in written if d == day]
         counts = classify_landing(conn, files, day, tz)
-        conn.execute("DROP TABLE landing_classified")
+        conn.execute("DROP TABLE landing_rejected")
         read = sum(counts.values())
         accepted = counts.pop("accepted", 0)
         per_day[day] = {"read": read, "accepted": accepted, "quarantined": read - accepted, **counts}

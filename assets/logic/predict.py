@@ -24,7 +24,7 @@ import lightgbm as lgb
 import pandas as pd
 
 from assets.logic.candidates import candidates_sql, covis_pairs_sql
-from assets.logic.events import ACCEPTED_SQL, CLEAN_SQL, classify_landing
+from assets.logic.events import CLEAN_SQL, accepted_sql, classify_landing
 from assets.logic.features import HISTORY_DAYS, USER_FEATURE_COLUMNS, user_features_sql
 from assets.logic.ingest import place
 from assets.logic.next_event import EVENT_CLASSES, NEXT_EVENT_FEATURES, session_states_sql
@@ -50,9 +50,9 @@ def read_sequences(conn: duckdb.DuckDBPyConnection, paths: list[str], format_nam
         if first is None:
             raise ValueError(f"{', '.join(paths)}: no line could be read as {format_name}")
         counts = classify_landing(conn, [placed], None, tz, window=(first, last + dt.timedelta(seconds=1)))
-    ensure_table(conn, "raw_events")
-    conn.execute(f"INSERT INTO raw_events BY NAME {ACCEPTED_SQL}")
-    conn.execute("DROP TABLE landing_classified")
+        ensure_table(conn, "raw_events")
+        conn.execute(f"INSERT INTO raw_events BY NAME {accepted_sql(conn, [placed])}", {"files": [placed]})
+    conn.execute("DROP TABLE landing_rejected")
     conn.execute("DROP TABLE placed")
     read, accepted = sum(counts.values()), counts.pop("accepted", 0)
     if accepted == 0:

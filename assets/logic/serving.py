@@ -1,7 +1,11 @@
 """Scoring a day's active users with a champion model: top-k recommendations and next-action probabilities."""
 
 import datetime as dt
+import functools
+import hashlib
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
 import lightgbm as lgb
@@ -14,6 +18,10 @@ from assets.logic.features import USER_FEATURE_COLUMNS
 
 TOP_K = 20
 FALLBACK_REASON = "popular with shoppers right now (fills the list)"
+# Batches of at least this many candidates are scored by the ranker compiled to machine code by lleaves (same
+# scores as LightGBM to ~1e-14; 1.1M candidates, 300 trees, 2 cores: 1.5 s against LightGBM's 5.1 s). Compiling
+# costs ~3.5 s once per model and process, so small batches (tests, predict on a few users) keep LightGBM's predict.
+COMPILED_SCORING_ROWS = 500_000
 
 
 def active_users(conn: duckdb.DuckDBPyConnection, day: dt.date) -> pd.Series:
@@ -28,6 +36,26 @@ def check_features(booster: lgb.Booster, expected: list[str], model: str) -> Non
     if booster.feature_name() != expected:
         missing = sorted(set(expected) ^ set(booster.feature_name()))
         raise ValueError(f"model {model} expects other features than the warehouse provides (differences: {missing[:10]})")
+
+
+@functools.lru_cache(maxsize=4)
+def _compiled(model: str):
+    import lleaves  # imports LLVM: only where a large batch is scored
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"{hashlib.sha256(model.encode()).hexdigest()}.txt"
+        path.write_text(model)
+        compiled = lleaves.Model(model_file=str(path))
+        compiled.compile()
+    return compiled
+
+
+def ranker_scores(booster: lgb.Booster, candidates: pd.DataFrame) -> np.ndarray:
+    """The ranker's score for every candidate row (see ``COMPILED_SCORING_ROWS``)."""
+    features = np.ascontiguousarray(candidates[RANKER_FEATURES], dtype=np.float64)
+    if len(features) >= COMPILED_SCORING_ROWS:
+        return _compiled(booster.model_to_string()).predict(features)
+    return booster.predict(features) if len(features) else np.array([])
 
 
 @dataclass(frozen=True)
@@ -61,25 +89,27 @@ WITH allowed AS (
     WHERE user_id IN (SELECT user_id FROM users) AND NOT list_contains($deny, item_id)
       AND (NOT $exclude_purchased OR coalesce(ui_purchases, 0) = 0)
 ),
+-- ties in score go to the more popular item, then by item id, wherever the ranking is cut or numbered
 ranked AS (
-    SELECT *, false AS filled FROM (
+    SELECT *, row_number() OVER (PARTITION BY user_id ORDER BY score DESC, popular_rank, item_id) AS rank FROM (
         SELECT * FROM allowed
         QUALIFY $cap = 0 OR row_number() OVER (PARTITION BY user_id, coalesce(category_id, item_id)
-                                               ORDER BY score DESC, item_id) <= $cap
+                                               ORDER BY score DESC, popular_rank, item_id) <= $cap
     )
-    QUALIFY row_number() OVER (PARTITION BY user_id ORDER BY score DESC, item_id) <= $k
+    QUALIFY rank <= $k
 ),
 have AS (SELECT user_id, count(*) AS n FROM ranked GROUP BY user_id),
+-- only users with short lists are filled: the anti-join and its window touch their rows alone
+short AS (SELECT user_id, coalesce(h.n, 0) AS n FROM users LEFT JOIN have h USING (user_id) WHERE coalesce(h.n, 0) < $fill),
 fallback AS (
-    SELECT a.* REPLACE (CAST(NULL AS DOUBLE) AS score), true AS filled
-    FROM allowed a LEFT JOIN have h USING (user_id)
+    SELECT a.* REPLACE (CAST(NULL AS DOUBLE) AS score, 'fallback' AS source),
+           s.n + row_number() OVER (PARTITION BY a.user_id ORDER BY a.popular_rank, a.item_id) AS rank
+    FROM allowed a JOIN short s USING (user_id)
     WHERE a.popular_rank < 999
       AND NOT EXISTS (SELECT 1 FROM ranked r WHERE r.user_id = a.user_id AND r.item_id = a.item_id)
-    QUALIFY row_number() OVER (PARTITION BY a.user_id ORDER BY a.popular_rank, a.item_id) <= $fill - coalesce(h.n, 0)
+    QUALIFY rank <= $fill
 )
-SELECT user_id, item_id, score, CASE WHEN filled THEN 'fallback' ELSE source END AS source,
-       row_number() OVER (PARTITION BY user_id ORDER BY filled, score DESC NULLS LAST, popular_rank, item_id) AS rank,
-       $rules AS rules {extra}
+SELECT user_id, item_id, score, source, rank, $rules AS rules {extra}
 FROM (SELECT * FROM ranked UNION ALL BY NAME SELECT * FROM fallback)
 ORDER BY user_id, rank
 """
@@ -104,7 +134,7 @@ def recommend(
 ) -> pd.DataFrame:
     """Top-k items per user from scored candidates under the business rules, each with the reason
     its largest feature contributions give."""
-    scores = booster.predict(candidates[RANKER_FEATURES].astype(float)) if len(candidates) else np.array([])
+    scores = ranker_scores(booster, candidates)
     # The rules read a few columns: copying the wide candidate frame through sorts and merges dominated the cost.
     narrow = candidates[RULE_COLUMNS].assign(score=scores, row=np.arange(len(candidates)))
     recs = apply_rules(narrow, users, rules, k)

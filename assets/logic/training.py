@@ -23,6 +23,7 @@ from assets.logic.metrics import (
     per_user_ranking,
     top_k,
 )
+from assets.logic.serving import ranker_scores
 
 NEXT_ACTION_LABELS = {
     "purchase": "count(*) FILTER (WHERE event_type = 'purchase') > 0",
@@ -261,7 +262,7 @@ def evaluate_ranker(
     a 95% bootstrap interval over users. Segments other than ``all`` are reported for ``any``."""
     users = targets["user_id"].drop_duplicates()
     pool = candidates[candidates["user_id"].isin(users)].reset_index(drop=True)
-    scores = booster.predict(pool[RANKER_FEATURES].astype(float)) if len(pool) else np.array([])
+    scores = ranker_scores(booster, pool)
     lists = recommendation_lists(pool, scores, users, max(ks), markov)
     rows = []
     for segment, segment_targets in _segments(targets).items():

@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 
 from assets.logic.candidates import RANKER_FEATURES
-from assets.logic.explanations import family_contributions, reasons
+from assets.logic.explanations import family_contributions, feature_family, reasons, word
 
 
 def _booster_driven_by_views():
@@ -26,3 +26,50 @@ def test_families_add_up_to_the_score_and_the_reason_names_the_driver():
     text = reasons(booster, viewed).iloc[0]
     assert text == f"you viewed it {int(viewed['ui_views'].iloc[0])} times and carted it 1 time, last 5 hours ago"
     assert reasons(booster, rows.iloc[0:0]).empty
+
+
+def test_on_stumps_path_credits_are_the_shap_values():
+    # A tree of one split gives all of a row's deviation from the tree's expected value to that split's feature,
+    # for path attribution and SHAP alike: the two must agree to rounding, family by family.
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame(rng.uniform(0, 1, (3000, len(RANKER_FEATURES))), columns=RANKER_FEATURES)
+    label = ((frame["ui_views"] + frame["covis_score"] + frame["category_affinity"]) > 1.5).astype(int)
+    params = {"objective": "binary", "num_leaves": 2, "verbosity": -1, "seed": 1, "deterministic": True}
+    booster = lgb.train(params, lgb.Dataset(frame, label), 40)
+    rows = frame.head(200)
+    families = family_contributions(booster, rows)
+    shap = pd.DataFrame(booster.predict(rows[RANKER_FEATURES], pred_contrib=True)[:, :-1], columns=RANKER_FEATURES)
+    for family in families.columns:
+        members = [f for f in RANKER_FEATURES if feature_family(f) == family]
+        assert np.allclose(families[family].to_numpy(), shap[members].sum(axis=1).to_numpy()), family
+    assert (families[["own_history", "co_visitation", "category"]].abs().sum() > 0).all()
+
+
+def test_reasons_read_only_the_first_rounds():
+    booster, frame = _booster_driven_by_views()
+    rows = frame.head(100)
+    first = family_contributions(booster, rows, rounds=5)
+    assert not np.allclose(first.to_numpy(), family_contributions(booster, rows).to_numpy())
+    raw_5 = booster.predict(rows[RANKER_FEATURES], raw_score=True, num_iteration=5)
+    bias_5 = booster.predict(rows[RANKER_FEATURES], pred_contrib=True, num_iteration=5)[:, -1]
+    assert np.allclose(first.sum(axis=1).to_numpy() + bias_5, raw_5)
+
+
+def test_wording_uses_the_rows_numbers():
+    rows = pd.DataFrame({
+        "ui_views": [2.0, 0, 1, 0, 0], "ui_carts": [0.0, 0, 1, 0, 0], "ui_favs": [1.0, 0, 0, 0, 0],
+        "ui_purchases": [0.0, 0, 0, 0, 0], "ui_hours_since_touch": [2.5, None, None, None, None],
+        "category_affinity": [0.0, 0.0, 0.0, 0.126, 0.004], "category_id": ["c1", "c1", "c1", "c7", "c8"],
+    })
+    family = pd.Series(["own_history", "own_history", "own_history", "category", "category"])
+    assert word(rows, family).tolist() == [
+        "you viewed it 2 times and saved it 1 time, last 2 hours ago",  # 2.5 rounds half to even
+        "in your recent history",
+        "you viewed it 1 time and carted it 1 time",
+        "popular in category c7, which you browse (13% of your activity)",
+        "popular in category c8, which you browse",
+    ]
+    assert word(rows, pd.Series(["co_visitation", "user_activity", "price", "item_popularity", "item_popularity"])).tolist() == [
+        "often viewed together with items you looked at", "matches how actively you are shopping",
+        "in the price range you shop in", "popular with shoppers right now", "popular with shoppers right now",
+    ]

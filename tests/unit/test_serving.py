@@ -1,5 +1,9 @@
+import lightgbm as lgb
+import numpy as np
 import pandas as pd
 
+from assets.logic import serving
+from assets.logic.candidates import RANKER_FEATURES
 from assets.logic.serving import BusinessRules, apply_rules
 
 
@@ -33,3 +37,18 @@ def test_rules_exclude_purchases_cap_categories_deny_items_and_record_themselves
 def test_without_rules_the_ranking_is_the_models():
     recs = apply_rules(_scored(), pd.Series(["u1"]), BusinessRules(exclude_purchased=False, max_per_category=0, min_items=0), k=4)
     assert recs["item_id"].tolist() == ["a", "b", "c", "d"] and recs["source"].ne("fallback").all()
+
+
+def test_large_batches_are_scored_by_the_compiled_ranker_with_lightgbms_scores(monkeypatch):
+    rng = np.random.default_rng(2)
+    frame = pd.DataFrame(rng.uniform(0, 1, (3000, len(RANKER_FEATURES))), columns=RANKER_FEATURES)
+    frame.loc[rng.random(len(frame)) < 0.2, "ui_hours_since_touch"] = np.nan  # missing values take the default branch
+    label = ((frame["recent_score"] + frame["ui_views"] > 1) & frame["ui_hours_since_touch"].notna()).astype(int)
+    params = {"objective": "lambdarank", "num_leaves": 7, "verbosity": -1, "seed": 1, "deterministic": True}
+    booster = lgb.train(params, lgb.Dataset(frame, label, group=[30] * 100), 50)
+    expected = booster.predict(frame[RANKER_FEATURES])
+    monkeypatch.setattr(serving, "COMPILED_SCORING_ROWS", 1000)
+    serving._compiled.cache_clear()
+    compiled = serving.ranker_scores(booster, frame)
+    assert serving._compiled.cache_info().currsize == 1
+    assert np.allclose(compiled, expected, rtol=0, atol=1e-9) and compiled.std() > 0
