@@ -54,6 +54,20 @@ def test_every_row_is_accepted_or_quarantined_with_its_reason(conn, tmp_path):
     assert conn.execute("SELECT event_type FROM raw_events WHERE event_id = 'ok2'").fetchone()[0] == "purchase"
 
 
+def test_exact_duplicates_keep_the_first_copy_across_files_and_only_identical_rows_count(conn, tmp_path):
+    row = _row("2025-03-02 09:00", event_id=None)  # null event id, session and query: nulls compare equal
+    first = _landing(tmp_path, [row, row, _row("2025-03-02 09:00", event_id=None, price=2.0)], "a.parquet")
+    second = _landing(tmp_path, [row, _row("2025-03-02 09:01", event_id=None)], "b.parquet")
+    counts = load_raw_day(conn, first + second, DAY)
+    assert counts["read"] == 5 and counts["accepted"] == 3 and counts["exact_duplicate"] == 2
+    copies = conn.execute(
+        "SELECT source_file, source_line FROM raw_events_quarantine WHERE reason = 'exact_duplicate' ORDER BY ALL").fetchall()
+    assert [(f.rsplit("/", 1)[1], line) for f, line in copies] == [("a.parquet", 2), ("b.parquet", 1)]
+    kept = conn.execute("SELECT source_file, source_line, price FROM raw_events ORDER BY ALL").fetchall()
+    assert [(f.rsplit("/", 1)[1], line, price) for f, line, price in kept] == [
+        ("a.parquet", 1, 1.0), ("a.parquet", 3, 2.0), ("b.parquet", 2, 1.0)]
+
+
 def test_reloading_a_day_replaces_it(conn, tmp_path):
     files = _landing(tmp_path, [_row("2025-03-02 09:00", event_id="x"), _row("2025-03-02 09:01", user=None, event_id="y")])
     load_raw_day(conn, files, DAY)
