@@ -131,7 +131,7 @@ def _worker_models(args, meter: Meter) -> dict:
 
     users_per_copy = candidates["user_id"].nunique()
     n_copies = int(np.ceil(args.score_users / users_per_copy))
-    scored = 0
+    scored, inside = 0, 0.0  # inside: seconds in recommend() itself, without building the batches
     with meter.stage("recommend", users=args.score_users, candidates_per_user=round(float(per_user), 1)):
         batch = []
         for k in range(n_copies):
@@ -142,9 +142,12 @@ def _worker_models(args, meter: Meter) -> dict:
                 users = pd.Series(frame["user_id"].unique())
                 users = users.head(max(0, args.score_users - scored))
                 frame = frame[frame["user_id"].isin(set(users))]
+                started = time.perf_counter()
                 recommend(booster, frame, users)
+                inside += time.perf_counter() - started
                 scored += len(users)
                 batch = []
+    meter.rows[-1]["recommend_seconds"] = round(inside, 3)
     return {"rows": {"train_rows": args.train_rows, "scored_users": scored, "features": len(RANKER_FEATURES)}}
 
 
@@ -256,7 +259,7 @@ def report(results: dict, check: list[str], check_events: int, models: dict | No
     s = summary[big]
     targets.append([f"{big:,} events, landing → features ≤ 90 s", f"{s['total']:.1f} s", _mark(s["total"] <= 90)])
     targets.append([f"{big:,} events, peak RSS ≤ 4 GiB", f"{s['rss'] / 1024:.2f} GiB", _mark(s["rss"] <= 4096)])
-    targets.append(["≥ 5x faster than the pandas path (same stages)", f"{s['pandas_ratio']:.1f}x", _mark(s["pandas_ratio"] >= 5)])
+    targets.append(["≥ 5x faster than the pandas path (same stages)", f"{s['pandas_ratio']:.2f}x", _mark(s["pandas_ratio"] >= 5)])
     targets.append(["within 10x of the DuckDB floor", f"{s['floor_ratio']:.0f}x", _mark(s["floor_ratio"] <= 10)])
     if len(summary) > 1:
         small = min(summary)
@@ -269,7 +272,9 @@ def report(results: dict, check: list[str], check_events: int, models: dict | No
         targets.append([f"LightGBM LambdaRank training on {train['rows']:,} ranking rows ≤ 60 s",
                         f"{train['seconds']:.1f} s ({train['peak_rss_mb']} MB)", _mark(train["seconds"] <= 60)])
         targets.append([f"recommendations for {rec['users']:,} users ≤ 120 s ({rec['candidates_per_user']} candidates "
-                        "each, LightGBM + rules + reasons)", f"{rec['seconds']:.1f} s ({rec['peak_rss_mb']} MB)",
+                        "each, LightGBM + rules + reasons)", f"{rec['seconds']:.1f} s ({rec['peak_rss_mb']} MB)" + (
+                            f"; in recommend() {rec['recommend_seconds']:.1f} s, the rest builds the batches"
+                            if "recommend_seconds" in rec else ""),
                         _mark(rec["seconds"] <= 120)])
     lines.append(tabulate(targets, headers=["target", "measured", ""], tablefmt="github"))
     return "\n".join(lines) + "\n"
