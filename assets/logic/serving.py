@@ -19,7 +19,7 @@ from assets.logic.features import USER_FEATURE_COLUMNS
 TOP_K = 20
 FALLBACK_REASON = "popular with shoppers right now (fills the list)"
 # Batches of at least this many candidates are scored by the ranker compiled to machine code by lleaves (same
-# scores as LightGBM to ~1e-14; 1.1M candidates, 300 trees, 2 cores: 1.5 s against LightGBM's 5.1 s). Compiling
+# scores as LightGBM to ~1e-14; 1.1M candidates, 300 trees, 2 cores: 1.1-1.5 s against LightGBM's 5.1 s). Compiling
 # costs ~3.5 s once per model and process, so small batches (tests, predict on a few users) keep LightGBM's predict.
 COMPILED_SCORING_ROWS = 500_000
 
