@@ -197,6 +197,9 @@ def load_raw_day(conn: duckdb.DuckDBPyConnection, files: list[str], day: dt.date
 # raw_events of [$start, $end) -> cleaned events: one row per event_id, derived sessions named after $day,
 # users with more than $bot_events_per_day events flagged. Only repeated event ids go through the window that keeps
 # the earliest copy, and the session windows sort the narrow keys, not every column (10M events: 27 s -> 22 s).
+# Sessions order by time alone: events at the same time cannot change a session number (whichever comes first
+# carries the gap, and the running sum's RANGE frame counts all of them), and a string tie-breaker in the sort key
+# cost 2.7 s of 25 at 10M events.
 CLEAN_SQL = """
 WITH day_raw AS (SELECT * FROM raw_events WHERE event_time >= $start AND event_time < $end),
 repeated AS (SELECT event_id FROM day_raw GROUP BY event_id HAVING count(*) > 1),
@@ -211,10 +214,10 @@ gaps AS (
         CASE WHEN lag(event_time) OVER w IS NULL
                OR event_time - lag(event_time) OVER w > INTERVAL (SESSION_GAP) MINUTE THEN 1 ELSE 0 END AS new_session
     FROM day_rows
-    WINDOW w AS (PARTITION BY user_id ORDER BY event_time, event_id)
+    WINDOW w AS (PARTITION BY user_id ORDER BY event_time)
 ),
 derived AS (
-    SELECT event_id, sum(new_session) OVER (PARTITION BY user_id ORDER BY event_time, event_id) AS session_no,
+    SELECT event_id, sum(new_session) OVER (PARTITION BY user_id ORDER BY event_time) AS session_no,
            count(*) OVER (PARTITION BY user_id) > $bot_events_per_day AS is_bot
     FROM gaps
 )

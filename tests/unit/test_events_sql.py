@@ -185,3 +185,14 @@ def test_search_features_follow_the_session_and_stop_at_the_cutoff(conn, tmp_pat
     build_user_features_day(conn, DAY)
     f = conn.execute("SELECT * FROM user_features WHERE as_of_date = ?", [DAY]).df().iloc[0]
     assert (f["searches_without_view_7d"], f["search_led_categories_7d"], f["last_event_is_search"]) == (2, 1, 1)
+
+
+def test_events_at_the_same_time_share_their_session(conn, tmp_path):
+    rows = [_row("2025-03-02 09:00", event_id="z1"), _row("2025-03-02 10:00", event_id="b2"),
+            _row("2025-03-02 10:00", event_id="a3", item="i2"), _row("2025-03-02 10:20", event_id="c4"),
+            _row("2025-03-02 11:00", event_id="d5"), _row("2025-03-02 11:00", event_id="e6")]
+    load_raw_day(conn, _landing(tmp_path, rows), DAY)
+    clean_day(conn, DAY, bot_events_per_day=100)
+    sessions = dict(conn.execute("SELECT event_id, session_id FROM cleaned_events").fetchall())
+    assert sessions["z1"] != sessions["b2"] == sessions["a3"] == sessions["c4"] != sessions["d5"] == sessions["e6"]
+    assert sorted(set(sessions.values())) == ["u1-20250302-1", "u1-20250302-2", "u1-20250302-3"]
