@@ -2,7 +2,6 @@
 
 import datetime as dt
 import functools
-import hashlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +42,7 @@ def _compiled(model: str):
     import lleaves  # imports LLVM: only where a large batch is scored
 
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / f"{hashlib.sha256(model.encode()).hexdigest()}.txt"
+        path = Path(folder) / "model.txt"
         path.write_text(model)
         compiled = lleaves.Model(model_file=str(path))
         compiled.compile()
