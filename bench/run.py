@@ -43,14 +43,22 @@ class Meter:
             self._peak = max(self._peak, self.rss())
             time.sleep(0.02)
 
+    @staticmethod
+    def stolen() -> float:
+        """CPU seconds the hypervisor has given to other guests instead of this machine since boot (``steal`` in
+        /proc/stat): on a shared virtual machine, the same code is slower while it grows."""
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()  # cpu user nice system idle iowait irq softirq steal ...
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+
     @contextlib.contextmanager
     def stage(self, name: str, **extra):
         self._peak = self.rss()
-        started = time.perf_counter()
+        started, stolen = time.perf_counter(), self.stolen()
         yield
         seconds = time.perf_counter() - started
         self.rows.append({"stage": name, "seconds": round(seconds, 3), "peak_rss_mb": round(max(self._peak, self.rss()) / 2**20),
-                          **extra})
+                          "stolen_cpu_s": round(self.stolen() - stolen, 1), **extra})
 
 
 def _worker_shopseq(args, meter: Meter) -> dict:
@@ -251,6 +259,7 @@ def report(results: dict, check: list[str], check_events: int, models: dict | No
         lines.append(f"\n## {events:,} events (generated in {run['generate_seconds']:.1f} s, not counted)\n")
         lines.append(tabulate(rows, headers=["stage", "shopseq s", "events/s", "peak RSS MB", "pandas s",
                                              "pandas peak RSS MB", "pandas / shopseq"], tablefmt="github"))
+        lines.append(_steal_line({"the pipeline": run["shopseq"], "the pandas path": run["pandas"]}))
         summary[events] = {"total": total, "rss": _peak_mb(run["shopseq"]), "pandas_ratio": theirs_common / ours_common,
                            "floor_ratio": total / floor}
     lines.append("\n## Targets (../shared/design.md)\n")
@@ -277,7 +286,21 @@ def report(results: dict, check: list[str], check_events: int, models: dict | No
                             if "recommend_seconds" in rec else ""),
                         _mark(rec["seconds"] <= 120)])
     lines.append(tabulate(targets, headers=["target", "measured", ""], tablefmt="github"))
+    if models:
+        lines.append(_steal_line({"training and scoring": models}))
     return "\n".join(lines) + "\n"
+
+
+def _steal_line(workers: dict[str, dict]) -> str:
+    """How much CPU the hypervisor took while each worker's stages ran (empty for results saved before it was measured)."""
+    parts = []
+    for name, worker in workers.items():
+        stages = worker["stages"]
+        if all("stolen_cpu_s" in stage for stage in stages):
+            stolen, wall = sum(stage["stolen_cpu_s"] for stage in stages), sum(stage["seconds"] for stage in stages)
+            parts.append(f"{name} {stolen:.1f} s in {wall:.0f} s of wall time ({stolen / (wall * os.cpu_count()):.0%} of the cores)")
+    return ("\nCPU time taken by the hypervisor for other guests (steal in /proc/stat) while " + "; ".join(parts)
+            + ".\n") if parts else ""
 
 
 def main(argv: list[str] | None = None) -> int:

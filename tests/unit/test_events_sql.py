@@ -134,6 +134,21 @@ def _two_days(conn, tmp_path, rows_by_day):
         build_candidates_day(conn, day)
 
 
+def test_category_affinity_is_the_users_weighted_share_of_the_candidates_category(conn, tmp_path):
+    def event(t, user, etype, item, category, event_id):
+        return {**_row(t, user=user, etype=etype, item=item, event_id=event_id), "category_id": category}
+
+    rows = [event(f"2025-03-02 09:0{k}", "u1", "view", "i1", "c1", f"v{k}") for k in range(3)]  # weight 3 in c1
+    rows += [event("2025-03-02 10:00", "u1", "add_to_cart", "i2", "c2", "cart"),  # weight 4 in c2
+             event("2025-03-02 10:05", "u1", "remove_from_cart", "i3", "c3", "remove"),  # negative: counts 0 in c3
+             event("2025-03-02 11:00", "u2", "view", "i4", "c4", "other")]
+    _two_days(conn, tmp_path, {DAY: rows})
+    affinity = {(u, i): a for u, i, a in conn.execute("SELECT user_id, item_id, category_affinity FROM ranking_candidates").fetchall()}
+    assert affinity[("u1", "i1")] == pytest.approx(3 / 7) and affinity[("u1", "i2")] == pytest.approx(4 / 7)
+    assert affinity[("u1", "i3")] == 0 and affinity[("u1", "i4")] == 0  # i4: a popular item of a category u1 never touched
+    assert affinity[("u2", "i4")] == 1 and affinity[("u2", "i1")] == 0
+
+
 def test_training_sets_read_features_before_the_cutoff_and_labels_only_from_the_next_day(conn, tmp_path):
     from assets.logic import training
 
