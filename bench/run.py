@@ -298,9 +298,10 @@ def _steal_line(workers: dict[str, dict]) -> str:
         stages = worker["stages"]
         if all("stolen_cpu_s" in stage for stage in stages):
             stolen, wall = sum(stage["stolen_cpu_s"] for stage in stages), sum(stage["seconds"] for stage in stages)
-            parts.append(f"{name} {stolen:.1f} s in {wall:.0f} s of wall time ({stolen / (wall * os.cpu_count()):.0%} of the cores)")
-    return ("\nCPU time taken by the hypervisor for other guests (steal in /proc/stat) while " + "; ".join(parts)
-            + ".\n") if parts else ""
+            share = stolen / (wall * os.cpu_count())
+            parts.append(f"{name} {stolen:.1f} s in {wall:.0f} s of wall time ({share:.1%} of the cores)")
+    return ("\nCPU time the hypervisor gave to other guests (steal in /proc/stat): " + "; ".join(parts) + ".\n"
+            if parts else "")
 
 
 def main(argv: list[str] | None = None) -> int:

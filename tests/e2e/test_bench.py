@@ -28,5 +28,5 @@ def test_a_tiny_benchmark_measures_every_stage_and_writes_the_report(tmp_path):
                     "recommendations for 300 users"):
         assert heading in report, heading
     assert report.count("met") >= 7  # each target marked met or not met
-    # what the hypervisor took from the machine, once per size and once for the models: runs on a shared VM compare
+    # the CPU the hypervisor took, once per size and once for the models: without it, two runs' seconds do not compare
     assert report.count("steal in /proc/stat") == 3
