@@ -53,9 +53,10 @@ class Meter:
 
     @contextlib.contextmanager
     def stage(self, name: str, **extra):
+        """Measure the block; ``extra`` (which the block may add to) is recorded with the stage."""
         self._peak = self.rss()
         started, stolen = time.perf_counter(), self.stolen()
-        yield
+        yield extra
         seconds = time.perf_counter() - started
         self.rows.append({"stage": name, "seconds": round(seconds, 3), "peak_rss_mb": round(max(self._peak, self.rss()) / 2**20),
                           "stolen_cpu_s": round(self.stolen() - stolen, 1), **extra})
@@ -140,7 +141,7 @@ def _worker_models(args, meter: Meter) -> dict:
     users_per_copy = candidates["user_id"].nunique()
     n_copies = int(np.ceil(args.score_users / users_per_copy))
     scored, inside = 0, 0.0  # inside: seconds in recommend() itself, without building the batches
-    with meter.stage("recommend", users=args.score_users, candidates_per_user=round(float(per_user), 1)):
+    with meter.stage("recommend", users=args.score_users, candidates_per_user=round(float(per_user), 1)) as extra:
         batch = []
         for k in range(n_copies):
             batch.append(candidates.assign(user_id=candidates["user_id"] + f"x{k}"))
@@ -155,7 +156,7 @@ def _worker_models(args, meter: Meter) -> dict:
                 inside += time.perf_counter() - started
                 scored += len(users)
                 batch = []
-    meter.rows[-1]["recommend_seconds"] = round(inside, 3)
+        extra["recommend_seconds"] = round(inside, 3)
     return {"rows": {"train_rows": args.train_rows, "scored_users": scored, "features": len(RANKER_FEATURES)}}
 
 
