@@ -12,6 +12,7 @@ import duckdb
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from assets.logic.candidates import RANKER_FEATURES
 
@@ -76,20 +77,33 @@ def _path_table(booster: lgb.Booster, rounds: int | None, families: list[str]) -
     return table
 
 
-def family_contributions(booster: lgb.Booster, features: pd.DataFrame, rounds: int | None = None) -> pd.DataFrame:
+def family_contributions(booster: lgb.Booster, features: pd.DataFrame | np.ndarray, rounds: int | None = None) -> pd.DataFrame:
     """Per row, the summed contribution of each family of features to the ranker's score along the row's
     decision paths in the first ``rounds`` boosting rounds (None: all); with the trees' expected values
-    (the bias) they add up to the raw score."""
+    (the bias) they add up to the raw score. ``features``: a frame with the ranker's features or their
+    matrix (rows by ``RANKER_FEATURES``)."""
     families = [*FAMILIES, "item_popularity"]
-    if features.empty:
+    if isinstance(features, pd.DataFrame):
+        index, features = features.index, np.ascontiguousarray(features[RANKER_FEATURES], dtype=np.float64)
+    else:
+        index = None
+    if not len(features):
         return pd.DataFrame(columns=families)
     table = _path_table(booster, rounds, families)
-    leaves = booster.predict(np.ascontiguousarray(features[RANKER_FEATURES], dtype=np.float64), pred_leaf=True,
-                             num_iteration=rounds).reshape(len(features), -1)
+    leaves = booster.predict(features, pred_leaf=True, num_iteration=rounds).reshape(len(features), -1)
     contributions = np.zeros((len(features), len(families)))
     for t in range(leaves.shape[1]):
         contributions += table[t, leaves[:, t]]
-    return pd.DataFrame(contributions, columns=families, index=features.index)
+    return pd.DataFrame(contributions, columns=families, index=index)
+
+
+def top_family(booster: lgb.Booster, features: pd.DataFrame | np.ndarray, rounds: int | None = EXPLAINED_ROUNDS) -> np.ndarray:
+    """Per row, the family with the largest positive contribution (``item_popularity`` when none is positive)."""
+    contributions = family_contributions(booster, features, rounds)
+    values = contributions.to_numpy(dtype=np.float64)
+    top = np.array(contributions.columns, dtype=object)[values.argmax(axis=1)] if len(values) else np.array([], dtype=object)
+    top[values.max(axis=1, initial=0) <= 0] = "item_popularity"
+    return top
 
 
 def _times(column: str, what: str) -> str:
@@ -110,7 +124,7 @@ SELECT CASE family
     WHEN 'own_history' THEN CASE WHEN acts = '' THEN 'in your recent history' ELSE
         'you ' || acts || coalesce(', last ' || printf('%.0f', ui_hours_since_touch) || ' hours ago', '') END
     WHEN 'co_visitation' THEN 'often viewed together with items you looked at'
-    WHEN 'category' THEN 'popular in category ' || category_id || ', which you browse' ||
+    WHEN 'category' THEN 'popular in ' || coalesce('category ' || CAST(category_id AS VARCHAR), 'a category') || ', which you browse' ||
         CASE WHEN share NOT IN ('0', '-0') THEN ' (' || share || '% of your activity)' ELSE '' END
     WHEN 'user_activity' THEN 'matches how actively you are shopping'
     WHEN 'price' THEN 'in the price range you shop in'
@@ -124,16 +138,19 @@ def reasons(booster: lgb.Booster, rows: pd.DataFrame, rounds: int | None = EXPLA
     """One short reason per candidate row: the family with the largest positive contribution."""
     if rows.empty:
         return pd.Series([], dtype=object, index=rows.index)
-    families = family_contributions(booster, rows, rounds)
-    return word(rows, families.idxmax(axis=1).where(families.max(axis=1) > 0, "item_popularity"))
+    return pd.Series(word(rows, top_family(booster, rows, rounds)), index=rows.index, dtype=object)
 
 
-def word(rows: pd.DataFrame, family: pd.Series) -> pd.Series:
-    """Each row's reason worded from its ``family`` (one of ``FAMILIES`` or ``item_popularity``) and its numbers."""
-    numbers = ["ui_views", "ui_carts", "ui_favs", "ui_purchases", "ui_hours_since_touch", "category_affinity"]
-    words = rows[numbers].assign(category_id=rows["category_id"].astype(str), family=family.to_numpy(),
-                                 position=np.arange(len(rows)))
+# The columns the wording reads.
+WORDING_COLUMNS = ["ui_views", "ui_carts", "ui_favs", "ui_purchases", "ui_hours_since_touch", "category_affinity", "category_id"]
+
+
+def word(rows: pd.DataFrame | pa.Table, family) -> np.ndarray:
+    """Each row's reason worded from its ``family`` (one of ``FAMILIES`` or ``item_popularity``, per row) and its
+    numbers (``WORDING_COLUMNS`` of ``rows``)."""
+    table = (rows.select(WORDING_COLUMNS) if isinstance(rows, pa.Table)
+             else pa.Table.from_pandas(rows[WORDING_COLUMNS], preserve_index=False))
+    table = table.append_column("family", pa.array(family, pa.string())).append_column("position", pa.array(np.arange(len(rows))))
     with duckdb.connect() as conn:
-        conn.register("rows", words)
-        reason = conn.execute(_WORDING_SQL).fetchnumpy()["reason"]
-    return pd.Series(reason, index=rows.index, dtype=object)
+        conn.register("rows", table)
+        return conn.execute(_WORDING_SQL).fetchnumpy()["reason"]

@@ -10,9 +10,10 @@ import duckdb
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from assets.logic.candidates import RANKER_FEATURES
-from assets.logic.explanations import reasons
+from assets.logic.explanations import WORDING_COLUMNS, top_family, word
 from assets.logic.features import USER_FEATURE_COLUMNS
 
 TOP_K = 20
@@ -21,6 +22,8 @@ FALLBACK_REASON = "popular with shoppers right now (fills the list)"
 # scores as LightGBM to ~1e-14; 1.1M candidates, 300 trees, 2 cores: 1.1-1.5 s against LightGBM's 5.1 s). Compiling
 # costs ~3.5 s once per model and process, so small batches (tests, predict on a few users) keep LightGBM's predict.
 COMPILED_SCORING_ROWS = 500_000
+# A day's users are scored in batches of this many (about 55 candidates each): memory stays bounded by the batch.
+SCORE_BATCH_USERS = 100_000
 
 
 def active_users(conn: duckdb.DuckDBPyConnection, day: dt.date) -> pd.Series:
@@ -49,12 +52,16 @@ def _compiled(model: str):
     return compiled
 
 
-def ranker_scores(booster: lgb.Booster, candidates: pd.DataFrame) -> np.ndarray:
-    """The ranker's score for every candidate row (see ``COMPILED_SCORING_ROWS``)."""
-    features = np.ascontiguousarray(candidates[RANKER_FEATURES], dtype=np.float64)
-    if len(features) >= COMPILED_SCORING_ROWS:
-        return _compiled(booster.model_to_string()).predict(features)
-    return booster.predict(features) if len(features) else np.array([])
+def ranker_scores(booster: lgb.Booster, candidates: pd.DataFrame | list[np.ndarray]) -> np.ndarray:
+    """The ranker's score for every candidate row, from a frame with the ranker's features or from row-major
+    matrices of them, scored in turn (see ``COMPILED_SCORING_ROWS``)."""
+    if isinstance(candidates, pd.DataFrame):
+        candidates = [np.ascontiguousarray(candidates[RANKER_FEATURES], dtype=np.float64)]
+    rows = sum(len(part) for part in candidates)
+    if not rows:
+        return np.array([])
+    predict = _compiled(booster.model_to_string()).predict if rows >= COMPILED_SCORING_ROWS else booster.predict
+    return np.concatenate([predict(part) for part in candidates if len(part)])
 
 
 @dataclass(frozen=True)
@@ -114,45 +121,97 @@ ORDER BY user_id, rank
 """
 
 
-def apply_rules(scored: pd.DataFrame, users: pd.Series, rules: BusinessRules, k: int) -> pd.DataFrame:
+def ranked_table(scored: pd.DataFrame | pa.Table, users: pd.Series, rules: BusinessRules, k: int, keep: tuple[str, ...] = ()) -> pa.Table:
     """Top-k per user from scored candidates (user_id, item_id, category_id, source, ui_purchases,
-    popular_rank, score) under ``rules``; returns user_id, item_id, score, source, rank, rules (and ``row``
-    when the candidates have it). Runs in DuckDB: millions of candidate rows sort in a second there."""
+    popular_rank, score) under ``rules``; returns user_id, item_id, score, source, rank, rules and the ``keep``
+    columns of ``scored``, ordered by user and rank. Runs in DuckDB: millions of candidate rows sort in seconds there."""
     with duckdb.connect() as conn:
         conn.register("scored", scored)
         conn.register("users", pd.DataFrame({"user_id": users.to_numpy()}))
-        return conn.execute(
-            _RULES_SQL.format(extra=", row" if "row" in scored.columns else ""),
-            {"deny": list(rules.deny_items), "exclude_purchased": rules.exclude_purchased, "cap": rules.max_per_category,
-             "k": k, "fill": min(rules.min_items, k), "rules": rules.describe()},
-        ).df()
+        return conn.sql(
+            _RULES_SQL.format(extra="".join(f", {column}" for column in keep)),
+            params={"deny": list(rules.deny_items), "exclude_purchased": rules.exclude_purchased, "cap": rules.max_per_category,
+                    "k": k, "fill": min(rules.min_items, k), "rules": rules.describe()},
+        ).to_arrow_table()
 
 
-def recommend(
-    booster: lgb.Booster, candidates: pd.DataFrame, users: pd.Series, k: int = TOP_K, rules: BusinessRules = BusinessRules()
-) -> pd.DataFrame:
-    """Top-k items per user from scored candidates under the business rules, each with the reason
-    its largest feature contributions give."""
-    scores = ranker_scores(booster, candidates)
-    # The rules read a few columns: copying the wide candidate frame through sorts and merges dominated the cost.
-    narrow = candidates[RULE_COLUMNS].assign(score=scores, row=np.arange(len(candidates)))
-    recs = apply_rules(narrow, users, rules, k)
-    chosen = candidates.iloc[recs.pop("row").to_numpy()]
-    recs["reason"] = reasons(booster, chosen).to_numpy() if len(chosen) else []
+def apply_rules(scored: pd.DataFrame | pa.Table, users: pd.Series, rules: BusinessRules, k: int) -> pd.DataFrame:
+    """``ranked_table`` as a frame."""
+    return ranked_table(scored, users, rules, k).to_pandas()
+
+
+# The candidate columns the rules and the reasons' wording read; the features travel apart, as matrices.
+_ROW_COLUMNS = list(dict.fromkeys(RULE_COLUMNS + WORDING_COLUMNS))
+
+
+def scoring_sql(relation: str) -> str:
+    """The candidate rows of ``relation`` as ``recommend_scored`` reads them: the columns the rules and reasons read,
+    and the ranker's features as one fixed-size array per row, which DuckDB lays out row-major, as the scorers read
+    them (a missing value is NaN, LightGBM's missing). Turning a frame's feature columns into rows in numpy cost
+    5.7 s per 5.2M candidates, more than scoring them; the array costs DuckDB next to nothing beyond the read."""
+    features = ", ".join(f"coalesce(CAST({c} AS DOUBLE), 'NaN'::DOUBLE)" for c in RANKER_FEATURES)
+    return f"SELECT {', '.join(_ROW_COLUMNS)}, [{features}]::DOUBLE[{len(RANKER_FEATURES)}] AS features FROM {relation}"
+
+
+def _take_rows(matrices: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """Rows of the matrices stacked (by their position in the stack), without stacking them."""
+    starts = np.cumsum([0] + [len(m) for m in matrices])
+    which = np.searchsorted(starts, rows, side="right") - 1
+    taken = np.empty((len(rows), len(RANKER_FEATURES)))
+    for i, matrix in enumerate(matrices):
+        mine = which == i
+        taken[mine] = matrix[rows[mine] - starts[i]]
+    return taken
+
+
+def recommend_scored(booster: lgb.Booster, batch: pa.Table, users: pd.Series, k: int = TOP_K,
+                     rules: BusinessRules = BusinessRules()) -> pd.DataFrame:
+    """Top-k items per user of ``users`` from candidate rows read by ``scoring_sql``, under the business rules,
+    each with the reason its largest feature contributions give. The features are read in place, chunk by chunk."""
+    matrices = [chunk.flatten().to_numpy().reshape(len(chunk), len(RANKER_FEATURES)) for chunk in batch.column("features").chunks]
+    scored = (batch.select(_ROW_COLUMNS).append_column("score", pa.array(ranker_scores(booster, matrices), pa.float64()))
+              .append_column("row", pa.array(np.arange(len(batch)))))
+    ranked = ranked_table(scored, users, rules, k, keep=("row", *WORDING_COLUMNS))
+    chosen = ranked["row"].to_numpy()
+    recs = ranked.select(["user_id", "item_id", "score", "source", "rank", "rules"]).to_pandas()
+    recs["reason"] = word(ranked, top_family(booster, _take_rows(matrices, chosen))) if len(chosen) else []
     recs.loc[recs["source"] == "fallback", "reason"] = FALLBACK_REASON
     return recs
 
 
-def recommend_day(
-    conn: duckdb.DuckDBPyConnection, booster: lgb.Booster, day: dt.date, k: int = TOP_K, rules: BusinessRules = BusinessRules()
+def recommend(
+    booster: lgb.Booster, candidates: pd.DataFrame | pa.Table, users: pd.Series, k: int = TOP_K,
+    rules: BusinessRules = BusinessRules(),
 ) -> pd.DataFrame:
-    """Top-k items for every user active on ``day``, as of its end (see ``recommend``)."""
-    users = active_users(conn, day)
-    candidates = conn.execute(
-        "SELECT * FROM ranking_candidates WHERE as_of_date = ? AND user_id IN (SELECT unnest(?))",
-        [day, users.tolist()],
-    ).df()
-    return recommend(booster, candidates, users, k, rules).assign(as_of_date=day)
+    """Top-k items per user from candidates with the ranker's features (a frame or an Arrow table), see
+    ``recommend_scored``."""
+    with duckdb.connect() as conn:
+        conn.register("candidates", candidates)
+        batch = conn.sql(scoring_sql("candidates")).to_arrow_table()
+    return recommend_scored(booster, batch, users, k, rules)
+
+
+def recommend_day(
+    conn: duckdb.DuckDBPyConnection, booster: lgb.Booster, day: dt.date, k: int = TOP_K,
+    rules: BusinessRules = BusinessRules(), users: pd.Series | None = None, batch_users: int = SCORE_BATCH_USERS,
+) -> pd.DataFrame:
+    """Top-k items for every user active on ``day`` (or for ``users``), as of its end, from the day's candidates in
+    the warehouse (see ``recommend_scored``). Users are scored ``batch_users`` at a time, in their order, so memory
+    is bounded by a batch, not by the day."""
+    users = active_users(conn, day) if users is None else users
+    parts = []
+    for start in range(0, max(len(users), 1), batch_users):
+        batch_users_ = users.iloc[start:start + batch_users]
+        conn.register("batch_users", pa.table({"user_id": pa.array(batch_users_, pa.string())}))
+        try:
+            batch = conn.sql(
+                scoring_sql("ranking_candidates") + " WHERE as_of_date = $day AND user_id IN (SELECT user_id FROM batch_users)",
+                params={"day": day},
+            ).to_arrow_table()
+        finally:
+            conn.unregister("batch_users")
+        parts.append(recommend_scored(booster, batch, batch_users_, k, rules))
+    return pd.concat(parts, ignore_index=True).assign(as_of_date=day)
 
 
 def predict_next_action_day(conn: duckdb.DuckDBPyConnection, booster: lgb.Booster, day: dt.date) -> pd.DataFrame:

@@ -1,9 +1,12 @@
+import duckdb
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from assets.logic import serving
 from assets.logic.candidates import RANKER_FEATURES
+from assets.logic.explanations import reasons
 from assets.logic.serving import BusinessRules, apply_rules
 
 
@@ -52,3 +55,51 @@ def test_large_batches_are_scored_by_the_compiled_ranker_with_lightgbms_scores(m
     compiled = serving.ranker_scores(booster, frame)
     assert serving._compiled.cache_info().currsize == 1
     assert np.allclose(compiled, expected, rtol=0, atol=1e-9) and compiled.std() > 0
+
+
+def _candidates_and_ranker(users: int = 40, per_user: int = 12):
+    rng = np.random.default_rng(5)
+    n = users * per_user
+    frame = pd.DataFrame(rng.uniform(0, 1, (n, len(RANKER_FEATURES))), columns=RANKER_FEATURES)
+    frame.loc[rng.random(n) < 0.2, "ui_hours_since_touch"] = np.nan  # missing values reach the scorer as NaN
+    frame["ui_views"] = rng.integers(0, 4, n).astype(float)
+    frame["ui_purchases"] = (rng.random(n) < 0.1).astype(float)
+    frame["popular_rank"] = np.where(rng.random(n) < 0.5, rng.integers(1, 30, n), 999).astype(float)
+    frame = frame.assign(
+        as_of_date=pd.Timestamp("2025-03-01").date(), user_id=[f"u{i // per_user:03d}" for i in range(n)],
+        item_id=[f"i{rng.integers(0, 10_000)}_{i}" for i in range(n)], category_id=[f"c{c}" for c in rng.integers(0, 4, n)],
+        source=rng.choice(["recent", "covis", "category", "popular"], n),
+    )
+    label = (frame["ui_views"] + frame["recent_score"] > 2).astype(int)
+    params = {"objective": "lambdarank", "num_leaves": 7, "verbosity": -1, "seed": 1, "deterministic": True}
+    booster = lgb.train(params, lgb.Dataset(frame[RANKER_FEATURES], label, group=[per_user] * users), 30)
+    return frame, booster
+
+
+def test_a_day_scored_in_batches_of_users_gives_the_rows_of_one_batch():
+    frame, booster = _candidates_and_ranker()
+    users = pd.Series(sorted(frame["user_id"].unique())[:-3] + ["u_without_candidates"])
+    with duckdb.connect() as conn:
+        conn.execute("CREATE TABLE ranking_candidates AS SELECT * FROM frame")
+        day = frame["as_of_date"].iloc[0]
+        whole = serving.recommend_day(conn, booster, day, k=5, users=users, batch_users=1000)
+        batched = serving.recommend_day(conn, booster, day, k=5, users=users, batch_users=7)
+    pd.testing.assert_frame_equal(batched, whole)
+    assert set(whole["user_id"]) == set(users) - {"u_without_candidates"} and whole.groupby("user_id").size().eq(5).all()
+    from_frame = serving.recommend(booster, frame, users, k=5)
+    pd.testing.assert_frame_equal(whole.drop(columns="as_of_date"), from_frame)
+
+
+def test_reasons_and_scores_follow_their_rows_across_chunks():
+    frame, booster = _candidates_and_ranker()
+    users = pd.Series(sorted(frame["user_id"].unique()))
+    with duckdb.connect() as conn:
+        batch = conn.sql(serving.scoring_sql("frame")).to_arrow_table()
+    n = len(batch)
+    chunked = pa.concat_tables([batch.slice(0, n // 3), batch.slice(n // 3, n // 3), batch.slice(2 * (n // 3))])
+    assert chunked.column("features").num_chunks == 3
+    recs = serving.recommend_scored(booster, chunked, users, k=5, rules=BusinessRules(exclude_purchased=False, min_items=0))
+    rows = frame.set_index(["user_id", "item_id"]).loc[list(zip(recs["user_id"], recs["item_id"]))]
+    assert np.allclose(recs["score"].to_numpy(), booster.predict(rows[RANKER_FEATURES]), rtol=0, atol=1e-12)
+    assert recs["reason"].tolist() == reasons(booster, rows).tolist()
+    assert recs.equals(serving.recommend_scored(booster, batch, users, k=5, rules=BusinessRules(exclude_purchased=False, min_items=0)))
