@@ -129,9 +129,11 @@ def _worker_models(args, meter: Meter) -> dict:
             day, rows, users_per_copy = conn.execute(
                 "SELECT any_value(as_of_date), count(*), count(DISTINCT user_id) FROM bench_day.ranking_candidates"
             ).fetchone()
-            copies = max(math.ceil(args.train_rows / rows), math.ceil(args.score_users / users_per_copy))
-            conn.execute(f"""CREATE TABLE ranking_candidates AS
-                SELECT c.* REPLACE (c.user_id || 'x' || k AS user_id) FROM range({copies}) copies(k), bench_day.ranking_candidates c""")
+            conn.execute("CREATE TABLE ranking_candidates AS FROM bench_day.ranking_candidates LIMIT 0")
+            # Each copy in the day's own row order, its users renamed by a prefix that keeps their order: the
+            # layout the candidates stage writes (clustered by user), which serving's batches rely on.
+            for k in range(max(math.ceil(args.train_rows / rows), math.ceil(args.score_users / users_per_copy))):
+                conn.execute(f"INSERT INTO ranking_candidates SELECT * REPLACE ('c{k}-' || user_id AS user_id) FROM bench_day.ranking_candidates")
             conn.execute("DETACH bench_day")
             train = conn.execute(f"SELECT * FROM ranking_candidates LIMIT {args.train_rows}").df()
             users = conn.execute(f"SELECT DISTINCT user_id FROM ranking_candidates ORDER BY 1 LIMIT {args.score_users}").df()["user_id"]

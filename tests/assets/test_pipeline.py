@@ -162,8 +162,15 @@ def test_candidates_in_passes_over_users_are_the_rows_of_one_pass(built, tmp_pat
                             lambda conn, *a: passes.append(len(a[4])) or replace_window(conn, *a))
         rows = candidates.build_candidates_day(conn, day)
         in_passes = conn.execute("SELECT * FROM ranking_candidates WHERE as_of_date = ? ORDER BY user_id, item_id", [day]).df()
+        # each pass is stored in (user, item) order (serving's batches of users rely on it): the stored order
+        # goes back at most once per new pass
+        steps_back = conn.execute(
+            """SELECT count(*) FILTER (WHERE back) FROM (
+                   SELECT (user_id, item_id) < (lag(user_id, 1, '') OVER w, lag(item_id, 1, '') OVER w) AS back
+                   FROM ranking_candidates WHERE as_of_date = ? WINDOW w AS (ORDER BY rowid))""", [day]).fetchone()[0]
     assert passes[0] >= 3 and rows == len(one_pass) == len(in_passes) > 0
     pd.testing.assert_frame_equal(in_passes, one_pass, check_exact=False, rtol=1e-9)
+    assert steps_back <= passes[0] - 1
 
 
 def test_failing_check_stops_downstream_and_names_the_expectation(tmp_path):
