@@ -11,6 +11,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import threading
@@ -113,18 +114,19 @@ def _worker_models(args, meter: Meter) -> dict:
     """LightGBM training on 1M ranking rows and top-20 recommendations for 1M users, from the real candidates of
     the benchmark day, copied to reach the sizes (each copy's users renamed) into a scratch warehouse; training
     and scoring run through the pipeline's own code (``train_lambdarank``, ``recommend_day``)."""
-    import duckdb
     import numpy as np
 
     from assets.logic.candidates import RANKER_FEATURES
     from assets.logic.serving import SCORE_BATCH_USERS, recommend_day
     from assets.logic.training import train_lambdarank
     from assets.models import TrainingConfig
+    from resources.warehouse import Warehouse
 
-    scratch = Path(args.home) / "scoring.duckdb"
-    scratch.unlink(missing_ok=True)
+    scratch = Path(args.home) / "scoring"  # a home of its own, read through the pipeline's Warehouse resource
+    shutil.rmtree(scratch, ignore_errors=True)
+    warehouse = Warehouse(home=str(scratch))
     try:
-        with duckdb.connect(str(scratch)) as conn:
+        with warehouse.connect() as conn:
             conn.execute(f"ATTACH '{Path(args.home) / 'warehouse.duckdb'}' AS bench_day (READ_ONLY)")
             day, rows, users_per_copy = conn.execute(
                 "SELECT any_value(as_of_date), count(*), count(DISTINCT user_id) FROM bench_day.ranking_candidates"
@@ -143,13 +145,12 @@ def _worker_models(args, meter: Meter) -> dict:
         with meter.stage("train_ranker", rows=len(train)):
             booster = train_lambdarank(train, TrainingConfig().params())
         del train
-        with duckdb.connect(str(scratch), read_only=True) as conn, \
-                meter.stage("recommend", users=len(users), candidates_per_user=round(rows / users_per_copy, 1),
-                            batch_users=SCORE_BATCH_USERS) as extra:
+        with meter.stage("recommend", users=len(users), candidates_per_user=round(rows / users_per_copy, 1),
+                         batch_users=SCORE_BATCH_USERS) as extra, warehouse.connect() as conn:
             recs = recommend_day(conn, booster, day, users=users)
             extra["recommendations"] = len(recs)
     finally:
-        scratch.unlink(missing_ok=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     return {"rows": {"train_rows": args.train_rows, "scored_users": len(users), "features": len(RANKER_FEATURES)}}
 
 

@@ -22,8 +22,9 @@ FALLBACK_REASON = "popular with shoppers right now (fills the list)"
 # scores as LightGBM to ~1e-14; 1.1M candidates, 300 trees, 2 cores: 1.1-1.5 s against LightGBM's 5.1 s). Compiling
 # costs ~3.5 s once per model and process, so small batches (tests, predict on a few users) keep LightGBM's predict.
 COMPILED_SCORING_ROWS = 500_000
-# A day's users are scored in batches of this many (about 55 candidates each): memory stays bounded by the batch.
-SCORE_BATCH_USERS = 100_000
+# A day's users are scored in batches of this many (about 55 candidates each): memory is bounded by the batch
+# (about 2.5 GiB at 50,000 users; 50,000 and 100,000 took the same time for 200,000 users).
+SCORE_BATCH_USERS = 50_000
 
 
 def active_users(conn: duckdb.DuckDBPyConnection, day: dt.date) -> pd.Series:
