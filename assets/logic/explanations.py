@@ -145,7 +145,7 @@ def reasons(booster: lgb.Booster, rows: pd.DataFrame, rounds: int | None = EXPLA
 WORDING_COLUMNS = ["ui_views", "ui_carts", "ui_favs", "ui_purchases", "ui_hours_since_touch", "category_affinity", "category_id"]
 
 
-def word(rows: pd.DataFrame | pa.Table, family) -> np.ndarray:
+def word(rows: pd.DataFrame | pa.Table, family: np.ndarray | pd.Series) -> np.ndarray:
     """Each row's reason worded from its ``family`` (one of ``FAMILIES`` or ``item_popularity``, per row) and its
     numbers (``WORDING_COLUMNS`` of ``rows``)."""
     table = (rows.select(WORDING_COLUMNS) if isinstance(rows, pa.Table)

@@ -160,8 +160,8 @@ def _take_rows(matrices: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
     which = np.searchsorted(starts, rows, side="right") - 1
     taken = np.empty((len(rows), len(RANKER_FEATURES)))
     for i, matrix in enumerate(matrices):
-        mine = which == i
-        taken[mine] = matrix[rows[mine] - starts[i]]
+        mine = np.flatnonzero(which == i)  # positions, not a mask: half the time for a mask's 1.9M rows
+        taken[mine] = np.take(matrix, rows[mine] - starts[i], axis=0)
     return taken
 
 
@@ -198,12 +198,13 @@ def recommend_day(
 ) -> pd.DataFrame:
     """Top-k items for every user active on ``day`` (or for ``users``), as of its end, from the day's candidates in
     the warehouse (see ``recommend_scored``). Users are scored ``batch_users`` at a time, in their order, so memory
-    is bounded by a batch, not by the day."""
+    is bounded by a batch, not by the day; a batch of sorted users reads only its own rows, as the candidates are
+    stored in user order (see ``build_candidates_day``)."""
     users = active_users(conn, day) if users is None else users
     parts = []
     for start in range(0, max(len(users), 1), batch_users):
-        batch_users_ = users.iloc[start:start + batch_users]
-        conn.register("batch_users", pa.table({"user_id": pa.array(batch_users_, pa.string())}))
+        some = users.iloc[start:start + batch_users]
+        conn.register("batch_users", pa.table({"user_id": pa.array(some, pa.string())}))
         try:
             batch = conn.sql(
                 scoring_sql("ranking_candidates") + " WHERE as_of_date = $day AND user_id IN (SELECT user_id FROM batch_users)",
@@ -211,7 +212,7 @@ def recommend_day(
             ).to_arrow_table()
         finally:
             conn.unregister("batch_users")
-        parts.append(recommend_scored(booster, batch, batch_users_, k, rules))
+        parts.append(recommend_scored(booster, batch, some, k, rules))
     return pd.concat(parts, ignore_index=True).assign(as_of_date=day)
 
 
