@@ -136,11 +136,6 @@ def ranked_table(scored: pd.DataFrame | pa.Table, users: pd.Series, rules: Busin
         ).to_arrow_table()
 
 
-def apply_rules(scored: pd.DataFrame | pa.Table, users: pd.Series, rules: BusinessRules, k: int) -> pd.DataFrame:
-    """``ranked_table`` as a frame."""
-    return ranked_table(scored, users, rules, k).to_pandas()
-
-
 # The candidate columns the rules and the reasons' wording read; the features travel apart, as matrices.
 _ROW_COLUMNS = list(dict.fromkeys(RULE_COLUMNS + WORDING_COLUMNS))
 

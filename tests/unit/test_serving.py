@@ -7,7 +7,7 @@ import pyarrow as pa
 from assets.logic import serving
 from assets.logic.candidates import RANKER_FEATURES
 from assets.logic.explanations import reasons
-from assets.logic.serving import BusinessRules, apply_rules
+from assets.logic.serving import BusinessRules, ranked_table
 
 
 def _scored():
@@ -27,7 +27,7 @@ def _scored():
 def test_rules_exclude_purchases_cap_categories_deny_items_and_record_themselves():
     users = pd.Series(["u1", "u2", "u3"])
     rules = BusinessRules(exclude_purchased=True, max_per_category=1, deny_items=("d",), min_items=3)
-    recs = apply_rules(_scored(), users, rules, k=3)
+    recs = ranked_table(_scored(), users, rules, k=3).to_pandas()
     u1 = recs[recs["user_id"] == "u1"]
     # a was bought, c is a second c1 item, d is denied: b, then p1 (c3), then a fallback fills slot 3.
     assert u1["item_id"].tolist() == ["b", "p1", "p2"] and u1["rank"].tolist() == [1, 2, 3]
@@ -38,7 +38,7 @@ def test_rules_exclude_purchases_cap_categories_deny_items_and_record_themselves
 
 
 def test_without_rules_the_ranking_is_the_models():
-    recs = apply_rules(_scored(), pd.Series(["u1"]), BusinessRules(exclude_purchased=False, max_per_category=0, min_items=0), k=4)
+    recs = ranked_table(_scored(), pd.Series(["u1"]), BusinessRules(exclude_purchased=False, max_per_category=0, min_items=0), k=4).to_pandas()
     assert recs["item_id"].tolist() == ["a", "b", "c", "d"] and recs["source"].ne("fallback").all()
 
 
