@@ -1,9 +1,11 @@
 """Serving: daily recommendation and next-action tables, scored with the ``champion`` models."""
 
+import datetime as dt
 import json
 import time
 
 import pandas as pd
+import pyarrow as pa
 from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
@@ -28,7 +30,7 @@ from assets.logic.serving import (
 from assets.logic.warehouse_sql import (
     date_bounds,
     ensure_table,
-    replace_window_from_frame,
+    replace_window_from_frames,
 )
 from assets.models import NEXT_ACTION_MODELS, RANKER_MODEL
 from assets.partitions import DAILY_ASSET, PUBLISH_AUTOMATION, partition_days
@@ -59,11 +61,23 @@ TABLES = {
 }
 
 
+def with_lineage(
+    rows: pd.DataFrame | pa.Table, model_name: str, model_version: int, run_id: str, scored_at: dt.datetime
+) -> pa.Table:
+    """``rows`` with the model version and run that scored them, as published."""
+    table = rows if isinstance(rows, pa.Table) else pa.Table.from_pandas(rows, preserve_index=False)
+    lineage = {"model_name": model_name, "model_version": model_version, "run_id": run_id, "scored_at": scored_at}
+    for column, value in lineage.items():
+        table = table.append_column(column, pa.repeat(value, len(table)))
+    return table
+
+
 def _publish(
     context, warehouse: Warehouse, registry: ModelRegistry, table: str, scorers: dict, all_required: bool = True
 ):
-    """Score each day with the champion of every model in ``scorers`` ({model name: (features,
-    score_day)}) and replace the day's rows of ``table``; every row names its model version and run.
+    """Score each day with the champion of every model in ``scorers`` ({model name: (features, score_day)}, where
+    ``score_day`` gives the day's rows in one or more frames) and replace the day's rows of ``table``; every row
+    names its model version and run.
 
     Without a champion a model fails the asset, unless ``all_required`` is off: then its rows are
     left out, with a warning and the model named in the metadata (at least one must have a champion).
@@ -89,14 +103,13 @@ def _publish(
             record_outside_moves(conn, CHAMPION, json.loads(moves), "MLflow UI (seen by champion_alias_sensor)")
         ensure_table(conn, table, TABLES[table])
         for day in days:
-            frame = pd.concat([
-                score_day(conn, booster, day).assign(
-                    model_name=name, model_version=champion.version, run_id=champion.run_id,
-                    scored_at=pd.Timestamp.now("UTC").tz_localize(None),
-                )
+            scored_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+            batches = (  # made and written one at a time (see replace_window_from_frames)
+                with_lineage(part, name, champion.version, champion.run_id, scored_at)
                 for name, (champion, booster, score_day) in champions.items()
-            ], ignore_index=True)
-            rows[str(day)] = replace_window_from_frame(conn, table, "as_of_date", *date_bounds(day), frame)
+                for part in score_day(conn, booster, day)
+            )
+            rows[str(day)] = replace_window_from_frames(conn, table, "as_of_date", *date_bounds(day), batches)
         suite, head = suite_check(conn, table, "as_of_date", days)
     return MaterializeResult(
         metadata={
@@ -153,4 +166,4 @@ def next_action_predictions(
 
 
 def _action_scorer(action: str):
-    return lambda conn, booster, day: predict_next_action_day(conn, booster, day).assign(action=action)
+    return lambda conn, booster, day: [predict_next_action_day(conn, booster, day).assign(action=action)]

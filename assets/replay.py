@@ -22,8 +22,7 @@ from assets.logic.warehouse_sql import (
     date_bounds,
     day_bounds,
     ensure_table,
-    replace_window,
-    replace_window_from_frame,
+    replace_window_from_frames,
 )
 from assets.models import (
     BASELINES,
@@ -116,11 +115,9 @@ def model_replay(context: AssetExecutionContext, warehouse: Warehouse, registry:
                     "model_value": training.metric_value(evaluation, "model", target, metric),
                     "best_baseline": max(training.metric_value(evaluation, b, target, metric) for b in BASELINES[name]),
                 })
-            if rows:
-                frames.append(pd.concat(rows, ignore_index=True))
-                replace_window_from_frame(conn, "model_replay", "day", *date_bounds(day), frames[-1])
-            else:  # a re-run with fewer eligible models leaves none of the day's old rows
-                replace_window(conn, "model_replay", "day", *date_bounds(day), "SELECT * FROM model_replay WHERE false")
+            day_rows = [pd.concat(rows, ignore_index=True)] if rows else []
+            frames += day_rows  # none: a re-run with fewer eligible models leaves none of the day's old rows
+            replace_window_from_frames(conn, "model_replay", "day", *date_bounds(day), day_rows)
     replayed = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if len(replayed):
         check = validate(replayed.drop(columns="day"), "model_evaluation", "model_evaluation_suite")

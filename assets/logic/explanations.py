@@ -138,14 +138,14 @@ def reasons(booster: lgb.Booster, rows: pd.DataFrame, rounds: int | None = EXPLA
     """One short reason per candidate row: the family with the largest positive contribution."""
     if rows.empty:
         return pd.Series([], dtype=object, index=rows.index)
-    return pd.Series(word(rows, top_family(booster, rows, rounds)), index=rows.index, dtype=object)
+    return pd.Series(word(rows, top_family(booster, rows, rounds)).to_pylist(), index=rows.index, dtype=object)
 
 
 # The columns the wording reads.
 WORDING_COLUMNS = ["ui_views", "ui_carts", "ui_favs", "ui_purchases", "ui_hours_since_touch", "category_affinity", "category_id"]
 
 
-def word(rows: pd.DataFrame | pa.Table, family: np.ndarray | pd.Series) -> np.ndarray:
+def word(rows: pd.DataFrame | pa.Table, family: np.ndarray | pd.Series) -> pa.ChunkedArray:
     """Each row's reason worded from its ``family`` (one of ``FAMILIES`` or ``item_popularity``, per row) and its
     numbers (``WORDING_COLUMNS`` of ``rows``)."""
     table = (rows.select(WORDING_COLUMNS) if isinstance(rows, pa.Table)
@@ -153,4 +153,4 @@ def word(rows: pd.DataFrame | pa.Table, family: np.ndarray | pd.Series) -> np.nd
     table = table.append_column("family", pa.array(family, pa.string())).append_column("position", pa.array(np.arange(len(rows))))
     with duckdb.connect() as conn:
         conn.register("rows", table)
-        return conn.execute(_WORDING_SQL).fetchnumpy()["reason"]
+        return conn.sql(_WORDING_SQL).to_arrow_table().column("reason")

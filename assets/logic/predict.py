@@ -108,7 +108,7 @@ def score_sequences(
            JOIN (SELECT user_id, count(*) AS events FROM sequence_events GROUP BY ALL) s USING (user_id)
            ORDER BY user_id"""
     ).df()
-    recs = recommend(ranker, candidates, features["user_id"], k, rules)
+    recs = recommend(ranker, candidates, features["user_id"], k, rules).to_pandas()
     per_sequence = features[["user_id", "events", "last_event_time"]].assign(
         **{f"p_{action}": booster.predict(features[USER_FEATURE_COLUMNS].astype(float))
            for action, booster in action_models.items()},

@@ -1,10 +1,12 @@
 """Table definitions of the warehouse and the one idempotent way to replace a partition."""
 
 import datetime as dt
-from typing import Sequence
+from typing import Iterable, Sequence
 from zoneinfo import ZoneInfo
 
 import duckdb
+import pandas as pd
+import pyarrow as pa
 
 EVENT_COLUMNS = """
     event_time TIMESTAMP NOT NULL,
@@ -70,11 +72,11 @@ def replace_window(
     time_column: str,
     start: dt.datetime,
     end: dt.datetime,
-    select_sql: str | list[str],
+    select_sql: str | Iterable[str | duckdb.DuckDBPyRelation],
     params: Sequence | dict | None = None,
 ) -> int:
-    """Delete ``[start, end)`` of ``table`` and insert ``select_sql`` (or each of a list of SELECTs, one
-    after another) in one transaction.
+    """Delete ``[start, end)`` of ``table`` and insert ``select_sql`` (or each of several SELECTs or relations,
+    one after another) in one transaction.
 
     Re-running a partition therefore replaces exactly that partition; a failure
     rolls back and leaves the previous rows in place. Returns the rows inserted.
@@ -83,7 +85,10 @@ def replace_window(
     try:
         conn.execute(f"DELETE FROM {table} WHERE {time_column} >= ? AND {time_column} < ?", [start, end])
         for select in [select_sql] if isinstance(select_sql, str) else select_sql:
-            conn.execute(f"INSERT INTO {table} BY NAME {select}", params or [])
+            if isinstance(select, duckdb.DuckDBPyRelation):
+                select.query("incoming", f"INSERT INTO {table} BY NAME SELECT * FROM incoming")
+            else:
+                conn.execute(f"INSERT INTO {table} BY NAME {select}", params or [])
         inserted = conn.execute(
             f"SELECT count(*) FROM {table} WHERE {time_column} >= ? AND {time_column} < ?", [start, end]
         ).fetchone()[0]
@@ -120,12 +125,13 @@ def replace_table(conn: duckdb.DuckDBPyConnection, table: str, frame) -> int:
     return len(frame)
 
 
-def replace_window_from_frame(
-    conn: duckdb.DuckDBPyConnection, table: str, time_column: str, start, end, frame
+def replace_window_from_frames(
+    conn: duckdb.DuckDBPyConnection, table: str, time_column: str, start, end, frames: Iterable[pd.DataFrame | pa.Table]
 ) -> int:
-    """``replace_window`` with the rows of a pandas frame (the table must exist)."""
-    conn.register("incoming_frame", frame)
-    try:
-        return replace_window(conn, table, time_column, start, end, "SELECT * FROM incoming_frame")
-    finally:
-        conn.unregister("incoming_frame")
+    """``replace_window`` with the rows of pandas frames or Arrow tables (the table must exist), in one transaction.
+    ``frames`` may be a generator: each frame is made, inserted and let go before the next, so a day written in
+    batches is never held whole; if making one fails, the window keeps its previous rows. The frames are read as
+    relations, not registered as views: a view registered inside the transaction keeps its frame alive until the
+    commit (about 0.5 GB per million recommendations)."""
+    relations = (conn.from_arrow(frame) if isinstance(frame, pa.Table) else conn.from_df(frame) for frame in frames)
+    return replace_window(conn, table, time_column, start, end, relations)

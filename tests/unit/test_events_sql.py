@@ -2,6 +2,7 @@ import datetime as dt
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from assets.logic.events import clean_day, load_raw_day
@@ -120,6 +121,30 @@ def test_a_table_of_another_layout_is_refused_not_half_filled(conn):
     conn.execute("ALTER TABLE sessions DROP COLUMN converted")
     with pytest.raises(SchemaChanged, match=r"sessions .*missing columns \['converted'\]"):
         ensure_table(conn, "sessions")
+
+
+def test_a_window_written_from_frames_is_replaced_whole_or_not_at_all(conn):
+    from assets.logic.warehouse_sql import replace_window_from_frames
+
+    conn.execute("CREATE TABLE t (day DATE, v INTEGER)")
+    day = (DAY, DAY + dt.timedelta(days=1))
+    replace_window_from_frames(conn, "t", "day", *day, [pd.DataFrame({"day": [DAY] * 3, "v": [1, 2, 3]})])
+    made = []
+
+    def batches(fail_after: int | None):
+        for i in range(3):
+            if i == fail_after:
+                raise RuntimeError("scoring failed")
+            made.append(i)
+            assert conn.execute("SELECT count(*) FROM t WHERE v >= 10").fetchall() == [(10 * i,)]  # the previous batch is in
+            frame = pd.DataFrame({"day": [DAY] * 10, "v": range(10 * (i + 1), 10 * (i + 2))})
+            yield pa.Table.from_pandas(frame) if i == 1 else frame  # an Arrow table or a pandas frame
+
+    with pytest.raises(RuntimeError, match="scoring failed"):
+        replace_window_from_frames(conn, "t", "day", *day, batches(fail_after=2))
+    assert made == [0, 1] and conn.execute("SELECT list(v ORDER BY v) FROM t").fetchone()[0] == [1, 2, 3]
+    assert replace_window_from_frames(conn, "t", "day", *day, batches(None)) == 30
+    assert conn.execute("SELECT count(*), min(v) FROM t").fetchone() == (30, 10)
 
 
 def _two_days(conn, tmp_path, rows_by_day):

@@ -62,14 +62,14 @@ def test_wording_uses_the_rows_numbers():
         "category_affinity": [0.0, 0.0, 0.0, 0.126, 0.004], "category_id": ["c1", "c1", "c1", "c7", "c8"],
     })
     family = pd.Series(["own_history", "own_history", "own_history", "category", "category"])
-    assert word(rows, family).tolist() == [
+    assert word(rows, family).to_pylist() == [
         "you viewed it 2 times and saved it 1 time, last 2 hours ago",  # 2.5 rounds half to even
         "in your recent history",
         "you viewed it 1 time and carted it 1 time",
         "popular in category c7, which you browse (13% of your activity)",
         "popular in category c8, which you browse",
     ]
-    assert word(rows, pd.Series(["co_visitation", "user_activity", "price", "item_popularity", "item_popularity"])).tolist() == [
+    assert word(rows, pd.Series(["co_visitation", "user_activity", "price", "item_popularity", "item_popularity"])).to_pylist() == [
         "often viewed together with items you looked at", "matches how actively you are shopping",
         "in the price range you shop in", "popular with shoppers right now", "popular with shoppers right now",
     ]

@@ -82,11 +82,15 @@ def test_a_day_scored_in_batches_of_users_gives_the_rows_of_one_batch():
     with duckdb.connect() as conn:
         conn.execute("CREATE TABLE ranking_candidates AS SELECT * FROM frame")
         day = frame["as_of_date"].iloc[0]
-        whole = serving.recommend_day(conn, booster, day, k=5, users=users, batch_users=1000)
-        batched = serving.recommend_day(conn, booster, day, k=5, users=users, batch_users=7)
+        whole = list(serving.recommend_day(conn, booster, day, k=5, users=users, batch_users=1000))
+        batches = list(serving.recommend_day(conn, booster, day, k=5, users=users, batch_users=7))
+    assert len(whole) == 1 and len(batches) == 6
+    assert all(b.to_pandas()["user_id"].isin(users[i * 7:(i + 1) * 7]).all() for i, b in enumerate(batches))
+    whole, batched = whole[0].to_pandas(), pa.concat_tables(batches).to_pandas()
     pd.testing.assert_frame_equal(batched, whole)
+    assert whole["as_of_date"].eq(day).all()
     assert set(whole["user_id"]) == set(users) - {"u_without_candidates"} and whole.groupby("user_id").size().eq(5).all()
-    from_frame = serving.recommend(booster, frame, users, k=5)
+    from_frame = serving.recommend(booster, frame, users, k=5).to_pandas()
     pd.testing.assert_frame_equal(whole.drop(columns="as_of_date"), from_frame)
 
 
@@ -98,8 +102,18 @@ def test_reasons_and_scores_follow_their_rows_across_chunks():
     n = len(batch)
     chunked = pa.concat_tables([batch.slice(0, n // 3), batch.slice(n // 3, n // 3), batch.slice(2 * (n // 3))])
     assert chunked.column("features").num_chunks == 3
-    recs = serving.recommend_scored(booster, chunked, users, k=5, rules=BusinessRules(exclude_purchased=False, min_items=0))
+    recs = serving.recommend_scored(booster, chunked, users, k=5, rules=BusinessRules(exclude_purchased=False, min_items=0)).to_pandas()
     rows = frame.set_index(["user_id", "item_id"]).loc[list(zip(recs["user_id"], recs["item_id"]))]
     assert np.allclose(recs["score"].to_numpy(), booster.predict(rows[RANKER_FEATURES]), rtol=0, atol=1e-12)
     assert recs["reason"].tolist() == reasons(booster, rows).tolist()
-    assert recs.equals(serving.recommend_scored(booster, batch, users, k=5, rules=BusinessRules(exclude_purchased=False, min_items=0)))
+    assert recs.equals(serving.recommend_scored(booster, batch, users, k=5, rules=BusinessRules(exclude_purchased=False, min_items=0)).to_pandas())
+
+
+def test_a_list_filled_from_popular_items_says_so():
+    frame, booster = _candidates_and_ranker()
+    users = pd.Series(sorted(frame["user_id"].unique()))
+    recs = serving.recommend(booster, frame, users, k=6, rules=BusinessRules(max_per_category=1)).to_pandas()
+    filled = recs["source"].eq("fallback")
+    assert filled.any()  # 4 categories, one item each, then the popular items fill the list
+    assert recs.loc[filled, "reason"].eq(serving.FALLBACK_REASON).all()
+    assert not recs.loc[~filled, "reason"].isin([serving.FALLBACK_REASON]).any() and recs["reason"].notna().all()
