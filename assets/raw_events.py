@@ -23,14 +23,11 @@ from assets.common import (
     suite_check,
 )
 from assets.logic.events import load_raw_day
-from assets.logic.monitoring import mix_shifts, volume_anomalies
-from assets.logic.warehouse_sql import day_bounds
+from assets.logic.monitoring import daily_event_counts, mix_shifts, volume_anomalies
 from assets.partitions import DAILY_ASSET, partition_days
 from resources import LandingSource, Warehouse
 
 MONITOR_HISTORY_DAYS = 60
-
-_LOCAL_DAY = "CAST(timezone($tz, timezone('UTC', event_time)) AS DATE)"
 
 
 @asset(
@@ -100,19 +97,7 @@ def raw_events(context: AssetExecutionContext, warehouse: Warehouse, landing: La
 
 def _monitors(conn, days: list[dt.date], tz: str) -> list[AssetCheckResult]:
     """Volume and event-mix monitors over the window and up to ``MONITOR_HISTORY_DAYS`` before it."""
-    first = days[0] - dt.timedelta(days=MONITOR_HISTORY_DAYS)
-    counts = conn.execute(
-        f"""SELECT {_LOCAL_DAY} AS day, event_type, count(*) AS n FROM raw_events
-            WHERE event_time >= $start AND event_time < $end GROUP BY ALL""",
-        {"tz": tz, "start": day_bounds(first, tz)[0], "end": day_bounds(days[-1], tz)[1]},
-    ).df()
-    calendar = [first + dt.timedelta(days=i) for i in range((days[-1] - first).days + 1)]
-    by_type = counts.pivot_table(index="day", columns="event_type", values="n", aggfunc="sum", fill_value=0)
-    by_type.index = [pd.Timestamp(d).date() for d in by_type.index]
-    by_type = by_type.reindex(calendar, fill_value=0)
-    # Days before the shop's first event are not history: start the series at the first day with rows.
-    active = by_type.sum(axis=1)
-    by_type = by_type.loc[active[active > 0].index.min():] if active.any() else by_type.iloc[0:0]
+    by_type = daily_event_counts(conn, days[0] - dt.timedelta(days=MONITOR_HISTORY_DAYS), days[-1], tz)
     judged = [d for d in days if d in by_type.index]
     volume = volume_anomalies(by_type.sum(axis=1), judged)
     mix = mix_shifts(by_type, judged)

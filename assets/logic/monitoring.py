@@ -4,15 +4,41 @@ Both look at a daily series that ends with the days just materialised and say,
 per day, whether it looks like the days before it. They warn; they do not block.
 """
 
+import datetime as dt
 from statistics import NormalDist
 
+import duckdb
 import numpy as np
 import pandas as pd
+
+from assets.logic.warehouse_sql import day_bounds
 
 MIN_HISTORY_DAYS = 7
 VOLUME_INTERVAL = 0.99
 MIX_TRAILING_DAYS = 7
 MIX_MAX_DISTANCE = 0.15
+
+
+def daily_event_counts(conn: duckdb.DuckDBPyConnection, first: dt.date, last: dt.date, tz: str) -> pd.DataFrame:
+    """raw_events per day of the shop's timezone ``tz`` (rows, from ``first`` or the first day with events, to
+    ``last``; a day without events counts 0) and event type (columns).
+
+    Counted per quarter hour, then per local day: every timezone's offset is a whole number of quarter hours, and
+    converting the quarters, not the 10M events of a day, takes 0.3 s instead of 3 s."""
+    counts = conn.execute(
+        """SELECT CAST(timezone($tz, timezone('UTC', quarter)) AS DATE) AS day, event_type, sum(n) AS n FROM (
+               SELECT time_bucket(INTERVAL 15 MINUTE, event_time) AS quarter, event_type, count(*) AS n FROM raw_events
+               WHERE event_time >= $start AND event_time < $end GROUP BY ALL
+           ) GROUP BY ALL""",
+        {"tz": tz, "start": day_bounds(first, tz)[0], "end": day_bounds(last, tz)[1]},
+    ).df()
+    calendar = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+    by_type = counts.pivot_table(index="day", columns="event_type", values="n", aggfunc="sum", fill_value=0)
+    by_type.index = [pd.Timestamp(d).date() for d in by_type.index]
+    by_type = by_type.reindex(calendar, fill_value=0)
+    # Days before the shop's first event are not history: start the series at the first day with rows.
+    active = by_type.sum(axis=1)
+    return by_type.loc[active[active > 0].index.min():] if active.any() else by_type.iloc[0:0]
 
 
 def volume_anomalies(daily: pd.Series, judged: list, interval: float = VOLUME_INTERVAL) -> pd.DataFrame:

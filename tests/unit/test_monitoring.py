@@ -48,3 +48,31 @@ def test_reconciliation_and_point_in_time_suites_fail_on_bad_numbers():
                          "latest_event_time": pd.to_datetime(["2025-03-01 23:59", "2025-03-03 00:00"])})
     assert not validate(leak, "point_in_time", "y").passed
     assert validate(leak.iloc[:1], "point_in_time", "y").passed
+
+
+@pytest.mark.parametrize("tz, midnight_utc", [
+    ("Asia/Kathmandu", "2025-03-01 18:15"),  # UTC+5:45
+    ("Europe/Berlin", "2025-03-29 23:00"),  # the night clocks go forward: 30 March starts at 23:00 UTC, ends 22:00
+    ("UTC", "2025-03-02 00:00"),
+])
+def test_events_are_counted_on_the_shops_local_day(tz, midnight_utc):
+    import duckdb
+
+    from assets.logic.monitoring import daily_event_counts
+    from assets.logic.warehouse_sql import day_bounds
+
+    midnight = pd.Timestamp(midnight_utc)
+    local_day = (midnight + pd.Timedelta(hours=14)).tz_localize("UTC").tz_convert(tz).date()
+    minute = pd.Timedelta(minutes=1)
+    events = pd.DataFrame({
+        "event_time": [midnight - minute, midnight, midnight + 7 * minute, day_bounds(local_day, tz)[1] - minute,
+                       day_bounds(local_day, tz)[1]],
+        "event_type": ["view", "view", "purchase", "view", "view"],
+    })
+    with duckdb.connect() as conn:
+        conn.execute("CREATE TABLE raw_events AS SELECT * FROM events")
+        counts = daily_event_counts(conn, local_day - dt.timedelta(days=3), local_day + dt.timedelta(days=1), tz)
+    before, after = local_day - dt.timedelta(days=1), local_day + dt.timedelta(days=1)
+    assert counts.index.tolist() == [before, local_day, after]  # from the first day with events
+    assert counts.loc[local_day].to_dict() == {"purchase": 1, "view": 2}
+    assert counts.loc[before].to_dict() == {"purchase": 0, "view": 1} and counts.loc[after, "view"] == 1
