@@ -70,7 +70,7 @@ def test_events_are_counted_on_the_shops_local_day(tz, midnight_utc):
         "event_type": ["view", "view", "purchase", "view", "view"],
     })
     with duckdb.connect() as conn:
-        conn.execute("CREATE TABLE raw_events AS SELECT * FROM events")
+        conn.from_df(events).create("raw_events")
         counts = daily_event_counts(conn, local_day - dt.timedelta(days=3), local_day + dt.timedelta(days=1), tz)
     before, after = local_day - dt.timedelta(days=1), local_day + dt.timedelta(days=1)
     assert counts.index.tolist() == [before, local_day, after]  # from the first day with events
