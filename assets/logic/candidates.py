@@ -67,6 +67,14 @@ RANKER_FEATURES = [
     *ITEM_FEATURE_COLUMNS,
 ]
 
+def _exact_sum(term: str, decimals: int) -> str:
+    """``sum(term)`` that does not depend on the order the rows are added in: each term rounded to ``decimals`` places
+    and added as a decimal. Doubles added by DuckDB's threads in another order can differ in the last bit, and that
+    reorders ties among the ranks built on the sum (a range backfill once gave a covis_rank that day-by-day runs did
+    not). Terms must stay below 10 ** (18 - decimals); DuckDB raises an error, not a wrong sum, if one does not."""
+    return f"CAST(sum(CAST({term} AS DECIMAL(18, {decimals}))) AS DOUBLE)"
+
+
 def covis_pairs_sql(events: str = "cleaned_events") -> str:
     """Item-to-item co-visitation as of ``$cutoff``: for each item, its ``COVIS_NEIGHBOURS`` strongest
     session neighbours over the ``COVIS_DAYS`` before the cut-off, weighted by what happened to the neighbour."""
@@ -115,7 +123,8 @@ ui AS (
            ls.item_id IS NOT NULL AS in_last_session, ls.ui_last_session_position
     FROM (
         SELECT h.user_id, item_id,
-               sum({type_weight_sql()} * exp(-date_diff('second', event_time, h.cutoff) / 3600.0 / {RECENCY_HOURS})) AS recent_score,
+               {_exact_sum(f"{type_weight_sql()} * exp(-date_diff('second', event_time, h.cutoff) / 3600.0 / {RECENCY_HOURS})", 12)}
+                   AS recent_score,
                count(*) FILTER (WHERE event_type = 'view') AS ui_views,
                count(*) FILTER (WHERE event_type = 'add_to_cart') AS ui_carts,
                count(*) FILTER (WHERE event_type = 'purchase') AS ui_purchases,
@@ -139,10 +148,12 @@ seeds AS (
     FROM recent WHERE recent_rank <= 10
 ),
 covis AS (
-    SELECT s.user_id, p.item_b AS item_id, sum(s.seed_weight * p.pair_weight) AS covis_score,
-           row_number() OVER (PARTITION BY s.user_id ORDER BY sum(s.seed_weight * p.pair_weight) DESC, p.item_b) AS covis_rank
-    FROM seeds s JOIN covis_pairs p ON p.item_a = s.item_id
-    GROUP BY s.user_id, p.item_b
+    SELECT *, row_number() OVER (PARTITION BY user_id ORDER BY covis_score DESC, item_id) AS covis_rank
+    FROM (
+        SELECT s.user_id, p.item_b AS item_id, {_exact_sum("s.seed_weight * p.pair_weight", 9)} AS covis_score
+        FROM seeds s JOIN covis_pairs p ON p.item_a = s.item_id
+        GROUP BY s.user_id, p.item_b
+    )
     QUALIFY covis_rank <= {COVIS_PER_USER}
 ),
 user_categories AS (
