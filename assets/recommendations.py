@@ -3,7 +3,9 @@
 import datetime as dt
 import json
 import time
+from typing import Iterable
 
+import duckdb
 import pandas as pd
 import pyarrow as pa
 from dagster import (
@@ -61,13 +63,23 @@ TABLES = {
 }
 
 
-def with_lineage(
-    rows: pd.DataFrame | pa.Table, model_name: str, model_version: int, run_id: str, scored_at: dt.datetime
-) -> pa.Table:
-    """``rows`` with the model version and run that scored them, as published."""
+def publish_day(
+    conn: duckdb.DuckDBPyConnection, table: str, day: dt.date,
+    scored: Iterable[tuple[str, int, str, Iterable[pd.DataFrame | pa.Table]]],
+) -> int:
+    """Replace ``day`` of ``table`` (one of ``TABLES``) with the rows of each model in ``scored``, given as (model
+    name, version, MLflow run, frames of rows), every row naming its model version and run. The frames are made and
+    written one at a time, in one transaction (see ``replace_window_from_frames``). Returns the rows written."""
+    ensure_table(conn, table, TABLES[table])
+    scored_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    batches = (_append_constants(rows, model_name=name, model_version=version, run_id=run_id, scored_at=scored_at)
+               for name, version, run_id, frames in scored for rows in frames)
+    return replace_window_from_frames(conn, table, "as_of_date", *date_bounds(day), batches)
+
+
+def _append_constants(rows: pd.DataFrame | pa.Table, **columns) -> pa.Table:
     table = rows if isinstance(rows, pa.Table) else pa.Table.from_pandas(rows, preserve_index=False)
-    lineage = {"model_name": model_name, "model_version": model_version, "run_id": run_id, "scored_at": scored_at}
-    for column, value in lineage.items():
+    for column, value in columns.items():
         table = table.append_column(column, pa.repeat(value, len(table)))
     return table
 
@@ -101,15 +113,11 @@ def _publish(
         moves = context.run.tags.get(ALIAS_MOVES_TAG)
         if moves:  # a run the champion_alias_sensor asked for: record moves made in the MLflow UI
             record_outside_moves(conn, CHAMPION, json.loads(moves), "MLflow UI (seen by champion_alias_sensor)")
-        ensure_table(conn, table, TABLES[table])
         for day in days:
-            scored_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-            batches = (  # made and written one at a time (see replace_window_from_frames)
-                with_lineage(part, name, champion.version, champion.run_id, scored_at)
+            rows[str(day)] = publish_day(conn, table, day, (
+                (name, champion.version, champion.run_id, score_day(conn, booster, day))
                 for name, (champion, booster, score_day) in champions.items()
-                for part in score_day(conn, booster, day)
-            )
-            rows[str(day)] = replace_window_from_frames(conn, table, "as_of_date", *date_bounds(day), batches)
+            ))
         suite, head = suite_check(conn, table, "as_of_date", days)
     return MaterializeResult(
         metadata={

@@ -113,17 +113,15 @@ def _worker_floor(args, meter: Meter) -> dict:
 def _worker_models(args, meter: Meter) -> dict:
     """LightGBM training on 1M ranking rows and top-20 recommendations for 1M users, from the real candidates of
     the benchmark day, copied to reach the sizes (each copy's users renamed) into a scratch warehouse; training
-    and scoring run through the pipeline's own code (``train_lambdarank``; ``recommend_day``, each batch written to a
-    recommendations table as the asset writes it)."""
+    and scoring run through the pipeline's own code (``train_lambdarank``; ``recommend_day`` and
+    ``publish_day``, each batch written to a recommendations table as the asset writes it)."""
     import numpy as np
 
     from assets.logic.candidates import RANKER_FEATURES
     from assets.logic.serving import SCORE_BATCH_USERS, recommend_day
     from assets.logic.training import train_lambdarank
-    from assets.logic.warehouse_sql import date_bounds, ensure_table, replace_window_from_frames
     from assets.models import TrainingConfig
-    from assets.recommendations import TABLES as RECOMMENDATION_TABLES
-    from assets.recommendations import with_lineage
+    from assets.recommendations import publish_day
     from resources.warehouse import Warehouse
 
     scratch = Path(args.home) / "scoring"  # a home of its own, read through the pipeline's Warehouse resource
@@ -151,12 +149,9 @@ def _worker_models(args, meter: Meter) -> dict:
         del train
         with meter.stage("recommend", users=len(users), candidates_per_user=round(rows / users_per_copy, 1),
                          batch_users=SCORE_BATCH_USERS) as extra, warehouse.connect() as conn:
-            # as the recommendations asset publishes a day: each batch written to the warehouse before the next
-            ensure_table(conn, "recommendations", RECOMMENDATION_TABLES["recommendations"])
-            batches = (with_lineage(part, "bench", 0, "bench", dt.datetime.now())
-                       for part in recommend_day(conn, booster, day, users=users))
-            extra["recommendations"] = replace_window_from_frames(conn, "recommendations", "as_of_date",
-                                                                  *date_bounds(day), batches)
+            # written as the recommendations asset publishes a day: each batch before the next is scored
+            extra["recommendations"] = publish_day(conn, "recommendations", day,
+                                                   [("bench", 0, "bench", recommend_day(conn, booster, day, users=users))])
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return {"rows": {"train_rows": args.train_rows, "scored_users": len(users), "features": len(RANKER_FEATURES)}}

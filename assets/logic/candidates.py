@@ -67,6 +67,7 @@ RANKER_FEATURES = [
     *ITEM_FEATURE_COLUMNS,
 ]
 
+
 def _exact_sum(term: str, decimals: int) -> str:
     """``sum(term)`` that does not depend on the order the rows are added in: each term rounded to ``decimals`` places
     and added as a decimal. Doubles added by DuckDB's threads in another order can differ in the last bit, and that
