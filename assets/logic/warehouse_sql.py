@@ -2,7 +2,7 @@
 
 import datetime as dt
 from typing import Iterable, Sequence
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, available_timezones
 
 import duckdb
 import pandas as pd
@@ -97,6 +97,18 @@ def replace_window(
         conn.execute("ROLLBACK")
         raise
     return int(inserted)
+
+
+def check_timezone(name: str, where: str = "timezone") -> str:
+    """``name`` when it is an IANA time zone name exactly as the tz database spells it (``Asia/Shanghai``,
+    ``UTC``), else a ``ValueError`` naming ``where`` it came from. Offsets (``UTC+3``), other spellings (``utc``)
+    and made-up names are refused before they reach DuckDB or a partition key."""
+    if not isinstance(name, str) or name == "localtime" or name not in available_timezones():
+        raise ValueError(
+            f"{where} {name!r} is not an IANA time zone name (for example UTC, Europe/Berlin, Asia/Shanghai; "
+            "names are case-sensitive, offsets such as UTC+3 are not accepted)"
+        )
+    return name
 
 
 def day_bounds(day: dt.date, tz: str = "UTC") -> tuple[dt.datetime, dt.datetime]:
