@@ -32,7 +32,7 @@ def make_day(folder: Path, events: int, seed: int = 7) -> Path:
                        CAST(NULL AS VARCHAR) AS session_id,
                        event_type, item_id, category_id, price, query,
                        CASE WHEN k = 0 THEN event_id ELSE event_id || 'x' || k END AS event_id
-                FROM read_parquet('{base}') CROSS JOIN range({copies}) AS copies(k)
+                FROM read_parquet($base) CROSS JOIN range({int(copies)}) AS copies(k)
                 ORDER BY event_time
-            ) TO '{out}' (FORMAT parquet, ROW_GROUP_SIZE 122880)""")
+            ) TO $out (FORMAT parquet, ROW_GROUP_SIZE 122880)""", {"base": str(base), "out": str(out)})
     return out

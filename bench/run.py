@@ -101,12 +101,12 @@ def _worker_floor(args, meter: Meter) -> dict:
     import duckdb
 
     with duckdb.connect() as conn:
-        columns = [r[0] for r in conn.execute(f"DESCRIBE SELECT * FROM read_parquet('{args.landing}')").fetchall()]
+        columns = [r[0] for r in conn.execute("DESCRIBE SELECT * FROM read_parquet(?)", [str(args.landing)]).fetchall()]
         # hash every value: count(column) alone can be answered from the Parquet statistics without reading data
         hashes = ", ".join(f"sum(hash({c}))" for c in columns)
         conn.execute("SET threads = 2")
         with meter.stage("duckdb_scan"):
-            rows = conn.execute(f"SELECT count(*), {hashes} FROM read_parquet('{args.landing}')").fetchone()[0]
+            rows = conn.execute(f"SELECT count(*), {hashes} FROM read_parquet(?)", [str(args.landing)]).fetchone()[0]
     return {"rows": {"landing": rows}}
 
 
@@ -129,7 +129,7 @@ def _worker_models(args, meter: Meter) -> dict:
     warehouse = Warehouse(home=str(scratch))
     try:
         with warehouse.connect() as conn:
-            conn.execute(f"ATTACH '{Path(args.home) / 'warehouse.duckdb'}' AS bench_day (READ_ONLY)")
+            conn.execute("ATTACH ? AS bench_day (READ_ONLY)", [str(Path(args.home) / "warehouse.duckdb")])
             day, rows, users_per_copy = conn.execute(
                 "SELECT any_value(as_of_date), count(*), count(DISTINCT user_id) FROM bench_day.ranking_candidates"
             ).fetchone()

@@ -29,16 +29,40 @@ def home_paths(home: str) -> dict[str, Path]:
     }
 
 
-def read_settings(home: str) -> dict[str, Any]:
-    """The home's settings (``settings.json``): ``timezone`` of the shop's days, ``landing`` mode.
+class SettingsInvalid(RuntimeError):
+    """``settings.json`` cannot be read, or holds a value shopseq would refuse from the command line."""
 
-    ``shopseq ingest`` writes them; a home without the file is the synthetic default (UTC days).
+
+def read_settings(home: str) -> dict[str, Any]:
+    """The home's settings (``settings.json``): ``timezone`` of the shop's days, ``landing`` mode, and whether
+    (and under which key fingerprint) the home is pseudonymised.
+
+    ``shopseq ingest`` writes them; a home without the file is the synthetic default (UTC days). The time zone
+    reaches SQL and partition bounds, so a file edited by hand is validated like ``--tz``.
     """
+    from assets.logic.warehouse_sql import check_timezone
+
     path = home_paths(home)["settings"]
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        settings = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SettingsInvalid(f"{path} cannot be read: {error}") from None
+    if not isinstance(settings, dict):
+        raise SettingsInvalid(f"{path} must hold a JSON object")
+    if "timezone" in settings:
+        try:
+            check_timezone(settings["timezone"], f"{path}: timezone")
+        except ValueError as error:
+            raise SettingsInvalid(str(error)) from None
+    return settings
 
 
 def write_settings(home: str, **values: Any) -> None:
+    """Merge ``values`` into the settings; the file is replaced whole (written beside it, then renamed)."""
     path = home_paths(home)["settings"]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**read_settings(home), **values}, indent=2, sort_keys=True) + "\n")
+    staged = path.with_name(f".{path.name}.partial")
+    staged.write_text(json.dumps({**read_settings(home), **values}, indent=2, sort_keys=True) + "\n")
+    staged.replace(path)

@@ -33,12 +33,19 @@ SUMMARY_TABLES = [
 ]
 
 
+class UsageError(Exception):
+    """A command that cannot run as given (an option, a file, the state of the home): one line, exit code 2."""
+
+
 def prepare_home(home: str) -> Path:
     """Create the home folder, point Dagster and MLflow at it, and return it (absolute)."""
-    root = Path(home).expanduser().resolve()
-    dagster_home = root / "dagster_home"
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    (dagster_home / "dagster.yaml").write_text(DAGSTER_YAML)
+    try:
+        root = Path(home).expanduser().resolve()
+        dagster_home = root / "dagster_home"
+        dagster_home.mkdir(parents=True, exist_ok=True)
+        (dagster_home / "dagster.yaml").write_text(DAGSTER_YAML)
+    except (OSError, ValueError) as error:  # a file in the way, no permission, a NUL byte in the name
+        raise UsageError(f"--home {home!r} cannot be used as a home folder: {error}") from None
     os.environ["SHOPSEQ_HOME"] = str(root)
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -253,40 +260,91 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pseudonym_settings(settings: dict, key: str | None, landed: bool) -> dict:
+    """What ``settings.json`` records about pseudonymisation after this ingest; refuses an ingest that would
+    mix raw ids with pseudonyms, or pseudonyms of two keys, in one home. Only a fingerprint of the key is kept."""
+    from assets.logic.ingest import pseudonym
+
+    fingerprint = pseudonym(key, "shopseq pseudonym key fingerprint") if key is not None else None
+    if landed and "pseudonymised" in settings:
+        if settings["pseudonymised"] and key is None:
+            raise UsageError("this home is pseudonymised: ingest with --pseudonymise and the same key in "
+                             f"${PSEUDONYM_KEY_VARIABLE}, or raw ids would reach its landing files")
+        if not settings["pseudonymised"] and key is not None:
+            raise UsageError("this home holds raw ids: a pseudonymised ingest would mix two id spaces; "
+                             "ingest into another --home")
+        if key is not None and settings.get("pseudonym_key_fingerprint") != fingerprint:
+            raise UsageError(f"${PSEUDONYM_KEY_VARIABLE} is not the key this home was pseudonymised with "
+                             "(its fingerprint differs): the same shopper would get two pseudonyms")
+    return {"pseudonymised": key is not None, "pseudonym_key_fingerprint": fingerprint}
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     from assets.logic.ingest import FORMATS, IngestError, ingest
-    from resources import LandingSource
+    from assets.logic.warehouse_sql import withdraw_days
+    from resources import LandingSource, Warehouse
     from resources.home import read_settings, write_settings
 
     home = prepare_home(args.home)
     landing = LandingSource(home=str(home))
     tz = args.tz or FORMATS[args.format].default_tz
     settings = read_settings(str(home))
-    if landing.landed_days() and settings.get("landing") != "files":
-        raise SystemExit(f"error: {landing.root} holds synthetic landing days; ingest real logs into another --home")
-    if landing.landed_days() and settings.get("timezone", tz) != tz:
-        raise SystemExit(
-            f"error: the days of {home} are {settings['timezone']} days; ingesting with --tz {tz} would mix two calendars"
-        )
+    landed = bool(landing.landed_days())
+    if landed and settings.get("landing") != "files":
+        raise UsageError(f"{landing.root} holds synthetic landing days; ingest real logs into another --home")
+    if landed and settings.get("timezone", tz) != tz:
+        raise UsageError(f"the days of {home} are {settings['timezone']} days; ingesting with --tz {tz} would mix two calendars")
     key = None
     if args.pseudonymise:
         key = os.environ.get(PSEUDONYM_KEY_VARIABLE)
-        if not key:
-            raise SystemExit(f"error: --pseudonymise needs a secret key in ${PSEUDONYM_KEY_VARIABLE} (16 characters or more)")
+        if not key or len(key) < 16:
+            raise UsageError(f"--pseudonymise needs a secret key of 16 characters or more in ${PSEUDONYM_KEY_VARIABLE}")
+    privacy = _pseudonym_settings(settings, key, landed)
     began = time.perf_counter()
     try:
-        report = ingest(args.path, args.format, str(landing.root), tz, start=args.start, end=args.end, pseudonym_key=key)
+        # The home's settings are written once every file is read and staged, before any landing file is
+        # published: a run never reads landing days under the settings of the home before this ingest.
+        report = ingest(args.path, args.format, str(landing.root), tz, start=args.start, end=args.end, pseudonym_key=key,
+                        on_staged=lambda _: write_settings(str(home), timezone=tz, landing="files", **privacy))
     except IngestError as error:
         print(f"error: cannot ingest {error}", file=sys.stderr)
         return 2
-    write_settings(str(home), timezone=tz, landing="files")
-    print(f"Ingested {len(args.path)} {args.format} file(s) into {landing.root} ({tz} days) in {time.perf_counter() - began:.1f} s:")
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    print(f"Ingested {len(report.per_file)} {args.format} file(s) into {landing.root} ({tz} days) "
+          f"in {time.perf_counter() - began:.1f} s:")
     print(report.table())
     for path, counts in report.per_file.items():
         print(f"  {path}: {counts['read']:,} rows read, {counts['quarantined_at_ingest']:,} unparseable at ingest")
+    if report.withdrawn:
+        warehouse = Warehouse(home=str(home))
+        deleted = {}
+        if Path(warehouse.path).exists():
+            with warehouse.connect() as conn:
+                deleted = withdraw_days(conn, report.withdrawn, tz)
+        print(f"Withdrawn: {', '.join(map(str, report.withdrawn))} no longer have landing files (the re-ingested "
+              f"file(s) have no events on them); removed from the warehouse: "
+              + (", ".join(f"{t} {n:,}" for t, n in deleted.items()) or "no rows"))
     days = sorted(report.per_day)
     print(f"\nNext: shopseq run --home {home}   (materialises {days[0]}..{days[-1]})")
     return 0
+
+
+def _withdraw_unlanded_days(pipeline: Pipeline, landed: list[dt.date]) -> None:
+    """Remove from the warehouse the days whose landing files are gone (an ingest that withdrew them and was
+    stopped before it could, or a landing folder removed by hand): in a home of real logs the landing is the
+    source of every day, so no day may outlive it."""
+    from assets.logic.warehouse_sql import materialised_days, withdraw_days
+
+    warehouse = pipeline.resources["warehouse"]
+    if not Path(warehouse.path).exists():
+        return
+    with warehouse.connect() as conn:
+        gone = sorted(set(materialised_days(conn, warehouse.timezone)) - set(landed))
+        if gone:
+            deleted = withdraw_days(conn, gone, warehouse.timezone)
+            _progress(f"[  landing] {', '.join(map(str, gone))}: no landing files any more; removed from the warehouse "
+                      f"({', '.join(f'{t} {n:,}' for t, n in deleted.items())})")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -294,13 +352,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     home = prepare_home(args.home)
     pipeline = Pipeline(home, landing_mode=args.landing_mode)
-    landed = LandingSource(home=str(home), mode=args.landing_mode).landed_days()
+    landing = LandingSource(home=str(home), mode=args.landing_mode)
+    landed = landing.landed_days()
+    if landing.effective_mode == "files":
+        _withdraw_unlanded_days(pipeline, landed)
     if args.start is None and not landed:
-        raise SystemExit(f"error: no landing days under {home}/landing; pass --start (synthetic) or run shopseq ingest first")
+        raise UsageError(f"no landing days under {home}/landing; pass --start (synthetic) or run shopseq ingest first")
     start = args.start or landed[0]
     end = args.end or (landed[-1] if args.start is None else start)
     if end < start:
-        raise SystemExit(f"--end {end} is before --start {start}")
+        raise UsageError(f"--end {end} is before --start {start}")
     pipeline.run(start, end, train=not args.skip_training)
     print(summary(pipeline))
     return 0
@@ -321,7 +382,7 @@ def _scoring_models(registry, overrides: list[str]) -> tuple[dict, list[str]]:
         name, _, version = text.rpartition("=")
         name = name or RANKER_MODEL
         if name not in (RANKER_MODEL, *optional) or not version.isdigit():
-            raise SystemExit(f"error: --model-version {text!r}: give V (the ranker) or NAME=V with NAME one of "
+            raise UsageError(f"--model-version {text!r}: give V (the ranker) or NAME=V with NAME one of "
                              f"{RANKER_MODEL}, {', '.join(optional)}")
         chosen[name] = registry.version(name, int(version))
     notes = []
@@ -334,6 +395,22 @@ def _scoring_models(registry, overrides: list[str]) -> tuple[dict, list[str]]:
             else:
                 chosen[name] = ref
     return chosen, notes
+
+
+def _output_file(text: str) -> Path:
+    """``--out`` as a path to write: a known suffix, in a folder that exists, not itself a folder."""
+    out = Path(text)
+    if out.suffix not in OUTPUT_FORMATS:
+        raise UsageError(f"--out {text!r}: name a {', '.join(OUTPUT_FORMATS)} file")
+    try:
+        is_folder, in_folder = out.is_dir(), out.parent.is_dir()
+    except (OSError, ValueError) as error:  # a NUL byte, a name too long
+        raise UsageError(f"--out {text!r} is not a usable file name: {error}") from None
+    if is_folder:
+        raise UsageError(f"--out {text!r} is a folder: name a file inside it")
+    if not in_folder:
+        raise UsageError(f"--out {text!r}: the folder {str(out.parent)!r} does not exist")
+    return out
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -350,18 +427,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from resources.home import read_settings
     from resources.registry import NoChampionError
 
-    out = Path(args.out)
-    if out.suffix not in OUTPUT_FORMATS:
-        raise SystemExit(f"error: --out {out}: name a {', '.join(OUTPUT_FORMATS)} file")
+    out = _output_file(args.out)
     home = prepare_home(args.home)
     warehouse = Warehouse(home=str(home))
     if not Path(warehouse.path).exists():
-        raise SystemExit(f"error: {warehouse.path} does not exist: run shopseq run (or demo) on this home first")
+        raise UsageError(f"{warehouse.path} does not exist: run shopseq run (or demo) on this home first")
     registry = ModelRegistry(home=str(home), tracking_uri=os.environ.get("SHOPSEQ_MLFLOW_TRACKING_URI", ""))
     try:
         refs, notes = _scoring_models(registry, args.model_version or [])
     except (NoChampionError, ValueError) as error:
-        raise SystemExit(f"error: {error}") from None
+        raise UsageError(f"{error}") from None
     inputs = {RANKER_MODEL: RANKER_FEATURES, NEXT_EVENT_MODEL: NEXT_EVENT_FEATURES}
     boosters = {}
     for name, ref in refs.items():
@@ -388,7 +463,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         staged = out.with_name(f".{out.name}.partial")  # the output appears whole or not at all
         conn.register("predictions", frame)
         try:
-            conn.execute(f"COPY predictions TO '{staged}' (FORMAT {OUTPUT_FORMATS[out.suffix]})")
+            conn.execute(f"COPY predictions TO ? (FORMAT {OUTPUT_FORMATS[out.suffix]})", [str(staged)])
             staged.replace(out)
         finally:
             staged.unlink(missing_ok=True)
@@ -424,7 +499,7 @@ def _move_champion(args: argparse.Namespace, version_of) -> int:
         try:
             target = version_of(registry, conn, current)
         except ValueError as error:
-            raise SystemExit(f"error: {error}") from None
+            raise UsageError(f"{error}") from None
         registry.set_alias(target, CHAMPION, args.reason)
         record_alias_change(conn, args.model, CHAMPION, current.version if current else None, target.version,
                             args.reason, f"shopseq {args.command}")
@@ -464,7 +539,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     try:
         print(explain(Warehouse(home=str(home)), registry, DagsterInstance.get(), args.user, args.day))
     except ValueError as error:
-        raise SystemExit(f"error: {error}") from None
+        raise UsageError(f"{error}") from None
     return 0
 
 
@@ -473,8 +548,22 @@ def cmd_failures(args: argparse.Namespace) -> int:
 
     from workflows.sensors import RUN_FAILURES_FILE
 
-    path = Path(args.home).expanduser().resolve() / RUN_FAILURES_FILE
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    try:
+        path = Path(args.home).expanduser().resolve() / RUN_FAILURES_FILE
+    except (OSError, ValueError) as error:
+        raise UsageError(f"--home {args.home!r} is not a usable folder name: {error}") from None
+    records, unreadable = [], []
+    for number, line in enumerate(path.read_text().splitlines() if path.exists() else [], start=1):
+        try:
+            record = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:  # a line cut short when the recorder was killed mid-write
+            unreadable.append(number)
+            continue
+        if record is not None:
+            records.append(record)
+    if unreadable:
+        print(f"note: {path} line(s) {', '.join(map(str, unreadable))} are not complete records (cut short?); skipped",
+              file=sys.stderr)
     if not records:
         print(f"no failed runs recorded in {path}")
         return 0
@@ -507,6 +596,35 @@ def cmd_mlflow_ui(args: argparse.Namespace) -> int:
     os.execvp(command[0], command)
 
 
+def _whole_number(low: int, high: int = 2**63 - 1):
+    """An argparse type: a whole number in ``[low, high]``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low:,}, not {value:,}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high:,}, not {value:,}")
+        return value
+
+    return parse
+
+
+_positive_int = _whole_number(1)
+
+
+def _timezone(text: str) -> str:
+    from assets.logic.warehouse_sql import check_timezone
+
+    try:
+        return check_timezone(text, "time zone")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _date(text: str) -> dt.date:
     try:
         return dt.date.fromisoformat(text)
@@ -517,6 +635,7 @@ def _date(text: str) -> dt.date:
 def build_parser() -> argparse.ArgumentParser:
     from assets.logic.ingest import FORMATS
     from assets.logic.synthetic import ShopParams
+    from assets.models import MAIN_METRIC
 
     parser = argparse.ArgumentParser(prog="shopseq", description="Predict what e-commerce shoppers do next.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -527,16 +646,17 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     demo = with_home(sub.add_parser("demo", help="synthetic landing data -> the whole graph -> summary"))
-    demo.add_argument("--days", type=int, default=14, help="days of synthetic data (default 14; at least 4)")
-    demo.add_argument("--events-per-day", type=int, default=20_000)
+    demo.add_argument("--days", type=_whole_number(4, 3660), default=14,
+                      help="days of synthetic data (default 14; at least 4: training needs two labelled cut-off days and a hold-out)")
+    demo.add_argument("--events-per-day", type=_whole_number(1, 100_000_000), default=20_000)
     demo.add_argument("--start", type=_date, default=ShopParams().shop_start, help="first day (default %(default)s)")
-    demo.add_argument("--seed", type=int, default=ShopParams().seed)
+    demo.add_argument("--seed", type=_whole_number(0, 2**32 - 1), default=ShopParams().seed)
     demo.set_defaults(func=cmd_demo)
 
     ingest = with_home(sub.add_parser("ingest", help="split real logs into daily landing partitions, report counts"))
     ingest.add_argument("--format", required=True, choices=sorted(FORMATS))
-    ingest.add_argument("--path", required=True, nargs="+", help="source files (.gz too)")
-    ingest.add_argument("--tz", help="the shop's timezone: partition days, and how times without an offset are read "
+    ingest.add_argument("--path", required=True, nargs="+", action="extend", help="source files (.gz too; repeatable)")
+    ingest.add_argument("--tz", type=_timezone, help="the shop's timezone: partition days, and how times without an offset are read "
                         "(default: the format's, UTC except taobao = Asia/Shanghai)")
     ingest.add_argument("--start", type=_date, help="first valid day; earlier events are quarantined (timestamp_out_of_range)")
     ingest.add_argument("--end", type=_date, help="last valid day; later events are quarantined")
@@ -553,9 +673,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = with_home(sub.add_parser(
         "predict", help="score every sequence of a log file as of its last event: top-k items + next-action probabilities"))
-    predict.add_argument("--events", required=True, nargs="+", help="log files (.gz too)")
+    predict.add_argument("--events", required=True, nargs="+", action="extend", help="log files (.gz too; repeatable)")
     predict.add_argument("--format", required=True, choices=sorted(FORMATS))
-    predict.add_argument("--k", type=int, default=20, help="items per sequence (default %(default)s)")
+    predict.add_argument("--k", type=_whole_number(1, 1000), default=20, help="items per sequence (default %(default)s)")
     predict.add_argument("--out", required=True, help="output file: .csv, .parquet or .jsonl")
     predict.add_argument("--model-version", action="append", metavar="[NAME=]V",
                          help="score with this version instead of the champion: V for the ranker, NAME=V for "
@@ -563,13 +683,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=cmd_predict)
 
     promote = with_home(sub.add_parser("promote", help="make a model version the champion (recorded in alias_history)"))
-    promote.add_argument("--model", required=True)
-    promote.add_argument("--version", required=True, type=int)
+    promote.add_argument("--model", required=True, choices=sorted(MAIN_METRIC))
+    promote.add_argument("--version", required=True, type=_positive_int)
     promote.add_argument("--reason", required=True)
     promote.set_defaults(func=cmd_promote)
 
     rollback = with_home(sub.add_parser("rollback", help="move the champion back to the version it replaced"))
-    rollback.add_argument("--model", required=True)
+    rollback.add_argument("--model", required=True, choices=sorted(MAIN_METRIC))
     rollback.add_argument("--reason", help="recorded with the change (default: rollback)")
     rollback.set_defaults(func=cmd_rollback)
 
@@ -581,13 +701,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("bench", add_help=False, help="benchmark every stage on synthetic days of 1M and 10M events beside "
                    "a pandas path and DuckDB's scan (shopseq bench --help)")
     failures = with_home(sub.add_parser("failures", help="the failed runs recorded by the run_failure_recorder sensor"))
-    failures.add_argument("--last", type=int, default=20, help="how many, newest last (default %(default)s)")
+    failures.add_argument("--last", type=_positive_int, default=20, help="how many, newest last (default %(default)s)")
     failures.set_defaults(func=cmd_failures)
 
     for name, port, func in (("ui", 3000, cmd_ui), ("mlflow-ui", 5000, cmd_mlflow_ui)):
         p = with_home(sub.add_parser(name, help=f"open the {'Dagster' if name == 'ui' else 'MLflow'} UI on the home"))
         p.add_argument("--host", default="127.0.0.1")
-        p.add_argument("--port", type=int, default=port)
+        p.add_argument("--port", type=_whole_number(1, 65535), default=port)
         p.set_defaults(func=func)
     return parser
 
@@ -599,12 +719,14 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
-    if getattr(args, "days", 4) < 4:
-        raise SystemExit("--days must be at least 4: training needs two labelled cut-off days and a hold-out")
+    from resources.home import SettingsInvalid
     from resources.registry import RegistryUnavailable
 
     try:
         return args.func(args)
+    except (UsageError, SettingsInvalid) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except (StageFailed, RegistryUnavailable) as failure:
         print(f"error: {failure}", file=sys.stderr)
         return 1

@@ -45,7 +45,7 @@ def read_sequences(conn: duckdb.DuckDBPyConnection, paths: list[str], format_nam
     place(conn, paths, format_name, tz)
     with tempfile.TemporaryDirectory(prefix="shopseq-predict-") as folder:
         placed = str(Path(folder) / "placed.parquet")
-        conn.execute(f"COPY (SELECT * EXCLUDE (day, file_row) FROM placed ORDER BY source_file, file_row) TO '{placed}'")
+        conn.execute("COPY (SELECT * EXCLUDE (day, file_row) FROM placed ORDER BY source_file, file_row) TO ?", [placed])
         first, last = conn.execute("SELECT min(event_time), max(event_time) FROM placed WHERE ingest_reason IS NULL").fetchone()
         if first is None:
             raise ValueError(f"{', '.join(paths)}: no line could be read as {format_name}")

@@ -36,6 +36,70 @@ TABLES = {
 }
 
 
+# Every table partitioned by the shop's day, with the column its partition is read from: a TIMESTAMP (UTC, the day
+# is the shop's day in its timezone) or a DATE.
+DAILY_TABLES = {
+    "raw_events": "event_time",
+    "raw_events_quarantine": "partition_date",
+    "cleaned_events": "event_time",
+    "sessions": "session_start",
+    "user_sequences": "day",
+    "user_features": "as_of_date",
+    "item_features": "as_of_date",
+    "ranking_candidates": "as_of_date",
+    "recommendations": "as_of_date",
+    "next_action_predictions": "as_of_date",
+    "model_replay": "day",
+}
+
+
+def _daily_tables(conn: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """The daily tables this warehouse holds, with their day column and its type."""
+    types = dict(conn.execute(
+        """SELECT table_name || '.' || column_name, data_type FROM information_schema.columns
+           WHERE table_schema = 'main' AND table_catalog = current_database()"""
+    ).fetchall())
+    return {t: types[f"{t}.{c}"] for t, c in DAILY_TABLES.items() if f"{t}.{c}" in types}
+
+
+def materialised_days(conn: duckdb.DuckDBPyConnection, tz: str) -> list[dt.date]:
+    """The shop's days that hold rows in any daily table."""
+    selects = [
+        f"SELECT DISTINCT CAST({DAILY_TABLES[t]} AS DATE) AS day FROM {t}" if kind == "DATE"
+        else f"SELECT DISTINCT CAST(timezone($tz, timezone('UTC', {DAILY_TABLES[t]})) AS DATE) AS day FROM {t}"
+        for t, kind in _daily_tables(conn).items()
+    ]
+    if not selects:
+        return []
+    params = {"tz": tz} if any("$tz" in s for s in selects) else {}
+    return [r[0] for r in conn.execute(" UNION ".join(selects) + " ORDER BY day", params).fetchall()]
+
+
+def withdraw_days(conn: duckdb.DuckDBPyConnection, days: list[dt.date], tz: str) -> dict[str, int]:
+    """Delete ``days`` from every daily table, in one transaction; returns the rows deleted per table.
+
+    For days whose landing was withdrawn (a re-ingested file no longer has them): their rows, and everything
+    derived from them that is partitioned by those days, must not outlive the landing they came from.
+    """
+    deleted: dict[str, int] = {}
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        for table, kind in _daily_tables(conn).items():
+            column, removed = DAILY_TABLES[table], 0
+            for day in days:
+                start, end = date_bounds(day) if kind == "DATE" else day_bounds(day, tz)
+                removed += conn.execute(
+                    f"DELETE FROM {table} WHERE {column} >= ? AND {column} < ?", [start, end]
+                ).fetchall()[0][0]
+            if removed:
+                deleted[table] = removed
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return deleted
+
+
 class SchemaChanged(RuntimeError):
     """A warehouse table was written by a version of shopseq with other columns."""
 

@@ -217,3 +217,30 @@ def test_predict_runs_on_the_shared_samples(demo, tmp_path, fmt, path, sequences
         raw = pd.read_csv(SHARED / path, sep=";", dtype=str)
         sequences = raw.loc[raw["user_id"].isna(), "session_id"].nunique() + raw["user_id"].nunique()
     assert frame["sequence_id"].nunique() == sequences
+
+
+def test_predict_reads_every_events_option_and_writes_a_hostile_out_name_as_a_name(demo, tmp_path):
+    """``--events A --events B`` scores both files (the last option used to win), and an output name made to
+    break out of the COPY statement is a file name: nothing else is written, nothing executed."""
+    import pandas as pd
+
+    home, _ = demo
+    header = "event_time,user_id,event_type,item_id,category_id,query"
+    first, second = tmp_path / "a.csv", tmp_path / "b.csv"
+    first.write_text(f"{header}\n2025-03-05 10:00:00,alice,view,zz-1,zz-cat,\n")
+    second.write_text(f"{header}\n2025-03-05 11:00:00,bob,view,zz-2,zz-cat,\n")
+    folder = tmp_path / "it's"
+    folder.mkdir()
+    out = folder / "p'); COPY (SELECT 1) TO 'canary.csv'; --.csv"
+    run = _shopseq(home, "predict", "--events", str(first), "--events", str(second), "--format", "canonical-csv",
+                   "--k", "5", "--out", str(out), cwd=folder)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert sorted(p.name for p in folder.iterdir()) == [out.name]
+    assert set(pd.read_csv(out)["sequence_id"]) == {"alice", "bob"}
+
+    for bad, says in ((["--k", "0"], "--k"), (["--out", str(tmp_path / "missing" / "p.csv")], "does not exist"),
+                      (["--out", str(folder)], "--out")):
+        run = _shopseq(home, "predict", "--events", str(first), "--format", "canonical-csv",
+                       *(["--out", str(tmp_path / "p.csv")] if bad[0] != "--out" else []), *bad, cwd=tmp_path)
+        assert run.returncode == 2 and says in run.stderr and "Traceback" not in run.stderr, run.stderr[-2000:]
+        assert not (tmp_path / "p.csv").exists()
