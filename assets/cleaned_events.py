@@ -16,12 +16,20 @@ from assets.common import (
     markdown_preview,
     per_day_table,
     reconciliation_check,
-    suite_check,
+    window_bounds,
 )
 from assets.logic.events import clean_day
 from assets.partitions import DAILY_ASSET, partition_days
 from assets.raw_events import raw_events
+from expectations import validate_window
 from resources import Warehouse
+
+# The rows of a window with the day each belongs to (the bounds ``clean_day`` replaced): the suite's key is
+# (partition_date, event_id), since an event id is unique within its day, not across days
+# (assets/logic/events.py), so a range is checked by exactly the rule of its days checked one by one.
+_WINDOW_WITH_DAYS = f"""(SELECT e.*, b.day AS partition_date
+    FROM cleaned_events e JOIN {DAY_WINDOWS_SQL} b ON e.event_time >= b.start_ts AND e.event_time < b.end_ts
+    WHERE e.event_time >= $start AND e.event_time < $end)"""
 
 
 class CleaningConfig(Config):
@@ -42,14 +50,16 @@ class CleaningConfig(Config):
     ],
 )
 def cleaned_events(context: AssetExecutionContext, config: CleaningConfig, warehouse: Warehouse) -> MaterializeResult:
-    """One row per event_id of each day, with sessions derived where the source had none
-    and heavy users flagged as bots (kept, not dropped)."""
+    """One row per event_id of each day (an id is unique within its day), with sessions derived where the source
+    had none and heavy users flagged as bots (kept, not dropped)."""
     started = time.perf_counter()
     days = partition_days(context)
     tz = warehouse.timezone
     with warehouse.connect() as conn:
         per_day = {day: clean_day(conn, day, config.bot_events_per_day, tz) for day in days}
-        suite, head = suite_check(conn, "cleaned_events", "event_time", days, tz)
+        start, end = window_bounds(conn, "cleaned_events", "event_time", days, tz)
+        suite, head = validate_window(conn, _WINDOW_WITH_DAYS, {"start": start, "end": end, **day_windows(days, tz)},
+                                      "cleaned_events", "cleaned_events_suite")
         reconciled = reconciliation_check(
             conn, "cleaned_events_reconciles",
             f"""SELECT b.day,

@@ -1,5 +1,6 @@
 """The model registry: MLflow tracking and registry behind a small interface."""
 
+import fcntl
 import os
 import subprocess
 from contextlib import contextmanager
@@ -27,6 +28,9 @@ class RegistryUnavailable(RuntimeError):
 # MLflow's codes for a registry that did not answer (connection refused, timeout, server error, sqlite busy),
 # as opposed to a request it answered with "no" (RESOURCE_DOES_NOT_EXIST, INVALID_PARAMETER_VALUE, ...).
 UNAVAILABLE_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"}
+
+# The sqlite stores this process has opened with their schema in place (``ModelRegistry._create_store_once``).
+_SCHEMA_READY: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -64,13 +68,18 @@ class ModelRegistry(RetriesTransientFailures):
 
     ``tracking_uri`` empty means ``sqlite:///<home>/mlflow.db`` with artifacts in
     ``<home>/mlartifacts``; set ``SHOPSEQ_MLFLOW_TRACKING_URI`` to use a server. A registry that does not
-    answer raises ``RegistryUnavailable`` (retried with backoff inside a Dagster step).
+    answer raises ``RegistryUnavailable``: inside a Dagster step it is retried ``transient_retries`` times
+    after ``retry_delay_seconds``, doubling, so a tracking server that is down fails the run within seconds
+    (not after the warehouse's minutes of backoff), and a sqlite store another process holds for a moment
+    (each attempt also waits out sqlite's own busy timeout) is still retried.
     ``ui_url`` is where the MLflow UI serves this store: asset metadata links runs and versions there.
     """
 
     home: str
     tracking_uri: str = ""
     ui_url: str = "http://127.0.0.1:5000"
+    transient_retries: int = 2
+    retry_delay_seconds: float = 1.0
 
     @contextmanager
     def _asking(self, what: str) -> Iterator[None]:
@@ -107,9 +116,31 @@ class ModelRegistry(RetriesTransientFailures):
         import mlflow
 
         home_paths(self.home)["mlflow_db"].parent.mkdir(parents=True, exist_ok=True)
+        self._create_store_once(self.resolved_tracking_uri())
         mlflow.set_tracking_uri(self.resolved_tracking_uri())
         mlflow.set_registry_uri(self.resolved_tracking_uri())
         return mlflow
+
+    def _create_store_once(self, uri: str) -> None:
+        """Open a local sqlite store for the first time in this process under the exclusive lock on the file
+        beside it (``<home>/mlflow.lock``). MLflow creates a store's tables (alembic migrations) when a process
+        first opens it, and two processes doing that at once on a fresh home break each other's migration
+        (``Online migration expected to match one row``, ``table _alembic_tmp_metrics already exists``): the
+        second now waits, then finds the schema in place. ``flock``, as for the warehouse: the kernel drops the
+        lock of a process that dies. A server creates its own schema and needs no lock."""
+        if not uri.startswith("sqlite:///") or uri in _SCHEMA_READY:
+            return
+        from mlflow import MlflowClient
+
+        lock_file = Path(uri.removeprefix("sqlite:///")).with_suffix(".lock")
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_file, "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            with self._asking(f"create the MLflow store {uri}"):
+                client.search_experiments(max_results=1)  # opens the tracking store: creates every table
+                client.search_registered_models(max_results=1)  # and the registry's store on the same file
+        _SCHEMA_READY.add(uri)
 
     def client(self):
         mlflow = self._mlflow()

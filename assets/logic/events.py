@@ -33,10 +33,20 @@ Event types are normalised before they are checked: trimmed, lower-cased, and
 mapped by ``EVENT_TYPE_ALIASES`` (Taobao ``pv``/``fav``/``cart``/``buy``, RetailRocket
 ``addtocart``/``transaction``, OTTO ``clicks``/``carts``/``orders``, ...).
 
-Cleaning (raw -> cleaned): one row per ``event_id`` (the earliest), missing
+Cleaning (raw -> cleaned): one row per ``event_id`` and day (the earliest of the day), missing
 ``session_id`` derived from 30 minutes of inactivity, ``price`` kept null when
 unknown, and users with more than ``bot_events_per_day`` events in the day
 flagged ``is_bot`` (kept, not dropped; features and recommendations skip them).
+
+An event id is unique within its day, the partition, not across days: an id that also occurs on another day
+is kept there too. A day's cleaned rows then depend on that day's raw rows only, so a day re-run alone, inside
+a range backfill, or before or after its neighbours gives the same rows, and re-delivering one day changes no
+other. Quarantining the later copy as a cross-day duplicate would make a day's rows depend on which earlier days
+happen to be loaded, and silently change when one of them is re-run. Two copies of an id on two days are not one
+event delivered twice (that has one event time, hence one day, and is removed within the day): they are two
+events under a reused source id. Ids made for rows without one include the event time, so they never repeat
+across days. The key of ``cleaned_events`` is (day, ``event_id``), and (``event_time``, ``event_id``) identifies
+a row across days; the ``cleaned_events`` suite checks the first (``partition_date``, ``event_id``).
 """
 
 import datetime as dt
@@ -194,8 +204,9 @@ def load_raw_day(conn: duckdb.DuckDBPyConnection, files: list[str], day: dt.date
     return {"read": read, "accepted": accepted, "quarantined": read - accepted, **counts}
 
 
-# raw_events of [$start, $end) -> cleaned events: one row per event_id, derived sessions named after $day,
-# users with more than $bot_events_per_day events flagged. Only repeated event ids go through the window that keeps
+# raw_events of [$start, $end) (one day: ids are unique per day, see the module docstring) -> cleaned events: one
+# row per event_id of the window, derived sessions named after $day, users with more than $bot_events_per_day
+# events flagged. Only repeated event ids go through the window that keeps
 # the earliest copy, and the session windows sort the narrow keys, not every column (10M events: 27 s -> 22 s).
 # Sessions order by time alone: events at the same time cannot change a session number (whichever comes first
 # carries the gap, and the running sum's RANGE frame counts all of them), and a string tie-breaker in the sort key

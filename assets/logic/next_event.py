@@ -76,7 +76,7 @@ states AS (
 ),
 items_seen AS (
     -- distinct items of the session up to each event: an item counts from its first event on
-    SELECT user_id, session_id, event_id,
+    SELECT user_id, session_id, event_time, event_id,
            sum(CAST(first_touch AS INTEGER)) OVER (PARTITION BY user_id, session_id ORDER BY event_time, event_id
                                                    ROWS UNBOUNDED PRECEDING) AS session_items
     FROM (SELECT *, item_id IS NOT NULL AND row_number() OVER (
@@ -87,7 +87,7 @@ SELECT s.user_id, s.session_id, s.event_id, s.event_time AS state_time, b.sessio
        s.session_seconds, s.gap_seconds, i.session_items, s.last_item_repeats,
        b.user_events_7d, b.user_carts_7d, b.user_purchases_7d, b.user_sessions_7d
 FROM states s
-JOIN items_seen i USING (user_id, session_id, event_id)
+JOIN items_seen i USING (user_id, session_id, event_time, event_id)  -- an event id is unique per day only
 JOIN before_session b USING (user_id, session_id)
 """
 

@@ -3,7 +3,10 @@
 import datetime as dt
 import json
 import os
+from pathlib import Path
 
+import duckdb
+import pandas as pd
 from dagster import (
     AssetKey,
     AssetMaterialization,
@@ -121,3 +124,43 @@ def test_publishing_follows_the_latest_days_features_by_declarative_automation()
     for key in ("recommendations", "next_action_predictions", "model_replay"):
         assert second.get_requested_partitions(AssetKey(key)) == {latest}, key
     assert second.total_requested == 3  # only the latest day: older days are backfills, not automation
+
+
+def _cleaning_run(home: Path, **window) -> tuple[pd.DataFrame, dict[str, bool]]:
+    """raw_events and cleaned_events into a fresh warehouse for one day (``partition_key``) or a range
+    (``tags``): the cleaned rows and every check's verdict."""
+    for path in home.glob("warehouse.duckdb*"):
+        path.unlink()
+    result = materialize(ALL_ASSETS, selection=AssetSelection.assets("raw_events", "cleaned_events"),
+                         resources=build_resources(str(home)), instance=DagsterInstance.ephemeral(), raise_on_error=False,
+                         **window)
+    assert result.success
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as conn:
+        return conn.execute("SELECT * FROM cleaned_events ORDER BY ALL").df(), checks
+
+
+def test_a_range_with_an_event_id_on_two_days_gives_the_rows_of_day_by_day_runs_and_passes_its_checks(tmp_path):
+    write_settings(str(tmp_path), landing="files")
+    first, second = DAYS[0], DAYS[1]
+    for day, rows in {
+        first: [("09:00", "shared", "i1"), ("09:10", "shared", "i2"), ("09:20", "a1", "i3")],  # repeated within the day
+        second: [("08:00", "shared", "i4"), ("08:05", "b1", "i5")],  # the same id the next day
+    }.items():
+        (tmp_path / "landing" / day.isoformat()).mkdir(parents=True)
+        pd.DataFrame([{"event_time": pd.Timestamp(f"{day} {t}"), "user_id": "u1", "event_type": "view", "item_id": item,
+                       "event_id": event_id} for t, event_id, item in rows]
+                     ).to_parquet(tmp_path / "landing" / day.isoformat() / "events.parquet", index=False)
+
+    by_day = []
+    for day in (first, second):
+        cleaned, checks = _cleaning_run(tmp_path, partition_key=day.isoformat())
+        assert all(checks.values()) and "cleaned_events_suite" in checks, (day, checks)
+        by_day.append(cleaned)
+    expected = pd.concat(by_day).sort_values(list(by_day[0].columns), ignore_index=True)
+    assert [(t.date(), e, i) for t, e, i in expected[["event_time", "event_id", "item_id"]].itertuples(index=False)] == [
+        (first, "shared", "i1"), (first, "a1", "i3"), (second, "shared", "i4"), (second, "b1", "i5")]
+
+    ranged, checks = _cleaning_run(tmp_path, tags={RANGE_START_TAG: first.isoformat(), RANGE_END_TAG: second.isoformat()})
+    assert all(checks.values()) and "cleaned_events_suite" in checks, checks
+    pd.testing.assert_frame_equal(ranged.sort_values(list(ranged.columns), ignore_index=True), expected)

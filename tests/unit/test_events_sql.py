@@ -95,6 +95,26 @@ def test_cleaning_dedups_ids_derives_sessions_and_flags_bots(conn, tmp_path):
     assert conn.execute("SELECT bool_and(is_bot) FROM cleaned_events WHERE user_id = 'bot'").fetchone()[0]
 
 
+def test_an_event_id_is_unique_within_its_day_and_kept_on_each_day_it_occurs(conn, tmp_path):
+    """An id on two days is kept on both (each day's rows depend on its own landing files only); a repeated id
+    within a day keeps the earliest. The rows of a day do not depend on whether the other day is loaded."""
+    next_day = DAY + dt.timedelta(days=1)
+    first = _landing(tmp_path, [_row("2025-03-02 09:00", event_id="r1"), _row("2025-03-02 09:10", event_id="r1", item="i2"),
+                                _row("2025-03-02 09:20", event_id="s1")], "first.parquet")
+    second = _landing(tmp_path, [_row("2025-03-03 08:00", event_id="r1", item="i3"), _row("2025-03-03 08:05", event_id="s2")],
+                      "second.parquet")
+    load_raw_day(conn, second, next_day)
+    assert clean_day(conn, next_day, 1000)["cleaned"] == 2
+    alone = conn.execute("SELECT * FROM cleaned_events ORDER BY ALL").df()
+    load_raw_day(conn, first, DAY)
+    assert clean_day(conn, DAY, 1000) == {"raw": 3, "cleaned": 2, "duplicates_removed": 1, "bot_users": 0}
+    assert clean_day(conn, next_day, 1000)["cleaned"] == 2  # re-run with its neighbour loaded: the same rows
+    rows = conn.execute("SELECT CAST(event_time AS DATE), event_id, item_id FROM cleaned_events ORDER BY ALL").fetchall()
+    assert rows == [(DAY, "r1", "i1"), (DAY, "s1", "i1"), (next_day, "r1", "i3"), (next_day, "s2", "i1")]
+    again = conn.execute("SELECT * FROM cleaned_events WHERE event_time >= '2025-03-03' ORDER BY ALL").df()
+    pd.testing.assert_frame_equal(again, alone)
+
+
 def test_features_as_of_a_day_ignore_later_events(conn, tmp_path):
     """Point in time: adding events after the cut-off changes no feature of that day."""
     base = [_row("2025-03-02 09:00", event_id="p1"), _row("2025-03-02 10:00", etype="add_to_cart", event_id="p2")]

@@ -59,3 +59,13 @@ def test_multiclass_metrics_reward_the_right_class():
     assert flat["auc"] == 0.5
     assert good["log_loss"] < flat["log_loss"] and good["brier"] < flat["brier"]
     assert "auc_search" not in good  # no hold-out state has a search next: its AUC is undefined, not reported
+
+
+def test_an_event_id_repeated_on_two_days_of_one_session_gives_one_state_per_event():
+    # ids are unique per day (cleaned_events), so a source session over midnight may hold one id twice
+    midnight = dt.datetime(2025, 3, 11)
+    events = [("u", "night", midnight - dt.timedelta(minutes=5), "x1", "view", "A"),
+              ("u", "night", midnight + dt.timedelta(minutes=5), "x1", "add_to_cart", "A")]
+    states = _states(events)
+    assert len(states) == 2
+    assert list(states["session_items"]) == [1, 1] and list(states["next_type"].fillna("-")) == ["add_to_cart", "-"]

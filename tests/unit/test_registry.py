@@ -1,7 +1,12 @@
+import multiprocessing
+import socket
+import time
+
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pytest
+from dagster import DagsterEventType, asset, materialize
 
 from assets.logic.serving import check_features
 from resources.registry import ModelRegistry, RegistryUnavailable
@@ -19,3 +24,53 @@ def test_a_model_trained_on_other_features_is_refused():
     check_features(booster, ["a", "b"], "m v1")
     with pytest.raises(ValueError, match=r"m v1 expects other features .*'c'"):
         check_features(booster, ["a", "b", "c"], "m v1")
+
+
+def _open_registry_behind(barrier, home: str, results) -> None:
+    barrier.wait()
+    try:
+        ModelRegistry(home=home).version_for_alias("m", "champion")
+        results.put("ok")
+    except Exception as exc:  # reported to the test, which shows it
+        results.put(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+
+
+def test_two_processes_opening_a_fresh_home_at_once_both_find_the_registry(tmp_path):
+    # Both start MLflow's first-time migration of <home>/mlflow.db together (behind a barrier); without the lock
+    # every try failed one of them with an alembic error. Three fresh homes, so a lucky order cannot hide it.
+    context = multiprocessing.get_context("fork")
+    for attempt in range(3):
+        home = tmp_path / f"home{attempt}"
+        barrier, results = context.Barrier(2), context.Queue()
+        workers = [context.Process(target=_open_registry_behind, args=(barrier, str(home), results)) for _ in range(2)]
+        for worker in workers:
+            worker.start()
+        outcomes = [results.get(timeout=120) for _ in workers]
+        for worker in workers:
+            worker.join(timeout=30)
+        assert outcomes == ["ok", "ok"], (attempt, outcomes)
+        assert (home / "mlflow.lock").exists()
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_an_unreachable_tracking_server_fails_a_step_within_seconds_naming_the_uri(tmp_path):
+    # the registry as a run builds it (default retries): a server that is down fails the step in seconds
+    @asset
+    def reads_champion(registry: ModelRegistry):
+        registry.version_for_alias("m", "champion")
+
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    started = time.monotonic()
+    result = materialize([reads_champion], resources={"registry": ModelRegistry(home=str(tmp_path), tracking_uri=uri)},
+                         raise_on_error=False)
+    elapsed = time.monotonic() - started
+    failure = next(e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE)
+    message = failure.event_specific_data.error.cause.message
+    assert not result.success
+    assert f"the MLflow registry at {uri} did not answer" in message and "gave up after 3 attempts" in message, message
+    assert 1.0 + 2.0 <= elapsed < 15, elapsed  # two retries, after 1 s and 2 s
