@@ -58,24 +58,34 @@ class LandingSource(ConfigurableResource):
         (self.root / "shop.json").write_text(json.dumps(fields, indent=2))
 
     def landed_days(self) -> list[dt.date]:
-        """The days that have a landing folder with at least one file, in order."""
+        """The days that have a landing folder with at least one file, in order, listed after an ingest's
+        killed publish is finished and while none is under way (see ``assets.logic.ingest.settled_landing``)."""
+        from assets.logic.ingest import settled_landing  # imported here, as in shop()
+
         if not self.root.is_dir():
             return []
         days = []
-        for folder in self.root.iterdir():
-            try:
-                day = dt.date.fromisoformat(folder.name)
-            except ValueError:
-                continue
-            if any(f.suffix in LANDING_SUFFIXES for f in folder.iterdir()):
-                days.append(day)
+        with settled_landing(self.root):
+            for folder in self.root.iterdir():
+                try:
+                    day = dt.date.fromisoformat(folder.name)
+                except ValueError:
+                    continue
+                if folder.is_dir() and any(f.suffix in LANDING_SUFFIXES for f in folder.iterdir()):
+                    days.append(day)
         return sorted(days)
 
     def files_for_day(self, day: dt.date) -> list[str]:
-        """The day's landing files, generating them first in synthetic mode."""
+        """The day's landing files (listed as in ``landed_days``), generating them first in synthetic mode."""
+        from assets.logic.ingest import settled_landing
+
         mode = self.effective_mode
         folder = self.root / day.isoformat()
-        files = sorted(str(f) for f in folder.glob("*") if f.suffix in LANDING_SUFFIXES) if folder.is_dir() else []
+        files = []
+        if self.root.is_dir():
+            with settled_landing(self.root):  # a killed publish may still owe this day its folder
+                if folder.is_dir():
+                    files = sorted(str(f) for f in folder.glob("*") if f.suffix in LANDING_SUFFIXES)
         if files:
             return files
         if mode == "synthetic":

@@ -28,7 +28,18 @@ canonical-parquet   when it has no offset
 
 Formats without users (YooChoose, OTTO, DIGINETICA rows with user NA) use the
 session as the user: ``user_id`` is ``s<session>``. Files ending in ``.gz`` are
-decompressed on the fly.
+decompressed on the fly; a UTF-8 byte order mark before the first line is dropped
+(header or not).
+
+Ids that a format declares numeric (``SourceFormat.ids``: the user, item, session
+and category ids of taobao, rees46, retailrocket, yoochoose, otto and diginetica)
+are stored as the decimal text of the whole number they hold, so that one id has
+one spelling across files and formats: ``12``, ``12.0``, `` 12 ``, ``+12``,
+``012`` and ``1.2e1`` are all ``12`` (digits are read exactly, up to 38 of them;
+other notations as DECIMAL(38, 10)). An id that is not a whole number (``12.5``,
+``abc``, ``nan``) is ``bad_type``: a fraction cannot be an id, and rounding it
+would merge two users or items. Canonical formats keep ids as trimmed text,
+since their ids are whatever the shop's system uses.
 
 Reasons set here (the rest are set by ``raw_events``, see ``assets.logic.events``):
 
@@ -48,16 +59,42 @@ partition of the nearest preceding line of the same file that has a valid day,
 or of the following one for lines before the first: every line of a file lands
 in exactly one partition, so per partition ``read = accepted + quarantined``.
 
-A file that cannot be read at all (missing, empty, truncated or corrupt gzip, a
-header that is not the format's, or more than ``max_bad_fraction`` of its lines
-unusable) stops the whole ingest with an ``IngestError`` naming the file and the
-reason, before any landing file is replaced.
+A file that cannot be read at all (missing, a symlink loop, a folder, a FIFO or
+anything else that is not a regular file, empty, truncated or corrupt gzip, a
+header that is not the format's or that names a column twice, a canonical Parquet
+column of a nested type, or more than ``max_bad_fraction`` of its lines unusable)
+stops the whole ingest with an ``IngestError`` naming the file and the reason,
+before any landing file is replaced. Bad options (format, time zone, a short
+pseudonymisation key) raise ``ValueError`` naming the option.
+
+A source file is identified by its resolved path: ``a.csv``, ``./a.csv``, its
+absolute path or a symlink to it, named together, are read once (rows record the
+file as first named). Two paths with the same content are two files: a shop may
+legitimately export the same rows twice (two stores, two days without change),
+and re-ingesting a corrected file must replace what that path produced, which a
+content identity could not follow; duplicated rows are caught downstream
+(``exact_duplicate``).
 
 Every day from a file's first to its last event gets a landing file, an empty
 one for a day without events, so a quiet day is told apart from a missing one.
 
 Re-ingesting a file replaces the landing files it produced before (their names
-derive from the file's absolute path), so ingesting twice leaves the same rows.
+derive from the file's resolved path), so ingesting twice leaves the same rows.
+The days that held files of these sources and hold no landing file at all
+afterwards are ``IngestReport.withdrawn``: the warehouse must drop them too.
+
+Publishing is atomic per ingest, keeping the layout ``YYYY-MM-DD/<name>.parquet``
+that readers list. Everything is staged in ``.ingest-<id>/`` first; then one rename
+installs a journal (``.publish.journal``: every move into the landing and every
+withdrawal of an old file), which is the switch from the old landing to the new
+one; the steps are applied, the journal removed, the staging folder deleted. A
+process killed before the rename leaves the old landing whole (its staging folder
+is deleted by the next ingest); killed after it, the next reader or ingest rolls
+the journal forward (``recover_landing``; every step can run twice). Journals are
+applied under an exclusive ``flock`` on ``.publish.lock`` and readers list under a
+shared one (``settled_landing``), so a listing sees the whole old landing or the
+whole new one. An ingest holds ``.ingest.lock`` from start to end: a second ingest
+into the same landing is refused while one runs.
 
 With ``pseudonym_key`` set, user and session ids are replaced by a keyed hash
 (HMAC-SHA256, 20 hex digits) before anything is written, and the raw text of a
@@ -68,26 +105,38 @@ landing files or the warehouse.
 
 import csv
 import datetime as dt
+import errno
+import fcntl
 import gzip
 import hashlib
 import hmac
 import itertools
 import json
+import os
 import shutil
+import stat
 import uuid
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from assets.logic.events import CANONICAL_COLUMNS, classify_landing
+from assets.logic.warehouse_sql import check_timezone
 
 EARLIEST_DAY = dt.date(1995, 1, 1)
 BATCH_LINES = 200_000
+UTF8_BOM = b"\xef\xbb\xbf"
+# Beside the day folders of the landing root; none of these names is a day, so readers skip them.
+INGEST_LOCK = ".ingest.lock"
+PUBLISH_LOCK = ".publish.lock"
+JOURNAL = ".publish.journal"
+STAGING_PREFIX = ".ingest-"
 
 
 class IngestError(Exception):
@@ -105,12 +154,23 @@ def _epoch(column: str, unit_seconds: float) -> str:
 
 
 def _text_time(column: str) -> str:
-    """UTC timestamp from ISO-like text; text without an offset is read in the session's timezone."""
-    return f"timezone('UTC', TRY_CAST({column} AS TIMESTAMPTZ))"
+    """UTC timestamp from ISO-like text; text without an offset is read in the session's timezone.
+    NULL when it cannot be read or falls off the calendar once converted."""
+    return f"TRY(timezone('UTC', TRY_CAST({column} AS TIMESTAMPTZ)))"
 
 
 def _id(column: str) -> str:
     return f"NULLIF(trim({column}), '')"
+
+
+def _whole_number_id(column: str) -> str:
+    """The decimal text of the whole number in ``column`` (see the module docstring); NULL when it holds none.
+    Plain digits go through HUGEINT, exactly; other notations through DECIMAL(38, 10), checked whole on the DOUBLE
+    (DuckDB's casts to integers round ``12.5`` instead of refusing it)."""
+    text = f"trim({column})"
+    return f"""CASE WHEN regexp_full_match({text}, '[+-]?[0-9]+') THEN CAST(TRY_CAST({text} AS HUGEINT) AS VARCHAR)
+        WHEN TRY_CAST({text} AS DOUBLE) = floor(TRY_CAST({text} AS DOUBLE))
+        THEN CAST(CAST(TRY_CAST({text} AS DECIMAL(38, 10)) AS HUGEINT) AS VARCHAR) END"""
 
 
 def _session_user(column: str) -> str:
@@ -124,8 +184,8 @@ class SourceFormat:
     ``columns`` names the fields of a delimited line (for header formats, the
     columns the header must have; ``optional`` ones are read when present); ``mapping`` gives the SQL of each canonical
     column over those VARCHAR fields; ``numeric`` lists the fields that must be
-    numbers when present (``bad_type`` otherwise); ``time_field`` is checked for
-    ``bad_timestamp``.
+    numbers when present and ``ids`` the id fields that must be whole numbers (``bad_type`` otherwise), which
+    ``mapping`` sees as their canonical integer text; ``time_field`` is checked for ``bad_timestamp``.
     """
 
     name: str
@@ -134,6 +194,7 @@ class SourceFormat:
     mapping: dict[str, str]
     time_field: str
     numeric: tuple[str, ...] = ()
+    ids: tuple[str, ...] = ()
     optional: tuple[str, ...] = ()
     delimiter: str = ","
     header: bool = False
@@ -171,7 +232,8 @@ _YOOCHOOSE_SESSION_FILE = SourceFormat(
         "item_id": _id("ItemId"),
     },
     time_field="Time",
-    numeric=("SessionId", "ItemId", "Time"),
+    numeric=("Time",),
+    ids=("SessionId", "ItemId"),
 )
 
 FORMATS: dict[str, SourceFormat] = {
@@ -189,7 +251,8 @@ FORMATS: dict[str, SourceFormat] = {
                 "category_id": _id("category_id"),
             },
             time_field="timestamp",
-            numeric=("user_id", "item_id", "category_id", "timestamp"),
+            numeric=("timestamp",),
+            ids=("user_id", "item_id", "category_id"),
             # The data set's documented period, in China time (Tianchi data set 649).
             default_tz="Asia/Shanghai",
             period=(dt.date(2017, 11, 25), dt.date(2017, 12, 3)),
@@ -209,7 +272,8 @@ FORMATS: dict[str, SourceFormat] = {
                 "price": "TRY_CAST(price AS DOUBLE)",
             },
             time_field="event_time",
-            numeric=("product_id", "category_id", "price", "user_id"),
+            numeric=("price",),
+            ids=("product_id", "category_id", "user_id"),
         ),
         SourceFormat(
             name="retailrocket",
@@ -223,7 +287,8 @@ FORMATS: dict[str, SourceFormat] = {
                 "item_id": _id("itemid"),
             },
             time_field="timestamp",
-            numeric=("timestamp", "visitorid", "itemid", "transactionid"),
+            numeric=("timestamp", "transactionid"),
+            ids=("visitorid", "itemid"),
         ),
         SourceFormat(
             name="yoochoose-clicks",
@@ -239,7 +304,7 @@ FORMATS: dict[str, SourceFormat] = {
                 "category_id": "NULLIF(NULLIF(trim(Category), ''), '0')",
             },
             time_field="Timestamp",
-            numeric=("SessionId", "ItemId"),
+            ids=("SessionId", "ItemId"),
             alternatives=(_YOOCHOOSE_SESSION_FILE,),
         ),
         SourceFormat(
@@ -255,7 +320,8 @@ FORMATS: dict[str, SourceFormat] = {
                 "price": "TRY_CAST(Price AS DOUBLE)",
             },
             time_field="Timestamp",
-            numeric=("SessionId", "ItemId", "Price", "Quantity"),
+            numeric=("Price", "Quantity"),
+            ids=("SessionId", "ItemId"),
         ),
         SourceFormat(
             name="otto",
@@ -269,7 +335,8 @@ FORMATS: dict[str, SourceFormat] = {
                 "item_id": _id("aid"),
             },
             time_field="ts",
-            numeric=("session", "aid", "ts"),
+            numeric=("ts",),
+            ids=("session", "aid"),
         ),
         SourceFormat(
             name="diginetica",
@@ -278,16 +345,18 @@ FORMATS: dict[str, SourceFormat] = {
             header=True,
             columns=("session_id", "user_id", "item_id", "timeframe", "eventdate"),
             mapping={
-                # timeframe: milliseconds since the session's first event, on eventdate (CIKM Cup 2016).
-                "event_time": "timezone('UTC', TRY_CAST(eventdate AS DATE)::TIMESTAMPTZ"
-                " + to_milliseconds(TRY_CAST(timeframe AS BIGINT)))",
+                # timeframe: milliseconds since the session's first event, on eventdate (CIKM Cup 2016);
+                # TRY: a timeframe too large for an interval is a bad timestamp of its row, not an error.
+                "event_time": "TRY(timezone('UTC', TRY_CAST(eventdate AS DATE)::TIMESTAMPTZ"
+                " + to_milliseconds(TRY_CAST(timeframe AS BIGINT))))",
                 "user_id": "coalesce(NULLIF(NULLIF(trim(user_id), ''), 'NA'), " + _session_user("session_id") + ")",
                 "session_id": _id("session_id"),
                 "event_type": "'view'",
                 "item_id": _id("item_id"),
             },
             time_field="eventdate",
-            numeric=("session_id", "item_id", "timeframe"),
+            numeric=("timeframe",),
+            ids=("session_id", "item_id"),
         ),
         SourceFormat(name="canonical-csv", kind="delimited", header=True, columns=("event_time", "user_id", "event_type"),
                      optional=("session_id", "item_id", "category_id", "price", "query", "event_id"),
@@ -303,15 +372,43 @@ FORMATS: dict[str, SourceFormat] = {
 # ---------------------------------------------------------------- reading lines
 
 
+def _source_files(paths: list[str]) -> list[Path]:
+    """Each source file once, as first named, identified by its resolved path (see the module docstring).
+
+    Everything is checked before a byte is read: anything but a regular file is refused, since a FIFO or a
+    device would block the ingest or never end.
+    """
+    sources: dict[Path, Path] = {}
+    for name in paths:
+        path = Path(name)
+        try:
+            resolved = path.resolve(strict=True)
+            mode = resolved.stat().st_mode
+        except FileNotFoundError:
+            raise IngestError(str(path), "file not found") from None
+        except RuntimeError:  # how Python before 3.13 reports a symlink loop
+            raise IngestError(str(path), "symlink loop: the path cannot be resolved to a file") from None
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise IngestError(str(path), "symlink loop: the path cannot be resolved to a file") from None
+            raise IngestError(str(path), f"cannot be resolved: {error.strerror}") from None
+        if stat.S_ISDIR(mode):
+            raise IngestError(str(path), "is a folder, not a file")
+        if not stat.S_ISREG(mode):
+            raise IngestError(str(path), "is not a regular file (a FIFO, device or socket cannot be ingested)")
+        sources.setdefault(resolved, path)
+    return list(sources.values())
+
+
 def _open_lines(path: Path) -> Iterator[bytes]:
-    """The file's lines as bytes, decompressing ``.gz``; read errors name the file."""
-    if not path.exists():
-        raise IngestError(str(path), "file not found")
-    if path.is_dir():
-        raise IngestError(str(path), "is a folder, not a file")
+    """The file's lines as bytes, decompressing ``.gz``, without a UTF-8 byte order mark before the first
+    (spreadsheets write one; it would stick to the first field); read errors name the file."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as handle:
+            first = handle.readline()
+            if first:
+                yield first.removeprefix(UTF8_BOM)
             yield from handle
     except (EOFError, gzip.BadGzipFile, zlib.error) as error:
         raise IngestError(str(path), f"corrupt or truncated gzip: {error}") from error
@@ -413,8 +510,9 @@ def _layout(path: Path, fmt: SourceFormat, first_line: str) -> tuple[SourceForma
         if not candidate.header:
             continue
         for delimiter in dict.fromkeys((candidate.delimiter, "\t", ",", ";")):
-            names = tuple(n.strip().strip('"').lstrip("\ufeff") for n in first_line.split(delimiter))
+            names = tuple(n.strip().strip('"') for n in first_line.split(delimiter))
             if set(candidate.columns) <= set(names):
+                _refuse_duplicated_columns(path, names, "its header")
                 return candidate, names, delimiter, True
     headerless = next((c for c in (fmt, *fmt.alternatives) if not c.header), None)
     if headerless is not None:
@@ -423,6 +521,15 @@ def _layout(path: Path, fmt: SourceFormat, first_line: str) -> tuple[SourceForma
         str(path),
         f"not a {fmt.name} file: its header {first_line[:200]!r} lacks the columns {', '.join(fmt.columns)}",
     )
+
+
+def _refuse_duplicated_columns(path: Path, names: list[str] | tuple[str, ...], where: str) -> None:
+    """A column named twice is refused: which of the two holds the field is anyone's guess, and taking either
+    would accept every row with the other's values."""
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        listed = ", ".join(repr(n) for n in duplicated)
+        raise IngestError(str(path), f"{where} has the duplicated column{'s' if len(duplicated) > 1 else ''} {listed}")
 
 
 def _jsonl_batches(path: Path, fmt: SourceFormat) -> Iterator[tuple[SourceFormat, pa.Table]]:
@@ -462,19 +569,25 @@ def _text(value) -> str | None:
 
 
 def _parquet_batches(path: Path, fmt: SourceFormat) -> Iterator[tuple[SourceFormat, pa.Table]]:
-    if not path.exists():
-        raise IngestError(str(path), "file not found")
     try:
         parquet = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as error:
         raise IngestError(str(path), f"not a readable Parquet file: {error}") from error
-    missing = [c for c in ("event_time", "user_id", "event_type") if c not in parquet.schema_arrow.names]
+    schema = parquet.schema_arrow
+    _refuse_duplicated_columns(path, schema.names, "its schema")
+    missing = [c for c in ("event_time", "user_id", "event_type") if c not in schema.names]
     if missing:
         raise IngestError(str(path), f"not a canonical Parquet file: it lacks the columns {', '.join(missing)}")
+    # A column of the wrong type is wrong in every row: the file is refused, naming it, rather than every
+    # row quarantined as bad_type (which would read as a file of bad rows, not of a bad schema).
+    for column in fmt.columns:
+        if column in schema.names and pa.types.is_nested(schema.field(column).type):
+            raise IngestError(str(path), f"column {column} has the type {schema.field(column).type}: a canonical "
+                                         "column holds text, a number or a time, not a nested value")
     offset = 0
     for batch in parquet.iter_batches(batch_size=BATCH_LINES):
         rows = batch.num_rows
-        columns = {c: (batch.column(c).cast(pa.string()) if c in batch.schema.names else pa.nulls(rows, pa.string()))
+        columns = {c: (_as_text(path, batch.column(c), c) if c in batch.schema.names else pa.nulls(rows, pa.string()))
                    for c in fmt.columns}
         raws = [json.dumps(r, default=str) for r in batch.to_pylist()]
         yield fmt, pa.table(
@@ -490,6 +603,15 @@ def _parquet_batches(path: Path, fmt: SourceFormat) -> Iterator[tuple[SourceForm
         offset += rows
 
 
+def _as_text(path: Path, values: pa.Array, column: str) -> pa.Array:
+    try:
+        return values.cast(pa.string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+        raise IngestError(
+            str(path), f"column {column} has the type {values.type}, which cannot be read as text: {error}"
+        ) from None
+
+
 _READERS = {"delimited": _delimited_batches, "jsonl": _jsonl_batches, "parquet": _parquet_batches}
 
 
@@ -500,14 +622,18 @@ def _typed_select(fmt: SourceFormat) -> str:
     """SQL turning one batch of VARCHAR fields into canonical columns and a parse-level reason."""
     canonical = ", ".join(f"{fmt.mapping.get(c, 'NULL')} AS {c}" for c in CANONICAL_COLUMNS)
     bad_numbers = " OR ".join(
-        f"(NULLIF(trim({c}), '') IS NOT NULL AND TRY_CAST(trim({c}) AS DOUBLE) IS NULL)" for c in fmt.numeric
+        [f"(NULLIF(trim(batch.{c}), '') IS NOT NULL AND TRY_CAST(trim(batch.{c}) AS DOUBLE) IS NULL)" for c in fmt.numeric]
+        + [f"(NULLIF(trim(batch.{c}), '') IS NOT NULL AND {_whole_number_id(f'batch.{c}')} IS NULL)" for c in fmt.ids]
     ) or "false"
+    ids = ", ".join(f"{_whole_number_id(f'batch.{c}')} AS {c}" for c in fmt.ids)
     return f"""
-        WITH typed AS (
-            SELECT source_file, source_line, file_row, raw, parse_reason, {canonical},
-                   {bad_numbers} AS bad_number,
+        WITH fields AS (
+            SELECT *{f' REPLACE ({ids})' if ids else ''}, {bad_numbers} AS bad_number FROM batch
+        ),
+        typed AS (
+            SELECT source_file, source_line, file_row, raw, parse_reason, {canonical}, bad_number,
                    NULLIF(trim({fmt.time_field}), '') IS NOT NULL AS has_time
-            FROM batch
+            FROM fields
         )
         SELECT * EXCLUDE (bad_number, has_time, parse_reason),
             CASE
@@ -560,6 +686,8 @@ class IngestReport:
     per_day: dict[dt.date, dict[str, int]]
     per_file: dict[str, dict[str, int]]
     timezone: str
+    # Days that held landing files of these sources before the ingest and hold no landing file after it.
+    withdrawn: list[dt.date] = field(default_factory=list)
 
     @property
     def read(self) -> int:
@@ -634,17 +762,16 @@ def place(
     max_bad_fraction: float = 0.5,
 ) -> list[Path]:
     """Read source files into the table ``placed``: one row per line, in canonical columns, with its
-    ingest reason (NULL when the line parsed) and its ``day``. Returns the files read, once each."""
-    if format_name not in FORMATS:
-        raise ValueError(f"unknown format {format_name!r}; known: {', '.join(FORMATS)}")
-    fmt = FORMATS[format_name]
-    tz = tz or fmt.default_tz
+    ingest reason (NULL when the line parsed) and its ``day``. Returns the files read, once each, as
+    first named (see ``_source_files``)."""
+    fmt = _source_format(format_name)
+    tz = check_timezone(tz or fmt.default_tz, "--tz")
     first = start or (fmt.period[0] if fmt.period else EARLIEST_DAY)
     last = end or (fmt.period[1] if fmt.period else dt.date(9999, 12, 31))
     now = now or dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-    conn.execute(f"SET TimeZone = '{tz}'")
+    sources = _source_files(paths)
+    conn.execute("SET TimeZone = $tz", {"tz": tz})
     conn.execute(f"CREATE TABLE staged {_STAGED_COLUMNS}")
-    sources = [Path(p) for p in dict.fromkeys(paths)]  # a file named twice is read once
     for source in sources:
         _stage_file(conn, source, fmt, max_bad_fraction)
     conn.execute(_PLACE_SQL, {"tz": tz, "now": now, "first": first, "last": last})
@@ -662,25 +789,48 @@ def ingest(
     now: dt.datetime | None = None,
     pseudonym_key: str | None = None,
     max_bad_fraction: float = 0.5,
+    on_staged: Callable[[IngestReport], None] | None = None,
 ) -> IngestReport:
-    """Split source files into daily landing partitions; see the module docstring for the rules."""
-    tz = tz or (FORMATS[format_name].default_tz if format_name in FORMATS else "UTC")
+    """Split source files into daily landing partitions; see the module docstring for the rules.
+
+    ``on_staged`` is called with the report once every file is read, classified and staged, right before
+    anything is published: if it raises, nothing is published, the staging is removed and the exception
+    propagates (the command records the home's settings there, so they never lag behind its landing).
+    """
+    fmt = _source_format(format_name)
+    tz = check_timezone(tz or fmt.default_tz, "--tz")
     if pseudonym_key is not None and len(pseudonym_key) < 16:
-        raise ValueError("the pseudonymisation key must have at least 16 characters")
+        raise ValueError(
+            f"the pseudonymisation key (--pseudonymise) must have at least 16 characters, not {len(pseudonym_key)}"
+        )
     root = Path(landing_root)
-    staging = root / f".ingest-{uuid.uuid4().hex[:12]}"
-    staging.mkdir(parents=True)
-    try:
-        with duckdb.connect(str(staging / "ingest.duckdb")) as conn:
-            sources = place(conn, paths, format_name, tz, start, end, now, max_bad_fraction)
-            if pseudonym_key is not None:
-                _pseudonymise(conn, pseudonym_key)
-            written = _write_days(conn, staging, sources)
-            report = _report(conn, staging, written, sources, tz)
-        _publish(root, staging, written, sources)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    with _sole_ingest(root):
+        recover_landing(root)
+        _remove_leftovers(root)
+        staging = root / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
+        staging.mkdir()
+        try:
+            with duckdb.connect(str(staging / "ingest.duckdb")) as conn:
+                sources = place(conn, paths, format_name, tz, start, end, now, max_bad_fraction)
+                if pseudonym_key is not None:
+                    _pseudonymise(conn, pseudonym_key)
+                written = _write_days(conn, staging, sources)
+                report = _report(conn, staging, written, sources, tz)
+            steps, report.withdrawn = _publish_steps(root, written, sources)
+            if on_staged is not None:
+                on_staged(report)
+            _publish(root, staging, steps)
+        finally:
+            if not (root / JOURNAL).exists():  # else a publish failed halfway: its journal still needs the staging
+                shutil.rmtree(staging, ignore_errors=True)
     return report
+
+
+def _source_format(name: str) -> SourceFormat:
+    if name not in FORMATS:
+        raise ValueError(f"--format {name!r} is not a format shopseq reads; known: {', '.join(FORMATS)}")
+    return FORMATS[name]
 
 
 def _stage_file(conn: duckdb.DuckDBPyConnection, source: Path, fmt: SourceFormat, max_bad_fraction: float) -> None:
@@ -720,8 +870,8 @@ def _write_days(conn: duckdb.DuckDBPyConnection, staging: Path, sources: list[Pa
             conn.execute(
                 f"""COPY (SELECT {', '.join(CANONICAL_COLUMNS)}, source_file, source_line, raw, ingest_reason
                           FROM placed WHERE source_file = $source AND day = $day ORDER BY file_row)
-                    TO '{folder / name}' (FORMAT parquet)""",
-                {"source": str(source), "day": day},
+                    TO $target (FORMAT parquet)""",
+                {"source": str(source), "day": day, "target": str(folder / name)},
             )
             written.append((day, name))
     return written
@@ -746,14 +896,132 @@ def _report(conn: duckdb.DuckDBPyConnection, staging: Path, written, sources: li
     return IngestReport(per_day=per_day, per_file=per_file, timezone=tz)
 
 
-def _publish(root: Path, staging: Path, written: list[tuple[dt.date, str]], sources: list[Path]) -> None:
-    """Replace the landing files of these sources: first remove what an earlier ingest of them
-    left (in any day), then move the new files in (each move is atomic)."""
+# ---------------------------------------------------------------- publishing and recovering the landing
+
+
+def _publish_steps(
+    root: Path, written: list[tuple[dt.date, str]], sources: list[Path]
+) -> tuple[list[list[str]], list[dt.date]]:
+    """The steps that replace the landing files of ``sources`` by the staged ``written`` ones: move each new
+    file in, then withdraw every file an earlier ingest of these sources left in a day they no longer reach.
+    Also the days withdrawn: those that held files of these sources and are left with no landing file."""
     names = {landing_name(s) for s in sources}
-    for old in root.glob("*/*.parquet"):
-        if old.name in names and not old.parent.name.startswith("."):
-            old.unlink()
-    for day, name in written:
-        target = root / day.isoformat()
-        target.mkdir(parents=True, exist_ok=True)
-        (staging / day.isoformat() / name).replace(target / name)
+    before = {folder.name: {f.name for f in folder.glob("*.parquet")} for folder in _day_folders(root)}
+    new = {(day.isoformat(), name) for day, name in written}
+    old = {(day, name) for day, files in before.items() for name in files & names}
+    after = {day: set(files) for day, files in before.items()}
+    for day, name in old - new:
+        after[day].discard(name)
+    for day, name in new:
+        after.setdefault(day, set()).add(name)
+    steps = [["move", day, name] for day, name in sorted(new)]
+    steps += [["withdraw", day, name] for day, name in sorted(old - new)]
+    withdrawn = sorted(dt.date.fromisoformat(day) for day in {day for day, _ in old} if not after[day])
+    return steps, withdrawn
+
+
+def _day_folders(root: Path) -> list[Path]:
+    """The landing's day folders, named exactly YYYY-MM-DD (the locks, journal and staging are not)."""
+    days = []
+    for folder in root.iterdir():
+        try:
+            is_day = dt.date.fromisoformat(folder.name).isoformat() == folder.name
+        except ValueError:
+            is_day = False
+        if is_day and folder.is_dir():
+            days.append(folder)
+    return days
+
+
+@contextmanager
+def _publish_lock(root: Path, operation: int) -> Iterator[None]:
+    """``flock`` on the landing's publish lock for the block: exclusive to apply a journal, shared to list the
+    landing. The kernel drops it when its process dies, so a killed holder never leaves it taken."""
+    with open(root / PUBLISH_LOCK, "a") as handle:
+        fcntl.flock(handle, operation)
+        yield
+
+
+@contextmanager
+def _sole_ingest(root: Path) -> Iterator[None]:
+    """Hold the landing's ingest lock for the block; a second ingest is refused rather than queued, since
+    what its command checked (the home's time zone, its kind of landing) may no longer hold once it runs."""
+    with open(root / INGEST_LOCK, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise IngestError(str(root), "another ingest into this landing is running; run this one after it") from None
+        yield
+
+
+def _publish(root: Path, staging: Path, steps: list[list[str]]) -> None:
+    """Switch the landing to the staged files: the journal's rename is the one atomic switch, then its
+    steps are applied (by this process, or by whoever recovers the landing after a kill)."""
+    journal = {"staging": staging.name, "steps": steps}
+    with _publish_lock(root, fcntl.LOCK_EX):
+        pending = root / f"{JOURNAL}.tmp"
+        with open(pending, "w") as handle:
+            json.dump(journal, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        pending.replace(root / JOURNAL)
+        _apply_journal(root, journal)
+        (root / JOURNAL).unlink()
+
+
+def _apply_journal(root: Path, journal: dict) -> None:
+    """Apply every step of a publish journal. Each step may already have been applied (a publish killed
+    halfway): a move whose staged file is gone was made, a withdrawn file already gone was withdrawn."""
+    for action, day, name in journal["steps"]:
+        target = root / day / name
+        if action == "move":
+            staged = root / journal["staging"] / day / name
+            if staged.exists():
+                target.parent.mkdir(exist_ok=True)
+                staged.replace(target)
+        else:
+            target.unlink(missing_ok=True)
+            if target.parent.is_dir() and not any(target.parent.iterdir()):
+                target.parent.rmdir()  # a day left without files is not a landed day
+
+
+def recover_landing(root: str | Path) -> None:
+    """Finish a publish that was killed after its switch (rename of the journal), so that the landing is
+    the complete new one; a publish killed before the switch left the old landing untouched.
+
+    Called before the landing is read (``LandingSource``, through ``settled_landing``) and at the start of
+    every ingest. Journals are applied under the exclusive publish lock, and a journal found under it
+    belongs to a dead process (a live publisher removes it before unlocking), so two processes recovering
+    at once apply it once, and its staging folder is nobody's any more.
+    """
+    root = Path(root)
+    if not (root / JOURNAL).exists():
+        return
+    with _publish_lock(root, fcntl.LOCK_EX):
+        if (root / JOURNAL).exists():  # not finished by another process while this one waited
+            journal = json.loads((root / JOURNAL).read_text())
+            _apply_journal(root, journal)
+            (root / JOURNAL).unlink()
+            shutil.rmtree(root / journal["staging"], ignore_errors=True)
+
+
+@contextmanager
+def settled_landing(root: str | Path) -> Iterator[None]:
+    """Hold publishes off while the caller lists the landing under ``root``, after finishing a killed one:
+    the listing sees the whole old landing or the whole new one, never a publish half applied."""
+    root = Path(root)
+    while True:
+        recover_landing(root)
+        with _publish_lock(root, fcntl.LOCK_SH):
+            if not (root / JOURNAL).exists():  # else a publish was killed between the two locks: finish it too
+                yield
+                return
+
+
+def _remove_leftovers(root: Path) -> None:
+    """Delete the staging folders (and a half-written journal) of ingests killed before their switch: called
+    under the ingest lock, after ``recover_landing``, when no other ingest can own them."""
+    for leftover in root.glob(f"{STAGING_PREFIX}*"):
+        shutil.rmtree(leftover)
+    if (root / f"{JOURNAL}.tmp").exists():
+        (root / f"{JOURNAL}.tmp").unlink()

@@ -1,16 +1,26 @@
 """shopseq ingest: every format, every quarantine reason, every unreadable file, idempotence, privacy."""
 
 import datetime as dt
+import fcntl
 import gzip
 import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from assets.logic.events import load_raw_day
 from assets.logic.ingest import IngestError, ingest, landing_name, pseudonym
+from resources import LandingSource
 from tests.samples import SHARED, needs_samples
 
 NOW = dt.datetime(2026, 1, 1)  # "now" for future_timestamp, fixed so the tests do not age
@@ -220,7 +230,7 @@ def test_an_unreadable_file_fails_naming_it_and_leaves_the_landing_untouched(tmp
         ingest([good, bad], "taobao", str(root), now=NOW)  # the good file is not half-replaced either
     assert bad in str(error.value) and reason in str(error.value)
     assert sorted((p.relative_to(root), p.read_bytes()) for p in root.rglob("*.parquet")) == before
-    assert not any(p.name.startswith(".ingest") for p in root.iterdir())  # staging removed
+    assert not any(p.name.startswith(".ingest-") for p in root.iterdir())  # staging removed
 
 
 def test_a_header_of_another_format_is_refused(tmp_path):
@@ -248,7 +258,7 @@ def test_reingesting_a_file_replaces_its_landing_files(tmp_path):
 
     def ingest_and_load():
         ingest([str(source)], "taobao", str(root), now=NOW)
-        for folder in sorted(root.iterdir()):
+        for folder in sorted(root.glob("[0-9]*")):  # the day folders, not the locks beside them
             load_raw_day(conn, [str(f) for f in folder.glob("*.parquet")], dt.date.fromisoformat(folder.name), SHANGHAI)
         return _landed(root).drop(columns="filename"), conn.execute("SELECT * FROM raw_events ORDER BY ALL").df()
 
@@ -312,3 +322,322 @@ def test_a_mostly_unusable_file_is_refused_naming_its_first_bad_line(tmp_path):
     source = _write(tmp_path / "mixed.csv", lines)
     with pytest.raises(IngestError, match=r"9 of 12 rows unusable \(first: line 4: wrong_column_count\)"):
         ingest([source], "taobao", str(tmp_path / "landing"), now=NOW)
+
+
+# ---------------------------------------------------------------- issue 18: nothing lost, nothing injected
+
+
+def test_a_file_named_twice_under_two_spellings_is_read_once(tmp_path, monkeypatch):
+    source = tmp_path / "a.csv"
+    _write(source, [f"1,100,10,pv,{TS}", f"1,101,10,pv,{TS + 86400}"])
+    (tmp_path / "link.csv").symlink_to(source)
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "landing"
+    report = ingest(["a.csv", "./a.csv", str(source), "link.csv"], "taobao", str(root), now=NOW)
+    assert report.read == 2 and list(report.per_file) == ["a.csv"]  # the first spelling names the file
+    assert len(_landed(root)) == 2
+    # A copy is another file, even with the same content: its rows land beside the original's.
+    _write(tmp_path / "copy.csv", [f"1,100,10,pv,{TS}", f"1,101,10,pv,{TS + 86400}"])
+    report = ingest(["a.csv", "copy.csv"], "taobao", str(root), now=NOW)
+    assert report.read == 4 and len(_landed(root)) == 4
+    assert report.accepted == 2  # the copy's rows are exact duplicates of the original's
+
+
+def test_reingesting_a_shorter_file_reports_the_withdrawn_days(tmp_path):
+    root = tmp_path / "landing"
+    log, other = tmp_path / "log.csv", tmp_path / "other.csv"
+    _write(log, [f"1,100,10,pv,{TS + i * 86400}" for i in range(4)])  # 12-01 .. 12-04 China time
+    _write(other, [f"2,200,10,pv,{TS + 2 * 86400}"])  # 12-03 holds another file too
+    first = ingest([str(log), str(other)], "taobao", str(root), now=NOW, end=dt.date(2017, 12, 31))
+    assert first.withdrawn == []
+    _write(log, [f"1,100,10,pv,{TS}"])
+    report = ingest([str(log)], "taobao", str(root), now=NOW, end=dt.date(2017, 12, 31))
+    assert report.withdrawn == [dt.date(2017, 12, 2), dt.date(2017, 12, 4)]  # 12-03 still holds other.csv's file
+    landing = LandingSource(home=str(tmp_path), mode="files")
+    assert landing.landed_days() == [dt.date(2017, 12, 1), dt.date(2017, 12, 3)]
+
+
+# Kill an ingest (SIGKILL) at the n-th call of a filesystem primitive, or once everything is staged, in a
+# child process: the primitives are the ones any publish must use, so the test does not depend on its steps.
+KILL_SCRIPT = """
+import datetime as dt, os, signal, sys
+from pathlib import Path
+from assets.logic.ingest import ingest
+
+source, root, primitive, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+options = {"on_staged": die} if primitive == "on_staged" else {}
+if primitive != "on_staged":
+    real, calls = getattr(Path, primitive), []
+
+    def counting(self, *args, **kwargs):
+        calls.append(self)
+        if len(calls) == n:
+            die()
+        return real(self, *args, **kwargs)
+
+    setattr(Path, primitive, counting)
+ingest([source], "taobao", root, now=dt.datetime(2026, 1, 1), end=dt.date(2017, 12, 31), **options)
+"""
+
+
+@pytest.mark.parametrize("primitive, n", [("on_staged", 0), ("replace", 1), ("replace", 3), ("unlink", 1), ("unlink", 2)])
+def test_a_killed_reingest_leaves_the_complete_old_or_new_landing(tmp_path, primitive, n):
+    home = tmp_path / "home"
+    root = home / "landing"
+    source = tmp_path / "log.csv"
+    old_days = [dt.date(2017, 12, 1) + dt.timedelta(days=i) for i in range(5)]
+    new_days = old_days[1:] + [dt.date(2017, 12, 6)]
+    _write(source, [f"1,{100 + i},10,pv,{TS + i * 86400}" for i in range(5)])  # one event a day
+    ingest([str(source)], "taobao", str(root), now=NOW, end=dt.date(2017, 12, 31))
+    _write(source, [f"1,{200 + i},10,pv,{TS + (i // 2 + 1) * 86400 + i}" for i in range(10)])  # two a day, a day later
+    killed = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(source), str(root), primitive, str(n)],
+                            cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+
+    landing = LandingSource(home=str(home), mode="files")
+
+    def rows_per_day(_) -> dict:
+        return {day: duckdb.connect().execute("SELECT count(*) FROM read_parquet($f)",
+                                              {"f": landing.files_for_day(day)}).fetchone()[0]
+                for day in landing.landed_days()}
+
+    try:  # the first read asks for the day only the new version has
+        newest_day_files = len(landing.files_for_day(new_days[-1]))
+    except FileNotFoundError:
+        newest_day_files = 0
+    with ThreadPoolExecutor(4) as readers:  # readers that find the killed publish finish it once, together
+        seen = list(readers.map(rows_per_day, range(4)))
+    old_version, new_version = {d: 1 for d in old_days}, {d: 2 for d in new_days}
+    assert seen[0] in (old_version, new_version) and seen == seen[:1] * 4
+    assert newest_day_files == (seen[0] == new_version)
+    # The next ingest cleans what the killed one left and publishes the new version whole.
+    report = ingest([str(source)], "taobao", str(root), now=NOW, end=dt.date(2017, 12, 31))
+    assert sorted(report.per_day) == new_days
+    assert landing.landed_days() == new_days and len(_landed(root)) == 10
+    assert not [p.name for p in root.iterdir() if p.name.startswith(".") and not p.name.endswith(".lock")]
+
+
+def test_a_publish_that_fails_halfway_is_finished_by_the_next_reader(tmp_path, monkeypatch):
+    root = tmp_path / "landing"
+    source = tmp_path / "log.csv"
+    _write(source, [f"1,100,10,pv,{TS + i * 86400}" for i in range(3)])
+    ingest([str(source)], "taobao", str(root), now=NOW, end=dt.date(2017, 12, 31))
+    _write(source, [f"1,200,10,pv,{TS + i * 86400}" for i in range(1, 4)])
+    real, calls = Path.replace, []
+
+    def full_disk(self, target):
+        calls.append(target)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real(self, target)
+
+    monkeypatch.setattr(Path, "replace", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        ingest([str(source)], "taobao", str(root), now=NOW, end=dt.date(2017, 12, 31))
+    monkeypatch.setattr(Path, "replace", real)
+    landing = LandingSource(home=str(tmp_path), mode="files")
+    assert landing.landed_days() == [dt.date(2017, 12, 2), dt.date(2017, 12, 3), dt.date(2017, 12, 4)]
+    assert set(_landed(root)["item_id"]) == {"200"}
+
+
+def test_two_ingests_into_one_landing_cannot_interleave(tmp_path):
+    root = tmp_path / "landing"
+    root.mkdir()
+    source = _write(tmp_path / "log.csv", [f"1,100,10,pv,{TS}"])
+    with open(root / ".ingest.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(IngestError, match="another ingest"):
+            ingest([source], "taobao", str(root), now=NOW)
+        assert not list(root.rglob("*.parquet"))
+    assert ingest([source], "taobao", str(root), now=NOW).read == 1
+
+
+def test_on_staged_sees_the_report_before_anything_is_published_and_can_stop_it(tmp_path):
+    root = tmp_path / "landing"
+    source = _write(tmp_path / "log.csv", [f"1,100,10,pv,{TS}"])
+    seen = []
+
+    def refuse(report):
+        seen.append((report.read, list(root.glob("[0-9]*/*.parquet"))))
+        raise RuntimeError("settings cannot be written")
+
+    with pytest.raises(RuntimeError, match="settings cannot be written"):
+        ingest([source], "taobao", str(root), now=NOW, on_staged=refuse)
+    assert seen == [(1, [])]
+    assert not list(root.rglob("*.parquet")) and not [p for p in root.iterdir() if p.name.startswith(".ingest-")]
+    assert ingest([source], "taobao", str(root), now=NOW).read == 1  # and the next ingest runs
+
+
+@pytest.mark.parametrize("fmt, header", [
+    ("canonical-csv", "event_time,user_id,event_type,user_id"),
+    ("rees46", "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session,brand"),
+])
+def test_a_duplicated_header_name_is_refused(tmp_path, fmt, header):
+    row = {"canonical-csv": "2025-03-02 10:00:00,u1,view,u2",
+           "rees46": "2019-10-01 00:00:00 UTC,view,1,2,,b,1.0,3,s,b"}[fmt]
+    source = _write(tmp_path / "dup.csv", [header, row])
+    with pytest.raises(IngestError, match=r"dup\.csv: .*duplicated column") as error:
+        ingest([source], fmt, str(tmp_path / "landing"), now=NOW)
+    assert ("user_id" if fmt == "canonical-csv" else "brand") in str(error.value)
+
+
+def test_a_duplicated_parquet_column_is_refused(tmp_path):
+    table = pa.table([["2025-03-02 10:00:00"], ["u1"], ["view"], ["u2"]], names=["event_time", "user_id", "event_type", "user_id"])
+    pq.write_table(table, tmp_path / "dup.parquet")
+    with pytest.raises(IngestError, match="duplicated column 'user_id'"):
+        ingest([str(tmp_path / "dup.parquet")], "canonical-parquet", str(tmp_path / "landing"), now=NOW)
+
+
+def test_a_timezone_is_validated_and_never_pasted_into_sql(tmp_path):
+    source = _write(tmp_path / "log.csv", [f"1,100,10,pv,{TS}"])
+    target = tmp_path / "injected.txt"
+    with pytest.raises(ValueError, match="--tz"):
+        ingest([source], "taobao", str(tmp_path / "landing"), tz=f"UTC'; COPY (SELECT 'x') TO '{target}'; SET TimeZone = 'UTC",
+               now=NOW)
+    assert not target.exists()
+    with pytest.raises(ValueError, match="--tz 'utc'"):
+        ingest([source], "taobao", str(tmp_path / "landing"), tz="utc", now=NOW)
+
+
+def test_a_home_whose_path_has_quotes_ingests_and_reads(tmp_path):
+    home = tmp_path / "it's \"x\"; y"
+    source = _write(tmp_path / "log.csv", [f"1,100,10,pv,{TS}", f"1,101,10,pv,{TS + 86400}"])
+    for _ in range(2):  # re-ingesting replaces, through the same quoting
+        report = ingest([source], "taobao", str(home / "landing"), now=NOW)
+    assert report.accepted == 2
+    landing = LandingSource(home=str(home), mode="files")
+    assert landing.landed_days() == [dt.date(2017, 12, 1), dt.date(2017, 12, 2)]
+    assert load_raw_day(duckdb.connect(), landing.files_for_day(dt.date(2017, 12, 1)), dt.date(2017, 12, 1),
+                        SHANGHAI)["accepted"] == 1
+
+
+@pytest.mark.parametrize("column, values", [
+    ("user_id", pa.array([{"id": 1}, {"id": 2}])),
+    ("item_id", pa.array([[1, 2], [3]])),
+])
+def test_a_nested_canonical_parquet_column_is_refused_naming_it_and_its_type(tmp_path, column, values):
+    columns = {"event_time": pa.array(["2025-03-02 10:00:00", "2025-03-02 11:00:00"]), "user_id": pa.array(["u1", "u2"]),
+               "event_type": pa.array(["view", "view"]), "item_id": pa.array(["a", "b"])}
+    pq.write_table(pa.table({**columns, column: values}), tmp_path / "nested.parquet")
+    with pytest.raises(IngestError, match=rf"nested\.parquet: column {column} has the type (struct|list)"):
+        ingest([str(tmp_path / "nested.parquet")], "canonical-parquet", str(tmp_path / "landing"), now=NOW)
+
+
+@pytest.mark.parametrize("fmt, name, lines", [
+    ("diginetica", "d.csv", ["session_id;user_id;item_id;timeframe;eventdate", "1;NA;5;526309;2016-05-09",
+                             "1;NA;6;10000000000000000;2016-05-09", "1;NA;7;1e16;2016-05-09", "1;NA;8;526310;2016-05-09",
+                             "1;NA;9;526311;2016-05-09"]),
+    ("taobao", "t.csv", [f"1,100,10,pv,{TS}", "1,101,10,pv,1e20", "1,102,10,pv,-1e20", f"1,103,10,pv,{TS}",
+                         f"1,104,10,pv,{TS}"]),
+    ("retailrocket", "r.csv", ["timestamp,visitorid,event,itemid,transactionid", "1433221332117,1,view,5,",
+                               "1e20,1,view,6,", "100000000000000000000000,1,view,7,", "1433221332118,1,view,8,",
+                               "1433221332119,1,view,9,"]),
+    ("yoochoose-clicks", "y.tsv", ["SessionId\tItemId\tTime", "7\t5\t1396867869.277", "7\t6\t1e20", "7\t7\tinf", "7\t8\t1396867869.3",
+                               "7\t9\t1396867869.4"]),
+    ("otto", "o.jsonl", [json.dumps({"session": 1, "events": [{"aid": 5, "ts": 1659304800025, "type": "clicks"},
+                                                              {"aid": 6, "ts": 1e20, "type": "clicks"},
+                                                              {"aid": 7, "ts": -1e300, "type": "clicks"},
+                                                              {"aid": 8, "ts": 1659304800026, "type": "clicks"},
+                                                              {"aid": 9, "ts": 1659304800027, "type": "clicks"}]})]),
+])
+def test_a_huge_time_is_quarantined_as_bad_timestamp_and_the_rest_accepted(tmp_path, fmt, name, lines):
+    source = _write(tmp_path / name, lines)
+    report = ingest([source], fmt, str(tmp_path / "landing"), tz="UTC", now=NOW, start=dt.date(2000, 1, 1))
+    assert (report.read, report.accepted) == (5, 3)
+    assert [c.get("bad_timestamp") for c in report.per_day.values()] == [2]
+
+
+def test_a_time_beyond_the_calendar_in_text_is_quarantined(tmp_path):
+    source = _write(tmp_path / "e.csv", ["event_time,user_id,event_type,item_id", "2025-03-02 10:00:00,u1,view,i1",
+                                         "294247-01-10 04:00:54,u1,view,i2", "infinity,u1,view,i3", "-infinity,u1,view,i4"])
+    report = ingest([source], "canonical-csv", str(tmp_path / "landing"), tz="Asia/Shanghai", now=NOW)
+    assert (report.read, report.accepted) == (4, 1)
+
+
+def test_a_fifo_is_refused_without_reading_it(tmp_path):
+    fifo = tmp_path / "events.csv"
+    os.mkfifo(fifo)
+    # Should the ingest open the FIFO, this writer lets it see an end of file instead of hanging the test.
+    writer = threading.Thread(target=lambda: open(fifo, "wb").close(), daemon=True)
+    writer.start()
+    try:
+        with pytest.raises(IngestError, match="events.csv: is not a regular file"):
+            ingest([str(fifo)], "taobao", str(tmp_path / "landing"), now=NOW)
+    finally:
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # releases the writer if nobody read
+        writer.join(timeout=5)
+    assert not [p for p in (tmp_path / "landing").iterdir() if p.name.startswith(".ingest-")]
+
+
+def test_a_symlink_loop_is_named_as_such(tmp_path):
+    (tmp_path / "a.csv").symlink_to(tmp_path / "b.csv")
+    (tmp_path / "b.csv").symlink_to(tmp_path / "a.csv")
+    with pytest.raises(IngestError, match=r"a\.csv: symlink loop"):
+        ingest([str(tmp_path / "a.csv")], "taobao", str(tmp_path / "landing"), now=NOW)
+
+
+def test_option_errors_name_the_option(tmp_path):
+    source = _write(tmp_path / "log.csv", [f"1,100,10,pv,{TS}"])
+    with pytest.raises(ValueError, match="--format 'nope'"):
+        ingest([source], "nope", str(tmp_path / "landing"), now=NOW)
+    with pytest.raises(ValueError, match="at least 16 characters, not 5"):
+        ingest([source], "taobao", str(tmp_path / "landing"), now=NOW, pseudonym_key="short")
+
+
+BOM = "\ufeff"
+
+
+@pytest.mark.parametrize("fmt, name, lines", [
+    ("taobao", "t.csv", [f"{BOM}1,100,10,pv,{TS}", f"1,101,10,pv,{TS}"]),
+    ("yoochoose-clicks", "y.dat", [f"{BOM}1,2014-04-07T10:51:09.277Z,214536502,0", "1,2014-04-07T10:54:09.868Z,214536500,S"]),
+    ("rees46", "r.csv", [BOM + "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session",
+                         "2019-10-01 00:00:00 UTC,view,1,2,,b,1.0,3,s", "2019-10-01 00:00:01 UTC,view,1,2,,b,1.0,3,s"]),
+    ("canonical-jsonl", "e.jsonl", [BOM + json.dumps({"event_time": "2025-03-02T10:00:00Z", "user_id": "1",
+                                                      "event_type": "view", "item_id": "i"}),
+                                    json.dumps({"event_time": "2025-03-02T11:00:00Z", "user_id": "1",
+                                                "event_type": "view", "item_id": "i"})]),
+    ("otto", "o.jsonl", [BOM + json.dumps({"session": 1, "events": [{"aid": 5, "ts": 1659304800025, "type": "clicks"}]}),
+                         json.dumps({"session": 1, "events": [{"aid": 6, "ts": 1659304800026, "type": "clicks"}]})]),
+])
+def test_a_utf8_bom_before_the_first_line_is_accepted(tmp_path, fmt, name, lines):
+    source = _write(tmp_path / name, lines)
+    report = ingest([source], fmt, str(tmp_path / "landing"), tz="UTC", now=NOW)
+    assert report.read == report.accepted == 2
+    assert BOM not in _landed(tmp_path / "landing").drop(columns="filename").astype(str).to_string()
+
+
+@pytest.mark.parametrize("fmt, name, lines, ids", [
+    ("taobao", "t.csv", [f"12,100,10,pv,{TS}", f"12.0,100.0,10,pv,{TS + 1}", f" 12 ,1.0e2, 10 ,pv,{TS + 2}",
+                         f"1.2e1,0100,10.00,pv,{TS + 3}", f"+12,100,10,pv,{TS + 4}"],
+     {("12", "100", "10")}),
+    ("retailrocket", "r.csv", ["timestamp,visitorid,event,itemid,transactionid", "1433221332117,12.0,view,100,",
+                               "1433221332118,12,view,1e2,"], {("12", "100", None)}),
+    ("otto", "o.jsonl", [json.dumps({"session": 12.0, "events": [{"aid": 100, "ts": 1659304800025, "type": "clicks"},
+                                                                 {"aid": 100.0, "ts": 1659304800026, "type": "clicks"}]})],
+     {("s12", "100", None)}),
+    ("rees46", "rees.csv", ["event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session",
+                            "2019-10-01 00:00:00 UTC,view,44600062,2103807459595387724,,b,35.79,541312140,72d7",
+                            "2019-10-01 00:00:01 UTC,view,44600062.0,2103807459595387724,,b,35.79,541312140.0,72d7"],
+     {("541312140", "44600062", "2103807459595387724")}),
+])
+def test_numeric_ids_are_stored_as_canonical_integer_text(tmp_path, fmt, name, lines, ids):
+    source = _write(tmp_path / name, lines)
+    report = ingest([source], fmt, str(tmp_path / "landing"), tz="UTC", now=NOW)
+    assert report.read == report.accepted
+    landed = _landed(tmp_path / "landing")
+    assert set(landed[["user_id", "item_id", "category_id"]].itertuples(index=False, name=None)) == ids
+
+
+def test_a_non_integral_or_non_numeric_id_is_bad_type_and_canonical_formats_keep_text(tmp_path):
+    good = [f"12,{100 + i},10,pv,{TS}" for i in range(4)]
+    source = _write(tmp_path / "t.csv", good + [f"12.5,100,10,pv,{TS}", f"12,1e400,10,pv,{TS}",
+                                                f"12,abc,10,pv,{TS}", f"nan,100,10,pv,{TS}"])
+    report = ingest([source], "taobao", str(tmp_path / "t"), now=NOW)
+    assert report.accepted == 4 and report.per_day[dt.date(2017, 12, 1)]["bad_type"] == 4
+    canonical = _write(tmp_path / "c.csv", ["event_time,user_id,event_type,item_id", "2025-03-02 10:00:00, 12.0 ,view,007"])
+    ingest([canonical], "canonical-csv", str(tmp_path / "c"), now=NOW)
+    assert _landed(tmp_path / "c")[["user_id", "item_id"]].values.tolist() == [["12.0", "007"]]
