@@ -1,6 +1,7 @@
 """``shopseq explain``: the lineage of one user's served rows -- model, data partitions, checks."""
 
 import datetime as dt
+from pathlib import Path
 
 from assets.logic.features import HISTORY_DAYS
 
@@ -33,19 +34,30 @@ def _span(days: str) -> str:
     return f"{parts[0]}..{parts[-1]} ({len(parts)} days)" if len(parts) > 1 else days
 
 
+# The served rows of a user and day, per table that may hold them.
+_SERVED = {
+    "recommendations": """SELECT 'recommendations' AS "table", model_name, model_version, run_id, count(*) AS rows,
+                                 list(item_id ORDER BY rank)[1:5] AS first_items, min(scored_at) AS scored_at
+                          FROM recommendations WHERE user_id = $user AND as_of_date = $day GROUP BY ALL""",
+    "next_action_predictions": """SELECT 'next_action_predictions' AS "table", model_name, model_version, run_id,
+                                         count(*) AS rows, list(action || '=' || round(probability, 3)) AS first_items,
+                                         min(scored_at) AS scored_at
+                                  FROM next_action_predictions WHERE user_id = $user AND as_of_date = $day GROUP BY ALL""",
+}
+
+
 def explain(warehouse, registry, instance, user: str, day: dt.date) -> str:
     """Which model versions scored ``user`` on ``day``, from which partitions, under which checks."""
+    if not Path(warehouse.path).exists():
+        raise ValueError(f"{warehouse.path} does not exist: run shopseq run (or demo) on this home first")
     with warehouse.connect() as conn:
+        tables = {r[0] for r in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_name IN ('recommendations', 'next_action_predictions')"
+        ).fetchall()}
+        if not tables:
+            raise ValueError(f"{warehouse.path} holds no published rows yet: nothing has been served on this home")
         served = conn.execute(
-            """SELECT 'recommendations' AS "table", model_name, model_version, run_id, count(*) AS rows,
-                      list(item_id ORDER BY rank)[1:5] AS first_items, min(scored_at) AS scored_at
-               FROM recommendations WHERE user_id = $user AND as_of_date = $day GROUP BY ALL
-               UNION ALL
-               SELECT 'next_action_predictions', model_name, model_version, run_id, count(*),
-                      list(action || '=' || round(probability, 3)), min(scored_at)
-               FROM next_action_predictions WHERE user_id = $user AND as_of_date = $day GROUP BY ALL
-               ORDER BY 1, 2""",
-            {"user": user, "day": day},
+            " UNION ALL ".join(_SERVED[t] for t in sorted(tables)) + " ORDER BY 1, 2", {"user": user, "day": day}
         ).df()
     if served.empty:
         raise ValueError(f"no recommendation or prediction row for user {user!r} on {day}")
