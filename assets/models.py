@@ -1,6 +1,7 @@
 """Training: point-in-time training sets, LightGBM next-action and next-item models, gated promotion."""
 
 import datetime as dt
+import hashlib
 import time
 
 import numpy as np
@@ -45,6 +46,13 @@ TRAINING_TABLE = {
     RANKER_MODEL: "ranker_training_set",
     NEXT_EVENT_MODEL: "next_event_training_set",
 }
+# The key that orders each training set's rows: LightGBM (its histogram bins, bagging, the ranker's query groups) and
+# the bootstrap intervals of the evaluation see the same rows in the same order on every run.
+TRAINING_SET_ORDER = {
+    "next_action_training_set": "as_of_date, user_id",
+    "ranker_training_set": "as_of_date, user_id, item_id",
+    "next_event_training_set": "as_of_date, next_time, user_id, event_id",
+}
 BASELINES = {
     **{name: (training.HISTORY_RULES[label][0], "base_rate") for label, name in NEXT_ACTION_MODELS.items()},
     RANKER_MODEL: ("popularity", "repeat_recent", "covisitation", "markov", "recent_covis_pop"),
@@ -81,6 +89,18 @@ class TrainingConfig(Config):
         )
 
 
+def read_training_set(conn, table: str, split: str | None = None) -> pd.DataFrame:
+    """The rows of a training set (of one split, or all), in the order of ``TRAINING_SET_ORDER``."""
+    where = "WHERE split = $split" if split else ""
+    return conn.execute(f"SELECT * FROM {table} {where} ORDER BY split DESC, {TRAINING_SET_ORDER[table]}",
+                        {"split": split} if split else {}).df()
+
+
+def model_sha256(booster) -> str:
+    """The sha256 of the model file MLflow stores for ``booster`` (LightGBM's text format): equal hashes, equal models."""
+    return hashlib.sha256(booster.model_to_string().encode()).hexdigest()
+
+
 def holdout_evaluation(conn, model_name: str, booster) -> tuple[pd.DataFrame, dt.date]:
     """A model and its baselines on the hold-out cut-off of the current training set; refuses
     a hold-out on which the model's main metric is undefined (it could not be promoted)."""
@@ -99,18 +119,18 @@ def holdout_evaluation(conn, model_name: str, booster) -> tuple[pd.DataFrame, dt
 
 def _evaluate(conn, model_name: str, booster) -> tuple[pd.DataFrame, dt.date]:
     if model_name == NEXT_EVENT_MODEL:
-        frame = conn.execute("SELECT * FROM next_event_training_set").df()
+        frame = read_training_set(conn, "next_event_training_set")
         holdout = frame[frame["split"] == "holdout"]
         day = pd.Timestamp(holdout["as_of_date"].iloc[0]).date()
         return next_event.evaluate_next_event(holdout, booster, frame[frame["split"] == "train"]), day
     if model_name == RANKER_MODEL:
-        holdout = conn.execute("SELECT * FROM ranker_training_set WHERE split = 'holdout'").df()
+        holdout = read_training_set(conn, "ranker_training_set", "holdout")
         day = pd.Timestamp(holdout["as_of_date"].iloc[0]).date()
         targets = training.holdout_targets(conn, day)
         markov = training.markov_recommendations(conn, day, targets["user_id"].unique().tolist(), 20)
         return training.evaluate_ranker(holdout, booster, targets, markov), day
     label = NEXT_ACTION_LABEL[model_name]
-    frame = conn.execute("SELECT * FROM next_action_training_set").df()
+    frame = read_training_set(conn, "next_action_training_set")
     train_rate = float(frame.loc[frame["split"] == "train", label].mean())
     holdout = frame[frame["split"] == "holdout"]
     day = pd.Timestamp(holdout["as_of_date"].iloc[0]).date()
@@ -292,6 +312,7 @@ def _record_model(
         metrics=flat,
         tags={
             "dagster_run_id": context.run.run_id,
+            "model_sha256": model_sha256(booster),
             "holdout_day": str(holdout_day),
             "train_cutoffs": ",".join(sorted({str(pd.Timestamp(d).date()) for d in train["as_of_date"]})),
         },
@@ -351,7 +372,7 @@ def _train_and_record(context, config: TrainingConfig, warehouse: Warehouse, reg
     """Train ``model_name`` on the train split of its training set, evaluate it on the hold-out, record it."""
     started = time.perf_counter()
     with warehouse.connect() as conn:
-        train = conn.execute(f"SELECT * FROM {TRAINING_TABLE[model_name]} WHERE split = 'train'").df()
+        train = read_training_set(conn, TRAINING_TABLE[model_name], "train")
         booster = train_model(train, config.params())
         evaluation, holdout_day = holdout_evaluation(conn, model_name, booster)
     return _record_model(context, warehouse, registry, model_name, booster, train, features, evaluation, config,
@@ -376,10 +397,10 @@ def _next_action_asset(asset_name: str, label: str, what: str):
     ) -> MaterializeResult:
         started = time.perf_counter()
         with warehouse.connect() as conn:
-            train = conn.execute("SELECT * FROM next_action_training_set WHERE split = 'train'").df()
+            train = read_training_set(conn, "next_action_training_set", "train")
             booster = training.train_binary(train, label, config.params())
             evaluation, holdout_day = holdout_evaluation(conn, model_name, booster)
-            holdout = conn.execute("SELECT * FROM next_action_training_set WHERE split = 'holdout'").df()
+            holdout = read_training_set(conn, "next_action_training_set", "holdout")
         reliability = reliability_table(holdout[label], booster.predict(holdout[USER_FEATURE_COLUMNS].astype(float)))
         return _record_model(context, warehouse, registry, model_name, booster, train, USER_FEATURE_COLUMNS,
                              evaluation, config, holdout_day, started, {"reliability": reliability},

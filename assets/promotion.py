@@ -44,6 +44,14 @@ def segment_regressions(challenger: pd.DataFrame, champion: pd.DataFrame, target
             for segment in new.index.intersection(old.index) if new[segment] < old[segment] * (1.0 - tolerance)]
 
 
+def same_model(challenger_tags: dict[str, str], champion_tags: dict[str, str]) -> bool:
+    """Whether two versions' training runs logged the same ``model_sha256`` (the hash of the model file): a re-run
+    on unchanged data trains the same model, and moving the alias to its copy would change nothing but the version
+    the served rows name. Versions logged before the hash was recorded are compared on their metrics only."""
+    digest = challenger_tags.get("model_sha256")
+    return digest is not None and digest == champion_tags.get("model_sha256")
+
+
 def decide(
     challenger_metric: float, best_baseline: float, champion_metric: float | None, config: PromotionConfig,
     regressions: list[str] = (),
@@ -89,6 +97,8 @@ def champion_promotion(config: PromotionConfig, warehouse: Warehouse, registry: 
         best_baseline = max(metric_value(evaluation, b, target, metric) for b in BASELINES[model_name])
         if champion is not None and champion.version == challenger.version:
             promote, reason = False, "challenger is already the champion"
+        elif champion is not None and same_model(registry.run_tags(challenger), registry.run_tags(champion)):
+            promote, reason = False, f"identical to the champion v{champion.version} (same model file sha256)"
         else:
             promote, reason = decide(challenger_metric, best_baseline, champion_metric, config, regressions)
             if promote and not config.auto_promote:

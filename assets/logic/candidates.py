@@ -17,7 +17,7 @@ import math
 
 import duckdb
 
-from assets.logic.features import ITEM_FEATURE_COLUMNS, daily_history_sql, type_weight_sql
+from assets.logic.features import ITEM_FEATURE_COLUMNS, daily_history_sql, exact_sum, type_weight_sql
 from assets.logic.warehouse_sql import (
     date_bounds,
     day_bounds,
@@ -68,14 +68,6 @@ RANKER_FEATURES = [
 ]
 
 
-def _exact_sum(term: str, decimals: int) -> str:
-    """``sum(term)`` that does not depend on the order the rows are added in: each term rounded to ``decimals`` places
-    and added as a decimal. Doubles added by DuckDB's threads in another order can differ in the last bit, and that
-    reorders ties among the ranks built on the sum (a range backfill once gave a covis_rank that day-by-day runs did
-    not). Terms must stay below 10 ** (18 - decimals); DuckDB raises an error, not a wrong sum, if one does not."""
-    return f"CAST(sum(CAST({term} AS DECIMAL(18, {decimals}))) AS DOUBLE)"
-
-
 def covis_pairs_sql(events: str = "cleaned_events") -> str:
     """Item-to-item co-visitation as of ``$cutoff``: for each item, its ``COVIS_NEIGHBOURS`` strongest
     session neighbours over the ``COVIS_DAYS`` before the cut-off, weighted by what happened to the neighbour."""
@@ -87,6 +79,7 @@ WITH session_items AS (
     GROUP BY session_id, item_id
     QUALIFY row_number() OVER (PARTITION BY session_id ORDER BY last_time DESC, item_id) <= 30
 )
+-- whole-number weights: their double sum is exact in any order
 SELECT a.item_id AS item_a, b.item_id AS item_b, sum(greatest(b.weight, 1.0)) AS pair_weight
 FROM session_items a JOIN session_items b ON a.session_id = b.session_id AND a.item_id <> b.item_id
 GROUP BY a.item_id, b.item_id
@@ -100,7 +93,7 @@ def candidates_sql(history: str, covis_pairs: str, item_now: str, user_features:
     ``item_now`` (item features) and ``user_features``, all SELECTs. Param: ``$as_of_date`` (of the item side)."""
     return f"""
 WITH events AS (
-    SELECT user_id, item_id, category_id, event_type, event_time, session_id, cutoff FROM ({history}) e
+    SELECT user_id, item_id, category_id, event_type, event_time, event_id, session_id, cutoff FROM ({history}) e
 ),
 h AS (SELECT * FROM events WHERE item_id IS NOT NULL),
 -- every recently active user gets candidates, also one who only searched (popular items at least)
@@ -109,7 +102,8 @@ users AS (
     HAVING max(event_time) >= cutoff - INTERVAL {CANDIDATE_USER_DAYS} DAY
 ),
 last_touch AS (
-    SELECT h.user_id, arg_max(session_id, event_time) AS last_session, arg_max(category_id, event_time) AS last_category
+    SELECT h.user_id, arg_max(session_id, (event_time, event_id)) AS last_session,
+           arg_max(category_id, (event_time, event_id)) AS last_category
     FROM h JOIN users USING (user_id) GROUP BY h.user_id
 ),
 last_session_items AS (
@@ -124,7 +118,7 @@ ui AS (
            ls.item_id IS NOT NULL AS in_last_session, ls.ui_last_session_position
     FROM (
         SELECT h.user_id, item_id,
-               {_exact_sum(f"{type_weight_sql()} * exp(-date_diff('second', event_time, h.cutoff) / 3600.0 / {RECENCY_HOURS})", 12)}
+               {exact_sum(f"{type_weight_sql()} * exp(-date_diff('second', event_time, h.cutoff) / 3600.0 / {RECENCY_HOURS})", 12)}
                    AS recent_score,
                count(*) FILTER (WHERE event_type = 'view') AS ui_views,
                count(*) FILTER (WHERE event_type = 'add_to_cart') AS ui_carts,
@@ -136,7 +130,7 @@ ui AS (
                count(DISTINCT date_trunc('day', event_time)) AS ui_days,
                count(*) FILTER (WHERE event_time >= h.cutoff - INTERVAL 1 DAY) AS ui_events_1d,
                -- an item the item side does not know keeps the category the user's own events gave it
-               arg_max(category_id, event_time) AS event_category
+               arg_max(category_id, (event_time, event_id)) AS event_category
         FROM h JOIN users USING (user_id)
         GROUP BY h.user_id, item_id, h.cutoff
     ) ui
@@ -151,13 +145,14 @@ seeds AS (
 covis AS (
     SELECT *, row_number() OVER (PARTITION BY user_id ORDER BY covis_score DESC, item_id) AS covis_rank
     FROM (
-        SELECT s.user_id, p.item_b AS item_id, {_exact_sum("s.seed_weight * p.pair_weight", 9)} AS covis_score
+        SELECT s.user_id, p.item_b AS item_id, {exact_sum("s.seed_weight * p.pair_weight", 9)} AS covis_score
         FROM seeds s JOIN covis_pairs p ON p.item_a = s.item_id
         GROUP BY s.user_id, p.item_b
     )
     QUALIFY covis_rank <= {COVIS_PER_USER}
 ),
 user_categories AS (
+    -- whole-number weights: their double sums are exact in any order
     SELECT h.user_id, category_id, sum(greatest({type_weight_sql()}, 0)) AS weight,
            sum(sum(greatest({type_weight_sql()}, 0))) OVER (PARTITION BY h.user_id) AS total
     FROM h JOIN users USING (user_id)

@@ -29,7 +29,8 @@ COUNTED_TYPES = {
     "favorite": "favs",
     "search": "searches",
 }
-# Weights of event types when a user's interest in an item or a category is summed.
+# Weights of event types when a user's interest in an item or a category is summed. Whole numbers: their sums as
+# doubles are exact whatever order DuckDB's threads add them in (other weights would need ``exact_sum``).
 TYPE_WEIGHTS = {"view": 1.0, "search": 0.0, "favorite": 2.0, "add_to_cart": 4.0, "remove_from_cart": -1.0, "purchase": 3.0}
 
 
@@ -48,6 +49,27 @@ def _windowed_counts() -> str:
 def type_weight_sql(column: str = "event_type") -> str:
     cases = " ".join(f"WHEN '{k}' THEN {v}" for k, v in TYPE_WEIGHTS.items())
     return f"(CASE {column} {cases} ELSE 0 END)"
+
+
+def exact_sum(term: str, decimals: int, where: str | None = None) -> str:
+    """``sum(term) FILTER (WHERE where)`` that does not depend on the order the rows are added in: each term rounded
+    to ``decimals`` places and added as a decimal. Doubles added by DuckDB's threads in another order can differ in
+    the last bit: that reorders ties among the ranks built on a sum (a range backfill once gave a covis_rank that
+    day-by-day runs did not) and changes the models trained on it. Terms must stay below 10 ** (18 - decimals);
+    DuckDB raises an error, not a wrong sum, if one does not."""
+    only = f" FILTER (WHERE {where})" if where else ""
+    return f"CAST(sum(CAST({term} AS DECIMAL(18, {decimals}))){only} AS DOUBLE)"
+
+
+# Prices are averaged as decimals of 6 places (``exact_sum``), which hold values below 10 ** 12: a larger, infinite
+# or NaN price is not a price and is left out of the means (NULL when a window has no other price).
+_PRICE_DECIMALS = 6
+_PRICE = "(CASE WHEN price < 1e12 THEN price END)"
+
+
+def mean_price_sql(where: str) -> str:
+    """The mean price of the rows matching ``where``, the same whatever order DuckDB's threads read them in."""
+    return f"({exact_sum(_PRICE, _PRICE_DECIMALS, where)} / count({_PRICE}) FILTER (WHERE {where}))"
 
 
 USER_FEATURE_COLUMNS = (
@@ -106,16 +128,16 @@ SELECT CAST($as_of_date AS DATE) AS as_of_date, cutoff, user_id,
        (count(*) FILTER (WHERE event_type = 'purchase') + 0.5) / (count(*) FILTER (WHERE event_type = 'add_to_cart') + 2.0) AS purchase_per_cart_28d,
        1.0 - count(DISTINCT item_id) FILTER (WHERE event_time >= cutoff - INTERVAL 7 DAY)
              / greatest(count(item_id) FILTER (WHERE event_time >= cutoff - INTERVAL 7 DAY), 1) AS repeat_item_ratio_7d,
-       CAST(arg_max(event_type, event_time) = 'add_to_cart' AS INTEGER) AS last_event_is_cart,
-       CAST(arg_max(event_type, event_time) = 'purchase' AS INTEGER) AS last_event_is_purchase,
-       avg(price) FILTER (WHERE event_time >= cutoff - INTERVAL 7 DAY) AS mean_price_7d,
+       CAST(arg_max(event_type, (event_time, event_id)) = 'add_to_cart' AS INTEGER) AS last_event_is_cart,
+       CAST(arg_max(event_type, (event_time, event_id)) = 'purchase' AS INTEGER) AS last_event_is_purchase,
+       {mean_price_sql("event_time >= cutoff - INTERVAL 7 DAY")} AS mean_price_7d,
        (count(*) FILTER (WHERE event_time >= cutoff - INTERVAL 1 DAY) + 1.0)
          / (count(*) FILTER (WHERE event_time >= cutoff - INTERVAL 7 DAY) / 7.0 + 1.0) AS trend_events_1d_vs_7d,
        count(*) FILTER (WHERE event_type = 'search' AND coalesce(next_type, '') <> 'view'
                         AND event_time >= cutoff - INTERVAL 7 DAY) AS searches_without_view_7d,
        count(DISTINCT next_category) FILTER (WHERE event_type = 'search' AND next_type = 'view'
                                              AND event_time >= cutoff - INTERVAL 7 DAY) AS search_led_categories_7d,
-       CAST(arg_max(event_type, event_time) = 'search' AS INTEGER) AS last_event_is_search,
+       CAST(arg_max(event_type, (event_time, event_id)) = 'search' AS INTEGER) AS last_event_is_search,
        max(event_time) AS last_event_time
 FROM h
 GROUP BY user_id, cutoff
@@ -142,7 +164,7 @@ WITH h AS (
       AND NOT is_bot AND item_id IS NOT NULL
 )
 SELECT CAST($as_of_date AS DATE) AS as_of_date, CAST($cutoff AS TIMESTAMP) AS cutoff, item_id,
-       any_value(category_id ORDER BY event_time DESC) AS category_id,
+       arg_max(category_id, (event_time, event_id)) AS category_id,
        count(*) FILTER (WHERE event_type = 'view' AND event_time >= $cutoff - INTERVAL 1 DAY) AS item_views_1d,
        count(*) FILTER (WHERE event_type = 'add_to_cart' AND event_time >= $cutoff - INTERVAL 1 DAY) AS item_carts_1d,
        count(*) FILTER (WHERE event_type = 'purchase' AND event_time >= $cutoff - INTERVAL 1 DAY) AS item_purchases_1d,
@@ -155,7 +177,8 @@ SELECT CAST($as_of_date AS DATE) AS as_of_date, CAST($cutoff AS TIMESTAMP) AS cu
        (count(*) FILTER (WHERE event_time >= $cutoff - INTERVAL 1 DAY) + 1.0)
          / (count(*) FILTER (WHERE event_time >= $cutoff - INTERVAL 7 DAY) / 7.0 + 1.0) AS item_trend_1d_vs_7d,
        date_diff('second', min(event_time), $cutoff) / 3600.0 AS item_hours_since_first_seen,
-       avg(price) FILTER (WHERE event_time >= $cutoff - INTERVAL 7 DAY) AS item_price,
+       {mean_price_sql("event_time >= $cutoff - INTERVAL 7 DAY")} AS item_price,
+       -- whole-number weights: their double sum is exact in any order
        sum({type_weight_sql()}) FILTER (WHERE event_time >= $cutoff - INTERVAL 1 DAY) AS item_score_1d,
        max(event_time) AS last_event_time
 FROM h

@@ -148,7 +148,8 @@ def train_binary(frame: pd.DataFrame, label: str, params: LightGBMParams) -> lgb
 def train_lambdarank(frame: pd.DataFrame, params: LightGBMParams) -> lgb.Booster:
     if frame.empty:
         raise ValueError("the ranker training set is empty: no user had a next-day event among their candidates")
-    ordered = frame.sort_values(["as_of_date", "user_id"], kind="stable")
+    # One query group per (day, user), its candidates in item order: the same rows in the same order on every run.
+    ordered = frame.sort_values(["as_of_date", "user_id", "item_id"], kind="stable")
     groups = ordered.groupby(["as_of_date", "user_id"], sort=False).size().to_numpy()
     data = lgb.Dataset(ordered[RANKER_FEATURES].astype(float), label=ordered["relevance"], group=groups)
     lgb_params = params.to_lightgbm("lambdarank") | {"lambdarank_truncation_level": 20}
@@ -176,6 +177,7 @@ def holdout_targets(conn: duckdb.DuckDBPyConnection, day: dt.date) -> pd.DataFra
         LEFT JOIN seen_items s ON s.item_id = e.item_id
         WHERE e.event_time >= b.cutoff AND e.event_time < b.cutoff + INTERVAL 1 DAY
           AND NOT e.is_bot AND e.item_id IS NOT NULL
+        ORDER BY user_id, item_id, event_type
         """,
         {"day": day},
     ).df()
@@ -188,7 +190,7 @@ def markov_recommendations(conn: duckdb.DuckDBPyConnection, day: dt.date, users:
         f"""
         WITH bounds AS (SELECT any_value(cutoff) AS cutoff FROM ranking_candidates WHERE as_of_date = $day),
         h AS (
-            SELECT user_id, item_id, event_time FROM cleaned_events, bounds
+            SELECT user_id, item_id, event_time, event_id FROM cleaned_events, bounds
             WHERE event_time < bounds.cutoff AND event_time >= bounds.cutoff - INTERVAL {HISTORY_DAYS} DAY
               AND NOT is_bot AND item_id IS NOT NULL
         ),
@@ -200,7 +202,7 @@ def markov_recommendations(conn: duckdb.DuckDBPyConnection, day: dt.date, users:
             WHERE next_item IS NOT NULL AND next_item <> item_id GROUP BY ALL
         ),
         last_item AS (
-            SELECT user_id, arg_max(item_id, event_time) AS item_id FROM h
+            SELECT user_id, arg_max(item_id, (event_time, event_id)) AS item_id FROM h
             WHERE list_contains($users, user_id) GROUP BY user_id
         )
         SELECT l.user_id, t.next_item AS item_id, t.n AS markov

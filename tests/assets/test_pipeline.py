@@ -2,15 +2,19 @@
 
 
 import datetime as dt
+import hashlib
 import shutil
+from pathlib import Path
+from urllib.parse import urlparse
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pytest
 from dagster import AssetKey, AssetSelection, DagsterInstance, materialize
 
 from assets import ALL_ASSETS
-from resources import LandingSource
+from resources import LandingSource, Warehouse
 from tests.conftest import SMALL_SHOP, shop_days
 from workflows.definitions import build_resources
 
@@ -169,8 +173,96 @@ def test_candidates_in_passes_over_users_are_the_rows_of_one_pass(built, tmp_pat
                    SELECT (user_id, item_id) < (lag(user_id, 1, '') OVER w, lag(item_id, 1, '') OVER w) AS back
                    FROM ranking_candidates WHERE as_of_date = ? WINDOW w AS (ORDER BY rowid))""", [day]).fetchone()[0]
     assert passes[0] >= 3 and rows == len(one_pass) == len(in_passes) > 0
-    pd.testing.assert_frame_equal(in_passes, one_pass, check_exact=False, rtol=1e-9)
+    pd.testing.assert_frame_equal(in_passes, one_pass, check_exact=True)
     assert steps_back <= passes[0] - 1
+
+
+# Every table a model is trained or evaluated on, from the daily partitions to the training sets.
+DERIVED_TABLES = ("cleaned_events", "sessions", "user_sequences", "user_features", "item_features", "ranking_candidates",
+                  "next_action_training_set", "ranker_training_set", "next_event_training_set")
+
+
+def _differences(first: pd.DataFrame, second: pd.DataFrame) -> dict[str, str]:
+    """Columns whose values differ between two frames of the same rows, with how many rows and by how much."""
+    if len(first) != len(second):
+        return {"rows": f"{len(first)} != {len(second)}"}
+    found = {}
+    for column in first.columns:
+        a, b = first[column], second[column]
+        if a.dtype.kind == "f":
+            differ = ~((a.to_numpy() == b.to_numpy()) | (a.isna().to_numpy() & b.isna().to_numpy()))
+            if differ.any():
+                found[column] = f"{differ.sum()} rows, up to {np.nanmax(np.abs(a.to_numpy() - b.to_numpy())):.3g}"
+        elif (differ := (a.astype(str) != b.astype(str))).any():
+            found[column] = f"{differ.sum()} rows"
+    return found
+
+
+MODELS = ("shopseq_next_purchase", "shopseq_next_cart", "shopseq_next_return", "shopseq_next_item_ranker",
+          "shopseq_next_event")
+
+
+def _model_files(home) -> dict[str, list[tuple[str, str]]]:
+    """Per model, in version order: the sha256 of each version's model file and the ``model_sha256`` its run logged."""
+    registry = build_resources(str(home))["registry"]
+    found = {}
+    for model in MODELS:
+        for ref, tags in registry.versions(model):
+            model_id = registry.client().get_model_version(model, str(ref.version)).source.removeprefix("models:/")
+            folder = registry.client().get_logged_model(model_id).artifact_location  # a file:// URI
+            path = Path(urlparse(folder).path, "model.lgb")
+            found.setdefault(model, []).append((hashlib.sha256(path.read_bytes()).hexdigest(), tags.get("model_sha256")))
+    return found
+
+
+def test_the_same_landing_data_gives_the_same_tables_and_models_bit_for_bit(built, tmp_path):
+    """A second home on a copy of the landing files, its warehouse run with another number of DuckDB threads (which
+    adds a sum's rows in another order): every derived table is equal value for value (no tolerance) and every
+    model file has the same sha256."""
+    home = built[0]
+    again = tmp_path / "again"
+    shutil.copytree(home / "landing", again / "landing")
+    resources = {**build_resources(str(again)), "warehouse": Warehouse(home=str(again), threads=4)}
+    instance = DagsterInstance.ephemeral()
+    assert _materialize(resources, instance, ("ingestion", "cleaning", "sequences", "features"), tags=RANGE).success
+    assert _materialize(resources, instance, ("training",)).success
+    differences = {}
+    with duckdb.connect(f"{home}/warehouse.duckdb", read_only=True) as first, \
+            duckdb.connect(f"{again}/warehouse.duckdb", read_only=True) as second:
+        for table in DERIVED_TABLES:
+            query = f"SELECT * FROM {table} ORDER BY ALL"
+            if found := _differences(first.execute(query).df(), second.execute(query).df()):
+                differences[table] = found
+    assert differences == {}
+    models, models_again = _model_files(home), _model_files(again)
+    assert set(models) == set(models_again) and all(len(v) == 1 for v in models.values())
+    for model, [(file_hash, tag)] in models.items():
+        assert file_hash == tag, f"{model}: the model_sha256 tag is not the hash of the model file"
+    assert models_again == models
+
+
+def test_a_second_training_on_unchanged_data_promotes_nothing(built, tmp_path):
+    """The daily partitions re-materialised and the models trained again on the same data: every model gets a second
+    version with the same model file as the first, none is promoted, and the decision says it is identical."""
+    home = shutil.copytree(built[0], tmp_path / "home")  # MLflow keeps absolute artifact paths: the models load
+    resources = build_resources(str(home))
+    registry, instance = resources["registry"], DagsterInstance.ephemeral()
+    champions = {model: registry.version_for_alias(model, "champion") for model in MODELS}
+    assert _materialize(resources, instance, ("ingestion", "cleaning", "sequences", "features"), tags=RANGE).success
+    assert _materialize(resources, instance, ("training",)).success
+    with duckdb.connect(f"{home}/warehouse.duckdb", read_only=True) as conn:
+        second = conn.execute(
+            "SELECT model_name, challenger_version, decision, reason FROM promotion_log "
+            "QUALIFY row_number() OVER (PARTITION BY model_name ORDER BY decided_at DESC) = 1"
+        ).df().set_index("model_name")
+    files = _model_files(home)
+    for model in MODELS:
+        assert second.loc[model, "challenger_version"] == 2 and second.loc[model, "decision"] == "kept", second.loc[model]
+        assert files[model][1] == files[model][0], f"{model}: retrained on the same data, another model file"
+        champion = champions[model]
+        assert registry.version_for_alias(model, "champion") == champion
+        if champion is not None:
+            assert second.loc[model, "reason"] == f"identical to the champion v{champion.version} (same model file sha256)"
 
 
 def test_failing_check_stops_downstream_and_names_the_expectation(tmp_path):
