@@ -23,6 +23,8 @@ late_event               ``event_time`` before D: it arrived after its day was l
                          (``shopseq ingest`` routes every event to its own day instead)
 out_of_partition         ``event_time`` at or after D + 1
 negative_price           ``price`` < 0
+bad_price                ``price`` NaN, infinite or at least ``MAX_PRICE`` (10 ** 12): no shop sells at it,
+                         and the exact decimal means of the features could not hold it
 exact_duplicate          the same row (every canonical column) seen earlier in the day
 =======================  ============================================================
 
@@ -67,6 +69,9 @@ EVENT_TYPE_ALIASES = {
 }
 
 # The columns of the canonical event schema (landing files may add provenance: source_file, source_line, raw, ingest_reason).
+# A price at or above this is quarantined (``bad_price``).
+MAX_PRICE = 1e12
+
 CANONICAL_COLUMNS = ("event_time", "user_id", "session_id", "event_type", "item_id", "category_id", "price", "query", "event_id")
 
 
@@ -139,6 +144,7 @@ classified AS (
             WHEN event_time < $day_start THEN 'late_event'
             WHEN event_time >= $day_end THEN 'out_of_partition'
             WHEN price < 0 THEN 'negative_price'
+            WHEN isnan(price) OR isinf(price) OR price >= $max_price THEN 'bad_price'
             WHEN copies.landing_row IS NOT NULL THEN 'exact_duplicate'
         END AS reason
     FROM src LEFT JOIN copies USING (landing_file, landing_row)
@@ -157,7 +163,7 @@ def classify_landing(
     start, end = window or day_bounds(day, tz)
     conn.execute(
         _CLASSIFY_SQL.format(landing=_landing_select(conn, files)),
-        {"files": files, "event_types": list(EVENT_TYPES), "day_start": start, "day_end": end},
+        {"files": files, "event_types": list(EVENT_TYPES), "day_start": start, "day_end": end, "max_price": MAX_PRICE},
     )
     read = conn.execute("SELECT count(*) FROM read_parquet($files, union_by_name = true)", {"files": files}).fetchone()[0]
     counts = dict(conn.execute("SELECT reason, count(*) FROM landing_rejected GROUP BY ALL ORDER BY 1").fetchall())

@@ -61,15 +61,14 @@ def exact_sum(term: str, decimals: int, where: str | None = None) -> str:
     return f"CAST(sum(CAST({term} AS DECIMAL(18, {decimals}))){only} AS DOUBLE)"
 
 
-# Prices are averaged as decimals of 6 places (``exact_sum``), which hold values below 10 ** 12: a larger, infinite
-# or NaN price is not a price and is left out of the means (NULL when a window has no other price).
+# Prices are averaged as decimals of 6 places (``exact_sum``), which hold values below 10 ** 12: raw_events
+# quarantines a larger, infinite or NaN price (``bad_price``), so every cleaned price fits.
 _PRICE_DECIMALS = 6
-_PRICE = "(CASE WHEN price < 1e12 THEN price END)"
 
 
 def mean_price_sql(where: str) -> str:
     """The mean price of the rows matching ``where``, the same whatever order DuckDB's threads read them in."""
-    return f"({exact_sum(_PRICE, _PRICE_DECIMALS, where)} / count({_PRICE}) FILTER (WHERE {where}))"
+    return f"({exact_sum('price', _PRICE_DECIMALS, where)} / count(price) FILTER (WHERE {where}))"
 
 
 USER_FEATURE_COLUMNS = (

@@ -3,6 +3,7 @@ import datetime as dt
 import duckdb
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from assets.logic.events import clean_day, load_raw_day
@@ -37,6 +38,8 @@ BAD_ROWS = [
     (_row("2025-03-01 23:59", event_id="e"), "late_event"),
     (_row("2025-03-03 00:00", event_id="f"), "out_of_partition"),
     (_row("2025-03-02 10:04", price=-3.0, event_id="g"), "negative_price"),
+    (_row("2025-03-02 10:06", price=float("inf"), event_id="i"), "bad_price"),
+    (_row("2025-03-02 10:07", price=1e12, event_id="j"), "bad_price"),
 ]
 
 
@@ -46,7 +49,7 @@ def test_every_row_is_accepted_or_quarantined_with_its_reason(conn, tmp_path):
     dup = _row("2025-03-02 09:00", event_id="ok1")
     files = _landing(tmp_path, good + [dup] + [r for r, _ in BAD_ROWS])
     counts = load_raw_day(conn, files, DAY)
-    assert counts["read"] == 11 and counts["accepted"] == 3 and counts["quarantined"] == 8
+    assert counts["read"] == 13 and counts["accepted"] == 3 and counts["quarantined"] == 10
     reasons = dict(conn.execute("SELECT reason, count(*) FROM raw_events_quarantine GROUP BY 1").fetchall())
     expected = pd.Series([r for _, r in BAD_ROWS] + ["exact_duplicate"]).value_counts().to_dict()
     assert reasons == expected
@@ -256,3 +259,14 @@ def test_events_at_the_same_time_share_their_session(conn, tmp_path):
     sessions = dict(conn.execute("SELECT event_id, session_id FROM cleaned_events").fetchall())
     assert sessions["z1"] != sessions["b2"] == sessions["a3"] == sessions["c4"] != sessions["d5"] == sessions["e6"]
     assert sorted(set(sessions.values())) == ["u1-20250302-1", "u1-20250302-2", "u1-20250302-3"]
+
+
+def test_a_nan_price_is_quarantined_not_averaged(conn, tmp_path):
+    """NaN (which pandas would write as null) straight from Arrow, as DuckDB writes a canonical file's 'nan'."""
+    rows = [_row("2025-03-02 09:00", price=2.0, event_id="a"), _row("2025-03-02 09:01", price=float("nan"), event_id="b")]
+    frame = pd.DataFrame(rows)
+    table = pa.table({c: pa.array(frame[c], from_pandas=c != "price") for c in frame.columns})
+    path = tmp_path / "nan.parquet"
+    pq.write_table(table, path)
+    counts = load_raw_day(conn, [str(path)], DAY)
+    assert counts["accepted"] == 1 and counts.get("bad_price") == 1
