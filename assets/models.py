@@ -7,6 +7,8 @@ import time
 import numpy as np
 import pandas as pd
 from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     Config,
@@ -99,6 +101,55 @@ def read_training_set(conn, table: str, split: str | None = None) -> pd.DataFram
 def model_sha256(booster) -> str:
     """The sha256 of the model file MLflow stores for ``booster`` (LightGBM's text format): equal hashes, equal models."""
     return hashlib.sha256(booster.model_to_string().encode()).hexdigest()
+
+
+# What each next-action label says of a user on the day after a cut-off, for the reasons a model cannot train.
+_LABEL_MEANS = {"label_purchase": "purchased", "label_add_to_cart": "added an item to the cart", "label_return": "came back"}
+
+
+def training_blocker(conn, model_name: str) -> str | None:
+    """Why this home's data cannot train ``model_name`` or measure it on the hold-out, or None when it can.
+
+    A click log has no purchases, anonymous sessions never come back the next day, a log of views has one event
+    type: a model whose labels hold one class (or no row) is skipped with this reason, by its training asset and by
+    promotion alike, instead of failing the run."""
+    table = TRAINING_TABLE[model_name]
+    if model_name == RANKER_MODEL:
+        rows = dict(conn.execute(f"SELECT split, count(*) FROM {table} GROUP BY split").fetchall())
+        if not rows.get("train"):
+            return ("no user touched one of their candidates on the day after a training cut-off (users who never "
+                    "come back the next day leave the next-day ranker nothing to learn)")
+        day = conn.execute(f"SELECT min(as_of_date) FROM {table} WHERE split = 'holdout'").fetchone()[0]
+        if day is None or training.holdout_targets(conn, pd.Timestamp(day).date()).empty:
+            return "no user with history came back on the day after the hold-out cut-off: NDCG@20 cannot be measured"
+        return None
+    label = "next_type" if model_name == NEXT_EVENT_MODEL else NEXT_ACTION_LABEL[model_name]
+    for split, rows, values in conn.execute(
+        f"SELECT split, count(*), list(DISTINCT {label} ORDER BY {label}) FROM {table} GROUP BY split ORDER BY split DESC"
+    ).fetchall():
+        if len(values) >= 2:
+            continue
+        if model_name == NEXT_EVENT_MODEL:
+            return (f"every session's next event in the {split} split ({rows:,} states) is a {values[0]}: "
+                    "there is no other event type to tell apart")
+        return (f"{label} is {values[0]} in all {rows:,} rows of the {split} split: "
+                f"{'no' if values[0] == 0 else 'every'} user {_LABEL_MEANS[label]} on the day after its cut-off")
+    splits = {r[0] for r in conn.execute(f"SELECT DISTINCT split FROM {table}").fetchall()}
+    missing = {"train", "holdout"} - splits
+    return f"the {table} has no {' or '.join(sorted(missing))} rows" if missing else None
+
+
+def skipped_result(context: AssetExecutionContext, model_name: str, reason: str) -> MaterializeResult:
+    """A model asset that trained nothing because the data cannot train it: said in the run log, in the asset's
+    metadata, and as a warning (not a blocking failure) of its evaluation check, which has nothing to validate."""
+    context.log.warning(f"{model_name} not trained: {reason}")
+    return MaterializeResult(
+        metadata={"model_name": model_name, "trained": False, "not_trained_because": reason},
+        check_results=[AssetCheckResult(
+            check_name="model_evaluation_suite", passed=False, severity=AssetCheckSeverity.WARN,
+            description=f"no model trained, so no evaluation: {reason}", metadata={"not_trained_because": reason},
+        )],
+    )
 
 
 def holdout_evaluation(conn, model_name: str, booster) -> tuple[pd.DataFrame, dt.date]:
@@ -372,6 +423,8 @@ def _train_and_record(context, config: TrainingConfig, warehouse: Warehouse, reg
     """Train ``model_name`` on the train split of its training set, evaluate it on the hold-out, record it."""
     started = time.perf_counter()
     with warehouse.connect() as conn:
+        if reason := training_blocker(conn, model_name):
+            return skipped_result(context, model_name, reason)
         train = read_training_set(conn, TRAINING_TABLE[model_name], "train")
         booster = train_model(train, config.params())
         evaluation, holdout_day = holdout_evaluation(conn, model_name, booster)
@@ -397,6 +450,8 @@ def _next_action_asset(asset_name: str, label: str, what: str):
     ) -> MaterializeResult:
         started = time.perf_counter()
         with warehouse.connect() as conn:
+            if reason := training_blocker(conn, model_name):
+                return skipped_result(context, model_name, reason)
             train = read_training_set(conn, "next_action_training_set", "train")
             booster = training.train_binary(train, label, config.params())
             evaluation, holdout_day = holdout_evaluation(conn, model_name, booster)

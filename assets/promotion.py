@@ -6,6 +6,7 @@ import pandas as pd
 from dagster import AssetCheckSpec, Config, MaterializeResult, MetadataValue, asset
 
 from assets.logic.lifecycle import record_alias_change
+from assets.logic.warehouse_sql import ensure_table
 from assets.logic.training import metric_value
 from assets.models import (
     BASELINES,
@@ -13,11 +14,18 @@ from assets.models import (
     NEXT_ACTION_ASSETS,
     holdout_evaluation,
     next_event_model,
+    training_blocker,
     next_item_ranker,
 )
 from expectations import validate
 from resources import ModelRegistry, Warehouse
 from resources.registry import CHALLENGER, CHAMPION
+
+
+# One row per model and promotion run (the columns the first versions created from the decisions frame).
+PROMOTION_LOG_COLUMNS = """(model_name VARCHAR, challenger_version BIGINT, champion_version BIGINT, champion_run_id VARCHAR,
+    decision VARCHAR, reason VARCHAR, metric VARCHAR, challenger_metric DOUBLE, champion_metric_before DOUBLE,
+    best_baseline DOUBLE, holdout_day DATE, decided_at TIMESTAMP_NS)"""
 
 
 class PromotionConfig(Config):
@@ -82,6 +90,19 @@ def champion_promotion(config: PromotionConfig, warehouse: Warehouse, registry: 
     started = time.perf_counter()
     decisions = []
     for model_name, (target, metric) in MAIN_METRIC.items():
+        with warehouse.connect() as conn:
+            cannot_train = training_blocker(conn, model_name)
+        if cannot_train:  # its training asset trained nothing: the decision says why, any earlier champion stays
+            champion = registry.version_for_alias(model_name, CHAMPION)
+            decisions.append({
+                "model_name": model_name, "challenger_version": None,
+                "champion_version": champion.version if champion else None,
+                "champion_run_id": champion.run_id if champion else None, "decision": "skipped",
+                "reason": f"this home's data cannot train it: {cannot_train}", "metric": f"{target}/{metric}",
+                "challenger_metric": None, "champion_metric_before": None, "best_baseline": None, "holdout_day": None,
+                "decided_at": pd.Timestamp.now("UTC").tz_localize(None),
+            })
+            continue
         challenger = registry.version_for_alias(model_name, CHALLENGER)
         if challenger is None:
             raise RuntimeError(f"model {model_name!r} has no '{CHALLENGER}' version: run its training asset first")
@@ -134,10 +155,13 @@ def champion_promotion(config: PromotionConfig, warehouse: Warehouse, registry: 
                 "decided_at": pd.Timestamp.now("UTC").tz_localize(None),
             }
         )
-    frame = pd.DataFrame(decisions).astype({"champion_metric_before": float, "champion_version": "Int64"})
+    frame = pd.DataFrame(decisions).astype(
+        {"challenger_version": "Int64", "champion_version": "Int64", "challenger_metric": float,
+         "champion_metric_before": float, "best_baseline": float}
+    )
     with warehouse.connect() as conn:
+        ensure_table(conn, "promotion_log", PROMOTION_LOG_COLUMNS)
         conn.register("incoming_frame", frame)
-        conn.execute("CREATE TABLE IF NOT EXISTS promotion_log AS SELECT * FROM incoming_frame LIMIT 0")
         conn.execute("INSERT INTO promotion_log BY NAME SELECT * FROM incoming_frame")
         conn.unregister("incoming_frame")
     champions = {d["model_name"]: registry.version_for_alias(d["model_name"], CHAMPION) for d in decisions}

@@ -141,7 +141,8 @@ class Pipeline:
             _progress(f"[  serving] skipped: no champion model yet for {', '.join(missing)}")
             return
         if missing:
-            _progress(f"[  serving] no champion for {', '.join(missing)} (lost to its baseline): its predictions are left out")
+            _progress(f"[  serving] no champion for {', '.join(missing)} (lost to its baseline, or its data cannot "
+                      "train it: see Promotion below): its predictions are left out")
         began = time.perf_counter()
         _progress(f"[  serving] recommendations and next-action predictions for {end} ...")
         self.materialize(("serving",), end, end)
@@ -176,7 +177,7 @@ def summary(pipeline: Pipeline, users: int = 3) -> str:
     """Rows per stage, the models beside their baselines, a few users' recommendations, the UI commands."""
     lines = ["", "Rows per table:"]
     lines += [f"  {t:<26} {pipeline.count(t):>10,}" for t in SUMMARY_TABLES]
-    if pipeline.has("recommendations"):
+    if pipeline.has("promotion_log"):
         lines += _model_summary(pipeline, users)
     home = pipeline.home
     lines += [
@@ -190,19 +191,38 @@ def summary(pipeline: Pipeline, users: int = 3) -> str:
     return "\n".join(lines)
 
 
+def _promotion_lines(decisions) -> list[str]:
+    import pandas as pd
+
+    return ["", "Promotion:"] + [
+        f"  {r.model_name}: {'champion v' + str(r.champion_version) if pd.notna(r.champion_version) else 'no champion, not served'}"
+        + (" (skipped: its data cannot train it, above)" if r.decision == "skipped" else f" ({r.decision}: {r.reason})")
+        for r in decisions.itertuples()
+    ]
+
+
 def _model_summary(pipeline: Pipeline, users: int) -> list[str]:
     import pandas as pd
 
     lines = []
     with pipeline.resources["warehouse"].connect() as conn:
+        decisions = conn.execute(
+            """SELECT model_name, champion_version, decision, reason FROM promotion_log
+               QUALIFY row_number() OVER (PARTITION BY model_name ORDER BY decided_at DESC) = 1 ORDER BY model_name"""
+        ).df()
+    skipped = decisions[decisions["decision"] == "skipped"]
+    trainable = decisions.loc[decisions["decision"] != "skipped", "model_name"].tolist()
+    lines += ["", f"Models this home's data can train: {', '.join(trainable) or 'none'}"]
+    if len(skipped):
+        lines += ["Models it cannot train (skipped, the run goes on):"]
+        lines += [f"  {r.model_name}: {r.reason}" for r in skipped.itertuples()]
+    if not pipeline.has("model_evaluations"):
+        return lines + _promotion_lines(decisions)
+    with pipeline.resources["warehouse"].connect() as conn:
         evaluation = conn.execute(
             """SELECT * FROM model_evaluations
                WHERE (model_name, model_version) IN (SELECT (model_name, max(model_version)) FROM model_evaluations GROUP BY model_name)
                  AND metric IN ('recall@20', 'ndcg@20', 'hr@20', 'auc', 'pr_auc', 'brier')"""
-        ).df()
-        decisions = conn.execute(
-            """SELECT model_name, champion_version, decision, reason FROM promotion_log
-               QUALIFY row_number() OVER (PARTITION BY model_name ORDER BY decided_at DESC) = 1 ORDER BY model_name"""
         ).df()
         recs = conn.execute(
             """SELECT user_id, list(item_id ORDER BY rank)[1:5] AS top_5, any_value(model_name) AS model,
@@ -210,7 +230,7 @@ def _model_summary(pipeline: Pipeline, users: int) -> list[str]:
                FROM recommendations WHERE as_of_date = (SELECT max(as_of_date) FROM recommendations)
                GROUP BY user_id ORDER BY user_id LIMIT ?""",
             [users],
-        ).df()
+        ).df() if pipeline.has("recommendations") else None
     holdout = evaluation["holdout_day"].max() if len(evaluation) else "?"
     lines += ["", f"Temporal hold-out (features as of {pd.Timestamp(holdout).date()}, targets on the next day):"]
     methods = ["model", "repeat_recent", "recent_covis_pop", "covisitation", "markov", "popularity",
@@ -228,11 +248,9 @@ def _model_summary(pipeline: Pipeline, users: int) -> list[str]:
         by_segment["users"] = segments.groupby(["segment", "metric"])["users"].max()
         shown = [c for c in methods if c in by_segment.columns] + ["users"]
         lines += ["  " + line for line in by_segment[shown].round(3).to_string(na_rep="").splitlines()]
-    lines += ["", "Promotion:"] + [
-        f"  {r.model_name}: {'champion v' + str(r.champion_version) if pd.notna(r.champion_version) else 'no champion, not served'}"
-        f" ({r.decision}: {r.reason})"
-        for r in decisions.itertuples()
-    ]
+    lines += _promotion_lines(decisions)
+    if recs is None:
+        return lines
     lines += ["", "Recommendations (first users, top 5 of 20):"]
     for r in recs.itertuples():
         lines += [f"  {r.user_id:<10} {', '.join(r.top_5)}  [{r.model} v{r.version}]", f"  {'':<10} #1: {r.first_reason}"]
