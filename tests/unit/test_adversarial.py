@@ -127,3 +127,27 @@ def test_failures_with_run_failures_jsonl_a_folder_is_a_clear_error(tmp_path, ca
     (tmp_path / "run_failures.jsonl").mkdir()
     assert main(["failures", "--home", str(tmp_path)]) == 2
     assert "run_failures.jsonl" in capsys.readouterr().err
+
+
+def test_a_planted_publish_journal_cannot_delete_or_move_files_outside_the_landing(tmp_path):
+    # main: recover_landing trusts the journal's names: its "staging" is rmtree'd and its steps unlinked or renamed
+    # wherever they point, so a journal naming "../../victim" deletes a folder outside the home on the next read
+    # (shopseq run, ingest, predict's landing listing)
+    from assets.logic.ingest import recover_landing
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.csv").write_text("precious\n")
+    (tmp_path / "secret.csv").write_text("secret\n")
+    landing = tmp_path / "home" / "landing"
+    landing.mkdir(parents=True)
+    (landing / ".publish.journal").write_text(json.dumps({
+        "staging": "../../victim",
+        "steps": [["withdraw", "../../victim", "keep.csv"], ["move", "2017-11-25", "../../../secret.csv"]],
+    }))
+    try:
+        recover_landing(landing)
+    except (ValueError, RuntimeError, OSError):
+        pass
+    assert (victim / "keep.csv").read_text() == "precious\n"
+    assert (tmp_path / "secret.csv").exists()
