@@ -42,6 +42,23 @@ def test_run_up_to_the_last_day_of_the_calendar_is_a_clear_error(tmp_path):
                 cwd=tmp_path), 2)
 
 
+def test_a_run_refused_for_a_missing_landing_folder_does_not_empty_the_warehouse(tmp_path):
+    # main: with <home>/landing renamed (archived, an unmounted disk), shopseq run first "withdraws" every day from
+    # every daily table, then exits 2 "no landing days": a refused command wiped the warehouse
+    home = tmp_path / "home"
+    source = tmp_path / "log.csv"
+    source.write_text("".join(f"{i % 7},{i % 11 + 10},3,pv,{DAY0 + 1800 * i}\n" for i in range(1, 140)))
+    _clean(_cli(home, "ingest", "--home", str(home), "--format", "taobao", "--path", str(source), cwd=tmp_path), 0)
+    _clean(_cli(home, "run", "--home", str(home), "--skip-training", cwd=tmp_path), 0)
+    count = "SELECT count(*) FROM raw_events"
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as conn:
+        before = conn.execute(count).fetchone()[0]
+    (home / "landing").rename(home / "landing.archived")
+    _clean(_cli(home, "run", "--home", str(home), "--skip-training", cwd=tmp_path), 2)
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as conn:
+        assert conn.execute(count).fetchone()[0] == before > 0
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     home = tmp_path_factory.mktemp("demo")
