@@ -88,3 +88,20 @@ def test_predict_does_not_overwrite_the_homes_own_state(trained):
     assert result.returncode == 2, result.stdout[-500:]
     _clean(_cli(home, "failures", "--home", str(home), cwd=cwd), 0)
     _clean(_cli(home, "rollback", "--home", str(home), "--model", "shopseq_next_purchase", cwd=cwd), 2)
+
+
+def test_a_home_of_ingested_files_whose_settings_were_deleted_is_not_read_as_a_synthetic_utc_home(tmp_path):
+    # main: with <home>/settings.json deleted by hand, shopseq run exits 0 reading the real (China time) landing as
+    # synthetic UTC days and quarantines good events (the symptom of issue 18 case 1, through another door)
+    home = tmp_path / "home"
+    source = tmp_path / "log.csv"
+    source.write_text("".join(f"{i % 7},{i % 11 + 10},3,pv,{DAY0 + 1800 * i}\n" for i in range(1, 140)))
+    _clean(_cli(home, "ingest", "--home", str(home), "--format", "taobao", "--path", str(source), cwd=tmp_path), 0)
+    (home / "settings.json").unlink()
+    result = _cli(home, "run", "--home", str(home), "--skip-training", cwd=tmp_path)
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    if result.returncode == 0:
+        with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as conn:
+            assert conn.execute("SELECT count(*) FROM raw_events").fetchone()[0] == 139
+    else:
+        assert result.returncode == 2 and "settings.json" in result.stderr
