@@ -151,3 +151,21 @@ def test_a_planted_publish_journal_cannot_delete_or_move_files_outside_the_landi
         pass
     assert (victim / "keep.csv").read_text() == "precious\n"
     assert (tmp_path / "secret.csv").exists()
+
+
+def test_a_file_rewritten_while_it_is_read_is_refused(tmp_path, monkeypatch):
+    # main: an exporter rewriting the file during the ingest (seen with a 1M-line file truncated after 4 s:
+    # 95,012 rows read, exit 0) publishes whatever part was read, replacing the complete landing of that file
+    import assets.logic.ingest as ingest_module
+
+    source = _taobao(tmp_path / "log.csv", [DAY0 + 60 * i for i in range(40)])
+    stage = ingest_module._stage_file
+
+    def stage_then_rewrite(conn, path, fmt, max_bad_fraction):
+        stage(conn, path, fmt, max_bad_fraction)
+        with open(path, "a") as handle:  # the exporter is still writing
+            handle.write("".join(f"{i},{i},3,pv,{DAY0 + 7200 + i}\n" for i in range(100, 140)))
+
+    monkeypatch.setattr(ingest_module, "_stage_file", stage_then_rewrite)
+    with pytest.raises(IngestError, match="log.csv"):
+        ingest([source], "taobao", str(tmp_path / "landing"), now=NOW)
