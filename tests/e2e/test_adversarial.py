@@ -105,3 +105,17 @@ def test_a_home_of_ingested_files_whose_settings_were_deleted_is_not_read_as_a_s
             assert conn.execute("SELECT count(*) FROM raw_events").fetchone()[0] == 139
     else:
         assert result.returncode == 2 and "settings.json" in result.stderr
+
+
+def test_a_synthetic_run_is_refused_on_a_home_of_ingested_logs(tmp_path):
+    # main: exit 0; a synthetic day (~14,000 made-up events) is written into the real landing and warehouse, and
+    # is a landed day of the real shop from then on
+    home = tmp_path / "home"
+    source = tmp_path / "log.csv"
+    source.write_text("".join(f"{i % 7},{i % 11 + 10},3,pv,{DAY0 + 1800 * i}\n" for i in range(1, 140)))
+    _clean(_cli(home, "ingest", "--home", str(home), "--format", "taobao", "--path", str(source), cwd=tmp_path), 0)
+    days = sorted(p.name for p in (home / "landing").iterdir() if not p.name.startswith("."))
+    result = _cli(home, "run", "--home", str(home), "--landing-mode", "synthetic", "--start", "2025-03-02",
+                  "--skip-training", cwd=tmp_path)
+    _clean(result, 2)
+    assert sorted(p.name for p in (home / "landing").iterdir() if not p.name.startswith(".")) == days
