@@ -1,5 +1,6 @@
 """Where all of shopseq's state lives: one home folder (``SHOPSEQ_HOME``)."""
 
+import datetime as dt
 import json
 import os
 from pathlib import Path
@@ -56,7 +57,23 @@ def read_settings(home: str) -> dict[str, Any]:
             check_timezone(settings["timezone"], f"{path}: timezone")
         except ValueError as error:
             raise SettingsInvalid(str(error)) from None
+    expected = {
+        "landing": lambda v: v in ("files", "synthetic"),
+        "pseudonymised": lambda v: isinstance(v, bool),
+        "pseudonym_key_fingerprint": lambda v: v is None or isinstance(v, str),
+        "pending_withdrawals": lambda v: isinstance(v, list) and all(_is_day(d) for d in v),
+    }
+    for key, valid in expected.items():
+        if key in settings and not valid(settings[key]):
+            raise SettingsInvalid(f"{path}: {key} holds {settings[key]!r}, which shopseq never writes there")
     return settings
+
+
+def _is_day(value: Any) -> bool:
+    try:
+        return isinstance(value, str) and dt.date.fromisoformat(value).isoformat() == value
+    except ValueError:
+        return False
 
 
 def write_settings(home: str, **values: Any) -> None:

@@ -31,10 +31,23 @@ class LandingSource(ConfigurableResource):
 
     @property
     def effective_mode(self) -> str:
+        """The mode to read the landing in; refuses what would mix made-up days into a shop's real logs: synthetic
+        days in a home of ingested logs, or such a home read without its settings (as UTC synthetic days)."""
+        from assets.logic.ingest import INGEST_LOCK
+
+        recorded = read_settings(self.home).get("landing")
+        if recorded is None and (self.root / INGEST_LOCK).exists():
+            raise ValueError(
+                f"{home_paths(self.home)['settings']} is missing, but shopseq ingest wrote {self.root}: without it the "
+                "home's days would be read as synthetic UTC days; restore the file, or ingest the logs again"
+            )
         if self.mode == "auto":
-            return read_settings(self.home).get("landing", "synthetic")
+            return recorded or "synthetic"
         if self.mode not in ("synthetic", "files"):
             raise ValueError(f"landing mode must be 'auto', 'synthetic' or 'files', not {self.mode!r}")
+        if self.mode == "synthetic" and recorded == "files":
+            raise ValueError(f"{self.root} holds ingested logs: synthetic days would mix made-up events into the "
+                             "shop's real landing and warehouse; use another --home for synthetic data")
         return self.mode
 
     @property

@@ -19,6 +19,8 @@ telemetry:
 """
 
 PSEUDONYM_KEY_VARIABLE = "SHOPSEQ_PSEUDONYM_KEY"
+# settings.json: days an ingest withdrew from the landing whose warehouse rows are still to be deleted.
+PENDING_WITHDRAWALS = "pending_withdrawals"
 
 STAGES = [
     ("ingestion", "raw_events"),
@@ -39,6 +41,8 @@ class UsageError(Exception):
 
 def prepare_home(home: str) -> Path:
     """Create the home folder, point Dagster and MLflow at it, and return it (absolute)."""
+    if not home.strip():
+        raise UsageError("--home is empty: name a folder for the home (default: $SHOPSEQ_HOME or ./.shopseq)")
     try:
         root = Path(home).expanduser().resolve()
         dagster_home = root / "dagster_home"
@@ -261,11 +265,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from assets.logic.synthetic import ShopParams, write_day
     from resources import LandingSource
 
+    end = args.start + dt.timedelta(days=args.days - 1)
+    _check_partitions(args.start, end)
     home = prepare_home(args.home)
+    try:
+        LandingSource(home=str(home), mode="synthetic").effective_mode
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     params = ShopParams(seed=args.seed, events_per_day=args.events_per_day, shop_start=args.start)
     landing = LandingSource(home=str(home))
     landing.save_shop(params)
-    end = args.start + dt.timedelta(days=args.days - 1)
     began = time.perf_counter()
     _progress(f"[  landing] synthetic shop: {args.days} days from {args.start}, ~{args.events_per_day:,} events/day -> {landing.root}")
     for i in range(args.days):
@@ -276,6 +285,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(summary(pipeline))
     print(f"\nDemo finished in {time.perf_counter() - began:.0f} s.")
     return 0
+
+
+def _pending(settings: dict, withdrawn: list[dt.date]) -> list[str]:
+    """The withdrawn days still to remove from the warehouse: those of earlier ingests not yet removed, and these."""
+    return sorted(set(settings.get(PENDING_WITHDRAWALS, [])) | {d.isoformat() for d in withdrawn})
 
 
 def _pseudonym_settings(settings: dict, key: str | None, landed: bool) -> dict:
@@ -299,7 +313,6 @@ def _pseudonym_settings(settings: dict, key: str | None, landed: bool) -> dict:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from assets.logic.ingest import FORMATS, IngestError, ingest
-    from assets.logic.warehouse_sql import withdraw_days
     from resources import LandingSource, Warehouse
     from resources.home import read_settings, write_settings
 
@@ -323,7 +336,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         # The home's settings are written once every file is read and staged, before any landing file is
         # published: a run never reads landing days under the settings of the home before this ingest.
         report = ingest(args.path, args.format, str(landing.root), tz, start=args.start, end=args.end, pseudonym_key=key,
-                        on_staged=lambda _: write_settings(str(home), timezone=tz, landing="files", **privacy))
+                        on_staged=lambda staged: write_settings(
+                            str(home), timezone=tz, landing="files", **privacy,
+                            **{PENDING_WITHDRAWALS: _pending(settings, staged.withdrawn)}))
     except IngestError as error:
         print(f"error: cannot ingest {error}", file=sys.stderr)
         return 2
@@ -335,51 +350,64 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     for path, counts in report.per_file.items():
         print(f"  {path}: {counts['read']:,} rows read, {counts['quarantined_at_ingest']:,} unparseable at ingest")
     if report.withdrawn:
-        warehouse = Warehouse(home=str(home))
-        deleted = {}
-        if Path(warehouse.path).exists():
-            with warehouse.connect() as conn:
-                deleted = withdraw_days(conn, report.withdrawn, tz)
-        print(f"Withdrawn: {', '.join(map(str, report.withdrawn))} no longer have landing files (the re-ingested "
-              f"file(s) have no events on them); removed from the warehouse: "
-              + (", ".join(f"{t} {n:,}" for t, n in deleted.items()) or "no rows"))
+        print(f"{', '.join(map(str, report.withdrawn))}: no longer in the re-ingested file(s), so no landing files "
+              "any more (withdrawn)")
+    _withdraw_pending_days(home, Warehouse(home=str(home)))
     days = sorted(report.per_day)
     print(f"\nNext: shopseq run --home {home}   (materialises {days[0]}..{days[-1]})")
     return 0
 
 
-def _withdraw_unlanded_days(pipeline: Pipeline, landed: list[dt.date]) -> None:
-    """Remove from the warehouse the days whose landing files are gone (an ingest that withdrew them and was
-    stopped before it could, or a landing folder removed by hand): in a home of real logs the landing is the
-    source of every day, so no day may outlive it."""
-    from assets.logic.warehouse_sql import materialised_days, withdraw_days
+def _check_partitions(start: dt.date, end: dt.date) -> None:
+    """Both ends of a run are days of the daily partitions (from their first day up to today)."""
+    from assets.partitions import daily_partitions
 
-    warehouse = pipeline.resources["warehouse"]
-    if not Path(warehouse.path).exists():
-        return
-    with warehouse.connect() as conn:
-        gone = sorted(set(materialised_days(conn, warehouse.timezone)) - set(landed))
-        if gone:
-            deleted = withdraw_days(conn, gone, warehouse.timezone)
-            _progress(f"[  landing] {', '.join(map(str, gone))}: no landing files any more; removed from the warehouse "
-                      f"({', '.join(f'{t} {n:,}' for t, n in deleted.items())})")
+    for day in (start, end):
+        if not daily_partitions.has_partition_key(day.isoformat()):
+            first = daily_partitions.start.date()
+            raise UsageError(f"{day} is not a daily partition: days run from {first} to yesterday (UTC)")
+
+
+def _withdraw_pending_days(home: Path, warehouse) -> dict[str, int]:
+    """Delete from the warehouse the days an ingest withdrew from the landing (a re-ingested file no longer has
+    them), as recorded in ``settings.json`` before that ingest published; then forget them. ``ingest`` calls it
+    right after publishing; ``run`` calls it too, for an ingest stopped in between. Only days an ingest withdrew
+    go: a landing folder archived or pruned by hand leaves the warehouse as it is."""
+    from assets.logic.warehouse_sql import withdraw_days
+    from resources.home import read_settings, write_settings
+
+    pending = [dt.date.fromisoformat(d) for d in read_settings(str(home)).get(PENDING_WITHDRAWALS, [])]
+    if not pending:
+        return {}
+    deleted = {}
+    if Path(warehouse.path).exists():
+        with warehouse.connect() as conn:
+            deleted = withdraw_days(conn, pending, warehouse.timezone)
+    write_settings(str(home), **{PENDING_WITHDRAWALS: []})
+    _progress(f"[  landing] withdrawn {', '.join(map(str, pending))}: removed from the warehouse ("
+              + (", ".join(f"{t} {n:,}" for t, n in deleted.items()) or "no rows") + ")")
+    return deleted
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from resources import LandingSource
 
     home = prepare_home(args.home)
-    pipeline = Pipeline(home, landing_mode=args.landing_mode)
     landing = LandingSource(home=str(home), mode=args.landing_mode)
+    try:
+        landing.effective_mode
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     landed = landing.landed_days()
-    if landing.effective_mode == "files":
-        _withdraw_unlanded_days(pipeline, landed)
     if args.start is None and not landed:
         raise UsageError(f"no landing days under {home}/landing; pass --start (synthetic) or run shopseq ingest first")
     start = args.start or landed[0]
     end = args.end or (landed[-1] if args.start is None else start)
     if end < start:
         raise UsageError(f"--end {end} is before --start {start}")
+    _check_partitions(start, end)
+    pipeline = Pipeline(home, landing_mode=args.landing_mode)
+    _withdraw_pending_days(home, pipeline.resources["warehouse"])
     pipeline.run(start, end, train=not args.skip_training)
     print(summary(pipeline))
     return 0
@@ -399,7 +427,7 @@ def _scoring_models(registry, overrides: list[str]) -> tuple[dict, list[str]]:
     for text in overrides:
         name, _, version = text.rpartition("=")
         name = name or RANKER_MODEL
-        if name not in (RANKER_MODEL, *optional) or not version.isdigit():
+        if name not in (RANKER_MODEL, *optional) or not (version.isascii() and version.isdigit()):
             raise UsageError(f"--model-version {text!r}: give V (the ranker) or NAME=V with NAME one of "
                              f"{RANKER_MODEL}, {', '.join(optional)}")
         chosen[name] = registry.version(name, int(version))
@@ -415,15 +443,22 @@ def _scoring_models(registry, overrides: list[str]) -> tuple[dict, list[str]]:
     return chosen, notes
 
 
-def _output_file(text: str) -> Path:
-    """``--out`` as a path to write: a known suffix, in a folder that exists, not itself a folder."""
+def _output_file(text: str, home: Path, inputs: list[str]) -> Path:
+    """``--out`` as a path to write: a known suffix, in a folder that exists, not itself a folder, neither inside
+    the home (its state) nor one of the input files."""
     out = Path(text)
     if out.suffix not in OUTPUT_FORMATS:
         raise UsageError(f"--out {text!r}: name a {', '.join(OUTPUT_FORMATS)} file")
     try:
         is_folder, in_folder = out.is_dir(), out.parent.is_dir()
+        resolved = out.resolve()
+        overwrites_input = any(Path(i).resolve() == resolved for i in inputs)
     except (OSError, ValueError) as error:  # a NUL byte, a name too long
         raise UsageError(f"--out {text!r} is not a usable file name: {error}") from None
+    if resolved.is_relative_to(home):
+        raise UsageError(f"--out {text!r} is inside the home {home}, which holds shopseq's state: write elsewhere")
+    if overwrites_input:
+        raise UsageError(f"--out {text!r} is one of the --events files: it would be overwritten")
     if is_folder:
         raise UsageError(f"--out {text!r} is a folder: name a file inside it")
     if not in_folder:
@@ -445,8 +480,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from resources.home import read_settings
     from resources.registry import NoChampionError
 
-    out = _output_file(args.out)
     home = prepare_home(args.home)
+    out = _output_file(args.out, home, args.events)
     warehouse = Warehouse(home=str(home))
     if not Path(warehouse.path).exists():
         raise UsageError(f"{warehouse.path} does not exist: run shopseq run (or demo) on this home first")
@@ -478,11 +513,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
         frame["models"] = ", ".join(f"{n} v{r.version}" for n, r in refs.items())
         scored_seconds = time.perf_counter() - began - read_seconds
-        staged = out.with_name(f".{out.name}.partial")  # the output appears whole or not at all
+        # The output appears whole or not at all: written beside it under a short name, then renamed.
+        staged = out.with_name(f".shopseq-predict-{os.getpid()}.partial")
         conn.register("predictions", frame)
         try:
             conn.execute(f"COPY predictions TO ? (FORMAT {OUTPUT_FORMATS[out.suffix]})", [str(staged)])
             staged.replace(out)
+        except (duckdb.IOException, OSError) as error:
+            raise UsageError(f"--out {str(out)!r} cannot be written: {str(error).splitlines()[0]}") from None
         finally:
             staged.unlink(missing_ok=True)
     sequences = frame["sequence_id"].nunique()
@@ -561,6 +599,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_failure_record(record) -> bool:
+    """A line the run_failure_recorder sensor wrote: the fields ``shopseq failures`` prints, of their types."""
+    return (isinstance(record, dict)
+            and all(isinstance(record.get(k), str) for k in ("time", "job", "run_id"))
+            and isinstance(record.get("partition"), (str, type(None)))
+            and isinstance(record.get("failed_checks"), list)
+            and isinstance(record.get("failed_steps"), list)
+            and all(isinstance(s, dict) and isinstance(s.get("step"), str) and isinstance(s.get("error"), (str, type(None)))
+                    for s in record["failed_steps"]))
+
+
 def cmd_failures(args: argparse.Namespace) -> int:
     import json
 
@@ -570,18 +619,25 @@ def cmd_failures(args: argparse.Namespace) -> int:
         path = Path(args.home).expanduser().resolve() / RUN_FAILURES_FILE
     except (OSError, ValueError) as error:
         raise UsageError(f"--home {args.home!r} is not a usable folder name: {error}") from None
+    try:
+        lines = path.read_bytes().decode("utf-8", errors="replace").splitlines() if path.exists() else []
+    except OSError as error:
+        raise UsageError(f"{path} cannot be read: {error.strerror}") from None
     records, unreadable = [], []
-    for number, line in enumerate(path.read_text().splitlines() if path.exists() else [], start=1):
-        try:
-            record = json.loads(line) if line.strip() else None
-        except json.JSONDecodeError:  # a line cut short when the recorder was killed mid-write
-            unreadable.append(number)
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
             continue
-        if record is not None:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short when the recorder was killed mid-write
+            record = None
+        if _is_failure_record(record):
             records.append(record)
+        else:
+            unreadable.append(number)
     if unreadable:
-        print(f"note: {path} line(s) {', '.join(map(str, unreadable))} are not complete records (cut short?); skipped",
-              file=sys.stderr)
+        print(f"note: {path} line(s) {', '.join(map(str, unreadable))} are not complete failure records (cut short "
+              "or edited?); skipped", file=sys.stderr)
     if not records:
         print(f"no failed runs recorded in {path}")
         return 0
@@ -643,11 +699,19 @@ def _timezone(text: str) -> str:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+# Days a command accepts: the partitions start in 2014 (assets/partitions.py); a year typo such as 9999 would
+# overflow the calendar's arithmetic before it reached a clear error.
+FIRST_DAY, LAST_DAY = dt.date(1995, 1, 1), dt.date(2999, 12, 31)
+
+
 def _date(text: str) -> dt.date:
     try:
-        return dt.date.fromisoformat(text)
+        day = dt.date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise argparse.ArgumentTypeError(f"{day} is outside {FIRST_DAY}..{LAST_DAY}")
+    return day
 
 
 def build_parser() -> argparse.ArgumentParser:

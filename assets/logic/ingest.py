@@ -45,7 +45,7 @@ Reasons set here (the rest are set by ``raw_events``, see ``assets.logic.events`
 
 =========================  ========================================================
 non_utf8                   the line is not valid UTF-8 (raw keeps it, bytes escaped)
-unparseable_line           blank line, broken quoting, not a JSON object
+unparseable_line           blank line, broken quoting, not a JSON object (or one naming a field twice)
 wrong_column_count         a delimited line with more or fewer fields than the header
 bad_type                   an id, price or quantity that is not a number
 bad_timestamp              the time field cannot be read as a time
@@ -112,6 +112,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import re
 import os
 import shutil
 import stat
@@ -130,6 +131,8 @@ from assets.logic.events import CANONICAL_COLUMNS, classify_landing
 from assets.logic.warehouse_sql import check_timezone
 
 EARLIEST_DAY = dt.date(1995, 1, 1)
+# Landing file names keep this much of the source's name (file systems allow 255 bytes; the digest identifies it).
+MAX_STEM = 120
 BATCH_LINES = 200_000
 UTF8_BOM = b"\xef\xbb\xbf"
 # Beside the day folders of the landing root; none of these names is a day, so readers skip them.
@@ -165,12 +168,19 @@ def _id(column: str) -> str:
 
 def _whole_number_id(column: str) -> str:
     """The decimal text of the whole number in ``column`` (see the module docstring); NULL when it holds none.
-    Plain digits go through HUGEINT, exactly; other notations through DECIMAL(38, 10), checked whole on the DOUBLE
-    (DuckDB's casts to integers round ``12.5`` instead of refusing it)."""
+
+    Only notations read exactly are accepted, so that no fraction is ever rounded into another id: plain digits
+    (through HUGEINT), digits with a fraction of zeros (``12.0``), and exponent notation of at most 15 significant
+    digits whole below 2 ** 53 (``1.2e1``), where a DOUBLE holds the value exactly. DuckDB's casts to integers round
+    ``12.5``, and a DOUBLE rounds ``9007199254740993.5`` or ``0.99999999999999999`` to a whole number."""
     text = f"trim({column})"
-    return f"""CASE WHEN regexp_full_match({text}, '[+-]?[0-9]+') THEN CAST(TRY_CAST({text} AS HUGEINT) AS VARCHAR)
-        WHEN TRY_CAST({text} AS DOUBLE) = floor(TRY_CAST({text} AS DOUBLE))
-        THEN CAST(CAST(TRY_CAST({text} AS DECIMAL(38, 10)) AS HUGEINT) AS VARCHAR) END"""
+    number = f"TRY_CAST({text} AS DOUBLE)"
+    return f"""CASE WHEN regexp_full_match({text}, '[+-]?[0-9]+(\\.0*)?')
+            THEN CAST(TRY_CAST(regexp_extract({text}, '^[+-]?[0-9]+') AS HUGEINT) AS VARCHAR)
+        WHEN regexp_full_match({text}, '[+-]?([0-9]+\\.?[0-9]*|\\.[0-9]+)[eE][+-]?[0-9]+')
+            AND length(regexp_replace(regexp_replace({text}, '[eE].*$', ''), '[^0-9]|^[0.+-]+', '', 'g')) <= 15
+            AND {number} = floor({number}) AND abs({number}) < 9007199254740992
+            THEN CAST(CAST({number} AS HUGEINT) AS VARCHAR) END"""
 
 
 def _session_user(column: str) -> str:
@@ -400,6 +410,14 @@ def _source_files(paths: list[str]) -> list[Path]:
     return list(sources.values())
 
 
+def source_identity(path: Path) -> Path:
+    """The name a source's landing files derive from: the file as named, in its resolved folder. ``a.csv``,
+    ``./a.csv`` and its absolute path are one name; a symlink keeps its own, so ``latest.csv`` re-pointed at a
+    corrected export replaces what ``latest.csv`` produced before. (Within one ingest a file is read once, however
+    many names lead to it.)"""
+    return path.absolute().parent.resolve() / path.name
+
+
 def _open_lines(path: Path) -> Iterator[bytes]:
     """The file's lines as bytes, decompressing ``.gz``, without a UTF-8 byte order mark before the first
     (spreadsheets write one; it would stick to the first field); read errors name the file."""
@@ -532,6 +550,15 @@ def _refuse_duplicated_columns(path: Path, names: list[str] | tuple[str, ...], w
         raise IngestError(str(path), f"{where} has the duplicated column{'s' if len(duplicated) > 1 else ''} {listed}")
 
 
+def _fields_once(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object whose fields are each named once: ``json`` keeps the last of two values silently, which would
+    accept ``{"user_id": "alice", "user_id": "mallory"}`` as mallory's (the line is quarantined instead)."""
+    record = dict(pairs)
+    if len(record) < len(pairs):
+        raise ValueError("a field is named twice")
+    return record
+
+
 def _jsonl_batches(path: Path, fmt: SourceFormat) -> Iterator[tuple[SourceFormat, pa.Table]]:
     batches = _Batches(str(path), fmt.columns)
     for line_no, line in enumerate(_open_lines(path), start=1):
@@ -540,7 +567,7 @@ def _jsonl_batches(path: Path, fmt: SourceFormat) -> Iterator[tuple[SourceFormat
             batches.add(line_no, text, reason)
             continue
         try:
-            record = json.loads(text)
+            record = json.loads(text, object_pairs_hook=_fields_once)
         except ValueError:
             record = None
         if fmt.name == "otto":  # one row per event of the session; a line without events is one row
@@ -713,8 +740,8 @@ class IngestReport:
 def landing_name(path: Path) -> str:
     """The landing file name of a source file: its name plus a digest of its absolute path,
     so that re-ingesting the same file replaces its files and two files never collide."""
-    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
-    stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in path.name)
+    digest = hashlib.sha1(str(source_identity(path)).encode()).hexdigest()[:10]
+    stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in path.name)[:MAX_STEM]
     return f"{stem}-{digest}.parquet"
 
 
@@ -768,12 +795,18 @@ def place(
     tz = check_timezone(tz or fmt.default_tz, "--tz")
     first = start or (fmt.period[0] if fmt.period else EARLIEST_DAY)
     last = end or (fmt.period[1] if fmt.period else dt.date(9999, 12, 31))
+    if first > last:
+        raise ValueError(f"--start {first} is after --end {last}: no day could be valid")
     now = now or dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     sources = _source_files(paths)
     conn.execute("SET TimeZone = $tz", {"tz": tz})
     conn.execute(f"CREATE TABLE staged {_STAGED_COLUMNS}")
     for source in sources:
+        before = _signature(source)
         _stage_file(conn, source, fmt, max_bad_fraction)
+        if _signature(source) != before:
+            raise IngestError(str(source), "changed while it was read (is it still being written?): ingest it once "
+                              "it is complete")
     conn.execute(_PLACE_SQL, {"tz": tz, "now": now, "first": first, "last": last})
     conn.execute("DROP TABLE staged")
     return sources
@@ -827,6 +860,12 @@ def ingest(
     return report
 
 
+def _signature(path: Path) -> tuple[int, int, int]:
+    """Size, modification time and inode: a file rewritten or replaced while it is read changes one of them."""
+    status = path.stat()
+    return status.st_size, status.st_mtime_ns, status.st_ino
+
+
 def _source_format(name: str) -> SourceFormat:
     if name not in FORMATS:
         raise ValueError(f"--format {name!r} is not a format shopseq reads; known: {', '.join(FORMATS)}")
@@ -862,6 +901,14 @@ def _write_days(conn: duckdb.DuckDBPyConnection, staging: Path, sources: list[Pa
     for source in sources:
         name = landing_name(source)
         first, last = conn.execute("SELECT min(day), max(day) FROM placed WHERE source_file = ?", [str(source)]).fetchall()[0]
+        if first is None:
+            reasons = conn.execute(
+                """SELECT string_agg(ingest_reason || ' ' || n, ', ' ORDER BY n DESC, ingest_reason) FROM (
+                       SELECT ingest_reason, count(*) AS n FROM placed WHERE source_file = ? GROUP BY 1)""",
+                [str(source)],
+            ).fetchall()[0][0]
+            raise IngestError(str(source), f"no row has a valid day, so none can land ({reasons}); check --start, "
+                              "--end and --tz, or the file's format")
         # Every day the file spans lands, days without events as an empty file: such a day is
         # known to be empty, unlike a day whose landing has not arrived.
         for day in (first + dt.timedelta(days=i) for i in range((last - first).days + 1)):
@@ -969,6 +1016,26 @@ def _publish(root: Path, staging: Path, steps: list[list[str]]) -> None:
         (root / JOURNAL).unlink()
 
 
+def _read_journal(root: Path) -> dict:
+    """The publish journal, refused unless every name in it is one an ingest writes: a staging folder of the
+    landing, day folders, landing file names. A journal is trusted with renames and deletions, so one planted or
+    corrupted must not reach outside the landing (``../``) or touch anything else in it."""
+    path = root / JOURNAL
+    try:
+        journal = json.loads(path.read_text())
+        staging, steps = journal["staging"], journal["steps"]
+        valid = re.fullmatch(rf"{re.escape(STAGING_PREFIX)}[0-9a-f]{{12}}", staging) is not None and all(
+            action in ("move", "withdraw") and dt.date.fromisoformat(day).isoformat() == day
+            and re.fullmatch(r"[A-Za-z0-9_-]+\.parquet", name) is not None
+            for action, day, name in steps
+        )
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise IngestError(str(path), f"is not a publish journal shopseq wrote ({error}); move it away") from None
+    if not valid:
+        raise IngestError(str(path), "names a file outside the landing or not written by an ingest; move it away")
+    return journal
+
+
 def _apply_journal(root: Path, journal: dict) -> None:
     """Apply every step of a publish journal. Each step may already have been applied (a publish killed
     halfway): a move whose staged file is gone was made, a withdrawn file already gone was withdrawn."""
@@ -999,7 +1066,7 @@ def recover_landing(root: str | Path) -> None:
         return
     with _publish_lock(root, fcntl.LOCK_EX):
         if (root / JOURNAL).exists():  # not finished by another process while this one waited
-            journal = json.loads((root / JOURNAL).read_text())
+            journal = _read_journal(root)
             _apply_journal(root, journal)
             (root / JOURNAL).unlink()
             shutil.rmtree(root / journal["staging"], ignore_errors=True)

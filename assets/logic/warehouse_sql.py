@@ -62,19 +62,6 @@ def _daily_tables(conn: duckdb.DuckDBPyConnection) -> dict[str, str]:
     return {t: types[f"{t}.{c}"] for t, c in DAILY_TABLES.items() if f"{t}.{c}" in types}
 
 
-def materialised_days(conn: duckdb.DuckDBPyConnection, tz: str) -> list[dt.date]:
-    """The shop's days that hold rows in any daily table."""
-    selects = [
-        f"SELECT DISTINCT CAST({DAILY_TABLES[t]} AS DATE) AS day FROM {t}" if kind == "DATE"
-        else f"SELECT DISTINCT CAST(timezone($tz, timezone('UTC', {DAILY_TABLES[t]})) AS DATE) AS day FROM {t}"
-        for t, kind in _daily_tables(conn).items()
-    ]
-    if not selects:
-        return []
-    params = {"tz": tz} if any("$tz" in s for s in selects) else {}
-    return [r[0] for r in conn.execute(" UNION ".join(selects) + " ORDER BY day", params).fetchall()]
-
-
 def withdraw_days(conn: duckdb.DuckDBPyConnection, days: list[dt.date], tz: str) -> dict[str, int]:
     """Delete ``days`` from every daily table, in one transaction; returns the rows deleted per table.
 
