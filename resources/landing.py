@@ -36,7 +36,7 @@ class LandingSource(ConfigurableResource):
         from assets.logic.ingest import INGEST_LOCK
 
         recorded = read_settings(self.home).get("landing")
-        if recorded is None and (self.root / INGEST_LOCK).exists():
+        if recorded is None and self.mode != "files" and (self.root / INGEST_LOCK).exists():
             raise ValueError(
                 f"{home_paths(self.home)['settings']} is missing, but shopseq ingest wrote {self.root}: without it the "
                 "home's days would be read as synthetic UTC days; restore the file, or ingest the logs again"
