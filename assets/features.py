@@ -79,16 +79,14 @@ def item_features(context: AssetExecutionContext, warehouse: Warehouse) -> Mater
 
 
 def _recall_metadata(conn, days) -> dict:
-    """Candidate recall of the last day whose next day has landed (the ranker's ceiling)."""
+    """Candidate recall of the last day whose next day has landed (the ranker's ceiling), over all next-day targets
+    and over those on cold items; the row ``unseen`` counts the targets no source can reach."""
     for day in reversed(days):
         recall = candidate_recall(conn, day)
-        if recall["union"] == recall["union"]:  # not NaN: the next day exists
+        if recall.loc["targets", "found"]:  # the next day exists
             return {
                 "candidate_recall_day": str(day),
-                "candidate_recall": MetadataValue.md(
-                    "| source | recall of next-day items |\n|---|---|\n"
-                    + "\n".join(f"| {k} | {v:.3f} |" for k, v in recall.items())
-                ),
+                "candidate_recall": MetadataValue.md(recall.round(3).to_markdown()),
             }
     return {}
 
@@ -100,6 +98,7 @@ def _recall_metadata(conn, days) -> dict:
 )
 def ranking_candidates(context: AssetExecutionContext, warehouse: Warehouse) -> MaterializeResult:
     """Next-item candidates per recently active user as of the end of each day, from their own
-    recent items, co-visitation, category and global popularity, with the ranker's features."""
+    recent items, co-visitation, category popularity, new arrivals in their categories, trending and global
+    popularity, with the ranker's features."""
     return build_daily_table(context, warehouse, "ranking_candidates", "as_of_date", build_candidates_day,
                              more_metadata=_recall_metadata)

@@ -237,7 +237,8 @@ def _model_summary(pipeline: Pipeline, users: int) -> list[str]:
         ).df() if pipeline.has("recommendations") else None
     holdout = evaluation["holdout_day"].max() if len(evaluation) else "?"
     lines += ["", f"Temporal hold-out (features as of {pd.Timestamp(holdout).date()}, targets on the next day):"]
-    methods = ["model", "repeat_recent", "recent_covis_pop", "covisitation", "markov", "popularity",
+    # "model" and the list baselines are the served lists (after the business rules), "<method>_raw" the ranked ones
+    methods = ["model", "model_raw", "repeat_recent", "repeat_recent_raw", "recent_covis_pop", "covisitation", "markov", "popularity",
                "buy_history_rule", "cart_history_rule", "activity_rule", "base_rate", "last_type_markov", "class_prior"]
     overall = evaluation[evaluation["segment"] == "all"]
     table = overall.pivot_table(index=["model_name", "target", "metric"], columns="method", values="value")

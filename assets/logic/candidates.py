@@ -7,7 +7,17 @@ Sources, each point-in-time (events before the cut-off only):
 * ``covis``: items co-visited in the same session as the user's 10 strongest recent
   items over the last 7 days, weighted by what happened to the second item;
 * ``category``: the most popular items of yesterday in the user's two strongest categories;
+* ``new``: new arrivals (first seen in the ``COLD_ITEM_DAYS`` before the cut-off) in the user's two strongest
+  categories, ranked by early traction: their weighted events per hour since they were first seen, so an item
+  with a few carts in its first hours beats an older one with the same count: the source meant for items with
+  little history, which co-visitation and yesterday's popularity need more of (first seen within the item features'
+  28-day window: an item silent for longer counts as new again);
+* ``trending``: the items whose last day most outgrew their 7-day mean (with at least ``TRENDING_MIN_SCORE`` of
+  weighted events yesterday), for everyone;
 * ``popular``: the most popular items of yesterday (the fallback for everyone).
+
+An item first seen after the cut-off cannot be proposed by any source: "cold" here means first seen in the
+``COLD_ITEM_DAYS`` before it (the evaluation's cold-item segment, see ``training.holdout_targets``).
 
 Candidates are built for users with an event in the last ``CANDIDATE_USER_DAYS`` days.
 """
@@ -16,6 +26,7 @@ import datetime as dt
 import math
 
 import duckdb
+import pandas as pd
 
 from assets.logic.features import ITEM_FEATURE_COLUMNS, daily_history_sql, exact_sum, type_weight_sql
 from assets.logic.warehouse_sql import (
@@ -32,9 +43,14 @@ COVIS_NEIGHBOURS = 20
 COVIS_DAYS = 7
 CATEGORY_ITEMS = 10
 POPULAR_ITEMS = 30
+COLD_ITEM_DAYS = 3
+NEW_ITEMS = 10  # per category
+NEW_TRACTION_HOURS = 24.0  # added to an item's age: a single view in its first minutes is not a trend yet
+TRENDING_ITEMS = 10
+TRENDING_MIN_SCORE = 5
 RECENCY_HOURS = 48.0
 EVENTS_PER_PASS = 2_500_000  # history events per pass of the user side (see build_candidates_day)
-SOURCES = ("recent", "covis", "category", "popular")
+SOURCES = ("recent", "covis", "category", "new", "trending", "popular")
 
 RANKER_FEATURES = [
     "recent_score",
@@ -42,10 +58,14 @@ RANKER_FEATURES = [
     "covis_score",
     "covis_rank",
     "category_rank",
+    "new_rank",
+    "trending_rank",
     "popular_rank",
     "in_recent",
     "in_covis",
     "in_category",
+    "in_new",
+    "in_trending",
     "in_popular",
     "ui_views",
     "ui_carts",
@@ -170,6 +190,25 @@ category_top AS (
     FROM item_now WHERE category_id IS NOT NULL
     QUALIFY category_rank <= {CATEGORY_ITEMS}
 ),
+-- new arrivals per category by early traction: weighted events per hour of their life (an item first seen in the
+-- window has all its events in the 7-day counts), smoothed so that one view in the first minutes is not a trend
+new_top AS (
+    SELECT category_id, item_id,
+           row_number() OVER (PARTITION BY category_id ORDER BY traction DESC, item_id) AS new_rank
+    FROM (
+        SELECT category_id, item_id,
+               (item_views_7d + 4 * item_carts_7d + 3 * item_purchases_7d)
+                   / (item_hours_since_first_seen + {NEW_TRACTION_HOURS}) AS traction
+        FROM item_now
+        WHERE category_id IS NOT NULL AND item_hours_since_first_seen <= {COLD_ITEM_DAYS * 24}
+    )
+    QUALIFY new_rank <= {NEW_ITEMS}
+),
+trending AS (
+    SELECT item_id, row_number() OVER (ORDER BY item_trend_1d_vs_7d DESC, item_score_1d DESC, item_id) AS trending_rank
+    FROM item_now WHERE item_score_1d >= {TRENDING_MIN_SCORE}
+    QUALIFY trending_rank <= {TRENDING_ITEMS}
+),
 popular AS (
     SELECT item_id, row_number() OVER (ORDER BY item_score_1d DESC NULLS LAST, item_views_7d DESC, item_id) AS popular_rank
     FROM item_now
@@ -179,11 +218,14 @@ popular AS (
 -- and aggregated once (joining each source to their union cost a hash join of every candidate per source)
 pairs AS (
     SELECT user_id, item_id, min(recent_rank) AS recent_rank, max(covis_score) AS covis_score, min(covis_rank) AS covis_rank,
-           min(category_rank) AS category_rank, min(popular_rank) AS popular_rank
+           min(category_rank) AS category_rank, min(new_rank) AS new_rank, min(trending_rank) AS trending_rank,
+           min(popular_rank) AS popular_rank
     FROM (
         SELECT user_id, item_id, recent_rank FROM recent
         UNION ALL BY NAME SELECT user_id, item_id, covis_score, covis_rank FROM covis
         UNION ALL BY NAME SELECT user_id, item_id, category_rank FROM top_categories JOIN category_top USING (category_id)
+        UNION ALL BY NAME SELECT user_id, item_id, new_rank FROM top_categories JOIN new_top USING (category_id)
+        UNION ALL BY NAME SELECT user_id, item_id, trending_rank FROM users CROSS JOIN trending
         UNION ALL BY NAME SELECT user_id, item_id, popular_rank FROM users CROSS JOIN popular
     )
     GROUP BY user_id, item_id
@@ -195,12 +237,15 @@ user_side AS (
 SELECT CAST($as_of_date AS DATE) AS as_of_date, u.cutoff, p.user_id, p.item_id,
        coalesce(i.category_id, ui.event_category) AS category_id,
        CASE WHEN p.recent_rank IS NOT NULL THEN 'recent' WHEN p.covis_rank IS NOT NULL THEN 'covis'
-            WHEN p.category_rank IS NOT NULL THEN 'category' ELSE 'popular' END AS source,
+            WHEN p.new_rank IS NOT NULL THEN 'new' WHEN p.category_rank IS NOT NULL THEN 'category'
+            WHEN p.trending_rank IS NOT NULL THEN 'trending' ELSE 'popular' END AS source,
        CASE WHEN p.recent_rank IS NOT NULL THEN ui.recent_score ELSE 0 END AS recent_score, coalesce(p.recent_rank, 999) AS recent_rank,
        coalesce(p.covis_score, 0) AS covis_score, coalesce(p.covis_rank, 999) AS covis_rank,
-       coalesce(p.category_rank, 999) AS category_rank, coalesce(p.popular_rank, 999) AS popular_rank,
+       coalesce(p.category_rank, 999) AS category_rank, coalesce(p.new_rank, 999) AS new_rank,
+       coalesce(p.trending_rank, 999) AS trending_rank, coalesce(p.popular_rank, 999) AS popular_rank,
        CAST(p.recent_rank IS NOT NULL AS INTEGER) AS in_recent, CAST(p.covis_rank IS NOT NULL AS INTEGER) AS in_covis,
-       CAST(p.category_rank IS NOT NULL AS INTEGER) AS in_category, CAST(p.popular_rank IS NOT NULL AS INTEGER) AS in_popular,
+       CAST(p.category_rank IS NOT NULL AS INTEGER) AS in_category, CAST(p.new_rank IS NOT NULL AS INTEGER) AS in_new,
+       CAST(p.trending_rank IS NOT NULL AS INTEGER) AS in_trending, CAST(p.popular_rank IS NOT NULL AS INTEGER) AS in_popular,
        coalesce(ui.ui_views, 0) AS ui_views, coalesce(ui.ui_carts, 0) AS ui_carts,
        coalesce(ui.ui_purchases, 0) AS ui_purchases, coalesce(ui.ui_favs, 0) AS ui_favs,
        ui.ui_hours_since_touch, CAST(coalesce(ui.ui_hours_since_touch < 24, false) AS INTEGER) AS ui_touched_last_day,
@@ -261,24 +306,45 @@ def build_candidates_day(conn: duckdb.DuckDBPyConnection, day: dt.date, tz: str 
         conn.execute("DROP TABLE IF EXISTS day_covis_pairs; DROP TABLE IF EXISTS day_item_features")
 
 
-def candidate_recall(conn: duckdb.DuckDBPyConnection, day: dt.date) -> dict[str, float]:
-    """Share of next-day (user, item) targets each source, and their union, contains."""
-    rows = conn.execute(
+def candidate_recall(conn: duckdb.DuckDBPyConnection, day: dt.date) -> pd.DataFrame:
+    """How many next-day (user, item) targets of the users with candidates each source, and their union, contains:
+    per source (index), ``found`` and ``recall`` over all targets and ``cold_found`` and ``cold_recall`` over the
+    targets on cold items (first seen in the ``COLD_ITEM_DAYS`` before the cut-off). The row ``targets`` counts
+    them, and the row ``unseen`` the targets on items first seen after the cut-off, which no source can propose."""
+    found = ", ".join(
+        f"count(c.item_id) FILTER (WHERE c.in_{s} = 1) AS {s}, count(c.item_id) FILTER (WHERE c.in_{s} = 1 AND cold) AS cold_{s}"
+        for s in SOURCES
+    )
+    row = conn.execute(
         f"""
         WITH c AS (SELECT any_value(cutoff) AS cutoff FROM ranking_candidates WHERE as_of_date = $day),
         targets AS (
             SELECT DISTINCT user_id, item_id FROM cleaned_events, c
             WHERE event_time >= c.cutoff AND event_time < c.cutoff + INTERVAL 1 DAY AND NOT is_bot AND item_id IS NOT NULL
               AND user_id IN (SELECT user_id FROM ranking_candidates WHERE as_of_date = $day)
+        ),
+        first_seen AS (
+            SELECT item_id, min(event_time) AS first_seen FROM cleaned_events, c
+            WHERE event_time < c.cutoff AND NOT is_bot AND item_id IN (SELECT item_id FROM targets) GROUP BY item_id
+        ),
+        labelled AS (
+            SELECT t.*, coalesce(f.first_seen >= c.cutoff - INTERVAL {COLD_ITEM_DAYS} DAY, false) AS cold,
+                   f.first_seen IS NULL AS unseen
+            FROM targets t CROSS JOIN c LEFT JOIN first_seen f USING (item_id)
         )
-        SELECT count(*) AS targets,
-               {", ".join(f"count(c.item_id) FILTER (WHERE c.in_{s} = 1) AS {s}" for s in SOURCES)},
-               count(c.item_id) AS union_all
-        FROM targets t LEFT JOIN ranking_candidates c
+        SELECT count(*) AS targets, count(*) FILTER (WHERE t.cold) AS cold_targets,
+               count(*) FILTER (WHERE t.unseen) AS unseen, {found},
+               count(c.item_id) AS "union", count(c.item_id) FILTER (WHERE cold) AS cold_union
+        FROM labelled t LEFT JOIN ranking_candidates c
           ON c.as_of_date = $day AND c.user_id = t.user_id AND c.item_id = t.item_id
         """,
         {"day": day},
-    ).fetchone()
-    total = rows[0]
+    ).df().iloc[0]
     names = [*SOURCES, "union"]
-    return {name: (rows[i + 1] / total if total else float("nan")) for i, name in enumerate(names)}
+    table = pd.DataFrame({
+        "found": [row[n] for n in names] + [row["targets"], row["unseen"]],
+        "cold_found": [row[f"cold_{n}"] for n in names] + [row["cold_targets"], 0],
+    }, index=[*names, "targets", "unseen"]).astype(int)
+    table["recall"] = table["found"] / row["targets"] if row["targets"] else float("nan")
+    table["cold_recall"] = table["cold_found"] / row["cold_targets"] if row["cold_targets"] else float("nan")
+    return table

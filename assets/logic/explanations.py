@@ -30,6 +30,8 @@ FAMILIES = {
     ),
     "co_visitation": ("covis_score", "covis_rank", "in_covis"),
     "category": ("category_rank", "in_category", "category_affinity", "in_last_category"),
+    "new_arrival": ("new_rank", "in_new"),
+    "trending": ("trending_rank", "in_trending"),
     "user_activity": ("user_events_7d", "user_hours_since_last_event"),
     "price": ("price_vs_user_mean", "item_price"),
 }
@@ -126,6 +128,9 @@ SELECT CASE family
     WHEN 'co_visitation' THEN 'often viewed together with items you looked at'
     WHEN 'category' THEN 'popular in ' || coalesce('category ' || CAST(category_id AS VARCHAR), 'a category') || ', which you browse' ||
         CASE WHEN share NOT IN ('0', '-0') THEN ' (' || share || '% of your activity)' ELSE '' END
+    WHEN 'new_arrival' THEN 'new in ' || coalesce('category ' || CAST(category_id AS VARCHAR), 'a category') ||
+        ', which you browse, and catching on fast'
+    WHEN 'trending' THEN 'trending: more shoppers than usual looked at it in the last day'
     WHEN 'user_activity' THEN 'matches how actively you are shopping'
     WHEN 'price' THEN 'in the price range you shop in'
     ELSE 'popular with shoppers right now'

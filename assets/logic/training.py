@@ -12,8 +12,9 @@ import duckdb
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
-from assets.logic.candidates import RANKER_FEATURES
+from assets.logic.candidates import COLD_ITEM_DAYS, RANKER_FEATURES
 from assets.logic.features import HISTORY_DAYS, USER_FEATURE_COLUMNS
 from assets.logic.metrics import (
     RANKING_METRICS,
@@ -23,7 +24,7 @@ from assets.logic.metrics import (
     per_user_ranking,
     top_k,
 )
-from assets.logic.serving import ranker_scores
+from assets.logic.serving import RULE_COLUMNS, BusinessRules, ranked_table, ranker_scores
 
 NEXT_ACTION_LABELS = {
     "purchase": "count(*) FILTER (WHERE event_type = 'purchase') > 0",
@@ -157,20 +158,25 @@ def train_lambdarank(frame: pd.DataFrame, params: LightGBMParams) -> lgb.Booster
 
 
 def holdout_targets(conn: duckdb.DuckDBPyConnection, day: dt.date) -> pd.DataFrame:
-    """Distinct (user, item, event_type) of day D + 1 for users with history before it, with the
-    segments: ``new_user`` (first event on D), ``cold_item`` (no event on the item before D + 1)."""
+    """Distinct (user, item, event_type) of day D + 1 for users with history before it, with the segments:
+    ``new_user`` (first event on D), ``cold_item`` (the item's first event is in the ``COLD_ITEM_DAYS`` before the
+    cut-off: little history, but some, so a point-in-time source can propose it) and ``unseen_item`` (no event on
+    the item before D + 1: no source can propose it, every method scores 0 on it)."""
     return conn.execute(
-        """
+        f"""
         WITH bounds AS (SELECT any_value(cutoff) AS cutoff FROM ranking_candidates WHERE as_of_date = $day),
         history AS (
             SELECT user_id, min(event_time) AS first_seen FROM cleaned_events, bounds
             WHERE event_time < bounds.cutoff AND NOT is_bot GROUP BY user_id
         ),
         seen_items AS (
-            SELECT DISTINCT item_id FROM cleaned_events, bounds WHERE event_time < bounds.cutoff AND item_id IS NOT NULL
+            SELECT item_id, min(event_time) AS first_seen FROM cleaned_events, bounds
+            WHERE event_time < bounds.cutoff AND NOT is_bot AND item_id IS NOT NULL GROUP BY item_id
         )
         SELECT DISTINCT e.user_id, e.item_id, e.event_type,
-               h.first_seen >= b.cutoff - INTERVAL 1 DAY AS new_user, s.item_id IS NULL AS cold_item
+               h.first_seen >= b.cutoff - INTERVAL 1 DAY AS new_user,
+               coalesce(s.first_seen >= b.cutoff - INTERVAL {COLD_ITEM_DAYS} DAY, false) AS cold_item,
+               s.item_id IS NULL AS unseen_item
         FROM cleaned_events e
         CROSS JOIN bounds b
         JOIN history h ON h.user_id = e.user_id
@@ -221,10 +227,14 @@ TARGET_FILTERS = {"any": None, "add_to_cart": "add_to_cart", "purchase": "purcha
 
 
 def recommendation_lists(
-    candidates: pd.DataFrame, scores: np.ndarray, users: pd.Series, k: int, markov: pd.DataFrame | None = None
+    candidates: pd.DataFrame, scores: np.ndarray, users: pd.Series, k: int, markov: pd.DataFrame | None = None,
+    rules: BusinessRules = BusinessRules(),
 ) -> dict[str, pd.DataFrame]:
-    """Top-k lists of the model and of the baselines for the same users, from one candidate set
-    (the Markov baseline from its own transitions); popular items pad short lists."""
+    """Top-k lists of the model and of the baselines for the same users, from one candidate set (the Markov
+    baseline from its own transitions). Each method's raw ranked list is ``<method>_raw`` (popular items pad short
+    lists); ``<method>`` is the list served under ``rules``, made by
+    ``serving.ranked_table``, the function that writes the recommendations: a baseline's scores take the ranker's
+    place and the candidates it does not score follow in popularity order, as the rules fill a short list."""
     popular = popular_items(candidates)
     scored = candidates.assign(
         model=scores,
@@ -233,18 +243,34 @@ def recommendation_lists(
         recent_covis_pop=candidates["in_recent"] * 1e6 + candidates["recent_score"] * 1e3 + candidates["covis_score"],
     )
     lists = {
-        "model": top_k(scored, "model", k, popular, users),
-        "popularity": top_k(scored.iloc[0:0], "model", k, popular, users),
-        "repeat_recent": top_k(scored.dropna(subset=["repeat_recent"]), "repeat_recent", k),
-        "covisitation": top_k(scored.dropna(subset=["covisitation"]), "covisitation", k, popular, users),
-        "recent_covis_pop": top_k(scored, "recent_covis_pop", k, popular, users),
+        "model_raw": top_k(scored, "model", k, popular, users),
+        "popularity_raw": top_k(scored.iloc[0:0], "model", k, popular, users),
+        "repeat_recent_raw": top_k(scored.dropna(subset=["repeat_recent"]), "repeat_recent", k),
+        "covisitation_raw": top_k(scored.dropna(subset=["covisitation"]), "covisitation", k, popular, users),
+        "recent_covis_pop_raw": top_k(scored, "recent_covis_pop", k, popular, users),
     }
     if markov is not None:
-        lists["markov"] = top_k(markov, "markov", k, popular, users)
+        lists["markov_raw"] = top_k(markov, "markov", k, popular, users)
+    rows = scored[RULE_COLUMNS]
+    method_scores = {method: scored[method] for method in ("model", "repeat_recent", "covisitation", "recent_covis_pop")}
+    method_scores["popularity"] = pd.Series(np.nan, index=scored.index)
+    served = {method: rows.assign(score=score) for method, score in method_scores.items()}
+    if markov is not None:
+        # Markov proposes items outside the candidates too: they keep its score, without a category or a popular rank
+        served["markov"] = (rows.merge(markov[["user_id", "item_id", "markov"]], on=["user_id", "item_id"], how="outer")
+                            .assign(source=lambda f: f["source"].fillna("markov"),
+                                    popular_rank=lambda f: f["popular_rank"].fillna(999))
+                            .rename(columns={"markov": "score"}))
+    for method, frame in served.items():
+        # from_pandas turns a missing score (NaN) into null, which the rules rank after every score
+        table = pa.Table.from_pandas(frame[[*RULE_COLUMNS, "score"]], preserve_index=False)
+        lists[method] = ranked_table(table, users, rules, k).select(["user_id", "item_id", "score", "rank"]).to_pandas()
     return lists
 
 
 def _segments(targets: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The targets of each segment. Cold items are those first seen shortly before the cut-off (see
+    ``holdout_targets``): items first seen on the target day are left out, no point-in-time source can reach them."""
     return {
         "all": targets,
         "new_users": targets[targets["new_user"]],
@@ -253,19 +279,30 @@ def _segments(targets: pd.DataFrame) -> dict[str, pd.DataFrame]:
     }
 
 
+def ranker_lists(
+    candidates: pd.DataFrame, booster: lgb.Booster, users: pd.Series, k: int, markov: pd.DataFrame | None = None,
+    rules: BusinessRules = BusinessRules(),
+) -> dict[str, pd.DataFrame]:
+    """The lists ``evaluate_ranker`` scores for ``users``: the ranker's and the baselines', served and raw (see
+    ``recommendation_lists``)."""
+    pool = candidates[candidates["user_id"].isin(users)].reset_index(drop=True)
+    return recommendation_lists(pool, ranker_scores(booster, pool), users, k, markov, rules)
+
+
 def evaluate_ranker(
     candidates: pd.DataFrame,
     booster: lgb.Booster,
     targets: pd.DataFrame,
     markov: pd.DataFrame | None = None,
     ks: tuple[int, ...] = (10, 20),
+    rules: BusinessRules = BusinessRules(),
 ) -> pd.DataFrame:
-    """Model and baselines on the hold-out: one row per (segment, method, target, metric), with
-    a 95% bootstrap interval over users. Segments other than ``all`` are reported for ``any``."""
+    """Model and baselines on the hold-out: one row per (segment, method, target, metric), with a 95% bootstrap
+    interval over users. Method ``model`` (and each baseline's name) is the list served under ``rules``, the one
+    promotion decides on; ``model_raw`` (``<baseline>_raw``) the raw ranked list. Segments other than ``all`` are
+    reported for ``any``."""
     users = targets["user_id"].drop_duplicates()
-    pool = candidates[candidates["user_id"].isin(users)].reset_index(drop=True)
-    scores = ranker_scores(booster, pool)
-    lists = recommendation_lists(pool, scores, users, max(ks), markov)
+    lists = ranker_lists(candidates, booster, users, max(ks), markov, rules)
     rows = []
     for segment, segment_targets in _segments(targets).items():
         for target, event_type in TARGET_FILTERS.items():

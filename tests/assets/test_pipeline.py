@@ -139,6 +139,40 @@ def test_recommendations_name_the_champion_version(built):
     assert _count(home, "SELECT count(DISTINCT model_name) FROM next_action_predictions") == served
 
 
+def test_the_evaluated_served_list_is_what_serving_writes_for_the_holdout_day(built):
+    """The hold-out scores the served list (after the business rules) through the code that writes the
+    recommendations: for every evaluated user of the hold-out day, the list ``evaluate_ranker`` scores as ``model``
+    is the one ``recommend_day`` writes for that user and day, and the stored metric is that list's."""
+    from assets.logic import training
+    from assets.logic.metrics import per_user_ranking
+    from assets.logic.serving import recommend_day
+    from assets.models import RANKER_MODEL, read_training_set
+
+    home, resources, *_ = built
+    registry = resources["registry"]
+    champion = registry.champion(RANKER_MODEL)
+    booster = registry.load_booster(champion)
+    with duckdb.connect(f"{home}/warehouse.duckdb", read_only=True) as conn:
+        holdout = read_training_set(conn, "ranker_training_set", "holdout")
+        day = pd.Timestamp(holdout["as_of_date"].iloc[0]).date()
+        targets = training.holdout_targets(conn, day)
+        users = targets["user_id"].drop_duplicates().sort_values(ignore_index=True)
+        lists = training.ranker_lists(holdout, booster, users, 20)
+        written = pd.concat([b.to_pandas() for b in recommend_day(conn, booster, day, users=users)], ignore_index=True)
+        stored = conn.execute(
+            """SELECT value FROM model_evaluations WHERE model_name = ? AND model_version = ? AND method = 'model'
+                 AND segment = 'all' AND target = 'any' AND metric = 'ndcg@20'""", [RANKER_MODEL, champion.version],
+        ).fetchone()[0]
+    key = ["user_id", "rank", "item_id"]
+    served = lists["model"][key].sort_values(key, ignore_index=True)
+    assert len(served) > 0 and served["user_id"].nunique() > 10
+    pd.testing.assert_frame_equal(served, written[key].sort_values(key, ignore_index=True), check_dtype=False)
+    # the raw ranked list is another one: the rules dropped bought items or capped a category somewhere
+    assert not lists["model_raw"][key].sort_values(key, ignore_index=True).equals(served)
+    per_user = per_user_ranking(written, targets[["user_id", "item_id"]].drop_duplicates(), 20)
+    assert per_user["ndcg"].mean() == pytest.approx(stored, abs=1e-12)
+
+
 def test_rematerialising_a_partition_replaces_it(built):
     home, resources, instance, *_ = built
     tables = ["raw_events", "raw_events_quarantine", "cleaned_events", "sessions", "user_features", "ranking_candidates"]

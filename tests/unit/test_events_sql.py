@@ -228,9 +228,57 @@ def test_markov_baseline_and_holdout_segments(conn, tmp_path):
     })
     markov = training.markov_recommendations(conn, d1, ["u3"], 20)
     assert markov.values.tolist() == [["u3", "b", 2]]  # u3 ended on a; a -> b twice
-    targets = training.holdout_targets(conn, d1)
-    assert targets.set_index("item_id")["cold_item"].to_dict() == {"b": False, "z": True}
+    targets = training.holdout_targets(conn, d1).set_index("item_id")
+    # b was first seen the day before the targets: cold, and reachable; z never before them: unseen, not cold
+    assert targets["cold_item"].to_dict() == {"b": True, "z": False}
+    assert targets["unseen_item"].to_dict() == {"b": False, "z": True}
     assert targets["new_user"].all()  # u3's history is the one day before the targets
+
+
+def _cold_shop(conn, tmp_path):
+    """o: an old item of c1 (first seen on d1); n: a new one (first seen on d4, carted); x: new in c2, which u1 never
+    browses; late: first seen on d5, after the cut-off of d4. u1 browses c1."""
+    d1, d4, d5 = DAY, DAY + dt.timedelta(days=3), DAY + dt.timedelta(days=4)
+
+    def event(t, user, etype, item, category, event_id):
+        return {**_row(t, user=user, etype=etype, item=item, event_id=event_id), "category_id": category}
+
+    _two_days(conn, tmp_path, {
+        d1: [event("2025-03-02 09:00", "u1", "view", "o", "c1", "1"), event("2025-03-02 09:01", "u1", "view", "a", "c1", "2")],
+        d4: [event("2025-03-05 10:00", "u2", "view", "n", "c1", "3"), event("2025-03-05 10:01", "u2", "add_to_cart", "n", "c1", "4"),
+             event("2025-03-05 11:00", "u3", "view", "x", "c2", "6"),
+             event("2025-03-05 12:00", "u1", "view", "a", "c1", "7")],
+        d5: [event("2025-03-06 08:00", "u3", "view", "late", "c1", "8"), event("2025-03-06 09:00", "u1", "view", "n", "c1", "9"),
+             event("2025-03-06 09:01", "u1", "view", "late", "c1", "10"), event("2025-03-06 09:02", "u1", "view", "o", "c1", "11")],
+    })
+    return d4, d5
+
+
+def test_new_arrivals_of_a_browsed_category_are_proposed_and_never_an_item_first_seen_after_the_cutoff(conn, tmp_path):
+    d4, d5 = _cold_shop(conn, tmp_path)
+    new = conn.execute("SELECT as_of_date, user_id, item_id, source FROM ranking_candidates WHERE in_new = 1 ORDER BY ALL").df()
+    as_of = {day: set(zip(rows["user_id"], rows["item_id"])) for day, rows in new.groupby(new["as_of_date"].dt.date)}
+    assert ("u1", "n") in as_of[d4]  # new in c1, which u1 browses, though u1 never touched it
+    assert ("u1", "x") not in as_of[d4]  # new, but in a category u1 does not browse
+    assert not any(item == "o" for _, item in as_of[d4] | as_of[d5])  # first seen more than COLD_ITEM_DAYS before
+    assert new.loc[new["item_id"].eq("n") & new["user_id"].eq("u1") & new["as_of_date"].eq(pd.Timestamp(d4)), "source"].tolist() == ["new"]
+    seen_d4 = conn.execute("SELECT count(*) FROM ranking_candidates WHERE as_of_date = ? AND item_id = 'late'", [d4]).fetchone()[0]
+    assert seen_d4 == 0 and ("u1", "late") in as_of[d5]  # proposed only once it has been seen before a cut-off
+
+
+def test_cold_item_segment_is_the_items_first_seen_shortly_before_the_cutoff_and_the_new_source_reaches_it(conn, tmp_path):
+    from assets.logic import training
+    from assets.logic.candidates import candidate_recall
+
+    d4, _ = _cold_shop(conn, tmp_path)
+    targets = training.holdout_targets(conn, d4).set_index(["user_id", "item_id"])
+    assert targets["cold_item"].to_dict() == {("u1", "late"): False, ("u1", "n"): True, ("u1", "o"): False,
+                                              ("u3", "late"): False}
+    assert targets["unseen_item"].to_dict() == {("u1", "late"): True, ("u1", "n"): False, ("u1", "o"): False,
+                                                ("u3", "late"): True}
+    recall = candidate_recall(conn, d4)
+    assert recall.loc["targets", "cold_found"] == 1 and recall.loc["new", "cold_found"] == 1
+    assert recall.loc["unseen", "found"] == 2 and recall.loc["union", "found"] <= 2
 
 
 def test_search_features_follow_the_session_and_stop_at_the_cutoff(conn, tmp_path):

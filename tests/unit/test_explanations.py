@@ -73,3 +73,7 @@ def test_wording_uses_the_rows_numbers():
         "often viewed together with items you looked at", "matches how actively you are shopping",
         "in the price range you shop in", "popular with shoppers right now", "popular with shoppers right now",
     ]
+    assert word(rows, pd.Series(["new_arrival", "trending", "item_popularity", "item_popularity", "item_popularity"])).to_pylist()[:2] == [
+        "new in category c1, which you browse, and catching on fast",
+        "trending: more shoppers than usual looked at it in the last day",
+    ]
