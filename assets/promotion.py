@@ -41,15 +41,18 @@ class PromotionConfig(Config):
 def segment_regressions(challenger: pd.DataFrame, champion: pd.DataFrame, target: str, metric: str,
                         tolerance: float) -> list[str]:
     """Segments (other than ``all``) where the challenger's main metric falls more than ``tolerance``
-    (relative) below the champion's on the same hold-out, worded for the decision."""
+    (relative) below the champion's on the same hold-out, beyond the challenger's 95% bootstrap interval (a small
+    segment's value moves by chance; only a loss its interval cannot explain blocks), worded for the decision."""
     def per_segment(evaluation):
         rows = evaluation[(evaluation["method"] == "model") & (evaluation["target"] == target)
                           & (evaluation["metric"] == metric) & (evaluation["segment"] != "all")]
-        return rows.set_index("segment")["value"].dropna()
+        return rows.set_index("segment")[["value", "ci_high"]].dropna(subset=["value"])
 
     new, old = per_segment(challenger), per_segment(champion)
-    return [f"{segment} {new[segment]:.4f} < {old[segment]:.4f} - {tolerance:.0%}"
-            for segment in new.index.intersection(old.index) if new[segment] < old[segment] * (1.0 - tolerance)]
+    return [f"{segment} {new.at[segment, 'value']:.4f} (95% CI up to {new.at[segment, 'ci_high']:.4f}) "
+            f"< {old.at[segment, 'value']:.4f} - {tolerance:.0%}"
+            for segment in new.index.intersection(old.index)
+            if new.at[segment, "ci_high"] < old.at[segment, "value"] * (1.0 - tolerance)]
 
 
 def same_model(challenger_tags: dict[str, str], champion_tags: dict[str, str]) -> bool:

@@ -28,18 +28,23 @@ def test_promotion_rules():
     assert not promote and "new_users" in reason
 
 
-def test_a_segment_that_drops_beyond_the_tolerance_blocks_promotion():
+def test_a_segment_that_drops_beyond_the_tolerance_and_its_interval_blocks_promotion():
     import pandas as pd
 
     from assets.promotion import segment_regressions
 
     def evaluation(values):
-        return pd.DataFrame([{"segment": s, "method": "model", "target": "any", "metric": "ndcg@20", "value": v}
-                             for s, v in values.items()])
+        return pd.DataFrame([{"segment": s, "method": "model", "target": "any", "metric": "ndcg@20", "value": v,
+                              "ci_high": high} for s, (v, high) in values.items()])
 
-    champion = evaluation({"all": 0.50, "new_users": 0.40, "returning_users": 0.52, "cold_items": 0.0})
-    challenger = evaluation({"all": 0.55, "new_users": 0.37, "returning_users": 0.51, "cold_items": 0.0})
-    assert segment_regressions(challenger, champion, "any", "ndcg@20", 0.05) == ["new_users 0.3700 < 0.4000 - 5%"]
+    champion = evaluation({"all": (0.50, 0.52), "new_users": (0.40, 0.43), "returning_users": (0.52, 0.54),
+                           "cold_items": (0.30, 0.50)})
+    # new users lose 7.5% and even the top of their interval is below the champion's value less 5%; cold items
+    # lose more, but on so few users that their interval reaches the champion's value: chance, not a regression
+    challenger = evaluation({"all": (0.55, 0.57), "new_users": (0.37, 0.375), "returning_users": (0.51, 0.53),
+                             "cold_items": (0.20, 0.45)})
+    assert segment_regressions(challenger, champion, "any", "ndcg@20", 0.05) == [
+        "new_users 0.3700 (95% CI up to 0.3750) < 0.4000 - 5%"]
     assert segment_regressions(challenger, champion, "any", "ndcg@20", 0.10) == []
 
 
