@@ -68,14 +68,18 @@ _COMMON = dict(group_name="training", owners=["team:ml"])
 
 
 class TrainingSetConfig(Config):
-    train_days: int = 7
-    """How many consecutive cut-off days before the hold-out day are stacked for training."""
+    train_days: int = 0
+    """How many consecutive cut-off days before the hold-out day are stacked for training (0: every labelled one;
+    the last of them is the validation day that picks the number of boosting rounds)."""
 
 
 class TrainingConfig(Config):
-    # Small trees, many rounds: next-day behaviour is noisy and training sets have a few
+    # Small trees, up to many rounds: next-day behaviour is noisy and training sets have a few
     # thousand users per cut-off (chosen on the Taobao sample's training days, see README).
     num_boost_round: int = 300
+    """The cap: early stopping on the validation day (the last training cut-off) picks the rounds up to it."""
+    early_stopping_rounds: int = 30
+    """Rounds without improvement on the validation day before boosting stops (0: no validation day, no stopping)."""
     learning_rate: float = 0.05
     num_leaves: int = 7
     min_data_in_leaf: int = 50
@@ -84,6 +88,7 @@ class TrainingConfig(Config):
     def params(self) -> training.LightGBMParams:
         return training.LightGBMParams(
             num_boost_round=self.num_boost_round,
+            early_stopping_rounds=self.early_stopping_rounds,
             learning_rate=self.learning_rate,
             num_leaves=self.num_leaves,
             min_data_in_leaf=self.min_data_in_leaf,
@@ -359,7 +364,8 @@ def _record_model(
         model_name,
         booster,
         train[features].astype(float),
-        params={**config.model_dump(), "features": len(features), "train_rows": len(train)},
+        params={**config.model_dump(), "features": len(features), "train_rows": len(train),
+                "boosting_rounds": booster.current_iteration()},  # the rule's trees and the early-stopped rounds
         metrics=flat,
         tags={
             "dagster_run_id": context.run.run_id,

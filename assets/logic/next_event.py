@@ -17,7 +17,7 @@ import pandas as pd
 
 from assets.logic.metrics import auc, bootstrap_interval
 from assets.logic.synthetic import EVENT_TYPES
-from assets.logic.training import LightGBMParams
+from assets.logic.training import LightGBMParams, boost
 
 EVENT_CLASSES = list(EVENT_TYPES)  # class i of the multiclass model is EVENT_CLASSES[i]
 _SHORT = {"view": "views", "search": "searches", "add_to_cart": "carts", "remove_from_cart": "removes",
@@ -106,12 +106,17 @@ def next_event_frame(conn: duckdb.DuckDBPyConnection, start, end) -> pd.DataFram
 
 
 def train_next_event(frame: pd.DataFrame, params: LightGBMParams) -> lgb.Booster:
+    """The multiclass model, its rounds picked by early stopping on the validation day's states (multi log loss)."""
     labels = frame["next_type"].map(EVENT_CLASSES.index)
     if labels.nunique() < 2:
         raise ValueError(f"the next-event training set holds {labels.nunique()} event type(s): cannot train")
-    data = lgb.Dataset(frame[NEXT_EVENT_FEATURES].astype(float), label=labels)
-    lgb_params = params.to_lightgbm("multiclass") | {"num_class": len(EVENT_CLASSES)}
-    return lgb.train(lgb_params, data, num_boost_round=params.num_boost_round)
+    lgb_params = params.to_lightgbm("multiclass") | {"num_class": len(EVENT_CLASSES), "metric": "multi_logloss"}
+
+    def dataset(rows: pd.DataFrame, reference: lgb.Dataset | None) -> lgb.Dataset:
+        return lgb.Dataset(rows[NEXT_EVENT_FEATURES].astype(float), label=rows["next_type"].map(EVENT_CLASSES.index),
+                           reference=reference)
+
+    return boost(lgb_params, dataset, frame, params)
 
 
 def _class_prior(train: pd.DataFrame) -> np.ndarray:

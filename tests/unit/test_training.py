@@ -1,0 +1,96 @@
+import dataclasses
+import datetime as dt
+
+import duckdb
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+from assets.logic import next_event, serving, training
+from assets.logic.candidates import RANKER_FEATURES
+from assets.logic.features import USER_FEATURE_COLUMNS
+
+PARAMS = training.LightGBMParams(num_boost_round=200, early_stopping_rounds=10, num_leaves=7, min_data_in_leaf=20)
+DAYS = [dt.date(2025, 3, 1) + dt.timedelta(days=i) for i in range(5)]
+
+
+def _users(rng, days, users=300) -> pd.DataFrame:
+    """User features over ``days`` whose next-day purchase follows the buy-history rule and one other feature."""
+    n = len(days) * users
+    frame = pd.DataFrame(rng.poisson(2, (n, len(USER_FEATURE_COLUMNS))).astype(float), columns=USER_FEATURE_COLUMNS)
+    frame = frame.assign(as_of_date=np.repeat(days, users), user_id=[f"u{i % users:03d}" for i in range(n)], events_1d=1.0)
+    logit = 0.8 * frame["purchases_28d"] - 0.5 * frame["views_7d"] - 1.0
+    frame["label_purchase"] = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+    return frame
+
+
+def test_the_validation_day_is_the_last_training_cutoff_before_the_holdout_and_is_not_fitted():
+    train_days, holdout_day = training.split_cutoffs(DAYS)
+    assert train_days == DAYS[:-1] and holdout_day == DAYS[-1]  # every labelled cut-off trains by default
+    frame = _users(np.random.default_rng(0), train_days)
+    fitted, validated = [], []
+
+    def dataset(rows, reference):
+        (fitted if reference is None else validated).append(set(rows["as_of_date"]))
+        return lgb.Dataset(rows[USER_FEATURE_COLUMNS], label=rows["label_purchase"], reference=reference)
+
+    training.boost(PARAMS.to_lightgbm("binary"), dataset, frame, PARAMS)
+    # rounds are picked on the last training cut-off, fitted on the days before it; then all training days refit
+    assert validated == [{train_days[-1]}] and train_days[-1] < holdout_day
+    assert fitted == [set(train_days[:-1]), set(train_days)]
+    fit, valid = training.validation_split(frame)
+    assert set(valid["as_of_date"]) == {train_days[-1]} and set(fit["as_of_date"]) == set(train_days[:-1])
+
+
+def test_early_stopping_keeps_fewer_rounds_than_the_cap_on_noise():
+    rng = np.random.default_rng(1)
+    frame = _users(rng, DAYS[:4]).assign(label_purchase=lambda f: rng.integers(0, 2, len(f)))
+    booster = training.train_binary(frame, "label_purchase", PARAMS)
+    assert booster.current_iteration() < PARAMS.num_boost_round // 2  # the rule's rounds and the residual's together
+    states = pd.DataFrame(rng.poisson(2, (2000, len(next_event.NEXT_EVENT_FEATURES))).astype(float),
+                          columns=next_event.NEXT_EVENT_FEATURES)
+    states = states.assign(as_of_date=np.repeat(DAYS[:4], 500), next_type=rng.choice(["view", "purchase", "favorite"], 2000))
+    assert next_event.train_next_event(states, PARAMS).current_iteration() < PARAMS.num_boost_round // 2
+    no_stopping = dataclasses.replace(PARAMS, early_stopping_rounds=0, num_boost_round=40)
+    assert next_event.train_next_event(states, no_stopping).current_iteration() == 40
+
+
+def test_a_served_next_action_probability_is_the_rules_offset_plus_the_boosted_residual():
+    frame = _users(np.random.default_rng(2), DAYS[:4])
+    booster = training.train_binary(frame, "label_purchase", PARAMS)
+    rule = training.rule_offset(frame, USER_FEATURE_COLUMNS, training.RULE_WEIGHTS["label_purchase"][1],
+                                frame["label_purchase"].to_numpy())  # the trees the model starts from, on the same rows
+    day = frame[frame["as_of_date"] == DAYS[3]]
+    features = day[USER_FEATURE_COLUMNS].astype(float)
+    offset = rule.predict(features, raw_score=True)
+    # the offset is the rule calibrated to log-odds: a + b * rule, from a logistic fit on the training rows
+    score = training.HISTORY_RULES["label_purchase"][1](frame)
+    a, b = training._logistic_fit(score.to_numpy(), frame["label_purchase"].to_numpy(float))
+    assert b > 0 and np.allclose(offset, a + b * score[day.index], rtol=0, atol=1e-6)
+    residual = booster.predict(features, raw_score=True, start_iteration=rule.current_iteration())
+    assert offset.std() > 0 and residual.std() > 0 and booster.current_iteration() > rule.current_iteration()
+    with duckdb.connect() as conn:
+        conn.execute("CREATE TABLE user_features AS SELECT * FROM day")
+        served = serving.predict_next_action_day(conn, booster, DAYS[3])
+    assert served["user_id"].tolist() == day["user_id"].tolist()
+    assert np.allclose(served["probability"], 1 / (1 + np.exp(-(offset + residual))), rtol=0, atol=1e-12)
+    stored = lgb.Booster(model_str=booster.model_to_string())  # the file MLflow logs and predict loads
+    assert np.allclose(stored.predict(features), served["probability"], rtol=0, atol=1e-12)
+
+
+def test_a_served_ranker_score_is_the_rules_offset_plus_the_boosted_residual(monkeypatch):
+    rng = np.random.default_rng(3)
+    n = 4 * 100 * 10  # 4 days, 100 users, 10 candidates each
+    frame = pd.DataFrame(rng.uniform(0, 1, (n, len(RANKER_FEATURES))), columns=RANKER_FEATURES).assign(
+        as_of_date=np.repeat(DAYS[:4], n // 4), user_id=[f"u{i // 10 % 100:03d}" for i in range(n)],
+        item_id=[f"i{i % 10}" for i in range(n)], in_recent=rng.integers(0, 2, n).astype(float))
+    frame["relevance"] = (rng.random(n) < 0.1 + 0.3 * frame["in_recent"] * frame["recent_score"] + 0.2 * frame["ui_views"]).astype(int)
+    booster = training.train_lambdarank(frame, PARAMS)
+    rule = training.rule_offset(frame, RANKER_FEATURES, training.RANKER_RULE, frame["relevance"].to_numpy() > 0)
+    offset = rule.predict(frame[RANKER_FEATURES], raw_score=True)
+    residual = booster.predict(frame[RANKER_FEATURES], raw_score=True, start_iteration=rule.current_iteration())
+    assert offset.std() > 0 and residual.std() > 0
+    assert np.allclose(serving.ranker_scores(booster, frame), offset + residual, rtol=0, atol=1e-9)
+    monkeypatch.setattr(serving, "COMPILED_SCORING_ROWS", 1)  # the compiled path of large batches reads the same file
+    serving._compiled.cache_clear()
+    assert np.allclose(serving.ranker_scores(booster, frame), offset + residual, rtol=0, atol=1e-9)
