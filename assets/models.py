@@ -108,6 +108,9 @@ def model_sha256(booster) -> str:
     return hashlib.sha256(booster.model_to_string().encode()).hexdigest()
 
 
+# The fewest examples of a label's rarer class (or users, for the ranker) a split needs to train on and to measure
+# on: below it a hold-out AUC rests on a handful of users (one returning session among 17,710 on YooChoose).
+MIN_EXAMPLES = 5
 # What each next-action label says of a user on the day after a cut-off, for the reasons a model cannot train.
 _LABEL_MEANS = {"label_purchase": "purchased", "label_add_to_cart": "added an item to the cart", "label_return": "came back"}
 
@@ -120,13 +123,16 @@ def training_blocker(conn, model_name: str) -> str | None:
     promotion alike, instead of failing the run."""
     table = TRAINING_TABLE[model_name]
     if model_name == RANKER_MODEL:
-        rows = dict(conn.execute(f"SELECT split, count(*) FROM {table} GROUP BY split").fetchall())
-        if not rows.get("train"):
-            return ("no user touched one of their candidates on the day after a training cut-off (users who never "
-                    "come back the next day leave the next-day ranker nothing to learn)")
+        users = dict(conn.execute(f"SELECT split, count(DISTINCT user_id) FROM {table} GROUP BY split").fetchall())
+        if users.get("train", 0) < MIN_EXAMPLES:
+            return (f"{users.get('train', 0)} user(s) touched one of their candidates on the day after a training "
+                    f"cut-off, fewer than {MIN_EXAMPLES} (users who do not come back the next day leave the next-day "
+                    "ranker nothing to learn)")
         day = conn.execute(f"SELECT min(as_of_date) FROM {table} WHERE split = 'holdout'").fetchone()[0]
-        if day is None or training.holdout_targets(conn, pd.Timestamp(day).date()).empty:
-            return "no user with history came back on the day after the hold-out cut-off: NDCG@20 cannot be measured"
+        measured = 0 if day is None else training.holdout_targets(conn, pd.Timestamp(day).date())["user_id"].nunique()
+        if measured < MIN_EXAMPLES:
+            return (f"{measured} user(s) with history came back on the day after the hold-out cut-off, fewer than "
+                    f"{MIN_EXAMPLES}: NDCG@20 cannot be measured")
         return None
     label = "next_type" if model_name == NEXT_EVENT_MODEL else NEXT_ACTION_LABEL[model_name]
     for split, rows, values in conn.execute(
@@ -139,6 +145,15 @@ def training_blocker(conn, model_name: str) -> str | None:
                     "there is no other event type to tell apart")
         return (f"{label} is {values[0]} in all {rows:,} rows of the {split} split: "
                 f"{'no' if values[0] == 0 else 'every'} user {_LABEL_MEANS[label]} on the day after its cut-off")
+    if model_name != NEXT_EVENT_MODEL:
+        for split, rows, minority, value in conn.execute(
+            f"""SELECT split, count(*), least(sum({label}), count(*) - sum({label})),
+                       CASE WHEN sum({label}) * 2 < count(*) THEN 1 ELSE 0 END
+                FROM {table} GROUP BY split ORDER BY split DESC"""
+        ).fetchall():
+            if minority < MIN_EXAMPLES:
+                return (f"only {minority} of the {rows:,} rows of the {split} split have {label} = {value}, fewer than "
+                        f"{MIN_EXAMPLES}: too few to learn from, or to measure an AUC on")
     splits = {r[0] for r in conn.execute(f"SELECT DISTINCT split FROM {table}").fetchall()}
     missing = {"train", "holdout"} - splits
     return f"the {table} has no {' or '.join(sorted(missing))} rows" if missing else None
