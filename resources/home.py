@@ -31,7 +31,8 @@ def home_paths(home: str) -> dict[str, Path]:
 
 
 class SettingsInvalid(RuntimeError):
-    """``settings.json`` cannot be read, or holds a value shopseq would refuse from the command line."""
+    """``settings.json`` cannot be read, holds a value shopseq would refuse from the command line, or does not fit
+    what the home holds (a landing of ingested logs without its settings, or read as synthetic days)."""
 
 
 def read_settings(home: str) -> dict[str, Any]:

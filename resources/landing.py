@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from dagster import ConfigurableResource
 
-from resources.home import home_paths, read_settings
+from resources.home import SettingsInvalid, home_paths, read_settings
 
 if TYPE_CHECKING:
     from assets.logic.synthetic import ShopParams
@@ -37,7 +37,7 @@ class LandingSource(ConfigurableResource):
 
         recorded = read_settings(self.home).get("landing")
         if recorded is None and self.mode != "files" and (self.root / INGEST_LOCK).exists():
-            raise ValueError(
+            raise SettingsInvalid(
                 f"{home_paths(self.home)['settings']} is missing, but shopseq ingest wrote {self.root}: without it the "
                 "home's days would be read as synthetic UTC days; restore the file, or ingest the logs again"
             )
@@ -46,7 +46,7 @@ class LandingSource(ConfigurableResource):
         if self.mode not in ("synthetic", "files"):
             raise ValueError(f"landing mode must be 'auto', 'synthetic' or 'files', not {self.mode!r}")
         if self.mode == "synthetic" and recorded == "files":
-            raise ValueError(f"{self.root} holds ingested logs: synthetic days would mix made-up events into the "
+            raise SettingsInvalid(f"{self.root} holds ingested logs: synthetic days would mix made-up events into the "
                              "shop's real landing and warehouse; use another --home for synthetic data")
         return self.mode
 

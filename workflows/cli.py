@@ -269,10 +269,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     end = args.start + dt.timedelta(days=args.days - 1)
     _check_partitions(args.start, end)
     home = prepare_home(args.home)
-    try:
-        LandingSource(home=str(home), mode="synthetic").effective_mode
-    except ValueError as error:
-        raise UsageError(str(error)) from None
+    LandingSource(home=str(home), mode="synthetic").effective_mode  # refuses a home of ingested logs
     params = ShopParams(seed=args.seed, events_per_day=args.events_per_day, shop_start=args.start)
     landing = LandingSource(home=str(home))
     landing.save_shop(params)
@@ -395,10 +392,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     home = prepare_home(args.home)
     landing = LandingSource(home=str(home), mode=args.landing_mode)
-    try:
-        landing.effective_mode
-    except ValueError as error:
-        raise UsageError(str(error)) from None
+    landing.effective_mode  # refuses synthetic days in a home of ingested logs, or such a home without its settings
     landed = landing.landed_days()
     if args.start is None and not landed:
         raise UsageError(f"no landing days under {home}/landing; pass --start (synthetic) or run shopseq ingest first")
@@ -490,7 +484,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     try:
         refs, notes = _scoring_models(registry, args.model_version or [])
     except (NoChampionError, ValueError) as error:
-        raise UsageError(f"{error}") from None
+        raise UsageError(str(error)) from None
     inputs = {RANKER_MODEL: RANKER_FEATURES, NEXT_EVENT_MODEL: NEXT_EVENT_FEATURES}
     boosters = {}
     for name, ref in refs.items():
@@ -556,7 +550,7 @@ def _move_champion(args: argparse.Namespace, version_of) -> int:
         try:
             target = version_of(registry, conn, current)
         except ValueError as error:
-            raise UsageError(f"{error}") from None
+            raise UsageError(str(error)) from None
         registry.set_alias(target, CHAMPION, args.reason)
         record_alias_change(conn, args.model, CHAMPION, current.version if current else None, target.version,
                             args.reason, f"shopseq {args.command}")
@@ -596,7 +590,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     try:
         print(explain(Warehouse(home=str(home)), registry, DagsterInstance.get(), args.user, args.day))
     except ValueError as error:
-        raise UsageError(f"{error}") from None
+        raise UsageError(str(error)) from None
     return 0
 
 
