@@ -1,0 +1,109 @@
+"""Rule policies: the baselines a learned model must beat, written as models a shop can be served by.
+
+A rule scores rows from the same feature columns as the learned model it competes with: a weighted sum of some of
+them, optionally only where a 0/1 feature is set (the other rows get no score and follow every scored row, in
+popularity order, as the business rules fill a list), optionally calibrated to a probability by a logistic fit.
+It answers ``predict`` and ``feature_name`` like a LightGBM booster, so evaluation, serving, replay and ``predict``
+score a rule and a learned model through the same code; it is registered in MLflow as a pyfunc model.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+RULE = "rule"
+LEARNED = "learned"
+
+
+@dataclass(frozen=True)
+class RulePolicy:
+    name: str
+    features: tuple[str, ...]
+    """The feature columns of the model the rule competes with, in its order: its inputs and its signature."""
+    weights: tuple[tuple[str, float], ...]
+    """(feature, weight) pairs: the score is their weighted sum."""
+    only_where: str | None = None
+    """A 0/1 feature: rows where it is 0 get no score (NaN), as a rule that only proposes its own items."""
+    intercept: float = 0.0
+    slope: float = 1.0
+    logistic: bool = False
+    """Return sigmoid(intercept + slope * score), a probability, instead of intercept + slope * score."""
+
+    def __post_init__(self):
+        unknown = sorted({c for c, _ in self.weights} - set(self.features)
+                         | ({self.only_where} - set(self.features) if self.only_where else set()))
+        if unknown:
+            raise ValueError(f"rule {self.name!r} reads columns that are not among its features: {unknown}")
+
+    def feature_name(self) -> list[str]:
+        return list(self.features)
+
+    def _matrix(self, rows: pd.DataFrame | np.ndarray) -> np.ndarray:
+        if isinstance(rows, pd.DataFrame):
+            return rows[list(self.features)].to_numpy(dtype=np.float64)
+        return np.asarray(rows, dtype=np.float64).reshape(-1, len(self.features))
+
+    def terms(self, rows: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """Each feature's term of the score, per row (rows by ``features``): the rule's exact attribution."""
+        matrix = self._matrix(rows)
+        terms = np.zeros_like(matrix)
+        for column, weight in self.weights:
+            i = self.features.index(column)
+            terms[:, i] = weight * np.nan_to_num(matrix[:, i])
+        return terms
+
+    def predict(self, rows: pd.DataFrame | np.ndarray) -> np.ndarray:
+        matrix = self._matrix(rows)
+        score = self.intercept + self.slope * self.terms(matrix).sum(axis=1)
+        if self.only_where is not None:
+            score = np.where(matrix[:, self.features.index(self.only_where)] > 0, score, np.nan)
+        return 1.0 / (1.0 + np.exp(-score)) if self.logistic else score
+
+    def calibrated(self, rows: pd.DataFrame, y: np.ndarray) -> "RulePolicy":
+        """This rule with its intercept and slope fitted to the log-odds of ``y`` on ``rows`` (a logistic fit),
+        so that its scores are probabilities; the order of the rows, and so the AUC, is unchanged."""
+        raw = RulePolicy(self.name, self.features, self.weights, self.only_where)
+        score = np.nan_to_num(raw.predict(rows))
+        intercept, slope = logistic_fit(score, np.asarray(y, dtype=float))
+        return RulePolicy(self.name, self.features, self.weights, self.only_where, intercept, slope, logistic=True)
+
+    def params(self) -> dict:
+        """The rule's definition, as MLflow parameters and for its digest."""
+        return {"policy": self.name, "weights": json.dumps(dict(self.weights), sort_keys=True),
+                "only_where": self.only_where or "", "intercept": repr(self.intercept), "slope": repr(self.slope),
+                "logistic": self.logistic, "features": len(self.features)}
+
+    def sha256(self) -> str:
+        """Equal digests, equal rules (the counterpart of a learned model's ``model_sha256``)."""
+        definition = {**self.params(), "features": list(self.features)}
+        return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()
+
+    def describe(self) -> str:
+        terms = " + ".join(f"{weight:g} * {column}" for column, weight in self.weights) or "0"
+        where = f" where {self.only_where}" if self.only_where else ""
+        link = "sigmoid" if self.logistic else ""
+        return f"{self.name}: {link}({self.intercept:.4g} + {self.slope:.4g} * ({terms})){where}"
+
+
+def logistic_fit(score: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Intercept and slope of P(y) = sigmoid(a + b * score), by Newton's method on the standardised score."""
+    mean, std = score.mean(), score.std() or 1.0
+    x = np.column_stack([np.ones_like(score), (score - mean) / std])
+    w = np.zeros(2)
+    for _ in range(25):
+        p = 1.0 / (1.0 + np.exp(-x @ w))
+        hessian = (x * (p * (1.0 - p))[:, None]).T @ x + 1e-6 * np.eye(2)  # the ridge keeps one-valued scores solvable
+        w = w + np.linalg.solve(hessian, x.T @ (y - p))
+    return float(w[0] - w[1] * mean / std), float(w[1] / std)
+
+
+def policy_kind(model) -> str:
+    return RULE if isinstance(model, RulePolicy) else LEARNED
+
+
+def policy_name(model) -> str:
+    """The name served rows carry: the rule's, or ``lightgbm`` for a learned booster."""
+    return model.name if isinstance(model, RulePolicy) else "lightgbm"
