@@ -9,14 +9,7 @@ warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=BetaWa
 
 from assets.cleaned_events import cleaned_events
 from assets.features import item_features, ranking_candidates, user_features
-from assets.models import (
-    NEXT_ACTION_ASSETS,
-    next_action_training_set,
-    next_event_model,
-    next_event_training_set,
-    next_item_ranker,
-    ranker_training_set,
-)
+from assets.models import MODEL_ASSETS, TRAINING_SET_ASSETS
 from assets.promotion import champion_promotion
 from assets.raw_events import raw_events
 from assets.recommendations import next_action_predictions, recommendations
@@ -26,10 +19,7 @@ from assets.sequences import sessions, user_sequences
 DAILY_ASSETS = [
     raw_events, cleaned_events, sessions, user_sequences, user_features, item_features, ranking_candidates,
 ]
-TRAINING_ASSETS = [
-    next_action_training_set, ranker_training_set, next_event_training_set, *NEXT_ACTION_ASSETS, next_item_ranker,
-    next_event_model, champion_promotion,
-]
+TRAINING_ASSETS = [*TRAINING_SET_ASSETS, *MODEL_ASSETS, champion_promotion]
 SERVING_ASSETS = [recommendations, next_action_predictions]
 EVALUATION_ASSETS = [model_replay]
 ALL_ASSETS = [*DAILY_ASSETS, *TRAINING_ASSETS, *SERVING_ASSETS, *EVALUATION_ASSETS]

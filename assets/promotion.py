@@ -1,31 +1,28 @@
-"""Promotion: a challenger becomes champion only when it beats the baselines and the current champion."""
+"""Promotion: the best measured policy of each model serves. A learned challenger becomes champion only when it
+beats every baseline and the current champion; when it does not, the best rule policy may take its place."""
 
 import time
+from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 from dagster import AssetCheckSpec, Config, MaterializeResult, MetadataValue, asset
 
+from assets.logic.catalogue import CATALOGUE, ModelSpec, best_baseline, holdout_day, main_metric
 from assets.logic.lifecycle import record_alias_change
+from assets.logic.policies import LEARNED, RULE
 from assets.logic.warehouse_sql import ensure_table
-from assets.logic.training import metric_value
-from assets.models import (
-    BASELINES,
-    MAIN_METRIC,
-    NEXT_ACTION_ASSETS,
-    holdout_evaluation,
-    next_event_model,
-    training_blocker,
-    next_item_ranker,
-)
+from assets.models import EVALUATION_COLUMNS, MODEL_ASSETS, store_evaluation
 from expectations import validate
 from resources import ModelRegistry, Warehouse
-from resources.registry import CHALLENGER, CHAMPION
+from resources.registry import CHALLENGER, CHAMPION, ModelVersionRef
 
 
-# One row per model and promotion run (the columns the first versions created from the decisions frame).
+# One row per model and promotion run (the columns the first versions created from the decisions frame; ``policy``
+# and ``policy_kind`` name the policy the decision was about).
 PROMOTION_LOG_COLUMNS = """(model_name VARCHAR, challenger_version BIGINT, champion_version BIGINT, champion_run_id VARCHAR,
     decision VARCHAR, reason VARCHAR, metric VARCHAR, challenger_metric DOUBLE, champion_metric_before DOUBLE,
-    best_baseline DOUBLE, holdout_day DATE, decided_at TIMESTAMP_NS)"""
+    best_baseline DOUBLE, holdout_day DATE, decided_at TIMESTAMP_NS, policy VARCHAR, policy_kind VARCHAR)"""
 
 
 class PromotionConfig(Config):
@@ -56,114 +53,169 @@ def segment_regressions(challenger: pd.DataFrame, champion: pd.DataFrame, target
 
 
 def same_model(challenger_tags: dict[str, str], champion_tags: dict[str, str]) -> bool:
-    """Whether two versions' training runs logged the same ``model_sha256`` (the hash of the model file): a re-run
-    on unchanged data trains the same model, and moving the alias to its copy would change nothing but the version
-    the served rows name. Versions logged before the hash was recorded are compared on their metrics only."""
-    digest = challenger_tags.get("model_sha256")
-    return digest is not None and digest == champion_tags.get("model_sha256")
+    """Whether two versions' training runs logged the same ``model_sha256`` (the hash of a learned model's file) or
+    ``policy_sha256`` (a rule's definition): a re-run on unchanged data trains the same model, and moving the alias
+    to its copy would change nothing but the version the served rows name. Versions logged before the hash was
+    recorded are compared on their metrics only."""
+    return any(challenger_tags.get(key) is not None and challenger_tags.get(key) == champion_tags.get(key)
+               for key in ("model_sha256", "policy_sha256"))
 
 
-def decide(
-    challenger_metric: float, best_baseline: float, champion_metric: float | None, config: PromotionConfig,
-    regressions: list[str] = (),
-) -> tuple[bool, str]:
-    """Whether to promote, and why, from metrics measured on one hold-out window."""
-    if challenger_metric <= best_baseline:
-        return False, f"challenger {challenger_metric:.4f} does not beat the best baseline {best_baseline:.4f}"
-    if champion_metric is None:
-        return True, f"first model to beat the baselines ({challenger_metric:.4f} > {best_baseline:.4f})"
+@dataclass(frozen=True, eq=False)
+class Contender:
+    """A version measured on the current hold-out: its policy, kind and main metric there."""
+
+    ref: ModelVersionRef
+    policy: str
+    kind: str
+    value: float
+    evaluation: pd.DataFrame
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.policy} v{self.ref.version}"
+
+
+def choose(learned: Contender, rules: list[Contender], baseline: tuple[str, float]) -> tuple[Contender | None, str]:
+    """The policy this hold-out puts forward: the learned challenger when it beats every baseline (``baseline``: the
+    best one's name and value, rules and measure-only baselines alike), else the best rule policy (ties: the first
+    listed), else none. Returns it and why."""
+    name, value = baseline
+    if learned.value > value:
+        return learned, f"learned {learned.policy} {learned.value:.4f} beats the best baseline {name} {value:.4f}"
+    lost = f"learned {learned.policy} {learned.value:.4f} does not beat the best baseline {name} {value:.4f}"
+    if not rules:
+        return None, f"{lost}, and no rule may serve in its place"
+    best = max(rules, key=lambda r: np.nan_to_num(r.value, nan=-np.inf))
+    return best, f"{lost}; the best rule policy is {best.policy} {best.value:.4f}"
+
+
+def decide(contender: Contender | None, why: str, champion: Contender | None, config: PromotionConfig,
+           regressions: list[str] = ()) -> tuple[bool, str]:
+    """Whether the contender replaces the champion, and why, from metrics measured on one hold-out window."""
+    if contender is None:
+        return False, why
+    if champion is None:
+        return True, f"first policy to serve: {why}"
     if regressions:
-        return False, f"challenger regresses on segments: {'; '.join(regressions)}"
-    needed = champion_metric * (1.0 + config.min_relative_improvement)
-    if challenger_metric > needed:
-        return True, f"challenger {challenger_metric:.4f} beats champion {champion_metric:.4f} (needed > {needed:.4f})"
-    return False, f"challenger {challenger_metric:.4f} does not beat champion {champion_metric:.4f} (needed > {needed:.4f})"
+        return False, f"{why}; but {contender.describe()} regresses on segments: {'; '.join(regressions)}"
+    needed = champion.value * (1.0 + config.min_relative_improvement)
+    if contender.value > needed:
+        return True, (f"{why}; {contender.describe()} {contender.value:.4f} beats champion {champion.describe()} "
+                      f"{champion.value:.4f} (needed > {needed:.4f})")
+    return False, (f"{why}; {contender.describe()} {contender.value:.4f} does not beat champion {champion.describe()} "
+                   f"{champion.value:.4f} (needed > {needed:.4f})")
+
+
+def _stored_evaluations(conn, model_name: str, day) -> dict[int, tuple[str, str, pd.DataFrame]]:
+    """{version: (policy, kind, evaluation)} of every version evaluated on the hold-out ``day`` (its latest)."""
+    ensure_table(conn, "model_evaluations", EVALUATION_COLUMNS, add_new_columns=True)
+    rows = conn.execute(
+        """SELECT * FROM model_evaluations WHERE model_name = ? AND holdout_day = ?
+           QUALIFY evaluated_at = max(evaluated_at) OVER (PARTITION BY model_version)""", [model_name, day],
+    ).df()
+    return {int(version): (group["policy"].iloc[0] or "lightgbm", group["policy_kind"].iloc[0] or LEARNED, group)
+            for version, group in rows.groupby("model_version")}
+
+
+def _contender(conn, registry: ModelRegistry, spec: ModelSpec, ref: ModelVersionRef, day, stored: dict) -> Contender:
+    """``ref`` measured on the hold-out of ``day``: its stored evaluation, or evaluated now and stored (a champion
+    trained on another hold-out is re-scored on this one, once)."""
+    if ref.version not in stored:
+        model = registry.load_policy(ref)
+        evaluation, _ = spec.evaluate(conn, model, spec.rules(conn))
+        tags = registry.run_tags(ref)
+        policy, kind = tags.get("policy", "lightgbm"), tags.get("policy_kind", LEARNED)
+        store_evaluation(conn, evaluation, ref, day, policy, kind)
+        stored[ref.version] = (policy, kind, evaluation)
+    policy, kind, evaluation = stored[ref.version]
+    return Contender(ref, policy, kind, main_metric(evaluation, spec), evaluation)
+
+
+def _decision(spec: ModelSpec, contender: Contender | None, champion_before: Contender | None, champion, decision: str,
+              reason: str, baseline: float | None, day) -> dict:
+    return {
+        "model_name": spec.name, "challenger_version": contender.ref.version if contender else None,
+        "champion_version": champion.version if champion else None,
+        "champion_run_id": champion.run_id if champion else None, "decision": decision, "reason": reason,
+        "metric": f"{spec.target}/{spec.metric}", "challenger_metric": contender.value if contender else None,
+        "champion_metric_before": champion_before.value if champion_before else None, "best_baseline": baseline,
+        "holdout_day": day, "decided_at": pd.Timestamp.now("UTC").tz_localize(None),
+        "policy": contender.policy if contender else None, "policy_kind": contender.kind if contender else None,
+    }
+
+
+def promote_model(conn_factory, registry: ModelRegistry, spec: ModelSpec, config: PromotionConfig) -> dict:
+    """One model's promotion decision on its current hold-out (see ``champion_promotion``), carried out."""
+    with conn_factory() as conn:
+        cannot_train = spec.blocker(conn)
+    champion = registry.version_for_alias(spec.name, CHAMPION)
+    if cannot_train:  # its training asset trained nothing: the decision says why, any earlier champion stays
+        return _decision(spec, None, None, champion, "skipped", f"this home's data cannot train it: {cannot_train}", None, None)
+    challenger = registry.version_for_alias(spec.name, CHALLENGER)
+    if challenger is None:
+        raise RuntimeError(f"model {spec.name!r} has no '{CHALLENGER}' version: run its training asset first")
+    with conn_factory() as conn:
+        day = holdout_day(conn, spec.training_set)
+        stored = _stored_evaluations(conn, spec.name, day)
+        learned = _contender(conn, registry, spec, challenger, day, stored)
+        rules = [_contender(conn, registry, spec, registry.version(spec.name, version), day, stored)
+                 for version, (policy, kind, _) in sorted(stored.items()) if kind == RULE and policy in spec.baselines]
+        rules = sorted(rules, key=lambda r: spec.baselines.index(r.policy))  # ties go to the first listed
+        before = _contender(conn, registry, spec, champion, day, stored) if champion is not None else None
+    baseline = best_baseline(learned.evaluation, spec)
+    contender, why = choose(learned, rules, baseline)
+    if contender is not None and before is not None and contender.ref.version == before.ref.version:
+        promote, reason = False, f"{why}; it is already the champion"
+    elif contender is not None and before is not None and same_model(registry.run_tags(contender.ref),
+                                                                     registry.run_tags(before.ref)):
+        promote, reason = False, f"{why}; identical to the champion v{before.ref.version} (same sha256)"
+    else:
+        regressions = (segment_regressions(contender.evaluation, before.evaluation, spec.target, spec.metric,
+                                           config.max_segment_regression) if contender and before else [])
+        promote, reason = decide(contender, why, before, config, regressions)
+        if promote and not config.auto_promote:
+            promote, reason = False, f"automatic promotion is off; would promote: {reason}"
+    measured = [learned] + ([contender] if contender not in (None, learned) else [])
+    for version in [m for m in measured if before is None or m.ref.version != before.ref.version]:
+        chosen = version is contender and promote
+        registry.annotate(
+            version.ref,
+            f"{'Promoted' if chosen else 'Kept'} on the hold-out of {day} ({spec.target}/{spec.metric}), "
+            f"{version.kind} policy {version.policy}: {reason}. This version {version.value:.4f}, best baseline "
+            f"{baseline[0]} {baseline[1]:.4f}, champion before "
+            + (f"{before.describe()} {before.value:.4f}" if before else "none") + ".",
+            {"promotion_decision": "promoted" if chosen else "kept", "promotion_reason": reason[:5000],
+             "promotion_holdout_day": str(day)},
+        )
+    if promote:
+        registry.set_alias(contender.ref, CHAMPION, reason)
+        with conn_factory() as conn:
+            record_alias_change(conn, spec.name, CHAMPION, before.ref.version if before else None,
+                                contender.ref.version, f"{contender.describe()}: {reason}", "champion_promotion")
+        champion = contender.ref
+    return _decision(spec, contender or learned, before, champion, "promoted" if promote else "kept", reason,
+                     baseline[1], day)
 
 
 @asset(
-    deps=[*NEXT_ACTION_ASSETS, next_item_ranker, next_event_model],
+    deps=MODEL_ASSETS,
     group_name="training",
     kinds={"mlflow"},
     owners=["team:ml"],
     check_specs=[AssetCheckSpec("champion_promotion_suite", asset="champion_promotion", blocking=True)],
 )
 def champion_promotion(config: PromotionConfig, warehouse: Warehouse, registry: ModelRegistry) -> MaterializeResult:
-    """For each model: compare the challenger with the baselines and with the champion re-scored on the
-    challenger's hold-out, move the ``champion`` alias when it wins, and log the decision."""
+    """For each model of the catalogue: the policy its hold-out puts forward (the learned challenger if it beats
+    every baseline, else the best rule policy) against the champion re-scored on the same hold-out; the ``champion``
+    alias moves when it wins, and the decision is logged with the kind of policy that serves."""
     started = time.perf_counter()
-    decisions = []
-    for model_name, (target, metric) in MAIN_METRIC.items():
-        with warehouse.connect() as conn:
-            cannot_train = training_blocker(conn, model_name)
-        if cannot_train:  # its training asset trained nothing: the decision says why, any earlier champion stays
-            champion = registry.version_for_alias(model_name, CHAMPION)
-            decisions.append({
-                "model_name": model_name, "challenger_version": None,
-                "champion_version": champion.version if champion else None,
-                "champion_run_id": champion.run_id if champion else None, "decision": "skipped",
-                "reason": f"this home's data cannot train it: {cannot_train}", "metric": f"{target}/{metric}",
-                "challenger_metric": None, "champion_metric_before": None, "best_baseline": None, "holdout_day": None,
-                "decided_at": pd.Timestamp.now("UTC").tz_localize(None),
-            })
-            continue
-        challenger = registry.version_for_alias(model_name, CHALLENGER)
-        if challenger is None:
-            raise RuntimeError(f"model {model_name!r} has no '{CHALLENGER}' version: run its training asset first")
-        champion = registry.version_for_alias(model_name, CHAMPION)
-        with warehouse.connect() as conn:
-            evaluation, holdout_day = holdout_evaluation(conn, model_name, registry.load_booster(challenger))
-            champion_metric, regressions = None, []
-            if champion is not None and champion.version != challenger.version:
-                champion_eval, _ = holdout_evaluation(conn, model_name, registry.load_booster(champion))
-                champion_metric = metric_value(champion_eval, "model", target, metric)
-                regressions = segment_regressions(evaluation, champion_eval, target, metric, config.max_segment_regression)
-        challenger_metric = metric_value(evaluation, "model", target, metric)
-        best_baseline = max(metric_value(evaluation, b, target, metric) for b in BASELINES[model_name])
-        if champion is not None and champion.version == challenger.version:
-            promote, reason = False, "challenger is already the champion"
-        elif champion is not None and same_model(registry.run_tags(challenger), registry.run_tags(champion)):
-            promote, reason = False, f"identical to the champion v{champion.version} (same model file sha256)"
-        else:
-            promote, reason = decide(challenger_metric, best_baseline, champion_metric, config, regressions)
-            if promote and not config.auto_promote:
-                promote, reason = False, f"automatic promotion is off; would promote: {reason}"
-        if champion is None or champion.version != challenger.version:
-            registry.annotate(
-                challenger,
-                f"{'Promoted' if promote else 'Kept as challenger'} on the hold-out of {holdout_day} ({target}/{metric}): "
-                f"{reason}. Challenger {challenger_metric:.4f}, best baseline {best_baseline:.4f}, champion before "
-                + (f"{champion_metric:.4f}" if champion_metric is not None else "none") + ".",
-                {"promotion_decision": "promoted" if promote else "kept", "promotion_reason": reason,
-                 "promotion_holdout_day": str(holdout_day)},
-            )
-        if promote:
-            registry.set_alias(challenger, CHAMPION, reason)
-            with warehouse.connect() as conn:
-                record_alias_change(conn, model_name, CHAMPION, champion.version if champion else None,
-                                    challenger.version, reason, "champion_promotion")
-            champion = challenger
-        decisions.append(
-            {
-                "model_name": model_name,
-                "challenger_version": challenger.version,
-                "champion_version": champion.version if champion else None,
-                "champion_run_id": champion.run_id if champion else None,
-                "decision": "promoted" if promote else "kept",
-                "reason": reason,
-                "metric": f"{target}/{metric}",
-                "challenger_metric": challenger_metric,
-                "champion_metric_before": champion_metric,
-                "best_baseline": best_baseline,
-                "holdout_day": holdout_day,
-                "decided_at": pd.Timestamp.now("UTC").tz_localize(None),
-            }
-        )
+    decisions = [promote_model(warehouse.connect, registry, spec, config) for spec in CATALOGUE.values()]
     frame = pd.DataFrame(decisions).astype(
         {"challenger_version": "Int64", "champion_version": "Int64", "challenger_metric": float,
          "champion_metric_before": float, "best_baseline": float}
     )
     with warehouse.connect() as conn:
-        ensure_table(conn, "promotion_log", PROMOTION_LOG_COLUMNS)
+        ensure_table(conn, "promotion_log", PROMOTION_LOG_COLUMNS, add_new_columns=True)
         conn.register("incoming_frame", frame)
         conn.execute("INSERT INTO promotion_log BY NAME SELECT * FROM incoming_frame")
         conn.unregister("incoming_frame")

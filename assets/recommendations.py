@@ -34,11 +34,12 @@ from assets.logic.warehouse_sql import (
     ensure_table,
     replace_window_from_frames,
 )
-from assets.models import NEXT_ACTION_MODELS, RANKER_MODEL
+from assets.logic.catalogue import NEXT_ACTION_MODELS, RANKER_MODEL
+from assets.logic.policies import policy_kind, policy_name
 from assets.partitions import DAILY_ASSET, PUBLISH_AUTOMATION, partition_days
 from assets.promotion import champion_promotion
 from resources import ModelRegistry, Warehouse
-from resources.registry import CHAMPION, NoChampionError
+from resources.registry import CHAMPION, ModelVersionRef, NoChampionError
 
 
 class RecommendationConfig(Config):
@@ -56,7 +57,10 @@ class RecommendationConfig(Config):
 # Set by workflows.sensors.champion_alias_sensor on the publish runs it requests: {model: [from, to]}.
 ALIAS_MOVES_TAG = "shopseq/alias_moves"
 _COMMON = dict(**DAILY_ASSET, automation_condition=PUBLISH_AUTOMATION, group_name="serving", kinds={"duckdb", "lightgbm"}, owners=["team:ml"])
-_LINEAGE = "model_name VARCHAR NOT NULL, model_version BIGINT NOT NULL, run_id VARCHAR NOT NULL, scored_at TIMESTAMP"
+# Every row names the policy that produced it: the model version, its MLflow run, the policy (a rule's name, or
+# ``lightgbm``) and its kind (``rule`` or ``learned``).
+_LINEAGE = ("model_name VARCHAR NOT NULL, model_version BIGINT NOT NULL, run_id VARCHAR NOT NULL, scored_at TIMESTAMP, "
+            "policy VARCHAR, policy_kind VARCHAR")
 TABLES = {
     "recommendations": f"(as_of_date DATE NOT NULL, user_id VARCHAR NOT NULL, rank BIGINT NOT NULL, item_id VARCHAR NOT NULL, score DOUBLE, source VARCHAR, reason VARCHAR, rules VARCHAR, {_LINEAGE})",
     "next_action_predictions": f"(as_of_date DATE NOT NULL, user_id VARCHAR NOT NULL, action VARCHAR NOT NULL, probability DOUBLE NOT NULL, {_LINEAGE})",
@@ -65,15 +69,17 @@ TABLES = {
 
 def publish_day(
     conn: duckdb.DuckDBPyConnection, table: str, day: dt.date,
-    scored: Iterable[tuple[str, int, str, Iterable[pd.DataFrame | pa.Table]]],
+    scored: Iterable[tuple[ModelVersionRef, object, Iterable[pd.DataFrame | pa.Table]]],
 ) -> int:
-    """Replace ``day`` of ``table`` (one of ``TABLES``) with the rows of each model in ``scored``, given as (model
-    name, version, MLflow run, frames of rows), every row naming its model version and run. The frames are made and
-    written one at a time, in one transaction (see ``replace_window_from_frames``). Returns the rows written."""
-    ensure_table(conn, table, TABLES[table])
+    """Replace ``day`` of ``table`` (one of ``TABLES``) with the rows of each model in ``scored``, given as (version,
+    its model or rule policy, frames of rows), every row naming its model version, run, policy and kind. The frames
+    are made and written one at a time, in one transaction (see ``replace_window_from_frames``). Returns the rows
+    written."""
+    ensure_table(conn, table, TABLES[table], add_new_columns=True)
     scored_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-    batches = (_append_constants(rows, model_name=name, model_version=version, run_id=run_id, scored_at=scored_at)
-               for name, version, run_id, frames in scored for rows in frames)
+    batches = (_append_constants(rows, model_name=ref.name, model_version=ref.version, run_id=ref.run_id,
+                                 scored_at=scored_at, policy=policy_name(model), policy_kind=policy_kind(model))
+               for ref, model, frames in scored for rows in frames)
     return replace_window_from_frames(conn, table, "as_of_date", *date_bounds(day), batches)
 
 
@@ -89,7 +95,8 @@ def _publish(
 ):
     """Score each day with the champion of every model in ``scorers`` ({model name: (features, score_day)}, where
     ``score_day`` gives the day's rows in one or more frames) and replace the day's rows of ``table``; every row
-    names its model version and run.
+    names its model version, run and policy. A champion may be a learned model or a rule policy: both score the
+    same way.
 
     Without a champion a model fails the asset, unless ``all_required`` is off: then its rows are
     left out, with a warning and the model named in the metadata (at least one must have a champion).
@@ -102,9 +109,9 @@ def _publish(
             unserved.append(model_name)
             continue
         champion = registry.champion(model_name)
-        booster = registry.load_booster(champion)
-        check_features(booster, features, f"{model_name} v{champion.version}")
-        champions[model_name] = (champion, booster, score_day)
+        model = registry.load_policy(champion)
+        check_features(model, features, f"{model_name} v{champion.version}")
+        champions[model_name] = (champion, model, score_day)
     if not champions:
         raise NoChampionError(f"none of {', '.join(scorers)} has a champion: nothing to publish in {table}")
     days = partition_days(context)
@@ -115,8 +122,7 @@ def _publish(
             record_outside_moves(conn, CHAMPION, json.loads(moves), "MLflow UI (seen by champion_alias_sensor)")
         for day in days:
             rows[str(day)] = publish_day(conn, table, day, (
-                (name, champion.version, champion.run_id, score_day(conn, booster, day))
-                for name, (champion, booster, score_day) in champions.items()
+                (champion, model, score_day(conn, model, day)) for champion, model, score_day in champions.values()
             ))
         suite, head = suite_check(conn, table, "as_of_date", days)
     return MaterializeResult(
@@ -124,8 +130,9 @@ def _publish(
             "dagster/row_count": sum(rows.values()),
             "rows_per_day": rows,
             "models": MetadataValue.md(
-                "| model | version | MLflow run |\n|---|---|---|\n"
-                + "\n".join(f"| {n} | {c.version} | {c.run_id} |" for n, (c, _, _) in champions.items())
+                "| model | version | policy | kind | MLflow run |\n|---|---|---|---|---|\n"
+                + "\n".join(f"| {n} | {c.version} | {policy_name(m)} | {policy_kind(m)} | {c.run_id} |"
+                             for n, (c, m, _) in champions.items())
             ),
             "models_without_champion": ", ".join(unserved) or "none",
             "preview": markdown_preview(head, 20),
@@ -165,10 +172,7 @@ def next_action_predictions(
     the next day (one row per action), each from its champion model."""
     return _publish(
         context, warehouse, registry, "next_action_predictions",
-        {
-            name: (USER_FEATURE_COLUMNS, _action_scorer(label.removeprefix("label_")))
-            for label, name in NEXT_ACTION_MODELS.items()
-        },
+        {name: (USER_FEATURE_COLUMNS, _action_scorer(action)) for action, name in NEXT_ACTION_MODELS.items()},
         all_required=False,
     )
 

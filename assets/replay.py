@@ -17,21 +17,10 @@ from dagster import (
 
 from assets.cleaned_events import cleaned_events
 from assets.features import ranking_candidates, user_features
-from assets.logic import next_event, training
-from assets.logic.warehouse_sql import (
-    date_bounds,
-    day_bounds,
-    ensure_table,
-    replace_window_from_frames,
-)
-from assets.models import (
-    BASELINES,
-    EVALUATION_COLUMNS,
-    MAIN_METRIC,
-    NEXT_ACTION_LABEL,
-    NEXT_EVENT_MODEL,
-    RANKER_MODEL,
-)
+from assets.logic.catalogue import CATALOGUE, best_baseline, main_metric
+from assets.logic.policies import LEARNED
+from assets.logic.warehouse_sql import date_bounds, ensure_table, replace_window_from_frames
+from assets.models import EVALUATION_COLUMNS
 from assets.partitions import DAILY_ASSET, PUBLISH_AUTOMATION, partition_days
 from expectations import validate
 from resources import ModelRegistry, Warehouse
@@ -41,36 +30,13 @@ _YESTERDAY = TimeWindowPartitionMapping(start_offset=-1, end_offset=0)
 
 
 def model_trained_before(versions, day: dt.date):
-    """Of ``versions`` ([(ref, run tags)], oldest first), the newest whose data (training and hold-out labels)
-    all lie before ``day`` -- its hold-out cut-off is at most day - 2 -- as (ref, hold-out cut-off), or None."""
-    eligible = [(ref, dt.date.fromisoformat(tags["holdout_day"])) for ref, tags in versions if "holdout_day" in tags]
+    """Of ``versions`` ([(ref, run tags)], oldest first), the newest learned one whose data (training and hold-out
+    labels) all lie before ``day`` -- its hold-out cut-off is at most day - 2 -- as (ref, hold-out cut-off), or
+    None. Rule policies are replayed as the baselines beside it."""
+    eligible = [(ref, dt.date.fromisoformat(tags["holdout_day"])) for ref, tags in versions
+                if "holdout_day" in tags and tags.get("policy_kind", LEARNED) == LEARNED]
     eligible = [(ref, holdout) for ref, holdout in eligible if holdout <= day - dt.timedelta(days=2)]
     return eligible[-1] if eligible else None
-
-
-def _replay_day(conn, model_name: str, booster, day: dt.date, tz: str) -> pd.DataFrame | None:
-    """The model and its baselines on day ``day`` (features as of day - 1, targets on day); None when the
-    warehouse lacks what that needs (the first days of the history)."""
-    cutoff_day = day - dt.timedelta(days=1)
-    if model_name == NEXT_EVENT_MODEL:
-        states = next_event.next_event_frame(conn, *day_bounds(day, tz))
-        before = next_event.next_event_frame(conn, *day_bounds(cutoff_day, tz))
-        if states.empty or before.empty:
-            return None
-        return next_event.evaluate_next_event(states, booster, before)
-    if model_name == RANKER_MODEL:
-        candidates = conn.execute("SELECT * FROM ranking_candidates WHERE as_of_date = ?", [cutoff_day]).df()
-        targets = training.holdout_targets(conn, cutoff_day) if len(candidates) else pd.DataFrame()
-        if targets.empty:
-            return None
-        markov = training.markov_recommendations(conn, cutoff_day, targets["user_id"].unique().tolist(), 20)
-        return training.evaluate_ranker(candidates, booster, targets, markov)
-    label = NEXT_ACTION_LABEL[model_name]
-    frame = training.next_action_frame(conn, [cutoff_day])
-    earlier = training.next_action_frame(conn, [cutoff_day - dt.timedelta(days=1)])  # its labels are on day - 1
-    if frame.empty or earlier.empty:
-        return None
-    return training.evaluate_next_action(frame, booster, label, float(earlier[label].mean()))
 
 
 @asset(
@@ -88,20 +54,20 @@ def model_replay(context: AssetExecutionContext, warehouse: Warehouse, registry:
     hold-out labels all before D) scored on D (features as of D - 1, targets on D) beside its baselines. A
     backfill re-evaluates history with the models that existed then; days no model predates get no rows."""
     started = time.perf_counter()
-    versions = {name: registry.versions(name) for name in MAIN_METRIC}
-    boosters, frames, summary = {}, [], []
+    versions = {name: registry.versions(name) for name in CATALOGUE}
+    models, frames, summary = {}, [], []
     with warehouse.connect() as conn:
         ensure_table(conn, "model_replay", REPLAY_COLUMNS)
         for day in partition_days(context):
             rows = []
-            for name in MAIN_METRIC:
+            for name, spec in CATALOGUE.items():
                 found = model_trained_before(versions[name], day)
                 if found is None:
                     continue
                 ref, holdout_day = found
-                if ref not in boosters:
-                    boosters[ref] = registry.load_booster(ref)
-                evaluation = _replay_day(conn, name, boosters[ref], day, warehouse.timezone)
+                if ref not in models:
+                    models[ref] = registry.load_policy(ref)
+                evaluation = spec.replay(conn, models[ref], day, warehouse.timezone)
                 if evaluation is None:
                     continue
                 rows.append(evaluation.assign(
@@ -109,11 +75,9 @@ def model_replay(context: AssetExecutionContext, warehouse: Warehouse, registry:
                     holdout_day=holdout_day,
                     evaluated_at=pd.Timestamp.now("UTC").tz_localize(None),
                 ))
-                target, metric = MAIN_METRIC[name]
                 summary.append({
-                    "day": str(day), "model": f"{name} v{ref.version}", "metric": f"{target}/{metric}",
-                    "model_value": training.metric_value(evaluation, "model", target, metric),
-                    "best_baseline": max(training.metric_value(evaluation, b, target, metric) for b in BASELINES[name]),
+                    "day": str(day), "model": f"{name} v{ref.version}", "metric": f"{spec.target}/{spec.metric}",
+                    "model_value": main_metric(evaluation, spec), "best_baseline": best_baseline(evaluation, spec)[1],
                 })
             day_rows = [pd.concat(rows, ignore_index=True)] if rows else []
             frames += day_rows  # none: a re-run with fewer eligible models leaves none of the day's old rows

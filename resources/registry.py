@@ -10,6 +10,7 @@ from typing import Any, Iterator, Optional
 
 import pandas as pd
 
+from assets.logic.policies import LEARNED, RULE
 from resources.home import home_paths
 from resources.transient import RetriesTransientFailures
 
@@ -154,6 +155,33 @@ class ModelRegistry(RetriesTransientFailures):
         location = home_paths(self.home)["mlartifacts"] / name
         return mlflow.create_experiment(name, artifact_location=location.resolve().as_uri())
 
+    def _log_version(self, model_name: str, log_model, features: pd.DataFrame, predict, params: dict[str, Any],
+                     metrics: dict[str, float], tags: dict[str, str], tables, datasets, figures) -> ModelVersionRef:
+        """One training run: parameters, metrics, tables, dataset inputs, figures and the model ``log_model(mlflow,
+        signature, input_example)`` logs and registers as a new version of ``model_name``."""
+        mlflow = self._mlflow()
+        import matplotlib.pyplot as plt
+        from mlflow.models import infer_signature
+
+        example = features.head(5)
+        signature = infer_signature(example, predict(example))
+        with self._asking(f"log a training run of {model_name}"), mlflow.start_run(experiment_id=self._experiment_id(model_name), tags={**tags, **_code_version()}) as run:
+            mlflow.log_params(params)
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+            for context, (frame, name) in (datasets or {}).items():
+                mlflow.log_input(mlflow.data.from_pandas(frame, name=name), context=context)
+            for name, table in (tables or {}).items():
+                mlflow.log_table(table, artifact_file=f"{name}.json")
+            for name, figure in (figures or {}).items():
+                mlflow.log_figure(figure, f"{name}.png")
+                plt.close(figure)
+            info = log_model(mlflow, signature, example)
+        ref = ModelVersionRef(model_name, int(info.registered_model_version), run.info.run_id)
+        with self._asking(f"tag {model_name} version {ref.version}"):
+            for key in ("policy", "policy_kind"):
+                self.client().set_model_version_tag(model_name, str(ref.version), key, tags[key])
+        return ref
+
     def log_lightgbm(
         self,
         model_name: str,
@@ -170,35 +198,46 @@ class ModelRegistry(RetriesTransientFailures):
 
         ``datasets``: {context: (frame, name)} logged as MLflow dataset inputs (with MLflow's digest of the
         data); ``figures``: {file name: matplotlib figure}; the code version is tagged."""
-        mlflow = self._mlflow()
         import lightgbm
-        import matplotlib.pyplot as plt
-        from mlflow.models import infer_signature
 
-        example = features.head(5)
-        signature = infer_signature(example, booster.predict(example))
-        with self._asking(f"log a training run of {model_name}"), mlflow.start_run(experiment_id=self._experiment_id(model_name), tags={**tags, **_code_version()}) as run:
-            mlflow.log_params(params)
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
-            for context, (frame, name) in (datasets or {}).items():
-                mlflow.log_input(mlflow.data.from_pandas(frame, name=name), context=context)
-            for name, table in (tables or {}).items():
-                mlflow.log_table(table, artifact_file=f"{name}.json")
-            for name, figure in (figures or {}).items():
-                mlflow.log_figure(figure, f"{name}.png")
-                plt.close(figure)
-            info = mlflow.lightgbm.log_model(
-                booster,
-                name="model",
-                signature=signature,
-                input_example=example,
+        ref = self._log_version(
+            model_name,
+            lambda mlflow, signature, example: mlflow.lightgbm.log_model(
+                booster, name="model", signature=signature, input_example=example,
                 pip_requirements=[f"lightgbm=={lightgbm.__version__}", f"pandas=={pd.__version__}"],
                 registered_model_name=model_name,
-            )
-        ref = ModelVersionRef(model_name, int(info.registered_model_version), run.info.run_id)
+            ),
+            features, booster.predict, params, metrics, {**tags, "policy": "lightgbm", "policy_kind": LEARNED},
+            tables, datasets, figures,
+        )
         with self._asking(f"mark {model_name} version {ref.version} {CHALLENGER}"):
             self.client().set_registered_model_alias(model_name, CHALLENGER, str(ref.version))
         return ref
+
+    def rule_version(self, model_name: str, policy: Any, features: pd.DataFrame, metrics: dict[str, float],
+                     tags: dict[str, str], tables: Optional[dict[str, pd.DataFrame]] = None) -> ModelVersionRef:
+        """The version of ``model_name`` holding exactly this rule policy (the same ``policy_sha256``), registered
+        now (an MLflow pyfunc whose ``predict`` is the rule, with its definition as parameters) if none does."""
+        import numpy as np
+
+        from resources.rule_model import RuleModel
+
+        digest = policy.sha256()
+        for ref, run_tags in reversed(self.versions(model_name)):
+            if run_tags.get("policy_sha256") == digest:
+                return ref
+        return self._log_version(
+            model_name,
+            lambda mlflow, signature, example: mlflow.pyfunc.log_model(
+                name="model", python_model=RuleModel(policy), signature=signature, input_example=example,
+                pip_requirements=[f"numpy=={np.__version__}", f"pandas=={pd.__version__}"],
+                registered_model_name=model_name,
+            ),
+            features, policy.predict, policy.params(), metrics,
+            {**tags, "policy": policy.name, "policy_kind": RULE, "policy_sha256": digest,
+             "policy_definition": policy.describe()[:5000]},
+            tables, None, None,
+        )
 
     def version_for_alias(self, model_name: str, alias: str) -> Optional[ModelVersionRef]:
         """The version ``alias`` points at; None when the model or alias does not exist. Raises
@@ -259,8 +298,13 @@ class ModelRegistry(RetriesTransientFailures):
         with self._asking(f"read run {ref.run_id}"):
             return dict(self.client().get_run(ref.run_id).data.tags)
 
-    def load_booster(self, ref: ModelVersionRef):
+    def load_policy(self, ref: ModelVersionRef):
+        """The version's model: a LightGBM booster, or the ``RulePolicy`` of a rule version (both score with
+        ``predict`` and name their inputs with ``feature_name``)."""
+        kind = self.run_tags(ref).get("policy_kind", LEARNED)  # versions logged before rules were policies: learned
         with self._asking(f"load {ref.uri}"):
+            if kind == RULE:
+                return self._mlflow().pyfunc.load_model(ref.uri).unwrap_python_model().policy
             return self._mlflow().lightgbm.load_model(ref.uri)
 
     def run_metrics(self, ref: ModelVersionRef) -> dict[str, float]:

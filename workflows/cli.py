@@ -116,7 +116,7 @@ class Pipeline:
     def run(self, start: dt.date, end: dt.date, train: bool = True) -> None:
         """Daily stages for every day of ``[start, end]``, then training, then publishing ``end``."""
         from assets.logic.training import labelled_cutoffs
-        from assets.models import MAIN_METRIC, RANKER_MODEL
+        from assets.logic.catalogue import CATALOGUE, RANKER_MODEL
 
         days = (end - start).days + 1
         for group, table in STAGES:
@@ -140,8 +140,8 @@ class Pipeline:
             _progress(f"[ training] done in {time.perf_counter() - began:5.1f} s")
         self.replay(start, end)
         registry = self.resources["registry"]
-        missing = [m for m in MAIN_METRIC if registry.version_for_alias(m, "champion") is None]
-        if len(missing) == len(MAIN_METRIC) or RANKER_MODEL in missing:
+        missing = [m for m in CATALOGUE if registry.version_for_alias(m, "champion") is None]
+        if len(missing) == len(CATALOGUE) or RANKER_MODEL in missing:
             _progress(f"[  serving] skipped: no champion model yet for {', '.join(missing)}")
             return
         if missing:
@@ -198,8 +198,10 @@ def summary(pipeline: Pipeline, users: int = 3) -> str:
 def _promotion_lines(decisions) -> list[str]:
     import pandas as pd
 
-    return ["", "Promotion:"] + [
-        f"  {r.model_name}: {'champion v' + str(r.champion_version) if pd.notna(r.champion_version) else 'no champion, not served'}"
+    return ["", "Promotion (the policy that serves each model, and why):"] + [
+        f"  {r.model_name}: "
+        + (f"champion v{r.champion_version}, {r.serves or 'learned lightgbm'}" if pd.notna(r.champion_version)
+           else "no champion, not served")
         + (" (skipped: its data cannot train it, above)" if r.decision == "skipped" else f" ({r.decision}: {r.reason})")
         for r in decisions.itertuples()
     ]
@@ -209,10 +211,14 @@ def _model_summary(pipeline: Pipeline, users: int) -> list[str]:
     import pandas as pd
 
     lines = []
+    # the champion's policy and kind, from its stored evaluation
+    serves = ("""(SELECT any_value(policy_kind || ' ' || policy) FROM model_evaluations e
+                  WHERE e.model_name = p.model_name AND e.model_version = p.champion_version)"""
+              if pipeline.has("model_evaluations") else "NULL")
     with pipeline.resources["warehouse"].connect() as conn:
         decisions = conn.execute(
-            """SELECT model_name, champion_version, decision, reason FROM promotion_log
-               QUALIFY row_number() OVER (PARTITION BY model_name ORDER BY decided_at DESC) = 1 ORDER BY model_name"""
+            f"""SELECT model_name, champion_version, decision, reason, {serves} AS serves FROM promotion_log p
+                QUALIFY row_number() OVER (PARTITION BY model_name ORDER BY decided_at DESC) = 1 ORDER BY model_name"""
         ).df()
     skipped = decisions[decisions["decision"] == "skipped"]
     trainable = decisions.loc[decisions["decision"] != "skipped", "model_name"].tolist()
@@ -225,12 +231,15 @@ def _model_summary(pipeline: Pipeline, users: int) -> list[str]:
     with pipeline.resources["warehouse"].connect() as conn:
         evaluation = conn.execute(
             """SELECT * FROM model_evaluations
-               WHERE (model_name, model_version) IN (SELECT (model_name, max(model_version)) FROM model_evaluations GROUP BY model_name)
+               WHERE (model_name, model_version) IN (SELECT (model_name, arg_max(model_version, evaluated_at))
+                                                     FROM model_evaluations WHERE coalesce(policy_kind, 'learned') = 'learned'
+                                                     GROUP BY model_name)
                  AND metric IN ('recall@20', 'ndcg@20', 'hr@20', 'auc', 'pr_auc', 'brier')"""
         ).df()
         recs = conn.execute(
             """SELECT user_id, list(item_id ORDER BY rank)[1:5] AS top_5, any_value(model_name) AS model,
-                      any_value(model_version) AS version, arg_min(reason, rank) AS first_reason
+                      any_value(model_version) AS version, any_value(policy_kind || ' ' || policy) AS policy,
+                      arg_min(reason, rank) AS first_reason
                FROM recommendations WHERE as_of_date = (SELECT max(as_of_date) FROM recommendations)
                GROUP BY user_id ORDER BY user_id LIMIT ?""",
             [users],
@@ -258,7 +267,8 @@ def _model_summary(pipeline: Pipeline, users: int) -> list[str]:
         return lines
     lines += ["", "Recommendations (first users, top 5 of 20):"]
     for r in recs.itertuples():
-        lines += [f"  {r.user_id:<10} {', '.join(r.top_5)}  [{r.model} v{r.version}]", f"  {'':<10} #1: {r.first_reason}"]
+        lines += [f"  {r.user_id:<10} {', '.join(r.top_5)}  [{r.model} v{r.version}, {r.policy}]",
+                  f"  {'':<10} #1: {r.first_reason}"]
     return lines
 
 
@@ -414,7 +424,7 @@ OUTPUT_FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "json", ".json
 def _scoring_models(registry, overrides: list[str]) -> tuple[dict, list[str]]:
     """{model name: version ref} to score with: each model's champion unless ``NAME=V`` (or ``V`` for the
     ranker) names a version; other models than the ranker without a champion are left out, with a note."""
-    from assets.models import NEXT_ACTION_MODELS, NEXT_EVENT_MODEL, RANKER_MODEL
+    from assets.logic.catalogue import NEXT_ACTION_MODELS, NEXT_EVENT_MODEL, RANKER_MODEL
     from resources.registry import CHAMPION
 
     optional = [*NEXT_ACTION_MODELS.values(), NEXT_EVENT_MODEL]
@@ -470,7 +480,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from assets.logic.next_event import NEXT_EVENT_FEATURES
     from assets.logic.predict import load_item_side, read_sequences, score_sequences
     from assets.logic.serving import BusinessRules, check_features
-    from assets.models import NEXT_ACTION_LABEL, NEXT_EVENT_MODEL, RANKER_MODEL
+    from assets.logic.catalogue import NEXT_ACTION_MODELS, NEXT_EVENT_MODEL, RANKER_MODEL
     from resources import ModelRegistry, Warehouse
     from resources.home import read_settings
     from resources.registry import NoChampionError
@@ -488,7 +498,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     inputs = {RANKER_MODEL: RANKER_FEATURES, NEXT_EVENT_MODEL: NEXT_EVENT_FEATURES}
     boosters = {}
     for name, ref in refs.items():
-        boosters[name] = registry.load_booster(ref)
+        boosters[name] = registry.load_policy(ref)
         check_features(boosters[name], inputs.get(name, USER_FEATURE_COLUMNS), f"{name} v{ref.version}")
     item_day = dt.date.fromisoformat(registry.run_tags(refs[RANKER_MODEL])["holdout_day"])
     tz = read_settings(str(home)).get("timezone", FORMATS[args.format].default_tz)  # the home's days, else the format's
@@ -503,7 +513,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             return 2
         frame = score_sequences(
             conn, boosters[RANKER_MODEL],
-            {NEXT_ACTION_LABEL[n].removeprefix("label_"): b for n, b in boosters.items() if n in NEXT_ACTION_LABEL},
+            {action: boosters[name] for action, name in NEXT_ACTION_MODELS.items() if name in boosters},
             item_day, args.k, BusinessRules(min_items=args.k), boosters.get(NEXT_EVENT_MODEL),
         )
         frame["models"] = ", ".join(f"{n} v{r.version}" for n, r in refs.items())
@@ -712,7 +722,7 @@ def _date(text: str) -> dt.date:
 def build_parser() -> argparse.ArgumentParser:
     from assets.logic.ingest import FORMATS
     from assets.logic.synthetic import ShopParams
-    from assets.models import MAIN_METRIC
+    from assets.logic.catalogue import CATALOGUE
 
     parser = argparse.ArgumentParser(prog="shopseq", description="Predict what e-commerce shoppers do next.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -760,13 +770,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=cmd_predict)
 
     promote = with_home(sub.add_parser("promote", help="make a model version the champion (recorded in alias_history)"))
-    promote.add_argument("--model", required=True, choices=sorted(MAIN_METRIC))
+    promote.add_argument("--model", required=True, choices=sorted(CATALOGUE))
     promote.add_argument("--version", required=True, type=_positive_int)
     promote.add_argument("--reason", required=True)
     promote.set_defaults(func=cmd_promote)
 
     rollback = with_home(sub.add_parser("rollback", help="move the champion back to the version it replaced"))
-    rollback.add_argument("--model", required=True, choices=sorted(MAIN_METRIC))
+    rollback.add_argument("--model", required=True, choices=sorted(CATALOGUE))
     rollback.add_argument("--reason", help="recorded with the change (default: rollback)")
     rollback.set_defaults(func=cmd_rollback)
 

@@ -23,7 +23,7 @@ from dagster import (
 )
 
 from assets.logic.features import HISTORY_DAYS
-from assets.models import MAIN_METRIC
+from assets.logic.catalogue import CATALOGUE
 from assets.partitions import RANGE_END_TAG, RANGE_START_TAG
 from assets.recommendations import ALIAS_MOVES_TAG
 from resources import LandingSource, ModelRegistry, Warehouse
@@ -38,7 +38,7 @@ def champion_alias_sensor(context: SensorEvaluationContext, registry: ModelRegis
     re-run the publish job for the latest recommendations partition, so the served rows name the new champion.
     The first evaluation only records the versions (the cursor)."""
     champions = {}
-    for name in MAIN_METRIC:
+    for name in CATALOGUE:
         ref = registry.version_for_alias(name, CHAMPION)
         champions[name] = ref.version if ref else None
     before = json.loads(context.cursor) if context.cursor else None

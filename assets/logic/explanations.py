@@ -15,6 +15,7 @@ import pandas as pd
 import pyarrow as pa
 
 from assets.logic.candidates import RANKER_FEATURES
+from assets.logic.policies import RulePolicy
 
 # Reasons read the first 20 rounds, which carry the largest effects. On the top-20 lists of two Taobao-sample
 # rankers (100,000 rows each), the top family of path attribution over 20 rounds is the one exact SHAP over all 300
@@ -91,6 +92,12 @@ def family_contributions(booster: lgb.Booster, features: pd.DataFrame | np.ndarr
         index = None
     if not len(features):
         return pd.DataFrame(columns=families)
+    if isinstance(booster, RulePolicy):  # a rule's score is a sum: each feature's term is its exact contribution
+        terms = booster.terms(features)
+        contributions = np.zeros((len(features), len(families)))
+        for i, name in enumerate(booster.features):
+            contributions[:, families.index(feature_family(name))] += terms[:, i]
+        return pd.DataFrame(contributions, columns=families, index=index)
     table = _path_table(booster, rounds, families)
     leaves = booster.predict(features, pred_leaf=True, num_iteration=rounds).reshape(len(features), -1)
     contributions = np.zeros((len(features), len(families)))

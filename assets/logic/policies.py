@@ -64,10 +64,17 @@ class RulePolicy:
 
     def calibrated(self, rows: pd.DataFrame, y: np.ndarray) -> "RulePolicy":
         """This rule with its intercept and slope fitted to the log-odds of ``y`` on ``rows`` (a logistic fit),
-        so that its scores are probabilities; the order of the rows, and so the AUC, is unchanged."""
+        so that its scores are probabilities; the order of the rows, and so the AUC, is unchanged. The order is the
+        rule's definition: where the training rows do not bear it out (a fitted slope at or below 0), the
+        probabilities are the base rate, still in the rule's order (a vanishing positive slope), not reversed."""
         raw = RulePolicy(self.name, self.features, self.weights, self.only_where)
         score = np.nan_to_num(raw.predict(rows))
-        intercept, slope = logistic_fit(score, np.asarray(y, dtype=float))
+        y = np.asarray(y, dtype=float)
+        intercept, slope = logistic_fit(score, y)
+        if slope <= 0:
+            rate = min(max(y.mean(), 1e-6), 1 - 1e-6)
+            slope = 1e-9 / (score.std() or 1.0)
+            intercept = float(np.log(rate / (1 - rate)) - slope * score.mean())
         return RulePolicy(self.name, self.features, self.weights, self.only_where, intercept, slope, logistic=True)
 
     def params(self) -> dict:

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 from assets.logic.candidates import RANKER_FEATURES
 from assets.logic.explanations import WORDING_COLUMNS, top_family, word
 from assets.logic.features import USER_FEATURE_COLUMNS
+from assets.logic.policies import RulePolicy
 
 TOP_K = 20
 FALLBACK_REASON = "popular with shoppers right now (fills the list)"
@@ -55,15 +56,17 @@ def _compiled(model: str):
     return compiled
 
 
-def ranker_scores(booster: lgb.Booster, candidates: pd.DataFrame | list[np.ndarray]) -> np.ndarray:
+def ranker_scores(booster: lgb.Booster | RulePolicy, candidates: pd.DataFrame | list[np.ndarray]) -> np.ndarray:
     """The ranker's score for every candidate row, from a frame with the ranker's features or from row-major
-    matrices of them, scored in turn (see ``COMPILED_SCORING_ROWS``)."""
+    matrices of them, scored in turn (see ``COMPILED_SCORING_ROWS``). A rule policy leaves the candidates it does
+    not propose unscored (NaN)."""
     if isinstance(candidates, pd.DataFrame):
         candidates = [np.ascontiguousarray(candidates[RANKER_FEATURES], dtype=np.float64)]
     rows = sum(len(part) for part in candidates)
     if not rows:
         return np.array([])
-    predict = _compiled(booster.model_to_string()).predict if rows >= COMPILED_SCORING_ROWS else booster.predict
+    compile_it = rows >= COMPILED_SCORING_ROWS and not isinstance(booster, RulePolicy)  # a rule is a sum already
+    predict = _compiled(booster.model_to_string()).predict if compile_it else booster.predict
     return np.concatenate([predict(part) for part in candidates if len(part)])
 
 
@@ -169,7 +172,9 @@ def recommend_scored(booster: lgb.Booster, batch: pa.Table, users: pd.Series, k:
     The features are read in place, chunk by chunk, and the rows stay in Arrow (a pandas frame of 1M rows costs
     ~1 s to make and ~2 s more to write than the Arrow table)."""
     matrices = [chunk.flatten().to_numpy().reshape(len(chunk), len(RANKER_FEATURES)) for chunk in batch.column("features").chunks]
-    scored = (batch.select(_ROW_COLUMNS).append_column("score", pa.array(ranker_scores(booster, matrices), pa.float64()))
+    # from_pandas: a rule's unscored candidates (NaN) are null, ranked after every score
+    scores = pa.array(ranker_scores(booster, matrices), pa.float64(), from_pandas=True)
+    scored = (batch.select(_ROW_COLUMNS).append_column("score", scores)
               .append_column("row", pa.array(np.arange(len(batch)))))
     ranked = ranked_table(scored, users, rules, k, keep=("row", *WORDING_COLUMNS))
     chosen = ranked["row"].to_numpy()

@@ -24,6 +24,7 @@ from assets.logic.metrics import (
     per_user_ranking,
     top_k,
 )
+from assets.logic.policies import RulePolicy, logistic_fit
 from assets.logic.serving import RULE_COLUMNS, BusinessRules, ranked_table, ranker_scores
 
 NEXT_ACTION_LABELS = {
@@ -175,18 +176,6 @@ def boost(lgb_params: dict, dataset, frame: pd.DataFrame, params: LightGBMParams
     return lgb.train(lgb_params, dataset(frame, None), num_boost_round=rounds, init_model=start(frame) if start else None)
 
 
-def _logistic_fit(score: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Intercept and slope of P(y) = sigmoid(a + b * score), by Newton's method on the standardised score."""
-    mean, std = score.mean(), score.std() or 1.0
-    x = np.column_stack([np.ones_like(score), (score - mean) / std])
-    w = np.zeros(2)
-    for _ in range(25):
-        p = 1.0 / (1.0 + np.exp(-x @ w))
-        hessian = (x * (p * (1.0 - p))[:, None]).T @ x + 1e-6 * np.eye(2)  # the ridge keeps one-valued scores solvable
-        w = w + np.linalg.solve(hessian, x.T @ (y - p))
-    return float(w[0] - w[1] * mean / std), float(w[1] / std)
-
-
 # LightGBM settings under which one regression tree on one feature reproduces a function of that feature: a leaf
 # and a bin per distinct value (up to 4,095 of them; beyond, neighbouring values share a leaf and their mean).
 _EXACT_TREE = {"objective": "regression", "learning_rate": 1.0, "num_leaves": 4095, "min_data_in_leaf": 1,
@@ -200,7 +189,7 @@ def rule_offset(frame: pd.DataFrame, features: list[str], weights: dict[str, flo
     the ``start`` of ``boost`` these trees come first in the model file, so every scorer adds the offset and none can
     forget it, and the rule's order is kept (the offset ranks rows as the rule does)."""
     score = sum(weight * frame[column].to_numpy(dtype=float) for column, weight in weights.items())
-    a, b = _logistic_fit(score, y.astype(float))
+    a, b = logistic_fit(score, y.astype(float))
     offset, booster = np.full(len(frame), a), None
     for column, weight in weights.items():
         # Each tree fits what the trees before it left: its own term of the offset.
@@ -218,13 +207,13 @@ def _binary_dataset(label: str, features: list[str]):
 
 
 def train_binary(frame: pd.DataFrame, label: str, params: LightGBMParams) -> lgb.Booster:
-    """A next-action model that starts from its history rule (``RULE_WEIGHTS``, calibrated by ``rule_offset``) and
+    """A next-action model that starts from its history rule (``HISTORY_RULES``, calibrated by ``rule_offset``) and
     boosts the residual, its rounds stopped on log loss: on a small validation day, with a few users who act, AUC
     jumps with each of them and stopped a tiny demo's purchase model below its rule, while log loss moves smoothly."""
     if frame[label].nunique() < 2:
         raise ValueError(f"training labels {label!r} hold a single class over {len(frame)} rows: cannot train")
     lgb_params = params.to_lightgbm("binary") | {"metric": "binary_logloss"}
-    weights = RULE_WEIGHTS[label][1]
+    weights = dict(HISTORY_RULES[label].weights)
     return boost(lgb_params, _binary_dataset(label, USER_FEATURE_COLUMNS), frame, params,
                  start=lambda rows: rule_offset(rows, USER_FEATURE_COLUMNS, weights, rows[label].to_numpy()))
 
@@ -238,13 +227,13 @@ def _ranker_dataset(rows: pd.DataFrame, reference: lgb.Dataset | None) -> lgb.Da
 
 
 def train_lambdarank(frame: pd.DataFrame, params: LightGBMParams) -> lgb.Booster:
-    """The ranker, started from repeat-recent (``RANKER_RULE``: the candidate's recency-weighted own history,
+    """The ranker, started from repeat-recent (``RANKER_START``: the candidate's recency-weighted own history,
     calibrated to the log-odds of being touched the next day) and boosting the residual."""
     if frame.empty:
         raise ValueError("the ranker training set is empty: no user had a next-day event among their candidates")
     lgb_params = params.to_lightgbm("lambdarank") | {"lambdarank_truncation_level": 20, "metric": "ndcg", "eval_at": [20]}
     return boost(lgb_params, _ranker_dataset, frame, params,
-                 start=lambda rows: rule_offset(rows, RANKER_FEATURES, RANKER_RULE, rows["relevance"].to_numpy() > 0))
+                 start=lambda rows: rule_offset(rows, RANKER_FEATURES, RANKER_START, rows["relevance"].to_numpy() > 0))
 
 
 def holdout_targets(conn: duckdb.DuckDBPyConnection, day: dt.date) -> pd.DataFrame:
@@ -315,36 +304,34 @@ def popular_items(candidates: pd.DataFrame) -> list[str]:
 
 TARGET_FILTERS = {"any": None, "add_to_cart": "add_to_cart", "purchase": "purchase"}
 
+# The rules the ranker must beat, as policies over its features: each ranks the candidates it proposes (NaN for the
+# others, which follow in popularity order, as the business rules fill a list) and can serve in the ranker's place.
+RANKER_RULES = {rule.name: rule for rule in (
+    RulePolicy("popularity", tuple(RANKER_FEATURES), (("popular_rank", -1.0),), only_where="in_popular"),
+    RulePolicy("repeat_recent", tuple(RANKER_FEATURES), (("recent_score", 1.0),), only_where="in_recent"),
+    RulePolicy("covisitation", tuple(RANKER_FEATURES), (("covis_score", 1.0),), only_where="in_covis"),
+    RulePolicy("recent_covis_pop", tuple(RANKER_FEATURES),
+               (("in_recent", 1e6), ("recent_score", 1e3), ("covis_score", 1.0))),
+)}
+
 
 def recommendation_lists(
     candidates: pd.DataFrame, scores: np.ndarray, users: pd.Series, k: int, markov: pd.DataFrame | None = None,
-    rules: BusinessRules = BusinessRules(),
+    rules: BusinessRules = BusinessRules(), policies: dict[str, RulePolicy] = RANKER_RULES,
 ) -> dict[str, pd.DataFrame]:
-    """Top-k lists of the model and of the baselines for the same users, from one candidate set (the Markov
-    baseline from its own transitions). Each method's raw ranked list is ``<method>_raw`` (popular items pad short
-    lists); ``<method>`` is the list served under ``rules``, made by
-    ``serving.ranked_table``, the function that writes the recommendations: a baseline's scores take the ranker's
-    place and the candidates it does not score follow in popularity order, as the rules fill a short list."""
+    """Top-k lists of the model and of each rule policy for the same users, from one candidate set (and of the
+    Markov baseline, from its own transitions). Each method's raw ranked list is ``<method>_raw`` (its unscored
+    candidates left out, popular items padding short lists); ``<method>`` is the list served under ``rules``,
+    made by ``serving.ranked_table``, the function that writes the recommendations: a rule's scores take the
+    ranker's place, exactly as when that rule serves."""
     popular = popular_items(candidates)
-    scored = candidates.assign(
-        model=scores,
-        repeat_recent=candidates["recent_score"].where(candidates["in_recent"] == 1),
-        covisitation=candidates["covis_score"].where(candidates["in_covis"] == 1),
-        recent_covis_pop=candidates["in_recent"] * 1e6 + candidates["recent_score"] * 1e3 + candidates["covis_score"],
-    )
-    lists = {
-        "model_raw": top_k(scored, "model", k, popular, users),
-        "popularity_raw": top_k(scored.iloc[0:0], "model", k, popular, users),
-        "repeat_recent_raw": top_k(scored.dropna(subset=["repeat_recent"]), "repeat_recent", k),
-        "covisitation_raw": top_k(scored.dropna(subset=["covisitation"]), "covisitation", k, popular, users),
-        "recent_covis_pop_raw": top_k(scored, "recent_covis_pop", k, popular, users),
-    }
+    scored = candidates.assign(model=scores, **{name: policy.predict(candidates) for name, policy in policies.items()})
+    methods = ["model", *policies]
+    lists = {f"{method}_raw": top_k(scored.dropna(subset=[method]), method, k, popular, users) for method in methods}
     if markov is not None:
         lists["markov_raw"] = top_k(markov, "markov", k, popular, users)
     rows = scored[RULE_COLUMNS]
-    method_scores = {method: scored[method] for method in ("model", "repeat_recent", "covisitation", "recent_covis_pop")}
-    method_scores["popularity"] = pd.Series(np.nan, index=scored.index)
-    served = {method: rows.assign(score=score) for method, score in method_scores.items()}
+    served = {method: rows.assign(score=scored[method]) for method in methods}
     if markov is not None:
         # Markov proposes items outside the candidates too: they keep its score, without a category or a popular rank
         served["markov"] = (rows.merge(markov[["user_id", "item_id", "markov"]], on=["user_id", "item_id"], how="outer")
@@ -370,29 +357,30 @@ def _segments(targets: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def ranker_lists(
-    candidates: pd.DataFrame, booster: lgb.Booster, users: pd.Series, k: int, markov: pd.DataFrame | None = None,
-    rules: BusinessRules = BusinessRules(),
+    candidates: pd.DataFrame, model, users: pd.Series, k: int, markov: pd.DataFrame | None = None,
+    rules: BusinessRules = BusinessRules(), policies: dict[str, RulePolicy] = RANKER_RULES,
 ) -> dict[str, pd.DataFrame]:
-    """The lists ``evaluate_ranker`` scores for ``users``: the ranker's and the baselines', served and raw (see
-    ``recommendation_lists``)."""
+    """The lists ``evaluate_ranker`` scores for ``users``: the model's (a booster or a rule policy) and the
+    baselines', served and raw (see ``recommendation_lists``)."""
     pool = candidates[candidates["user_id"].isin(users)].reset_index(drop=True)
-    return recommendation_lists(pool, ranker_scores(booster, pool), users, k, markov, rules)
+    return recommendation_lists(pool, ranker_scores(model, pool), users, k, markov, rules, policies)
 
 
 def evaluate_ranker(
     candidates: pd.DataFrame,
-    booster: lgb.Booster,
+    model,
     targets: pd.DataFrame,
     markov: pd.DataFrame | None = None,
     ks: tuple[int, ...] = (10, 20),
     rules: BusinessRules = BusinessRules(),
+    policies: dict[str, RulePolicy] = RANKER_RULES,
 ) -> pd.DataFrame:
     """Model and baselines on the hold-out: one row per (segment, method, target, metric), with a 95% bootstrap
     interval over users. Method ``model`` (and each baseline's name) is the list served under ``rules``, the one
     promotion decides on; ``model_raw`` (``<baseline>_raw``) the raw ranked list. Segments other than ``all`` are
     reported for ``any``."""
     users = targets["user_id"].drop_duplicates()
-    lists = ranker_lists(candidates, booster, users, max(ks), markov, rules)
+    lists = ranker_lists(candidates, model, users, max(ks), markov, rules, policies)
     rows = []
     for segment, segment_targets in _segments(targets).items():
         for target, event_type in TARGET_FILTERS.items():
@@ -413,36 +401,28 @@ def evaluate_ranker(
     return pd.DataFrame(rows)
 
 
-# The simple rule each next-action model must beat: its name and the weights of the user features it sums (the
-# user's own history of the action first, activity as the tie-break). The models start from it (``rule_offset``).
-RULE_WEIGHTS = {
-    "label_purchase": ("buy_history_rule", {"purchases_28d": 1.0, "events_28d": 0.01}),
-    "label_add_to_cart": ("cart_history_rule", {"carts_28d": 1.0, "events_28d": 0.01}),
-    "label_return": ("activity_rule", {"active_days_7d": 1.0, "events_7d": 0.01}),
-}
-
-
-def _weighted_sum(weights: dict[str, float]):
-    return lambda f: sum(weight * f[column] for column, weight in weights.items())
-
-
-# (name, score from the user's features) of each rule.
-HISTORY_RULES = {label: (name, _weighted_sum(weights)) for label, (name, weights) in RULE_WEIGHTS.items()}
+# The simple rule each next-action model must beat: the user's own history of the action first, activity as the
+# tie-break. The models start from it (``rule_offset``); calibrated on the training split it is a policy that can
+# serve in the model's place.
+HISTORY_RULES = {label: RulePolicy(name, tuple(USER_FEATURE_COLUMNS), weights) for label, (name, weights) in {
+    "label_purchase": ("buy_history_rule", (("purchases_28d", 1.0), ("events_28d", 0.01))),
+    "label_add_to_cart": ("cart_history_rule", (("carts_28d", 1.0), ("events_28d", 0.01))),
+    "label_return": ("activity_rule", (("active_days_7d", 1.0), ("events_7d", 0.01))),
+}.items()}
 # The ranker starts from repeat-recent: a candidate's recency-weighted own history (0 when not among the user's
 # recent items). Starting from recent + co-visitation + popularity measured no better on the Taobao sample.
-RANKER_RULE = {"recent_score": 1.0}
+RANKER_START = {"recent_score": 1.0}
 
 
-def evaluate_next_action(holdout: pd.DataFrame, booster: lgb.Booster, label: str, train_rate: float) -> pd.DataFrame:
-    """The next-action model beside its history rule and the base rate on the hold-out cut-off,
-    with 95% bootstrap intervals over users for AUC and Brier."""
+def evaluate_next_action(holdout: pd.DataFrame, model, label: str, train_rate: float,
+                         policies: dict[str, RulePolicy]) -> pd.DataFrame:
+    """The next-action model (a booster or a rule policy) beside the rule policies and the base rate on the
+    hold-out cut-off, with 95% bootstrap intervals over users for AUC and Brier."""
     y = holdout[label].to_numpy()
-    # The user's own history of the action first, activity as the tie-break, scaled to the base rate.
-    rule_name, rule_score = HISTORY_RULES[label]
-    rule = rule_score(holdout)
+    features = holdout[USER_FEATURE_COLUMNS].astype(float)
     candidates = {
-        "model": booster.predict(holdout[USER_FEATURE_COLUMNS].astype(float)),
-        rule_name: np.clip(rule.to_numpy() * (train_rate / max(rule.mean(), 1e-9)), 0.0, 1.0),
+        "model": model.predict(features),
+        **{name: policy.predict(features) for name, policy in policies.items()},
         "base_rate": np.full(len(holdout), train_rate),
     }
     rows = []

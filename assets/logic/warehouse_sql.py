@@ -91,11 +91,14 @@ class SchemaChanged(RuntimeError):
     """A warehouse table was written by a version of shopseq with other columns."""
 
 
-def ensure_table(conn: duckdb.DuckDBPyConnection, name: str, columns_sql: str | None = None) -> None:
+def ensure_table(conn: duckdb.DuckDBPyConnection, name: str, columns_sql: str | None = None,
+                 add_new_columns: bool = False) -> None:
     """Create a table once; its rows are replaced per partition by ``replace_window``.
 
-    An existing table must have exactly the columns this code writes: an older
-    layout is refused with a clear error rather than half-filled or silently dropped.
+    An existing table must have exactly the columns this code writes: an older layout is refused
+    with a clear error rather than half-filled or silently dropped. With ``add_new_columns`` (logs
+    and served tables, whose old rows simply predate a column) an older layout that lacks only new
+    columns gains them, null in its old rows.
     """
     columns_sql = columns_sql or TABLES[name]
     shape = """SELECT column_name, data_type FROM information_schema.columns
@@ -107,6 +110,11 @@ def ensure_table(conn: duckdb.DuckDBPyConnection, name: str, columns_sql: str | 
     conn.execute(f"CREATE OR REPLACE TEMP TABLE expected_shape {columns_sql}")
     want = conn.execute(shape, ["expected_shape", "temp"]).fetchall()
     conn.execute("DROP TABLE expected_shape")
+    added = [(c, t) for c, t in want if c not in {name for name, _ in have}]
+    if add_new_columns and added and set(have) <= set(want):
+        for column, data_type in added:
+            conn.execute(f"ALTER TABLE {name} ADD COLUMN {column} {data_type}")
+        return
     if sorted(have) != sorted(want):
         missing = sorted({c for c, _ in want} - {c for c, _ in have})
         extra = sorted({c for c, _ in have} - {c for c, _ in want})

@@ -109,9 +109,24 @@ def test_training_registers_models_and_promotes_a_champion(built):
     purchase_metrics = registry.run_metrics(registry.champion("shopseq_next_purchase"))
     assert {"model.label_purchase.auc", "base_rate.label_purchase.brier"} <= set(purchase_metrics)
     evaluation = duckdb.connect(f"{home}/warehouse.duckdb", read_only=True).execute(
-        "SELECT method, value FROM model_evaluations WHERE segment = 'all' AND target = 'any' AND metric = 'ndcg@20'"
+        """SELECT method, value FROM model_evaluations WHERE model_name = 'shopseq_next_item_ranker'
+             AND policy_kind = 'learned' AND segment = 'all' AND target = 'any' AND metric = 'ndcg@20'"""
     ).df().set_index("method")["value"]
     assert evaluation["model"] > max(evaluation[b] for b in ("popularity", "markov", "covisitation"))
+    # Each rule policy the ranker must beat is a registered version too, with the same evaluation stored once: its
+    # own rows as ``model``, the numbers the learned model's evaluation gave it.
+    rules = duckdb.connect(f"{home}/warehouse.duckdb", read_only=True).execute(
+        """SELECT policy, any_value(model_version), any_value(value) FROM model_evaluations
+           WHERE model_name = 'shopseq_next_item_ranker' AND policy_kind = 'rule' AND method = 'model'
+             AND segment = 'all' AND target = 'any' AND metric = 'ndcg@20' GROUP BY policy ORDER BY policy"""
+    ).fetchall()
+    assert [r[0] for r in rules] == ["covisitation", "popularity", "recent_covis_pop", "repeat_recent"]
+    for policy, version, value in rules:
+        assert value == pytest.approx(evaluation[policy], abs=1e-12)
+        tags = registry.client().get_model_version("shopseq_next_item_ranker", str(version)).tags
+        assert tags["policy"] == policy and tags["policy_kind"] == "rule"
+        rule = registry.load_policy(registry.version("shopseq_next_item_ranker", version))
+        assert rule.name == policy and rule.feature_name() == registry.load_policy(ranker).feature_name()
 
 
 def test_recommendations_name_the_champion_version(built):
@@ -146,12 +161,12 @@ def test_the_evaluated_served_list_is_what_serving_writes_for_the_holdout_day(bu
     from assets.logic import training
     from assets.logic.metrics import per_user_ranking
     from assets.logic.serving import recommend_day
-    from assets.models import RANKER_MODEL, read_training_set
+    from assets.logic.catalogue import RANKER_MODEL, read_training_set
 
     home, resources, *_ = built
     registry = resources["registry"]
     champion = registry.champion(RANKER_MODEL)
-    booster = registry.load_booster(champion)
+    booster = registry.load_policy(champion)
     with duckdb.connect(f"{home}/warehouse.duckdb", read_only=True) as conn:
         holdout = read_training_set(conn, "ranker_training_set", "holdout")
         day = pd.Timestamp(holdout["as_of_date"].iloc[0]).date()
@@ -237,11 +252,15 @@ MODELS = ("shopseq_next_purchase", "shopseq_next_cart", "shopseq_next_return", "
 
 
 def _model_files(home) -> dict[str, list[tuple[str, str]]]:
-    """Per model, in version order: the sha256 of each version's model file and the ``model_sha256`` its run logged."""
+    """Per model, in version order: the sha256 of each learned version's model file and the ``model_sha256`` its
+    run logged, and the ``policy_sha256`` of each rule version."""
     registry = build_resources(str(home))["registry"]
     found = {}
     for model in MODELS:
         for ref, tags in registry.versions(model):
+            if tags["policy_kind"] == "rule":
+                found.setdefault(f"{model} rules", []).append(tags["policy_sha256"])
+                continue
             model_id = registry.client().get_model_version(model, str(ref.version)).source.removeprefix("models:/")
             folder = registry.client().get_logged_model(model_id).artifact_location  # a file:// URI
             path = Path(urlparse(folder).path, "model.lgb")
@@ -269,8 +288,9 @@ def test_the_same_landing_data_gives_the_same_tables_and_models_bit_for_bit(buil
                 differences[table] = found
     assert differences == {}
     models, models_again = _model_files(home), _model_files(again)
-    assert set(models) == set(models_again) and all(len(v) == 1 for v in models.values())
-    for model, [(file_hash, tag)] in models.items():
+    assert set(models) == set(models_again) and all(len(models[m]) == 1 for m in MODELS)
+    for model in MODELS:
+        [(file_hash, tag)] = models[model]
         assert file_hash == tag, f"{model}: the model_sha256 tag is not the hash of the model file"
     assert models_again == models
 
@@ -291,12 +311,16 @@ def test_a_second_training_on_unchanged_data_promotes_nothing(built, tmp_path):
         ).df().set_index("model_name")
     files = _model_files(home)
     for model in MODELS:
-        assert second.loc[model, "challenger_version"] == 2 and second.loc[model, "decision"] == "kept", second.loc[model]
-        assert files[model][1] == files[model][0], f"{model}: retrained on the same data, another model file"
+        assert second.loc[model, "decision"] == "kept", second.loc[model]
+        assert len(files[model]) == 2 and files[model][1] == files[model][0], f"{model}: retrained, another model file"
+        rules = files.get(f"{model} rules", [])
+        assert len(rules) == len(set(rules)), f"{model}: an unchanged rule was registered again"
         champion = champions[model]
         assert registry.version_for_alias(model, "champion") == champion
-        if champion is not None:
-            assert second.loc[model, "reason"] == f"identical to the champion v{champion.version} (same model file sha256)"
+        if champion is not None:  # the learned copy is identical, or the champion rule is put forward again
+            reason = second.loc[model, "reason"]
+            assert (reason.endswith(f"identical to the champion v{champion.version} (same sha256)")
+                    or reason.endswith("it is already the champion")), reason
 
 
 def test_failing_check_stops_downstream_and_names_the_expectation(tmp_path):
@@ -405,34 +429,80 @@ def test_champion_lifecycle_gates_manual_moves_rescoring_and_rollback(built, tmp
         assert result.success, [e.message for e in result.all_events if e.is_failure]
         return _count(home, f"SELECT arg_max(decision, decided_at) FROM promotion_log WHERE model_name = '{ranker}'")
 
-    assert train(TrainingConfig(num_boost_round=1, num_leaves=2)) == "kept"  # v2: one stump
-    assert registry.champion(ranker).version == 1 and registry.version_for_alias(ranker, "challenger").version == 2
+    assert train(TrainingConfig(num_boost_round=1, num_leaves=2)) == "kept"  # one stump
+    stump = registry.version_for_alias(ranker, "challenger").version  # after v1 and the ranker's rule policies
+    assert registry.champion(ranker).version == 1 and stump > 1
 
     published = _materialize(resources, instance, ("serving",), partition_key=DAYS[-1].isoformat())
     assert published.success
     look = build_sensor_context(instance=instance, resources={"registry": registry})
     champion_alias_sensor(look)  # records the champions
-    assert main(["promote", "--home", str(home), "--model", ranker, "--version", "2", "--reason", "manual test"]) == 0
+    assert main(["promote", "--home", str(home), "--model", ranker, "--version", str(stump), "--reason", "manual test"]) == 0
     request = champion_alias_sensor(build_sensor_context(instance=instance, cursor=look.cursor, resources={"registry": registry}))
     assert isinstance(request, RunRequest) and request.partition_key == DAYS[-1].isoformat()
     assert _materialize(resources, instance, ("serving",), partition_key=request.partition_key, tags=request.tags).success
     assert _count(home, "SELECT list(DISTINCT model_version) FROM recommendations WHERE as_of_date = "
-                        f"DATE '{DAYS[-1]}'") == [2]
+                        f"DATE '{DAYS[-1]}'") == [stump]
 
-    assert train(TrainingConfig()) == "promoted"  # v3 beats the stump on the same hold-out
-    assert registry.champion(ranker).version == 3
+    assert train(TrainingConfig()) == "promoted"  # a full model beats the stump on the same hold-out
+    better = registry.champion(ranker).version
+    assert better > stump
     assert main(["rollback", "--home", str(home), "--model", ranker]) == 0
-    assert registry.champion(ranker).version == 2
+    assert registry.champion(ranker).version == stump
     # Someone moves the alias by hand in the MLflow UI: the sensor's publish run re-scores and records the move.
     look = build_sensor_context(instance=instance, resources={"registry": registry})
     champion_alias_sensor(look)
-    registry.client().set_registered_model_alias(ranker, "champion", "3")
+    registry.client().set_registered_model_alias(ranker, "champion", str(better))
     request = champion_alias_sensor(build_sensor_context(instance=instance, cursor=look.cursor, resources={"registry": registry}))
     assert _materialize(resources, instance, ("serving",), partition_key=request.partition_key, tags=request.tags).success
-    assert _count(home, f"SELECT list(DISTINCT model_version) FROM recommendations WHERE as_of_date = DATE '{DAYS[-1]}'") == [3]
+    assert _count(home, f"SELECT list(DISTINCT model_version) FROM recommendations WHERE as_of_date = DATE '{DAYS[-1]}'") == [better]
     history = duckdb.connect(f"{home}/warehouse.duckdb", read_only=True).execute(
         f"SELECT from_version, to_version, changed_by FROM alias_history WHERE model_name = '{ranker}' ORDER BY changed_at"
     ).fetchall()
-    assert history == [(None, 1, "champion_promotion"), (1, 2, "shopseq promote"), (2, 3, "champion_promotion"),
-                       (3, 2, "shopseq rollback"), (2, 3, "MLflow UI (seen by champion_alias_sensor)")]
-    assert json.loads(look.cursor)[ranker] == 2
+    assert history == [(None, 1, "champion_promotion"), (1, stump, "shopseq promote"), (stump, better, "champion_promotion"),
+                       (better, stump, "shopseq rollback"), (stump, better, "MLflow UI (seen by champion_alias_sensor)")]
+    assert json.loads(look.cursor)[ranker] == stump
+
+
+def test_a_home_whose_learned_models_lose_to_their_rules_is_served_by_the_rules(built, tmp_path):
+    """Learned models made weak on purpose (deep trees, full steps, no early stopping: they learn the training days
+    by heart) lose to their rules on the hold-out of a fresh home. The first training promotes the best measured
+    policy anyway, so every active user still gets recommendations and next-action probabilities, each row naming
+    the rule that produced it; the learned versions stay challengers, and the decision says by how much."""
+    from dagster import RunConfig
+
+    from assets.logic.catalogue import CATALOGUE
+    from assets.models import TrainingConfig
+
+    home = tmp_path / "home"
+    shutil.copytree(built[0] / "landing", home / "landing")
+    resources, instance = build_resources(str(home)), DagsterInstance.ephemeral()
+    registry = resources["registry"]
+    assert _materialize(resources, instance, ("ingestion", "cleaning", "sequences", "features"), tags=RANGE).success
+    memorise = TrainingConfig(learning_rate=1.0, num_leaves=63, min_data_in_leaf=1, early_stopping_rounds=0,
+                              num_boost_round=60)
+    trained = materialize(ALL_ASSETS, selection=AssetSelection.groups("training"), resources=resources,
+                          instance=instance, raise_on_error=False,
+                          run_config=RunConfig(ops={spec.asset: memorise for spec in CATALOGUE.values()}))
+    assert trained.success
+    decisions = duckdb.connect(f"{home}/warehouse.duckdb", read_only=True).execute(
+        "SELECT model_name, decision, policy, policy_kind, reason FROM promotion_log").df().set_index("model_name")
+    served = ["shopseq_next_item_ranker", "shopseq_next_purchase", "shopseq_next_cart", "shopseq_next_return"]
+    for model in served:
+        row = decisions.loc[model]
+        assert row["decision"] == "promoted" and row["policy_kind"] == "rule", (model, decisions.to_dict("records"))
+        assert "does not beat the best baseline" in row["reason"] and "the best rule policy is" in row["reason"]
+        champion = registry.champion(model)
+        assert registry.run_tags(champion)["policy"] == row["policy"]
+        assert registry.version_for_alias(model, "challenger") != champion  # the learned version waits
+        description = registry.client().get_model_version(model, str(champion.version)).description
+        assert description.startswith("Promoted") and f"rule policy {row['policy']}" in description
+    assert _materialize(resources, instance, ("serving",), partition_key=DAYS[-1].isoformat()).success
+    active = _count(home, f"SELECT count(DISTINCT user_id) FROM cleaned_events WHERE CAST(event_time AS DATE) = DATE '{DAYS[-1]}' AND NOT is_bot")
+    assert _count(home, "SELECT count(DISTINCT user_id) FROM recommendations") == active > 0
+    ranker_rule = decisions.loc["shopseq_next_item_ranker", "policy"]
+    assert _count(home, "SELECT list(DISTINCT policy_kind || ' ' || policy) FROM recommendations") == [f"rule {ranker_rule}"]
+    assert _count(home, "SELECT count(*) FROM recommendations WHERE reason IS NULL") == 0
+    assert _count(home, "SELECT count(*) FROM next_action_predictions WHERE policy_kind = 'rule'") == 3 * active
+    assert _count(home, "SELECT min(probability) > 0 AND max(probability) < 1 FROM next_action_predictions")
+    assert _count(home, """SELECT count(*) FROM alias_history WHERE reason LIKE 'rule %' AND from_version IS NULL""") == 4

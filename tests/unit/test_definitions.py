@@ -1,5 +1,6 @@
 from assets import ALL_ASSETS
-from assets.promotion import PromotionConfig, decide
+from assets.promotion import Contender, PromotionConfig, choose, decide
+from resources.registry import ModelVersionRef
 
 
 def test_definitions_load_with_jobs_schedules_and_groups(tmp_path, monkeypatch):
@@ -17,15 +18,33 @@ def test_definitions_load_with_jobs_schedules_and_groups(tmp_path, monkeypatch):
     assert defs.resources["warehouse"].home == str(tmp_path)
 
 
+def _contender(version, value, policy="lightgbm", kind="learned"):
+    return Contender(ModelVersionRef("m", version, f"run{version}"), policy, kind, value, None)
+
+
 def test_promotion_rules():
     config = PromotionConfig(min_relative_improvement=0.05)
-    assert decide(0.5, 0.6, None, config)[0] is False
-    assert decide(0.7, 0.6, None, config)[0] is True
-    assert decide(0.7, 0.6, 0.68, config)[0] is False  # needs > 0.714
-    promote, reason = decide(0.72, 0.6, 0.68, config)
-    assert promote and "beats champion" in reason
-    promote, reason = decide(0.72, 0.6, 0.68, config, ["new_users 0.30 < 0.40 - 5%"])
+    learned = _contender(3, 0.72)
+    assert decide(None, "nothing may serve", None, config) == (False, "nothing may serve")
+    assert decide(learned, "why", None, config)[0] is True
+    assert decide(_contender(3, 0.70), "why", _contender(1, 0.68), config)[0] is False  # needs > 0.714
+    promote, reason = decide(learned, "why", _contender(1, 0.68), config)
+    assert promote and "learned lightgbm v3 0.7200 beats champion learned lightgbm v1 0.6800" in reason
+    promote, reason = decide(learned, "why", _contender(1, 0.68), config, ["new_users 0.30 < 0.40 - 5%"])
     assert not promote and "new_users" in reason
+
+
+def test_a_learned_model_that_does_not_beat_every_baseline_gives_way_to_the_best_rule():
+    rules = [_contender(5, 0.60, "repeat_recent", "rule"), _contender(6, 0.64, "recent_covis_pop", "rule")]
+    chosen, why = choose(_contender(7, 0.70), rules, ("recent_covis_pop", 0.64))
+    assert chosen.ref.version == 7 and why.startswith("learned lightgbm 0.7000 beats the best baseline")
+    # a tie goes to the rule: a learned model replaces a rule only by beating it
+    chosen, why = choose(_contender(7, 0.64), rules, ("recent_covis_pop", 0.64))
+    assert chosen.policy == "recent_covis_pop" and "the best rule policy is recent_covis_pop 0.6400" in why
+    # a measure-only baseline (Markov) can beat the learned model while no rule does: the best rule still serves
+    chosen, _ = choose(_contender(7, 0.66), rules, ("markov", 0.68))
+    assert chosen.policy == "recent_covis_pop"
+    assert choose(_contender(7, 0.5), [], ("markov", 0.6))[0] is None
 
 
 def test_a_segment_that_drops_beyond_the_tolerance_and_its_interval_blocks_promotion():

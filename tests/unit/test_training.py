@@ -58,15 +58,19 @@ def test_early_stopping_keeps_fewer_rounds_than_the_cap_on_noise():
 def test_a_served_next_action_probability_is_the_rules_offset_plus_the_boosted_residual():
     frame = _users(np.random.default_rng(2), DAYS[:4])
     booster = training.train_binary(frame, "label_purchase", PARAMS)
-    rule = training.rule_offset(frame, USER_FEATURE_COLUMNS, training.RULE_WEIGHTS["label_purchase"][1],
+    history_rule = training.HISTORY_RULES["label_purchase"]
+    rule = training.rule_offset(frame, USER_FEATURE_COLUMNS, dict(history_rule.weights),
                                 frame["label_purchase"].to_numpy())  # the trees the model starts from, on the same rows
     day = frame[frame["as_of_date"] == DAYS[3]]
     features = day[USER_FEATURE_COLUMNS].astype(float)
     offset = rule.predict(features, raw_score=True)
     # the offset is the rule calibrated to log-odds: a + b * rule, from a logistic fit on the training rows
-    score = training.HISTORY_RULES["label_purchase"][1](frame)
-    a, b = training._logistic_fit(score.to_numpy(), frame["label_purchase"].to_numpy(float))
-    assert b > 0 and np.allclose(offset, a + b * score[day.index], rtol=0, atol=1e-6)
+    calibrated = history_rule.calibrated(frame, frame["label_purchase"].to_numpy())
+    score = history_rule.predict(frame)
+    assert calibrated.slope > 0 and np.allclose(offset, calibrated.intercept + calibrated.slope * score[day.index],
+                                                rtol=0, atol=1e-6)
+    # the rule as a policy serves exactly its calibrated probability
+    assert np.allclose(calibrated.predict(features), 1 / (1 + np.exp(-offset)), rtol=0, atol=1e-6)
     residual = booster.predict(features, raw_score=True, start_iteration=rule.current_iteration())
     assert offset.std() > 0 and residual.std() > 0 and booster.current_iteration() > rule.current_iteration()
     with duckdb.connect() as conn:
@@ -86,7 +90,7 @@ def test_a_served_ranker_score_is_the_rules_offset_plus_the_boosted_residual(mon
         item_id=[f"i{i % 10}" for i in range(n)], in_recent=rng.integers(0, 2, n).astype(float))
     frame["relevance"] = (rng.random(n) < 0.1 + 0.3 * frame["in_recent"] * frame["recent_score"] + 0.2 * frame["ui_views"]).astype(int)
     booster = training.train_lambdarank(frame, PARAMS)
-    rule = training.rule_offset(frame, RANKER_FEATURES, training.RANKER_RULE, frame["relevance"].to_numpy() > 0)
+    rule = training.rule_offset(frame, RANKER_FEATURES, training.RANKER_START, frame["relevance"].to_numpy() > 0)
     offset = rule.predict(frame[RANKER_FEATURES], raw_score=True)
     residual = booster.predict(frame[RANKER_FEATURES], raw_score=True, start_iteration=rule.current_iteration())
     assert offset.std() > 0 and residual.std() > 0

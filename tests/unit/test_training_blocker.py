@@ -3,7 +3,7 @@
 import duckdb
 import pytest
 
-from assets.models import NEXT_EVENT_MODEL, RANKER_MODEL, training_blocker
+from assets.logic.catalogue import NEXT_EVENT_MODEL, RANKER_MODEL, training_blocker
 
 
 @pytest.fixture

@@ -1,0 +1,351 @@
+"""The model catalogue: every model kind shopseq trains, declared once, without Dagster.
+
+A ``ModelSpec`` says what a model learns from (its training set), how it trains, which rule policies it must beat
+(and which may serve in its place), how it is evaluated on the hold-out and replayed on a past day, and what it is
+promoted on. The training assets, promotion, replay, serving and ``shopseq`` commands are generated from
+``CATALOGUE``; adding a model kind means a ``ModelSpec`` here and the model's own module.
+"""
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from assets.logic import next_event, training
+from assets.logic.candidates import RANKER_FEATURES
+from assets.logic.features import USER_FEATURE_COLUMNS
+from assets.logic.policies import RulePolicy
+from assets.logic.warehouse_sql import day_bounds
+
+# The fewest examples of a label's rarer class (or users, for the ranker) a split needs to train on and to measure
+# on: below it a hold-out AUC rests on a handful of users (one returning session among 17,710 on YooChoose).
+MIN_EXAMPLES = 5
+
+
+@dataclass(frozen=True)
+class TrainingSetSpec:
+    """A point-in-time training set: rows of the training cut-offs (split ``train``) and of the hold-out cut-off
+    (split ``holdout``), rebuilt whole by its asset."""
+
+    table: str
+    order: str
+    """The key that orders its rows: LightGBM (its bins, bagging, query groups) and the bootstrap intervals see the
+    same rows in the same order on every run."""
+    deps: tuple[str, ...]
+    """The warehouse tables (assets) it reads."""
+    build: Callable[[duckdb.DuckDBPyConnection, list[dt.date], dt.date, str], pd.DataFrame]
+    """(conn, training cut-offs, hold-out cut-off, time zone) -> the rows, with ``split`` and ``as_of_date``."""
+    point_in_time: Callable[[duckdb.DuckDBPyConnection, pd.DataFrame], tuple[str, pd.DataFrame]]
+    """(conn, rows) -> (suite, per-day frame) proving each row describes only what happened before its cut-off."""
+    description: str
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    """The registered model in MLflow."""
+    asset: str
+    training_set: str
+    target: str
+    metric: str
+    """The main metric promotion decides on (higher is better), measured for ``target``."""
+    features: list[str]
+    train: Callable[[pd.DataFrame, training.LightGBMParams], Any]
+    rules: Callable[[duckdb.DuckDBPyConnection], dict[str, RulePolicy]]
+    """The rule policies that may serve in the model's place, fitted on the training split (``{}``: none)."""
+    evaluate: Callable[[duckdb.DuckDBPyConnection, Any, dict[str, RulePolicy]], tuple[pd.DataFrame, dt.date]]
+    """(conn, model or rule, rules) -> the hold-out evaluation (method ``model`` and every baseline) and its day."""
+    replay: Callable[[duckdb.DuckDBPyConnection, Any, dt.date, str], pd.DataFrame | None]
+    """(conn, model or rule, day, tz) -> the evaluation on ``day`` (features as of day - 1), None without data."""
+    baselines: tuple[str, ...]
+    """Every baseline method the evaluation reports; the rules among them can serve, the others only measure."""
+    blocker: Callable[[duckdb.DuckDBPyConnection], str | None]
+    """Why this home's data cannot train the model, or None."""
+    description: str
+    serves: str | None = None
+    """The daily table the champion's scores are published in (None: scored by ``shopseq predict`` only)."""
+    extras: Callable[[duckdb.DuckDBPyConnection, Any], tuple[dict, dict]] | None = None
+    """(conn, model) -> (tables, figures) logged beside the evaluation."""
+
+
+def read_training_set(conn: duckdb.DuckDBPyConnection, table: str, split: str | None = None) -> pd.DataFrame:
+    """The rows of a training set (of one split, or all), in the order its spec declares."""
+    where = "WHERE split = $split" if split else ""
+    return conn.execute(f"SELECT * FROM {table} {where} ORDER BY split DESC, {TRAINING_SETS[table].order}",
+                        {"split": split} if split else {}).df()
+
+
+def holdout_day(conn: duckdb.DuckDBPyConnection, table: str) -> dt.date:
+    return conn.execute(f"SELECT min(as_of_date) FROM {table} WHERE split = 'holdout'").fetchone()[0]
+
+
+def _missing_splits(conn: duckdb.DuckDBPyConnection, table: str) -> str | None:
+    splits = {r[0] for r in conn.execute(f"SELECT DISTINCT split FROM {table}").fetchall()}
+    missing = {"train", "holdout"} - splits
+    return f"the {table} has no {' or '.join(sorted(missing))} rows" if missing else None
+
+
+# --- training sets ------------------------------------------------------------------------------------------------
+
+def _split_frame(train: pd.DataFrame, holdout: pd.DataFrame) -> pd.DataFrame:
+    return pd.concat([train.assign(split="train"), holdout.assign(split="holdout")], ignore_index=True)
+
+
+def _latest_event_per_day(hours_since_last_event: str):
+    """Per as-of day: the cut-off and the latest event any row's features describe (the ``point_in_time`` suite)."""
+    def per_day(conn, frame: pd.DataFrame) -> tuple[str, pd.DataFrame]:
+        latest = frame["cutoff"] - pd.to_timedelta(frame[hours_since_last_event], unit="h")
+        return "point_in_time", (
+            frame.assign(latest_event_time=latest)
+            .groupby("as_of_date", as_index=False)
+            .agg(cutoff=("cutoff", "min"), latest_event_time=("latest_event_time", "max"), rows=("cutoff", "size"))
+        )
+    return per_day
+
+
+def _next_event_rows(conn, train_days: list[dt.date], holdout: dt.date, tz: str) -> pd.DataFrame:
+    frames = []
+    for split, days in (("train", train_days), ("holdout", [holdout])):
+        for day in days:  # states whose next event is on day + 1, as of the cut-off day
+            start, end = day_bounds(day + dt.timedelta(days=1), tz)
+            states = next_event.next_event_frame(conn, start, end)
+            frames.append(states.assign(split=split, as_of_date=pd.Timestamp(day).as_unit("ns")))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _states_in_order(conn, frame: pd.DataFrame) -> tuple[str, pd.DataFrame]:
+    """Per as-of day: every state lies in its session and before the labelled next event (a reconciliation of the
+    stored table)."""
+    return "stage_reconciliation", conn.execute(
+        """SELECT as_of_date AS day, count(*) AS expected,
+                  count(*) FILTER (WHERE state_time <= next_time AND session_start <= state_time) AS actual
+           FROM next_event_training_set GROUP BY ALL ORDER BY 1"""
+    ).df()
+
+
+TRAINING_SETS = {spec.table: spec for spec in (
+    TrainingSetSpec(
+        "next_action_training_set", "as_of_date, user_id", ("user_features", "ranking_candidates", "cleaned_events"),
+        lambda conn, days, holdout, tz: _split_frame(training.next_action_frame(conn, days),
+                                                     training.next_action_frame(conn, [holdout])),
+        _latest_event_per_day("hours_since_last_event"),
+        "User features as of the end of each cut-off day D with 0/1 labels from day D + 1 (purchase, add to cart, "
+        "return); the last labelled cut-off is the temporal hold-out.",
+    ),
+    TrainingSetSpec(
+        "ranker_training_set", "as_of_date, user_id, item_id", ("ranking_candidates", "user_features", "cleaned_events"),
+        lambda conn, days, holdout, tz: _split_frame(training.ranker_frame(conn, days, positives_only=True),
+                                                     training.ranker_frame(conn, [holdout], positives_only=False)),
+        _latest_event_per_day("user_hours_since_last_event"),
+        "Candidates as of each cut-off day D with graded relevance from day D + 1 (training keeps users with a "
+        "relevant candidate; the hold-out keeps every candidate).",
+    ),
+    TrainingSetSpec(
+        "next_event_training_set", "as_of_date, next_time, user_id, event_id",
+        ("cleaned_events", "user_features", "ranking_candidates"),  # the labelled cut-offs need features and candidates
+        _next_event_rows, _states_in_order,
+        "In-session states labelled with the type of the session's next event: training states have their next "
+        "event on the days after the training cut-offs, hold-out states on the day after the hold-out cut-off.",
+    ),
+)}
+
+
+# --- next-action models -------------------------------------------------------------------------------------------
+
+# What each next-action label says of a user on the day after a cut-off, for the reasons a model cannot train.
+_LABEL_MEANS = {"label_purchase": "purchased", "label_add_to_cart": "added an item to the cart", "label_return": "came back"}
+
+
+def _label_blocker(table: str, label: str):
+    """A binary label holding one class in a split, or fewer than ``MIN_EXAMPLES`` of its rarer class."""
+    def blocker(conn) -> str | None:
+        counts = conn.execute(
+            f"SELECT split, count(*), sum({label}) FROM {table} GROUP BY split ORDER BY split DESC").fetchall()
+        for split, rows, positives in counts:  # one class anywhere says most
+            if positives in (0, rows):
+                value = 0 if positives == 0 else 1
+                return (f"{label} is {value} in all {rows:,} rows of the {split} split: "
+                        f"{'no' if value == 0 else 'every'} user {_LABEL_MEANS[label]} on the day after its cut-off")
+        for split, rows, positives in counts:
+            minority, value = min((positives, 1), (rows - positives, 0))
+            if minority < MIN_EXAMPLES:
+                return (f"only {minority} of the {rows:,} rows of the {split} split have {label} = {value}, fewer than "
+                        f"{MIN_EXAMPLES}: too few to learn from, or to measure an AUC on")
+        return _missing_splits(conn, table)
+    return blocker
+
+
+def _history_rule(label: str):
+    """The label's history rule, calibrated on the training split (a logistic fit: its scores are probabilities)."""
+    def rules(conn) -> dict[str, RulePolicy]:
+        rule = training.HISTORY_RULES[label]
+        train = read_training_set(conn, "next_action_training_set", "train")
+        return {rule.name: rule.calibrated(train, train[label].to_numpy())}
+    return rules
+
+
+def _next_action_evaluation(label: str):
+    def evaluate(conn, model, rules) -> tuple[pd.DataFrame, dt.date]:
+        frame = read_training_set(conn, "next_action_training_set")
+        train_rate = float(frame.loc[frame["split"] == "train", label].mean())
+        holdout = frame[frame["split"] == "holdout"]
+        day = pd.Timestamp(holdout["as_of_date"].iloc[0]).date()
+        return training.evaluate_next_action(holdout, model, label, train_rate, rules), day
+    return evaluate
+
+
+def _next_action_replay(label: str):
+    def replay(conn, model, day: dt.date, tz: str) -> pd.DataFrame | None:
+        cutoff_day = day - dt.timedelta(days=1)
+        frame = training.next_action_frame(conn, [cutoff_day])
+        earlier = training.next_action_frame(conn, [cutoff_day - dt.timedelta(days=1)])  # its labels are on day - 1
+        if frame.empty or earlier.empty or earlier[label].nunique() < 2:
+            return None
+        rule = training.HISTORY_RULES[label]
+        rules = {rule.name: rule.calibrated(earlier, earlier[label].to_numpy())}
+        return training.evaluate_next_action(frame, model, label, float(earlier[label].mean()), rules)
+    return replay
+
+
+def _reliability(label: str):
+    def extras(conn, model) -> tuple[dict, dict]:
+        from assets.logic import plots
+        from assets.logic.metrics import reliability_table
+
+        holdout = read_training_set(conn, "next_action_training_set", "holdout")
+        reliability = reliability_table(holdout[label], model.predict(holdout[USER_FEATURE_COLUMNS].astype(float)))
+        return {"reliability": reliability}, {"calibration": plots.calibration_figure(reliability)}
+    return extras
+
+
+def _next_action_spec(name: str, asset: str, label: str, what: str) -> ModelSpec:
+    rule = training.HISTORY_RULES[label].name
+    return ModelSpec(
+        name=name, asset=asset, training_set="next_action_training_set", target=label, metric="auc",
+        features=USER_FEATURE_COLUMNS,
+        train=lambda frame, params: training.train_binary(frame, label, params),
+        rules=_history_rule(label), evaluate=_next_action_evaluation(label), replay=_next_action_replay(label),
+        baselines=(rule, "base_rate"), blocker=_label_blocker("next_action_training_set", label),
+        description=f"LightGBM probability that a user {what} tomorrow, started from {rule} and evaluated on the "
+        f"temporal hold-out beside it and the base rate (with a reliability table); {rule} is a policy too, and "
+        f"serves when it measures better.",
+        serves="next_action_predictions", extras=_reliability(label),
+    )
+
+
+# --- the next-item ranker -----------------------------------------------------------------------------------------
+
+def _ranker_blocker(conn) -> str | None:
+    users = dict(conn.execute("SELECT split, count(DISTINCT user_id) FROM ranker_training_set GROUP BY split").fetchall())
+    if users.get("train", 0) < MIN_EXAMPLES:
+        return (f"{users.get('train', 0)} user(s) touched one of their candidates on the day after a training "
+                f"cut-off, fewer than {MIN_EXAMPLES} (users who do not come back the next day leave the next-day "
+                "ranker nothing to learn)")
+    day = holdout_day(conn, "ranker_training_set")
+    measured = 0 if day is None else training.holdout_targets(conn, pd.Timestamp(day).date())["user_id"].nunique()
+    if measured < MIN_EXAMPLES:
+        return (f"{measured} user(s) with history came back on the day after the hold-out cut-off, fewer than "
+                f"{MIN_EXAMPLES}: NDCG@20 cannot be measured")
+    return None
+
+
+def _ranker_evaluation(conn, model, rules) -> tuple[pd.DataFrame, dt.date]:
+    holdout = read_training_set(conn, "ranker_training_set", "holdout")
+    day = pd.Timestamp(holdout["as_of_date"].iloc[0]).date()
+    targets = training.holdout_targets(conn, day)
+    markov = training.markov_recommendations(conn, day, targets["user_id"].unique().tolist(), 20)
+    return training.evaluate_ranker(holdout, model, targets, markov, policies=rules), day
+
+
+def _ranker_replay(conn, model, day: dt.date, tz: str) -> pd.DataFrame | None:
+    cutoff_day = day - dt.timedelta(days=1)
+    candidates = conn.execute("SELECT * FROM ranking_candidates WHERE as_of_date = ?", [cutoff_day]).df()
+    targets = training.holdout_targets(conn, cutoff_day) if len(candidates) else pd.DataFrame()
+    if targets.empty:
+        return None
+    markov = training.markov_recommendations(conn, cutoff_day, targets["user_id"].unique().tolist(), 20)
+    return training.evaluate_ranker(candidates, model, targets, markov)
+
+
+# --- the next-event model -----------------------------------------------------------------------------------------
+
+def _next_event_blocker(conn) -> str | None:
+    for split, rows, values in conn.execute(
+        "SELECT split, count(*), list(DISTINCT next_type ORDER BY next_type) FROM next_event_training_set "
+        "GROUP BY split ORDER BY split DESC"
+    ).fetchall():
+        if len(values) < 2:
+            return (f"every session's next event in the {split} split ({rows:,} states) is a {values[0]}: "
+                    "there is no other event type to tell apart")
+    return _missing_splits(conn, "next_event_training_set")
+
+
+def _next_event_evaluation(conn, model, rules) -> tuple[pd.DataFrame, dt.date]:
+    frame = read_training_set(conn, "next_event_training_set")
+    holdout = frame[frame["split"] == "holdout"]
+    day = pd.Timestamp(holdout["as_of_date"].iloc[0]).date()
+    return next_event.evaluate_next_event(holdout, model, frame[frame["split"] == "train"]), day
+
+
+def _next_event_replay(conn, model, day: dt.date, tz: str) -> pd.DataFrame | None:
+    states = next_event.next_event_frame(conn, *day_bounds(day, tz))
+    before = next_event.next_event_frame(conn, *day_bounds(day - dt.timedelta(days=1), tz))
+    if states.empty or before.empty:
+        return None
+    return next_event.evaluate_next_event(states, model, before)
+
+
+CATALOGUE: dict[str, ModelSpec] = {spec.name: spec for spec in (
+    _next_action_spec("shopseq_next_purchase", "next_purchase_model", "label_purchase", "purchases"),
+    _next_action_spec("shopseq_next_cart", "next_cart_model", "label_add_to_cart", "adds an item to the cart"),
+    _next_action_spec("shopseq_next_return", "next_return_model", "label_return", "comes back (any event)"),
+    ModelSpec(
+        name="shopseq_next_item_ranker", asset="next_item_ranker", training_set="ranker_training_set",
+        target="any", metric="ndcg@20", features=RANKER_FEATURES, train=training.train_lambdarank,
+        rules=lambda conn: dict(training.RANKER_RULES), evaluate=_ranker_evaluation, replay=_ranker_replay,
+        baselines=(*training.RANKER_RULES, "markov"), blocker=_ranker_blocker,
+        description="LightGBM LambdaRank reranker of the candidates, started from repeat-recent, evaluated on the "
+        "temporal hold-out (next-day protocol, served lists) beside popularity, repeat-recent, co-visitation, "
+        "recent + co-visitation + popularity and first-order Markov; the rules among them are policies too, and "
+        "the best measured one serves when the ranker does not beat it.",
+        serves="recommendations",
+    ),
+    ModelSpec(
+        name="shopseq_next_event", asset="next_event_model", training_set="next_event_training_set",
+        target="next_event_type", metric="auc", features=next_event.NEXT_EVENT_FEATURES,
+        train=next_event.train_next_event, rules=lambda conn: {}, evaluate=_next_event_evaluation,
+        replay=_next_event_replay, baselines=("class_prior", "last_type_markov"), blocker=_next_event_blocker,
+        description="LightGBM multiclass model of the type of a session's next event (view, search, cart, remove, "
+        "favourite, purchase) from the session so far, evaluated on the hold-out day's states beside the class "
+        "prior and a last-type Markov chain.",
+    ),
+)}
+
+RANKER_MODEL = "shopseq_next_item_ranker"
+NEXT_EVENT_MODEL = "shopseq_next_event"
+# The next-action models by the action their probability is published as.
+NEXT_ACTION_MODELS = {spec.target.removeprefix("label_"): spec.name for spec in CATALOGUE.values()
+                      if spec.serves == "next_action_predictions"}
+
+
+def training_blocker(conn: duckdb.DuckDBPyConnection, model_name: str) -> str | None:
+    """Why this home's data cannot train ``model_name`` or measure it on the hold-out, or None when it can.
+
+    A click log has no purchases, anonymous sessions never come back the next day, a log of views has one event
+    type: a model whose labels hold one class (or no row) is skipped with this reason, by its training asset and by
+    promotion alike, instead of failing the run."""
+    return CATALOGUE[model_name].blocker(conn)
+
+
+def main_metric(evaluation: pd.DataFrame, spec: ModelSpec, method: str = "model") -> float:
+    return training.metric_value(evaluation, method, spec.target, spec.metric)
+
+
+def best_baseline(evaluation: pd.DataFrame, spec: ModelSpec) -> tuple[str, float]:
+    """The baseline with the highest main metric on this evaluation (ties: the first in ``spec.baselines``)."""
+    values = {b: main_metric(evaluation, spec, b) for b in spec.baselines}
+    name = max(values, key=lambda b: (np.nan_to_num(values[b], nan=-np.inf), -spec.baselines.index(b)))
+    return name, values[name]
