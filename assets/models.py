@@ -130,7 +130,8 @@ def _record_model(context: AssetExecutionContext, warehouse: Warehouse, registry
     """Log the run to MLflow (with its training data as a dataset input and figures), register the version as
     challenger, register the rule policies that may serve in its place, store every evaluation."""
     tables, figures = extras
-    tags = {"dagster_run_id": context.run.run_id, "holdout_day": str(holdout_day)}
+    tags = {"dagster_run_id": context.run.run_id, "holdout_day": str(holdout_day),
+            "train_cutoffs": ",".join(sorted({str(pd.Timestamp(d).date()) for d in train["as_of_date"]}))}
     ref = registry.log_lightgbm(
         spec.name,
         booster,
@@ -138,8 +139,7 @@ def _record_model(context: AssetExecutionContext, warehouse: Warehouse, registry
         params={**config.model_dump(), "features": len(spec.features), "train_rows": len(train),
                 "boosting_rounds": booster.current_iteration()},  # the rule's trees and the early-stopped rounds
         metrics=_flat_metrics(evaluation),
-        tags={**tags, "model_sha256": model_sha256(booster),
-              "train_cutoffs": ",".join(sorted({str(pd.Timestamp(d).date()) for d in train["as_of_date"]}))},
+        tags={**tags, "model_sha256": model_sha256(booster)},
         tables={"holdout_evaluation": evaluation, **tables},
         datasets={"training": (train, f"{spec.training_set} (train split)")},
         figures={"feature_importance": plots.importance_figure(booster), **figures,

@@ -122,6 +122,7 @@ def _worker_models(args, meter: Meter) -> dict:
     from assets.logic.training import train_lambdarank
     from assets.models import TrainingConfig
     from assets.recommendations import publish_day
+    from resources.registry import ModelVersionRef
     from resources.warehouse import Warehouse
 
     scratch = Path(args.home) / "scoring"  # a home of its own, read through the pipeline's Warehouse resource
@@ -151,7 +152,8 @@ def _worker_models(args, meter: Meter) -> dict:
                          batch_users=SCORE_BATCH_USERS) as extra, warehouse.connect() as conn:
             # written as the recommendations asset publishes a day: each batch before the next is scored
             extra["recommendations"] = publish_day(conn, "recommendations", day,
-                                                   [("bench", 0, "bench", recommend_day(conn, booster, day, users=users))])
+                                                   [(ModelVersionRef("bench", 0, "bench"), booster,
+                                                     recommend_day(conn, booster, day, users=users))])
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return {"rows": {"train_rows": args.train_rows, "scored_users": len(users), "features": len(RANKER_FEATURES)}}

@@ -66,7 +66,8 @@ def explain(warehouse, registry, instance, user: str, day: dt.date) -> str:
         tags = registry.run_tags(registry.version(row.model_name, int(row.model_version)))
         lines += [
             f"  {row.table}: {row.rows} row(s) {', '.join(row.first_items)}{' ...' if row.rows > 5 else ''}",
-            f"    model {row.model_name} v{row.model_version}, MLflow run {row.run_id}, scored {row.scored_at:%Y-%m-%d %H:%M}",
+            f"    model {row.model_name} v{row.model_version} ({tags.get('policy_kind', 'learned')} policy "
+            f"{tags.get('policy', 'lightgbm')}), MLflow run {row.run_id}, scored {row.scored_at:%Y-%m-%d %H:%M}",
             f"    trained on cut-offs {_span(tags.get('train_cutoffs', '?'))}, hold-out {tags.get('holdout_day', '?')}, "
             f"code {tags.get('code_version', '?')[:12]}, Dagster run {tags.get('dagster_run_id', '?')[:8]}",
         ]

@@ -73,7 +73,7 @@ def test_explain_names_the_model_run_partitions_and_checks_behind_a_users_rows(d
             "SELECT user_id, as_of_date, run_id FROM recommendations ORDER BY as_of_date DESC, user_id LIMIT 1").fetchone()
     out = _shopseq(home, "explain", "--user", user, "--day", str(day), cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert f"model shopseq_next_item_ranker v1, MLflow run {run_id}" in out.stdout
+    assert f"model shopseq_next_item_ranker v1 (learned policy lightgbm), MLflow run {run_id}" in out.stdout
     assert f"Checks of the partition {day}:" in out.stdout
     for check in ("recommendations_suite passed", "user_features_no_leakage passed", "raw_events_suite passed"):
         assert check in out.stdout
