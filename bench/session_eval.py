@@ -2,8 +2,9 @@
 
 The hold-out is session-rec's validation split as the warehouse holds it: the last day of the log that is at least
 24 hours before its last event, to the end (on the YooChoose sample: 2014-04-06 and the 43 minutes of 2014-04-07 that
-end the day's sessions). Every whole day before it with a day of history before it is a training cut-off; the last
-of them is the validation day on which early stopping picks the rounds, so nothing is tuned on the hold-out.
+end the day's sessions). The ``--train-days`` days before it (3 by default; on the
+validation day three days trained as well as four, in three quarters of the time) are the training cut-offs; the
+last of them is the validation day on which early stopping picks the rounds, so nothing is tuned on the hold-out.
 Prints the table of model and rules (HR, MRR, NDCG at 10 and 20, coverage), the positions, the candidates'
 recall per source, the seconds each step took, and the reranker's top features by gain.
 """
@@ -25,25 +26,28 @@ METHODS = ("model", "sr", "sr3", "sknn", "markov", "popularity")
 COLUMNS = ("hr@10", "mrr@10", "hr@20", "mrr@20", "ndcg@20", "coverage@20", "popularity_bias@20")
 
 
-def split(conn: duckdb.DuckDBPyConnection, tz: str) -> tuple[list[tuple[dt.datetime, dt.datetime]], tuple[dt.datetime, dt.datetime]]:
-    """The training windows (one per day) and the hold-out window, in UTC."""
+def split(conn: duckdb.DuckDBPyConnection, tz: str, train_days: int = 0
+          ) -> tuple[list[tuple[dt.datetime, dt.datetime]], tuple[dt.datetime, dt.datetime]]:
+    """The training windows (one per day, the last ``train_days`` of them; 0: all) and the hold-out window, in UTC."""
     first, last = conn.execute("SELECT min(event_time), max(event_time) FROM cleaned_events WHERE NOT is_bot").fetchone()
     zone_day = lambda t: pd.Timestamp(t).tz_localize("UTC").tz_convert(tz).date()  # noqa: E731
     holdout_day, last_day, first_day = zone_day(last - dt.timedelta(days=1)), zone_day(last), zone_day(first)
     holdout = (day_bounds(holdout_day, tz)[0], day_bounds(last_day, tz)[1])
     days = [first_day + dt.timedelta(days=i) for i in range(1, (holdout_day - first_day).days)]
-    return [day_bounds(day, tz) for day in days], holdout
+    return [day_bounds(day, tz) for day in days[-train_days if train_days else 0:]], holdout
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", required=True)
+    parser.add_argument("--train-days", type=int, default=3,
+                        help="training cut-offs before the hold-out (0: every day with a day of history before it)")
     args = parser.parse_args(argv)
     tz = read_settings(args.home).get("timezone", "UTC")
     conn = duckdb.connect(str(home_paths(args.home)["warehouse"]), read_only=True)
     seconds = {}
     started = time.perf_counter()
-    train_windows, (start, end) = split(conn, tz)
+    train_windows, (start, end) = split(conn, tz, args.train_days)
     train = pd.concat([session_model.session_frame(conn, s, e, positives_only=True) for s, e in train_windows],
                       ignore_index=True)
     holdout = session_model.session_frame(conn, start, end, positives_only=False)

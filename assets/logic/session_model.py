@@ -43,7 +43,7 @@ SR_STEPS = 10
 # in any order, so the rules, their ties and the models trained on them do not depend on DuckDB's thread order.
 SR_UNIT = 2520
 SR3_ITEMS = 3
-SOURCE_ITEMS = 25  # per rule source and per prefix; at least 20 so every baseline's top 20 is among the candidates
+SOURCE_ITEMS = 20  # per rule source and per prefix: every baseline's top 20 is among the candidates
 POPULAR_ITEMS = 20
 SESSION_ITEMS = 30  # the prefix's most recent distinct items
 SKNN_NEIGHBOURS = 100
@@ -101,10 +101,10 @@ SESSION_RULE_START = {"sr_score": 1.0}
 METRIC_KS = (10, 20)
 
 
-def _item_side(conn: duckdb.DuckDBPyConnection, cutoff: dt.datetime) -> None:
+def _item_side(conn: duckdb.DuckDBPyConnection, cutoff: dt.datetime, width: int = SOURCE_ITEMS) -> None:
     """Temp tables of what the item side knows at ``cutoff``, from the events before it only: ``sm_hist`` (each
     past session's events in order), ``sm_items`` (popularity and recency), ``sm_rules`` (SR weight and Markov
-    count of every pair within ``SR_STEPS`` steps), ``sm_sr`` / ``sm_markov`` (each item's top ``SOURCE_ITEMS``
+    count of every pair within ``SR_STEPS`` steps), ``sm_sr`` / ``sm_markov`` (each item's top ``width``
     successors), ``sm_popular`` and ``sm_session_items`` (the neighbour index of session-kNN)."""
     params = {"cutoff": cutoff}
     conn.execute(
@@ -147,8 +147,9 @@ def _item_side(conn: duckdb.DuckDBPyConnection, cutoff: dt.datetime) -> None:
                sr_units / sum(sr_units) OVER (PARTITION BY item_a) AS sr_share,
                row_number() OVER (PARTITION BY item_a ORDER BY sr_units DESC, item_b) AS sr_rank
         FROM sm_rules
-        QUALIFY sr_rank <= {SOURCE_ITEMS}
-        """
+        QUALIFY sr_rank <= $width
+        """,
+        {"width": width},
     )
     conn.execute(
         f"""
@@ -157,8 +158,9 @@ def _item_side(conn: duckdb.DuckDBPyConnection, cutoff: dt.datetime) -> None:
                markov_n / sum(markov_n) OVER (PARTITION BY item_a) AS markov_share,
                row_number() OVER (PARTITION BY item_a ORDER BY markov_n DESC, item_b) AS markov_rank
         FROM sm_rules WHERE markov_n > 0
-        QUALIFY markov_rank <= {SOURCE_ITEMS}
-        """
+        QUALIFY markov_rank <= $width
+        """,
+        {"width": width},
     )
     conn.execute(
         """
@@ -264,7 +266,7 @@ sr3 AS (
         JOIN sm_rules r ON r.item_a = s.item_id
         GROUP BY p.prefix_id, r.item_b
     )
-    QUALIFY sr3_rank <= {SOURCE_ITEMS}
+    QUALIFY sr3_rank <= $width
 ),
 markov AS (
     SELECT p.prefix_id, m.item_b AS item_id, m.markov_score, m.markov_share, m.markov_rank
@@ -294,7 +296,7 @@ sknn AS (
         FROM neighbours n JOIN sm_session_items si USING (neighbour) JOIN prefixes p ON p.prefix_id = n.prefix_id
         GROUP BY n.prefix_id, si.item_id
     )
-    QUALIFY sknn_rank <= {SOURCE_ITEMS}
+    QUALIFY sknn_rank <= $width
 ),
 pairs AS (
     SELECT prefix_id, item_id, max(session_count) AS session_count, min(sr_rank) AS sr_rank,
@@ -356,8 +358,9 @@ def _drop_temp(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute("; ".join(f"DROP TABLE IF EXISTS {name}" for name in _TEMP_TABLES))
 
 
-def _candidates(conn: duckdb.DuckDBPyConnection, positives_only: bool) -> pd.DataFrame:
-    """The candidate rows of the prefixes in ``sm_prefixes`` / ``sm_steps`` (see ``_CANDIDATES_SQL``)."""
+def _candidates(conn: duckdb.DuckDBPyConnection, positives_only: bool, width: int = SOURCE_ITEMS) -> pd.DataFrame:
+    """The candidate rows of the prefixes in ``sm_prefixes`` / ``sm_steps`` (see ``_CANDIDATES_SQL``), the top
+    ``width`` of each rule source (at least ``_item_side``'s)."""
     return conn.execute(
         f"""
         WITH candidates AS ({_CANDIDATES_SQL})
@@ -365,7 +368,7 @@ def _candidates(conn: duckdb.DuckDBPyConnection, positives_only: bool) -> pd.Dat
         WHERE NOT $positives_only OR prefix_id IN (SELECT prefix_id FROM candidates WHERE relevance = 1)
         ORDER BY prefix_id, item_id
         """,
-        {"positives_only": positives_only},
+        {"positives_only": positives_only, "width": width},
     ).df()
 
 
@@ -417,7 +420,9 @@ def train_session_ranker(frame: pd.DataFrame, params: LightGBMParams) -> lgb.Boo
     the rounds that improve on SR there."""
     if frame.empty:
         raise ValueError("the session training set is empty: no prefix had its next item among its candidates")
-    lgb_params = params.to_lightgbm("lambdarank") | {"lambdarank_truncation_level": 20, "metric": "ndcg", "eval_at": [20]}
+    # Most features are ranks and counts of a few dozen values: 63 bins lose nothing and make each round cheaper.
+    lgb_params = ({"max_bin": 63} | params.to_lightgbm("lambdarank")
+                  | {"lambdarank_truncation_level": 20, "metric": "ndcg", "eval_at": [20]})
     return training.boost(
         lgb_params, _session_dataset, frame.assign(as_of_date=frame["cutoff"]), params,
         start=lambda rows: training.rule_offset(rows, SESSION_FEATURES, SESSION_RULE_START, rows["relevance"].to_numpy() > 0),
@@ -499,8 +504,9 @@ def item_next_items(conn: duckdb.DuckDBPyConnection, model, end: dt.datetime, k:
     """For every item seen before ``end``: the top ``k`` next items of a one-event session on it (at ``end``),
     scored by ``model`` from the events before ``end``, so that a product page or a session's last item is one
     lookup. Columns item_id, rank, next_item_id, score, source."""
+    width = max(SOURCE_ITEMS, k)
     try:
-        _item_side(conn, end)
+        _item_side(conn, end, width)
         conn.execute(
             """
             CREATE OR REPLACE TEMP TABLE sm_prefixes AS
@@ -512,7 +518,7 @@ def item_next_items(conn: duckdb.DuckDBPyConnection, model, end: dt.datetime, k:
         )
         conn.execute("CREATE OR REPLACE TEMP TABLE sm_steps AS SELECT prefix_id, 1 AS step, last_item AS item_id, "
                      "prefix_time AS event_time FROM sm_prefixes")
-        frame = _candidates(conn, positives_only=False)
+        frame = _candidates(conn, positives_only=False, width=width)
     finally:
         _drop_temp(conn)
     top = _top_k(frame, model, k)
@@ -528,8 +534,9 @@ def score_prefixes(conn: duckdb.DuckDBPyConnection, prefixes: pd.DataFrame, mode
     have no rules or statistics."""
     events = prefixes[["session_id", "item_id", "event_time"]].astype({"session_id": str, "item_id": str})
     conn.register("sm_prefix_events", events)
+    width = max(SOURCE_ITEMS, k)
     try:
-        _item_side(conn, end)
+        _item_side(conn, end, width)
         conn.execute(
             """
             CREATE OR REPLACE TEMP TABLE sm_sequences AS
@@ -548,7 +555,7 @@ def score_prefixes(conn: duckdb.DuckDBPyConnection, prefixes: pd.DataFrame, mode
         )
         conn.execute("CREATE OR REPLACE TEMP TABLE sm_steps AS SELECT session_id AS prefix_id, step, item_id, event_time "
                      "FROM sm_sequences")
-        frame = _candidates(conn, positives_only=False)
+        frame = _candidates(conn, positives_only=False, width=width)
     finally:
         conn.unregister("sm_prefix_events")
         _drop_temp(conn)
