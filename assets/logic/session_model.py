@@ -12,7 +12,7 @@ session's events up to its last one):
 * ``sknn``: session-kNN, V-SkNN style: past sessions sharing the prefix's items, each shared item weighted by how
   recent it is in the prefix (linear decay), the ``SKNN_NEIGHBOURS`` most similar ones voting with their similarity;
 * ``markov``: what most often directly followed the last item;
-* ``popular``: the items with the most events before the cut-off (every prefix gets them).
+* ``popular``: the ``SOURCE_ITEMS`` items with the most events before the cut-off (every prefix gets them).
 
 Each source's score and rank is a feature, so each baseline is a ``RulePolicy`` over the same rows
 (``SESSION_RULES``): ranking the candidates by its own feature is exactly what the baseline recommends, because
@@ -44,7 +44,6 @@ SR_STEPS = 10
 SR_UNIT = 2520
 SR3_ITEMS = 3
 SOURCE_ITEMS = 20  # per rule source and per prefix: every baseline's top 20 is among the candidates
-POPULAR_ITEMS = 20
 SESSION_ITEMS = 30  # the prefix's most recent distinct items
 SKNN_NEIGHBOURS = 100
 SOURCES = ("session", "sr", "sknn", "markov", "sr3", "popular")
@@ -105,7 +104,7 @@ def _item_side(conn: duckdb.DuckDBPyConnection, cutoff: dt.datetime, width: int 
     """Temp tables of what the item side knows at ``cutoff``, from the events before it only: ``sm_hist`` (each
     past session's events in order), ``sm_items`` (popularity and recency), ``sm_rules`` (SR weight and Markov
     count of every pair within ``SR_STEPS`` steps), ``sm_sr`` / ``sm_markov`` (each item's top ``width``
-    successors), ``sm_popular`` and ``sm_session_items`` (the neighbour index of session-kNN)."""
+    successors), ``sm_popular`` (the top ``width`` items) and ``sm_session_items`` (the neighbour index of session-kNN)."""
     params = {"cutoff": cutoff}
     conn.execute(
         """
@@ -168,7 +167,8 @@ def _item_side(conn: duckdb.DuckDBPyConnection, cutoff: dt.datetime, width: int 
         SELECT item_a AS item_id, count(*) AS successors FROM sm_rules GROUP BY item_a
         """
     )
-    conn.execute(f"CREATE OR REPLACE TEMP TABLE sm_popular AS SELECT item_id, pop_rank FROM sm_items WHERE pop_rank <= {POPULAR_ITEMS}")
+    conn.execute("CREATE OR REPLACE TEMP TABLE sm_popular AS SELECT item_id, pop_rank FROM sm_items WHERE pop_rank <= $width",
+                 {"width": width})
     conn.execute(
         """
         CREATE OR REPLACE TEMP TABLE sm_session_items AS

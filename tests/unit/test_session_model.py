@@ -218,6 +218,11 @@ def test_train_session_ranker_trains_from_sr_deterministically_and_scores_what_s
     assert first.model_to_string() == second.model_to_string()
     start, end = _window(4)
     holdout = sm.session_frame(conn, start, end, positives_only=False)
+    # the first iteration is SR calibrated: it orders every prefix's candidates as SR does
+    offset = first.predict(holdout[sm.SESSION_FEATURES], num_iteration=1)
+    by_sr = holdout.assign(offset=offset).sort_values(["sr_score", "offset"])
+    assert by_sr.groupby("sr_score")["offset"].nunique().eq(1).all() and by_sr["offset"].is_monotonic_increasing
+    assert first.current_iteration() > 1
     np.testing.assert_array_equal(first.predict(holdout[sm.SESSION_FEATURES]), second.predict(holdout[sm.SESSION_FEATURES]))
     ev = sm.evaluate_sessions(holdout, first, sm.session_targets(conn, start, end)).set_index(["method", "metric"])
     assert ev.loc[("model", "hr@20"), "value"] > ev.loc[("popularity", "hr@20"), "value"]
@@ -235,6 +240,7 @@ def test_train_session_ranker_trains_from_sr_deterministically_and_scores_what_s
     expected = expected[expected["rank"] <= 5].sort_values(["prefix_id", "rank"], ignore_index=True)
     assert served["item_id"].tolist() == expected["item_id"].tolist()
     np.testing.assert_allclose(served["score"], expected["score"])
-    lookup = sm.item_next_items(conn, first, start, k=5)
-    assert lookup.groupby("item_id").size().max() == 5 and lookup["rank"].min() == 1
+    lookup = sm.item_next_items(conn, first, start, k=25)
+    assert lookup.groupby("item_id").size().eq(25).all() and lookup["rank"].min() == 1
+    assert lookup["item_id"].nunique() == len({e[1] for e in events if e[2] < start})
     assert set(lookup["source"]) <= set(sm.SOURCES)
