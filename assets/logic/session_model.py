@@ -104,7 +104,8 @@ def _item_side(conn: duckdb.DuckDBPyConnection, cutoff: dt.datetime, width: int 
     """Temp tables of what the item side knows at ``cutoff``, from the events before it only: ``sm_hist`` (each
     past session's events in order), ``sm_items`` (popularity and recency), ``sm_rules`` (SR weight and Markov
     count of every pair within ``SR_STEPS`` steps), ``sm_sr`` / ``sm_markov`` (each item's top ``width``
-    successors), ``sm_popular`` (the top ``width`` items) and ``sm_session_items`` (the neighbour index of session-kNN)."""
+    successors), ``sm_popular`` (the top ``width`` items) and ``sm_session_items`` (the neighbour index of
+    session-kNN)."""
     params = {"cutoff": cutoff}
     conn.execute(
         """
@@ -167,8 +168,8 @@ def _item_side(conn: duckdb.DuckDBPyConnection, cutoff: dt.datetime, width: int 
         SELECT item_a AS item_id, count(*) AS successors FROM sm_rules GROUP BY item_a
         """
     )
-    conn.execute("CREATE OR REPLACE TEMP TABLE sm_popular AS SELECT item_id, pop_rank FROM sm_items WHERE pop_rank <= $width",
-                 {"width": width})
+    conn.execute("CREATE OR REPLACE TEMP TABLE sm_popular AS SELECT item_id, pop_rank FROM sm_items "
+                 "WHERE pop_rank <= $width", {"width": width})
     conn.execute(
         """
         CREATE OR REPLACE TEMP TABLE sm_session_items AS
@@ -179,28 +180,26 @@ def _item_side(conn: duckdb.DuckDBPyConnection, cutoff: dt.datetime, width: int 
     )
 
 
-def _sequence_sql(items_known: bool) -> str:
-    """The events of the sessions with an event in ``[$start, $end)`` up to ``$end``, numbered in order (``step``),
-    each with its session's next item and time; with ``items_known`` the events on items the item side does not
-    know are removed first (session-rec's protocol), then sessions of one event."""
-    known = "AND e.item_id IN (SELECT item_id FROM sm_items)" if items_known else ""
-    return f"""
-    WITH target_sessions AS (
-        SELECT DISTINCT user_id, session_id FROM cleaned_events
-        WHERE event_time >= $start AND event_time < $end AND NOT is_bot AND item_id IS NOT NULL
-    ),
-    events AS (
-        SELECT e.user_id, e.session_id, e.item_id, e.event_time, e.event_id
-        FROM cleaned_events e JOIN target_sessions USING (user_id, session_id)
-        WHERE e.event_time < $end AND NOT e.is_bot AND e.item_id IS NOT NULL {known}
-    )
-    SELECT user_id, session_id, item_id, event_time,
-           row_number() OVER w AS step,
-           lead(item_id) OVER w AS next_item, lead(event_time) OVER w AS next_time,
-           count(*) OVER (PARTITION BY user_id, session_id) AS session_events
-    FROM events
-    WINDOW w AS (PARTITION BY user_id, session_id ORDER BY event_time, event_id)
-    """
+# The events of the sessions with an event in [$start, $end), up to $end, numbered in order (step), each with its
+# session's next item and time; the events on items the item side does not know are removed first (session-rec's
+# protocol: nothing could recommend them), so a session's positions count its known events only.
+_SEQUENCES_SQL = """
+WITH target_sessions AS (
+    SELECT DISTINCT user_id, session_id FROM cleaned_events
+    WHERE event_time >= $start AND event_time < $end AND NOT is_bot AND item_id IS NOT NULL
+),
+events AS (
+    SELECT e.user_id, e.session_id, e.item_id, e.event_time, e.event_id
+    FROM cleaned_events e JOIN target_sessions USING (user_id, session_id)
+    WHERE e.event_time < $end AND NOT e.is_bot AND e.item_id IN (SELECT item_id FROM sm_items)
+)
+SELECT user_id, session_id, item_id, event_time,
+       row_number() OVER w AS step,
+       lead(item_id) OVER w AS next_item, lead(event_time) OVER w AS next_time,
+       count(*) OVER (PARTITION BY user_id, session_id) AS session_events
+FROM events
+WINDOW w AS (PARTITION BY user_id, session_id ORDER BY event_time, event_id)
+"""
 
 
 def _target_prefixes(conn: duckdb.DuckDBPyConnection, start: dt.datetime, end: dt.datetime) -> None:
@@ -209,7 +208,7 @@ def _target_prefixes(conn: duckdb.DuckDBPyConnection, start: dt.datetime, end: d
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE sm_sequences AS
-        SELECT * FROM ({_sequence_sql(items_known=True)}) WHERE session_events >= 2
+        SELECT * FROM ({_SEQUENCES_SQL}) WHERE session_events >= 2
         """,
         {"start": start, "end": end},
     )
@@ -312,12 +311,13 @@ pairs AS (
     )
     GROUP BY prefix_id, item_id
 )
+-- position (the prefix's length) is both a key column and the first feature
 SELECT c.prefix_id, p.session_id, p.user_id, p.position, p.prefix_time, c.item_id,
        CAST(coalesce(c.item_id = p.next_item, false) AS INTEGER) AS relevance,
        CASE WHEN c.session_count IS NOT NULL THEN 'session' WHEN c.sr_rank IS NOT NULL THEN 'sr'
             WHEN c.sknn_rank IS NOT NULL THEN 'sknn' WHEN c.markov_rank IS NOT NULL THEN 'markov'
             WHEN c.sr3_rank IS NOT NULL THEN 'sr3' ELSE 'popular' END AS source,
-       CAST(p.position AS DOUBLE) AS position, CAST(ps.prefix_items AS DOUBLE) AS prefix_items,
+       CAST(ps.prefix_items AS DOUBLE) AS prefix_items,
        ps.prefix_seconds, ps.dwell_seconds, ps.prefix_seconds / greatest(p.position - 1, 1) AS mean_gap_seconds,
        CAST(coalesce(li.pop_all, 0) AS DOUBLE) AS last_item_events,
        CAST(coalesce(ls.successors, 0) AS DOUBLE) AS last_item_successors,

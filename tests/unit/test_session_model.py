@@ -95,6 +95,10 @@ def test_session_targets_remove_unseen_items_drop_short_sessions_and_keep_every_
     got = set(zip(targets["prefix_id"], targets["position"], targets["item_id"]))
     assert got == {("sC/C/1", 1, "b"), ("sC/C/2", 2, "c"), ("sC/C/3", 3, "c"), ("sF/F/1", 1, "b")}
     frame = sm.session_frame(conn, *_window(1), positives_only=False)
+    assert list(frame.columns) == ["prefix_id", "session_id", "user_id", "position", "prefix_time", "item_id", "relevance",
+                                   "source", *sm.SESSION_FEATURES[1:], "catalogue_items", "cutoff"]
+    assert sm.SESSION_FEATURES[0] == "position"
+    assert frame.equals(frame.sort_values(["prefix_id", "item_id"]))
     assert set(frame["prefix_id"]) == set(targets["prefix_id"])
     positives = frame[frame["relevance"] == 1]
     assert set(zip(positives["prefix_id"], positives["item_id"])) <= {(p, i) for p, _, i in got}
