@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     gain = pd.Series(booster.feature_importance("gain"), index=booster.feature_name()).sort_values(ascending=False)
     print("top features by gain:", ", ".join(f"{name} {value / gain.sum():.3f}" for name, value in gain.head(10).items()))
     print("seconds:", ", ".join(f"{name} {value:.1f}" for name, value in seconds.items()),
+          f"| CPU {time.process_time():.1f} s (the wall time grows when others share the cores)",
           f"| peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
 
 
