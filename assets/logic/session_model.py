@@ -423,8 +423,10 @@ def train_session_ranker(frame: pd.DataFrame, params: LightGBMParams) -> lgb.Boo
     # Most features are ranks and counts of a few dozen values: 63 bins lose nothing and make each round cheaper.
     lgb_params = ({"max_bin": 63} | params.to_lightgbm("lambdarank")
                   | {"lambdarank_truncation_level": 20, "metric": "ndcg", "eval_at": [20]})
+    # only what the datasets read: each of them sorts the rows, and the prefixes' other columns only slow that down
+    rows = frame[["cutoff", "prefix_id", "item_id", "relevance", *SESSION_FEATURES]]
     return training.boost(
-        lgb_params, _session_dataset, frame.assign(as_of_date=frame["cutoff"]), params,
+        lgb_params, _session_dataset, rows.assign(as_of_date=rows["cutoff"]), params,
         start=lambda rows: training.rule_offset(rows, SESSION_FEATURES, SESSION_RULE_START, rows["relevance"].to_numpy() > 0),
     )
 
