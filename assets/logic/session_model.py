@@ -21,7 +21,8 @@ each source contributes its whole top ``SOURCE_ITEMS`` (at least 20). The rerank
 
 Evaluation follows session-rec's next-item protocol (``session_targets``): the sessions with events in the target
 window, their events on items never seen before the cut-off removed, sessions of at least two events left; every
-position's next item is a target.
+position's next item is a target. A rule's list is the items it scores, then the other candidates by popularity
+(as a served list is filled); a position whose next item is not among its candidates is a miss for every method.
 """
 
 from __future__ import annotations
@@ -424,9 +425,9 @@ def train_session_ranker(frame: pd.DataFrame, params: LightGBMParams) -> lgb.Boo
     lgb_params = ({"max_bin": 63} | params.to_lightgbm("lambdarank")
                   | {"lambdarank_truncation_level": 20, "metric": "ndcg", "eval_at": [20]})
     # only what the datasets read: each of them sorts the rows, and the prefixes' other columns only slow that down
-    rows = frame[["cutoff", "prefix_id", "item_id", "relevance", *SESSION_FEATURES]]
+    read = frame[["cutoff", "prefix_id", "item_id", "relevance", *SESSION_FEATURES]]
     return training.boost(
-        lgb_params, _session_dataset, rows.assign(as_of_date=rows["cutoff"]), params,
+        lgb_params, _session_dataset, read.assign(as_of_date=read["cutoff"]), params,
         start=lambda rows: training.rule_offset(rows, SESSION_FEATURES, SESSION_RULE_START, rows["relevance"].to_numpy() > 0),
     )
 
