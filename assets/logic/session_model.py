@@ -1,0 +1,567 @@
+"""The in-session next-item model: candidates, features, a LambdaRank reranker and the session protocol.
+
+Logs without users (or a user's current session) ask a different question from the next-day ranker: given the
+events of a session so far (a *prefix*), which item comes next? Every prefix gets candidates from several sources,
+each point-in-time (its item side reads only events before the cut-off ``target_start``, the prefix only its own
+session's events up to its last one):
+
+* ``session``: the prefix's own items (repeat clicks are frequent);
+* ``sr``: sequential rules from the last item (session-rec SR: pairs of a session within ``SR_STEPS`` steps,
+  weighted 1 / gap);
+* ``sr3``: the same rules from the last three events, decayed by half per step back;
+* ``sknn``: session-kNN, V-SkNN style: past sessions sharing the prefix's items, each shared item weighted by how
+  recent it is in the prefix (linear decay), the ``SKNN_NEIGHBOURS`` most similar ones voting with their similarity;
+* ``markov``: what most often directly followed the last item;
+* ``popular``: the ``SOURCE_ITEMS`` items with the most events before the cut-off (every prefix gets them).
+
+Each source's score and rank is a feature, so each baseline is a ``RulePolicy`` over the same rows
+(``SESSION_RULES``): ranking the candidates by its own feature is exactly what the baseline recommends, because
+each source contributes its whole top ``SOURCE_ITEMS`` (at least 20). The reranker starts from SR
+(``train_session_ranker``) and is measured beside them on the same positions (``evaluate_sessions``).
+
+Evaluation follows session-rec's next-item protocol (``session_targets``): the sessions with events in the target
+window, their events on items never seen before the cut-off removed, sessions of at least two events left; every
+position's next item is a target. A rule's list is the items it scores, then the other candidates by popularity
+(as a served list is filled); a position whose next item is not among its candidates is a miss for every method.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import duckdb
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+from assets.logic import training
+from assets.logic.metrics import bootstrap_interval
+from assets.logic.policies import RulePolicy
+from assets.logic.training import LightGBMParams
+
+SR_STEPS = 10
+# 1 / gap for every gap up to SR_STEPS is a whole number of 1 / 2520ths (2520 = lcm(1..10)): integer sums are exact
+# in any order, so the rules, their ties and the models trained on them do not depend on DuckDB's thread order.
+SR_UNIT = 2520
+SR3_ITEMS = 3
+SOURCE_ITEMS = 20  # per rule source and per prefix: every baseline's top 20 is among the candidates
+SESSION_ITEMS = 30  # the prefix's most recent distinct items
+SKNN_NEIGHBOURS = 100
+SOURCES = ("session", "sr", "sknn", "markov", "sr3", "popular")
+NO_RANK = 999
+
+SESSION_FEATURES = [
+    "position",
+    "prefix_items",
+    "prefix_seconds",
+    "dwell_seconds",
+    "mean_gap_seconds",
+    "last_item_events",
+    "last_item_successors",
+    "in_session",
+    "session_count",
+    "steps_since_seen",
+    "seconds_since_seen",
+    "is_last_item",
+    "sr_score",
+    "sr_rank",
+    "sr_share",
+    "in_sr",
+    "sr3_score",
+    "sr3_rank",
+    "in_sr3",
+    "sknn_score",
+    "sknn_rank",
+    "sknn_share",
+    "in_sknn",
+    "markov_score",
+    "markov_share",
+    "markov_rank",
+    "in_markov",
+    "pop_all",
+    "pop_1d",
+    "pop_rank",
+    "in_pop",
+    "item_hours_since_last",
+    "item_hours_since_first",
+]
+
+SESSION_RULES = {
+    name: RulePolicy(name, tuple(SESSION_FEATURES), ((score, 1.0),), only_where=flag)
+    for name, score, flag in (
+        ("sr", "sr_score", "in_sr"),
+        ("sr3", "sr3_score", "in_sr3"),
+        ("sknn", "sknn_score", "in_sknn"),
+        ("markov", "markov_score", "in_markov"),
+        ("popularity", "pop_all", "in_pop"),
+    )
+}
+# The reranker starts from SR (see ``train_session_ranker``).
+SESSION_RULE_START = {"sr_score": 1.0}
+METRIC_KS = (10, 20)
+
+
+def _item_side(conn: duckdb.DuckDBPyConnection, cutoff: dt.datetime, width: int = SOURCE_ITEMS) -> None:
+    """Temp tables of what the item side knows at ``cutoff``, from the events before it only: ``sm_hist`` (each
+    past session's events in order), ``sm_items`` (popularity and recency), ``sm_rules`` (SR weight and Markov
+    count of every pair within ``SR_STEPS`` steps), ``sm_sr`` / ``sm_markov`` (each item's top ``width``
+    successors), ``sm_popular`` (the top ``width`` items) and ``sm_session_items`` (the neighbour index of
+    session-kNN)."""
+    params = {"cutoff": cutoff}
+    conn.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE sm_hist AS
+        SELECT user_id, session_id, item_id, event_time,
+               row_number() OVER (PARTITION BY user_id, session_id ORDER BY event_time, event_id) AS step
+        FROM cleaned_events
+        WHERE event_time < $cutoff AND NOT is_bot AND item_id IS NOT NULL
+        """,
+        params,
+    )
+    conn.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE sm_items AS
+        SELECT item_id, count(*) AS pop_all,
+               count(*) FILTER (WHERE event_time >= $cutoff - INTERVAL 1 DAY) AS pop_1d,
+               max(event_time) AS last_time, min(event_time) AS first_time,
+               row_number() OVER (ORDER BY count(*) DESC, item_id) AS pop_rank
+        FROM sm_hist GROUP BY item_id
+        """,
+        params,
+    )
+    conn.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE sm_rules AS
+        SELECT a.item_id AS item_a, b.item_id AS item_b,
+               sum({SR_UNIT} // (b.step - a.step)) AS sr_units,
+               count(*) FILTER (WHERE b.step = a.step + 1) AS markov_n
+        FROM sm_hist a JOIN sm_hist b
+          ON a.user_id = b.user_id AND a.session_id = b.session_id
+         AND b.step > a.step AND b.step <= a.step + {SR_STEPS}
+        GROUP BY a.item_id, b.item_id
+        """
+    )
+    conn.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE sm_sr AS
+        SELECT item_a, item_b, sr_units / {SR_UNIT}.0 AS sr_score,
+               sr_units / sum(sr_units) OVER (PARTITION BY item_a) AS sr_share,
+               row_number() OVER (PARTITION BY item_a ORDER BY sr_units DESC, item_b) AS sr_rank
+        FROM sm_rules
+        QUALIFY sr_rank <= $width
+        """,
+        {"width": width},
+    )
+    conn.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE sm_markov AS
+        SELECT item_a, item_b, markov_n AS markov_score,
+               markov_n / sum(markov_n) OVER (PARTITION BY item_a) AS markov_share,
+               row_number() OVER (PARTITION BY item_a ORDER BY markov_n DESC, item_b) AS markov_rank
+        FROM sm_rules WHERE markov_n > 0
+        QUALIFY markov_rank <= $width
+        """,
+        {"width": width},
+    )
+    conn.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE sm_successors AS
+        SELECT item_a AS item_id, count(*) AS successors FROM sm_rules GROUP BY item_a
+        """
+    )
+    conn.execute("CREATE OR REPLACE TEMP TABLE sm_popular AS SELECT item_id, pop_rank FROM sm_items "
+                 "WHERE pop_rank <= $width", {"width": width})
+    conn.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE sm_session_items AS
+        SELECT user_id || '/' || session_id AS neighbour, item_id,
+               max(max(event_time)) OVER (PARTITION BY user_id, session_id) AS session_end
+        FROM sm_hist GROUP BY user_id, session_id, item_id
+        """
+    )
+
+
+# The events of the sessions with an event in [$start, $end), up to $end, numbered in order (step), each with its
+# session's next item and time; the events on items the item side does not know are removed first (session-rec's
+# protocol: nothing could recommend them), so a session's positions count its known events only.
+_SEQUENCES_SQL = """
+WITH target_sessions AS (
+    SELECT DISTINCT user_id, session_id FROM cleaned_events
+    WHERE event_time >= $start AND event_time < $end AND NOT is_bot AND item_id IS NOT NULL
+),
+events AS (
+    SELECT e.user_id, e.session_id, e.item_id, e.event_time, e.event_id
+    FROM cleaned_events e JOIN target_sessions USING (user_id, session_id)
+    WHERE e.event_time < $end AND NOT e.is_bot AND e.item_id IN (SELECT item_id FROM sm_items)
+)
+SELECT user_id, session_id, item_id, event_time,
+       row_number() OVER w AS step,
+       lead(item_id) OVER w AS next_item, lead(event_time) OVER w AS next_time,
+       count(*) OVER (PARTITION BY user_id, session_id) AS session_events
+FROM events
+WINDOW w AS (PARTITION BY user_id, session_id ORDER BY event_time, event_id)
+"""
+
+
+def _target_prefixes(conn: duckdb.DuckDBPyConnection, start: dt.datetime, end: dt.datetime) -> None:
+    """Temp tables ``sm_prefixes`` (one row per prefix whose next event lies in ``[start, end)``) and
+    ``sm_steps`` (each prefix's own events, ``step`` 1 .. ``position``), after ``_item_side``."""
+    conn.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE sm_sequences AS
+        SELECT * FROM ({_SEQUENCES_SQL}) WHERE session_events >= 2
+        """,
+        {"start": start, "end": end},
+    )
+    conn.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE sm_prefixes AS
+        SELECT user_id || '/' || session_id || '/' || step AS prefix_id, user_id, session_id, step AS position,
+               event_time AS prefix_time, item_id AS last_item, next_item
+        FROM sm_sequences WHERE next_time >= $start AND next_time < $end
+        """,
+        {"start": start, "end": end},
+    )
+    conn.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE sm_steps AS
+        SELECT p.prefix_id, s.step, s.item_id, s.event_time
+        FROM sm_prefixes p JOIN sm_sequences s
+          ON s.user_id = p.user_id AND s.session_id = p.session_id AND s.step <= p.position
+        """
+    )
+
+
+_CANDIDATES_SQL = f"""
+WITH prefixes AS (SELECT * FROM sm_prefixes),
+steps AS (SELECT * FROM sm_steps),
+prefix_side AS (
+    SELECT s.prefix_id, count(DISTINCT s.item_id) AS prefix_items,
+           date_diff('millisecond', min(s.event_time), max(s.event_time)) / 1000.0 AS prefix_seconds,
+           -- how long the previous item held the shopper (the last item's own dwell lies in the future)
+           date_diff('millisecond', max(s.event_time) FILTER (WHERE s.step = p.position - 1),
+                     max(s.event_time) FILTER (WHERE s.step = p.position)) / 1000.0 AS dwell_seconds
+    FROM steps s JOIN prefixes p USING (prefix_id)
+    GROUP BY s.prefix_id, p.position
+),
+own AS (
+    SELECT s.prefix_id, s.item_id, count(*) AS session_count, p.position - max(s.step) AS steps_since_seen,
+           date_diff('millisecond', max(s.event_time), p.prefix_time) / 1000.0 AS seconds_since_seen
+    FROM steps s JOIN prefixes p USING (prefix_id)
+    GROUP BY s.prefix_id, s.item_id, p.position, p.prefix_time
+    QUALIFY row_number() OVER (PARTITION BY s.prefix_id ORDER BY steps_since_seen, s.item_id) <= {SESSION_ITEMS}
+),
+sr AS (
+    SELECT p.prefix_id, r.item_b AS item_id, r.sr_score, r.sr_share, r.sr_rank
+    FROM prefixes p JOIN sm_sr r ON r.item_a = p.last_item
+),
+sr3 AS (
+    SELECT prefix_id, item_id, sr3_units / {SR_UNIT * 2 ** (SR3_ITEMS - 1)}.0 AS sr3_score,
+           row_number() OVER (PARTITION BY prefix_id ORDER BY sr3_units DESC, item_id) AS sr3_rank
+    FROM (
+        -- a decay of 1/2 per step back, in whole units: an exact sum in any order
+        SELECT p.prefix_id, r.item_b AS item_id,
+               sum(r.sr_units * (1 << ({SR3_ITEMS} - 1 - (p.position - s.step)))) AS sr3_units
+        FROM prefixes p JOIN steps s ON s.prefix_id = p.prefix_id AND s.step > p.position - {SR3_ITEMS}
+        JOIN sm_rules r ON r.item_a = s.item_id
+        GROUP BY p.prefix_id, r.item_b
+    )
+    QUALIFY sr3_rank <= $width
+),
+markov AS (
+    SELECT p.prefix_id, m.item_b AS item_id, m.markov_score, m.markov_share, m.markov_rank
+    FROM prefixes p JOIN sm_markov m ON m.item_a = p.last_item
+),
+-- session-kNN: each prefix item weighted by its last position (step / position, linear decay), a past session's
+-- similarity the sum of the weights of the items it shares (in whole steps: exact), the most similar
+-- (then the most recent) neighbours vote for their items with their similarity
+prefix_weights AS (
+    SELECT prefix_id, item_id, max(step) AS weight FROM steps GROUP BY prefix_id, item_id
+),
+neighbours AS (
+    SELECT w.prefix_id, si.neighbour, sum(w.weight) AS similarity, max(si.session_end) AS neighbour_end
+    FROM prefix_weights w JOIN sm_session_items si USING (item_id)
+    JOIN prefixes p ON p.prefix_id = w.prefix_id
+    WHERE si.neighbour <> p.user_id || '/' || p.session_id
+    GROUP BY w.prefix_id, si.neighbour
+    QUALIFY row_number() OVER (PARTITION BY w.prefix_id ORDER BY similarity DESC, neighbour_end DESC, si.neighbour)
+            <= {SKNN_NEIGHBOURS}
+),
+sknn AS (
+    SELECT prefix_id, item_id, sknn_units / position AS sknn_score,
+           sknn_units / sum(sknn_units) OVER (PARTITION BY prefix_id) AS sknn_share,
+           row_number() OVER (PARTITION BY prefix_id ORDER BY sknn_units DESC, item_id) AS sknn_rank
+    FROM (
+        SELECT n.prefix_id, si.item_id, sum(n.similarity) AS sknn_units, any_value(p.position) AS position
+        FROM neighbours n JOIN sm_session_items si USING (neighbour) JOIN prefixes p ON p.prefix_id = n.prefix_id
+        GROUP BY n.prefix_id, si.item_id
+    )
+    QUALIFY sknn_rank <= $width
+),
+pairs AS (
+    SELECT prefix_id, item_id, max(session_count) AS session_count, min(sr_rank) AS sr_rank,
+           min(sr3_rank) AS sr3_rank, min(sknn_rank) AS sknn_rank, min(markov_rank) AS markov_rank,
+           min(pop_rank) AS pop_rank
+    FROM (
+        SELECT prefix_id, item_id, session_count FROM own
+        UNION ALL BY NAME SELECT prefix_id, item_id, sr_rank FROM sr
+        UNION ALL BY NAME SELECT prefix_id, item_id, sr3_rank FROM sr3
+        UNION ALL BY NAME SELECT prefix_id, item_id, sknn_rank FROM sknn
+        UNION ALL BY NAME SELECT prefix_id, item_id, markov_rank FROM markov
+        UNION ALL BY NAME SELECT prefix_id, item_id, pop_rank FROM prefixes CROSS JOIN sm_popular
+    )
+    GROUP BY prefix_id, item_id
+)
+-- position (the prefix's length) is both a key column and the first feature
+SELECT c.prefix_id, p.session_id, p.user_id, p.position, p.prefix_time, c.item_id,
+       CAST(coalesce(c.item_id = p.next_item, false) AS INTEGER) AS relevance,
+       CASE WHEN c.session_count IS NOT NULL THEN 'session' WHEN c.sr_rank IS NOT NULL THEN 'sr'
+            WHEN c.sknn_rank IS NOT NULL THEN 'sknn' WHEN c.markov_rank IS NOT NULL THEN 'markov'
+            WHEN c.sr3_rank IS NOT NULL THEN 'sr3' ELSE 'popular' END AS source,
+       CAST(ps.prefix_items AS DOUBLE) AS prefix_items,
+       ps.prefix_seconds, ps.dwell_seconds, ps.prefix_seconds / greatest(p.position - 1, 1) AS mean_gap_seconds,
+       CAST(coalesce(li.pop_all, 0) AS DOUBLE) AS last_item_events,
+       CAST(coalesce(ls.successors, 0) AS DOUBLE) AS last_item_successors,
+       CAST(c.session_count IS NOT NULL AS DOUBLE) AS in_session,
+       CAST(coalesce(o.session_count, 0) AS DOUBLE) AS session_count,
+       CAST(o.steps_since_seen AS DOUBLE) AS steps_since_seen, o.seconds_since_seen,
+       CAST(c.item_id = p.last_item AS DOUBLE) AS is_last_item,
+       coalesce(sr.sr_score, 0.0) AS sr_score, CAST(coalesce(c.sr_rank, {NO_RANK}) AS DOUBLE) AS sr_rank,
+       coalesce(sr.sr_share, 0.0) AS sr_share, CAST(c.sr_rank IS NOT NULL AS DOUBLE) AS in_sr,
+       coalesce(sr3.sr3_score, 0.0) AS sr3_score, CAST(coalesce(c.sr3_rank, {NO_RANK}) AS DOUBLE) AS sr3_rank,
+       CAST(c.sr3_rank IS NOT NULL AS DOUBLE) AS in_sr3,
+       coalesce(sknn.sknn_score, 0.0) AS sknn_score, CAST(coalesce(c.sknn_rank, {NO_RANK}) AS DOUBLE) AS sknn_rank,
+       coalesce(sknn.sknn_share, 0.0) AS sknn_share, CAST(c.sknn_rank IS NOT NULL AS DOUBLE) AS in_sknn,
+       CAST(coalesce(m.markov_score, 0) AS DOUBLE) AS markov_score, coalesce(m.markov_share, 0.0) AS markov_share,
+       CAST(coalesce(c.markov_rank, {NO_RANK}) AS DOUBLE) AS markov_rank, CAST(c.markov_rank IS NOT NULL AS DOUBLE) AS in_markov,
+       CAST(coalesce(i.pop_all, 0) AS DOUBLE) AS pop_all, CAST(coalesce(i.pop_1d, 0) AS DOUBLE) AS pop_1d,
+       CAST(coalesce(i.pop_rank, {NO_RANK}) AS DOUBLE) AS pop_rank, CAST(c.pop_rank IS NOT NULL AS DOUBLE) AS in_pop,
+       date_diff('second', i.last_time, p.prefix_time) / 3600.0 AS item_hours_since_last,
+       date_diff('second', i.first_time, p.prefix_time) / 3600.0 AS item_hours_since_first
+FROM pairs c
+JOIN prefixes p USING (prefix_id)
+JOIN prefix_side ps USING (prefix_id)
+LEFT JOIN own o ON o.prefix_id = c.prefix_id AND o.item_id = c.item_id
+LEFT JOIN sr ON sr.prefix_id = c.prefix_id AND sr.item_id = c.item_id
+LEFT JOIN sr3 ON sr3.prefix_id = c.prefix_id AND sr3.item_id = c.item_id
+LEFT JOIN sknn ON sknn.prefix_id = c.prefix_id AND sknn.item_id = c.item_id
+LEFT JOIN markov m ON m.prefix_id = c.prefix_id AND m.item_id = c.item_id
+LEFT JOIN sm_items i ON i.item_id = c.item_id
+LEFT JOIN sm_items li ON li.item_id = p.last_item
+LEFT JOIN sm_successors ls ON ls.item_id = p.last_item
+"""
+
+_TEMP_TABLES = ("sm_hist", "sm_items", "sm_rules", "sm_sr", "sm_markov", "sm_successors", "sm_popular",
+                "sm_session_items", "sm_sequences", "sm_prefixes", "sm_steps")
+
+
+def _drop_temp(conn: duckdb.DuckDBPyConnection) -> None:
+    conn.execute("; ".join(f"DROP TABLE IF EXISTS {name}" for name in _TEMP_TABLES))
+
+
+def _candidates(conn: duckdb.DuckDBPyConnection, positives_only: bool, width: int = SOURCE_ITEMS) -> pd.DataFrame:
+    """The candidate rows of the prefixes in ``sm_prefixes`` / ``sm_steps`` (see ``_CANDIDATES_SQL``), the top
+    ``width`` of each rule source (at least ``_item_side``'s)."""
+    return conn.execute(
+        f"""
+        WITH candidates AS ({_CANDIDATES_SQL})
+        SELECT *, (SELECT count(*) FROM sm_items) AS catalogue_items FROM candidates
+        WHERE NOT $positives_only OR prefix_id IN (SELECT prefix_id FROM candidates WHERE relevance = 1)
+        ORDER BY prefix_id, item_id
+        """,
+        {"positives_only": positives_only, "width": width},
+    ).df()
+
+
+def session_frame(conn: duckdb.DuckDBPyConnection, target_start: dt.datetime, target_end: dt.datetime, *,
+                  positives_only: bool) -> pd.DataFrame:
+    """One row per (prefix, candidate) for every prefix whose next event lies in ``[target_start, target_end)``
+    (UTC, naive like ``event_time``), with ``relevance`` 1 on the true next item. The item side reads the events
+    before ``target_start`` only; a prefix reads its own session's events up to its last one, after the events on
+    items unknown at ``target_start`` are removed (the protocol of ``session_targets``, whose ``prefix_id`` it
+    shares). ``cutoff`` (= ``target_start``) tells the stacked days of a training set apart and
+    ``catalogue_items`` (items known at the cut-off) is the denominator of coverage. ``positives_only`` keeps the
+    prefixes whose next item is among their candidates: the only ones LambdaRank learns from."""
+    try:
+        _item_side(conn, target_start)
+        _target_prefixes(conn, target_start, target_end)
+        frame = _candidates(conn, positives_only)
+    finally:
+        _drop_temp(conn)
+    return frame.assign(cutoff=pd.Timestamp(target_start))
+
+
+def session_targets(conn: duckdb.DuckDBPyConnection, target_start: dt.datetime, target_end: dt.datetime) -> pd.DataFrame:
+    """The evaluation positions (session-rec's next-item protocol): the sessions with events in
+    ``[target_start, target_end)``, their events on items never seen before ``target_start`` removed, sessions
+    of at least two events left; every prefix whose next event lies in the window is a position and its next
+    item the target. Columns prefix_id, session_id, position, item_id (the true next item)."""
+    try:
+        _item_side(conn, target_start)
+        _target_prefixes(conn, target_start, target_end)
+        return conn.execute(
+            "SELECT prefix_id, session_id, position, next_item AS item_id FROM sm_prefixes ORDER BY prefix_id"
+        ).df()
+    finally:
+        _drop_temp(conn)
+
+
+def _session_dataset(rows: pd.DataFrame, reference: lgb.Dataset | None) -> lgb.Dataset:
+    # One query group per prefix (of its cut-off), its candidates in item order: the same rows in the same order.
+    ordered = rows.sort_values(["cutoff", "prefix_id", "item_id"], kind="stable")
+    groups = ordered.groupby(["cutoff", "prefix_id"], sort=False).size().to_numpy()
+    return lgb.Dataset(ordered[SESSION_FEATURES].astype(float), label=ordered["relevance"], group=groups,
+                       reference=reference)
+
+
+def train_session_ranker(frame: pd.DataFrame, params: LightGBMParams) -> lgb.Booster:
+    """LambdaRank over the prefixes of ``frame`` (``session_frame`` of one or more cut-offs), started from SR
+    (``SESSION_RULE_START``, calibrated by ``training.rule_offset``) and boosting the residual; the last cut-off
+    is the validation day on which early stopping picks the rounds (``training.boost``), so the model keeps only
+    the rounds that improve on SR there."""
+    if frame.empty:
+        raise ValueError("the session training set is empty: no prefix had its next item among its candidates")
+    # Most features are ranks and counts of a few dozen values: 63 bins lose nothing and make each round cheaper.
+    lgb_params = ({"max_bin": 63} | params.to_lightgbm("lambdarank")
+                  | {"lambdarank_truncation_level": 20, "metric": "ndcg", "eval_at": [20]})
+    # only what the datasets read: each of them sorts the rows, and the prefixes' other columns only slow that down
+    read = frame[["cutoff", "prefix_id", "item_id", "relevance", *SESSION_FEATURES]]
+    return training.boost(
+        lgb_params, _session_dataset, read.assign(as_of_date=read["cutoff"]), params,
+        start=lambda rows: training.rule_offset(rows, SESSION_FEATURES, SESSION_RULE_START, rows["relevance"].to_numpy() > 0),
+    )
+
+
+def rank_candidates(frame: pd.DataFrame, scores: np.ndarray) -> np.ndarray:
+    """The 1-based rank of each row of ``frame`` within its prefix: by score (highest first, ties by item id);
+    unscored rows (NaN, a rule that does not propose the item) after every scored one, by popularity, then item id."""
+    scores = np.asarray(scores, dtype=float)
+    unscored = np.isnan(scores)
+    prefix = pd.factorize(frame["prefix_id"], sort=True)[0]
+    item = pd.factorize(frame["item_id"], sort=True)[0]
+    popularity = np.where(unscored, -frame["pop_all"].to_numpy(dtype=float), 0.0)
+    order = np.lexsort((item, popularity, np.where(unscored, 0.0, -scores), unscored, prefix))
+    ranks = np.empty(len(frame), dtype=np.int64)
+    sorted_prefix = prefix[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_prefix)) + 1]
+    position = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    ranks[order] = position + 1
+    return ranks
+
+
+def _method_rows(holdout: pd.DataFrame, targets: pd.DataFrame, ranks: np.ndarray, method: str,
+                 ks: tuple[int, ...]) -> list[dict]:
+    """The metric rows of one method from its candidate ranks: a position whose next item is not among its
+    candidates is a miss."""
+    ranked = pd.DataFrame({"prefix_id": holdout["prefix_id"].to_numpy(), "item_id": holdout["item_id"].to_numpy(),
+                           "rank": ranks})
+    found = targets[["prefix_id", "item_id"]].merge(ranked, on=["prefix_id", "item_id"], how="left")["rank"]
+    rank = found.to_numpy(dtype=float)  # NaN: not a candidate
+    positions = len(targets)
+    in_targets = holdout["prefix_id"].isin(targets["prefix_id"]).to_numpy()
+    rows = []
+    for k in ks:
+        hit = np.nan_to_num(rank <= k)
+        per_position = {
+            "hr": hit.astype(float),
+            "mrr": np.where(hit > 0, 1.0 / np.nan_to_num(rank, nan=1.0), 0.0),
+            "ndcg": np.where(hit > 0, 1.0 / np.log2(np.nan_to_num(rank, nan=1.0) + 1.0), 0.0),
+        }
+        for name, values in per_position.items():
+            low, high = bootstrap_interval(values)
+            rows.append({"metric": f"{name}@{k}", "value": float(values.mean()) if positions else float("nan"),
+                         "ci_low": low, "ci_high": high})
+    k = max(ks)
+    listed = in_targets & (ranks <= k)
+    catalogue = float(holdout["catalogue_items"].iloc[0]) if len(holdout) else float("nan")
+    top_pop = float(holdout["pop_all"].max()) if len(holdout) else float("nan")
+    listed_items = holdout["item_id"].to_numpy()[listed]
+    rows.append({"metric": f"coverage@{k}", "value": len(np.unique(listed_items)) / catalogue if catalogue else float("nan"),
+                 "ci_low": float("nan"), "ci_high": float("nan")})
+    pop = holdout["pop_all"].to_numpy(dtype=float)[listed]
+    rows.append({"metric": f"popularity_bias@{k}", "value": float(pop.mean() / top_pop) if len(pop) and top_pop else float("nan"),
+                 "ci_low": float("nan"), "ci_high": float("nan")})
+    return [{"segment": "all", "method": method, "target": "next_item", **row, "users": positions} for row in rows]
+
+
+def evaluate_sessions(holdout: pd.DataFrame, model, targets: pd.DataFrame, ks: tuple[int, ...] = METRIC_KS) -> pd.DataFrame:
+    """``model`` (a LightGBM booster or a ``RulePolicy``) and every rule of ``SESSION_RULES`` on the hold-out
+    positions ``targets`` (``session_targets``), each ranked by the same code from its ``predict``: HR, MRR and
+    NDCG at each K with 95% bootstrap intervals over positions, catalogue coverage and popularity bias (the mean
+    popularity of the listed items over the top item's) at the largest K. ``users`` counts positions."""
+    methods = {"model": model, **SESSION_RULES}
+    rows = []
+    for method, policy in methods.items():
+        scores = policy.predict(holdout[SESSION_FEATURES].astype(float)) if len(holdout) else np.array([])
+        rows += _method_rows(holdout, targets, rank_candidates(holdout, scores), method, ks)
+    return pd.DataFrame(rows)
+
+
+def _top_k(frame: pd.DataFrame, model, k: int) -> pd.DataFrame:
+    scores = np.asarray(model.predict(frame[SESSION_FEATURES].astype(float)), dtype=float) if len(frame) else np.array([])
+    ranked = frame[["prefix_id", "item_id", "source"]].assign(score=scores, rank=rank_candidates(frame, scores))
+    return ranked[ranked["rank"] <= k].sort_values(["prefix_id", "rank"], ignore_index=True)
+
+
+def item_next_items(conn: duckdb.DuckDBPyConnection, model, end: dt.datetime, k: int = 50) -> pd.DataFrame:
+    """For every item seen before ``end``: the top ``k`` next items of a one-event session on it (at ``end``),
+    scored by ``model`` from the events before ``end``, so that a product page or a session's last item is one
+    lookup. Columns item_id, rank, next_item_id, score, source."""
+    width = max(SOURCE_ITEMS, k)
+    try:
+        _item_side(conn, end, width)
+        conn.execute(
+            """
+            CREATE OR REPLACE TEMP TABLE sm_prefixes AS
+            SELECT item_id AS prefix_id, '' AS user_id, item_id AS session_id, 1 AS position,
+                   CAST($end AS TIMESTAMP) AS prefix_time, item_id AS last_item, CAST(NULL AS VARCHAR) AS next_item
+            FROM sm_items
+            """,
+            {"end": end},
+        )
+        conn.execute("CREATE OR REPLACE TEMP TABLE sm_steps AS SELECT prefix_id, 1 AS step, last_item AS item_id, "
+                     "prefix_time AS event_time FROM sm_prefixes")
+        frame = _candidates(conn, positives_only=False, width=width)
+    finally:
+        _drop_temp(conn)
+    top = _top_k(frame, model, k)
+    return pd.DataFrame({"item_id": top["prefix_id"], "rank": top["rank"], "next_item_id": top["item_id"],
+                         "score": top["score"], "source": top["source"]})
+
+
+def score_prefixes(conn: duckdb.DuckDBPyConnection, prefixes: pd.DataFrame, model, end: dt.datetime,
+                   k: int = 20) -> pd.DataFrame:
+    """The top ``k`` next items of each session of ``prefixes`` (events: session_id, item_id, event_time), as of
+    its last event, the item side from the warehouse's events before ``end``. Columns session_id, rank, item_id,
+    score, source. Items the warehouse does not know stay in the prefix (they are the session's own items) but
+    have no rules or statistics."""
+    events = prefixes[["session_id", "item_id", "event_time"]].astype({"session_id": str, "item_id": str})
+    conn.register("sm_prefix_events", events)
+    width = max(SOURCE_ITEMS, k)
+    try:
+        _item_side(conn, end, width)
+        conn.execute(
+            """
+            CREATE OR REPLACE TEMP TABLE sm_sequences AS
+            SELECT '' AS user_id, session_id, item_id, CAST(event_time AS TIMESTAMP) AS event_time,
+                   row_number() OVER (PARTITION BY session_id ORDER BY event_time, item_id) AS step
+            FROM sm_prefix_events WHERE item_id IS NOT NULL
+            """
+        )
+        conn.execute(
+            """
+            CREATE OR REPLACE TEMP TABLE sm_prefixes AS
+            SELECT session_id AS prefix_id, user_id, session_id, step AS position, event_time AS prefix_time,
+                   item_id AS last_item, CAST(NULL AS VARCHAR) AS next_item
+            FROM sm_sequences QUALIFY step = max(step) OVER (PARTITION BY session_id)
+            """
+        )
+        conn.execute("CREATE OR REPLACE TEMP TABLE sm_steps AS SELECT session_id AS prefix_id, step, item_id, event_time "
+                     "FROM sm_sequences")
+        frame = _candidates(conn, positives_only=False, width=width)
+    finally:
+        conn.unregister("sm_prefix_events")
+        _drop_temp(conn)
+    top = _top_k(frame, model, k)
+    return pd.DataFrame({"session_id": top["prefix_id"], "rank": top["rank"], "item_id": top["item_id"],
+                         "score": top["score"], "source": top["source"]})

@@ -1,0 +1,250 @@
+import datetime as dt
+import math
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from assets.logic import session_model as sm
+from assets.logic.policies import RulePolicy
+from assets.logic.training import LightGBMParams
+
+DAY = dt.datetime(2025, 5, 1)
+PARAMS = LightGBMParams(num_boost_round=30, early_stopping_rounds=5, num_leaves=7, min_data_in_leaf=5)
+
+
+def _warehouse(events: list[tuple[str, str, dt.datetime]]) -> duckdb.DuckDBPyConnection:
+    """A fresh in-memory warehouse whose ``cleaned_events`` holds ``(session, item, time)`` clicks."""
+    conn = duckdb.connect()
+    frame = pd.DataFrame(events, columns=["session_id", "item_id", "event_time"])
+    frame = frame.assign(user_id="s" + frame["session_id"], event_type="view", category_id=None, price=np.nan,
+                         query=None, event_id=[f"e{i:06d}" for i in range(len(frame))], is_bot=False)
+    conn.register("incoming", frame)
+    conn.execute("CREATE TABLE cleaned_events AS SELECT CAST(event_time AS TIMESTAMP) AS event_time, user_id, session_id, "
+                 "event_type, item_id, CAST(category_id AS VARCHAR) AS category_id, price, CAST(query AS VARCHAR) AS query, "
+                 "event_id, is_bot FROM incoming")
+    conn.unregister("incoming")
+    return conn
+
+
+def _random_log(seed: int = 0, days: int = 4, sessions_per_day: int = 60, items: int = 30) -> list[tuple]:
+    """Sessions that walk a ring of items (mostly one or two steps on, sometimes back to an earlier item), so
+    that rules and neighbours have something to find."""
+    rng = np.random.default_rng(seed)
+    events = []
+    for day in range(days):
+        for s in range(sessions_per_day):
+            t = DAY + dt.timedelta(days=day, hours=float(rng.uniform(0, 22)))
+            item, seen = int(rng.integers(items)), []
+            for _ in range(int(rng.integers(2, 8))):
+                events.append((f"{day}-{s}", f"i{item:02d}", t))
+                seen.append(item)
+                t += dt.timedelta(seconds=float(rng.integers(5, 300)))
+                step = rng.random()
+                item = seen[int(rng.integers(len(seen)))] if step < 0.2 else (item + (1 if step < 0.7 else 2)) % items
+    return events
+
+
+def _window(day: int) -> tuple[dt.datetime, dt.datetime]:
+    return DAY + dt.timedelta(days=day), DAY + dt.timedelta(days=day + 1)
+
+
+def test_a_prefix_reads_neither_its_later_events_nor_any_item_side_event_at_or_after_the_cutoff():
+    events = _random_log()
+    start, end = _window(3)
+    before = sm.session_frame(_warehouse(events), start, end, positives_only=False)
+    # a session of the target day with at least 4 events: its prefix of length 2 must not see events 4 and on
+    session = next(s for s in sorted({e[0] for e in events if e[0].startswith("3-")})
+                   if sum(e[0] == s for e in events) >= 4)
+    own = [e for e in events if e[0] == session]
+    later = {id(e) for e in own[3:]}
+    altered = [(s, "i29" if id(e) in later else i, t + dt.timedelta(hours=1) if id(e) in later else t)
+               for e in events for s, i, t in [e]]
+    # and new sessions at and after the cut-off that would change every rule and neighbour if the item side read them
+    altered += [(f"late-{n}", f"i{(n * 7 + k) % 30:02d}", start + dt.timedelta(minutes=n, seconds=k))
+                for n in range(50) for k in range(5)]
+    after = sm.session_frame(_warehouse(altered), start, end, positives_only=False)
+    for position in (1, 2):
+        prefix = f"s{session}/{session}/{position}"
+        a = before[before["prefix_id"] == prefix].reset_index(drop=True)
+        b = after[after["prefix_id"] == prefix].reset_index(drop=True)
+        assert len(a) > 0
+        pd.testing.assert_frame_equal(a, b)
+    # every prefix of the original sessions keeps its candidates and features: the new sessions changed nothing
+    kept = after[after["prefix_id"].isin(before["prefix_id"]) & ~after["session_id"].eq(session)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(before[~before["session_id"].eq(session)].reset_index(drop=True), kept)
+    assert set(after["session_id"]) - set(before["session_id"])  # the new sessions were there to be read
+
+
+def test_session_targets_remove_unseen_items_drop_short_sessions_and_keep_every_position():
+    t0, t1 = DAY + dt.timedelta(hours=8), DAY + dt.timedelta(days=1, hours=8)
+    m = lambda base, n: base + dt.timedelta(minutes=n)  # noqa: E731
+    events = [
+        ("A", "a", m(t0, 0)), ("A", "b", m(t0, 1)), ("A", "c", m(t0, 2)),
+        ("B", "b", m(t0, 10)), ("B", "c", m(t0, 11)),
+        # crosses midnight: one position whose next event is on the target day
+        ("F", "a", DAY + dt.timedelta(hours=23, minutes=55)), ("F", "b", DAY + dt.timedelta(days=1, minutes=5)),
+        ("C", "a", m(t1, 0)), ("C", "new", m(t1, 1)), ("C", "b", m(t1, 2)), ("C", "c", m(t1, 3)), ("C", "c", m(t1, 4)),
+        ("D", "new", m(t1, 10)), ("D", "a", m(t1, 11)),  # one known event left: dropped
+        ("E", "c", m(t1, 20)),  # one event: dropped
+        ("G", "a", DAY + dt.timedelta(days=2, minutes=1)),  # after the window
+    ]
+    conn = _warehouse(events)
+    targets = sm.session_targets(conn, *_window(1))
+    got = set(zip(targets["prefix_id"], targets["position"], targets["item_id"]))
+    assert got == {("sC/C/1", 1, "b"), ("sC/C/2", 2, "c"), ("sC/C/3", 3, "c"), ("sF/F/1", 1, "b")}
+    frame = sm.session_frame(conn, *_window(1), positives_only=False)
+    assert list(frame.columns) == ["prefix_id", "session_id", "user_id", "position", "prefix_time", "item_id", "relevance",
+                                   "source", *sm.SESSION_FEATURES[1:], "catalogue_items", "cutoff"]
+    assert sm.SESSION_FEATURES[0] == "position"
+    assert frame.equals(frame.sort_values(["prefix_id", "item_id"]))
+    assert set(frame["prefix_id"]) == set(targets["prefix_id"])
+    positives = frame[frame["relevance"] == 1]
+    assert set(zip(positives["prefix_id"], positives["item_id"])) <= {(p, i) for p, _, i in got}
+    assert not frame["item_id"].eq("new").any()
+
+
+def test_sequential_rules_and_markov_match_a_hand_computation():
+    t = lambda h, n: DAY + dt.timedelta(hours=h, minutes=n)  # noqa: E731
+    events = [
+        ("1", "a", t(1, 0)), ("1", "b", t(1, 1)), ("1", "c", t(1, 2)), ("1", "a", t(1, 3)),
+        ("2", "a", t(2, 0)), ("2", "c", t(2, 1)),
+        ("3", "b", t(3, 0)), ("3", "a", t(3, 1)), ("3", "c", t(3, 2)),
+        ("T", "a", t(30, 0)), ("T", "c", t(30, 1)),
+    ]
+    frame = sm.session_frame(_warehouse(events), *_window(1), positives_only=False).set_index("item_id")
+    # pairs within 10 steps weighted 1 / gap, from a: session 1 gives b 1, c 1/2, a 1/3; session 2 c 1; session 3 c 1
+    assert frame.loc["c", "sr_score"] == pytest.approx(2.5)
+    assert frame.loc["b", "sr_score"] == pytest.approx(1.0)
+    assert frame.loc["a", "sr_score"] == pytest.approx(1 / 3)
+    assert frame.loc[["c", "b", "a"], "sr_rank"].tolist() == [1, 2, 3]
+    # a directly followed by: b once (session 1), c twice (sessions 2 and 3)
+    assert frame.loc["c", "markov_score"] == 2 and frame.loc["b", "markov_score"] == 1
+    assert frame.loc["c", "markov_share"] == pytest.approx(2 / 3)
+    assert frame.loc["c", "relevance"] == 1 and frame["relevance"].sum() == 1
+    assert frame.loc["a", "is_last_item"] == 1 and frame.loc["a", "in_session"] == 1
+
+
+def _holdout(rows: list[tuple[str, str, float, float]]) -> pd.DataFrame:
+    frame = pd.DataFrame(0.0, index=range(len(rows)), columns=sm.SESSION_FEATURES)
+    frame.insert(0, "prefix_id", [r[0] for r in rows])
+    frame.insert(1, "item_id", [r[1] for r in rows])
+    frame["sknn_score"], frame["in_sknn"] = [r[2] for r in rows], 1.0
+    frame["pop_all"] = [r[3] for r in rows]
+    return frame.assign(catalogue_items=10)
+
+
+def test_evaluate_sessions_matches_a_hand_computed_example():
+    holdout = _holdout([
+        ("p1", "x", 0.9, 5), ("p1", "y", 0.5, 3), ("p1", "z", 0.1, 1),
+        ("p2", "u", 0.7, 2), ("p2", "v", 0.7, 4),  # a tie: broken by item id, u first
+        ("p3", "x", 0.2, 5),
+    ])
+    targets = pd.DataFrame({"prefix_id": ["p1", "p2", "p3"], "item_id": ["y", "u", "w"]})  # w: not a candidate
+    model = RulePolicy("scores", tuple(sm.SESSION_FEATURES), (("sknn_score", 1.0),))
+    ev = sm.evaluate_sessions(holdout, model, targets, ks=(1, 2)).set_index(["method", "metric"])["value"]
+    assert ev["model", "hr@1"] == pytest.approx(1 / 3) and ev["model", "hr@2"] == pytest.approx(2 / 3)
+    assert ev["model", "mrr@2"] == pytest.approx((1 / 2 + 1) / 3)
+    assert ev["model", "ndcg@2"] == pytest.approx((1 / math.log2(3) + 1) / 3)
+    # top 2 lists: x y | u v | x: 4 distinct items of 10
+    assert ev["model", "coverage@2"] == pytest.approx(0.4)
+    assert ev["model", "popularity_bias@2"] == pytest.approx((5 + 3 + 2 + 4 + 5) / 5 / 5)
+    # popularity ranks by pop_all where in_pop: nothing here is, so every row is unscored and follows popularity
+    assert ev["popularity", "hr@1"] == 0.0  # p1: x (5) before y (3); p2: v (4) before u (2)
+    assert ev["popularity", "mrr@2"] == pytest.approx((1 / 2 + 1 / 2) / 3)
+    full = sm.evaluate_sessions(holdout, model, targets, ks=(1, 2))
+    assert set(full["users"]) == {3} and set(full["target"]) == {"next_item"}
+
+
+def _ranked(proposed: list[str], candidates: pd.DataFrame) -> list[str]:
+    """A rule's list as a shop serves it: the items it proposes, then the other candidates by popularity."""
+    rest = candidates[~candidates["item_id"].isin(proposed)].sort_values(["pop_all", "item_id"], ascending=[False, True])
+    return proposed + rest["item_id"].tolist()
+
+
+def _python_sr(events: list[tuple], start: dt.datetime, targets: pd.DataFrame, holdout: pd.DataFrame,
+               k: int = 20) -> tuple[float, float]:
+    """session-rec's SR, written independently: HR@k and MRR@k over the positions of ``targets``."""
+    history = sorted((e for e in events if e[2] < start), key=lambda e: (e[0], e[2]))
+    rules: dict[str, dict[str, float]] = {}
+    by_session: dict[str, list[str]] = {}
+    for session, item, _ in history:
+        by_session.setdefault(session, []).append(item)
+    for items in by_session.values():
+        for j, b in enumerate(items):
+            for gap in range(1, min(10, j) + 1):
+                rules.setdefault(items[j - gap], {}).setdefault(b, 0.0)
+                rules[items[j - gap]][b] += 1.0 / gap
+    known = {e[1] for e in history}
+    sessions: dict[str, list[str]] = {}
+    for session, item, time in sorted(events, key=lambda e: (e[0], e[2])):
+        if item in known and time < start + dt.timedelta(days=1):
+            sessions.setdefault(session, []).append(item)
+    hits, rr = [], []
+    for prefix_id, position, target in zip(targets["prefix_id"], targets["position"], targets["item_id"]):
+        last = sessions[prefix_id.split("/")[1]][position - 1]
+        ranked = sorted(rules.get(last, {}).items(), key=lambda kv: (-round(kv[1], 9), kv[0]))[:sm.SOURCE_ITEMS]
+        names = _ranked([name for name, _ in ranked], holdout[holdout["prefix_id"] == prefix_id])[:k]
+        hits.append(target in names)
+        rr.append(1.0 / (names.index(target) + 1) if target in names else 0.0)
+    return float(np.mean(hits)), float(np.mean(rr))
+
+
+def test_a_rule_baselines_metrics_are_ranking_by_its_feature_and_sr_matches_an_independent_implementation():
+    events = _random_log(seed=3)
+    start, end = _window(3)
+    conn = _warehouse(events)
+    holdout = sm.session_frame(conn, start, end, positives_only=False)
+    targets = sm.session_targets(conn, start, end)
+    ev = sm.evaluate_sessions(holdout, sm.SESSION_RULES["sr"], targets).set_index(["method", "metric"])["value"]
+    hr, mrr = _python_sr(events, start, targets, holdout)
+    assert ev["sr", "hr@20"] == pytest.approx(hr) and ev["sr", "mrr@20"] == pytest.approx(mrr)
+    assert ev["model", "hr@20"] == ev["sr", "hr@20"]  # the rule passed as the model is scored by the same code
+    truth = dict(zip(targets["prefix_id"], targets["item_id"]))
+    for name, rule in sm.SESSION_RULES.items():
+        (score, _), = rule.weights
+        ranks = []
+        for prefix_id, candidates in holdout.groupby("prefix_id"):
+            proposed = candidates[candidates[rule.only_where] == 1].sort_values([score, "item_id"], ascending=[False, True])
+            top = _ranked(proposed["item_id"].tolist(), candidates)[:10]
+            ranks.append(top.index(truth[prefix_id]) + 1 if truth[prefix_id] in top else math.inf)
+        assert ev[name, "hr@10"] == pytest.approx(np.isfinite(ranks).sum() / len(targets)), name
+        assert ev[name, "mrr@10"] == pytest.approx(np.sum(1.0 / np.array(ranks)) / len(targets)), name
+
+
+def test_train_session_ranker_trains_from_sr_deterministically_and_scores_what_session_frame_scores():
+    events = _random_log(seed=5, days=5)
+    conn = _warehouse(events)
+    train = pd.concat([sm.session_frame(conn, *_window(d), positives_only=True) for d in (1, 2, 3)], ignore_index=True)
+    assert train.groupby("prefix_id")["relevance"].sum().eq(1).all()
+    first, second = sm.train_session_ranker(train, PARAMS), sm.train_session_ranker(train, PARAMS)
+    assert first.model_to_string() == second.model_to_string()
+    start, end = _window(4)
+    holdout = sm.session_frame(conn, start, end, positives_only=False)
+    # the first iteration is SR calibrated: it orders every prefix's candidates as SR does
+    offset = first.predict(holdout[sm.SESSION_FEATURES], num_iteration=1)
+    by_sr = holdout.assign(offset=offset).sort_values(["sr_score", "offset"])
+    assert by_sr.groupby("sr_score")["offset"].nunique().eq(1).all() and by_sr["offset"].is_monotonic_increasing
+    assert first.current_iteration() > 1
+    np.testing.assert_array_equal(first.predict(holdout[sm.SESSION_FEATURES]), second.predict(holdout[sm.SESSION_FEATURES]))
+    ev = sm.evaluate_sessions(holdout, first, sm.session_targets(conn, start, end)).set_index(["method", "metric"])
+    assert ev.loc[("model", "hr@20"), "value"] > ev.loc[("popularity", "hr@20"), "value"]
+    # shopseq predict's path: the same prefixes given as events get the same top items and scores
+    prefixes = holdout[["prefix_id", "session_id", "position"]].drop_duplicates("prefix_id").head(20)
+    known = {e[1] for e in events if e[2] < start}
+    given = pd.DataFrame([e for e in events if e[2] < end and e[1] in known], columns=["session_id", "item_id", "event_time"])
+    given = given.sort_values(["session_id", "event_time"])
+    given = given.assign(step=given.groupby("session_id").cumcount() + 1).merge(prefixes, on="session_id")
+    given = given[given["step"] <= given["position"]].assign(session_id=lambda f: f["prefix_id"])
+    served = sm.score_prefixes(conn, given[["session_id", "item_id", "event_time"]], first, start, k=5)
+    rows = holdout[holdout["prefix_id"].isin(prefixes["prefix_id"])]
+    expected = rows.assign(score=first.predict(rows[sm.SESSION_FEATURES]),
+                           rank=sm.rank_candidates(rows, first.predict(rows[sm.SESSION_FEATURES])))
+    expected = expected[expected["rank"] <= 5].sort_values(["prefix_id", "rank"], ignore_index=True)
+    assert served["item_id"].tolist() == expected["item_id"].tolist()
+    np.testing.assert_allclose(served["score"], expected["score"])
+    lookup = sm.item_next_items(conn, first, start, k=25)
+    assert lookup.groupby("item_id").size().eq(25).all() and lookup["rank"].min() == 1
+    assert lookup["item_id"].nunique() == len({e[1] for e in events if e[2] < start})
+    assert set(lookup["source"]) <= set(sm.SOURCES)
