@@ -209,8 +209,9 @@ def _training_set_asset(spec: TrainingSetSpec):
     def _training_set(config: TrainingSetConfig, warehouse: Warehouse) -> MaterializeResult:
         started = time.perf_counter()
         with warehouse.connect() as conn:
-            train_days, holdout_day = training.split_cutoffs(training.labelled_cutoffs(conn), config.train_days)
-            frame = spec.build(conn, train_days, holdout_day, warehouse.timezone)
+            tz = warehouse.timezone
+            train_days, holdout_day = training.split_cutoffs(spec.cutoffs(conn, tz), config.train_days)
+            frame = spec.build(conn, train_days, holdout_day, tz)
             replace_table(conn, spec.table, frame)
             suite, per_day = spec.point_in_time(conn, frame)
         in_time = validate(per_day, suite, f"{spec.table}_point_in_time",

@@ -10,6 +10,7 @@ import pandas as pd
 import pyarrow as pa
 from dagster import (
     AssetCheckSpec,
+    AssetKey,
     AssetExecutionContext,
     Config,
     MaterializeResult,
@@ -34,7 +35,7 @@ from assets.logic.warehouse_sql import (
     ensure_table,
     replace_window_from_frames,
 )
-from assets.logic.catalogue import NEXT_ACTION_MODELS, RANKER_MODEL
+from assets.logic.catalogue import CATALOGUE, NEXT_ACTION_MODELS, RANKER_MODEL, ModelSpec
 from assets.logic.policies import policy_kind, policy_name
 from assets.partitions import DAILY_ASSET, PUBLISH_AUTOMATION, partition_days
 from assets.promotion import champion_promotion
@@ -179,3 +180,26 @@ def next_action_predictions(
 
 def _action_scorer(action: str):
     return lambda conn, booster, day: [predict_next_action_day(conn, booster, day).assign(action=action)]
+
+
+def _published_asset(spec: ModelSpec):
+    """The daily serving asset of a catalogue model that declares ``publish``: its champion's rows for the day."""
+    columns, rows_of = spec.publish
+    TABLES[spec.serves] = f"({columns}, {_LINEAGE})"
+
+    @asset(
+        name=spec.serves,
+        **_COMMON,
+        deps=[AssetKey("cleaned_events"), champion_promotion],
+        check_specs=[AssetCheckSpec(f"{spec.serves}_suite", asset=spec.serves, blocking=True)],
+        description=f"Published daily from the champion of {spec.name} (learned or rule), every row naming it.",
+    )
+    def _served(context: AssetExecutionContext, warehouse: Warehouse, registry: ModelRegistry) -> MaterializeResult:
+        tz = warehouse.timezone
+        return _publish(context, warehouse, registry, spec.serves,
+                        {spec.name: (spec.features, lambda conn, model, day: [rows_of(conn, model, day, tz)])})
+
+    return _served
+
+
+PUBLISHED_ASSETS = [_published_asset(spec) for spec in CATALOGUE.values() if spec.publish]

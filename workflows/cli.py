@@ -31,7 +31,8 @@ STAGES = [
 SUMMARY_TABLES = [
     "raw_events", "raw_events_quarantine", "cleaned_events", "sessions", "user_sequences", "user_features",
     "item_features", "ranking_candidates", "next_action_training_set", "ranker_training_set", "next_event_training_set",
-    "model_evaluations", "promotion_log", "recommendations", "next_action_predictions", "model_replay",
+    "session_training_set", "model_evaluations", "promotion_log", "recommendations", "next_action_predictions",
+    "item_next_items", "model_replay",
 ]
 
 
@@ -79,7 +80,8 @@ class Pipeline:
         )
         self.instance = DagsterInstance.get()
 
-    def materialize(self, groups: tuple[str, ...], start: dt.date | None = None, end: dt.date | None = None):
+    def materialize(self, groups: tuple[str, ...], start: dt.date | None = None, end: dt.date | None = None,
+                    only: set[str] | None = None):
         from dagster import AssetSelection, materialize
 
         from assets import ALL_ASSETS
@@ -94,7 +96,7 @@ class Pipeline:
             }
         result = materialize(
             ALL_ASSETS,
-            selection=AssetSelection.groups(*groups),
+            selection=AssetSelection.assets(*sorted(only)) if only else AssetSelection.groups(*groups),
             resources=self.resources,
             instance=self.instance,
             tags=tags,
@@ -116,7 +118,7 @@ class Pipeline:
     def run(self, start: dt.date, end: dt.date, train: bool = True) -> None:
         """Daily stages for every day of ``[start, end]``, then training, then publishing ``end``."""
         from assets.logic.training import labelled_cutoffs
-        from assets.logic.catalogue import CATALOGUE, RANKER_MODEL
+        from assets.logic.catalogue import CATALOGUE
 
         days = (end - start).days + 1
         for group, table in STAGES:
@@ -141,16 +143,19 @@ class Pipeline:
         self.replay(start, end)
         registry = self.resources["registry"]
         missing = [m for m in CATALOGUE if registry.version_for_alias(m, "champion") is None]
-        if len(missing) == len(CATALOGUE) or RANKER_MODEL in missing:
+        # the tables whose models have a champion (next-action predictions need one of the three)
+        served = sorted({spec.serves for name, spec in CATALOGUE.items() if spec.serves and name not in missing})
+        if not served:
             _progress(f"[  serving] skipped: no champion model yet for {', '.join(missing)}")
             return
         if missing:
-            _progress(f"[  serving] no champion for {', '.join(missing)} (lost to its baseline, or its data cannot "
-                      "train it: see Promotion below): its predictions are left out")
+            _progress(f"[  serving] no champion for {', '.join(missing)} (its data cannot train it, or nothing beat "
+                      "the measure-only baselines: see Promotion below): its rows are left out")
         began = time.perf_counter()
-        _progress(f"[  serving] recommendations and next-action predictions for {end} ...")
-        self.materialize(("serving",), end, end)
-        _progress(f"[  serving] done in {time.perf_counter() - began:5.1f} s ({self.count('recommendations'):,} rows in recommendations)")
+        _progress(f"[  serving] {', '.join(served)} for {end} ...")
+        self.materialize(("serving",), end, end, only=set(served))
+        _progress(f"[  serving] done in {time.perf_counter() - began:5.1f} s ("
+                  + ", ".join(f"{self.count(table):,} rows in {table}" for table in served) + ")")
 
     def replay(self, start: dt.date, end: dt.date) -> None:
         """Each day scored by the model versions trained before it (days no version predates get no rows)."""
@@ -234,7 +239,7 @@ def _model_summary(pipeline: Pipeline, users: int) -> list[str]:
                WHERE (model_name, model_version) IN (SELECT (model_name, arg_max(model_version, evaluated_at))
                                                      FROM model_evaluations WHERE coalesce(policy_kind, 'learned') = 'learned'
                                                      GROUP BY model_name)
-                 AND metric IN ('recall@20', 'ndcg@20', 'hr@20', 'auc', 'pr_auc', 'brier')"""
+                 AND metric IN ('recall@20', 'ndcg@20', 'hr@20', 'mrr@20', 'auc', 'pr_auc', 'brier')"""
         ).df()
         recs = conn.execute(
             """SELECT user_id, list(item_id ORDER BY rank)[1:5] AS top_5, any_value(model_name) AS model,
@@ -248,7 +253,8 @@ def _model_summary(pipeline: Pipeline, users: int) -> list[str]:
     lines += ["", f"Temporal hold-out (features as of {pd.Timestamp(holdout).date()}, targets on the next day):"]
     # "model" and the list baselines are the served lists (after the business rules), "<method>_raw" the ranked ones
     methods = ["model", "model_raw", "repeat_recent", "repeat_recent_raw", "recent_covis_pop", "covisitation", "markov", "popularity",
-               "buy_history_rule", "cart_history_rule", "activity_rule", "base_rate", "last_type_markov", "class_prior"]
+               "buy_history_rule", "cart_history_rule", "activity_rule", "base_rate", "last_type_markov", "class_prior",
+               "sr", "sr3", "sknn"]
     overall = evaluation[evaluation["segment"] == "all"]
     table = overall.pivot_table(index=["model_name", "target", "metric"], columns="method", values="value")
     model = overall[overall["method"] == "model"].set_index(["model_name", "target", "metric"]).reindex(table.index)

@@ -14,7 +14,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from assets.logic import next_event, training
+from assets.logic import next_event, session_model, training
 from assets.logic.candidates import RANKER_FEATURES
 from assets.logic.features import USER_FEATURE_COLUMNS
 from assets.logic.policies import RulePolicy
@@ -41,6 +41,8 @@ class TrainingSetSpec:
     point_in_time: Callable[[duckdb.DuckDBPyConnection, pd.DataFrame], tuple[str, pd.DataFrame]]
     """(conn, rows) -> (suite, per-day frame) proving each row describes only what happened before its cut-off."""
     description: str
+    cutoffs: Callable[[duckdb.DuckDBPyConnection, str], list[dt.date]] = lambda conn, tz: training.labelled_cutoffs(conn)
+    """(conn, tz) -> the cut-off days with labels, oldest first: the last is the hold-out, the others train."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,10 @@ class ModelSpec:
     """The daily table the champion's scores are published in (None: scored by ``shopseq predict`` only)."""
     extras: Callable[[duckdb.DuckDBPyConnection, Any], tuple[dict, dict]] | None = None
     """(conn, model) -> (tables, figures) logged beside the evaluation."""
+    publish: tuple[str, Callable[[duckdb.DuckDBPyConnection, Any, dt.date, str], pd.DataFrame]] | None = None
+    """(the columns of the ``serves`` table before the lineage columns every served row has, (conn, champion, day,
+    tz) -> the day's rows): a daily serving asset is generated for it; None when the table is written by a serving
+    asset of its own (recommendations, next-action predictions)."""
 
 
 def read_training_set(conn: duckdb.DuckDBPyConnection, table: str, split: str | None = None) -> pd.DataFrame:
@@ -94,10 +100,11 @@ def _split_frame(train: pd.DataFrame, holdout: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([train.assign(split="train"), holdout.assign(split="holdout")], ignore_index=True)
 
 
-def _latest_event_per_day(hours_since_last_event: str):
-    """Per as-of day: the cut-off and the latest event any row's features describe (the ``point_in_time`` suite)."""
+def _latest_event_per_day(hours_since_last_event: str, measured_from: str = "cutoff"):
+    """Per as-of day: the cut-off and the latest event any row's features describe (the ``point_in_time`` suite):
+    ``hours_since_last_event`` hours before ``measured_from``."""
     def per_day(conn, frame: pd.DataFrame) -> tuple[str, pd.DataFrame]:
-        latest = frame["cutoff"] - pd.to_timedelta(frame[hours_since_last_event], unit="h")
+        latest = frame[measured_from] - pd.to_timedelta(frame[hours_since_last_event], unit="h")
         return "point_in_time", (
             frame.assign(latest_event_time=latest)
             .groupby("as_of_date", as_index=False)
@@ -298,6 +305,81 @@ def _next_event_replay(conn, model, day: dt.date, tz: str) -> pd.DataFrame | Non
     return next_event.evaluate_next_event(states, model, before)
 
 
+# --- the in-session next-item model -------------------------------------------------------------------------------
+
+def _session_rows(conn, train_days: list[dt.date], holdout: dt.date, tz: str) -> pd.DataFrame:
+    """The prefixes of the sessions that start on the day after each cut-off, with their candidates: the item side
+    from the events before that day, the prefix from its own session (``session_model.session_frame``)."""
+    frames = []
+    for split, days in (("train", train_days), ("holdout", [holdout])):
+        for day in days:
+            start, end = day_bounds(day + dt.timedelta(days=1), tz)
+            rows = session_model.session_frame(conn, start, end, positives_only=split == "train")
+            frames.append(rows.assign(split=split, as_of_date=pd.Timestamp(day).as_unit("ns")))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _session_cutoffs(conn, tz: str) -> list[dt.date]:
+    """The labelled cut-offs D on whose next day at least ``MIN_EXAMPLES`` sessions of two or more events start
+    (sessions belong to the day they start: a log's last day may hold only the tails of the day before's)."""
+    starts = conn.execute(
+        """SELECT min(event_time) FROM cleaned_events WHERE NOT is_bot AND item_id IS NOT NULL
+           GROUP BY user_id, session_id HAVING count(*) >= 2"""
+    ).df().iloc[:, 0]
+    kept = []
+    for day in training.labelled_cutoffs(conn):
+        start, end = day_bounds(day + dt.timedelta(days=1), tz)
+        if ((starts >= pd.Timestamp(start)) & (starts < pd.Timestamp(end))).sum() >= MIN_EXAMPLES:
+            kept.append(day)
+    return kept
+
+
+def _session_blocker(conn) -> str | None:
+    prefixes = dict(conn.execute(
+        "SELECT split, count(DISTINCT prefix_id) FROM session_training_set GROUP BY split").fetchall())
+    for split in ("train", "holdout"):
+        if prefixes.get(split, 0) < MIN_EXAMPLES:
+            return (f"{prefixes.get(split, 0)} session prefix(es) of the {split} split have a next item seen before "
+                    f"their cut-off, fewer than {MIN_EXAMPLES}: sessions of one event, or of items never seen before")
+    return None
+
+
+def _session_evaluation(conn, model, rules) -> tuple[pd.DataFrame, dt.date]:
+    holdout = read_training_set(conn, "session_training_set", "holdout")
+    day = pd.Timestamp(holdout["as_of_date"].iloc[0]).date()
+    start = pd.Timestamp(holdout["cutoff"].iloc[0]).to_pydatetime()  # the labels' day, as every training set's:
+    targets = session_model.session_targets(conn, start, start + dt.timedelta(days=1))  # cut-off + 1 day
+    return session_model.evaluate_sessions(holdout, model, targets), day
+
+
+def _session_replay(conn, model, day: dt.date, tz: str) -> pd.DataFrame | None:
+    start, end = day_bounds(day, tz)
+    holdout = session_model.session_frame(conn, start, end, positives_only=False)
+    if holdout.empty:
+        return None
+    return session_model.evaluate_sessions(holdout, model, session_model.session_targets(conn, start, end))
+
+
+def _next_items(conn, model, day: dt.date, tz: str) -> pd.DataFrame:
+    """Each item's next items, the item itself left out (a repeat click is no suggestion on its own page)."""
+    rows = session_model.item_next_items(conn, model, day_bounds(day, tz)[1], ITEM_NEXT_ITEMS + 1)
+    rows = rows[rows["next_item_id"] != rows["item_id"]]
+    rows = rows.assign(rank=rows.groupby("item_id").cumcount() + 1, as_of_date=day)
+    return rows[rows["rank"] <= ITEM_NEXT_ITEMS]
+
+
+ITEM_NEXT_ITEMS = 50  # next items per item in the served lookup table
+TRAINING_SETS["session_training_set"] = TrainingSetSpec(
+    "session_training_set", "as_of_date, prefix_id, item_id", ("cleaned_events", "user_features", "ranking_candidates"),
+    # the item side's latest event (a candidate's recency is measured from its prefix's last event)
+    _session_rows, _latest_event_per_day("item_hours_since_last", "prefix_time"),
+    "Prefixes of the sessions that start on the day after each cut-off, one row per candidate next item (the "
+    "session's own items, sequential rules, session-kNN, Markov, popular) with relevance 1 on the true next item; "
+    "the item side reads only events before that day.",
+    _session_cutoffs,
+)
+
+
 CATALOGUE: dict[str, ModelSpec] = {spec.name: spec for spec in (
     _next_action_spec("shopseq_next_purchase", "next_purchase_model", "label_purchase", "purchases"),
     _next_action_spec("shopseq_next_cart", "next_cart_model", "label_add_to_cart", "adds an item to the cart"),
@@ -321,6 +403,20 @@ CATALOGUE: dict[str, ModelSpec] = {spec.name: spec for spec in (
         description="LightGBM multiclass model of the type of a session's next event (view, search, cart, remove, "
         "favourite, purchase) from the session so far, evaluated on the hold-out day's states beside the class "
         "prior and a last-type Markov chain.",
+    ),
+    ModelSpec(
+        name="shopseq_session_next_item", asset="session_next_item_model", training_set="session_training_set",
+        target="next_item", metric="ndcg@20", features=session_model.SESSION_FEATURES,
+        train=session_model.train_session_ranker, rules=lambda conn: dict(session_model.SESSION_RULES),
+        evaluate=_session_evaluation, replay=_session_replay, baselines=tuple(session_model.SESSION_RULES),
+        blocker=_session_blocker,
+        description="LightGBM LambdaRank reranker of each session prefix's candidate next items (the session's own "
+        "items, sequential rules, session-kNN, Markov, popular), started from sequential rules (SR), evaluated by "
+        "the session protocol (every position of the hold-out day's sessions) beside SR, SR over the last three "
+        "items, session-kNN, Markov and popularity; the rules are policies too.",
+        serves="item_next_items",
+        publish=("as_of_date DATE NOT NULL, item_id VARCHAR NOT NULL, rank BIGINT NOT NULL, next_item_id VARCHAR "
+                 "NOT NULL, score DOUBLE, source VARCHAR", _next_items),
     ),
 )}
 

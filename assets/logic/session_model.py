@@ -186,13 +186,14 @@ def _item_side(conn: duckdb.DuckDBPyConnection, cutoff: dt.datetime, width: int 
 # protocol: nothing could recommend them), so a session's positions count its known events only.
 _SEQUENCES_SQL = """
 WITH target_sessions AS (
-    SELECT DISTINCT user_id, session_id FROM cleaned_events
-    WHERE event_time >= $start AND event_time < $end AND NOT is_bot AND item_id IS NOT NULL
+    SELECT user_id, session_id FROM cleaned_events
+    WHERE NOT is_bot AND item_id IS NOT NULL
+    GROUP BY ALL HAVING min(event_time) >= $start AND min(event_time) < $end
 ),
 events AS (
     SELECT e.user_id, e.session_id, e.item_id, e.event_time, e.event_id
     FROM cleaned_events e JOIN target_sessions USING (user_id, session_id)
-    WHERE e.event_time < $end AND NOT e.is_bot AND e.item_id IN (SELECT item_id FROM sm_items)
+    WHERE NOT e.is_bot AND e.item_id IN (SELECT item_id FROM sm_items)
 )
 SELECT user_id, session_id, item_id, event_time,
        row_number() OVER w AS step,
@@ -204,8 +205,10 @@ WINDOW w AS (PARTITION BY user_id, session_id ORDER BY event_time, event_id)
 
 
 def _target_prefixes(conn: duckdb.DuckDBPyConnection, start: dt.datetime, end: dt.datetime) -> None:
-    """Temp tables ``sm_prefixes`` (one row per prefix whose next event lies in ``[start, end)``) and
-    ``sm_steps`` (each prefix's own events, ``step`` 1 .. ``position``), after ``_item_side``."""
+    """Temp tables ``sm_prefixes`` (one row per prefix of a session that starts in ``[start, end)``: sessions
+    belong to the day they start, as session-rec splits by session, so one running past midnight is evaluated
+    whole and every prefix's events come after the item side's) and ``sm_steps`` (each prefix's own events,
+    ``step`` 1 .. ``position``), after ``_item_side``."""
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE sm_sequences AS
@@ -218,9 +221,8 @@ def _target_prefixes(conn: duckdb.DuckDBPyConnection, start: dt.datetime, end: d
         CREATE OR REPLACE TEMP TABLE sm_prefixes AS
         SELECT user_id || '/' || session_id || '/' || step AS prefix_id, user_id, session_id, step AS position,
                event_time AS prefix_time, item_id AS last_item, next_item
-        FROM sm_sequences WHERE next_time >= $start AND next_time < $end
-        """,
-        {"start": start, "end": end},
+        FROM sm_sequences WHERE next_item IS NOT NULL
+        """
     )
     conn.execute(
         """
@@ -375,7 +377,7 @@ def _candidates(conn: duckdb.DuckDBPyConnection, positives_only: bool, width: in
 
 def session_frame(conn: duckdb.DuckDBPyConnection, target_start: dt.datetime, target_end: dt.datetime, *,
                   positives_only: bool) -> pd.DataFrame:
-    """One row per (prefix, candidate) for every prefix whose next event lies in ``[target_start, target_end)``
+    """One row per (prefix, candidate) for every prefix of the sessions that start in ``[target_start, target_end)``
     (UTC, naive like ``event_time``), with ``relevance`` 1 on the true next item. The item side reads the events
     before ``target_start`` only; a prefix reads its own session's events up to its last one, after the events on
     items unknown at ``target_start`` are removed (the protocol of ``session_targets``, whose ``prefix_id`` it
@@ -392,9 +394,9 @@ def session_frame(conn: duckdb.DuckDBPyConnection, target_start: dt.datetime, ta
 
 
 def session_targets(conn: duckdb.DuckDBPyConnection, target_start: dt.datetime, target_end: dt.datetime) -> pd.DataFrame:
-    """The evaluation positions (session-rec's next-item protocol): the sessions with events in
+    """The evaluation positions (session-rec's next-item protocol): the sessions that start in
     ``[target_start, target_end)``, their events on items never seen before ``target_start`` removed, sessions
-    of at least two events left; every prefix whose next event lies in the window is a position and its next
+    of at least two events left; every prefix of the sessions that start in the window is a position and its next
     item the target. Columns prefix_id, session_id, position, item_id (the true next item)."""
     try:
         _item_side(conn, target_start)

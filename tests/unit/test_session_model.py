@@ -83,8 +83,10 @@ def test_session_targets_remove_unseen_items_drop_short_sessions_and_keep_every_
     events = [
         ("A", "a", m(t0, 0)), ("A", "b", m(t0, 1)), ("A", "c", m(t0, 2)),
         ("B", "b", m(t0, 10)), ("B", "c", m(t0, 11)),
-        # crosses midnight: one position whose next event is on the target day
+        # started the day before: it belongs to that day (sessions belong to the day they start)
         ("F", "a", DAY + dt.timedelta(hours=23, minutes=55)), ("F", "b", DAY + dt.timedelta(days=1, minutes=5)),
+        # starts on the target day and runs past its end: evaluated whole
+        ("H", "a", DAY + dt.timedelta(days=1, hours=23, minutes=55)), ("H", "b", DAY + dt.timedelta(days=2, minutes=5)),
         ("C", "a", m(t1, 0)), ("C", "new", m(t1, 1)), ("C", "b", m(t1, 2)), ("C", "c", m(t1, 3)), ("C", "c", m(t1, 4)),
         ("D", "new", m(t1, 10)), ("D", "a", m(t1, 11)),  # one known event left: dropped
         ("E", "c", m(t1, 20)),  # one event: dropped
@@ -93,7 +95,7 @@ def test_session_targets_remove_unseen_items_drop_short_sessions_and_keep_every_
     conn = _warehouse(events)
     targets = sm.session_targets(conn, *_window(1))
     got = set(zip(targets["prefix_id"], targets["position"], targets["item_id"]))
-    assert got == {("sC/C/1", 1, "b"), ("sC/C/2", 2, "c"), ("sC/C/3", 3, "c"), ("sF/F/1", 1, "b")}
+    assert got == {("sC/C/1", 1, "b"), ("sC/C/2", 2, "c"), ("sC/C/3", 3, "c"), ("sH/H/1", 1, "b")}
     frame = sm.session_frame(conn, *_window(1), positives_only=False)
     assert list(frame.columns) == ["prefix_id", "session_id", "user_id", "position", "prefix_time", "item_id", "relevance",
                                    "source", *sm.SESSION_FEATURES[1:], "catalogue_items", "cutoff"]
