@@ -486,7 +486,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from assets.logic.next_event import NEXT_EVENT_FEATURES
     from assets.logic.predict import load_item_side, read_sequences, score_sequences
     from assets.logic.serving import BusinessRules, check_features
-    from assets.logic.catalogue import NEXT_ACTION_MODELS, NEXT_EVENT_MODEL, RANKER_MODEL
+    from assets.logic.catalogue import NEXT_ACTION_MODELS, NEXT_EVENT_MODEL, RANKER_MODEL, SESSION_MODEL
     from resources import ModelRegistry, Warehouse
     from resources.home import read_settings
     from resources.registry import NoChampionError
@@ -497,6 +497,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not Path(warehouse.path).exists():
         raise UsageError(f"{warehouse.path} does not exist: run shopseq run (or demo) on this home first")
     registry = ModelRegistry(home=str(home), tracking_uri=os.environ.get("SHOPSEQ_MLFLOW_TRACKING_URI", ""))
+    from resources.registry import CHAMPION
+
+    session_champion = registry.version_for_alias(SESSION_MODEL, CHAMPION)
+    if session_champion is not None and registry.version_for_alias(RANKER_MODEL, CHAMPION) is None \
+            and not args.model_version:  # a home of anonymous sessions: the in-session champion scores them
+        return _predict_sessions(args, home, out, warehouse, registry, session_champion)
     try:
         refs, notes = _scoring_models(registry, args.model_version or [])
     except (NoChampionError, ValueError) as error:
@@ -524,16 +530,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
         frame["models"] = ", ".join(f"{n} v{r.version}" for n, r in refs.items())
         scored_seconds = time.perf_counter() - began - read_seconds
-        # The output appears whole or not at all: written beside it under a short name, then renamed.
-        staged = out.with_name(f".shopseq-predict-{os.getpid()}.partial")
-        conn.register("predictions", frame)
-        try:
-            conn.execute(f"COPY predictions TO ? (FORMAT {OUTPUT_FORMATS[out.suffix]})", [str(staged)])
-            staged.replace(out)
-        except (duckdb.IOException, OSError) as error:
-            raise UsageError(f"--out {str(out)!r} cannot be written: {str(error).splitlines()[0]}") from None
-        finally:
-            staged.unlink(missing_ok=True)
+        _write_predictions(conn, frame, out)
     sequences = frame["sequence_id"].nunique()
     reasons = {k: v for k, v in report.items() if k not in ("read", "accepted", "quarantined")}
     print(f"Read {args.format} {', '.join(args.events)} ({tz} days): {report['read']:,} rows = {report['accepted']:,} "
@@ -549,6 +546,55 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"{short:,} sequences got fewer than {args.k} items (the warehouse knows too few popular items).")
     for note in notes:
         print(f"note: {note}")
+    print(f"Wrote {len(frame):,} rows to {out}")
+    return 0
+
+
+def _write_predictions(conn, frame, out: Path) -> None:
+    """The output appears whole or not at all: written beside it under a short name, then renamed."""
+    import duckdb
+
+    staged = out.with_name(f".shopseq-predict-{os.getpid()}.partial")
+    conn.register("predictions", frame)
+    try:
+        conn.execute(f"COPY predictions TO ? (FORMAT {OUTPUT_FORMATS[out.suffix]})", [str(staged)])
+        staged.replace(out)
+    except (duckdb.IOException, OSError) as error:
+        raise UsageError(f"--out {str(out)!r} cannot be written: {str(error).splitlines()[0]}") from None
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+def _predict_sessions(args: argparse.Namespace, home: Path, out: Path, warehouse, registry, ref) -> int:
+    """``predict`` on a home whose only next-item champion is the in-session model: each session of the file, as
+    of its last event, gets its top-k next items."""
+    import duckdb
+
+    from assets.logic.catalogue import SESSION_MODEL
+    from assets.logic.ingest import FORMATS, IngestError
+    from assets.logic.predict import read_sequences, score_sessions
+    from assets.logic.serving import check_features
+    from assets.logic.session_model import SESSION_FEATURES
+    from resources.home import read_settings
+
+    model = registry.load_policy(ref)
+    check_features(model, SESSION_FEATURES, f"{SESSION_MODEL} v{ref.version}")
+    tz = read_settings(str(home)).get("timezone", FORMATS[args.format].default_tz)
+    began = time.perf_counter()
+    with duckdb.connect() as conn:
+        try:
+            report = read_sequences(conn, args.events, args.format, tz)
+            frame, cutoff = score_sessions(conn, warehouse.path, model, args.k)
+        except (IngestError, ValueError) as error:
+            print(f"error: cannot score {error}", file=sys.stderr)
+            return 2
+        frame["models"] = f"{SESSION_MODEL} v{ref.version}"
+        _write_predictions(conn, frame, out)
+    print(f"Read {args.format} {', '.join(args.events)}: {report['read']:,} rows = {report['accepted']:,} accepted + "
+          f"{report['quarantined']:,} quarantined.")
+    print(f"Scored {frame['sequence_id'].nunique():,} sessions as of their last event in "
+          f"{time.perf_counter() - began:.1f} s with {SESSION_MODEL} v{ref.version}; item side from the warehouse's "
+          f"events before {cutoff}.")
     print(f"Wrote {len(frame):,} rows to {out}")
     return 0
 

@@ -422,6 +422,7 @@ CATALOGUE: dict[str, ModelSpec] = {spec.name: spec for spec in (
 
 RANKER_MODEL = "shopseq_next_item_ranker"
 NEXT_EVENT_MODEL = "shopseq_next_event"
+SESSION_MODEL = "shopseq_session_next_item"
 # The next-action models by the action their probability is published as.
 NEXT_ACTION_MODELS = {spec.target.removeprefix("label_"): spec.name for spec in CATALOGUE.values()
                       if spec.serves == "next_action_predictions"}

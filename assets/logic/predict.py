@@ -125,3 +125,45 @@ def score_sequences(
     columns = ["sequence_id", "events", "last_event_time", "rank", "item_id", "score", "source", "reason", "rules"]
     probabilities = [c for c in per_sequence.columns if c.startswith("p_")]
     return out.sort_values(["sequence_id", "rank"])[columns + probabilities].reset_index(drop=True)
+
+
+# What each in-session candidate source tells a shopper.
+SESSION_REASONS = {
+    "session": "you looked at it earlier in this session",
+    "sr": "often viewed right after the items you just looked at",
+    "sr3": "often viewed right after the items you just looked at",
+    "markov": "often viewed right after the item you just looked at",
+    "sknn": "viewed in sessions like yours",
+    "popular": "popular with shoppers right now",
+}
+
+
+def score_sessions(conn: duckdb.DuckDBPyConnection, warehouse: str, model, k: int) -> tuple[pd.DataFrame, dt.datetime]:
+    """Each session of ``sequence_events`` (see ``read_sequences``) as of its last event, with the in-session model
+    (a booster or a rule policy): its top ``k`` next items with their source and a reason. The item side (rules,
+    neighbours, popularity) is read from the warehouse (attached read-only for this call only), from its events
+    before the file's first event and before the warehouse's last one: no prefix's list uses an event after it.
+    Returns the rows and that cut-off."""
+    from assets.logic.session_model import score_prefixes
+
+    events = conn.execute(
+        """SELECT user_id || '/' || session_id AS session_id, item_id, event_time FROM sequence_events
+           WHERE item_id IS NOT NULL ORDER BY 1, event_time, event_id"""
+    ).df()
+    sizes = conn.execute(
+        """SELECT user_id || '/' || session_id AS sequence_id, count(*) AS events, max(event_time) AS last_event_time
+           FROM sequence_events GROUP BY ALL"""
+    ).df()
+    conn.execute("ATTACH ? AS wh (READ_ONLY)", [warehouse])
+    try:
+        conn.execute("USE wh")
+        [(last,)] = conn.execute("SELECT max(event_time) FROM cleaned_events").fetchall()
+        cutoff = min(events["event_time"].min(), last + dt.timedelta(microseconds=1))
+        top = score_prefixes(conn, events, model, cutoff, k)
+    finally:
+        conn.execute("USE memory")
+        conn.execute("DETACH wh")
+    out = top.rename(columns={"session_id": "sequence_id"}).merge(sizes, on="sequence_id", how="left")
+    out = out.assign(reason=out["source"].map(SESSION_REASONS), rules=None)
+    columns = ["sequence_id", "events", "last_event_time", "rank", "item_id", "score", "source", "reason", "rules"]
+    return out.sort_values(["sequence_id", "rank"])[columns].reset_index(drop=True), cutoff

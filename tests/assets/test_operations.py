@@ -121,9 +121,9 @@ def test_publishing_follows_the_latest_days_features_by_declarative_automation()
             instance.report_runless_asset_event(AssetMaterialization(key, partition=day))
     instance.report_runless_asset_event(AssetMaterialization("champion_promotion"))
     second = evaluate_automation_conditions(defs, instance, asset_selection=selection, cursor=first.cursor)
-    for key in ("recommendations", "next_action_predictions", "model_replay"):
+    for key in ("recommendations", "next_action_predictions", "item_next_items", "model_replay"):
         assert second.get_requested_partitions(AssetKey(key)) == {latest}, key
-    assert second.total_requested == 3  # only the latest day: older days are backfills, not automation
+    assert second.total_requested == 4  # only the latest day: older days are backfills, not automation
 
 
 def _cleaning_run(home: Path, **window) -> tuple[pd.DataFrame, dict[str, bool]]:

@@ -32,7 +32,7 @@ def _click_log(path: Path, days: int = 6, sessions_per_day: int = 120) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def test_a_click_log_runs_and_names_the_models_its_data_cannot_train(tmp_path):
+def test_a_click_log_trains_the_in_session_model_publishes_next_items_and_names_what_it_cannot_train(tmp_path):
     home, cwd = tmp_path / "home", tmp_path / "cwd"
     cwd.mkdir()
     source = tmp_path / "clicks.txt"
@@ -42,8 +42,8 @@ def test_a_click_log_runs_and_names_the_models_its_data_cannot_train(tmp_path):
 
     out = _shopseq(home, "run", cwd=cwd)
     assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
-    assert "[ training] done" in out.stdout and "[  serving] skipped: no champion model yet" in out.stdout
-    assert "Models this home's data can train: none" in out.stdout
+    assert "[ training] done" in out.stdout and "[  serving] item_next_items for" in out.stdout
+    assert "Models this home's data can train: shopseq_session_next_item" in out.stdout
     skipped = dict(re.findall(r"^  (shopseq_\w+): this home's data cannot train it: (.+)$", out.stdout, re.M))
     assert set(skipped) == {"shopseq_next_purchase", "shopseq_next_cart", "shopseq_next_return",
                             "shopseq_next_item_ranker", "shopseq_next_event"}, out.stdout[-3000:]
@@ -52,7 +52,25 @@ def test_a_click_log_runs_and_names_the_models_its_data_cannot_train(tmp_path):
     assert "is a view" in skipped["shopseq_next_event"]
     assert "come back the next day" in skipped["shopseq_next_item_ranker"]
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as conn:
-        decisions = conn.execute("SELECT DISTINCT decision FROM promotion_log").fetchall()
-        assert decisions == [("skipped",)]
-        assert conn.execute("SELECT count(*) FROM cleaned_events").fetchone()[0] > 0
-    assert not list((home / "mlartifacts").rglob("model.lgb")), "nothing trained, nothing registered"
+        decisions = dict(conn.execute("SELECT model_name, decision FROM promotion_log").fetchall())
+        assert decisions.pop("shopseq_session_next_item") == "promoted" and set(decisions.values()) == {"skipped"}
+        # the session protocol: every position of the hold-out day's sessions, the model beside its rules
+        methods = {m for (m,) in conn.execute("""SELECT DISTINCT method FROM model_evaluations
+                                                 WHERE model_name = 'shopseq_session_next_item' AND metric = 'hr@20'""").fetchall()}
+        assert {"model", "sr", "sknn", "markov", "popularity"} <= methods
+        served, kinds, worst = conn.execute(
+            "SELECT count(DISTINCT item_id), list(DISTINCT policy_kind), max(rank) FROM item_next_items").fetchone()
+        assert served > 30 and kinds in (["rule"], ["learned"]) and worst <= 50
+        assert conn.execute("SELECT count(*) FROM item_next_items WHERE item_id = next_item_id").fetchone()[0] == 0
+
+    prefixes = tmp_path / "prefixes.txt"
+    prefixes.write_text("SessionId\tItemId\tTime\n900001\t5\t1396915200.0\n900001\t6\t1396915260.0\n"
+                        "900002\t40\t1396915300.0\n")
+    out = _shopseq(home, "predict", "--events", str(prefixes), "--format", "yoochoose-clicks", "--k", "10",
+                   "--out", str(tmp_path / "next.csv"), cwd=cwd)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Scored 2 sessions as of their last event" in out.stdout and "with shopseq_session_next_item v" in out.stdout
+    with duckdb.connect() as conn:
+        rows = conn.execute(f"SELECT sequence_id, count(*), max(rank) FROM read_csv('{tmp_path / 'next.csv'}') "
+                            "GROUP BY ALL ORDER BY 1").fetchall()
+    assert [(r[1], r[2]) for r in rows] == [(10, 10), (10, 10)]

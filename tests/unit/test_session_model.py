@@ -250,3 +250,40 @@ def test_train_session_ranker_trains_from_sr_deterministically_and_scores_what_s
     assert lookup.groupby("item_id").size().eq(25).all() and lookup["rank"].min() == 1
     assert lookup["item_id"].nunique() == len({e[1] for e in events if e[2] < start})
     assert set(lookup["source"]) <= set(sm.SOURCES)
+
+
+def test_predict_scores_each_session_with_an_item_side_from_before_the_files_first_event(tmp_path):
+    """``shopseq predict`` on sessions: the warehouse events at or after the file's first event (later clicks, even
+    of the same sessions) change nothing in any session's list."""
+    from assets.logic.predict import score_sessions
+
+    events = _random_log()
+    first = DAY + dt.timedelta(days=3, hours=1)
+    path = tmp_path / "warehouse.duckdb"
+
+    def warehouse(rows):
+        mem = _warehouse(rows)
+        mem.execute(f"ATTACH '{path}' AS out")
+        mem.execute("CREATE OR REPLACE TABLE out.cleaned_events AS SELECT * FROM cleaned_events")
+        mem.execute("DETACH out")
+
+    def scored():
+        with duckdb.connect() as conn:
+            conn.execute("""CREATE TABLE sequence_events AS SELECT * FROM (VALUES
+                ('sX', 'X', 'i01', TIMESTAMP '2025-05-04 01:00:00', 'view', 'x1'),
+                ('sX', 'X', 'i02', TIMESTAMP '2025-05-04 01:02:00', 'view', 'x2'),
+                ('sY', 'Y', 'i03', TIMESTAMP '2025-05-04 02:00:00', 'view', 'y1'))
+                t(user_id, session_id, item_id, event_time, event_type, event_id)""")
+            frame, cutoff = score_sessions(conn, str(path), RulePolicy("sr", tuple(sm.SESSION_FEATURES),
+                                                                     (("sr_score", 1.0),), only_where="in_sr"), 5)
+        return frame, cutoff
+
+    warehouse([e for e in events if e[2] < first])
+    before, cutoff = scored()
+    assert cutoff <= first and set(before["sequence_id"]) == {"sX/X", "sY/Y"}
+    assert (before.groupby("sequence_id")["rank"].max() == 5).all() and before["reason"].notna().all()
+    later = [(f"late{i}", item, first + dt.timedelta(minutes=i)) for i, item in enumerate(["i01", "i09", "i02", "i09"] * 20)]
+    warehouse([e for e in events if e[2] < first] + later + [("X", "i01", first + dt.timedelta(hours=5))])
+    after, cutoff = scored()
+    assert cutoff == first
+    pd.testing.assert_frame_equal(before, after)
