@@ -148,7 +148,8 @@ def test_recommendations_name_the_champion_version(built):
                            GROUP BY r.user_id, i.category_id)""") <= 5  # the default category cap
     active = _count(home, f"SELECT count(DISTINCT user_id) FROM cleaned_events WHERE CAST(event_time AS DATE) = DATE '{DAYS[-1]}' AND NOT is_bot")
     assert _count(home, "SELECT count(DISTINCT user_id) FROM recommendations") == active
-    served = _count(home, "SELECT count(*) FROM promotion_log WHERE model_name NOT IN ('shopseq_next_item_ranker', 'shopseq_next_event') AND decision = 'promoted'")
+    served = _count(home, "SELECT count(*) FROM promotion_log WHERE model_name IN ('shopseq_next_purchase', "
+                          "'shopseq_next_cart', 'shopseq_next_return') AND decision = 'promoted'")
     assert _count(home, "SELECT count(*) FROM next_action_predictions") == served * active
     assert "purchase" in _count(home, "SELECT list(DISTINCT action) FROM next_action_predictions")
     assert _count(home, "SELECT count(DISTINCT model_name) FROM next_action_predictions") == served
@@ -505,4 +506,5 @@ def test_a_home_whose_learned_models_lose_to_their_rules_is_served_by_the_rules(
     assert _count(home, "SELECT count(*) FROM recommendations WHERE reason IS NULL") == 0
     assert _count(home, "SELECT count(*) FROM next_action_predictions WHERE policy_kind = 'rule'") == 3 * active
     assert _count(home, "SELECT min(probability) > 0 AND max(probability) < 1 FROM next_action_predictions")
-    assert _count(home, """SELECT count(*) FROM alias_history WHERE reason LIKE 'rule %' AND from_version IS NULL""") == 4
+    assert _count(home, f"""SELECT count(*) FROM alias_history WHERE reason LIKE 'rule %' AND from_version IS NULL
+                            AND list_contains({served}, model_name)""") == 4
