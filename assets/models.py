@@ -25,7 +25,15 @@ from dagster import (
 
 from assets.common import markdown_preview
 from assets.logic import plots, training
-from assets.logic.catalogue import CATALOGUE, TRAINING_SETS, ModelSpec, TrainingSetSpec, main_metric, read_training_set
+from assets.logic.catalogue import (
+    CATALOGUE,
+    TRAINING_SETS,
+    ModelSpec,
+    TrainingSetSpec,
+    main_metric,
+    read_training_set,
+    training_blocker,
+)
 from assets.logic.policies import RULE
 from assets.logic.warehouse_sql import ensure_table, replace_table
 from expectations import validate
@@ -193,6 +201,17 @@ def _metric_by_day(warehouse: Warehouse, spec: ModelSpec, evaluation: pd.DataFra
 
 
 
+def _not_built(context: AssetExecutionContext, spec: TrainingSetSpec, reason: str) -> MaterializeResult:
+    """A training set this home's data cannot make: said in the run log, its metadata and as warnings of its checks."""
+    context.log.warning(f"{spec.table} not built: {reason}")
+    return MaterializeResult(
+        metadata={"built": False, "not_built_because": reason},
+        check_results=[AssetCheckResult(check_name=name, passed=False, severity=AssetCheckSeverity.WARN,
+                                        description=f"nothing to check: {reason}")
+                       for name in (f"{spec.table}_suite", f"{spec.table}_point_in_time")],
+    )
+
+
 def _training_set_asset(spec: TrainingSetSpec):
     @asset(
         name=spec.table,
@@ -206,11 +225,16 @@ def _training_set_asset(spec: TrainingSetSpec):
                            description="Every row describes only what happened before its cut-off."),
         ],
     )
-    def _training_set(config: TrainingSetConfig, warehouse: Warehouse) -> MaterializeResult:
+    def _training_set(context: AssetExecutionContext, config: TrainingSetConfig, warehouse: Warehouse) -> MaterializeResult:
         started = time.perf_counter()
         with warehouse.connect() as conn:
             tz = warehouse.timezone
-            train_days, holdout_day = training.split_cutoffs(spec.cutoffs(conn, tz), config.train_days)
+            cutoffs = spec.cutoffs(conn, tz)
+            if len(cutoffs) < 2:  # the models it feeds are skipped (see ``training_blocker``): no stale rows stay
+                conn.execute(f"DROP TABLE IF EXISTS {spec.table}")
+                return _not_built(context, spec, f"{len(cutoffs)} cut-off day(s) with labels for it; it needs 2, one "
+                                  "of them for the hold-out")
+            train_days, holdout_day = training.split_cutoffs(cutoffs, config.train_days)
             frame = spec.build(conn, train_days, holdout_day, tz)
             replace_table(conn, spec.table, frame)
             suite, per_day = spec.point_in_time(conn, frame)
@@ -246,7 +270,7 @@ def _model_asset(spec: ModelSpec):
     ) -> MaterializeResult:
         started = time.perf_counter()
         with warehouse.connect() as conn:
-            if reason := spec.blocker(conn):
+            if reason := training_blocker(conn, spec.name):
                 return skipped_result(context, spec.name, reason)
             train = read_training_set(conn, spec.training_set, "train")
             booster = spec.train(train, config.params())

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from dagster import AssetCheckSpec, Config, MaterializeResult, MetadataValue, asset
 
-from assets.logic.catalogue import CATALOGUE, ModelSpec, best_baseline, holdout_day, main_metric
+from assets.logic.catalogue import CATALOGUE, ModelSpec, best_baseline, holdout_day, main_metric, training_blocker
 from assets.logic.lifecycle import record_alias_change
 from assets.logic.policies import LEARNED, RULE
 from assets.logic.warehouse_sql import ensure_table
@@ -147,7 +147,7 @@ def _decision(spec: ModelSpec, contender: Contender | None, champion_before: Con
 def promote_model(conn_factory, registry: ModelRegistry, spec: ModelSpec, config: PromotionConfig) -> dict:
     """One model's promotion decision on its current hold-out (see ``champion_promotion``), carried out."""
     with conn_factory() as conn:
-        cannot_train = spec.blocker(conn)
+        cannot_train = training_blocker(conn, spec.name)
     champion = registry.version_for_alias(spec.name, CHAMPION)
     if cannot_train:  # its training asset trained nothing: the decision says why, any earlier champion stays
         return _decision(spec, None, None, champion, "skipped", f"this home's data cannot train it: {cannot_train}", None, None)

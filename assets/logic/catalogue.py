@@ -432,9 +432,15 @@ def training_blocker(conn: duckdb.DuckDBPyConnection, model_name: str) -> str | 
     """Why this home's data cannot train ``model_name`` or measure it on the hold-out, or None when it can.
 
     A click log has no purchases, anonymous sessions never come back the next day, a log of views has one event
-    type: a model whose labels hold one class (or no row) is skipped with this reason, by its training asset and by
-    promotion alike, instead of failing the run."""
-    return CATALOGUE[model_name].blocker(conn)
+    type: a model whose labels hold one class (or no row), or whose training set could not be made (too few days
+    with its labels), is skipped with this reason, by its training asset and by promotion alike, instead of
+    failing the run."""
+    spec = CATALOGUE[model_name]
+    exists = conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
+                          [spec.training_set]).fetchall()[0][0]
+    if not exists:
+        return f"its training set {spec.training_set} could not be made: too few days with its labels"
+    return spec.blocker(conn)
 
 
 def main_metric(evaluation: pd.DataFrame, spec: ModelSpec, method: str = "model") -> float:
