@@ -178,8 +178,9 @@ class ModelRegistry(RetriesTransientFailures):
             info = log_model(mlflow, signature, example)
         ref = ModelVersionRef(model_name, int(info.registered_model_version), run.info.run_id)
         with self._asking(f"tag {model_name} version {ref.version}"):
-            for key in ("policy", "policy_kind"):
-                self.client().set_model_version_tag(model_name, str(ref.version), key, tags[key])
+            for key in ("policy", "policy_kind", "policy_sha256"):
+                if key in tags:
+                    self.client().set_model_version_tag(model_name, str(ref.version), key, tags[key])
         return ref
 
     def log_lightgbm(
@@ -222,10 +223,12 @@ class ModelRegistry(RetriesTransientFailures):
 
         from resources.rule_model import RuleModel
 
-        digest = policy.sha256()
-        for ref, run_tags in reversed(self.versions(model_name)):
-            if run_tags.get("policy_sha256") == digest:
-                return ref
+        digest = policy.sha256()  # hex digits and a catalogue model name: nothing from a user in the filter
+        with self._asking(f"look for {policy.name} in {model_name}"):
+            found = self.client().search_model_versions(f"name = '{model_name}' and tags.policy_sha256 = '{digest}'")
+        if found:
+            first = min(found, key=lambda mv: int(mv.version))
+            return ModelVersionRef(model_name, int(first.version), first.run_id)
         return self._log_version(
             model_name,
             lambda mlflow, signature, example: mlflow.pyfunc.log_model(
