@@ -191,11 +191,11 @@ WITH target_sessions AS (
     GROUP BY ALL HAVING min(event_time) >= $start AND min(event_time) < $end
 ),
 events AS (
-    SELECT e.user_id, e.session_id, e.item_id, e.event_time, e.event_id
+    SELECT e.user_id, e.session_id, e.item_id, e.event_time, e.event_id, e.event_type
     FROM cleaned_events e JOIN target_sessions USING (user_id, session_id)
     WHERE NOT e.is_bot AND e.item_id IN (SELECT item_id FROM sm_items)
 )
-SELECT user_id, session_id, item_id, event_time,
+SELECT user_id, session_id, item_id, event_time, event_type,
        row_number() OVER w AS step,
        lead(item_id) OVER w AS next_item, lead(event_time) OVER w AS next_time,
        count(*) OVER (PARTITION BY user_id, session_id) AS session_events
@@ -397,12 +397,18 @@ def session_targets(conn: duckdb.DuckDBPyConnection, target_start: dt.datetime, 
     """The evaluation positions (session-rec's next-item protocol): the sessions that start in
     ``[target_start, target_end)``, their events on items never seen before ``target_start`` removed, sessions
     of at least two events left; every prefix of the sessions that start in the window is a position and its next
-    item the target. Columns prefix_id, session_id, position, item_id (the true next item)."""
+    item the target. Columns prefix_id, session_id, position, item_id (the true next item), and ``carts`` and
+    ``orders``: the items the session adds to the cart and buys after the prefix (OTTO's labels)."""
     try:
         _item_side(conn, target_start)
         _target_prefixes(conn, target_start, target_end)
         return conn.execute(
-            "SELECT prefix_id, session_id, position, next_item AS item_id FROM sm_prefixes ORDER BY prefix_id"
+            """SELECT p.prefix_id, p.session_id, p.position, p.next_item AS item_id,
+                      coalesce(list(DISTINCT s.item_id ORDER BY s.item_id) FILTER (WHERE s.event_type = 'add_to_cart'), []) AS carts,
+                      coalesce(list(DISTINCT s.item_id ORDER BY s.item_id) FILTER (WHERE s.event_type = 'purchase'), []) AS orders
+               FROM sm_prefixes p
+               LEFT JOIN sm_sequences s ON s.user_id = p.user_id AND s.session_id = p.session_id AND s.step > p.position
+               GROUP BY ALL ORDER BY p.prefix_id"""
         ).df()
     finally:
         _drop_temp(conn)
@@ -483,7 +489,28 @@ def _method_rows(holdout: pd.DataFrame, targets: pd.DataFrame, ranks: np.ndarray
     pop = holdout["pop_all"].to_numpy(dtype=float)[listed]
     rows.append({"metric": f"popularity_bias@{k}", "value": float(pop.mean() / top_pop) if len(pop) and top_pop else float("nan"),
                  "ci_low": float("nan"), "ci_high": float("nan")})
+    if "carts" in targets and (targets["carts"].map(len).sum() or targets["orders"].map(len).sum()):
+        rows += _otto_rows(ranked[ranked["rank"] <= k], targets, np.nan_to_num(rank <= k).astype(float), k)
     return [{"segment": "all", "method": method, "target": "next_item", **row, "users": positions} for row in rows]
+
+
+OTTO_WEIGHTS = {"clicks": 0.10, "carts": 0.30, "orders": 0.60}
+
+
+def _otto_rows(listed: pd.DataFrame, targets: pd.DataFrame, click_hits: np.ndarray, k: int) -> list[dict]:
+    """OTTO's score, as its evaluation script defines it, with every position a test session cut there: the recall
+    of clicks (the next item among the top ``k``), of carts and of orders (the later carted / bought items among
+    the top ``k``, over min(k, how many) per position, summed over positions), weighted 0.1, 0.3 and 0.6."""
+    recalls = {"clicks": float(click_hits.mean()) if len(click_hits) else float("nan")}
+    for action in ("carts", "orders"):
+        labels = targets[["prefix_id", action]].explode(action).dropna().rename(columns={action: "item_id"})
+        hits = len(labels.merge(listed[["prefix_id", "item_id"]], on=["prefix_id", "item_id"]))
+        wanted = targets[action].map(lambda items: min(len(items), k)).sum()
+        recalls[action] = hits / wanted if wanted else float("nan")
+    score = sum(OTTO_WEIGHTS[action] * recall for action, recall in recalls.items())
+    none = {"ci_low": float("nan"), "ci_high": float("nan")}
+    return ([{"metric": f"otto_recall_{action}@{k}", "value": recall, **none} for action, recall in recalls.items()]
+            + [{"metric": f"otto_score@{k}", "value": score, **none}])
 
 
 def evaluate_sessions(holdout: pd.DataFrame, model, targets: pd.DataFrame, ks: tuple[int, ...] = METRIC_KS) -> pd.DataFrame:

@@ -287,3 +287,25 @@ def test_predict_scores_each_session_with_an_item_side_from_before_the_files_fir
     after, cutoff = scored()
     assert cutoff == first
     pd.testing.assert_frame_equal(before, after)
+
+
+def test_otto_score_weights_the_recall_of_clicks_carts_and_orders_as_its_evaluation_script_does():
+    """Two positions; the method lists i1, i2 for p1 and i3 for p2 (k = 2). Clicks: p1's next item i1 is listed, p2's
+    i9 is not: 1/2. Carts: p1 carts i2 and i5 later (1 hit over min(2, 2)), p2 carts i3 (1 over 1): 2/3. Orders: p1
+    buys i5 (0 over 1): 0. Score 0.1 * 1/2 + 0.3 * 2/3 + 0.6 * 0 = 0.25."""
+    holdout = pd.DataFrame({"prefix_id": ["p1", "p1", "p1", "p2", "p2"], "item_id": ["i1", "i2", "i5", "i3", "i4"],
+                            "pop_all": [5.0, 4.0, 1.0, 3.0, 2.0], "catalogue_items": 10.0})
+    for feature in sm.SESSION_FEATURES:
+        holdout[feature] = 0.0
+    holdout["sr_score"], holdout["in_sr"] = [3.0, 2.0, 1.0, 2.0, 1.0], 1.0
+    targets = pd.DataFrame({"prefix_id": ["p1", "p2"], "item_id": ["i1", "i9"],
+                            "carts": [["i2", "i5"], ["i3"]], "orders": [["i5"], []]})
+    rows = pd.DataFrame(sm._method_rows(holdout, targets, sm.rank_candidates(holdout, holdout["sr_score"]), "sr", (2,)))
+    got = rows.set_index("metric")["value"]
+    assert got["otto_recall_clicks@2"] == pytest.approx(0.5)
+    assert got["otto_recall_carts@2"] == pytest.approx(2 / 3)
+    assert got["otto_recall_orders@2"] == pytest.approx(0.0)
+    assert got["otto_score@2"] == pytest.approx(0.25)
+    # a click log has no carts or orders: no OTTO rows
+    clicks = targets.assign(carts=[[], []], orders=[[], []])
+    assert not any("otto" in r["metric"] for r in sm._method_rows(holdout, clicks, np.array([1, 2, 3, 1, 2]), "sr", (2,)))
