@@ -570,8 +570,10 @@ def _predict_sessions(args: argparse.Namespace, home: Path, out: Path, warehouse
     of its last event, gets its top-k next items."""
     import duckdb
 
-    from assets.logic.catalogue import SESSION_MODEL
+    from assets.logic.catalogue import NEXT_EVENT_MODEL, SESSION_MODEL
     from assets.logic.ingest import FORMATS, IngestError
+    from assets.logic.next_event import NEXT_EVENT_FEATURES
+    from resources.registry import CHAMPION
     from assets.logic.predict import read_sequences, score_sessions
     from assets.logic.serving import check_features
     from assets.logic.session_model import SESSION_FEATURES
@@ -579,21 +581,26 @@ def _predict_sessions(args: argparse.Namespace, home: Path, out: Path, warehouse
 
     model = registry.load_policy(ref)
     check_features(model, SESSION_FEATURES, f"{SESSION_MODEL} v{ref.version}")
+    next_event_ref = registry.version_for_alias(NEXT_EVENT_MODEL, CHAMPION)  # where the log has event types
+    next_event_model = registry.load_policy(next_event_ref) if next_event_ref else None
+    if next_event_model is not None:
+        check_features(next_event_model, NEXT_EVENT_FEATURES, f"{NEXT_EVENT_MODEL} v{next_event_ref.version}")
     tz = read_settings(str(home)).get("timezone", FORMATS[args.format].default_tz)
     began = time.perf_counter()
     with duckdb.connect() as conn:
         try:
             report = read_sequences(conn, args.events, args.format, tz)
-            frame, cutoff = score_sessions(conn, warehouse.path, model, args.k)
+            frame, cutoff = score_sessions(conn, warehouse.path, model, args.k, next_event_model)
         except (IngestError, ValueError) as error:
             print(f"error: cannot score {error}", file=sys.stderr)
             return 2
-        frame["models"] = f"{SESSION_MODEL} v{ref.version}"
+        frame["models"] = f"{SESSION_MODEL} v{ref.version}" + (
+            f", {NEXT_EVENT_MODEL} v{next_event_ref.version}" if next_event_ref else "")
         _write_predictions(conn, frame, out)
     print(f"Read {args.format} {', '.join(args.events)}: {report['read']:,} rows = {report['accepted']:,} accepted + "
           f"{report['quarantined']:,} quarantined.")
     print(f"Scored {frame['sequence_id'].nunique():,} sessions as of their last event in "
-          f"{time.perf_counter() - began:.1f} s with {SESSION_MODEL} v{ref.version}; item side from the warehouse's "
+          f"{time.perf_counter() - began:.1f} s with {frame['models'].iloc[0]}; item side from the warehouse's "
           f"events before {cutoff}.")
     print(f"Wrote {len(frame):,} rows to {out}")
     return 0

@@ -82,6 +82,17 @@ def load_item_side(conn: duckdb.DuckDBPyConnection, warehouse: str, day: dt.date
     return items
 
 
+def next_event_probabilities(conn: duckdb.DuckDBPyConnection, model, sequence: str) -> pd.DataFrame:
+    """``p_next_<type>`` of the next event of each sequence of ``sequence_events`` (``sequence``: the SQL of its
+    key, a user or a user's session), from the state after its last event. Columns sequence_id, p_next_*."""
+    states = conn.execute(
+        f"""SELECT {sequence} AS sequence_id, * FROM ({session_states_sql('SELECT * FROM sequence_events')})
+            QUALIFY row_number() OVER (PARTITION BY {sequence} ORDER BY state_time DESC, event_id DESC) = 1"""
+    ).df()
+    p = model.predict(states[NEXT_EVENT_FEATURES].astype(float)).reshape(len(states), -1)
+    return pd.DataFrame(p, columns=[f"p_next_{t}" for t in EVENT_CLASSES]).assign(sequence_id=states["sequence_id"])
+
+
 def score_sequences(
     conn: duckdb.DuckDBPyConnection,
     ranker: lgb.Booster,
@@ -114,13 +125,8 @@ def score_sequences(
            for action, booster in action_models.items()},
     )
     if next_event_model is not None:
-        states = conn.execute(
-            f"""SELECT * FROM ({session_states_sql('SELECT * FROM sequence_events')})
-                QUALIFY row_number() OVER (PARTITION BY user_id ORDER BY state_time DESC, event_id DESC) = 1"""
-        ).df()
-        p = next_event_model.predict(states[NEXT_EVENT_FEATURES].astype(float)).reshape(len(states), -1)
-        next_event = pd.DataFrame(p, columns=[f"p_next_{t}" for t in EVENT_CLASSES]).assign(user_id=states["user_id"])
-        per_sequence = per_sequence.merge(next_event, on="user_id", how="left")
+        next_event = next_event_probabilities(conn, next_event_model, "user_id")
+        per_sequence = per_sequence.merge(next_event.rename(columns={"sequence_id": "user_id"}), on="user_id", how="left")
     out = recs.merge(per_sequence, on="user_id", how="left").rename(columns={"user_id": "sequence_id"})
     columns = ["sequence_id", "events", "last_event_time", "rank", "item_id", "score", "source", "reason", "rules"]
     probabilities = [c for c in per_sequence.columns if c.startswith("p_")]
@@ -138,12 +144,13 @@ SESSION_REASONS = {
 }
 
 
-def score_sessions(conn: duckdb.DuckDBPyConnection, warehouse: str, model, k: int) -> tuple[pd.DataFrame, dt.datetime]:
+def score_sessions(conn: duckdb.DuckDBPyConnection, warehouse: str, model, k: int,
+                   next_event_model: lgb.Booster | None = None) -> tuple[pd.DataFrame, dt.datetime]:
     """Each session of ``sequence_events`` (see ``read_sequences``) as of its last event, with the in-session model
     (a booster or a rule policy): its top ``k`` next items with their source and a reason. The item side (rules,
     neighbours, popularity) is read from the warehouse (attached read-only for this call only), from its events
     before the file's first event and before the warehouse's last one: no prefix's list uses an event after it.
-    Returns the rows and that cut-off."""
+    With ``next_event_model``, each session's ``p_next_<type>``. Returns the rows and that cut-off."""
     from assets.logic.session_model import score_prefixes
 
     events = conn.execute(
@@ -166,4 +173,8 @@ def score_sessions(conn: duckdb.DuckDBPyConnection, warehouse: str, model, k: in
     out = top.rename(columns={"session_id": "sequence_id"}).merge(sizes, on="sequence_id", how="left")
     out = out.assign(reason=out["source"].map(SESSION_REASONS), rules=None)
     columns = ["sequence_id", "events", "last_event_time", "rank", "item_id", "score", "source", "reason", "rules"]
+    if next_event_model is not None:
+        next_event = next_event_probabilities(conn, next_event_model, "user_id || '/' || session_id")
+        out = out.merge(next_event, on="sequence_id", how="left")
+        columns += [c for c in next_event.columns if c.startswith("p_next_")]
     return out.sort_values(["sequence_id", "rank"])[columns].reset_index(drop=True), cutoff

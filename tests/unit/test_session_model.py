@@ -289,6 +289,31 @@ def test_predict_scores_each_session_with_an_item_side_from_before_the_files_fir
     pd.testing.assert_frame_equal(before, after)
 
 
+def test_predict_adds_each_sessions_next_event_type_probabilities_from_the_state_after_its_last_event(tmp_path):
+    from assets.logic.next_event import EVENT_CLASSES
+    from assets.logic.predict import score_sessions
+
+    class LastType:  # a next-event model that predicts the type of the state's last event
+        def predict(self, states):
+            return states[[f"last_is_{t}" for t in EVENT_CLASSES]].to_numpy(dtype=float)
+
+    path = tmp_path / "warehouse.duckdb"
+    mem = _warehouse(_random_log())
+    mem.execute(f"ATTACH '{path}' AS out")
+    mem.execute("CREATE TABLE out.cleaned_events AS SELECT * FROM cleaned_events")
+    mem.execute("DETACH out")
+    with duckdb.connect() as conn:
+        conn.execute("""CREATE TABLE sequence_events AS SELECT * FROM (VALUES
+            ('sX', 'X', 'i01', TIMESTAMP '2025-05-09 01:00:00', 'view', 'x1', false),
+            ('sX', 'X', 'i02', TIMESTAMP '2025-05-09 01:02:00', 'add_to_cart', 'x2', false),
+            ('sY', 'Y', 'i03', TIMESTAMP '2025-05-09 02:00:00', 'view', 'y1', false))
+            t(user_id, session_id, item_id, event_time, event_type, event_id, is_bot)""")
+        rule = RulePolicy("sr", tuple(sm.SESSION_FEATURES), (("sr_score", 1.0),), only_where="in_sr")
+        frame, _ = score_sessions(conn, str(path), rule, 3, LastType())
+    first = frame.groupby("sequence_id").first()
+    assert first.loc["sX/X", "p_next_add_to_cart"] == 1.0 and first.loc["sY/Y", "p_next_view"] == 1.0
+
+
 def test_otto_score_weights_the_recall_of_clicks_carts_and_orders_as_its_evaluation_script_does():
     """Two positions; the method lists i1, i2 for p1 and i3 for p2 (k = 2). Clicks: p1's next item i1 is listed, p2's
     i9 is not: 1/2. Carts: p1 carts i2 and i5 later (1 hit over min(2, 2)), p2 carts i3 (1 over 1): 2/3. Orders: p1
