@@ -500,8 +500,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from resources.registry import CHAMPION
 
     session_champion = registry.version_for_alias(SESSION_MODEL, CHAMPION)
-    if session_champion is not None and registry.version_for_alias(RANKER_MODEL, CHAMPION) is None \
-            and not args.model_version:  # a home of anonymous sessions: the in-session champion scores them
+    if args.protocol == "auto":  # a home of anonymous sessions has no ranker: the in-session champion scores them
+        use_session = session_champion is not None and registry.version_for_alias(RANKER_MODEL, CHAMPION) is None
+        args.protocol = "session" if use_session and not args.model_version else "next-day"
+    if args.protocol == "session":
+        if session_champion is None:
+            raise UsageError(f"--protocol session: {SESSION_MODEL} has no champion on this home (see the run summary)")
+        if args.model_version:
+            raise UsageError("--model-version names next-day models: leave it out with --protocol session")
         return _predict_sessions(args, home, out, warehouse, registry, session_champion)
     try:
         refs, notes = _scoring_models(registry, args.model_version or [])
@@ -823,6 +829,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--format", required=True, choices=sorted(FORMATS))
     predict.add_argument("--k", type=_whole_number(1, 1000), default=20, help="items per sequence (default %(default)s)")
     predict.add_argument("--out", required=True, help="output file: .csv, .parquet or .jsonl")
+    predict.add_argument("--protocol", choices=("auto", "next-day", "session"), default="auto",
+                         help="session: each session's next items from the in-session champion; next-day: each user's "
+                         "(or session's) items for tomorrow from the ranker; auto (default): next-day when the ranker "
+                         "has a champion, else session")
     predict.add_argument("--model-version", action="append", metavar="[NAME=]V",
                          help="score with this version instead of the champion: V for the ranker, NAME=V for "
                          "another model (repeatable)")

@@ -74,3 +74,6 @@ def test_a_click_log_trains_the_in_session_model_publishes_next_items_and_names_
         rows = conn.execute(f"SELECT sequence_id, count(*), max(rank) FROM read_csv('{tmp_path / 'next.csv'}') "
                             "GROUP BY ALL ORDER BY 1").fetchall()
     assert [(r[1], r[2]) for r in rows] == [(10, 10), (10, 10)]
+    out = _shopseq(home, "predict", "--events", str(prefixes), "--format", "yoochoose-clicks", "--protocol",
+                   "next-day", "--out", str(tmp_path / "next_day.csv"), cwd=cwd)
+    assert out.returncode == 2 and "no 'champion' version" in out.stderr and "Traceback" not in out.stderr
