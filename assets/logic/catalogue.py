@@ -347,8 +347,8 @@ def _session_blocker(conn) -> str | None:
 def _session_evaluation(conn, model, rules) -> tuple[pd.DataFrame, dt.date]:
     holdout = read_training_set(conn, "session_training_set", "holdout")
     day = pd.Timestamp(holdout["as_of_date"].iloc[0]).date()
-    start = pd.Timestamp(holdout["cutoff"].iloc[0]).to_pydatetime()  # the labels' day, as every training set's:
-    targets = session_model.session_targets(conn, start, start + dt.timedelta(days=1))  # cut-off + 1 day
+    start, end = (pd.Timestamp(holdout[column].iloc[0]).to_pydatetime() for column in ("cutoff", "window_end"))
+    targets = session_model.session_targets(conn, start, end)  # the same sessions as the hold-out's prefixes
     return session_model.evaluate_sessions(holdout, model, targets), day
 
 

@@ -381,16 +381,17 @@ def session_frame(conn: duckdb.DuckDBPyConnection, target_start: dt.datetime, ta
     (UTC, naive like ``event_time``), with ``relevance`` 1 on the true next item. The item side reads the events
     before ``target_start`` only; a prefix reads its own session's events up to its last one, after the events on
     items unknown at ``target_start`` are removed (the protocol of ``session_targets``, whose ``prefix_id`` it
-    shares). ``cutoff`` (= ``target_start``) tells the stacked days of a training set apart and
-    ``catalogue_items`` (items known at the cut-off) is the denominator of coverage. ``positives_only`` keeps the
-    prefixes whose next item is among their candidates: the only ones LambdaRank learns from."""
+    shares). ``cutoff`` (= ``target_start``) tells the stacked days of a training set apart, ``window_end`` (=
+    ``target_end``) closes the window for the evaluation's targets, and ``catalogue_items`` (items known at the
+    cut-off) is the denominator of coverage. ``positives_only`` keeps the prefixes whose next item is among their
+    candidates: the only ones LambdaRank learns from."""
     try:
         _item_side(conn, target_start)
         _target_prefixes(conn, target_start, target_end)
         frame = _candidates(conn, positives_only)
     finally:
         _drop_temp(conn)
-    return frame.assign(cutoff=pd.Timestamp(target_start))
+    return frame.assign(cutoff=pd.Timestamp(target_start), window_end=pd.Timestamp(target_end))
 
 
 def session_targets(conn: duckdb.DuckDBPyConnection, target_start: dt.datetime, target_end: dt.datetime) -> pd.DataFrame:

@@ -98,7 +98,8 @@ def test_session_targets_remove_unseen_items_drop_short_sessions_and_keep_every_
     assert got == {("sC/C/1", 1, "b"), ("sC/C/2", 2, "c"), ("sC/C/3", 3, "c"), ("sH/H/1", 1, "b")}
     frame = sm.session_frame(conn, *_window(1), positives_only=False)
     assert list(frame.columns) == ["prefix_id", "session_id", "user_id", "position", "prefix_time", "item_id", "relevance",
-                                   "source", *sm.SESSION_FEATURES[1:], "catalogue_items", "cutoff"]
+                                   "source", *sm.SESSION_FEATURES[1:], "catalogue_items", "cutoff",
+                                   "window_end"]
     assert sm.SESSION_FEATURES[0] == "position"
     assert frame.equals(frame.sort_values(["prefix_id", "item_id"]))
     assert set(frame["prefix_id"]) == set(targets["prefix_id"])
