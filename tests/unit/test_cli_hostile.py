@@ -54,6 +54,8 @@ def _commands(tmp_path: Path, value: str) -> list[list[str]]:
         ["predict", "--home", home, "--events", events, "--format", "taobao", "--k", value, "--out", str(tmp_path / "o.csv")],
         ["predict", "--home", home, "--events", events, "--format", "taobao", "--out", str(tmp_path / "o.csv"),
          "--model-version", value],
+        ["predict", "--home", home, "--events", events, "--format", "taobao", "--out", str(tmp_path / "o.csv"),
+         "--protocol", value],
         ["promote", "--home", home, "--model", value, "--version", "1", "--reason", "r"],
         ["promote", "--home", home, "--model", "shopseq_next_item_ranker", "--version", value, "--reason", "r"],
         ["rollback", "--home", home, "--model", value],
