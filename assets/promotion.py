@@ -158,8 +158,8 @@ def promote_model(conn_factory, registry: ModelRegistry, spec: ModelSpec, config
         day = holdout_day(conn, spec.training_set)
         stored = _stored_evaluations(conn, spec.name, day)
         learned = _contender(conn, registry, spec, challenger, day, stored)
-        rules = [_contender(conn, registry, spec, registry.version(spec.name, version), day, stored)
-                 for version, (policy, kind, _) in sorted(stored.items()) if kind == RULE and policy in spec.baselines]
+        rules = [_contender(conn, registry, spec, ModelVersionRef(spec.name, version, rows["run_id"].iloc[0]), day, stored)
+                 for version, (policy, kind, rows) in sorted(stored.items()) if kind == RULE and policy in spec.baselines]
         rules = sorted(rules, key=lambda r: spec.baselines.index(r.policy))  # ties go to the first listed
         before = _contender(conn, registry, spec, champion, day, stored) if champion is not None else None
     baseline = best_baseline(learned.evaluation, spec)

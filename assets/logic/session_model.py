@@ -415,12 +415,7 @@ def session_targets(conn: duckdb.DuckDBPyConnection, target_start: dt.datetime, 
         _drop_temp(conn)
 
 
-def _session_dataset(rows: pd.DataFrame, reference: lgb.Dataset | None) -> lgb.Dataset:
-    # One query group per prefix (of its cut-off), its candidates in item order: the same rows in the same order.
-    ordered = rows.sort_values(["cutoff", "prefix_id", "item_id"], kind="stable")
-    groups = ordered.groupby(["cutoff", "prefix_id"], sort=False).size().to_numpy()
-    return lgb.Dataset(ordered[SESSION_FEATURES].astype(float), label=ordered["relevance"], group=groups,
-                       reference=reference)
+_session_dataset = training.ranking_dataset(["cutoff", "prefix_id"], SESSION_FEATURES)  # a group per prefix and cut-off
 
 
 def train_session_ranker(frame: pd.DataFrame, params: LightGBMParams) -> lgb.Booster:

@@ -218,12 +218,18 @@ def train_binary(frame: pd.DataFrame, label: str, params: LightGBMParams) -> lgb
                  start=lambda rows: rule_offset(rows, USER_FEATURE_COLUMNS, weights, rows[label].to_numpy()))
 
 
-def _ranker_dataset(rows: pd.DataFrame, reference: lgb.Dataset | None) -> lgb.Dataset:
-    # One query group per (day, user), its candidates in item order: the same rows in the same order on every run.
-    ordered = rows.sort_values(["as_of_date", "user_id", "item_id"], kind="stable")
-    groups = ordered.groupby(["as_of_date", "user_id"], sort=False).size().to_numpy()
-    return lgb.Dataset(ordered[RANKER_FEATURES].astype(float), label=ordered["relevance"], group=groups,
-                       reference=reference)
+def ranking_dataset(query: list[str], features: list[str]):
+    """``dataset(rows, reference)`` for ``boost``: one LambdaRank query group per value of the ``query`` columns, its
+    candidates in item order, so LightGBM sees the same rows in the same order on every run."""
+    def dataset(rows: pd.DataFrame, reference: lgb.Dataset | None) -> lgb.Dataset:
+        ordered = rows.sort_values([*query, "item_id"], kind="stable")
+        groups = ordered.groupby(query, sort=False).size().to_numpy()
+        return lgb.Dataset(ordered[features].astype(float), label=ordered["relevance"], group=groups,
+                           reference=reference)
+    return dataset
+
+
+_ranker_dataset = ranking_dataset(["as_of_date", "user_id"], RANKER_FEATURES)  # a group per (day, user)
 
 
 def train_lambdarank(frame: pd.DataFrame, params: LightGBMParams) -> lgb.Booster:
