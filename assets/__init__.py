@@ -1,12 +1,5 @@
 """shopseq's software-defined assets, one module per pipeline stage."""
 
-import warnings
-
-from dagster import BetaWarning
-
-# Single-run backfill policies are a deliberate choice (see assets/partitions.py).
-warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=BetaWarning)
-
 from assets.cleaned_events import cleaned_events
 from assets.features import item_features, ranking_candidates, user_features
 from assets.models import MODEL_ASSETS, TRAINING_SET_ASSETS
@@ -17,7 +10,13 @@ from assets.replay import model_replay
 from assets.sequences import sessions, user_sequences
 
 DAILY_ASSETS = [
-    raw_events, cleaned_events, sessions, user_sequences, user_features, item_features, ranking_candidates,
+    raw_events,
+    cleaned_events,
+    sessions,
+    user_sequences,
+    user_features,
+    item_features,
+    ranking_candidates,
 ]
 TRAINING_ASSETS = [*TRAINING_SET_ASSETS, *MODEL_ASSETS, champion_promotion]
 SERVING_ASSETS = [recommendations, next_action_predictions, *PUBLISHED_ASSETS]

@@ -45,8 +45,12 @@ class CleaningConfig(Config):
     owners=["team:data-platform"],
     check_specs=[
         AssetCheckSpec("cleaned_events_suite", asset="cleaned_events", blocking=True),
-        AssetCheckSpec("cleaned_events_reconciles", asset="cleaned_events", blocking=True,
-                       description="Cleaned rows per day = distinct event ids among the day's raw events."),
+        AssetCheckSpec(
+            "cleaned_events_reconciles",
+            asset="cleaned_events",
+            blocking=True,
+            description="Cleaned rows per day = distinct event ids among the day's raw events.",
+        ),
     ],
 )
 def cleaned_events(context: AssetExecutionContext, config: CleaningConfig, warehouse: Warehouse) -> MaterializeResult:
@@ -58,13 +62,21 @@ def cleaned_events(context: AssetExecutionContext, config: CleaningConfig, wareh
     with warehouse.connect() as conn:
         per_day = {day: clean_day(conn, day, config.bot_events_per_day, tz) for day in days}
         start, end = window_bounds(conn, "cleaned_events", "event_time", days, tz)
-        suite, head = validate_window(conn, _WINDOW_WITH_DAYS, {"start": start, "end": end, **day_windows(days, tz)},
-                                      "cleaned_events", "cleaned_events_suite")
+        suite, head = validate_window(
+            conn,
+            _WINDOW_WITH_DAYS,
+            {"start": start, "end": end, **day_windows(days, tz)},
+            "cleaned_events",
+            "cleaned_events_suite",
+        )
         reconciled = reconciliation_check(
-            conn, "cleaned_events_reconciles",
+            conn,
+            "cleaned_events_reconciles",
             f"""SELECT b.day,
-                      (SELECT count(DISTINCT event_id) FROM raw_events WHERE event_time >= b.start_ts AND event_time < b.end_ts) AS expected,
-                      (SELECT count(*) FROM cleaned_events WHERE event_time >= b.start_ts AND event_time < b.end_ts) AS actual
+                      (SELECT count(DISTINCT event_id) FROM raw_events WHERE event_time >= b.start_ts
+                          AND event_time < b.end_ts) AS expected,
+                      (SELECT count(*) FROM cleaned_events WHERE event_time >= b.start_ts
+                          AND event_time < b.end_ts) AS actual
                FROM {DAY_WINDOWS_SQL} b ORDER BY 1""",
             day_windows(days, tz),
         )

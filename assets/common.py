@@ -2,7 +2,7 @@
 
 import datetime as dt
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import duckdb
 import pandas as pd
@@ -35,12 +35,19 @@ def suite_check(
 
 
 # The days of a window with their UTC bounds, as a relation for reconciliation SQL (params: ``day_windows``).
-DAY_WINDOWS_SQL = "(SELECT unnest($days) AS day, unnest($starts) AS start_ts, unnest($ends) AS end_ts, unnest($extra) AS extra)"
+DAY_WINDOWS_SQL = (
+    "(SELECT unnest($days) AS day, unnest($starts) AS start_ts, unnest($ends) AS end_ts, unnest($extra) AS extra)"
+)
 
 
 def day_windows(days: list[dt.date], tz: str, extra: list | None = None) -> dict:
     bounds = [day_bounds(d, tz) for d in days]
-    return {"days": days, "starts": [b[0] for b in bounds], "ends": [b[1] for b in bounds], "extra": extra or [0] * len(days)}
+    return {
+        "days": days,
+        "starts": [b[0] for b in bounds],
+        "ends": [b[1] for b in bounds],
+        "extra": extra or [0] * len(days),
+    }
 
 
 def reconciliation_check(conn: duckdb.DuckDBPyConnection, check_name: str, sql: str, params: dict) -> AssetCheckResult:
@@ -70,7 +77,12 @@ def per_day_table(per_day: dict[dt.date, dict[str, int]]) -> MetadataValue:
 
 
 def build_daily_table(
-    context, warehouse, table: str, day_column: str, build: Callable, more_checks: Callable | None = None,
+    context,
+    warehouse,
+    table: str,
+    day_column: str,
+    build: Callable,
+    more_checks: Callable | None = None,
     more_metadata: Callable | None = None,
 ) -> MaterializeResult:
     """The body of a daily asset: ``build(conn, day, tz)`` for each day of the window (each replaces

@@ -32,7 +32,8 @@ def _leakage_check(conn, table: str, days) -> AssetCheckResult:
 def _active_users_reconcile(conn, days) -> AssetCheckResult:
     """Every user active on the day (not a bot) has a feature row that counts the day's events."""
     return reconciliation_check(
-        conn, "user_features_reconciles",
+        conn,
+        "user_features_reconciles",
         """WITH f AS (SELECT as_of_date, cutoff, count(*) FILTER (WHERE events_1d > 0) AS actual
                       FROM user_features WHERE as_of_date >= $first AND as_of_date <= $last GROUP BY ALL)
            SELECT f.as_of_date AS day,
@@ -49,19 +50,32 @@ def _active_users_reconcile(conn, days) -> AssetCheckResult:
     deps=[cleaned_events],
     check_specs=[
         AssetCheckSpec("user_features_suite", asset="user_features", blocking=True),
-        AssetCheckSpec("user_features_no_leakage", asset="user_features", blocking=True,
-                       description="No user feature row has an event at or after its cut-off."),
-        AssetCheckSpec("user_features_reconciles", asset="user_features", blocking=True,
-                       description="Users active on the day = feature rows with events in the last 24 hours."),
+        AssetCheckSpec(
+            "user_features_no_leakage",
+            asset="user_features",
+            blocking=True,
+            description="No user feature row has an event at or after its cut-off.",
+        ),
+        AssetCheckSpec(
+            "user_features_reconciles",
+            asset="user_features",
+            blocking=True,
+            description="Users active on the day = feature rows with events in the last 24 hours.",
+        ),
     ],
 )
 def user_features(context: AssetExecutionContext, warehouse: Warehouse) -> MaterializeResult:
     """Per-user behaviour features as of the end of each day (28 days of history, bots excluded):
     counts per event type over 1/3/7/28 days, recency, sessions, funnel ratios, repeat ratio, trend,
     search behaviour (searches not followed by a view, categories searches led to)."""
-    return build_daily_table(context, warehouse, "user_features", "as_of_date", build_user_features_day,
-                             lambda conn, days: [_leakage_check(conn, "user_features", days),
-                                                 _active_users_reconcile(conn, days)])
+    return build_daily_table(
+        context,
+        warehouse,
+        "user_features",
+        "as_of_date",
+        build_user_features_day,
+        lambda conn, days: [_leakage_check(conn, "user_features", days), _active_users_reconcile(conn, days)],
+    )
 
 
 @asset(
@@ -74,8 +88,14 @@ def user_features(context: AssetExecutionContext, warehouse: Warehouse) -> Mater
 )
 def item_features(context: AssetExecutionContext, warehouse: Warehouse) -> MaterializeResult:
     """Per-item popularity, conversion, trend and age as of the end of each day."""
-    return build_daily_table(context, warehouse, "item_features", "as_of_date", build_item_features_day,
-                             lambda conn, days: [_leakage_check(conn, "item_features", days)])
+    return build_daily_table(
+        context,
+        warehouse,
+        "item_features",
+        "as_of_date",
+        build_item_features_day,
+        lambda conn, days: [_leakage_check(conn, "item_features", days)],
+    )
 
 
 def _recall_metadata(conn, days) -> dict:
@@ -100,5 +120,6 @@ def ranking_candidates(context: AssetExecutionContext, warehouse: Warehouse) -> 
     """Next-item candidates per recently active user as of the end of each day, from their own
     recent items, co-visitation, category popularity, new arrivals in their categories, trending and global
     popularity, with the ranker's features."""
-    return build_daily_table(context, warehouse, "ranking_candidates", "as_of_date", build_candidates_day,
-                             more_metadata=_recall_metadata)
+    return build_daily_table(
+        context, warehouse, "ranking_candidates", "as_of_date", build_candidates_day, more_metadata=_recall_metadata
+    )

@@ -76,7 +76,8 @@ class TrainingConfig(Config):
 
 
 def model_sha256(booster) -> str:
-    """The sha256 of the model file MLflow stores for ``booster`` (LightGBM's text format): equal hashes, equal models."""
+    """The sha256 of the model file MLflow stores for ``booster`` (LightGBM's text format): equal hashes, equal
+    models."""
     return hashlib.sha256(booster.model_to_string().encode()).hexdigest()
 
 
@@ -86,17 +87,24 @@ def skipped_result(context: AssetExecutionContext, model_name: str, reason: str)
     context.log.warning(f"{model_name} not trained: {reason}")
     return MaterializeResult(
         metadata={"model_name": model_name, "trained": False, "not_trained_because": reason},
-        check_results=[AssetCheckResult(
-            check_name="model_evaluation_suite", passed=False, severity=AssetCheckSeverity.WARN,
-            description=f"no model trained, so no evaluation: {reason}", metadata={"not_trained_because": reason},
-        )],
+        check_results=[
+            AssetCheckResult(
+                check_name="model_evaluation_suite",
+                passed=False,
+                severity=AssetCheckSeverity.WARN,
+                description=f"no model trained, so no evaluation: {reason}",
+                metadata={"not_trained_because": reason},
+            )
+        ],
     )
 
 
 def _comparison_markdown(evaluation: pd.DataFrame, metrics: list[str]) -> MetadataValue:
     """Model and baselines side by side per segment and target; the model with its 95% interval."""
     shown = evaluation[evaluation["metric"].isin(metrics)]
-    table = shown.pivot_table(index=["segment", "target", "metric"], columns="method", values="value", sort=False).round(4)
+    table = shown.pivot_table(
+        index=["segment", "target", "metric"], columns="method", values="value", sort=False
+    ).round(4)
     model = shown[shown["method"] == "model"].set_index(["segment", "target", "metric"]).reindex(table.index)
     table["model 95% CI"] = [
         f"{lo:.4f}..{hi:.4f}" if pd.notna(lo) else "" for lo, hi in zip(model["ci_low"], model["ci_high"])
@@ -106,7 +114,9 @@ def _comparison_markdown(evaluation: pd.DataFrame, metrics: list[str]) -> Metada
 
 def _flat_metrics(evaluation: pd.DataFrame) -> dict[str, float]:
     return {
-        (f"{row.method}.{row.target}.{row.metric}" + ("" if row.segment == "all" else f".{row.segment}")).replace("@", "_at_"): row.value
+        (f"{row.method}.{row.target}.{row.metric}" + ("" if row.segment == "all" else f".{row.segment}")).replace(
+            "@", "_at_"
+        ): row.value
         for row in evaluation.itertuples()
         if pd.notna(row.value)
     }
@@ -115,8 +125,13 @@ def _flat_metrics(evaluation: pd.DataFrame) -> dict[str, float]:
 def store_evaluation(conn, evaluation: pd.DataFrame, ref, holdout_day: dt.date, policy: str, kind: str) -> None:
     """Keep one version's evaluation on one hold-out in ``model_evaluations``, where promotion reads it."""
     stored = evaluation.assign(
-        model_name=ref.name, model_version=ref.version, run_id=ref.run_id, holdout_day=holdout_day,
-        evaluated_at=pd.Timestamp.now("UTC").tz_localize(None), policy=policy, policy_kind=kind,
+        model_name=ref.name,
+        model_version=ref.version,
+        run_id=ref.run_id,
+        holdout_day=holdout_day,
+        evaluated_at=pd.Timestamp.now("UTC").tz_localize(None),
+        policy=policy,
+        policy_kind=kind,
     )
     ensure_table(conn, "model_evaluations", EVALUATION_COLUMNS, add_new_columns=True)
     conn.register("incoming_frame", stored)
@@ -132,32 +147,59 @@ def as_rule_evaluation(evaluation: pd.DataFrame, rule: str) -> pd.DataFrame:
     return kept.assign(method=kept["method"].replace({rule: "model", f"{rule}_raw": "model_raw"}))
 
 
-def _record_model(context: AssetExecutionContext, warehouse: Warehouse, registry: ModelRegistry, spec: ModelSpec,
-                  booster, rules: dict, train: pd.DataFrame, evaluation: pd.DataFrame, extras: tuple[dict, dict],
-                  config: TrainingConfig, holdout_day: dt.date, started: float) -> MaterializeResult:
+def _record_model(
+    context: AssetExecutionContext,
+    warehouse: Warehouse,
+    registry: ModelRegistry,
+    spec: ModelSpec,
+    booster,
+    rules: dict,
+    train: pd.DataFrame,
+    evaluation: pd.DataFrame,
+    extras: tuple[dict, dict],
+    config: TrainingConfig,
+    holdout_day: dt.date,
+    started: float,
+) -> MaterializeResult:
     """Log the run to MLflow (with its training data as a dataset input and figures), register the version as
     challenger, register the rule policies that may serve in its place, store every evaluation."""
     tables, figures = extras
-    tags = {"dagster_run_id": context.run.run_id, "holdout_day": str(holdout_day),
-            "train_cutoffs": ",".join(sorted({str(pd.Timestamp(d).date()) for d in train["as_of_date"]}))}
+    tags = {
+        "dagster_run_id": context.run.run_id,
+        "holdout_day": str(holdout_day),
+        "train_cutoffs": ",".join(sorted({str(pd.Timestamp(d).date()) for d in train["as_of_date"]})),
+    }
     ref = registry.log_lightgbm(
         spec.name,
         booster,
         train[spec.features].astype(float),
-        params={**config.model_dump(), "features": len(spec.features), "train_rows": len(train),
-                "boosting_rounds": booster.current_iteration()},  # the rule's trees and the early-stopped rounds
+        params={
+            **config.model_dump(),
+            "features": len(spec.features),
+            "train_rows": len(train),
+            "boosting_rounds": booster.current_iteration(),
+        },  # the rule's trees and the early-stopped rounds
         metrics=_flat_metrics(evaluation),
         tags={**tags, "model_sha256": model_sha256(booster)},
         tables={"holdout_evaluation": evaluation, **tables},
         datasets={"training": (train, f"{spec.training_set} (train split)")},
-        figures={"feature_importance": plots.importance_figure(booster), **figures,
-                 **_metric_by_day(warehouse, spec, evaluation, holdout_day)},
+        figures={
+            "feature_importance": plots.importance_figure(booster),
+            **figures,
+            **_metric_by_day(warehouse, spec, evaluation, holdout_day),
+        },
     )
     rule_refs = {}
     for name, policy in rules.items():
         rule_evaluation = as_rule_evaluation(evaluation, name)
-        rule_refs[name] = registry.rule_version(spec.name, policy, train[spec.features].astype(float),
-                                                _flat_metrics(rule_evaluation), tags, {"holdout_evaluation": rule_evaluation})
+        rule_refs[name] = registry.rule_version(
+            spec.name,
+            policy,
+            train[spec.features].astype(float),
+            _flat_metrics(rule_evaluation),
+            tags,
+            {"holdout_evaluation": rule_evaluation},
+        )
     with warehouse.connect() as conn:
         store_evaluation(conn, evaluation, ref, holdout_day, "lightgbm", "learned")
         for name, rule_ref in rule_refs.items():
@@ -170,8 +212,12 @@ def _record_model(context: AssetExecutionContext, warehouse: Warehouse, registry
             "mlflow_run": MetadataValue.url(registry.run_url(ref.run_id)),
             "mlflow_model_version": MetadataValue.url(registry.version_url(ref)),
             "mlflow_model_uri": ref.uri,
-            "rule_policies": MetadataValue.md("| rule | version |\n|---|---|\n" + "\n".join(
-                f"| {name} | {r.version} |" for name, r in rule_refs.items())) if rule_refs else "none",
+            "rule_policies": MetadataValue.md(
+                "| rule | version |\n|---|---|\n"
+                + "\n".join(f"| {name} | {r.version} |" for name, r in rule_refs.items())
+            )
+            if rule_refs
+            else "none",
             "holdout_day": str(holdout_day),
             "train_rows": len(train),
             f"holdout_{spec.metric}": main_metric(evaluation, spec),
@@ -186,19 +232,23 @@ def _record_model(context: AssetExecutionContext, warehouse: Warehouse, registry
 def _metric_by_day(warehouse: Warehouse, spec: ModelSpec, evaluation: pd.DataFrame, holdout_day: dt.date) -> dict:
     """The main metric of this model's earlier versions per replayed day, with this hold-out, as a figure."""
     model_name, target, metric = spec.name, spec.target, spec.metric
-    this = evaluation[(evaluation["segment"] == "all") & (evaluation["target"] == target) & (evaluation["metric"] == metric)]
+    this = evaluation[
+        (evaluation["segment"] == "all") & (evaluation["target"] == target) & (evaluation["metric"] == metric)
+    ]
     per_day = [this.assign(day=pd.Timestamp(holdout_day + dt.timedelta(days=1)))[["day", "method", "value"]]]
     with warehouse.connect() as conn:
-        if conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'model_replay'").fetchone()[0]:
-            per_day.append(conn.execute(
-                """SELECT day, method, value FROM model_replay
+        if conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'model_replay'").fetchone()[
+            0
+        ]:
+            per_day.append(
+                conn.execute(
+                    """SELECT day, method, value FROM model_replay
                    WHERE model_name = ? AND segment = 'all' AND target = ? AND metric = ?""",
-                [model_name, target, metric],
-            ).df())
+                    [model_name, target, metric],
+                ).df()
+            )
     per_day = pd.concat([f for f in per_day if len(f)], ignore_index=True)
     return {"metric_by_day": plots.metric_by_day_figure(per_day, f"{target} {metric}")}
-
-
 
 
 def _not_built(context: AssetExecutionContext, spec: TrainingSetSpec, reason: str) -> MaterializeResult:
@@ -206,9 +256,15 @@ def _not_built(context: AssetExecutionContext, spec: TrainingSetSpec, reason: st
     context.log.warning(f"{spec.table} not built: {reason}")
     return MaterializeResult(
         metadata={"built": False, "not_built_because": reason},
-        check_results=[AssetCheckResult(check_name=name, passed=False, severity=AssetCheckSeverity.WARN,
-                                        description=f"nothing to check: {reason}")
-                       for name in (f"{spec.table}_suite", f"{spec.table}_point_in_time")],
+        check_results=[
+            AssetCheckResult(
+                check_name=name,
+                passed=False,
+                severity=AssetCheckSeverity.WARN,
+                description=f"nothing to check: {reason}",
+            )
+            for name in (f"{spec.table}_suite", f"{spec.table}_point_in_time")
+        ],
     )
 
 
@@ -221,25 +277,35 @@ def _training_set_asset(spec: TrainingSetSpec):
         description=spec.description,
         check_specs=[
             AssetCheckSpec(f"{spec.table}_suite", asset=spec.table, blocking=True),
-            AssetCheckSpec(f"{spec.table}_point_in_time", asset=spec.table, blocking=True,
-                           description="Every row describes only what happened before its cut-off."),
+            AssetCheckSpec(
+                f"{spec.table}_point_in_time",
+                asset=spec.table,
+                blocking=True,
+                description="Every row describes only what happened before its cut-off.",
+            ),
         ],
     )
-    def _training_set(context: AssetExecutionContext, config: TrainingSetConfig, warehouse: Warehouse) -> MaterializeResult:
+    def _training_set(
+        context: AssetExecutionContext, config: TrainingSetConfig, warehouse: Warehouse
+    ) -> MaterializeResult:
         started = time.perf_counter()
         with warehouse.connect() as conn:
             tz = warehouse.timezone
             cutoffs = spec.cutoffs(conn, tz)
             if len(cutoffs) < 2:  # the models it feeds are skipped (see ``training_blocker``): no stale rows stay
                 conn.execute(f"DROP TABLE IF EXISTS {spec.table}")
-                return _not_built(context, spec, f"{len(cutoffs)} cut-off day(s) with labels for it; it needs 2, one "
-                                  "of them for the hold-out")
+                return _not_built(
+                    context,
+                    spec,
+                    f"{len(cutoffs)} cut-off day(s) with labels for it; it needs 2, one of them for the hold-out",
+                )
             train_days, holdout_day = training.split_cutoffs(cutoffs, config.train_days)
             frame = spec.build(conn, train_days, holdout_day, tz)
             replace_table(conn, spec.table, frame)
             suite, per_day = spec.point_in_time(conn, frame)
-        in_time = validate(per_day, suite, f"{spec.table}_point_in_time",
-                           extra_metadata={"per_day": markdown_preview(per_day, 31)})
+        in_time = validate(
+            per_day, suite, f"{spec.table}_point_in_time", extra_metadata={"per_day": markdown_preview(per_day, 31)}
+        )
         return MaterializeResult(
             metadata={
                 "dagster/row_count": len(frame),
@@ -277,8 +343,9 @@ def _model_asset(spec: ModelSpec):
             rules = spec.rules(conn)
             evaluation, holdout_day = spec.evaluate(conn, booster, rules)
             extras = spec.extras(conn, booster) if spec.extras else ({}, {})
-        return _record_model(context, warehouse, registry, spec, booster, rules, train, evaluation, extras, config,
-                             holdout_day, started)
+        return _record_model(
+            context, warehouse, registry, spec, booster, rules, train, evaluation, extras, config, holdout_day, started
+        )
 
     return _model
 

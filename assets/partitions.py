@@ -19,9 +19,10 @@ daily_backfill_policy = BackfillPolicy.single_run()
 def partition_days(context: AssetExecutionContext) -> list[dt.date]:
     """The days of the run's partition window (one day, or a backfilled range)."""
     window = context.partition_time_window
-    first = window.start.astimezone(dt.timezone.utc).date()
-    last = window.end.astimezone(dt.timezone.utc).date()
+    first = window.start.astimezone(dt.UTC).date()
+    last = window.end.astimezone(dt.UTC).date()
     return [first + dt.timedelta(days=i) for i in range((last - first).days)]
+
 
 # The run tags of a ranged run (what a single-run backfill of days sets).
 RANGE_START_TAG = "dagster/asset_partition_range_start"

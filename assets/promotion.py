@@ -17,12 +17,12 @@ from expectations import validate
 from resources import ModelRegistry, Warehouse
 from resources.registry import CHALLENGER, CHAMPION, ModelVersionRef
 
-
 # One row per model and promotion run (the columns the first versions created from the decisions frame; ``policy``
 # and ``policy_kind`` name the policy the decision was about).
-PROMOTION_LOG_COLUMNS = """(model_name VARCHAR, challenger_version BIGINT, champion_version BIGINT, champion_run_id VARCHAR,
-    decision VARCHAR, reason VARCHAR, metric VARCHAR, challenger_metric DOUBLE, champion_metric_before DOUBLE,
-    best_baseline DOUBLE, holdout_day DATE, decided_at TIMESTAMP_NS, policy VARCHAR, policy_kind VARCHAR)"""
+PROMOTION_LOG_COLUMNS = """(model_name VARCHAR, challenger_version BIGINT, champion_version BIGINT,
+    champion_run_id VARCHAR, decision VARCHAR, reason VARCHAR, metric VARCHAR, challenger_metric DOUBLE,
+    champion_metric_before DOUBLE, best_baseline DOUBLE, holdout_day DATE, decided_at TIMESTAMP_NS, policy VARCHAR,
+    policy_kind VARCHAR)"""
 
 
 class PromotionConfig(Config):
@@ -35,21 +35,29 @@ class PromotionConfig(Config):
     main metric on the same hold-out."""
 
 
-def segment_regressions(challenger: pd.DataFrame, champion: pd.DataFrame, target: str, metric: str,
-                        tolerance: float) -> list[str]:
+def segment_regressions(
+    challenger: pd.DataFrame, champion: pd.DataFrame, target: str, metric: str, tolerance: float
+) -> list[str]:
     """Segments (other than ``all``) where the challenger's main metric falls more than ``tolerance``
     (relative) below the champion's on the same hold-out, beyond the challenger's 95% bootstrap interval (a small
     segment's value moves by chance; only a loss its interval cannot explain blocks), worded for the decision."""
+
     def per_segment(evaluation):
-        rows = evaluation[(evaluation["method"] == "model") & (evaluation["target"] == target)
-                          & (evaluation["metric"] == metric) & (evaluation["segment"] != "all")]
+        rows = evaluation[
+            (evaluation["method"] == "model")
+            & (evaluation["target"] == target)
+            & (evaluation["metric"] == metric)
+            & (evaluation["segment"] != "all")
+        ]
         return rows.set_index("segment")[["value", "ci_high"]].dropna(subset=["value"])
 
     new, old = per_segment(challenger), per_segment(champion)
-    return [f"{segment} {new.at[segment, 'value']:.4f} (95% CI up to {new.at[segment, 'ci_high']:.4f}) "
-            f"< {old.at[segment, 'value']:.4f} - {tolerance:.0%}"
-            for segment in new.index.intersection(old.index)
-            if new.at[segment, "ci_high"] < old.at[segment, "value"] * (1.0 - tolerance)]
+    return [
+        f"{segment} {new.at[segment, 'value']:.4f} (95% CI up to {new.at[segment, 'ci_high']:.4f}) "
+        f"< {old.at[segment, 'value']:.4f} - {tolerance:.0%}"
+        for segment in new.index.intersection(old.index)
+        if new.at[segment, "ci_high"] < old.at[segment, "value"] * (1.0 - tolerance)
+    ]
 
 
 def same_model(challenger_tags: dict[str, str], champion_tags: dict[str, str]) -> bool:
@@ -57,8 +65,10 @@ def same_model(challenger_tags: dict[str, str], champion_tags: dict[str, str]) -
     ``policy_sha256`` (a rule's definition): a re-run on unchanged data trains the same model, and moving the alias
     to its copy would change nothing but the version the served rows name. Versions logged before the hash was
     recorded are compared on their metrics only."""
-    return any(challenger_tags.get(key) is not None and challenger_tags.get(key) == champion_tags.get(key)
-               for key in ("model_sha256", "policy_sha256"))
+    return any(
+        challenger_tags.get(key) is not None and challenger_tags.get(key) == champion_tags.get(key)
+        for key in ("model_sha256", "policy_sha256")
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,8 +99,13 @@ def choose(learned: Contender, rules: list[Contender], baseline: tuple[str, floa
     return best, f"{lost}; the best rule policy is {best.policy} {best.value:.4f}"
 
 
-def decide(contender: Contender | None, why: str, champion: Contender | None, config: PromotionConfig,
-           regressions: list[str] = ()) -> tuple[bool, str]:
+def decide(
+    contender: Contender | None,
+    why: str,
+    champion: Contender | None,
+    config: PromotionConfig,
+    regressions: list[str] = (),
+) -> tuple[bool, str]:
     """Whether the contender replaces the champion, and why, from metrics measured on one hold-out window."""
     if contender is None:
         return False, why
@@ -100,10 +115,14 @@ def decide(contender: Contender | None, why: str, champion: Contender | None, co
         return False, f"{why}; but {contender.describe()} regresses on segments: {'; '.join(regressions)}"
     needed = champion.value * (1.0 + config.min_relative_improvement)
     if contender.value > needed:
-        return True, (f"{why}; {contender.describe()} {contender.value:.4f} beats champion {champion.describe()} "
-                      f"{champion.value:.4f} (needed > {needed:.4f})")
-    return False, (f"{why}; {contender.describe()} {contender.value:.4f} does not beat champion {champion.describe()} "
-                   f"{champion.value:.4f} (needed > {needed:.4f})")
+        return True, (
+            f"{why}; {contender.describe()} {contender.value:.4f} beats champion {champion.describe()} "
+            f"{champion.value:.4f} (needed > {needed:.4f})"
+        )
+    return False, (
+        f"{why}; {contender.describe()} {contender.value:.4f} does not beat champion {champion.describe()} "
+        f"{champion.value:.4f} (needed > {needed:.4f})"
+    )
 
 
 def _stored_evaluations(conn, model_name: str, day) -> dict[int, tuple[str, str, pd.DataFrame]]:
@@ -111,10 +130,13 @@ def _stored_evaluations(conn, model_name: str, day) -> dict[int, tuple[str, str,
     ensure_table(conn, "model_evaluations", EVALUATION_COLUMNS, add_new_columns=True)
     rows = conn.execute(
         """SELECT * FROM model_evaluations WHERE model_name = ? AND holdout_day = ?
-           QUALIFY evaluated_at = max(evaluated_at) OVER (PARTITION BY model_version)""", [model_name, day],
+           QUALIFY evaluated_at = max(evaluated_at) OVER (PARTITION BY model_version)""",
+        [model_name, day],
     ).df()
-    return {int(version): (group["policy"].iloc[0] or "lightgbm", group["policy_kind"].iloc[0] or LEARNED, group)
-            for version, group in rows.groupby("model_version")}
+    return {
+        int(version): (group["policy"].iloc[0] or "lightgbm", group["policy_kind"].iloc[0] or LEARNED, group)
+        for version, group in rows.groupby("model_version")
+    }
 
 
 def _contender(conn, registry: ModelRegistry, spec: ModelSpec, ref: ModelVersionRef, day, stored: dict) -> Contender:
@@ -131,16 +153,31 @@ def _contender(conn, registry: ModelRegistry, spec: ModelSpec, ref: ModelVersion
     return Contender(ref, policy, kind, main_metric(evaluation, spec), evaluation)
 
 
-def _decision(spec: ModelSpec, contender: Contender | None, champion_before: Contender | None, champion, decision: str,
-              reason: str, baseline: float | None, day) -> dict:
+def _decision(
+    spec: ModelSpec,
+    contender: Contender | None,
+    champion_before: Contender | None,
+    champion,
+    decision: str,
+    reason: str,
+    baseline: float | None,
+    day,
+) -> dict:
     return {
-        "model_name": spec.name, "challenger_version": contender.ref.version if contender else None,
+        "model_name": spec.name,
+        "challenger_version": contender.ref.version if contender else None,
         "champion_version": champion.version if champion else None,
-        "champion_run_id": champion.run_id if champion else None, "decision": decision, "reason": reason,
-        "metric": f"{spec.target}/{spec.metric}", "challenger_metric": contender.value if contender else None,
-        "champion_metric_before": champion_before.value if champion_before else None, "best_baseline": baseline,
-        "holdout_day": day, "decided_at": pd.Timestamp.now("UTC").tz_localize(None),
-        "policy": contender.policy if contender else None, "policy_kind": contender.kind if contender else None,
+        "champion_run_id": champion.run_id if champion else None,
+        "decision": decision,
+        "reason": reason,
+        "metric": f"{spec.target}/{spec.metric}",
+        "challenger_metric": contender.value if contender else None,
+        "champion_metric_before": champion_before.value if champion_before else None,
+        "best_baseline": baseline,
+        "holdout_day": day,
+        "decided_at": pd.Timestamp.now("UTC").tz_localize(None),
+        "policy": contender.policy if contender else None,
+        "policy_kind": contender.kind if contender else None,
     }
 
 
@@ -150,7 +187,9 @@ def promote_model(conn_factory, registry: ModelRegistry, spec: ModelSpec, config
         cannot_train = training_blocker(conn, spec.name)
     champion = registry.version_for_alias(spec.name, CHAMPION)
     if cannot_train:  # its training asset trained nothing: the decision says why, any earlier champion stays
-        return _decision(spec, None, None, champion, "skipped", f"this home's data cannot train it: {cannot_train}", None, None)
+        return _decision(
+            spec, None, None, champion, "skipped", f"this home's data cannot train it: {cannot_train}", None, None
+        )
     challenger = registry.version_for_alias(spec.name, CHALLENGER)
     if challenger is None:
         raise RuntimeError(f"model {spec.name!r} has no '{CHALLENGER}' version: run its training asset first")
@@ -158,20 +197,31 @@ def promote_model(conn_factory, registry: ModelRegistry, spec: ModelSpec, config
         day = holdout_day(conn, spec.training_set)
         stored = _stored_evaluations(conn, spec.name, day)
         learned = _contender(conn, registry, spec, challenger, day, stored)
-        rules = [_contender(conn, registry, spec, ModelVersionRef(spec.name, version, rows["run_id"].iloc[0]), day, stored)
-                 for version, (policy, kind, rows) in sorted(stored.items()) if kind == RULE and policy in spec.baselines]
+        rules = [
+            _contender(conn, registry, spec, ModelVersionRef(spec.name, version, rows["run_id"].iloc[0]), day, stored)
+            for version, (policy, kind, rows) in sorted(stored.items())
+            if kind == RULE and policy in spec.baselines
+        ]
         rules = sorted(rules, key=lambda r: spec.baselines.index(r.policy))  # ties go to the first listed
         before = _contender(conn, registry, spec, champion, day, stored) if champion is not None else None
     baseline = best_baseline(learned.evaluation, spec)
     contender, why = choose(learned, rules, baseline)
     if contender is not None and before is not None and contender.ref.version == before.ref.version:
         promote, reason = False, f"{why}; it is already the champion"
-    elif contender is not None and before is not None and same_model(registry.run_tags(contender.ref),
-                                                                     registry.run_tags(before.ref)):
+    elif (
+        contender is not None
+        and before is not None
+        and same_model(registry.run_tags(contender.ref), registry.run_tags(before.ref))
+    ):
         promote, reason = False, f"{why}; identical to the champion v{before.ref.version} (same sha256)"
     else:
-        regressions = (segment_regressions(contender.evaluation, before.evaluation, spec.target, spec.metric,
-                                           config.max_segment_regression) if contender and before else [])
+        regressions = (
+            segment_regressions(
+                contender.evaluation, before.evaluation, spec.target, spec.metric, config.max_segment_regression
+            )
+            if contender and before
+            else []
+        )
         promote, reason = decide(contender, why, before, config, regressions)
         if promote and not config.auto_promote:
             promote, reason = False, f"automatic promotion is off; would promote: {reason}"
@@ -183,18 +233,30 @@ def promote_model(conn_factory, registry: ModelRegistry, spec: ModelSpec, config
             f"{'Promoted' if chosen else 'Kept'} on the hold-out of {day} ({spec.target}/{spec.metric}), "
             f"{version.kind} policy {version.policy}: {reason}. This version {version.value:.4f}, best baseline "
             f"{baseline[0]} {baseline[1]:.4f}, champion before "
-            + (f"{before.describe()} {before.value:.4f}" if before else "none") + ".",
-            {"promotion_decision": "promoted" if chosen else "kept", "promotion_reason": reason[:5000],
-             "promotion_holdout_day": str(day)},
+            + (f"{before.describe()} {before.value:.4f}" if before else "none")
+            + ".",
+            {
+                "promotion_decision": "promoted" if chosen else "kept",
+                "promotion_reason": reason[:5000],
+                "promotion_holdout_day": str(day),
+            },
         )
     if promote:
         registry.set_alias(contender.ref, CHAMPION, reason)
         with conn_factory() as conn:
-            record_alias_change(conn, spec.name, CHAMPION, before.ref.version if before else None,
-                                contender.ref.version, f"{contender.describe()}: {reason}", "champion_promotion")
+            record_alias_change(
+                conn,
+                spec.name,
+                CHAMPION,
+                before.ref.version if before else None,
+                contender.ref.version,
+                f"{contender.describe()}: {reason}",
+                "champion_promotion",
+            )
         champion = contender.ref
-    return _decision(spec, contender or learned, before, champion, "promoted" if promote else "kept", reason,
-                     baseline[1], day)
+    return _decision(
+        spec, contender or learned, before, champion, "promoted" if promote else "kept", reason, baseline[1], day
+    )
 
 
 @asset(
@@ -211,8 +273,13 @@ def champion_promotion(config: PromotionConfig, warehouse: Warehouse, registry: 
     started = time.perf_counter()
     decisions = [promote_model(warehouse.connect, registry, spec, config) for spec in CATALOGUE.values()]
     frame = pd.DataFrame(decisions).astype(
-        {"challenger_version": "Int64", "champion_version": "Int64", "challenger_metric": float,
-         "champion_metric_before": float, "best_baseline": float}
+        {
+            "challenger_version": "Int64",
+            "champion_version": "Int64",
+            "challenger_metric": float,
+            "champion_metric_before": float,
+            "best_baseline": float,
+        }
     )
     with warehouse.connect() as conn:
         ensure_table(conn, "promotion_log", PROMOTION_LOG_COLUMNS, add_new_columns=True)
@@ -223,9 +290,14 @@ def champion_promotion(config: PromotionConfig, warehouse: Warehouse, registry: 
     return MaterializeResult(
         metadata={
             "dagster/row_count": len(frame),
-            "decisions": MetadataValue.md(frame.drop(columns=["decided_at", "champion_run_id"]).to_markdown(index=False)),
-            **{f"{name}_champion_in_mlflow": MetadataValue.url(registry.version_url(ref))
-               for name, ref in champions.items() if ref is not None},
+            "decisions": MetadataValue.md(
+                frame.drop(columns=["decided_at", "champion_run_id"]).to_markdown(index=False)
+            ),
+            **{
+                f"{name}_champion_in_mlflow": MetadataValue.url(registry.version_url(ref))
+                for name, ref in champions.items()
+                if ref is not None
+            },
             "seconds": round(time.perf_counter() - started, 2),
             **{f"{d['model_name']}_champion": d["champion_version"] or "none" for d in decisions},
         },

@@ -38,15 +38,23 @@ MONITOR_HISTORY_DAYS = 60
     check_specs=[
         AssetCheckSpec("raw_events_suite", asset="raw_events", blocking=True, description="GX suite raw_events"),
         AssetCheckSpec(
-            "landing_reconciles", asset="raw_events", blocking=True,
+            "landing_reconciles",
+            asset="raw_events",
+            blocking=True,
             description="Every landing row is accepted or quarantined: read = accepted + quarantined, per day.",
         ),
         AssetCheckSpec(
-            "raw_events_volume", asset="raw_events", blocking=False,
-            description="Advisory: daily accepted rows inside the 99% interval of an AR(1) forecast from the days before.",
+            "raw_events_volume",
+            asset="raw_events",
+            blocking=False,
+            description=(
+                "Advisory: daily accepted rows inside the 99% interval of an AR(1) forecast from the days before."
+            ),
         ),
         AssetCheckSpec(
-            "raw_events_event_mix", asset="raw_events", blocking=False,
+            "raw_events_event_mix",
+            asset="raw_events",
+            blocking=False,
             description="Advisory: event-type shares within 0.15 (total variation) of the 7 days before.",
         ),
     ],
@@ -65,7 +73,8 @@ def raw_events(context: AssetExecutionContext, warehouse: Warehouse, landing: La
             rows = conn.execute("SELECT count(*) FROM read_parquet(?, union_by_name = true)", [files]).fetchone()[0]
             landed.append(rows)
         reconciled = reconciliation_check(
-            conn, "landing_reconciles",
+            conn,
+            "landing_reconciles",
             f"""SELECT b.day, b.extra AS expected,
                        (SELECT count(*) FROM raw_events r WHERE r.event_time >= b.start_ts AND r.event_time < b.end_ts)
                      + (SELECT count(*) FROM raw_events_quarantine q WHERE q.partition_date = b.day) AS actual
@@ -117,6 +126,8 @@ def _advisory(name: str, table: pd.DataFrame, flag: str, what: str) -> AssetChec
         metadata={
             "days_judged": len(table),
             "days_flagged": len(flagged),
-            "per_day": MetadataValue.md(table.to_markdown(index=False) if len(table) else "_not enough history to judge_"),
+            "per_day": MetadataValue.md(
+                table.to_markdown(index=False) if len(table) else "_not enough history to judge_"
+            ),
         },
     )

@@ -3,15 +3,15 @@
 import datetime as dt
 import json
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 import duckdb
 import pandas as pd
 import pyarrow as pa
 from dagster import (
     AssetCheckSpec,
-    AssetKey,
     AssetExecutionContext,
+    AssetKey,
     Config,
     MaterializeResult,
     MetadataValue,
@@ -21,8 +21,10 @@ from dagster import (
 from assets.common import markdown_preview, suite_check
 from assets.features import ranking_candidates, user_features
 from assets.logic.candidates import RANKER_FEATURES
+from assets.logic.catalogue import CATALOGUE, NEXT_ACTION_MODELS, RANKER_MODEL, ModelSpec
 from assets.logic.features import USER_FEATURE_COLUMNS
 from assets.logic.lifecycle import record_outside_moves
+from assets.logic.policies import policy_kind, policy_name
 from assets.logic.serving import (
     TOP_K,
     BusinessRules,
@@ -35,8 +37,6 @@ from assets.logic.warehouse_sql import (
     ensure_table,
     replace_window_from_frames,
 )
-from assets.logic.catalogue import CATALOGUE, NEXT_ACTION_MODELS, RANKER_MODEL, ModelSpec
-from assets.logic.policies import policy_kind, policy_name
 from assets.partitions import DAILY_ASSET, PUBLISH_AUTOMATION, partition_days
 from assets.promotion import champion_promotion
 from resources import ModelRegistry, Warehouse
@@ -57,19 +57,35 @@ class RecommendationConfig(Config):
 
 # Set by workflows.sensors.champion_alias_sensor on the publish runs it requests: {model: [from, to]}.
 ALIAS_MOVES_TAG = "shopseq/alias_moves"
-_COMMON = dict(**DAILY_ASSET, automation_condition=PUBLISH_AUTOMATION, group_name="serving", kinds={"duckdb", "lightgbm"}, owners=["team:ml"])
+_COMMON = dict(
+    **DAILY_ASSET,
+    automation_condition=PUBLISH_AUTOMATION,
+    group_name="serving",
+    kinds={"duckdb", "lightgbm"},
+    owners=["team:ml"],
+)
 # Every row names the policy that produced it: the model version, its MLflow run, the policy (a rule's name, or
 # ``lightgbm``) and its kind (``rule`` or ``learned``).
-_LINEAGE = ("model_name VARCHAR NOT NULL, model_version BIGINT NOT NULL, run_id VARCHAR NOT NULL, scored_at TIMESTAMP, "
-            "policy VARCHAR, policy_kind VARCHAR")
+_LINEAGE = (
+    "model_name VARCHAR NOT NULL, model_version BIGINT NOT NULL, run_id VARCHAR NOT NULL, scored_at TIMESTAMP, "
+    "policy VARCHAR, policy_kind VARCHAR"
+)
 TABLES = {
-    "recommendations": f"(as_of_date DATE NOT NULL, user_id VARCHAR NOT NULL, rank BIGINT NOT NULL, item_id VARCHAR NOT NULL, score DOUBLE, source VARCHAR, reason VARCHAR, rules VARCHAR, {_LINEAGE})",
-    "next_action_predictions": f"(as_of_date DATE NOT NULL, user_id VARCHAR NOT NULL, action VARCHAR NOT NULL, probability DOUBLE NOT NULL, {_LINEAGE})",
+    "recommendations": (
+        "(as_of_date DATE NOT NULL, user_id VARCHAR NOT NULL, rank BIGINT NOT NULL, item_id VARCHAR NOT NULL, "
+        f"score DOUBLE, source VARCHAR, reason VARCHAR, rules VARCHAR, {_LINEAGE})"
+    ),
+    "next_action_predictions": (
+        f"(as_of_date DATE NOT NULL, user_id VARCHAR NOT NULL, action VARCHAR NOT NULL, probability DOUBLE NOT NULL, "
+        f"{_LINEAGE})"
+    ),
 }
 
 
 def publish_day(
-    conn: duckdb.DuckDBPyConnection, table: str, day: dt.date,
+    conn: duckdb.DuckDBPyConnection,
+    table: str,
+    day: dt.date,
     scored: Iterable[tuple[ModelVersionRef, object, Iterable[pd.DataFrame | pa.Table]]],
 ) -> int:
     """Replace ``day`` of ``table`` (one of ``TABLES``) with the rows of each model in ``scored``, given as (version,
@@ -77,10 +93,20 @@ def publish_day(
     are made and written one at a time, in one transaction (see ``replace_window_from_frames``). Returns the rows
     written."""
     ensure_table(conn, table, TABLES[table], add_new_columns=True)
-    scored_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-    batches = (_append_constants(rows, model_name=ref.name, model_version=ref.version, run_id=ref.run_id,
-                                 scored_at=scored_at, policy=policy_name(model), policy_kind=policy_kind(model))
-               for ref, model, frames in scored for rows in frames)
+    scored_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    batches = (
+        _append_constants(
+            rows,
+            model_name=ref.name,
+            model_version=ref.version,
+            run_id=ref.run_id,
+            scored_at=scored_at,
+            policy=policy_name(model),
+            policy_kind=policy_kind(model),
+        )
+        for ref, model, frames in scored
+        for rows in frames
+    )
     return replace_window_from_frames(conn, table, "as_of_date", *date_bounds(day), batches)
 
 
@@ -122,9 +148,12 @@ def _publish(
         if moves:  # a run the champion_alias_sensor asked for: record moves made in the MLflow UI
             record_outside_moves(conn, CHAMPION, json.loads(moves), "MLflow UI (seen by champion_alias_sensor)")
         for day in days:
-            rows[str(day)] = publish_day(conn, table, day, (
-                (champion, model, score_day(conn, model, day)) for champion, model, score_day in champions.values()
-            ))
+            rows[str(day)] = publish_day(
+                conn,
+                table,
+                day,
+                ((champion, model, score_day(conn, model, day)) for champion, model, score_day in champions.values()),
+            )
         suite, head = suite_check(conn, table, "as_of_date", days)
     return MaterializeResult(
         metadata={
@@ -132,8 +161,10 @@ def _publish(
             "rows_per_day": rows,
             "models": MetadataValue.md(
                 "| model | version | policy | kind | MLflow run |\n|---|---|---|---|---|\n"
-                + "\n".join(f"| {n} | {c.version} | {policy_name(m)} | {policy_kind(m)} | {c.run_id} |"
-                             for n, (c, m, _) in champions.items())
+                + "\n".join(
+                    f"| {n} | {c.version} | {policy_name(m)} | {policy_kind(m)} | {c.run_id} |"
+                    for n, (c, m, _) in champions.items()
+                )
             ),
             "models_without_champion": ", ".join(unserved) or "none",
             "preview": markdown_preview(head, 20),
@@ -156,7 +187,10 @@ def recommendations(
     and the MLflow run that scored it."""
     rules = config.rules()
     return _publish(
-        context, warehouse, registry, "recommendations",
+        context,
+        warehouse,
+        registry,
+        "recommendations",
         {RANKER_MODEL: (RANKER_FEATURES, lambda conn, booster, day: recommend_day(conn, booster, day, rules=rules))},
     )
 
@@ -172,7 +206,10 @@ def next_action_predictions(
     """For each user active on the day, the probability that they purchase, add to cart, and come back
     the next day (one row per action), each from its champion model."""
     return _publish(
-        context, warehouse, registry, "next_action_predictions",
+        context,
+        warehouse,
+        registry,
+        "next_action_predictions",
         {name: (USER_FEATURE_COLUMNS, _action_scorer(action)) for action, name in NEXT_ACTION_MODELS.items()},
         all_required=False,
     )
@@ -196,8 +233,13 @@ def _published_asset(spec: ModelSpec):
     )
     def _served(context: AssetExecutionContext, warehouse: Warehouse, registry: ModelRegistry) -> MaterializeResult:
         tz = warehouse.timezone
-        return _publish(context, warehouse, registry, spec.serves,
-                        {spec.name: (spec.features, lambda conn, model, day: [rows_of(conn, model, day, tz)])})
+        return _publish(
+            context,
+            warehouse,
+            registry,
+            spec.serves,
+            {spec.name: (spec.features, lambda conn, model, day: [rows_of(conn, model, day, tz)])},
+        )
 
     return _served
 

@@ -33,8 +33,11 @@ def model_trained_before(versions, day: dt.date):
     """Of ``versions`` ([(ref, run tags)], oldest first), the newest learned one whose data (training and hold-out
     labels) all lie before ``day`` -- its hold-out cut-off is at most day - 2 -- as (ref, hold-out cut-off), or
     None. Rule policies are replayed as the baselines beside it."""
-    eligible = [(ref, dt.date.fromisoformat(tags["holdout_day"])) for ref, tags in versions
-                if "holdout_day" in tags and tags.get("policy_kind", LEARNED) == LEARNED]
+    eligible = [
+        (ref, dt.date.fromisoformat(tags["holdout_day"]))
+        for ref, tags in versions
+        if "holdout_day" in tags and tags.get("policy_kind", LEARNED) == LEARNED
+    ]
     eligible = [(ref, holdout) for ref, holdout in eligible if holdout <= day - dt.timedelta(days=2)]
     return eligible[-1] if eligible else None
 
@@ -45,8 +48,11 @@ def model_trained_before(versions, day: dt.date):
     group_name="evaluation",
     kinds={"duckdb", "lightgbm"},
     owners=["team:ml"],
-    deps=[AssetDep(ranking_candidates, partition_mapping=_YESTERDAY),
-          AssetDep(user_features, partition_mapping=_YESTERDAY), cleaned_events],
+    deps=[
+        AssetDep(ranking_candidates, partition_mapping=_YESTERDAY),
+        AssetDep(user_features, partition_mapping=_YESTERDAY),
+        cleaned_events,
+    ],
     check_specs=[AssetCheckSpec("model_evaluation_suite", asset="model_replay", blocking=True)],
 )
 def model_replay(context: AssetExecutionContext, warehouse: Warehouse, registry: ModelRegistry) -> MaterializeResult:
@@ -70,15 +76,25 @@ def model_replay(context: AssetExecutionContext, warehouse: Warehouse, registry:
                 evaluation = spec.replay(conn, models[ref], day, warehouse.timezone)
                 if evaluation is None:
                     continue
-                rows.append(evaluation.assign(
-                    day=day, model_name=name, model_version=ref.version, run_id=ref.run_id,
-                    holdout_day=holdout_day,
-                    evaluated_at=pd.Timestamp.now("UTC").tz_localize(None),
-                ))
-                summary.append({
-                    "day": str(day), "model": f"{name} v{ref.version}", "metric": f"{spec.target}/{spec.metric}",
-                    "model_value": main_metric(evaluation, spec), "best_baseline": best_baseline(evaluation, spec)[1],
-                })
+                rows.append(
+                    evaluation.assign(
+                        day=day,
+                        model_name=name,
+                        model_version=ref.version,
+                        run_id=ref.run_id,
+                        holdout_day=holdout_day,
+                        evaluated_at=pd.Timestamp.now("UTC").tz_localize(None),
+                    )
+                )
+                summary.append(
+                    {
+                        "day": str(day),
+                        "model": f"{name} v{ref.version}",
+                        "metric": f"{spec.target}/{spec.metric}",
+                        "model_value": main_metric(evaluation, spec),
+                        "best_baseline": best_baseline(evaluation, spec)[1],
+                    }
+                )
             day_rows = [pd.concat(rows, ignore_index=True)] if rows else []
             frames += day_rows  # none: a re-run with fewer eligible models leaves none of the day's old rows
             replace_window_from_frames(conn, "model_replay", "day", *date_bounds(day), day_rows)
@@ -86,13 +102,19 @@ def model_replay(context: AssetExecutionContext, warehouse: Warehouse, registry:
     if len(replayed):
         check = validate(replayed.drop(columns="day"), "model_evaluation", "model_evaluation_suite")
     else:
-        check = AssetCheckResult(check_name="model_evaluation_suite", passed=True,
-                                 metadata={"rows": 0, "why": "no model was trained before any day of the window"})
+        check = AssetCheckResult(
+            check_name="model_evaluation_suite",
+            passed=True,
+            metadata={"rows": 0, "why": "no model was trained before any day of the window"},
+        )
     return MaterializeResult(
         metadata={
             "dagster/row_count": len(replayed),
-            "replayed": MetadataValue.md(pd.DataFrame(summary).round(4).to_markdown(index=False) if summary
-                                         else "_no day of the window is after a model's training data_"),
+            "replayed": MetadataValue.md(
+                pd.DataFrame(summary).round(4).to_markdown(index=False)
+                if summary
+                else "_no day of the window is after a model's training data_"
+            ),
             "seconds": round(time.perf_counter() - started, 2),
         },
         check_results=[check],

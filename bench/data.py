@@ -25,7 +25,8 @@ def make_day(folder: Path, events: int, seed: int = 7) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     copies = max(1, round(events / base_events))
     with duckdb.connect() as conn:
-        conn.execute(f"""
+        conn.execute(
+            f"""
             COPY (
                 SELECT event_time,
                        CASE WHEN k = 0 THEN user_id ELSE user_id || 'x' || k END AS user_id,
@@ -34,5 +35,7 @@ def make_day(folder: Path, events: int, seed: int = 7) -> Path:
                        CASE WHEN k = 0 THEN event_id ELSE event_id || 'x' || k END AS event_id
                 FROM read_parquet($base) CROSS JOIN range({int(copies)}) AS copies(k)
                 ORDER BY event_time
-            ) TO $out (FORMAT parquet, ROW_GROUP_SIZE 122880)""", {"base": str(base), "out": str(out)})
+            ) TO $out (FORMAT parquet, ROW_GROUP_SIZE 122880)""",
+            {"base": str(base), "out": str(out)},
+        )
     return out

@@ -5,16 +5,37 @@ user and item features (``USER_COLUMNS``, ``ITEM_COLUMNS``); ``compare`` checks 
 a small input. It does not build ranking candidates (a co-visitation self-join is out of reach in memory)."""
 
 import datetime as dt
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 
 from assets.logic.events import EVENT_TYPE_ALIASES, EVENT_TYPES, SESSION_GAP_MINUTES
 
-CANONICAL = ["event_time", "user_id", "session_id", "event_type", "item_id", "category_id", "price", "query", "event_id"]
-USER_COLUMNS = ["events_1d", "views_1d", "carts_1d", "purchases_1d", "searches_1d", "items_7d", "categories_7d",
-                "sessions_7d", "mean_price_7d", "hours_since_last_event", "last_event_is_cart"]
+CANONICAL = [
+    "event_time",
+    "user_id",
+    "session_id",
+    "event_type",
+    "item_id",
+    "category_id",
+    "price",
+    "query",
+    "event_id",
+]
+USER_COLUMNS = [
+    "events_1d",
+    "views_1d",
+    "carts_1d",
+    "purchases_1d",
+    "searches_1d",
+    "items_7d",
+    "categories_7d",
+    "sessions_7d",
+    "mean_price_7d",
+    "hours_since_last_event",
+    "last_event_is_cart",
+]
 ITEM_COLUMNS = ["item_views_1d", "item_carts_1d", "item_purchases_1d", "item_users_7d"]
 
 
@@ -60,12 +81,24 @@ def cleaned_events(raw: pd.DataFrame, day: dt.date, bot_events_per_day: int = 20
 
 def sessions(cleaned: pd.DataFrame) -> pd.DataFrame:
     events = cleaned[~cleaned["is_bot"]]
-    for etype, name in (("view", "n_views"), ("add_to_cart", "n_carts"), ("purchase", "n_purchases"), ("search", "n_searches")):
+    for etype, name in (
+        ("view", "n_views"),
+        ("add_to_cart", "n_carts"),
+        ("purchase", "n_purchases"),
+        ("search", "n_searches"),
+    ):
         events = events.assign(**{name: (events["event_type"] == etype).astype(int)})
     grouped = events.groupby(["session_id", "user_id"])
-    out = grouped.agg(session_start=("event_time", "min"), session_end=("event_time", "max"),
-                      n_events=("event_id", "size"), n_views=("n_views", "sum"), n_carts=("n_carts", "sum"),
-                      n_purchases=("n_purchases", "sum"), n_searches=("n_searches", "sum"), n_items=("item_id", "nunique"))
+    out = grouped.agg(
+        session_start=("event_time", "min"),
+        session_end=("event_time", "max"),
+        n_events=("event_id", "size"),
+        n_views=("n_views", "sum"),
+        n_carts=("n_carts", "sum"),
+        n_purchases=("n_purchases", "sum"),
+        n_searches=("n_searches", "sum"),
+        n_items=("item_id", "nunique"),
+    )
     out["duration_s"] = (out["session_end"] - out["session_start"]).dt.total_seconds()
     out["converted"] = out["n_purchases"] > 0
     return out.reset_index()
@@ -74,10 +107,14 @@ def sessions(cleaned: pd.DataFrame) -> pd.DataFrame:
 def user_sequences(cleaned: pd.DataFrame) -> pd.DataFrame:
     events = cleaned[~cleaned["is_bot"]].sort_values(["user_id", "event_time", "event_id"])
     grouped = events.groupby("user_id")
-    return pd.DataFrame({
-        "n_events": grouped.size(), "n_sessions": grouped["session_id"].nunique(),
-        "items": grouped["item_id"].agg(lambda s: list(s.fillna(""))), "event_types": grouped["event_type"].agg(list),
-    }).reset_index()
+    return pd.DataFrame(
+        {
+            "n_events": grouped.size(),
+            "n_sessions": grouped["session_id"].nunique(),
+            "items": grouped["item_id"].agg(lambda s: list(s.fillna(""))),
+            "event_types": grouped["event_type"].agg(list),
+        }
+    ).reset_index()
 
 
 def user_features(cleaned: pd.DataFrame, cutoff: pd.Timestamp) -> pd.DataFrame:
@@ -86,14 +123,21 @@ def user_features(cleaned: pd.DataFrame, cutoff: pd.Timestamp) -> pd.DataFrame:
     counts = pd.crosstab(events["user_id"], events["event_type"])
     grouped = events.groupby("user_id")
     out = pd.DataFrame({"events_1d": grouped.size()})
-    for etype, name in (("view", "views_1d"), ("add_to_cart", "carts_1d"), ("purchase", "purchases_1d"), ("search", "searches_1d")):
-        out[name] = counts[etype] if etype in counts else 0
+    for etype, name in (
+        ("view", "views_1d"),
+        ("add_to_cart", "carts_1d"),
+        ("purchase", "purchases_1d"),
+        ("search", "searches_1d"),
+    ):
+        out[name] = counts.get(etype, 0)
     out["items_7d"] = grouped["item_id"].nunique()
     out["categories_7d"] = grouped["category_id"].nunique()
     out["sessions_7d"] = grouped["session_id"].nunique()
     out["mean_price_7d"] = grouped["price"].mean()
     last = events.sort_values(["event_time"]).groupby("user_id").tail(1).set_index("user_id")
-    out["hours_since_last_event"] = (cutoff - last["event_time"].dt.floor("s")).dt.total_seconds() / 3600.0  # whole seconds, as date_diff
+    out["hours_since_last_event"] = (
+        cutoff - last["event_time"].dt.floor("s")
+    ).dt.total_seconds() / 3600.0  # whole seconds, as date_diff
     out["last_event_is_cart"] = (last["event_type"] == "add_to_cart").astype(int)
     return out.reset_index()
 
@@ -103,7 +147,7 @@ def item_features(cleaned: pd.DataFrame) -> pd.DataFrame:
     counts = pd.crosstab(events["item_id"], events["event_type"])
     out = pd.DataFrame({"item_users_7d": events.groupby("item_id")["user_id"].nunique()})
     for etype, name in (("view", "item_views_1d"), ("add_to_cart", "item_carts_1d"), ("purchase", "item_purchases_1d")):
-        out[name] = counts[etype] if etype in counts else 0
+        out[name] = counts.get(etype, 0)
     return out.reset_index()
 
 
@@ -122,8 +166,15 @@ def run(files: list[str], day: dt.date, timed: Callable[[str], object]) -> dict[
         users = user_features(cleaned, cutoff)
     with timed("item_features"):
         items = item_features(cleaned)
-    return {"raw_events": raw, "raw_events_quarantine": quarantined, "cleaned_events": cleaned,
-            "sessions": session_table, "user_sequences": sequences, "user_features": users, "item_features": items}
+    return {
+        "raw_events": raw,
+        "raw_events_quarantine": quarantined,
+        "cleaned_events": cleaned,
+        "sessions": session_table,
+        "user_sequences": sequences,
+        "user_features": users,
+        "item_features": items,
+    }
 
 
 def compare(pandas_tables: dict[str, pd.DataFrame], conn, day: dt.date) -> list[str]:
@@ -136,34 +187,61 @@ def compare(pandas_tables: dict[str, pd.DataFrame], conn, day: dt.date) -> list[
 
     counts = {
         "raw_events": table("SELECT count(*) AS n FROM raw_events WHERE event_time >= ? AND event_time < ?")["n"][0],
-        "raw_events_quarantine": conn.execute("SELECT count(*) FROM raw_events_quarantine WHERE partition_date = ?",
-                                              [day]).fetchone()[0],
-        "cleaned_events": table("SELECT count(*) AS n FROM cleaned_events WHERE event_time >= ? AND event_time < ?")["n"][0],
+        "raw_events_quarantine": conn.execute(
+            "SELECT count(*) FROM raw_events_quarantine WHERE partition_date = ?", [day]
+        ).fetchone()[0],
+        "cleaned_events": table("SELECT count(*) AS n FROM cleaned_events WHERE event_time >= ? AND event_time < ?")[
+            "n"
+        ][0],
         "sessions": table("SELECT count(*) AS n FROM sessions WHERE session_start >= ? AND session_start < ?")["n"][0],
     }
     for name, expected in counts.items():
         if len(pandas_tables[name]) != expected:
             problems.append(f"{name}: pandas {len(pandas_tables[name])} rows, warehouse {expected}")
     checks = [
-        ("cleaned_events", "SELECT event_id, session_id, is_bot FROM cleaned_events WHERE event_time >= ? AND event_time < ?",
-         ["event_id"], ["session_id", "is_bot"]),
-        ("sessions", "SELECT session_id, n_events, n_views, n_carts, n_purchases, n_items, duration_s FROM sessions "
-         "WHERE session_start >= ? AND session_start < ?", ["session_id"],
-         ["n_events", "n_views", "n_carts", "n_purchases", "n_items", "duration_s"]),
-        ("user_sequences", "SELECT user_id, n_events, n_sessions FROM user_sequences WHERE day >= CAST(? AS DATE) "
-         "AND day < CAST(? AS DATE)", ["user_id"], ["n_events", "n_sessions"]),
-        ("user_features", f"SELECT user_id, {', '.join(USER_COLUMNS)} FROM user_features WHERE as_of_date >= CAST(? AS DATE) "
-         "AND as_of_date < CAST(? AS DATE)", ["user_id"], USER_COLUMNS),
-        ("item_features", f"SELECT item_id, {', '.join(ITEM_COLUMNS)} FROM item_features WHERE as_of_date >= CAST(? AS DATE) "
-         "AND as_of_date < CAST(? AS DATE) AND (item_views_1d + item_carts_1d + item_purchases_1d) > 0", ["item_id"],
-         ITEM_COLUMNS),
+        (
+            "cleaned_events",
+            "SELECT event_id, session_id, is_bot FROM cleaned_events WHERE event_time >= ? AND event_time < ?",
+            ["event_id"],
+            ["session_id", "is_bot"],
+        ),
+        (
+            "sessions",
+            "SELECT session_id, n_events, n_views, n_carts, n_purchases, n_items, duration_s FROM sessions "
+            "WHERE session_start >= ? AND session_start < ?",
+            ["session_id"],
+            ["n_events", "n_views", "n_carts", "n_purchases", "n_items", "duration_s"],
+        ),
+        (
+            "user_sequences",
+            "SELECT user_id, n_events, n_sessions FROM user_sequences WHERE day >= CAST(? AS DATE) "
+            "AND day < CAST(? AS DATE)",
+            ["user_id"],
+            ["n_events", "n_sessions"],
+        ),
+        (
+            "user_features",
+            f"SELECT user_id, {', '.join(USER_COLUMNS)} FROM user_features WHERE as_of_date >= CAST(? AS DATE) "
+            "AND as_of_date < CAST(? AS DATE)",
+            ["user_id"],
+            USER_COLUMNS,
+        ),
+        (
+            "item_features",
+            f"SELECT item_id, {', '.join(ITEM_COLUMNS)} FROM item_features WHERE as_of_date >= CAST(? AS DATE) "
+            "AND as_of_date < CAST(? AS DATE) AND (item_views_1d + item_carts_1d + item_purchases_1d) > 0",
+            ["item_id"],
+            ITEM_COLUMNS,
+        ),
     ]
     for name, sql, keys, columns in checks:
         ours = pandas_tables[name]
         if name == "item_features":
             ours = ours[ours[["item_views_1d", "item_carts_1d", "item_purchases_1d"]].sum(axis=1) > 0]
         theirs = table(sql)
-        merged = theirs.merge(ours[keys + columns], on=keys, how="outer", suffixes=("_duckdb", "_pandas"), indicator=True)
+        merged = theirs.merge(
+            ours[keys + columns], on=keys, how="outer", suffixes=("_duckdb", "_pandas"), indicator=True
+        )
         unmatched = int((merged["_merge"] != "both").sum())
         if unmatched:
             problems.append(f"{name}: {unmatched} keys in only one of the two")
@@ -184,4 +262,3 @@ def timed_noop(_: str):
     from contextlib import nullcontext
 
     return nullcontext()
-

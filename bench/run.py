@@ -18,8 +18,15 @@ import threading
 import time
 from pathlib import Path
 
-DAILY_STAGES = ["raw_events", "cleaned_events", "sessions", "user_sequences", "user_features", "item_features",
-                "ranking_candidates"]
+DAILY_STAGES = [
+    "raw_events",
+    "cleaned_events",
+    "sessions",
+    "user_sequences",
+    "user_features",
+    "item_features",
+    "ranking_candidates",
+]
 TRAIN_ROWS = 1_000_000
 SCORE_USERS = 1_000_000
 
@@ -59,8 +66,15 @@ class Meter:
         started, stolen = time.perf_counter(), self.stolen()
         yield extra
         seconds = time.perf_counter() - started
-        self.rows.append({"stage": name, "seconds": round(seconds, 3), "peak_rss_mb": round(max(self._peak, self.rss()) / 2**20),
-                          "stolen_cpu_s": round(self.stolen() - stolen, 1), **extra})
+        self.rows.append(
+            {
+                "stage": name,
+                "seconds": round(seconds, 3),
+                "peak_rss_mb": round(max(self._peak, self.rss()) / 2**20),
+                "stolen_cpu_s": round(self.stolen() - stolen, 1),
+                **extra,
+            }
+        )
 
 
 def _worker_shopseq(args, meter: Meter) -> dict:
@@ -78,10 +92,18 @@ def _worker_shopseq(args, meter: Meter) -> dict:
     instance = DagsterInstance.ephemeral()
     for stage in DAILY_STAGES:
         with meter.stage(stage):
-            result = materialize(ALL_ASSETS, selection=AssetSelection.assets(stage), resources=resources,
-                                 instance=instance, partition_key=DAY.isoformat(), raise_on_error=False)
+            result = materialize(
+                ALL_ASSETS,
+                selection=AssetSelection.assets(stage),
+                resources=resources,
+                instance=instance,
+                partition_key=DAY.isoformat(),
+                raise_on_error=False,
+            )
         if not result.success:
-            raise RuntimeError(f"{stage} failed in the benchmark: {[e.message for e in result.all_events if e.is_failure]}")
+            raise RuntimeError(
+                f"{stage} failed in the benchmark: {[e.message for e in result.all_events if e.is_failure]}"
+            )
     import duckdb
 
     with duckdb.connect(f"{args.home}/warehouse.duckdb", read_only=True) as conn:
@@ -138,22 +160,37 @@ def _worker_models(args, meter: Meter) -> dict:
             # Each copy in the day's own row order, its users renamed by a prefix that keeps their order: the
             # layout the candidates stage writes (clustered by user), which serving's batches rely on.
             for k in range(max(math.ceil(args.train_rows / rows), math.ceil(args.score_users / users_per_copy))):
-                conn.execute(f"INSERT INTO ranking_candidates SELECT * REPLACE ('c{k}-' || user_id AS user_id) FROM bench_day.ranking_candidates")
+                conn.execute(
+                    f"INSERT INTO ranking_candidates SELECT * REPLACE ('c{k}-' || user_id AS user_id) FROM "
+                    "bench_day.ranking_candidates"
+                )
             conn.execute("DETACH bench_day")
             train = conn.execute(f"SELECT * FROM ranking_candidates LIMIT {args.train_rows}").df()
-            users = conn.execute(f"SELECT DISTINCT user_id FROM ranking_candidates ORDER BY 1 LIMIT {args.score_users}").df()["user_id"]
+            users = conn.execute(
+                f"SELECT DISTINCT user_id FROM ranking_candidates ORDER BY 1 LIMIT {args.score_users}"
+            ).df()["user_id"]
         rng = np.random.default_rng(0)
         signal = train["recent_score"].fillna(0).rank(pct=True) + rng.uniform(0, 1, len(train))
         train["relevance"] = (signal > 1.6).astype(int)
         with meter.stage("train_ranker", rows=len(train)):
             booster = train_lambdarank(train, TrainingConfig().params())
         del train
-        with meter.stage("recommend", users=len(users), candidates_per_user=round(rows / users_per_copy, 1),
-                         batch_users=SCORE_BATCH_USERS) as extra, warehouse.connect() as conn:
+        with (
+            meter.stage(
+                "recommend",
+                users=len(users),
+                candidates_per_user=round(rows / users_per_copy, 1),
+                batch_users=SCORE_BATCH_USERS,
+            ) as extra,
+            warehouse.connect() as conn,
+        ):
             # written as the recommendations asset publishes a day: each batch before the next is scored
-            extra["recommendations"] = publish_day(conn, "recommendations", day,
-                                                   [(ModelVersionRef("bench", 0, "bench"), booster,
-                                                     recommend_day(conn, booster, day, users=users))])
+            extra["recommendations"] = publish_day(
+                conn,
+                "recommendations",
+                day,
+                [(ModelVersionRef("bench", 0, "bench"), booster, recommend_day(conn, booster, day, users=users))],
+            )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return {"rows": {"train_rows": args.train_rows, "scored_users": len(users), "features": len(RANKER_FEATURES)}}
@@ -190,7 +227,7 @@ def _run_worker(name: str, **options) -> dict:
     lines = [line for line in out.stdout.splitlines() if line.startswith("BENCH ")]
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"benchmark worker {name} failed ({out.returncode}): {out.stderr[-3000:]}")
-    return json.loads(lines[-1][len("BENCH "):])
+    return json.loads(lines[-1][len("BENCH ") :])
 
 
 def _machine() -> str:
@@ -198,13 +235,27 @@ def _machine() -> str:
     import lightgbm
     import pandas as pd
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    memory = next((int(line.split()[1]) / 2**20 for line in Path("/proc/meminfo").read_text().splitlines()
-                   if line.startswith("MemTotal")), 0)
-    return (f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB RAM, {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}, DuckDB {duckdb.__version__}, pandas {pd.__version__}, "
-            f"LightGBM {lightgbm.__version__}")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    memory = next(
+        (
+            int(line.split()[1]) / 2**20
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal")
+        ),
+        0,
+    )
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB RAM, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}, DuckDB {duckdb.__version__}, pandas {pd.__version__}, "
+        f"LightGBM {lightgbm.__version__}"
+    )
 
 
 def check_equivalence(workdir: Path, events: int) -> list[str]:
@@ -229,11 +280,17 @@ def _mark(ok: bool) -> str:
 def report(results: dict, check: list[str], check_events: int, models: dict | None, machine: str, started: str) -> str:
     from tabulate import tabulate
 
-    lines = [f"# Benchmarks\n\nRun {started} with `shopseq bench {results['argv']}` on {machine}.\n",
-             f"Pandas path checked against the pipeline on a {check_events:,}-event day: "
-             + ("same results (row counts of raw, quarantine, cleaned, sessions; every compared column of cleaned "
-                "events, sessions, sequences, user and item features)." if not check else "DIFFERENT: " + "; ".join(check))
-             + "\n"]
+    lines = [
+        f"# Benchmarks\n\nRun {started} with `shopseq bench {results['argv']}` on {machine}.\n",
+        f"Pandas path checked against the pipeline on a {check_events:,}-event day: "
+        + (
+            "same results (row counts of raw, quarantine, cleaned, sessions; every compared column of cleaned "
+            "events, sessions, sequences, user and item features)."
+            if not check
+            else "DIFFERENT: " + "; ".join(check)
+        )
+        + "\n",
+    ]
     summary = {}
     for events, run in results["sizes"].items():
         shopseq = {r["stage"]: r for r in run["shopseq"]["stages"]}
@@ -242,49 +299,116 @@ def report(results: dict, check: list[str], check_events: int, models: dict | No
         rows = []
         for stage in DAILY_STAGES:
             ours, theirs = shopseq[stage], pandas.get(stage)
-            rows.append([stage, f"{ours['seconds']:.2f}", f"{events / ours['seconds']:,.0f}", ours["peak_rss_mb"],
-                         f"{theirs['seconds']:.2f}" if theirs else "not built",
-                         theirs["peak_rss_mb"] if theirs else "",
-                         f"{theirs['seconds'] / ours['seconds']:.1f}x" if theirs else ""])
+            rows.append(
+                [
+                    stage,
+                    f"{ours['seconds']:.2f}",
+                    f"{events / ours['seconds']:,.0f}",
+                    ours["peak_rss_mb"],
+                    f"{theirs['seconds']:.2f}" if theirs else "not built",
+                    theirs["peak_rss_mb"] if theirs else "",
+                    f"{theirs['seconds'] / ours['seconds']:.1f}x" if theirs else "",
+                ]
+            )
         common = [s for s in DAILY_STAGES if s in pandas]
         total = sum(shopseq[s]["seconds"] for s in DAILY_STAGES)
         ours_common = sum(shopseq[s]["seconds"] for s in common)
         theirs_common = sum(pandas[s]["seconds"] for s in common)
-        rows.append(["**landing → features**", f"**{total:.2f}**", f"{events / total:,.0f}", _peak_mb(run["shopseq"]),
-                     "", "", ""])
-        rows.append([f"same stages as pandas ({len(common)})", f"{ours_common:.2f}", f"{events / ours_common:,.0f}", "",
-                     f"{theirs_common:.2f}", _peak_mb(run["pandas"]), f"{theirs_common / ours_common:.1f}x"])
-        rows.append(["DuckDB floor: scan every column", f"{floor:.2f}", f"{events / floor:,.0f}",
-                     _peak_mb(run["floor"]), "", "", f"pipeline = {total / floor:.0f}x floor"])
+        rows.append(
+            [
+                "**landing → features**",
+                f"**{total:.2f}**",
+                f"{events / total:,.0f}",
+                _peak_mb(run["shopseq"]),
+                "",
+                "",
+                "",
+            ]
+        )
+        rows.append(
+            [
+                f"same stages as pandas ({len(common)})",
+                f"{ours_common:.2f}",
+                f"{events / ours_common:,.0f}",
+                "",
+                f"{theirs_common:.2f}",
+                _peak_mb(run["pandas"]),
+                f"{theirs_common / ours_common:.1f}x",
+            ]
+        )
+        rows.append(
+            [
+                "DuckDB floor: scan every column",
+                f"{floor:.2f}",
+                f"{events / floor:,.0f}",
+                _peak_mb(run["floor"]),
+                "",
+                "",
+                f"pipeline = {total / floor:.0f}x floor",
+            ]
+        )
         lines.append(f"\n## {events:,} events (generated in {run['generate_seconds']:.1f} s, not counted)\n")
-        lines.append(tabulate(rows, headers=["stage", "shopseq s", "events/s", "peak RSS MB", "pandas s",
-                                             "pandas peak RSS MB", "pandas / shopseq"], tablefmt="github"))
+        lines.append(
+            tabulate(
+                rows,
+                headers=[
+                    "stage",
+                    "shopseq s",
+                    "events/s",
+                    "peak RSS MB",
+                    "pandas s",
+                    "pandas peak RSS MB",
+                    "pandas / shopseq",
+                ],
+                tablefmt="github",
+            )
+        )
         lines.append(_steal_line({"the pipeline": run["shopseq"], "the pandas path": run["pandas"]}))
-        summary[events] = {"total": total, "rss": _peak_mb(run["shopseq"]), "pandas_ratio": theirs_common / ours_common,
-                           "floor_ratio": total / floor}
+        summary[events] = {
+            "total": total,
+            "rss": _peak_mb(run["shopseq"]),
+            "pandas_ratio": theirs_common / ours_common,
+            "floor_ratio": total / floor,
+        }
     lines.append("\n## Targets (../shared/design.md)\n")
     targets = []
     big = max(summary)
     s = summary[big]
     targets.append([f"{big:,} events, landing → features ≤ 90 s", f"{s['total']:.1f} s", _mark(s["total"] <= 90)])
     targets.append([f"{big:,} events, peak RSS ≤ 4 GiB", f"{s['rss'] / 1024:.2f} GiB", _mark(s["rss"] <= 4096)])
-    targets.append(["≥ 5x faster than the pandas path (same stages)", f"{s['pandas_ratio']:.2f}x", _mark(s["pandas_ratio"] >= 5)])
+    targets.append(
+        ["≥ 5x faster than the pandas path (same stages)", f"{s['pandas_ratio']:.2f}x", _mark(s["pandas_ratio"] >= 5)]
+    )
     targets.append(["within 10x of the DuckDB floor", f"{s['floor_ratio']:.0f}x", _mark(s["floor_ratio"] <= 10)])
     if len(summary) > 1:
         small = min(summary)
         growth = (summary[big]["total"] / summary[small]["total"]) / (big / small)
-        targets.append([f"linear growth {small:,} → {big:,} (time ratio / size ratio ≤ 1.25)", f"{growth:.2f}",
-                        _mark(growth <= 1.25)])
+        targets.append(
+            [
+                f"linear growth {small:,} → {big:,} (time ratio / size ratio ≤ 1.25)",
+                f"{growth:.2f}",
+                _mark(growth <= 1.25),
+            ]
+        )
     if models:
         stages = {r["stage"]: r for r in models["stages"]}
         train, rec = stages["train_ranker"], stages["recommend"]
-        targets.append([f"LightGBM LambdaRank training on {train['rows']:,} ranking rows ≤ 60 s",
-                        f"{train['seconds']:.1f} s ({train['peak_rss_mb']} MB)", _mark(train["seconds"] <= 60)])
-        targets.append([f"recommendations for {rec['users']:,} users ≤ 120 s ({rec['candidates_per_user']} candidates "
-                        f"each, read from the warehouse and written back in batches of {rec['batch_users']:,} users; "
-                        "LightGBM + rules + reasons)",
-                        f"{rec['seconds']:.1f} s ({rec['peak_rss_mb']} MB, {rec['recommendations']:,} rows)",
-                        _mark(rec["seconds"] <= 120)])
+        targets.append(
+            [
+                f"LightGBM LambdaRank training on {train['rows']:,} ranking rows ≤ 60 s",
+                f"{train['seconds']:.1f} s ({train['peak_rss_mb']} MB)",
+                _mark(train["seconds"] <= 60),
+            ]
+        )
+        targets.append(
+            [
+                f"recommendations for {rec['users']:,} users ≤ 120 s ({rec['candidates_per_user']} candidates "
+                f"each, read from the warehouse and written back in batches of {rec['batch_users']:,} users; "
+                "LightGBM + rules + reasons)",
+                f"{rec['seconds']:.1f} s ({rec['peak_rss_mb']} MB, {rec['recommendations']:,} rows)",
+                _mark(rec["seconds"] <= 120),
+            ]
+        )
     lines.append(tabulate(targets, headers=["target", "measured", ""], tablefmt="github"))
     if models:
         lines.append(_steal_line({"training and scoring": models}))
@@ -292,7 +416,8 @@ def report(results: dict, check: list[str], check_events: int, models: dict | No
 
 
 def _steal_line(workers: dict[str, dict]) -> str:
-    """How much CPU the hypervisor took while each worker's stages ran (empty for results saved before it was measured)."""
+    """How much CPU the hypervisor took while each worker's stages ran (empty for results saved before it was
+    measured)."""
     parts = []
     for name, worker in workers.items():
         stages = worker["stages"]
@@ -300,15 +425,21 @@ def _steal_line(workers: dict[str, dict]) -> str:
             stolen, wall = sum(stage["stolen_cpu_s"] for stage in stages), sum(stage["seconds"] for stage in stages)
             share = stolen / (wall * os.cpu_count())
             parts.append(f"{name} {stolen:.1f} s in {wall:.0f} s of wall time ({share:.1%} of the cores)")
-    return ("\nCPU time the hypervisor gave to other guests (steal in /proc/stat): " + "; ".join(parts) + ".\n"
-            if parts else "")
+    return (
+        "\nCPU time the hypervisor gave to other guests (steal in /proc/stat): " + "; ".join(parts) + ".\n"
+        if parts
+        else ""
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="shopseq bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="shopseq bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--events", type=int, nargs="+", default=[1_000_000, 10_000_000])
-    parser.add_argument("--workdir", default=".shopseq-bench", help="where the days and warehouses go (default %(default)s)")
+    parser.add_argument(
+        "--workdir", default=".shopseq-bench", help="where the days and warehouses go (default %(default)s)"
+    )
     parser.add_argument("--out", help="write the report there (e.g. BENCHMARKS.md)")
     parser.add_argument("--check-events", type=int, default=20_000, help="size of the pandas equivalence check")
     parser.add_argument("--train-rows", type=int, default=TRAIN_ROWS)
@@ -318,12 +449,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from bench.data import make_day
 
-    started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     saved = workdir / "results.json"  # every measurement as soon as it is made, for --report-only
-    results = {"argv": " ".join(argv if argv is not None else sys.argv[1:]), "started": started, "sizes": {},
-               "check": None, "models": None}
+    results = {
+        "argv": " ".join(argv if argv is not None else sys.argv[1:]),
+        "started": started,
+        "sizes": {},
+        "check": None,
+        "models": None,
+    }
 
     def save() -> None:
         saved.write_text(json.dumps(results, indent=1))
@@ -349,9 +485,15 @@ def main(argv: list[str] | None = None) -> int:
                 results["sizes"][events] = run
                 save()
         if not args.skip_models:
-            print(f"training on {args.train_rows:,} ranking rows and scoring {args.score_users:,} users ...", flush=True)
-            results["models"] = _run_worker("models", home=workdir / f"day_{min(args.events)}",
-                                            train_rows=args.train_rows, score_users=args.score_users)
+            print(
+                f"training on {args.train_rows:,} ranking rows and scoring {args.score_users:,} users ...", flush=True
+            )
+            results["models"] = _run_worker(
+                "models",
+                home=workdir / f"day_{min(args.events)}",
+                train_rows=args.train_rows,
+                score_users=args.score_users,
+            )
             save()
     text = report(results, results["check"], args.check_events, results["models"], _machine(), results["started"])
     print(text)

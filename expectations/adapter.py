@@ -5,7 +5,7 @@ code. Great Expectations is imported when a check runs, not when assets load.
 """
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ MAX_EXAMPLES = 5
 GX_ROWS = 10_000
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_suite(name: str) -> dict[str, Any]:
     path = SUITES / f"{name}.json"
     if not path.exists():
@@ -52,7 +52,9 @@ def run_suite(frame: pd.DataFrame, suite_name: str, expectations: list[dict] | N
         .add_batch_definition_whole_dataframe("whole_frame")
     )
     spec = load_suite(suite_name)
-    suite = gx.ExpectationSuite(name=spec["name"], expectations=spec["expectations"] if expectations is None else expectations)
+    suite = gx.ExpectationSuite(
+        name=spec["name"], expectations=spec["expectations"] if expectations is None else expectations
+    )
     result = batch_definition.get_batch(batch_parameters={"dataframe": frame}).validate(suite)
     outcomes = []
     for r in result.results:
@@ -72,7 +74,12 @@ def run_suite(frame: pd.DataFrame, suite_name: str, expectations: list[dict] | N
 
 
 def validate_window(
-    conn, relation: str, params: dict, suite_name: str, check_name: str, gx_rows: int = GX_ROWS,
+    conn,
+    relation: str,
+    params: dict,
+    suite_name: str,
+    check_name: str,
+    gx_rows: int = GX_ROWS,
 ) -> tuple[AssetCheckResult, pd.DataFrame]:
     """A suite over a large relation in the warehouse (a table or a parenthesised SELECT with ``params``):
     its row-wise expectations counted by DuckDB over every row (``expectations.sql``), the rest (columns,
@@ -93,11 +100,18 @@ def validate_window(
     for e, here in zip(expectations, counted_here):
         if here:
             o = next(counted)
-            outcomes.append({**o, "expectation": _describe(e["type"], e["kwargs"]), "examples": [_show(x) for x in o["examples"]]})
+            outcomes.append(
+                {**o, "expectation": _describe(e["type"], e["kwargs"]), "examples": [_show(x) for x in o["examples"]]}
+            )
         else:
             outcomes.append(next(by_gx))
-    metadata = {"rows_validated": rows, "rows_read_by_gx": len(head),
-                "validated_by": f"{len(in_sql)} expectations over every row in DuckDB, {len(in_gx)} by GX on the first {len(head)} rows"}
+    metadata = {
+        "rows_validated": rows,
+        "rows_read_by_gx": len(head),
+        "validated_by": (
+            f"{len(in_sql)} expectations over every row in DuckDB, {len(in_gx)} by GX on the first {len(head)} rows"
+        ),
+    }
     return _check_result(outcomes, suite_name, check_name, AssetCheckSeverity.ERROR, metadata), head
 
 
@@ -114,8 +128,20 @@ def validate(
     few offending values, plus a markdown table readable in the Dagster UI.
     """
     outcomes = run_suite(frame, suite_name)
-    return _check_result(outcomes, suite_name, check_name or suite_name, severity,
-                         {"rows_validated": len(frame), **(extra_metadata or {})})
+    return _check_result(
+        outcomes,
+        suite_name,
+        check_name or suite_name,
+        severity,
+        {"rows_validated": len(frame), **(extra_metadata or {})},
+    )
+
+
+def _observed(outcome: dict) -> Any:
+    """What the check table shows in its "unexpected" column: the count, else the observed value."""
+    if outcome["unexpected_count"] is not None:
+        return outcome["unexpected_count"]
+    return outcome["observed_value"] if outcome["observed_value"] is not None else ""
 
 
 def _check_result(
@@ -125,7 +151,8 @@ def _check_result(
     table = "\n".join(
         ["| expectation | ok | unexpected | examples |", "|---|---|---|---|"]
         + [
-            f"| `{o['expectation']}` | {'yes' if o['success'] else '**no**'} | {o['unexpected_count'] if o['unexpected_count'] is not None else o['observed_value'] if o['observed_value'] is not None else ''} | {', '.join(o['examples'])} |"
+            f"| `{o['expectation']}` | {'yes' if o['success'] else '**no**'} | {_observed(o)} | "
+            f"{', '.join(o['examples'])} |"
             for o in outcomes
         ]
     )
@@ -138,7 +165,11 @@ def _check_result(
     if failed:
         metadata["failures"] = MetadataValue.json(
             [
-                {k: o[k] for k in ("expectation", "unexpected_count", "observed_value", "examples", "error") if o[k] is not None}
+                {
+                    k: o[k]
+                    for k in ("expectation", "unexpected_count", "observed_value", "examples", "error")
+                    if o[k] is not None
+                }
                 for o in failed
             ]
         )
@@ -154,4 +185,3 @@ def _check_result(
             else None
         ),
     )
-

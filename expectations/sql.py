@@ -58,7 +58,11 @@ def _duplicates_sql(relation: str, unique: list[str], select: str) -> str:
     """Groups of the key ``unique`` held by more than one row; rows whose key columns are all missing are
     ignored, as GX does by default."""
     keys = ", ".join(_q(c) for c in unique)
-    present = f"{_q(unique[0])} IS NOT NULL" if len(unique) == 1 else "NOT (" + " AND ".join(f"{_q(c)} IS NULL" for c in unique) + ")"
+    present = (
+        f"{_q(unique[0])} IS NOT NULL"
+        if len(unique) == 1
+        else "NOT (" + " AND ".join(f"{_q(c)} IS NULL" for c in unique) + ")"
+    )
     return f"SELECT {select} FROM {relation} WHERE {present} GROUP BY {keys} HAVING count(*) > 1"
 
 
@@ -114,5 +118,11 @@ def _examples(conn, relation: str, params: dict, kind: str, kwargs: dict) -> lis
 
 
 def _outcome(expectation: dict, success: bool, unexpected: int | None, observed: Any, examples: list) -> dict:
-    return {"expectation": expectation, "success": success, "unexpected_count": unexpected, "observed_value": observed,
-            "examples": examples, "error": None}
+    return {
+        "expectation": expectation,
+        "success": success,
+        "unexpected_count": unexpected,
+        "observed_value": observed,
+        "examples": examples,
+        "error": None,
+    }

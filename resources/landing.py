@@ -46,8 +46,10 @@ class LandingSource(ConfigurableResource):
         if self.mode not in ("synthetic", "files"):
             raise ValueError(f"landing mode must be 'auto', 'synthetic' or 'files', not {self.mode!r}")
         if self.mode == "synthetic" and recorded == "files":
-            raise SettingsInvalid(f"{self.root} holds ingested logs: synthetic days would mix made-up events into the "
-                             "shop's real landing and warehouse; use another --home for synthetic data")
+            raise SettingsInvalid(
+                f"{self.root} holds ingested logs: synthetic days would mix made-up events into the "
+                "shop's real landing and warehouse; use another --home for synthetic data"
+            )
         return self.mode
 
     @property

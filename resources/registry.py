@@ -3,10 +3,11 @@
 import fcntl
 import os
 import subprocess
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import pandas as pd
 
@@ -52,8 +53,13 @@ def _code_version() -> dict[str, str]:
 
     root = Path(__file__).resolve().parent.parent
     try:
-        commit = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=40"], cwd=root,
-                                capture_output=True, text=True, timeout=10)
+        commit = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=40"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired):
         commit = None
     if commit is not None and commit.returncode == 0:
@@ -92,10 +98,12 @@ class ModelRegistry(RetriesTransientFailures):
         except MlflowException as exc:
             if exc.error_code not in UNAVAILABLE_CODES:
                 raise
-            raise self.transient(RegistryUnavailable(
-                f"cannot {what}: the MLflow registry at {self.resolved_tracking_uri()} did not answer: "
-                f"{str(exc).splitlines()[0][:300]}"
-            )) from exc
+            raise self.transient(
+                RegistryUnavailable(
+                    f"cannot {what}: the MLflow registry at {self.resolved_tracking_uri()} did not answer: "
+                    f"{str(exc).splitlines()[0][:300]}"
+                )
+            ) from exc
 
     def run_url(self, run_id: str) -> str:
         """The run's page in the MLflow UI at ``ui_url``."""
@@ -155,8 +163,19 @@ class ModelRegistry(RetriesTransientFailures):
         location = home_paths(self.home)["mlartifacts"] / name
         return mlflow.create_experiment(name, artifact_location=location.resolve().as_uri())
 
-    def _log_version(self, model_name: str, log_model, features: pd.DataFrame, predict, params: dict[str, Any],
-                     metrics: dict[str, float], tags: dict[str, str], tables, datasets, figures) -> ModelVersionRef:
+    def _log_version(
+        self,
+        model_name: str,
+        log_model,
+        features: pd.DataFrame,
+        predict,
+        params: dict[str, Any],
+        metrics: dict[str, float],
+        tags: dict[str, str],
+        tables,
+        datasets,
+        figures,
+    ) -> ModelVersionRef:
         """One training run: parameters, metrics, tables, dataset inputs, figures and the model ``log_model(mlflow,
         signature, input_example)`` logs and registers as a new version of ``model_name``."""
         mlflow = self._mlflow()
@@ -165,7 +184,10 @@ class ModelRegistry(RetriesTransientFailures):
 
         example = features.head(5)
         signature = infer_signature(example, predict(example))
-        with self._asking(f"log a training run of {model_name}"), mlflow.start_run(experiment_id=self._experiment_id(model_name), tags={**tags, **_code_version()}) as run:
+        with (
+            self._asking(f"log a training run of {model_name}"),
+            mlflow.start_run(experiment_id=self._experiment_id(model_name), tags={**tags, **_code_version()}) as run,
+        ):
             mlflow.log_params(params)
             mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
             for context, (frame, name) in (datasets or {}).items():
@@ -191,9 +213,9 @@ class ModelRegistry(RetriesTransientFailures):
         params: dict[str, Any],
         metrics: dict[str, float],
         tags: dict[str, str],
-        tables: Optional[dict[str, pd.DataFrame]] = None,
-        datasets: Optional[dict[str, tuple[pd.DataFrame, str]]] = None,
-        figures: Optional[dict[str, Any]] = None,
+        tables: dict[str, pd.DataFrame] | None = None,
+        datasets: dict[str, tuple[pd.DataFrame, str]] | None = None,
+        figures: dict[str, Any] | None = None,
     ) -> ModelVersionRef:
         """Log one training run with its model, register it and mark it ``challenger``.
 
@@ -204,19 +226,35 @@ class ModelRegistry(RetriesTransientFailures):
         ref = self._log_version(
             model_name,
             lambda mlflow, signature, example: mlflow.lightgbm.log_model(
-                booster, name="model", signature=signature, input_example=example,
+                booster,
+                name="model",
+                signature=signature,
+                input_example=example,
                 pip_requirements=[f"lightgbm=={lightgbm.__version__}", f"pandas=={pd.__version__}"],
                 registered_model_name=model_name,
             ),
-            features, booster.predict, params, metrics, {**tags, "policy": "lightgbm", "policy_kind": LEARNED},
-            tables, datasets, figures,
+            features,
+            booster.predict,
+            params,
+            metrics,
+            {**tags, "policy": "lightgbm", "policy_kind": LEARNED},
+            tables,
+            datasets,
+            figures,
         )
         with self._asking(f"mark {model_name} version {ref.version} {CHALLENGER}"):
             self.client().set_registered_model_alias(model_name, CHALLENGER, str(ref.version))
         return ref
 
-    def rule_version(self, model_name: str, policy: Any, features: pd.DataFrame, metrics: dict[str, float],
-                     tags: dict[str, str], tables: Optional[dict[str, pd.DataFrame]] = None) -> ModelVersionRef:
+    def rule_version(
+        self,
+        model_name: str,
+        policy: Any,
+        features: pd.DataFrame,
+        metrics: dict[str, float],
+        tags: dict[str, str],
+        tables: dict[str, pd.DataFrame] | None = None,
+    ) -> ModelVersionRef:
         """The version of ``model_name`` holding exactly this rule policy (the same ``policy_sha256``), registered
         now (an MLflow pyfunc whose ``predict`` is the rule, with its definition as parameters) if none does."""
         import numpy as np
@@ -232,17 +270,30 @@ class ModelRegistry(RetriesTransientFailures):
         return self._log_version(
             model_name,
             lambda mlflow, signature, example: mlflow.pyfunc.log_model(
-                name="model", python_model=RuleModel(policy), signature=signature, input_example=example,
+                name="model",
+                python_model=RuleModel(policy),
+                signature=signature,
+                input_example=example,
                 pip_requirements=[f"numpy=={np.__version__}", f"pandas=={pd.__version__}"],
                 registered_model_name=model_name,
             ),
-            features, policy.predict, policy.params(), metrics,
-            {**tags, "policy": policy.name, "policy_kind": RULE, "policy_sha256": digest,
-             "policy_definition": policy.describe()[:5000]},
-            tables, None, None,
+            features,
+            policy.predict,
+            policy.params(),
+            metrics,
+            {
+                **tags,
+                "policy": policy.name,
+                "policy_kind": RULE,
+                "policy_sha256": digest,
+                "policy_definition": policy.describe()[:5000],
+            },
+            tables,
+            None,
+            None,
         )
 
-    def version_for_alias(self, model_name: str, alias: str) -> Optional[ModelVersionRef]:
+    def version_for_alias(self, model_name: str, alias: str) -> ModelVersionRef | None:
         """The version ``alias`` points at; None when the model or alias does not exist. Raises
         ``RegistryUnavailable`` when the registry cannot be asked."""
         from mlflow.exceptions import MlflowException
@@ -286,7 +337,9 @@ class ModelRegistry(RetriesTransientFailures):
             with self._asking(f"read {model_name} version {version}"):
                 mv = self.client().get_model_version(model_name, str(version))
         except MlflowException as exc:
-            raise ValueError(f"model {model_name!r} has no version {version} in {self.resolved_tracking_uri()}") from exc
+            raise ValueError(
+                f"model {model_name!r} has no version {version} in {self.resolved_tracking_uri()}"
+            ) from exc
         return ModelVersionRef(model_name, int(mv.version), mv.run_id)
 
     def versions(self, model_name: str) -> list[tuple[ModelVersionRef, dict[str, str]]]:

@@ -30,6 +30,8 @@ class RetriesTransientFailures(ConfigurableResource):
             error.args = (f"{error} (gave up after {attempt + 1} attempts of step {context.op.name})", *error.args[1:])
             return error
         wait = self.retry_delay_seconds * 2**attempt
-        context.log.warning(f"transient failure, retrying in {wait:g} s (attempt {attempt + 2} of "
-                            f"{self.transient_retries + 1}): {error}")
+        context.log.warning(
+            f"transient failure, retrying in {wait:g} s (attempt {attempt + 2} of "
+            f"{self.transient_retries + 1}): {error}"
+        )
         return RetryRequested(max_retries=self.transient_retries, seconds_to_wait=wait)

@@ -6,9 +6,9 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import duckdb
 
@@ -78,7 +78,7 @@ class Warehouse(RetriesTransientFailures):
                 finally:
                     _HELD[key][1] -= 1
                 return
-            handle = open(lock_file, "a+")
+            handle = open(lock_file, "a+")  # noqa: SIM115 (held open for the lock)
             try:
                 waited_note = False
                 while True:
@@ -87,9 +87,12 @@ class Warehouse(RetriesTransientFailures):
                         break
                     except BlockingIOError:
                         if time.monotonic() >= deadline:
-                            raise self.transient(WarehouseLocked(
-                                f"the warehouse {self.path} is in use by another writer ({_holder(lock_file)}); "
-                                f"waited {self.lock_timeout_seconds:g} s for {lock_file}")) from None
+                            raise self.transient(
+                                WarehouseLocked(
+                                    f"the warehouse {self.path} is in use by another writer ({_holder(lock_file)}); "
+                                    f"waited {self.lock_timeout_seconds:g} s for {lock_file}"
+                                )
+                            ) from None
                         context = step_context()
                         if context is not None and not waited_note:
                             context.log.info(f"waiting for the warehouse lock, held by {_holder(lock_file)}")
@@ -118,15 +121,20 @@ class Warehouse(RetriesTransientFailures):
             delay = 0.1
             while True:
                 try:
-                    conn = duckdb.connect(self.path, config={"memory_limit": self.memory_limit, "threads": self.threads})
+                    conn = duckdb.connect(
+                        self.path, config={"memory_limit": self.memory_limit, "threads": self.threads}
+                    )
                     break
                 except duckdb.IOException as error:
                     if "lock" not in str(error).lower():
                         raise
                     if time.monotonic() + delay > deadline:
-                        raise self.transient(WarehouseLocked(
-                            f"the warehouse {self.path} is locked by a process outside shopseq: "
-                            f"{str(error).splitlines()[0][:300]}")) from error
+                        raise self.transient(
+                            WarehouseLocked(
+                                f"the warehouse {self.path} is locked by a process outside shopseq: "
+                                f"{str(error).splitlines()[0][:300]}"
+                            )
+                        ) from error
                     time.sleep(delay)
                     delay = min(delay * 2, 5.0)
             try:

@@ -5,6 +5,7 @@ import datetime as dt
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 DAGSTER_YAML = """\
@@ -29,10 +30,24 @@ STAGES = [
     ("features", "ranking_candidates"),
 ]
 SUMMARY_TABLES = [
-    "raw_events", "raw_events_quarantine", "cleaned_events", "sessions", "user_sequences", "user_features",
-    "item_features", "ranking_candidates", "next_action_training_set", "ranker_training_set", "next_event_training_set",
-    "session_training_set", "model_evaluations", "promotion_log", "recommendations", "next_action_predictions",
-    "item_next_items", "model_replay",
+    "raw_events",
+    "raw_events_quarantine",
+    "cleaned_events",
+    "sessions",
+    "user_sequences",
+    "user_features",
+    "item_features",
+    "ranking_candidates",
+    "next_action_training_set",
+    "ranker_training_set",
+    "next_event_training_set",
+    "session_training_set",
+    "model_evaluations",
+    "promotion_log",
+    "recommendations",
+    "next_action_predictions",
+    "item_next_items",
+    "model_replay",
 ]
 
 
@@ -80,8 +95,13 @@ class Pipeline:
         )
         self.instance = DagsterInstance.get()
 
-    def materialize(self, groups: tuple[str, ...], start: dt.date | None = None, end: dt.date | None = None,
-                    only: set[str] | None = None):
+    def materialize(
+        self,
+        groups: tuple[str, ...],
+        start: dt.date | None = None,
+        end: dt.date | None = None,
+        only: set[str] | None = None,
+    ):
         from dagster import AssetSelection, materialize
 
         from assets import ALL_ASSETS
@@ -117,22 +137,25 @@ class Pipeline:
 
     def run(self, start: dt.date, end: dt.date, train: bool = True) -> None:
         """Daily stages for every day of ``[start, end]``, then training, then publishing ``end``."""
-        from assets.logic.training import labelled_cutoffs
         from assets.logic.catalogue import CATALOGUE
+        from assets.logic.training import labelled_cutoffs
 
         days = (end - start).days + 1
         for group, table in STAGES:
             began = time.perf_counter()
             _progress(f"[{group:>9}] {days} day(s) {start}..{end} ...")
             self.materialize((group,), start, end)
-            _progress(f"[{group:>9}] done in {time.perf_counter() - began:5.1f} s ({self.count(table):,} rows in {table})")
+            _progress(
+                f"[{group:>9}] done in {time.perf_counter() - began:5.1f} s ({self.count(table):,} rows in {table})"
+            )
         if train:
             with self.resources["warehouse"].connect() as conn:
                 cutoffs = labelled_cutoffs(conn)
             if len(cutoffs) < 2:
                 train = False
                 _progress(
-                    f"[ training] skipped: {len(cutoffs)} labelled cut-off day(s) (features as of D with events on D + 1);"
+                    f"[ training] skipped: {len(cutoffs)} labelled cut-off day(s) (features as of D with events "
+                    "on D + 1);"
                     " training needs 2, one of them for the hold-out"
                 )
         if train:
@@ -149,13 +172,18 @@ class Pipeline:
             _progress(f"[  serving] skipped: no champion model yet for {', '.join(missing)}")
             return
         if missing:
-            _progress(f"[  serving] no champion for {', '.join(missing)} (its data cannot train it, or nothing beat "
-                      "the measure-only baselines: see Promotion below): its rows are left out")
+            _progress(
+                f"[  serving] no champion for {', '.join(missing)} (its data cannot train it, or nothing beat "
+                "the measure-only baselines: see Promotion below): its rows are left out"
+            )
         began = time.perf_counter()
         _progress(f"[  serving] {', '.join(served)} for {end} ...")
         self.materialize(("serving",), end, end, only=set(served))
-        _progress(f"[  serving] done in {time.perf_counter() - began:5.1f} s ("
-                  + ", ".join(f"{self.count(table):,} rows in {table}" for table in served) + ")")
+        _progress(
+            f"[  serving] done in {time.perf_counter() - began:5.1f} s ("
+            + ", ".join(f"{self.count(table):,} rows in {table}" for table in served)
+            + ")"
+        )
 
     def replay(self, start: dt.date, end: dt.date) -> None:
         """Each day scored by the model versions trained before it (days no version predates get no rows)."""
@@ -163,17 +191,22 @@ class Pipeline:
         self.materialize(("evaluation",), start, end)
         with self.resources["warehouse"].connect() as conn:
             days, versions = conn.execute(
-                "SELECT count(DISTINCT day), count(DISTINCT (model_name, model_version)) FROM model_replay WHERE day BETWEEN ? AND ?",
+                "SELECT count(DISTINCT day), count(DISTINCT (model_name, model_version)) FROM model_replay WHERE "
+                "day BETWEEN ? AND ?",
                 [start, end],
             ).fetchone()
-        _progress(f"[   replay] {days} day(s) scored by {versions} model version(s) trained before them "
-                  f"in {time.perf_counter() - began:5.1f} s")
+        _progress(
+            f"[   replay] {days} day(s) scored by {versions} model version(s) trained before them "
+            f"in {time.perf_counter() - began:5.1f} s"
+        )
 
     def has(self, table: str) -> bool:
         with self.resources["warehouse"].connect() as conn:
-            return bool(conn.execute(
-                "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]
-            ).fetchone()[0])
+            return bool(
+                conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]).fetchone()[
+                    0
+                ]
+            )
 
     def count(self, table: str) -> int:
         if not self.has(table):
@@ -195,7 +228,8 @@ def summary(pipeline: Pipeline, users: int = 3) -> str:
         f"  Dagster: shopseq ui --home {home}",
         f"     (or: SHOPSEQ_HOME={home} DAGSTER_HOME={home}/dagster_home dagster dev -w workspace.yaml)",
         f"  MLflow:  shopseq mlflow-ui --home {home}",
-        f"     (or: mlflow ui --backend-store-uri sqlite:///{home}/mlflow.db --default-artifact-root {home}/mlartifacts)",
+        f"     (or: mlflow ui --backend-store-uri sqlite:///{home}/mlflow.db --default-artifact-root "
+        f"{home}/mlartifacts)",
     ]
     return "\n".join(lines)
 
@@ -205,8 +239,11 @@ def _promotion_lines(decisions) -> list[str]:
 
     return ["", "Promotion (the policy that serves each model, and why):"] + [
         f"  {r.model_name}: "
-        + (f"champion v{r.champion_version}, {r.serves or 'learned lightgbm'}" if pd.notna(r.champion_version)
-           else "no champion, not served")
+        + (
+            f"champion v{r.champion_version}, {r.serves or 'learned lightgbm'}"
+            if pd.notna(r.champion_version)
+            else "no champion, not served"
+        )
         + (" (skipped: its data cannot train it, above)" if r.decision == "skipped" else f" ({r.decision}: {r.reason})")
         for r in decisions.itertuples()
     ]
@@ -217,9 +254,12 @@ def _model_summary(pipeline: Pipeline, users: int) -> list[str]:
 
     lines = []
     # the champion's policy and kind, from its stored evaluation
-    serves = ("""(SELECT any_value(policy_kind || ' ' || policy) FROM model_evaluations e
+    serves = (
+        """(SELECT any_value(policy_kind || ' ' || policy) FROM model_evaluations e
                   WHERE e.model_name = p.model_name AND e.model_version = p.champion_version)"""
-              if pipeline.has("model_evaluations") else "NULL")
+        if pipeline.has("model_evaluations")
+        else "NULL"
+    )
     with pipeline.resources["warehouse"].connect() as conn:
         decisions = conn.execute(
             f"""SELECT model_name, champion_version, decision, reason, {serves} AS serves FROM promotion_log p
@@ -237,28 +277,53 @@ def _model_summary(pipeline: Pipeline, users: int) -> list[str]:
         evaluation = conn.execute(
             """SELECT * FROM model_evaluations
                WHERE (model_name, model_version) IN (SELECT (model_name, arg_max(model_version, evaluated_at))
-                                                     FROM model_evaluations WHERE coalesce(policy_kind, 'learned') = 'learned'
+                                                     FROM model_evaluations WHERE coalesce(policy_kind,
+                                                         'learned') = 'learned'
                                                      GROUP BY model_name)
                  AND metric IN ('recall@20', 'ndcg@20', 'hr@20', 'mrr@20', 'auc', 'pr_auc', 'brier')"""
         ).df()
-        recs = conn.execute(
-            """SELECT user_id, list(item_id ORDER BY rank)[1:5] AS top_5, any_value(model_name) AS model,
+        recs = (
+            conn.execute(
+                """SELECT user_id, list(item_id ORDER BY rank)[1:5] AS top_5, any_value(model_name) AS model,
                       any_value(model_version) AS version, any_value(policy_kind || ' ' || policy) AS policy,
                       arg_min(reason, rank) AS first_reason
                FROM recommendations WHERE as_of_date = (SELECT max(as_of_date) FROM recommendations)
                GROUP BY user_id ORDER BY user_id LIMIT ?""",
-            [users],
-        ).df() if pipeline.has("recommendations") else None
+                [users],
+            ).df()
+            if pipeline.has("recommendations")
+            else None
+        )
     holdout = evaluation["holdout_day"].max() if len(evaluation) else "?"
     lines += ["", f"Temporal hold-out (features as of {pd.Timestamp(holdout).date()}, targets on the next day):"]
     # "model" and the list baselines are the served lists (after the business rules), "<method>_raw" the ranked ones
-    methods = ["model", "model_raw", "repeat_recent", "repeat_recent_raw", "recent_covis_pop", "covisitation", "markov", "popularity",
-               "buy_history_rule", "cart_history_rule", "activity_rule", "base_rate", "last_type_markov", "class_prior",
-               "sr", "sr3", "sknn"]
+    methods = [
+        "model",
+        "model_raw",
+        "repeat_recent",
+        "repeat_recent_raw",
+        "recent_covis_pop",
+        "covisitation",
+        "markov",
+        "popularity",
+        "buy_history_rule",
+        "cart_history_rule",
+        "activity_rule",
+        "base_rate",
+        "last_type_markov",
+        "class_prior",
+        "sr",
+        "sr3",
+        "sknn",
+    ]
     overall = evaluation[evaluation["segment"] == "all"]
     table = overall.pivot_table(index=["model_name", "target", "metric"], columns="method", values="value")
     model = overall[overall["method"] == "model"].set_index(["model_name", "target", "metric"]).reindex(table.index)
-    table.insert(0, "model 95% CI", [f"{lo:.3f}..{hi:.3f}" if lo == lo else "" for lo, hi in zip(model["ci_low"], model["ci_high"])])
+    table.insert(
+        0,
+        "model 95% CI",
+        [f"{lo:.3f}..{hi:.3f}" if lo == lo else "" for lo, hi in zip(model["ci_low"], model["ci_high"])],
+    )
     ordered = ["model 95% CI"] + [c for c in methods if c in table.columns]
     lines += ["  " + line for line in table[ordered].round(3).to_string(na_rep="").splitlines()]
     segments = evaluation[(evaluation["segment"] != "all") & evaluation["metric"].isin(["recall@20", "ndcg@20"])]
@@ -273,8 +338,10 @@ def _model_summary(pipeline: Pipeline, users: int) -> list[str]:
         return lines
     lines += ["", "Recommendations (first users, top 5 of 20):"]
     for r in recs.itertuples():
-        lines += [f"  {r.user_id:<10} {', '.join(r.top_5)}  [{r.model} v{r.version}, {r.policy}]",
-                  f"  {'':<10} #1: {r.first_reason}"]
+        lines += [
+            f"  {r.user_id:<10} {', '.join(r.top_5)}  [{r.model} v{r.version}, {r.policy}]",
+            f"  {'':<10} #1: {r.first_reason}",
+        ]
     return lines
 
 
@@ -285,12 +352,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     end = args.start + dt.timedelta(days=args.days - 1)
     _check_partitions(args.start, end)
     home = prepare_home(args.home)
-    LandingSource(home=str(home), mode="synthetic").effective_mode  # refuses a home of ingested logs
+    _ = LandingSource(home=str(home), mode="synthetic").effective_mode  # refuses a home of ingested logs
     params = ShopParams(seed=args.seed, events_per_day=args.events_per_day, shop_start=args.start)
     landing = LandingSource(home=str(home))
     landing.save_shop(params)
     began = time.perf_counter()
-    _progress(f"[  landing] synthetic shop: {args.days} days from {args.start}, ~{args.events_per_day:,} events/day -> {landing.root}")
+    _progress(
+        f"[  landing] synthetic shop: {args.days} days from {args.start}, ~{args.events_per_day:,} events/day -> "
+        f"{landing.root}"
+    )
     for i in range(args.days):
         write_day(params, args.start + dt.timedelta(days=i), str(landing.root))
     _progress(f"[  landing] done in {time.perf_counter() - began:5.1f} s")
@@ -314,14 +384,19 @@ def _pseudonym_settings(settings: dict, key: str | None, landed: bool) -> dict:
     fingerprint = pseudonym(key, "shopseq pseudonym key fingerprint") if key is not None else None
     if landed and "pseudonymised" in settings:
         if settings["pseudonymised"] and key is None:
-            raise UsageError("this home is pseudonymised: ingest with --pseudonymise and the same key in "
-                             f"${PSEUDONYM_KEY_VARIABLE}, or raw ids would reach its landing files")
+            raise UsageError(
+                "this home is pseudonymised: ingest with --pseudonymise and the same key in "
+                f"${PSEUDONYM_KEY_VARIABLE}, or raw ids would reach its landing files"
+            )
         if not settings["pseudonymised"] and key is not None:
-            raise UsageError("this home holds raw ids: a pseudonymised ingest would mix two id spaces; "
-                             "ingest into another --home")
+            raise UsageError(
+                "this home holds raw ids: a pseudonymised ingest would mix two id spaces; ingest into another --home"
+            )
         if key is not None and settings.get("pseudonym_key_fingerprint") != fingerprint:
-            raise UsageError(f"${PSEUDONYM_KEY_VARIABLE} is not the key this home was pseudonymised with "
-                             "(its fingerprint differs): the same shopper would get two pseudonyms")
+            raise UsageError(
+                f"${PSEUDONYM_KEY_VARIABLE} is not the key this home was pseudonymised with "
+                "(its fingerprint differs): the same shopper would get two pseudonyms"
+            )
     return {"pseudonymised": key is not None, "pseudonym_key_fingerprint": fingerprint}
 
 
@@ -338,7 +413,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if landed and settings.get("landing") != "files":
         raise UsageError(f"{landing.root} holds synthetic landing days; ingest real logs into another --home")
     if landed and settings.get("timezone", tz) != tz:
-        raise UsageError(f"the days of {home} are {settings['timezone']} days; ingesting with --tz {tz} would mix two calendars")
+        raise UsageError(
+            f"the days of {home} are {settings['timezone']} days; ingesting with --tz {tz} would mix two calendars"
+        )
     key = None
     if args.pseudonymise:
         key = os.environ.get(PSEUDONYM_KEY_VARIABLE)
@@ -349,23 +426,39 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     try:
         # The home's settings are written once every file is read and staged, before any landing file is
         # published: a run never reads landing days under the settings of the home before this ingest.
-        report = ingest(args.path, args.format, str(landing.root), tz, start=args.start, end=args.end, pseudonym_key=key,
-                        on_staged=lambda staged: write_settings(
-                            str(home), timezone=tz, landing="files", **privacy,
-                            **{PENDING_WITHDRAWALS: _pending(settings, staged.withdrawn)}))
+        report = ingest(
+            args.path,
+            args.format,
+            str(landing.root),
+            tz,
+            start=args.start,
+            end=args.end,
+            pseudonym_key=key,
+            on_staged=lambda staged: write_settings(
+                str(home),
+                timezone=tz,
+                landing="files",
+                **privacy,
+                **{PENDING_WITHDRAWALS: _pending(settings, staged.withdrawn)},
+            ),
+        )
     except IngestError as error:
         print(f"error: cannot ingest {error}", file=sys.stderr)
         return 2
     except ValueError as error:
         raise UsageError(str(error)) from None
-    print(f"Ingested {len(report.per_file)} {args.format} file(s) into {landing.root} ({tz} days) "
-          f"in {time.perf_counter() - began:.1f} s:")
+    print(
+        f"Ingested {len(report.per_file)} {args.format} file(s) into {landing.root} ({tz} days) "
+        f"in {time.perf_counter() - began:.1f} s:"
+    )
     print(report.table())
     for path, counts in report.per_file.items():
         print(f"  {path}: {counts['read']:,} rows read, {counts['quarantined_at_ingest']:,} unparseable at ingest")
     if report.withdrawn:
-        print(f"{', '.join(map(str, report.withdrawn))}: no longer in the re-ingested file(s), so no landing files "
-              "any more (withdrawn)")
+        print(
+            f"{', '.join(map(str, report.withdrawn))}: no longer in the re-ingested file(s), so no landing files "
+            "any more (withdrawn)"
+        )
     _withdraw_pending_days(home, Warehouse(home=str(home)))
     days = sorted(report.per_day)
     print(f"\nNext: shopseq run --home {home}   (materialises {days[0]}..{days[-1]})")
@@ -398,8 +491,11 @@ def _withdraw_pending_days(home: Path, warehouse) -> dict[str, int]:
         with warehouse.connect() as conn:
             deleted = withdraw_days(conn, pending, warehouse.timezone)
     write_settings(str(home), **{PENDING_WITHDRAWALS: []})
-    _progress(f"[  landing] withdrawn {', '.join(map(str, pending))}: removed from the warehouse ("
-              + (", ".join(f"{t} {n:,}" for t, n in deleted.items()) or "no rows") + ")")
+    _progress(
+        f"[  landing] withdrawn {', '.join(map(str, pending))}: removed from the warehouse ("
+        + (", ".join(f"{t} {n:,}" for t, n in deleted.items()) or "no rows")
+        + ")"
+    )
     return deleted
 
 
@@ -408,7 +504,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     home = prepare_home(args.home)
     landing = LandingSource(home=str(home), mode=args.landing_mode)
-    landing.effective_mode  # refuses synthetic days in a home of ingested logs, or such a home without its settings
+    _ = landing.effective_mode  # refuses synthetic days in a home of ingested logs, or one without its settings
     landed = landing.landed_days()
     if args.start is None and not landed:
         raise UsageError(f"no landing days under {home}/landing; pass --start (synthetic) or run shopseq ingest first")
@@ -439,8 +535,10 @@ def _scoring_models(registry, overrides: list[str]) -> tuple[dict, list[str]]:
         name, _, version = text.rpartition("=")
         name = name or RANKER_MODEL
         if name not in (RANKER_MODEL, *optional) or not (version.isascii() and version.isdigit()):
-            raise UsageError(f"--model-version {text!r}: give V (the ranker) or NAME=V with NAME one of "
-                             f"{RANKER_MODEL}, {', '.join(optional)}")
+            raise UsageError(
+                f"--model-version {text!r}: give V (the ranker) or NAME=V with NAME one of "
+                f"{RANKER_MODEL}, {', '.join(optional)}"
+            )
         chosen[name] = registry.version(name, int(version))
     notes = []
     chosen.setdefault(RANKER_MODEL, registry.champion(RANKER_MODEL))
@@ -481,12 +579,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import duckdb
 
     from assets.logic.candidates import RANKER_FEATURES
+    from assets.logic.catalogue import NEXT_ACTION_MODELS, NEXT_EVENT_MODEL, RANKER_MODEL, SESSION_MODEL
     from assets.logic.features import USER_FEATURE_COLUMNS
     from assets.logic.ingest import FORMATS, IngestError
     from assets.logic.next_event import NEXT_EVENT_FEATURES
     from assets.logic.predict import load_item_side, read_sequences, score_sequences
     from assets.logic.serving import BusinessRules, check_features
-    from assets.logic.catalogue import NEXT_ACTION_MODELS, NEXT_EVENT_MODEL, RANKER_MODEL, SESSION_MODEL
     from resources import ModelRegistry, Warehouse
     from resources.home import read_settings
     from resources.registry import NoChampionError
@@ -530,21 +628,29 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"error: cannot score {error}", file=sys.stderr)
             return 2
         frame = score_sequences(
-            conn, boosters[RANKER_MODEL],
+            conn,
+            boosters[RANKER_MODEL],
             {action: boosters[name] for action, name in NEXT_ACTION_MODELS.items() if name in boosters},
-            item_day, args.k, BusinessRules(min_items=args.k), boosters.get(NEXT_EVENT_MODEL),
+            item_day,
+            args.k,
+            BusinessRules(min_items=args.k),
+            boosters.get(NEXT_EVENT_MODEL),
         )
         frame["models"] = ", ".join(f"{n} v{r.version}" for n, r in refs.items())
         scored_seconds = time.perf_counter() - began - read_seconds
         _write_predictions(conn, frame, out)
     sequences = frame["sequence_id"].nunique()
     reasons = {k: v for k, v in report.items() if k not in ("read", "accepted", "quarantined")}
-    print(f"Read {args.format} {', '.join(args.events)} ({tz} days): {report['read']:,} rows = {report['accepted']:,} "
-          f"accepted + {report['quarantined']:,} quarantined"
-          + (f" ({', '.join(f'{r} {n:,}' for r, n in sorted(reasons.items()))})" if reasons else "")
-          + f" in {read_seconds:.1f} s.")
-    print(f"Scored {sequences:,} sequences as of their last event in {scored_seconds:.1f} s with "
-          f"{frame['models'].iloc[0]}; item statistics as of {item_day}.")
+    print(
+        f"Read {args.format} {', '.join(args.events)} ({tz} days): {report['read']:,} rows = {report['accepted']:,} "
+        f"accepted + {report['quarantined']:,} quarantined"
+        + (f" ({', '.join(f'{r} {n:,}' for r, n in sorted(reasons.items()))})" if reasons else "")
+        + f" in {read_seconds:.1f} s."
+    )
+    print(
+        f"Scored {sequences:,} sequences as of their last event in {scored_seconds:.1f} s with "
+        f"{frame['models'].iloc[0]}; item statistics as of {item_day}."
+    )
     sources = frame["source"].value_counts()
     print("Items by candidate source: " + ", ".join(f"{s} {n:,}" for s, n in sources.items()))
     short = (frame.groupby("sequence_id")["rank"].max() < args.k).sum()
@@ -579,11 +685,11 @@ def _predict_sessions(args: argparse.Namespace, home: Path, out: Path, warehouse
     from assets.logic.catalogue import NEXT_EVENT_MODEL, SESSION_MODEL
     from assets.logic.ingest import FORMATS, IngestError
     from assets.logic.next_event import NEXT_EVENT_FEATURES
-    from resources.registry import CHAMPION
     from assets.logic.predict import read_sequences, score_sessions
     from assets.logic.serving import check_features
     from assets.logic.session_model import SESSION_FEATURES
     from resources.home import read_settings
+    from resources.registry import CHAMPION
 
     model = registry.load_policy(ref)
     check_features(model, SESSION_FEATURES, f"{SESSION_MODEL} v{ref.version}")
@@ -601,13 +707,18 @@ def _predict_sessions(args: argparse.Namespace, home: Path, out: Path, warehouse
             print(f"error: cannot score {error}", file=sys.stderr)
             return 2
         frame["models"] = f"{SESSION_MODEL} v{ref.version}" + (
-            f", {NEXT_EVENT_MODEL} v{next_event_ref.version}" if next_event_ref else "")
+            f", {NEXT_EVENT_MODEL} v{next_event_ref.version}" if next_event_ref else ""
+        )
         _write_predictions(conn, frame, out)
-    print(f"Read {args.format} {', '.join(args.events)}: {report['read']:,} rows = {report['accepted']:,} accepted + "
-          f"{report['quarantined']:,} quarantined.")
-    print(f"Scored {frame['sequence_id'].nunique():,} sessions as of their last event in "
-          f"{time.perf_counter() - began:.1f} s with {frame['models'].iloc[0]}; item side from the warehouse's "
-          f"events before {cutoff}.")
+    print(
+        f"Read {args.format} {', '.join(args.events)}: {report['read']:,} rows = {report['accepted']:,} accepted + "
+        f"{report['quarantined']:,} quarantined."
+    )
+    print(
+        f"Scored {frame['sequence_id'].nunique():,} sessions as of their last event in "
+        f"{time.perf_counter() - began:.1f} s with {frame['models'].iloc[0]}; item side from the warehouse's "
+        f"events before {cutoff}."
+    )
     print(f"Wrote {len(frame):,} rows to {out}")
     return 0
 
@@ -627,10 +738,19 @@ def _move_champion(args: argparse.Namespace, version_of) -> int:
         except ValueError as error:
             raise UsageError(str(error)) from None
         registry.set_alias(target, CHAMPION, args.reason)
-        record_alias_change(conn, args.model, CHAMPION, current.version if current else None, target.version,
-                            args.reason, f"shopseq {args.command}")
-    print(f"{args.model}: champion v{current.version if current else '-'} -> v{target.version} ({args.reason}). "
-          "The next publish run (shopseq run --skip-training, or the publish job) scores with it.")
+        record_alias_change(
+            conn,
+            args.model,
+            CHAMPION,
+            current.version if current else None,
+            target.version,
+            args.reason,
+            f"shopseq {args.command}",
+        )
+    print(
+        f"{args.model}: champion v{current.version if current else '-'} -> v{target.version} ({args.reason}). "
+        "The next publish run (shopseq run --skip-training, or the publish job) scores with it."
+    )
     return 0
 
 
@@ -647,7 +767,9 @@ def cmd_rollback(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.model} has no champion to roll back")
         version = rollback_target(conn, args.model, CHAMPION, current.version)
         if version is None:
-            raise ValueError(f"{args.model} v{current.version} is the first champion on record: nothing to roll back to")
+            raise ValueError(
+                f"{args.model} v{current.version} is the first champion on record: nothing to roll back to"
+            )
         return registry.version(args.model, version)
 
     args.reason = args.reason or "rollback"
@@ -671,13 +793,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def _is_failure_record(record) -> bool:
     """A line the run_failure_recorder sensor wrote: the fields ``shopseq failures`` prints, of their types."""
-    return (isinstance(record, dict)
-            and all(isinstance(record.get(k), str) for k in ("time", "job", "run_id"))
-            and isinstance(record.get("partition"), (str, type(None)))
-            and isinstance(record.get("failed_checks"), list)
-            and isinstance(record.get("failed_steps"), list)
-            and all(isinstance(s, dict) and isinstance(s.get("step"), str) and isinstance(s.get("error"), (str, type(None)))
-                    for s in record["failed_steps"]))
+    return (
+        isinstance(record, dict)
+        and all(isinstance(record.get(k), str) for k in ("time", "job", "run_id"))
+        and isinstance(record.get("partition"), (str, type(None)))
+        and isinstance(record.get("failed_checks"), list)
+        and isinstance(record.get("failed_steps"), list)
+        and all(
+            isinstance(s, dict) and isinstance(s.get("step"), str) and isinstance(s.get("error"), (str, type(None)))
+            for s in record["failed_steps"]
+        )
+    )
 
 
 def cmd_failures(args: argparse.Namespace) -> int:
@@ -706,12 +832,15 @@ def cmd_failures(args: argparse.Namespace) -> int:
         else:
             unreadable.append(number)
     if unreadable:
-        print(f"note: {path} line(s) {', '.join(map(str, unreadable))} are not complete failure records (cut short "
-              "or edited?); skipped", file=sys.stderr)
+        print(
+            f"note: {path} line(s) {', '.join(map(str, unreadable))} are not complete failure records (cut short "
+            "or edited?); skipped",
+            file=sys.stderr,
+        )
     if not records:
         print(f"no failed runs recorded in {path}")
         return 0
-    for record in records[-args.last:]:
+    for record in records[-args.last :]:
         where = f" partition {record['partition']}" if record["partition"] else ""
         print(f"{record['time']}  {record['job']}{where}  run {record['run_id']}")
         for step in record["failed_steps"]:
@@ -733,8 +862,20 @@ def cmd_ui(args: argparse.Namespace) -> int:
 def cmd_mlflow_ui(args: argparse.Namespace) -> int:
     home = prepare_home(args.home)
     command = [
-        sys.executable, "-m", "mlflow", "ui", "--host", args.host, "--port", str(args.port), "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{home}/mlflow.db", "--default-artifact-root", f"{home}/mlartifacts",
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{home}/mlflow.db",
+        "--default-artifact-root",
+        f"{home}/mlartifacts",
     ]
     print(" ".join(command[1:]), flush=True)
     os.execvp(command[0], command)
@@ -785,21 +926,28 @@ def _date(text: str) -> dt.date:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from assets.logic.catalogue import CATALOGUE
     from assets.logic.ingest import FORMATS
     from assets.logic.synthetic import ShopParams
-    from assets.logic.catalogue import CATALOGUE
 
     parser = argparse.ArgumentParser(prog="shopseq", description="Predict what e-commerce shoppers do next.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_home(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--home", default=os.environ.get("SHOPSEQ_HOME", ".shopseq"),
-                       help="home folder for all state (default: $SHOPSEQ_HOME or ./.shopseq)")
+        p.add_argument(
+            "--home",
+            default=os.environ.get("SHOPSEQ_HOME", ".shopseq"),
+            help="home folder for all state (default: $SHOPSEQ_HOME or ./.shopseq)",
+        )
         return p
 
     demo = with_home(sub.add_parser("demo", help="synthetic landing data -> the whole graph -> summary"))
-    demo.add_argument("--days", type=_whole_number(4, 3660), default=14,
-                      help="days of synthetic data (default 14; at least 4: training needs two labelled cut-off days and a hold-out)")
+    demo.add_argument(
+        "--days",
+        type=_whole_number(4, 3660),
+        default=14,
+        help="days of synthetic data (default 14; at least 4: training needs two labelled cut-off days and a hold-out)",
+    )
     demo.add_argument("--events-per-day", type=_whole_number(1, 100_000_000), default=20_000)
     demo.add_argument("--start", type=_date, default=ShopParams().shop_start, help="first day (default %(default)s)")
     demo.add_argument("--seed", type=_whole_number(0, 2**32 - 1), default=ShopParams().seed)
@@ -808,34 +956,58 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = with_home(sub.add_parser("ingest", help="split real logs into daily landing partitions, report counts"))
     ingest.add_argument("--format", required=True, choices=sorted(FORMATS))
     ingest.add_argument("--path", required=True, nargs="+", action="extend", help="source files (.gz too; repeatable)")
-    ingest.add_argument("--tz", type=_timezone, help="the shop's timezone: partition days, and how times without an offset are read "
-                        "(default: the format's, UTC except taobao = Asia/Shanghai)")
-    ingest.add_argument("--start", type=_date, help="first valid day; earlier events are quarantined (timestamp_out_of_range)")
+    ingest.add_argument(
+        "--tz",
+        type=_timezone,
+        help="the shop's timezone: partition days, and how times without an offset are read "
+        "(default: the format's, UTC except taobao = Asia/Shanghai)",
+    )
+    ingest.add_argument(
+        "--start", type=_date, help="first valid day; earlier events are quarantined (timestamp_out_of_range)"
+    )
     ingest.add_argument("--end", type=_date, help="last valid day; later events are quarantined")
-    ingest.add_argument("--pseudonymise", action="store_true",
-                        help=f"replace user and session ids by a keyed hash (key in ${PSEUDONYM_KEY_VARIABLE})")
+    ingest.add_argument(
+        "--pseudonymise",
+        action="store_true",
+        help=f"replace user and session ids by a keyed hash (key in ${PSEUDONYM_KEY_VARIABLE})",
+    )
     ingest.set_defaults(func=cmd_ingest)
 
     run = with_home(sub.add_parser("run", help="materialise the daily graph for days, train, evaluate, publish"))
     run.add_argument("--start", type=_date, help="first day (default: the first landing day)")
     run.add_argument("--end", type=_date, help="last day (default: --start, or the last landing day)")
-    run.add_argument("--landing-mode", choices=["auto", "synthetic", "files"], default=os.environ.get("SHOPSEQ_LANDING_MODE", "auto"))
+    run.add_argument(
+        "--landing-mode", choices=["auto", "synthetic", "files"], default=os.environ.get("SHOPSEQ_LANDING_MODE", "auto")
+    )
     run.add_argument("--skip-training", action="store_true", help="publish with the current champion")
     run.set_defaults(func=cmd_run)
 
-    predict = with_home(sub.add_parser(
-        "predict", help="score every sequence of a log file as of its last event: top-k items + next-action probabilities"))
+    predict = with_home(
+        sub.add_parser(
+            "predict",
+            help="score every sequence of a log file as of its last event: top-k items + next-action probabilities",
+        )
+    )
     predict.add_argument("--events", required=True, nargs="+", action="extend", help="log files (.gz too; repeatable)")
     predict.add_argument("--format", required=True, choices=sorted(FORMATS))
-    predict.add_argument("--k", type=_whole_number(1, 1000), default=20, help="items per sequence (default %(default)s)")
+    predict.add_argument(
+        "--k", type=_whole_number(1, 1000), default=20, help="items per sequence (default %(default)s)"
+    )
     predict.add_argument("--out", required=True, help="output file: .csv, .parquet or .jsonl")
-    predict.add_argument("--protocol", choices=("auto", "next-day", "session"), default="auto",
-                         help="session: each session's next items from the in-session champion; next-day: each user's "
-                         "(or session's) items for tomorrow from the ranker; auto (default): next-day when the ranker "
-                         "has a champion, else session")
-    predict.add_argument("--model-version", action="append", metavar="[NAME=]V",
-                         help="score with this version instead of the champion: V for the ranker, NAME=V for "
-                         "another model (repeatable)")
+    predict.add_argument(
+        "--protocol",
+        choices=("auto", "next-day", "session"),
+        default="auto",
+        help="session: each session's next items from the in-session champion; next-day: each user's "
+        "(or session's) items for tomorrow from the ranker; auto (default): next-day when the ranker "
+        "has a champion, else session",
+    )
+    predict.add_argument(
+        "--model-version",
+        action="append",
+        metavar="[NAME=]V",
+        help="score with this version instead of the champion: V for the ranker, NAME=V for another model (repeatable)",
+    )
     predict.set_defaults(func=cmd_predict)
 
     promote = with_home(sub.add_parser("promote", help="make a model version the champion (recorded in alias_history)"))
@@ -854,8 +1026,12 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--day", required=True, type=_date)
     explain.set_defaults(func=cmd_explain)
 
-    sub.add_parser("bench", add_help=False, help="benchmark every stage on synthetic days of 1M and 10M events beside "
-                   "a pandas path and DuckDB's scan (shopseq bench --help)")
+    sub.add_parser(
+        "bench",
+        add_help=False,
+        help="benchmark every stage on synthetic days of 1M and 10M events beside "
+        "a pandas path and DuckDB's scan (shopseq bench --help)",
+    )
     failures = with_home(sub.add_parser("failures", help="the failed runs recorded by the run_failure_recorder sensor"))
     failures.add_argument("--last", type=_positive_int, default=20, help="how many, newest last (default %(default)s)")
     failures.set_defaults(func=cmd_failures)
@@ -875,6 +1051,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
+    # Single-run backfill policies are a deliberate choice (see assets/partitions.py); the CLI's output is for people.
+    warnings.filterwarnings("ignore", message=".*backfill_policy.*")
     from resources.home import SettingsInvalid
     from resources.registry import RegistryUnavailable
 

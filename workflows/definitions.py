@@ -15,8 +15,11 @@ def build_resources(home: str, tracking_uri: str = "", landing_mode: str = "auto
     return {
         "warehouse": Warehouse(home=home),
         "landing": LandingSource(home=home, mode=landing_mode),
-        "registry": ModelRegistry(home=home, tracking_uri=tracking_uri,
-                                  ui_url=os.environ.get("SHOPSEQ_MLFLOW_UI_URL", "http://127.0.0.1:5000")),
+        "registry": ModelRegistry(
+            home=home,
+            tracking_uri=tracking_uri,
+            ui_url=os.environ.get("SHOPSEQ_MLFLOW_UI_URL", "http://127.0.0.1:5000"),
+        ),
     }
 
 

@@ -6,8 +6,15 @@ from pathlib import Path
 from assets.logic.features import HISTORY_DAYS
 
 # The assets a day's served rows were built from, nearest first.
-UPSTREAM = ("recommendations", "next_action_predictions", "ranking_candidates", "user_features", "item_features",
-            "cleaned_events", "raw_events")
+UPSTREAM = (
+    "recommendations",
+    "next_action_predictions",
+    "ranking_candidates",
+    "user_features",
+    "item_features",
+    "cleaned_events",
+    "raw_events",
+)
 
 
 def _checks(instance, asset: str, day: dt.date) -> str:
@@ -21,11 +28,14 @@ def _checks(instance, asset: str, day: dt.date) -> str:
         return f"  {asset:<24} no materialisation of {day} in this Dagster instance"
     run_id = records[0].run_id
     evaluations = [
-        e.dagster_event.event_specific_data for e in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION)
+        e.dagster_event.event_specific_data
+        for e in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION)
         if e.dagster_event.event_specific_data.asset_key == AssetKey(asset)
     ]
     results = ", ".join(f"{c.check_name} {'passed' if c.passed else 'FAILED'}" for c in evaluations) or "no checks ran"
-    return f"  {asset:<24} run {run_id[:8]} at {dt.datetime.fromtimestamp(records[0].timestamp):%Y-%m-%d %H:%M}: {results}"
+    return (
+        f"  {asset:<24} run {run_id[:8]} at {dt.datetime.fromtimestamp(records[0].timestamp):%Y-%m-%d %H:%M}: {results}"
+    )
 
 
 def _span(days: str) -> str:
@@ -42,7 +52,8 @@ _SERVED = {
     "next_action_predictions": """SELECT 'next_action_predictions' AS "table", model_name, model_version, run_id,
                                          count(*) AS rows, list(action || '=' || round(probability, 3)) AS first_items,
                                          min(scored_at) AS scored_at
-                                  FROM next_action_predictions WHERE user_id = $user AND as_of_date = $day GROUP BY ALL""",
+                                  FROM next_action_predictions WHERE user_id = $user AND as_of_date = $day
+                                  GROUP BY ALL""",
 }
 
 
@@ -51,9 +62,13 @@ def explain(warehouse, registry, instance, user: str, day: dt.date) -> str:
     if not Path(warehouse.path).exists():
         raise ValueError(f"{warehouse.path} does not exist: run shopseq run (or demo) on this home first")
     with warehouse.connect() as conn:
-        tables = {r[0] for r in conn.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_name IN ('recommendations', 'next_action_predictions')"
-        ).fetchall()}
+        tables = {
+            r[0]
+            for r in conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_name IN ('recommendations', "
+                "'next_action_predictions')"
+            ).fetchall()
+        }
         if not tables:
             raise ValueError(f"{warehouse.path} holds no published rows yet: nothing has been served on this home")
         served = conn.execute(
@@ -61,20 +76,28 @@ def explain(warehouse, registry, instance, user: str, day: dt.date) -> str:
         ).df()
     if served.empty:
         raise ValueError(f"no recommendation or prediction row for user {user!r} on {day}")
-    lines = [f"User {user}, {day} (features as of the end of the day, in the shop's timezone {warehouse.timezone}):", ""]
+    lines = [
+        f"User {user}, {day} (features as of the end of the day, in the shop's timezone {warehouse.timezone}):",
+        "",
+    ]
     for row in served.itertuples():
         tags = registry.run_tags(registry.version(row.model_name, int(row.model_version)))
         lines += [
             f"  {row.table}: {row.rows} row(s) {', '.join(row.first_items)}{' ...' if row.rows > 5 else ''}",
             f"    model {row.model_name} v{row.model_version} ({tags.get('policy_kind', 'learned')} policy "
             f"{tags.get('policy', 'lightgbm')}), MLflow run {row.run_id}, scored {row.scored_at:%Y-%m-%d %H:%M}",
-            f"    trained on cut-offs {_span(tags.get('train_cutoffs', '?'))}, hold-out {tags.get('holdout_day', '?')}, "
+            f"    trained on cut-offs {_span(tags.get('train_cutoffs', '?'))}, hold-out "
+            f"{tags.get('holdout_day', '?')}, "
             f"code {tags.get('code_version', '?')[:12]}, Dagster run {tags.get('dagster_run_id', '?')[:8]}",
         ]
     with warehouse.connect() as conn:
         landed = conn.execute("SELECT min(event_time) FROM cleaned_events").fetchone()[0]
     first = max(day - dt.timedelta(days=HISTORY_DAYS - 1), landed.date() if landed else day)
-    lines += ["", f"Data: cleaned_events partitions {first}..{day} (up to {HISTORY_DAYS} days of history before the cut-off).",
-              "", f"Checks of the partition {day}:"]
+    lines += [
+        "",
+        f"Data: cleaned_events partitions {first}..{day} (up to {HISTORY_DAYS} days of history before the cut-off).",
+        "",
+        f"Checks of the partition {day}:",
+    ]
     lines += [_checks(instance, asset, day) for asset in UPSTREAM]
     return "\n".join(lines)

@@ -1,7 +1,13 @@
 """Jobs and schedules. Every job runs in one process: DuckDB takes one writer per file, and the
 in-process executor avoids re-importing the stack for each step (about 3x faster here)."""
 
-from dagster import AssetSelection, ScheduleDefinition, build_schedule_from_partitioned_job, define_asset_job, in_process_executor
+from dagster import (
+    AssetSelection,
+    ScheduleDefinition,
+    build_schedule_from_partitioned_job,
+    define_asset_job,
+    in_process_executor,
+)
 
 from assets.partitions import daily_partitions
 

@@ -22,8 +22,8 @@ from dagster import (
     sensor,
 )
 
-from assets.logic.features import HISTORY_DAYS
 from assets.logic.catalogue import CATALOGUE
+from assets.logic.features import HISTORY_DAYS
 from assets.partitions import RANGE_END_TAG, RANGE_START_TAG
 from assets.recommendations import ALIAS_MOVES_TAG
 from resources import LandingSource, ModelRegistry, Warehouse
@@ -48,7 +48,9 @@ def champion_alias_sensor(context: SensorEvaluationContext, registry: ModelRegis
     latest = context.instance.get_latest_materialization_event(AssetKey("recommendations"))
     partition = latest.dagster_event.partition if latest and latest.dagster_event else None
     if partition is None:
-        return SkipReason(f"champions moved ({before} -> {champions}) but no recommendations partition is published yet")
+        return SkipReason(
+            f"champions moved ({before} -> {champions}) but no recommendations partition is published yet"
+        )
     moved = {name: [before.get(name), version] for name, version in champions.items() if before.get(name) != version}
     return RunRequest(
         run_key=f"champions-{json.dumps(champions, sort_keys=True)}-{partition}",
@@ -117,8 +119,12 @@ def landing_sensor(context: SensorEvaluationContext, landing: LandingSource):
         if first == last:
             requests.append(RunRequest(run_key=f"landing-{first}-{key}", partition_key=first, tags=reason))
         else:
-            requests.append(RunRequest(run_key=f"landing-{first}-{last}-{key}", tags={
-                **reason, RANGE_START_TAG: first, RANGE_END_TAG: last}))
+            requests.append(
+                RunRequest(
+                    run_key=f"landing-{first}-{last}-{key}",
+                    tags={**reason, RANGE_START_TAG: first, RANGE_END_TAG: last},
+                )
+            )
     return requests
 
 
@@ -139,20 +145,23 @@ def failure_record(run, step_failures: list, failed_checks: list[str]) -> dict:
     steps failed with what error, which checks failed."""
     tags = run.tags
     partition = tags.get("dagster/partition") or (
-        f"{tags[RANGE_START_TAG]}...{tags[RANGE_END_TAG]}"
-        if RANGE_START_TAG in tags else None
+        f"{tags[RANGE_START_TAG]}...{tags[RANGE_END_TAG]}" if RANGE_START_TAG in tags else None
     )
     steps = [{"step": event.step_key, "error": step_error(event)[:2000]} for event in step_failures]
     return {
-        "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "run_id": run.run_id, "job": run.job_name, "partition": partition,
-        "failed_steps": steps, "failed_checks": failed_checks,
+        "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "run_id": run.run_id,
+        "job": run.job_name,
+        "partition": partition,
+        "failed_steps": steps,
+        "failed_checks": failed_checks,
         "reason": tags.get("shopseq/reason"),
     }
 
 
-@run_failure_sensor(monitor_all_code_locations=False, minimum_interval_seconds=30,
-                    default_status=DefaultSensorStatus.RUNNING)
+@run_failure_sensor(
+    monitor_all_code_locations=False, minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING
+)
 def run_failure_recorder(context: RunFailureSensorContext, warehouse: Warehouse):
     """Every failed run of this code location becomes a line of ``<home>/run_failures.jsonl`` (listed by
     ``shopseq failures``) and an error in the daemon's log: job, partition, failed steps with their errors,
@@ -160,14 +169,18 @@ def run_failure_recorder(context: RunFailureSensorContext, warehouse: Warehouse)
     checks = [
         f"{event.dagster_event.event_specific_data.asset_key.to_user_string()}:"
         f"{event.dagster_event.event_specific_data.check_name}"
-        for event in context.instance.all_logs(context.dagster_run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION)
+        for event in context.instance.all_logs(
+            context.dagster_run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION
+        )
         if not event.dagster_event.event_specific_data.passed
     ]
     record = failure_record(context.dagster_run, context.get_step_failure_events(), checks)
     with open(Path(warehouse.home) / RUN_FAILURES_FILE, "a") as out:
         out.write(json.dumps(record) + "\n")
-    context.log.error(f"run {record['run_id']} of {record['job']} ({record['partition']}) failed: "
-                      + "; ".join(f"{s['step']}: {s['error'][:200]}" for s in record["failed_steps"]))
+    context.log.error(
+        f"run {record['run_id']} of {record['job']} ({record['partition']}) failed: "
+        + "; ".join(f"{s['step']}: {s['error'][:200]}" for s in record["failed_steps"])
+    )
 
 
 # Publishing follows the daily tables by declarative automation (the assets' AutomationCondition.eager()).

@@ -95,7 +95,8 @@ def covis_pairs_sql(events: str = "cleaned_events") -> str:
 WITH session_items AS (
     SELECT session_id, item_id, max({type_weight_sql()}) AS weight, max(event_time) AS last_time
     FROM {events}
-    WHERE event_time >= $cutoff - INTERVAL {COVIS_DAYS} DAY AND event_time < $cutoff AND NOT is_bot AND item_id IS NOT NULL
+    WHERE event_time >= $cutoff - INTERVAL {COVIS_DAYS} DAY AND event_time < $cutoff AND NOT is_bot
+        AND item_id IS NOT NULL
     GROUP BY session_id, item_id
     QUALIFY row_number() OVER (PARTITION BY session_id ORDER BY last_time DESC, item_id) <= 30
 )
@@ -111,6 +112,7 @@ def candidates_sql(history: str, covis_pairs: str, item_now: str, user_features:
     """Candidates with the ranker's features. The user side reads ``history`` (events with their user's
     ``cutoff``, see ``features.daily_history_sql``); the item side reads ``covis_pairs`` (``covis_pairs_sql``),
     ``item_now`` (item features) and ``user_features``, all SELECTs. Param: ``$as_of_date`` (of the item side)."""
+    recency_weight = f"{type_weight_sql()} * exp(-date_diff('second', event_time, h.cutoff) / 3600.0 / {RECENCY_HOURS})"
     return f"""
 WITH events AS (
     SELECT user_id, item_id, category_id, event_type, event_time, event_id, session_id, cutoff FROM ({history}) e
@@ -128,7 +130,8 @@ last_touch AS (
 ),
 last_session_items AS (
     SELECT h.user_id, item_id, min(position) AS ui_last_session_position FROM (
-        SELECT h.user_id, item_id, row_number() OVER (PARTITION BY h.user_id ORDER BY event_time DESC, item_id) AS position
+        SELECT h.user_id, item_id, row_number() OVER (PARTITION BY h.user_id ORDER BY event_time DESC,
+            item_id) AS position
         FROM h JOIN last_touch l ON l.user_id = h.user_id AND h.session_id = l.last_session
     ) h GROUP BY ALL
 ),
@@ -138,7 +141,7 @@ ui AS (
            ls.item_id IS NOT NULL AS in_last_session, ls.ui_last_session_position
     FROM (
         SELECT h.user_id, item_id,
-               {exact_sum(f"{type_weight_sql()} * exp(-date_diff('second', event_time, h.cutoff) / 3600.0 / {RECENCY_HOURS})", 12)}
+               {exact_sum(recency_weight, 12)}
                    AS recent_score,
                count(*) FILTER (WHERE event_type = 'view') AS ui_views,
                count(*) FILTER (WHERE event_type = 'add_to_cart') AS ui_carts,
@@ -186,7 +189,8 @@ top_categories AS (
 item_now AS ({item_now}),
 category_top AS (
     SELECT category_id, item_id,
-           row_number() OVER (PARTITION BY category_id ORDER BY item_score_1d DESC NULLS LAST, item_views_7d DESC, item_id) AS category_rank
+           row_number() OVER (PARTITION BY category_id ORDER BY item_score_1d DESC NULLS LAST, item_views_7d DESC,
+               item_id) AS category_rank
     FROM item_now WHERE category_id IS NOT NULL
     QUALIFY category_rank <= {CATEGORY_ITEMS}
 ),
@@ -210,20 +214,23 @@ trending AS (
     QUALIFY trending_rank <= {TRENDING_ITEMS}
 ),
 popular AS (
-    SELECT item_id, row_number() OVER (ORDER BY item_score_1d DESC NULLS LAST, item_views_7d DESC, item_id) AS popular_rank
+    SELECT item_id, row_number() OVER (ORDER BY item_score_1d DESC NULLS LAST, item_views_7d DESC,
+        item_id) AS popular_rank
     FROM item_now
     QUALIFY popular_rank <= {POPULAR_ITEMS}
 ),
 -- one row per (user, item) proposed by any source, with the rank every source gave it: the sources are stacked
 -- and aggregated once (joining each source to their union cost a hash join of every candidate per source)
 pairs AS (
-    SELECT user_id, item_id, min(recent_rank) AS recent_rank, max(covis_score) AS covis_score, min(covis_rank) AS covis_rank,
+    SELECT user_id, item_id, min(recent_rank) AS recent_rank, max(covis_score) AS covis_score,
+        min(covis_rank) AS covis_rank,
            min(category_rank) AS category_rank, min(new_rank) AS new_rank, min(trending_rank) AS trending_rank,
            min(popular_rank) AS popular_rank
     FROM (
         SELECT user_id, item_id, recent_rank FROM recent
         UNION ALL BY NAME SELECT user_id, item_id, covis_score, covis_rank FROM covis
-        UNION ALL BY NAME SELECT user_id, item_id, category_rank FROM top_categories JOIN category_top USING (category_id)
+        UNION ALL BY NAME SELECT user_id, item_id, category_rank FROM top_categories
+            JOIN category_top USING (category_id)
         UNION ALL BY NAME SELECT user_id, item_id, new_rank FROM top_categories JOIN new_top USING (category_id)
         UNION ALL BY NAME SELECT user_id, item_id, trending_rank FROM users CROSS JOIN trending
         UNION ALL BY NAME SELECT user_id, item_id, popular_rank FROM users CROSS JOIN popular
@@ -239,20 +246,23 @@ SELECT CAST($as_of_date AS DATE) AS as_of_date, u.cutoff, p.user_id, p.item_id,
        CASE WHEN p.recent_rank IS NOT NULL THEN 'recent' WHEN p.covis_rank IS NOT NULL THEN 'covis'
             WHEN p.new_rank IS NOT NULL THEN 'new' WHEN p.category_rank IS NOT NULL THEN 'category'
             WHEN p.trending_rank IS NOT NULL THEN 'trending' ELSE 'popular' END AS source,
-       CASE WHEN p.recent_rank IS NOT NULL THEN ui.recent_score ELSE 0 END AS recent_score, coalesce(p.recent_rank, 999) AS recent_rank,
+       CASE WHEN p.recent_rank IS NOT NULL THEN ui.recent_score ELSE 0 END AS recent_score, coalesce(p.recent_rank,
+           999) AS recent_rank,
        coalesce(p.covis_score, 0) AS covis_score, coalesce(p.covis_rank, 999) AS covis_rank,
        coalesce(p.category_rank, 999) AS category_rank, coalesce(p.new_rank, 999) AS new_rank,
        coalesce(p.trending_rank, 999) AS trending_rank, coalesce(p.popular_rank, 999) AS popular_rank,
        CAST(p.recent_rank IS NOT NULL AS INTEGER) AS in_recent, CAST(p.covis_rank IS NOT NULL AS INTEGER) AS in_covis,
        CAST(p.category_rank IS NOT NULL AS INTEGER) AS in_category, CAST(p.new_rank IS NOT NULL AS INTEGER) AS in_new,
-       CAST(p.trending_rank IS NOT NULL AS INTEGER) AS in_trending, CAST(p.popular_rank IS NOT NULL AS INTEGER) AS in_popular,
+       CAST(p.trending_rank IS NOT NULL AS INTEGER) AS in_trending,
+           CAST(p.popular_rank IS NOT NULL AS INTEGER) AS in_popular,
        coalesce(ui.ui_views, 0) AS ui_views, coalesce(ui.ui_carts, 0) AS ui_carts,
        coalesce(ui.ui_purchases, 0) AS ui_purchases, coalesce(ui.ui_favs, 0) AS ui_favs,
        ui.ui_hours_since_touch, CAST(coalesce(ui.ui_hours_since_touch < 24, false) AS INTEGER) AS ui_touched_last_day,
        ui.ui_hours_since_first_touch, coalesce(ui.ui_sessions, 0) AS ui_sessions, coalesce(ui.ui_days, 0) AS ui_days,
        coalesce(ui.ui_events_1d, 0) AS ui_events_1d,
        CAST(coalesce(ui.in_last_session, false) AS INTEGER) AS ui_in_last_session, ui.ui_last_session_position,
-       CAST(coalesce(coalesce(i.category_id, ui.event_category) = u.last_category, false) AS INTEGER) AS in_last_category,
+       CAST(coalesce(coalesce(i.category_id, ui.event_category) = u.last_category,
+           false) AS INTEGER) AS in_last_category,
        coalesce(uc.weight / nullif(uc.total, 0), 0) AS category_affinity,
        u.events_7d AS user_events_7d, u.hours_since_last_event AS user_hours_since_last_event,
        i.item_price / nullif(u.mean_price_7d, 0) AS price_vs_user_mean,
@@ -284,8 +294,10 @@ def build_candidates_day(conn: duckdb.DuckDBPyConnection, day: dt.date, tz: str 
     ensure_table(conn, "ranking_candidates", _candidates_table_sql())
     params = {"cutoff": cutoff, "as_of_date": day}
     conn.execute(f"CREATE OR REPLACE TEMP TABLE day_covis_pairs AS {covis_pairs_sql()}", {"cutoff": cutoff})
-    conn.execute("CREATE OR REPLACE TEMP TABLE day_item_features AS SELECT * FROM item_features WHERE as_of_date = $day",
-                 {"day": day})
+    conn.execute(
+        "CREATE OR REPLACE TEMP TABLE day_item_features AS SELECT * FROM item_features WHERE as_of_date = $day",
+        {"day": day},
+    )
     events = conn.execute(f"SELECT count(*) FROM ({daily_history_sql()})", {"cutoff": cutoff}).fetchone()[0]
     passes = max(1, math.ceil(events / EVENTS_PER_PASS))
     # Each pass is stored in user order: serving reads a day's users a batch at a time (a sorted slice of them), and
@@ -297,7 +309,8 @@ def build_candidates_day(conn: duckdb.DuckDBPyConnection, day: dt.date, tz: str 
             covis_pairs="SELECT * FROM day_covis_pairs",
             item_now="SELECT * FROM day_item_features",
             user_features="SELECT * FROM user_features WHERE as_of_date = $as_of_date",
-        ) + "ORDER BY user_id, item_id"
+        )
+        + "ORDER BY user_id, item_id"
         for k in range(passes)
     ]
     try:
@@ -312,15 +325,18 @@ def candidate_recall(conn: duckdb.DuckDBPyConnection, day: dt.date) -> pd.DataFr
     targets on cold items (first seen in the ``COLD_ITEM_DAYS`` before the cut-off). The row ``targets`` counts
     them, and the row ``unseen`` the targets on items first seen after the cut-off, which no source can propose."""
     found = ", ".join(
-        f"count(c.item_id) FILTER (WHERE c.in_{s} = 1) AS {s}, count(c.item_id) FILTER (WHERE c.in_{s} = 1 AND cold) AS cold_{s}"
+        f"count(c.item_id) FILTER (WHERE c.in_{s} = 1) AS {s}, count(c.item_id) FILTER (WHERE c.in_{s} = 1 AND "
+        f"cold) AS cold_{s}"
         for s in SOURCES
     )
-    row = conn.execute(
-        f"""
+    row = (
+        conn.execute(
+            f"""
         WITH c AS (SELECT any_value(cutoff) AS cutoff FROM ranking_candidates WHERE as_of_date = $day),
         targets AS (
             SELECT DISTINCT user_id, item_id FROM cleaned_events, c
-            WHERE event_time >= c.cutoff AND event_time < c.cutoff + INTERVAL 1 DAY AND NOT is_bot AND item_id IS NOT NULL
+            WHERE event_time >= c.cutoff AND event_time < c.cutoff + INTERVAL 1 DAY AND NOT is_bot
+                AND item_id IS NOT NULL
               AND user_id IN (SELECT user_id FROM ranking_candidates WHERE as_of_date = $day)
         ),
         first_seen AS (
@@ -338,13 +354,19 @@ def candidate_recall(conn: duckdb.DuckDBPyConnection, day: dt.date) -> pd.DataFr
         FROM labelled t LEFT JOIN ranking_candidates c
           ON c.as_of_date = $day AND c.user_id = t.user_id AND c.item_id = t.item_id
         """,
-        {"day": day},
-    ).df().iloc[0]
+            {"day": day},
+        )
+        .df()
+        .iloc[0]
+    )
     names = [*SOURCES, "union"]
-    table = pd.DataFrame({
-        "found": [row[n] for n in names] + [row["targets"], row["unseen"]],
-        "cold_found": [row[f"cold_{n}"] for n in names] + [row["cold_targets"], 0],
-    }, index=[*names, "targets", "unseen"]).astype(int)
+    table = pd.DataFrame(
+        {
+            "found": [row[n] for n in names] + [row["targets"], row["unseen"]],
+            "cold_found": [row[f"cold_{n}"] for n in names] + [row["cold_targets"], 0],
+        },
+        index=[*names, "targets", "unseen"],
+    ).astype(int)
     table["recall"] = table["found"] / row["targets"] if row["targets"] else float("nan")
     table["cold_recall"] = table["cold_found"] / row["cold_targets"] if row["cold_targets"] else float("nan")
     return table

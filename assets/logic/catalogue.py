@@ -7,8 +7,9 @@ promoted on. The training assets, promotion, replay, serving and ``shopseq`` com
 """
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -41,7 +42,9 @@ class TrainingSetSpec:
     point_in_time: Callable[[duckdb.DuckDBPyConnection, pd.DataFrame], tuple[str, pd.DataFrame]]
     """(conn, rows) -> (suite, per-day frame) proving each row describes only what happened before its cut-off."""
     description: str
-    cutoffs: Callable[[duckdb.DuckDBPyConnection, str], list[dt.date]] = lambda conn, tz: training.labelled_cutoffs(conn)
+    cutoffs: Callable[[duckdb.DuckDBPyConnection, str], list[dt.date]] = lambda conn, tz: training.labelled_cutoffs(
+        conn
+    )
     """(conn, tz) -> the cut-off days with labels, oldest first: the last is the hold-out, the others train."""
 
 
@@ -80,8 +83,10 @@ class ModelSpec:
 def read_training_set(conn: duckdb.DuckDBPyConnection, table: str, split: str | None = None) -> pd.DataFrame:
     """The rows of a training set (of one split, or all), in the order its spec declares."""
     where = "WHERE split = $split" if split else ""
-    return conn.execute(f"SELECT * FROM {table} {where} ORDER BY split DESC, {TRAINING_SETS[table].order}",
-                        {"split": split} if split else {}).df()
+    return conn.execute(
+        f"SELECT * FROM {table} {where} ORDER BY split DESC, {TRAINING_SETS[table].order}",
+        {"split": split} if split else {},
+    ).df()
 
 
 def holdout_day(conn: duckdb.DuckDBPyConnection, table: str) -> dt.date:
@@ -96,6 +101,7 @@ def _missing_splits(conn: duckdb.DuckDBPyConnection, table: str) -> str | None:
 
 # --- training sets ------------------------------------------------------------------------------------------------
 
+
 def _split_frame(train: pd.DataFrame, holdout: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([train.assign(split="train"), holdout.assign(split="holdout")], ignore_index=True)
 
@@ -103,6 +109,7 @@ def _split_frame(train: pd.DataFrame, holdout: pd.DataFrame) -> pd.DataFrame:
 def _latest_event_per_day(hours_since_last_event: str, measured_from: str = "cutoff"):
     """Per as-of day: the cut-off and the latest event any row's features describe (the ``point_in_time`` suite):
     ``hours_since_last_event`` hours before ``measured_from``."""
+
     def per_day(conn, frame: pd.DataFrame) -> tuple[str, pd.DataFrame]:
         latest = frame[measured_from] - pd.to_timedelta(frame[hours_since_last_event], unit="h")
         return "point_in_time", (
@@ -110,6 +117,7 @@ def _latest_event_per_day(hours_since_last_event: str, measured_from: str = "cut
             .groupby("as_of_date", as_index=False)
             .agg(cutoff=("cutoff", "min"), latest_event_time=("latest_event_time", "max"), rows=("cutoff", "size"))
         )
+
     return per_day
 
 
@@ -133,64 +141,93 @@ def _states_in_order(conn, frame: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     ).df()
 
 
-TRAINING_SETS = {spec.table: spec for spec in (
-    TrainingSetSpec(
-        "next_action_training_set", "as_of_date, user_id", ("user_features", "ranking_candidates", "cleaned_events"),
-        lambda conn, days, holdout, tz: _split_frame(training.next_action_frame(conn, days),
-                                                     training.next_action_frame(conn, [holdout])),
-        _latest_event_per_day("hours_since_last_event"),
-        "User features as of the end of each cut-off day D with 0/1 labels from day D + 1 (purchase, add to cart, "
-        "return); the last labelled cut-off is the temporal hold-out.",
-    ),
-    TrainingSetSpec(
-        "ranker_training_set", "as_of_date, user_id, item_id", ("ranking_candidates", "user_features", "cleaned_events"),
-        lambda conn, days, holdout, tz: _split_frame(training.ranker_frame(conn, days, positives_only=True),
-                                                     training.ranker_frame(conn, [holdout], positives_only=False)),
-        _latest_event_per_day("user_hours_since_last_event"),
-        "Candidates as of each cut-off day D with graded relevance from day D + 1 (training keeps users with a "
-        "relevant candidate; the hold-out keeps every candidate).",
-    ),
-    TrainingSetSpec(
-        "next_event_training_set", "as_of_date, next_time, user_id, event_id",
-        ("cleaned_events", "user_features", "ranking_candidates"),  # the labelled cut-offs need features and candidates
-        _next_event_rows, _states_in_order,
-        "In-session states labelled with the type of the session's next event: training states have their next "
-        "event on the days after the training cut-offs, hold-out states on the day after the hold-out cut-off.",
-    ),
-)}
+TRAINING_SETS = {
+    spec.table: spec
+    for spec in (
+        TrainingSetSpec(
+            "next_action_training_set",
+            "as_of_date, user_id",
+            ("user_features", "ranking_candidates", "cleaned_events"),
+            lambda conn, days, holdout, tz: _split_frame(
+                training.next_action_frame(conn, days), training.next_action_frame(conn, [holdout])
+            ),
+            _latest_event_per_day("hours_since_last_event"),
+            "User features as of the end of each cut-off day D with 0/1 labels from day D + 1 (purchase, add to cart, "
+            "return); the last labelled cut-off is the temporal hold-out.",
+        ),
+        TrainingSetSpec(
+            "ranker_training_set",
+            "as_of_date, user_id, item_id",
+            ("ranking_candidates", "user_features", "cleaned_events"),
+            lambda conn, days, holdout, tz: _split_frame(
+                training.ranker_frame(conn, days, positives_only=True),
+                training.ranker_frame(conn, [holdout], positives_only=False),
+            ),
+            _latest_event_per_day("user_hours_since_last_event"),
+            "Candidates as of each cut-off day D with graded relevance from day D + 1 (training keeps users with a "
+            "relevant candidate; the hold-out keeps every candidate).",
+        ),
+        TrainingSetSpec(
+            "next_event_training_set",
+            "as_of_date, next_time, user_id, event_id",
+            (
+                "cleaned_events",
+                "user_features",
+                "ranking_candidates",
+            ),  # the labelled cut-offs need features and candidates
+            _next_event_rows,
+            _states_in_order,
+            "In-session states labelled with the type of the session's next event: training states have their next "
+            "event on the days after the training cut-offs, hold-out states on the day after the hold-out cut-off.",
+        ),
+    )
+}
 
 
 # --- next-action models -------------------------------------------------------------------------------------------
 
 # What each next-action label says of a user on the day after a cut-off, for the reasons a model cannot train.
-_LABEL_MEANS = {"label_purchase": "purchased", "label_add_to_cart": "added an item to the cart", "label_return": "came back"}
+_LABEL_MEANS = {
+    "label_purchase": "purchased",
+    "label_add_to_cart": "added an item to the cart",
+    "label_return": "came back",
+}
 
 
 def _label_blocker(table: str, label: str):
     """A binary label holding one class in a split, or fewer than ``MIN_EXAMPLES`` of its rarer class."""
+
     def blocker(conn) -> str | None:
         counts = conn.execute(
-            f"SELECT split, count(*), sum({label}) FROM {table} GROUP BY split ORDER BY split DESC").fetchall()
+            f"SELECT split, count(*), sum({label}) FROM {table} GROUP BY split ORDER BY split DESC"
+        ).fetchall()
         for split, rows, positives in counts:  # one class anywhere says most
             if positives in (0, rows):
                 value = 0 if positives == 0 else 1
-                return (f"{label} is {value} in all {rows:,} rows of the {split} split: "
-                        f"{'no' if value == 0 else 'every'} user {_LABEL_MEANS[label]} on the day after its cut-off")
+                return (
+                    f"{label} is {value} in all {rows:,} rows of the {split} split: "
+                    f"{'no' if value == 0 else 'every'} user {_LABEL_MEANS[label]} on the day after its cut-off"
+                )
         for split, rows, positives in counts:
             minority, value = min((positives, 1), (rows - positives, 0))
             if minority < MIN_EXAMPLES:
-                return (f"only {minority} of the {rows:,} rows of the {split} split have {label} = {value}, fewer than "
-                        f"{MIN_EXAMPLES}: too few to learn from, or to measure an AUC on")
+                return (
+                    f"only {minority} of the {rows:,} rows of the {split} split have {label} = {value}, fewer than "
+                    f"{MIN_EXAMPLES}: too few to learn from, or to measure an AUC on"
+                )
         return _missing_splits(conn, table)
+
     return blocker
 
 
 def _history_rule(label: str):
     """The label's history rule, calibrated on the training split (a logistic fit: its scores are probabilities)."""
+
     def rules(conn) -> dict[str, RulePolicy]:
         rule = training.HISTORY_RULES[label]
         train = read_training_set(conn, "next_action_training_set", "train")
         return {rule.name: rule.calibrated(train, train[label].to_numpy())}
+
     return rules
 
 
@@ -201,6 +238,7 @@ def _next_action_evaluation(label: str):
         holdout = frame[frame["split"] == "holdout"]
         day = pd.Timestamp(holdout["as_of_date"].iloc[0]).date()
         return training.evaluate_next_action(holdout, model, label, train_rate, rules), day
+
     return evaluate
 
 
@@ -214,6 +252,7 @@ def _next_action_replay(label: str):
         rule = training.HISTORY_RULES[label]
         rules = {rule.name: rule.calibrated(earlier, earlier[label].to_numpy())}
         return training.evaluate_next_action(frame, model, label, float(earlier[label].mean()), rules)
+
     return replay
 
 
@@ -225,37 +264,53 @@ def _reliability(label: str):
         holdout = read_training_set(conn, "next_action_training_set", "holdout")
         reliability = reliability_table(holdout[label], model.predict(holdout[USER_FEATURE_COLUMNS].astype(float)))
         return {"reliability": reliability}, {"calibration": plots.calibration_figure(reliability)}
+
     return extras
 
 
 def _next_action_spec(name: str, asset: str, label: str, what: str) -> ModelSpec:
     rule = training.HISTORY_RULES[label].name
     return ModelSpec(
-        name=name, asset=asset, training_set="next_action_training_set", target=label, metric="auc",
+        name=name,
+        asset=asset,
+        training_set="next_action_training_set",
+        target=label,
+        metric="auc",
         features=USER_FEATURE_COLUMNS,
         train=lambda frame, params: training.train_binary(frame, label, params),
-        rules=_history_rule(label), evaluate=_next_action_evaluation(label), replay=_next_action_replay(label),
-        baselines=(rule, "base_rate"), blocker=_label_blocker("next_action_training_set", label),
+        rules=_history_rule(label),
+        evaluate=_next_action_evaluation(label),
+        replay=_next_action_replay(label),
+        baselines=(rule, "base_rate"),
+        blocker=_label_blocker("next_action_training_set", label),
         description=f"LightGBM probability that a user {what} tomorrow, started from {rule} and evaluated on the "
         f"temporal hold-out beside it and the base rate (with a reliability table); {rule} is a policy too, and "
         f"serves when it measures better.",
-        serves="next_action_predictions", extras=_reliability(label),
+        serves="next_action_predictions",
+        extras=_reliability(label),
     )
 
 
 # --- the next-item ranker -----------------------------------------------------------------------------------------
 
+
 def _ranker_blocker(conn) -> str | None:
-    users = dict(conn.execute("SELECT split, count(DISTINCT user_id) FROM ranker_training_set GROUP BY split").fetchall())
+    users = dict(
+        conn.execute("SELECT split, count(DISTINCT user_id) FROM ranker_training_set GROUP BY split").fetchall()
+    )
     if users.get("train", 0) < MIN_EXAMPLES:
-        return (f"{users.get('train', 0)} user(s) touched one of their candidates on the day after a training "
-                f"cut-off, fewer than {MIN_EXAMPLES} (users who do not come back the next day leave the next-day "
-                "ranker nothing to learn)")
+        return (
+            f"{users.get('train', 0)} user(s) touched one of their candidates on the day after a training "
+            f"cut-off, fewer than {MIN_EXAMPLES} (users who do not come back the next day leave the next-day "
+            "ranker nothing to learn)"
+        )
     day = holdout_day(conn, "ranker_training_set")
     measured = 0 if day is None else training.holdout_targets(conn, pd.Timestamp(day).date())["user_id"].nunique()
     if measured < MIN_EXAMPLES:
-        return (f"{measured} user(s) with history came back on the day after the hold-out cut-off, fewer than "
-                f"{MIN_EXAMPLES}: NDCG@20 cannot be measured")
+        return (
+            f"{measured} user(s) with history came back on the day after the hold-out cut-off, fewer than "
+            f"{MIN_EXAMPLES}: NDCG@20 cannot be measured"
+        )
     return None
 
 
@@ -279,14 +334,17 @@ def _ranker_replay(conn, model, day: dt.date, tz: str) -> pd.DataFrame | None:
 
 # --- the next-event model -----------------------------------------------------------------------------------------
 
+
 def _next_event_blocker(conn) -> str | None:
     for split, rows, values in conn.execute(
         "SELECT split, count(*), list(DISTINCT next_type ORDER BY next_type) FROM next_event_training_set "
         "GROUP BY split ORDER BY split DESC"
     ).fetchall():
         if len(values) < 2:
-            return (f"every session's next event in the {split} split ({rows:,} states) is a {values[0]}: "
-                    "there is no other event type to tell apart")
+            return (
+                f"every session's next event in the {split} split ({rows:,} states) is a {values[0]}: "
+                "there is no other event type to tell apart"
+            )
     return _missing_splits(conn, "next_event_training_set")
 
 
@@ -307,6 +365,7 @@ def _next_event_replay(conn, model, day: dt.date, tz: str) -> pd.DataFrame | Non
 
 # --- the in-session next-item model -------------------------------------------------------------------------------
 
+
 def _session_rows(conn, train_days: list[dt.date], holdout: dt.date, tz: str) -> pd.DataFrame:
     """The prefixes of the sessions that start on the day after each cut-off, with their candidates: the item side
     from the events before that day, the prefix from its own session (``session_model.session_frame``)."""
@@ -322,10 +381,14 @@ def _session_rows(conn, train_days: list[dt.date], holdout: dt.date, tz: str) ->
 def _session_cutoffs(conn, tz: str) -> list[dt.date]:
     """The labelled cut-offs D on whose next day at least ``MIN_EXAMPLES`` sessions of two or more events start
     (sessions belong to the day they start: a log's last day may hold only the tails of the day before's)."""
-    starts = conn.execute(
-        """SELECT min(event_time) FROM cleaned_events WHERE NOT is_bot AND item_id IS NOT NULL
+    starts = (
+        conn.execute(
+            """SELECT min(event_time) FROM cleaned_events WHERE NOT is_bot AND item_id IS NOT NULL
            GROUP BY user_id, session_id HAVING count(*) >= 2"""
-    ).df().iloc[:, 0]
+        )
+        .df()
+        .iloc[:, 0]
+    )
     kept = []
     for day in training.labelled_cutoffs(conn):
         start, end = day_bounds(day + dt.timedelta(days=1), tz)
@@ -335,12 +398,15 @@ def _session_cutoffs(conn, tz: str) -> list[dt.date]:
 
 
 def _session_blocker(conn) -> str | None:
-    prefixes = dict(conn.execute(
-        "SELECT split, count(DISTINCT prefix_id) FROM session_training_set GROUP BY split").fetchall())
+    prefixes = dict(
+        conn.execute("SELECT split, count(DISTINCT prefix_id) FROM session_training_set GROUP BY split").fetchall()
+    )
     for split in ("train", "holdout"):
         if prefixes.get(split, 0) < MIN_EXAMPLES:
-            return (f"{prefixes.get(split, 0)} session prefix(es) of the {split} split have a next item seen before "
-                    f"their cut-off, fewer than {MIN_EXAMPLES}: sessions of one event, or of items never seen before")
+            return (
+                f"{prefixes.get(split, 0)} session prefix(es) of the {split} split have a next item seen before "
+                f"their cut-off, fewer than {MIN_EXAMPLES}: sessions of one event, or of items never seen before"
+            )
     return None
 
 
@@ -370,9 +436,12 @@ def _next_items(conn, model, day: dt.date, tz: str) -> pd.DataFrame:
 
 ITEM_NEXT_ITEMS = 50  # next items per item in the served lookup table
 TRAINING_SETS["session_training_set"] = TrainingSetSpec(
-    "session_training_set", "as_of_date, prefix_id, item_id", ("cleaned_events", "user_features", "ranking_candidates"),
+    "session_training_set",
+    "as_of_date, prefix_id, item_id",
+    ("cleaned_events", "user_features", "ranking_candidates"),
     # the item side's latest event (a candidate's recency is measured from its prefix's last event)
-    _session_rows, _latest_event_per_day("item_hours_since_last", "prefix_time"),
+    _session_rows,
+    _latest_event_per_day("item_hours_since_last", "prefix_time"),
     "Prefixes of the sessions that start on the day after each cut-off, one row per candidate next item (the "
     "session's own items, sequential rules, session-kNN, Markov, popular) with relevance 1 on the true next item; "
     "the item side reads only events before that day.",
@@ -380,52 +449,84 @@ TRAINING_SETS["session_training_set"] = TrainingSetSpec(
 )
 
 
-CATALOGUE: dict[str, ModelSpec] = {spec.name: spec for spec in (
-    _next_action_spec("shopseq_next_purchase", "next_purchase_model", "label_purchase", "purchases"),
-    _next_action_spec("shopseq_next_cart", "next_cart_model", "label_add_to_cart", "adds an item to the cart"),
-    _next_action_spec("shopseq_next_return", "next_return_model", "label_return", "comes back (any event)"),
-    ModelSpec(
-        name="shopseq_next_item_ranker", asset="next_item_ranker", training_set="ranker_training_set",
-        target="any", metric="ndcg@20", features=RANKER_FEATURES, train=training.train_lambdarank,
-        rules=lambda conn: dict(training.RANKER_RULES), evaluate=_ranker_evaluation, replay=_ranker_replay,
-        baselines=(*training.RANKER_RULES, "markov"), blocker=_ranker_blocker,
-        description="LightGBM LambdaRank reranker of the candidates, started from repeat-recent, evaluated on the "
-        "temporal hold-out (next-day protocol, served lists) beside popularity, repeat-recent, co-visitation, "
-        "recent + co-visitation + popularity and first-order Markov; the rules among them are policies too, and "
-        "the best measured one serves when the ranker does not beat it.",
-        serves="recommendations",
-    ),
-    ModelSpec(
-        name="shopseq_next_event", asset="next_event_model", training_set="next_event_training_set",
-        target="next_event_type", metric="auc", features=next_event.NEXT_EVENT_FEATURES,
-        train=next_event.train_next_event, rules=lambda conn: {}, evaluate=_next_event_evaluation,
-        replay=_next_event_replay, baselines=("class_prior", "last_type_markov"), blocker=_next_event_blocker,
-        description="LightGBM multiclass model of the type of a session's next event (view, search, cart, remove, "
-        "favourite, purchase) from the session so far, evaluated on the hold-out day's states beside the class "
-        "prior and a last-type Markov chain.",
-    ),
-    ModelSpec(
-        name="shopseq_session_next_item", asset="session_next_item_model", training_set="session_training_set",
-        target="next_item", metric="ndcg@20", features=session_model.SESSION_FEATURES,
-        train=session_model.train_session_ranker, rules=lambda conn: dict(session_model.SESSION_RULES),
-        evaluate=_session_evaluation, replay=_session_replay, baselines=tuple(session_model.SESSION_RULES),
-        blocker=_session_blocker,
-        description="LightGBM LambdaRank reranker of each session prefix's candidate next items (the session's own "
-        "items, sequential rules, session-kNN, Markov, popular), started from sequential rules (SR), evaluated by "
-        "the session protocol (every position of the hold-out day's sessions) beside SR, SR over the last three "
-        "items, session-kNN, Markov and popularity; the rules are policies too.",
-        serves="item_next_items",
-        publish=("as_of_date DATE NOT NULL, item_id VARCHAR NOT NULL, rank BIGINT NOT NULL, next_item_id VARCHAR "
-                 "NOT NULL, score DOUBLE, source VARCHAR", _next_items),
-    ),
-)}
+CATALOGUE: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        _next_action_spec("shopseq_next_purchase", "next_purchase_model", "label_purchase", "purchases"),
+        _next_action_spec("shopseq_next_cart", "next_cart_model", "label_add_to_cart", "adds an item to the cart"),
+        _next_action_spec("shopseq_next_return", "next_return_model", "label_return", "comes back (any event)"),
+        ModelSpec(
+            name="shopseq_next_item_ranker",
+            asset="next_item_ranker",
+            training_set="ranker_training_set",
+            target="any",
+            metric="ndcg@20",
+            features=RANKER_FEATURES,
+            train=training.train_lambdarank,
+            rules=lambda conn: dict(training.RANKER_RULES),
+            evaluate=_ranker_evaluation,
+            replay=_ranker_replay,
+            baselines=(*training.RANKER_RULES, "markov"),
+            blocker=_ranker_blocker,
+            description="LightGBM LambdaRank reranker of the candidates, started from repeat-recent, evaluated on the "
+            "temporal hold-out (next-day protocol, served lists) beside popularity, repeat-recent, co-visitation, "
+            "recent + co-visitation + popularity and first-order Markov; the rules among them are policies too, and "
+            "the best measured one serves when the ranker does not beat it.",
+            serves="recommendations",
+        ),
+        ModelSpec(
+            name="shopseq_next_event",
+            asset="next_event_model",
+            training_set="next_event_training_set",
+            target="next_event_type",
+            metric="auc",
+            features=next_event.NEXT_EVENT_FEATURES,
+            train=next_event.train_next_event,
+            rules=lambda conn: {},
+            evaluate=_next_event_evaluation,
+            replay=_next_event_replay,
+            baselines=("class_prior", "last_type_markov"),
+            blocker=_next_event_blocker,
+            description="LightGBM multiclass model of the type of a session's next event (view, search, cart, remove, "
+            "favourite, purchase) from the session so far, evaluated on the hold-out day's states beside the class "
+            "prior and a last-type Markov chain.",
+        ),
+        ModelSpec(
+            name="shopseq_session_next_item",
+            asset="session_next_item_model",
+            training_set="session_training_set",
+            target="next_item",
+            metric="ndcg@20",
+            features=session_model.SESSION_FEATURES,
+            train=session_model.train_session_ranker,
+            rules=lambda conn: dict(session_model.SESSION_RULES),
+            evaluate=_session_evaluation,
+            replay=_session_replay,
+            baselines=tuple(session_model.SESSION_RULES),
+            blocker=_session_blocker,
+            description="LightGBM LambdaRank reranker of each session prefix's candidate next items (the session's own "
+            "items, sequential rules, session-kNN, Markov, popular), started from sequential rules (SR), evaluated by "
+            "the session protocol (every position of the hold-out day's sessions) beside SR, SR over the last three "
+            "items, session-kNN, Markov and popularity; the rules are policies too.",
+            serves="item_next_items",
+            publish=(
+                "as_of_date DATE NOT NULL, item_id VARCHAR NOT NULL, rank BIGINT NOT NULL, next_item_id VARCHAR "
+                "NOT NULL, score DOUBLE, source VARCHAR",
+                _next_items,
+            ),
+        ),
+    )
+}
 
 RANKER_MODEL = "shopseq_next_item_ranker"
 NEXT_EVENT_MODEL = "shopseq_next_event"
 SESSION_MODEL = "shopseq_session_next_item"
 # The next-action models by the action their probability is published as.
-NEXT_ACTION_MODELS = {spec.target.removeprefix("label_"): spec.name for spec in CATALOGUE.values()
-                      if spec.serves == "next_action_predictions"}
+NEXT_ACTION_MODELS = {
+    spec.target.removeprefix("label_"): spec.name
+    for spec in CATALOGUE.values()
+    if spec.serves == "next_action_predictions"
+}
 
 
 def training_blocker(conn: duckdb.DuckDBPyConnection, model_name: str) -> str | None:
@@ -436,8 +537,9 @@ def training_blocker(conn: duckdb.DuckDBPyConnection, model_name: str) -> str | 
     with its labels), is skipped with this reason, by its training asset and by promotion alike, instead of
     failing the run."""
     spec = CATALOGUE[model_name]
-    exists = conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
-                          [spec.training_set]).fetchall()[0][0]
+    exists = conn.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [spec.training_set]
+    ).fetchall()[0][0]
     if not exists:
         return f"its training set {spec.training_set} could not be made: too few days with its labels"
     return spec.blocker(conn)

@@ -61,18 +61,42 @@ from assets.logic.warehouse_sql import day_bounds, ensure_table, replace_window
 SESSION_GAP_MINUTES = 30
 
 EVENT_TYPE_ALIASES = {
-    "pv": "view", "click": "view", "clicks": "view", "page_view": "view", "detail": "view",
-    "cart": "add_to_cart", "carts": "add_to_cart", "addtocart": "add_to_cart", "add-to-cart": "add_to_cart",
-    "remove": "remove_from_cart", "removefromcart": "remove_from_cart",
-    "fav": "favorite", "favourite": "favorite", "wishlist": "favorite",
-    "buy": "purchase", "order": "purchase", "orders": "purchase", "transaction": "purchase",
+    "pv": "view",
+    "click": "view",
+    "clicks": "view",
+    "page_view": "view",
+    "detail": "view",
+    "cart": "add_to_cart",
+    "carts": "add_to_cart",
+    "addtocart": "add_to_cart",
+    "add-to-cart": "add_to_cart",
+    "remove": "remove_from_cart",
+    "removefromcart": "remove_from_cart",
+    "fav": "favorite",
+    "favourite": "favorite",
+    "wishlist": "favorite",
+    "buy": "purchase",
+    "order": "purchase",
+    "orders": "purchase",
+    "transaction": "purchase",
 }
 
-# The columns of the canonical event schema (landing files may add provenance: source_file, source_line, raw, ingest_reason).
+# The columns of the canonical event schema (landing files may add provenance: source_file, source_line, raw,
+# ingest_reason).
 # A price at or above this is quarantined (``bad_price``).
 MAX_PRICE = 1e12
 
-CANONICAL_COLUMNS = ("event_time", "user_id", "session_id", "event_type", "item_id", "category_id", "price", "query", "event_id")
+CANONICAL_COLUMNS = (
+    "event_time",
+    "user_id",
+    "session_id",
+    "event_type",
+    "item_id",
+    "category_id",
+    "price",
+    "query",
+    "event_id",
+)
 
 
 def normalised_event_type_sql(column: str = "event_type") -> str:
@@ -96,7 +120,8 @@ def _landing_select(conn: duckdb.DuckDBPyConnection, files: list[str]) -> str:
         return name if name in types else "NULL"
 
     event_time = (
-        "timezone('UTC', event_time)" if types["event_time"] == "TIMESTAMP WITH TIME ZONE"
+        "timezone('UTC', event_time)"
+        if types["event_time"] == "TIMESTAMP WITH TIME ZONE"
         else "TRY_CAST(event_time AS TIMESTAMP)"
     )
     return f"""
@@ -154,7 +179,10 @@ SELECT * FROM classified WHERE reason IS NOT NULL
 
 
 def classify_landing(
-    conn: duckdb.DuckDBPyConnection, files: list[str], day: dt.date | None, tz: str = "UTC",
+    conn: duckdb.DuckDBPyConnection,
+    files: list[str],
+    day: dt.date | None,
+    tz: str = "UTC",
     window: tuple[dt.datetime, dt.datetime] | None = None,
 ) -> dict[str, int]:
     """Classify the landing files of ``day`` (or of the UTC ``window`` of event times): the rejected rows go to
@@ -165,7 +193,9 @@ def classify_landing(
         _CLASSIFY_SQL.format(landing=_landing_select(conn, files)),
         {"files": files, "event_types": list(EVENT_TYPES), "day_start": start, "day_end": end, "max_price": MAX_PRICE},
     )
-    read = conn.execute("SELECT count(*) FROM read_parquet($files, union_by_name = true)", {"files": files}).fetchone()[0]
+    read = conn.execute("SELECT count(*) FROM read_parquet($files, union_by_name = true)", {"files": files}).fetchone()[
+        0
+    ]
     counts = dict(conn.execute("SELECT reason, count(*) FROM landing_rejected GROUP BY ALL ORDER BY 1").fetchall())
     return {"accepted": read - sum(counts.values()), **counts}
 
@@ -175,7 +205,8 @@ def accepted_sql(conn: duckdb.DuckDBPyConnection, files: list[str]) -> str:
     source id gets a deterministic one."""
     return f"""
 SELECT event_time, user_id, session_id, event_type, item_id, category_id, price, query,
-       coalesce(event_id, md5(concat_ws('|', event_time, user_id, event_type, item_id, source_file, source_line))) AS event_id,
+       coalesce(event_id, md5(concat_ws('|', event_time, user_id, event_type, item_id, source_file,
+           source_line))) AS event_id,
        source_file, source_line
 FROM ({_landing_select(conn, files)}) src ANTI JOIN landing_rejected USING (landing_file, landing_row)"""
 
@@ -239,13 +270,16 @@ derived AS (
     FROM gaps
 )
 SELECT d.event_time, d.user_id,
-       coalesce(d.session_id, d.user_id || '-' || strftime(CAST($day AS DATE), '%Y%m%d') || '-' || s.session_no) AS session_id,
+       coalesce(d.session_id, d.user_id || '-' || strftime(CAST($day AS DATE), '%Y%m%d') || '-'
+           || s.session_no) AS session_id,
        d.event_type, d.item_id, d.category_id, d.price, d.query, d.event_id, s.is_bot
 FROM day_rows d JOIN derived s USING (event_id)
 """.replace("SESSION_GAP", str(SESSION_GAP_MINUTES))
 
 
-def clean_day(conn: duckdb.DuckDBPyConnection, day: dt.date, bot_events_per_day: int, tz: str = "UTC") -> dict[str, int]:
+def clean_day(
+    conn: duckdb.DuckDBPyConnection, day: dt.date, bot_events_per_day: int, tz: str = "UTC"
+) -> dict[str, int]:
     """Replace one day of cleaned_events from raw_events; returns row counts."""
     start, end = day_bounds(day, tz)
     ensure_table(conn, "cleaned_events")

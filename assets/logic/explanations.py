@@ -25,9 +25,21 @@ EXPLAINED_ROUNDS = 20
 
 FAMILIES = {
     "own_history": (
-        "recent_score", "recent_rank", "in_recent", "ui_views", "ui_carts", "ui_purchases", "ui_favs",
-        "ui_hours_since_touch", "ui_touched_last_day", "ui_hours_since_first_touch", "ui_sessions", "ui_days",
-        "ui_events_1d", "ui_in_last_session", "ui_last_session_position",
+        "recent_score",
+        "recent_rank",
+        "in_recent",
+        "ui_views",
+        "ui_carts",
+        "ui_purchases",
+        "ui_favs",
+        "ui_hours_since_touch",
+        "ui_touched_last_day",
+        "ui_hours_since_first_touch",
+        "ui_sessions",
+        "ui_days",
+        "ui_events_1d",
+        "ui_in_last_session",
+        "ui_last_session_position",
     ),
     "co_visitation": ("covis_score", "covis_rank", "in_covis"),
     "category": ("category_rank", "in_category", "category_affinity", "in_last_category"),
@@ -61,8 +73,11 @@ def _path_table(booster: lgb.Booster, rounds: int | None, families: list[str]) -
             left, right = node["left_child"], node["right_child"]
             expected(left), expected(right)
             node["count"] = left["count"] + right["count"]
-            node["expected"] = ((left["expected"] * left["count"] + right["expected"] * right["count"]) / node["count"]
-                                if node["count"] else (left["expected"] + right["expected"]) / 2)
+            node["expected"] = (
+                (left["expected"] * left["count"] + right["expected"] * right["count"]) / node["count"]
+                if node["count"]
+                else (left["expected"] + right["expected"]) / 2
+            )
 
     def credit(t: int, node: dict, path: np.ndarray) -> None:
         if "leaf_index" in node:
@@ -80,7 +95,9 @@ def _path_table(booster: lgb.Booster, rounds: int | None, families: list[str]) -
     return table
 
 
-def family_contributions(booster: lgb.Booster, features: pd.DataFrame | np.ndarray, rounds: int | None = None) -> pd.DataFrame:
+def family_contributions(
+    booster: lgb.Booster, features: pd.DataFrame | np.ndarray, rounds: int | None = None
+) -> pd.DataFrame:
     """Per row, the summed contribution of each family of features to the ranker's score along the row's
     decision paths in the first ``rounds`` boosting rounds (None: all); with the trees' expected values
     (the bias) they add up to the raw score. ``features``: a frame with the ranker's features or their
@@ -106,11 +123,17 @@ def family_contributions(booster: lgb.Booster, features: pd.DataFrame | np.ndarr
     return pd.DataFrame(contributions, columns=families, index=index)
 
 
-def top_family(booster: lgb.Booster, features: pd.DataFrame | np.ndarray, rounds: int | None = EXPLAINED_ROUNDS) -> np.ndarray:
+def top_family(
+    booster: lgb.Booster, features: pd.DataFrame | np.ndarray, rounds: int | None = EXPLAINED_ROUNDS
+) -> np.ndarray:
     """Per row, the family with the largest positive contribution (``item_popularity`` when none is positive)."""
     contributions = family_contributions(booster, features, rounds)
     values = contributions.to_numpy(dtype=np.float64)
-    top = np.array(contributions.columns, dtype=object)[values.argmax(axis=1)] if len(values) else np.array([], dtype=object)
+    top = (
+        np.array(contributions.columns, dtype=object)[values.argmax(axis=1)]
+        if len(values)
+        else np.array([], dtype=object)
+    )
     top[values.max(axis=1, initial=0) <= 0] = "item_popularity"
     return top
 
@@ -124,8 +147,8 @@ def _times(column: str, what: str) -> str:
 # 2.5 s per 400k recommendations). printf's %.0f rounds half to even, like Python's format.
 _WORDING_SQL = f"""
 WITH acts AS (
-    SELECT *, concat_ws(' and ', {_times('ui_views', 'viewed')}, {_times('ui_carts', 'carted')},
-                        {_times('ui_favs', 'saved')}, {_times('ui_purchases', 'bought')}) AS acts,
+    SELECT *, concat_ws(' and ', {_times("ui_views", "viewed")}, {_times("ui_carts", "carted")},
+                        {_times("ui_favs", "saved")}, {_times("ui_purchases", "bought")}) AS acts,
            printf('%.0f', category_affinity * 100) AS share
     FROM rows
 )
@@ -133,7 +156,8 @@ SELECT CASE family
     WHEN 'own_history' THEN CASE WHEN acts = '' THEN 'in your recent history' ELSE
         'you ' || acts || coalesce(', last ' || printf('%.0f', ui_hours_since_touch) || ' hours ago', '') END
     WHEN 'co_visitation' THEN 'often viewed together with items you looked at'
-    WHEN 'category' THEN 'popular in ' || coalesce('category ' || CAST(category_id AS VARCHAR), 'a category') || ', which you browse' ||
+    WHEN 'category' THEN 'popular in ' || coalesce('category ' || CAST(category_id AS VARCHAR), 'a category')
+        || ', which you browse' ||
         CASE WHEN share NOT IN ('0', '-0') THEN ' (' || share || '% of your activity)' ELSE '' END
     WHEN 'new_arrival' THEN 'new in ' || coalesce('category ' || CAST(category_id AS VARCHAR), 'a category') ||
         ', which you browse, and catching on fast'
@@ -154,15 +178,28 @@ def reasons(booster: lgb.Booster, rows: pd.DataFrame, rounds: int | None = EXPLA
 
 
 # The columns the wording reads.
-WORDING_COLUMNS = ["ui_views", "ui_carts", "ui_favs", "ui_purchases", "ui_hours_since_touch", "category_affinity", "category_id"]
+WORDING_COLUMNS = [
+    "ui_views",
+    "ui_carts",
+    "ui_favs",
+    "ui_purchases",
+    "ui_hours_since_touch",
+    "category_affinity",
+    "category_id",
+]
 
 
 def word(rows: pd.DataFrame | pa.Table, family: np.ndarray | pd.Series) -> pa.ChunkedArray:
     """Each row's reason worded from its ``family`` (one of ``FAMILIES`` or ``item_popularity``, per row) and its
     numbers (``WORDING_COLUMNS`` of ``rows``)."""
-    table = (rows.select(WORDING_COLUMNS) if isinstance(rows, pa.Table)
-             else pa.Table.from_pandas(rows[WORDING_COLUMNS], preserve_index=False))
-    table = table.append_column("family", pa.array(family, pa.string())).append_column("position", pa.array(np.arange(len(rows))))
+    table = (
+        rows.select(WORDING_COLUMNS)
+        if isinstance(rows, pa.Table)
+        else pa.Table.from_pandas(rows[WORDING_COLUMNS], preserve_index=False)
+    )
+    table = table.append_column("family", pa.array(family, pa.string())).append_column(
+        "position", pa.array(np.arange(len(rows)))
+    )
     with duckdb.connect() as conn:
         conn.register("rows", table)
         return conn.sql(_WORDING_SQL).to_arrow_table().column("reason")

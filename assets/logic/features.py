@@ -31,7 +31,14 @@ COUNTED_TYPES = {
 }
 # Weights of event types when a user's interest in an item or a category is summed. Whole numbers: their sums as
 # doubles are exact whatever order DuckDB's threads add them in (other weights would need ``exact_sum``).
-TYPE_WEIGHTS = {"view": 1.0, "search": 0.0, "favorite": 2.0, "add_to_cart": 4.0, "remove_from_cart": -1.0, "purchase": 3.0}
+TYPE_WEIGHTS = {
+    "view": 1.0,
+    "search": 0.0,
+    "favorite": 2.0,
+    "add_to_cart": 4.0,
+    "remove_from_cart": -1.0,
+    "purchase": 3.0,
+}
 
 
 def _windowed_counts() -> str:
@@ -116,15 +123,19 @@ WITH h AS (
 SELECT CAST($as_of_date AS DATE) AS as_of_date, cutoff, user_id,
        {_windowed_counts()},
        date_diff('second', max(event_time), cutoff) / 3600.0 AS hours_since_last_event,
-       date_diff('second', max(event_time) FILTER (WHERE event_type = 'add_to_cart'), cutoff) / 3600.0 AS hours_since_last_cart,
-       date_diff('second', max(event_time) FILTER (WHERE event_type = 'purchase'), cutoff) / 3600.0 AS hours_since_last_purchase,
+       date_diff('second', max(event_time) FILTER (WHERE event_type = 'add_to_cart'), cutoff)
+           / 3600.0 AS hours_since_last_cart,
+       date_diff('second', max(event_time) FILTER (WHERE event_type = 'purchase'), cutoff)
+           / 3600.0 AS hours_since_last_purchase,
        date_diff('second', min(event_time), cutoff) / 3600.0 AS hours_since_first_event,
        count(DISTINCT session_id) FILTER (WHERE event_time >= cutoff - INTERVAL 7 DAY) AS sessions_7d,
        count(DISTINCT CAST(event_time AS DATE)) FILTER (WHERE event_time >= cutoff - INTERVAL 7 DAY) AS active_days_7d,
        count(DISTINCT item_id) FILTER (WHERE event_time >= cutoff - INTERVAL 7 DAY) AS items_7d,
        count(DISTINCT category_id) FILTER (WHERE event_time >= cutoff - INTERVAL 7 DAY) AS categories_7d,
-       (count(*) FILTER (WHERE event_type = 'add_to_cart') + 1.0) / (count(*) FILTER (WHERE event_type = 'view') + 10.0) AS cart_rate_28d,
-       (count(*) FILTER (WHERE event_type = 'purchase') + 0.5) / (count(*) FILTER (WHERE event_type = 'add_to_cart') + 2.0) AS purchase_per_cart_28d,
+       (count(*) FILTER (WHERE event_type = 'add_to_cart') + 1.0)
+           / (count(*) FILTER (WHERE event_type = 'view') + 10.0) AS cart_rate_28d,
+       (count(*) FILTER (WHERE event_type = 'purchase') + 0.5)
+           / (count(*) FILTER (WHERE event_type = 'add_to_cart') + 2.0) AS purchase_per_cart_28d,
        1.0 - count(DISTINCT item_id) FILTER (WHERE event_time >= cutoff - INTERVAL 7 DAY)
              / greatest(count(item_id) FILTER (WHERE event_time >= cutoff - INTERVAL 7 DAY), 1) AS repeat_item_ratio_7d,
        CAST(arg_max(event_type, (event_time, event_id)) = 'add_to_cart' AS INTEGER) AS last_event_is_cart,
@@ -141,6 +152,7 @@ SELECT CAST($as_of_date AS DATE) AS as_of_date, cutoff, user_id,
 FROM h
 GROUP BY user_id, cutoff
 """
+
 
 ITEM_FEATURE_COLUMNS = [
     "item_views_1d",
@@ -172,7 +184,8 @@ SELECT CAST($as_of_date AS DATE) AS as_of_date, CAST($cutoff AS TIMESTAMP) AS cu
        count(*) FILTER (WHERE event_type = 'purchase' AND event_time >= $cutoff - INTERVAL 7 DAY) AS item_purchases_7d,
        count(DISTINCT user_id) FILTER (WHERE event_time >= $cutoff - INTERVAL 7 DAY) AS item_users_7d,
        (count(*) FILTER (WHERE event_type = 'purchase' AND event_time >= $cutoff - INTERVAL 7 DAY) + 0.1)
-         / (count(*) FILTER (WHERE event_type = 'view' AND event_time >= $cutoff - INTERVAL 7 DAY) + 10.0) AS item_conversion_7d,
+         / (count(*) FILTER (WHERE event_type = 'view'
+             AND event_time >= $cutoff - INTERVAL 7 DAY) + 10.0) AS item_conversion_7d,
        (count(*) FILTER (WHERE event_time >= $cutoff - INTERVAL 1 DAY) + 1.0)
          / (count(*) FILTER (WHERE event_time >= $cutoff - INTERVAL 7 DAY) / 7.0 + 1.0) AS item_trend_1d_vs_7d,
        date_diff('second', min(event_time), $cutoff) / 3600.0 AS item_hours_since_first_seen,
@@ -188,7 +201,10 @@ GROUP BY item_id
 def _feature_table_sql(columns: list[str], key: str) -> str:
     body = ", ".join(f"{c} DOUBLE" for c in columns)
     extra = ", category_id VARCHAR, item_score_1d DOUBLE" if key == "item_id" else ""
-    return f"(as_of_date DATE NOT NULL, cutoff TIMESTAMP NOT NULL, {key} VARCHAR NOT NULL, {body}{extra}, last_event_time TIMESTAMP)"
+    return (
+        f"(as_of_date DATE NOT NULL, cutoff TIMESTAMP NOT NULL, {key} VARCHAR NOT NULL, {body}{extra}, "
+        "last_event_time TIMESTAMP)"
+    )
 
 
 def build_user_features_day(conn: duckdb.DuckDBPyConnection, day: dt.date, tz: str = "UTC") -> int:
@@ -196,7 +212,11 @@ def build_user_features_day(conn: duckdb.DuckDBPyConnection, day: dt.date, tz: s
     _, cutoff = day_bounds(day, tz)
     ensure_table(conn, "user_features", _feature_table_sql(USER_FEATURE_COLUMNS, "user_id"))
     return replace_window(
-        conn, "user_features", "as_of_date", *date_bounds(day), user_features_sql(daily_history_sql()),
+        conn,
+        "user_features",
+        "as_of_date",
+        *date_bounds(day),
+        user_features_sql(daily_history_sql()),
         {"cutoff": cutoff, "as_of_date": day},
     )
 
@@ -206,5 +226,10 @@ def build_item_features_day(conn: duckdb.DuckDBPyConnection, day: dt.date, tz: s
     _, cutoff = day_bounds(day, tz)
     ensure_table(conn, "item_features", _feature_table_sql(ITEM_FEATURE_COLUMNS, "item_id"))
     return replace_window(
-        conn, "item_features", "as_of_date", *date_bounds(day), _ITEM_FEATURES_SQL, {"cutoff": cutoff, "as_of_date": day}
+        conn,
+        "item_features",
+        "as_of_date",
+        *date_bounds(day),
+        _ITEM_FEATURES_SQL,
+        {"cutoff": cutoff, "as_of_date": day},
     )

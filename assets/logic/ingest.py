@@ -112,16 +112,16 @@ import hashlib
 import hmac
 import itertools
 import json
-import re
 import os
+import re
 import shutil
 import stat
 import uuid
 import zlib
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import duckdb
 import pyarrow as pa
@@ -368,13 +368,32 @@ FORMATS: dict[str, SourceFormat] = {
             numeric=("timeframe",),
             ids=("session_id", "item_id"),
         ),
-        SourceFormat(name="canonical-csv", kind="delimited", header=True, columns=("event_time", "user_id", "event_type"),
-                     optional=("session_id", "item_id", "category_id", "price", "query", "event_id"),
-                     mapping=_CANONICAL_MAPPING, time_field="event_time", numeric=("price",)),
-        SourceFormat(name="canonical-jsonl", kind="jsonl", columns=CANONICAL_COLUMNS,
-                     mapping=_CANONICAL_MAPPING, time_field="event_time", numeric=("price",)),
-        SourceFormat(name="canonical-parquet", kind="parquet", columns=CANONICAL_COLUMNS,
-                     mapping=_CANONICAL_MAPPING, time_field="event_time", numeric=("price",)),
+        SourceFormat(
+            name="canonical-csv",
+            kind="delimited",
+            header=True,
+            columns=("event_time", "user_id", "event_type"),
+            optional=("session_id", "item_id", "category_id", "price", "query", "event_id"),
+            mapping=_CANONICAL_MAPPING,
+            time_field="event_time",
+            numeric=("price",),
+        ),
+        SourceFormat(
+            name="canonical-jsonl",
+            kind="jsonl",
+            columns=CANONICAL_COLUMNS,
+            mapping=_CANONICAL_MAPPING,
+            time_field="event_time",
+            numeric=("price",),
+        ),
+        SourceFormat(
+            name="canonical-parquet",
+            kind="parquet",
+            columns=CANONICAL_COLUMNS,
+            mapping=_CANONICAL_MAPPING,
+            time_field="event_time",
+            numeric=("price",),
+        ),
     ]
 }
 
@@ -609,23 +628,31 @@ def _parquet_batches(path: Path, fmt: SourceFormat) -> Iterator[tuple[SourceForm
     # row quarantined as bad_type (which would read as a file of bad rows, not of a bad schema).
     for column in fmt.columns:
         if column in schema.names and pa.types.is_nested(schema.field(column).type):
-            raise IngestError(str(path), f"column {column} has the type {schema.field(column).type}: a canonical "
-                                         "column holds text, a number or a time, not a nested value")
+            raise IngestError(
+                str(path),
+                f"column {column} has the type {schema.field(column).type}: a canonical "
+                "column holds text, a number or a time, not a nested value",
+            )
     offset = 0
     for batch in parquet.iter_batches(batch_size=BATCH_LINES):
         rows = batch.num_rows
-        columns = {c: (_as_text(path, batch.column(c), c) if c in batch.schema.names else pa.nulls(rows, pa.string()))
-                   for c in fmt.columns}
+        columns = {
+            c: (_as_text(path, batch.column(c), c) if c in batch.schema.names else pa.nulls(rows, pa.string()))
+            for c in fmt.columns
+        }
         raws = [json.dumps(r, default=str) for r in batch.to_pylist()]
-        yield fmt, pa.table(
-            {
-                "source_file": pa.array([str(path)] * rows, pa.string()),
-                "source_line": pa.array(range(offset + 1, offset + rows + 1), pa.int64()),
-                "file_row": pa.array(range(offset + 1, offset + rows + 1), pa.int64()),
-                "raw": pa.array(raws, pa.string()),
-                "parse_reason": pa.nulls(rows, pa.string()),
-                **columns,
-            }
+        yield (
+            fmt,
+            pa.table(
+                {
+                    "source_file": pa.array([str(path)] * rows, pa.string()),
+                    "source_line": pa.array(range(offset + 1, offset + rows + 1), pa.int64()),
+                    "file_row": pa.array(range(offset + 1, offset + rows + 1), pa.int64()),
+                    "raw": pa.array(raws, pa.string()),
+                    "parse_reason": pa.nulls(rows, pa.string()),
+                    **columns,
+                }
+            ),
         )
         offset += rows
 
@@ -648,14 +675,23 @@ _READERS = {"delimited": _delimited_batches, "jsonl": _jsonl_batches, "parquet":
 def _typed_select(fmt: SourceFormat) -> str:
     """SQL turning one batch of VARCHAR fields into canonical columns and a parse-level reason."""
     canonical = ", ".join(f"{fmt.mapping.get(c, 'NULL')} AS {c}" for c in CANONICAL_COLUMNS)
-    bad_numbers = " OR ".join(
-        [f"(NULLIF(trim(batch.{c}), '') IS NOT NULL AND TRY_CAST(trim(batch.{c}) AS DOUBLE) IS NULL)" for c in fmt.numeric]
-        + [f"(NULLIF(trim(batch.{c}), '') IS NOT NULL AND {_whole_number_id(f'batch.{c}')} IS NULL)" for c in fmt.ids]
-    ) or "false"
+    bad_numbers = (
+        " OR ".join(
+            [
+                f"(NULLIF(trim(batch.{c}), '') IS NOT NULL AND TRY_CAST(trim(batch.{c}) AS DOUBLE) IS NULL)"
+                for c in fmt.numeric
+            ]
+            + [
+                f"(NULLIF(trim(batch.{c}), '') IS NOT NULL AND {_whole_number_id(f'batch.{c}')} IS NULL)"
+                for c in fmt.ids
+            ]
+        )
+        or "false"
+    )
     ids = ", ".join(f"{_whole_number_id(f'batch.{c}')} AS {c}" for c in fmt.ids)
     return f"""
         WITH fields AS (
-            SELECT *{f' REPLACE ({ids})' if ids else ''}, {bad_numbers} AS bad_number FROM batch
+            SELECT *{f" REPLACE ({ids})" if ids else ""}, {bad_numbers} AS bad_number FROM batch
         ),
         typed AS (
             SELECT source_file, source_line, file_row, raw, parse_reason, {canonical}, bad_number,
@@ -671,9 +707,9 @@ def _typed_select(fmt: SourceFormat) -> str:
         FROM typed"""
 
 
-_STAGED_COLUMNS = """(source_file VARCHAR, source_line BIGINT, file_row BIGINT, raw VARCHAR, event_time TIMESTAMP, user_id VARCHAR,
-    session_id VARCHAR, event_type VARCHAR, item_id VARCHAR, category_id VARCHAR, price DOUBLE, query VARCHAR,
-    event_id VARCHAR, ingest_reason VARCHAR)"""
+_STAGED_COLUMNS = """(source_file VARCHAR, source_line BIGINT, file_row BIGINT, raw VARCHAR, event_time TIMESTAMP,
+    user_id VARCHAR, session_id VARCHAR, event_type VARCHAR, item_id VARCHAR, category_id VARCHAR, price DOUBLE,
+    query VARCHAR, event_id VARCHAR, ingest_reason VARCHAR)"""
 
 _PLACE_SQL = """
 CREATE TABLE placed AS
@@ -751,14 +787,26 @@ def pseudonym(key: str, value: str) -> str:
 
 def _pseudonymise(conn: duckdb.DuckDBPyConnection, key: str) -> None:
     """Replace user and session ids of ``placed`` by keyed hashes, and raw text by what is safe to keep."""
-    ids = [r[0] for r in conn.execute(
-        "SELECT user_id FROM placed WHERE user_id IS NOT NULL UNION SELECT session_id FROM placed WHERE session_id IS NOT NULL"
-    ).fetchall()]
+    ids = [
+        r[0]
+        for r in conn.execute(
+            "SELECT user_id FROM placed WHERE user_id IS NOT NULL UNION SELECT session_id FROM placed WHERE "
+            "session_id IS NOT NULL"
+        ).fetchall()
+    ]
     conn.register("pseudonyms", pa.table({"id": ids, "alias": [pseudonym(key, i) for i in ids]}))
-    line_hashes = conn.execute("SELECT DISTINCT raw FROM placed WHERE event_time IS NULL AND raw IS NOT NULL").fetchall()
-    conn.register("line_hashes", pa.table({
-        "raw": [r[0] for r in line_hashes], "digest": [pseudonym(key, r[0]) for r in line_hashes],
-    }))
+    line_hashes = conn.execute(
+        "SELECT DISTINCT raw FROM placed WHERE event_time IS NULL AND raw IS NOT NULL"
+    ).fetchall()
+    conn.register(
+        "line_hashes",
+        pa.table(
+            {
+                "raw": [r[0] for r in line_hashes],
+                "digest": [pseudonym(key, r[0]) for r in line_hashes],
+            }
+        ),
+    )
     conn.execute(
         """CREATE OR REPLACE TABLE placed AS
            SELECT p.* REPLACE (
@@ -797,7 +845,7 @@ def place(
     last = end or (fmt.period[1] if fmt.period else dt.date(9999, 12, 31))
     if first > last:
         raise ValueError(f"--start {first} is after --end {last}: no day could be valid")
-    now = now or dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    now = now or dt.datetime.now(dt.UTC).replace(tzinfo=None)
     sources = _source_files(paths)
     conn.execute("SET TimeZone = $tz", {"tz": tz})
     conn.execute(f"CREATE TABLE staged {_STAGED_COLUMNS}")
@@ -805,8 +853,9 @@ def place(
         before = _signature(source)
         _stage_file(conn, source, fmt, max_bad_fraction)
         if _signature(source) != before:
-            raise IngestError(str(source), "changed while it was read (is it still being written?): ingest it once "
-                              "it is complete")
+            raise IngestError(
+                str(source), "changed while it was read (is it still being written?): ingest it once it is complete"
+            )
     conn.execute(_PLACE_SQL, {"tz": tz, "now": now, "first": first, "last": last})
     conn.execute("DROP TABLE staged")
     return sources
@@ -900,22 +949,27 @@ def _write_days(conn: duckdb.DuckDBPyConnection, staging: Path, sources: list[Pa
     written = []
     for source in sources:
         name = landing_name(source)
-        first, last = conn.execute("SELECT min(day), max(day) FROM placed WHERE source_file = ?", [str(source)]).fetchall()[0]
+        first, last = conn.execute(
+            "SELECT min(day), max(day) FROM placed WHERE source_file = ?", [str(source)]
+        ).fetchall()[0]
         if first is None:
             reasons = conn.execute(
                 """SELECT string_agg(ingest_reason || ' ' || n, ', ' ORDER BY n DESC, ingest_reason) FROM (
                        SELECT ingest_reason, count(*) AS n FROM placed WHERE source_file = ? GROUP BY 1)""",
                 [str(source)],
             ).fetchall()[0][0]
-            raise IngestError(str(source), f"no row has a valid day, so none can land ({reasons}); check --start, "
-                              "--end and --tz, or the file's format")
+            raise IngestError(
+                str(source),
+                f"no row has a valid day, so none can land ({reasons}); check --start, "
+                "--end and --tz, or the file's format",
+            )
         # Every day the file spans lands, days without events as an empty file: such a day is
         # known to be empty, unlike a day whose landing has not arrived.
         for day in (first + dt.timedelta(days=i) for i in range((last - first).days + 1)):
             folder = staging / day.isoformat()
             folder.mkdir(exist_ok=True)
             conn.execute(
-                f"""COPY (SELECT {', '.join(CANONICAL_COLUMNS)}, source_file, source_line, raw, ingest_reason
+                f"""COPY (SELECT {", ".join(CANONICAL_COLUMNS)}, source_file, source_line, raw, ingest_reason
                           FROM placed WHERE source_file = $source AND day = $day ORDER BY file_row)
                     TO $target (FORMAT parquet)""",
                 {"source": str(source), "day": day, "target": str(folder / name)},
@@ -935,9 +989,14 @@ def _report(conn: duckdb.DuckDBPyConnection, staging: Path, written, sources: li
         accepted = counts.pop("accepted", 0)
         per_day[day] = {"read": read, "accepted": accepted, "quarantined": read - accepted, **counts}
     per_file = {
-        str(s): dict(zip(("read", "quarantined_at_ingest"), conn.execute(
-            "SELECT count(*), count(ingest_reason) FROM placed WHERE source_file = ?", [str(s)]
-        ).fetchall()[0]))
+        str(s): dict(
+            zip(
+                ("read", "quarantined_at_ingest"),
+                conn.execute(
+                    "SELECT count(*), count(ingest_reason) FROM placed WHERE source_file = ?", [str(s)]
+                ).fetchall()[0],
+            )
+        )
         for s in sources
     }
     return IngestReport(per_day=per_day, per_file=per_file, timezone=tz)
@@ -1025,7 +1084,8 @@ def _read_journal(root: Path) -> dict:
         journal = json.loads(path.read_text())
         staging, steps = journal["staging"], journal["steps"]
         valid = re.fullmatch(rf"{re.escape(STAGING_PREFIX)}[0-9a-f]{{12}}", staging) is not None and all(
-            action in ("move", "withdraw") and dt.date.fromisoformat(day).isoformat() == day
+            action in ("move", "withdraw")
+            and dt.date.fromisoformat(day).isoformat() == day
             and re.fullmatch(r"[A-Za-z0-9_-]+\.parquet", name) is not None
             for action, day, name in steps
         )

@@ -10,15 +10,28 @@ ALIAS_HISTORY_COLUMNS = """(changed_at TIMESTAMP NOT NULL, model_name VARCHAR NO
 
 
 def record_alias_change(
-    conn: duckdb.DuckDBPyConnection, model_name: str, alias: str, from_version: int | None, to_version: int,
-    reason: str, changed_by: str,
+    conn: duckdb.DuckDBPyConnection,
+    model_name: str,
+    alias: str,
+    from_version: int | None,
+    to_version: int,
+    reason: str,
+    changed_by: str,
 ) -> None:
     from assets.logic.warehouse_sql import ensure_table
 
     ensure_table(conn, "alias_history", ALIAS_HISTORY_COLUMNS)
     conn.execute(
         "INSERT INTO alias_history VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), model_name, alias, from_version, to_version, reason, changed_by],
+        [
+            dt.datetime.now(dt.UTC).replace(tzinfo=None),
+            model_name,
+            alias,
+            from_version,
+            to_version,
+            reason,
+            changed_by,
+        ],
     )
 
 
@@ -31,7 +44,9 @@ def rollback_target(conn: duckdb.DuckDBPyConnection, model_name: str, alias: str
     way (a promotion, ``shopseq promote`` by name, a move in the MLflow UI). Rollbacks thus walk back the history
     of champions and never toggle between two versions. None when the alias never pointed at another version;
     a ``ValueError`` when every other version it pointed at was rolled back away from."""
-    exists = conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'alias_history'").fetchone()[0]
+    exists = conn.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'alias_history'"
+    ).fetchone()[0]
     if not exists:
         return None
     rows = conn.execute(
@@ -68,11 +83,19 @@ def record_outside_moves(conn: duckdb.DuckDBPyConnection, alias: str, moves: dic
     recorded = 0
     for model_name, (from_version, to_version) in moves.items():
         latest = conn.execute(
-            "SELECT to_version FROM alias_history WHERE model_name = ? AND alias = ? ORDER BY changed_at DESC, rowid DESC LIMIT 1",
+            "SELECT to_version FROM alias_history WHERE model_name = ? AND alias = ? ORDER BY changed_at DESC, "
+            "rowid DESC LIMIT 1",
             [model_name, alias],
         ).fetchone()
         if to_version is not None and (latest is None or latest[0] != to_version):
-            record_alias_change(conn, model_name, alias, from_version, to_version,
-                                "moved outside shopseq (seen by champion_alias_sensor)", changed_by)
+            record_alias_change(
+                conn,
+                model_name,
+                alias,
+                from_version,
+                to_version,
+                "moved outside shopseq (seen by champion_alias_sensor)",
+                changed_by,
+            )
             recorded += 1
     return recorded

@@ -50,7 +50,9 @@ def ranking_metrics(recommendations: pd.DataFrame, targets: pd.DataFrame, k: int
     return {f"{m}@{k}": float(per_user[m].mean()) for m in RANKING_METRICS} | {"users": len(per_user)}
 
 
-def bootstrap_interval(values: np.ndarray, statistic=None, samples: int = BOOTSTRAP_SAMPLES, seed: int = 7) -> tuple[float, float]:
+def bootstrap_interval(
+    values: np.ndarray, statistic=None, samples: int = BOOTSTRAP_SAMPLES, seed: int = 7
+) -> tuple[float, float]:
     """95% percentile bootstrap interval over resampled rows (users) of ``values``: of their mean
     (vectorised), or of ``statistic(rows)`` when given (``values`` are then row indices)."""
     values = np.asarray(values)

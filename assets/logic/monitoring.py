@@ -38,7 +38,7 @@ def daily_event_counts(conn: duckdb.DuckDBPyConnection, first: dt.date, last: dt
     by_type = by_type.reindex(calendar, fill_value=0)
     # Days before the shop's first event are not history: start the series at the first day with rows.
     active = by_type.sum(axis=1)
-    return by_type.loc[active[active > 0].index.min():] if active.any() else by_type.iloc[0:0]
+    return by_type.loc[active[active > 0].index.min() :] if active.any() else by_type.iloc[0:0]
 
 
 def volume_anomalies(daily: pd.Series, judged: list, interval: float = VOLUME_INTERVAL) -> pd.DataFrame:
@@ -69,11 +69,16 @@ def volume_anomalies(daily: pd.Series, judged: list, interval: float = VOLUME_IN
         mean = coef[0] + coef[1] * y[i - 1]
         lower, upper = np.expm1(mean - z * sigma), np.expm1(mean + z * sigma)
         observed = float(daily.iloc[i])
-        rows.append({
-            "day": str(day), "observed": int(observed), "expected": round(float(np.expm1(mean)), 1),
-            "lower": round(float(lower), 1), "upper": round(float(upper), 1),
-            "anomalous": bool(observed < lower or observed > upper),
-        })
+        rows.append(
+            {
+                "day": str(day),
+                "observed": int(observed),
+                "expected": round(float(np.expm1(mean)), 1),
+                "lower": round(float(lower), 1),
+                "upper": round(float(upper), 1),
+                "anomalous": bool(observed < lower or observed > upper),
+            }
+        )
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -84,14 +89,19 @@ def mix_shifts(counts: pd.DataFrame, judged: list, max_distance: float = MIX_MAX
     rows = []
     for day in judged:
         i = counts.index.get_loc(day)
-        before = counts.iloc[max(0, i - MIX_TRAILING_DAYS):i].sum()
+        before = counts.iloc[max(0, i - MIX_TRAILING_DAYS) : i].sum()
         if i < 3 or before.sum() == 0:
             continue
         distance = 0.5 * float((shares.iloc[i] - before / before.sum()).abs().sum())
         biggest = (shares.iloc[i] - before / before.sum()).abs().idxmax()
-        rows.append({
-            "day": str(day), "distance": round(distance, 4), "largest_change": str(biggest),
-            "share": round(float(shares.iloc[i][biggest]), 4), "trailing_share": round(float(before[biggest] / before.sum()), 4),
-            "shifted": distance > max_distance,
-        })
+        rows.append(
+            {
+                "day": str(day),
+                "distance": round(distance, 4),
+                "largest_change": str(biggest),
+                "share": round(float(shares.iloc[i][biggest]), 4),
+                "trailing_share": round(float(before[biggest] / before.sum()), 4),
+                "shifted": distance > max_distance,
+            }
+        )
     return pd.DataFrame(rows, columns=["day", "distance", "largest_change", "share", "trailing_share", "shifted"])

@@ -20,8 +20,14 @@ from assets.logic.synthetic import EVENT_TYPES
 from assets.logic.training import LightGBMParams, boost
 
 EVENT_CLASSES = list(EVENT_TYPES)  # class i of the multiclass model is EVENT_CLASSES[i]
-_SHORT = {"view": "views", "search": "searches", "add_to_cart": "carts", "remove_from_cart": "removes",
-          "favorite": "favs", "purchase": "purchases"}
+_SHORT = {
+    "view": "views",
+    "search": "searches",
+    "add_to_cart": "carts",
+    "remove_from_cart": "removes",
+    "favorite": "favs",
+    "purchase": "purchases",
+}
 NEXT_EVENT_FEATURES = [
     *(f"last_is_{t}" for t in EVENT_CLASSES),
     *(f"previous_is_{t}" for t in EVENT_CLASSES),
@@ -42,10 +48,13 @@ def session_states_sql(events: str) -> str:
     """One row per event of ``events`` (a SELECT of cleaned events, bots left out by the caller): the state
     after it, ``next_type`` / ``next_time`` of the session's next event, ``state_time`` and ``session_start``."""
     one_hot = ", ".join(
-        f"CAST(event_type = '{t}' AS INTEGER) AS last_is_{t}, CAST(coalesce(previous_type = '{t}', false) AS INTEGER) AS previous_is_{t}"
+        f"CAST(event_type = '{t}' AS INTEGER) AS last_is_{t}, CAST(coalesce(previous_type = '{t}', false) AS "
+        f"INTEGER) AS previous_is_{t}"
         for t in EVENT_CLASSES
     )
-    counts = ", ".join(f"count(*) FILTER (WHERE event_type = '{t}') OVER upto AS session_{s}" for t, s in _SHORT.items())
+    counts = ", ".join(
+        f"count(*) FILTER (WHERE event_type = '{t}') OVER upto AS session_{s}" for t, s in _SHORT.items()
+    )
     return f"""
 WITH e AS (SELECT user_id, session_id, event_time, event_id, event_type, item_id FROM ({events}) x),
 sessions AS (SELECT user_id, session_id, min(event_time) AS session_start FROM e GROUP BY ALL),
@@ -113,8 +122,11 @@ def train_next_event(frame: pd.DataFrame, params: LightGBMParams) -> lgb.Booster
     lgb_params = params.to_lightgbm("multiclass") | {"num_class": len(EVENT_CLASSES), "metric": "multi_logloss"}
 
     def dataset(rows: pd.DataFrame, reference: lgb.Dataset | None) -> lgb.Dataset:
-        return lgb.Dataset(rows[NEXT_EVENT_FEATURES].astype(float), label=rows["next_type"].map(EVENT_CLASSES.index),
-                           reference=reference)
+        return lgb.Dataset(
+            rows[NEXT_EVENT_FEATURES].astype(float),
+            label=rows["next_type"].map(EVENT_CLASSES.index),
+            reference=reference,
+        )
 
     return boost(lgb_params, dataset, frame, params)
 
@@ -167,6 +179,16 @@ def evaluate_next_event(holdout: pd.DataFrame, booster: lgb.Booster, train: pd.D
         }
         for metric, value in multiclass_metrics(y, p).items():
             low, high = bootstrap_interval(per_state[metric]) if metric in per_state else (float("nan"), float("nan"))
-            rows.append({"segment": "all", "method": method, "target": "next_event_type", "metric": metric,
-                         "value": value, "ci_low": low, "ci_high": high, "users": len(y)})
+            rows.append(
+                {
+                    "segment": "all",
+                    "method": method,
+                    "target": "next_event_type",
+                    "metric": metric,
+                    "value": value,
+                    "ci_low": low,
+                    "ci_high": high,
+                    "users": len(y),
+                }
+            )
     return pd.DataFrame(rows)

@@ -33,8 +33,10 @@ class RulePolicy:
     """Return sigmoid(intercept + slope * score), a probability, instead of intercept + slope * score."""
 
     def __post_init__(self):
-        unknown = sorted({c for c, _ in self.weights} - set(self.features)
-                         | ({self.only_where} - set(self.features) if self.only_where else set()))
+        unknown = sorted(
+            {c for c, _ in self.weights} - set(self.features)
+            | ({self.only_where} - set(self.features) if self.only_where else set())
+        )
         if unknown:
             raise ValueError(f"rule {self.name!r} reads columns that are not among its features: {unknown}")
 
@@ -79,9 +81,15 @@ class RulePolicy:
 
     def params(self) -> dict:
         """The rule's definition, as MLflow parameters and for its digest."""
-        return {"policy": self.name, "weights": json.dumps(dict(self.weights), sort_keys=True),
-                "only_where": self.only_where or "", "intercept": repr(self.intercept), "slope": repr(self.slope),
-                "logistic": self.logistic, "features": len(self.features)}
+        return {
+            "policy": self.name,
+            "weights": json.dumps(dict(self.weights), sort_keys=True),
+            "only_where": self.only_where or "",
+            "intercept": repr(self.intercept),
+            "slope": repr(self.slope),
+            "logistic": self.logistic,
+            "features": len(self.features),
+        }
 
     def sha256(self) -> str:
         """Equal digests, equal rules (the counterpart of a learned model's ``model_sha256``)."""

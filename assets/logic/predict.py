@@ -34,7 +34,8 @@ from assets.logic.warehouse_sql import day_bounds, ensure_table
 NO_BOT_LIMIT = 2**62
 _SEQUENCE_HISTORY = f"""
 SELECT e.*, c.cutoff FROM sequence_events e
-JOIN (SELECT user_id, max(event_time) + INTERVAL 1 MICROSECOND AS cutoff FROM sequence_events GROUP BY user_id) c USING (user_id)
+JOIN (SELECT user_id, max(event_time) + INTERVAL 1 MICROSECOND AS cutoff
+    FROM sequence_events GROUP BY user_id) c USING (user_id)
 WHERE e.event_time >= c.cutoff - INTERVAL {HISTORY_DAYS} DAY
 """
 
@@ -45,8 +46,12 @@ def read_sequences(conn: duckdb.DuckDBPyConnection, paths: list[str], format_nam
     place(conn, paths, format_name, tz)
     with tempfile.TemporaryDirectory(prefix="shopseq-predict-") as folder:
         placed = str(Path(folder) / "placed.parquet")
-        conn.execute("COPY (SELECT * EXCLUDE (day, file_row) FROM placed ORDER BY source_file, file_row) TO ?", [placed])
-        first, last = conn.execute("SELECT min(event_time), max(event_time) FROM placed WHERE ingest_reason IS NULL").fetchone()
+        conn.execute(
+            "COPY (SELECT * EXCLUDE (day, file_row) FROM placed ORDER BY source_file, file_row) TO ?", [placed]
+        )
+        first, last = conn.execute(
+            "SELECT min(event_time), max(event_time) FROM placed WHERE ingest_reason IS NULL"
+        ).fetchone()
         if first is None:
             raise ValueError(f"{', '.join(paths)}: no line could be read as {format_name}")
         counts = classify_landing(conn, [placed], None, tz, window=(first, last + dt.timedelta(seconds=1)))
@@ -59,7 +64,12 @@ def read_sequences(conn: duckdb.DuckDBPyConnection, paths: list[str], format_nam
         raise ValueError(f"{', '.join(paths)}: no event could be accepted ({counts})")
     conn.execute(
         f"CREATE TABLE sequence_events AS {CLEAN_SQL}",
-        {"start": first, "end": last + dt.timedelta(seconds=1), "day": first.date(), "bot_events_per_day": NO_BOT_LIMIT},
+        {
+            "start": first,
+            "end": last + dt.timedelta(seconds=1),
+            "day": first.date(),
+            "bot_events_per_day": NO_BOT_LIMIT,
+        },
     )
     return {"read": read, "accepted": accepted, "quarantined": read - accepted, **counts}
 
@@ -72,13 +82,17 @@ def load_item_side(conn: duckdb.DuckDBPyConnection, warehouse: str, day: dt.date
     conn.execute("ATTACH ? AS wh (READ_ONLY)", [warehouse])
     try:
         conn.execute("CREATE TEMP TABLE predict_item_now AS SELECT * FROM wh.item_features WHERE as_of_date = ?", [day])
-        conn.execute(f"CREATE TEMP TABLE predict_covis_pairs AS {covis_pairs_sql('wh.cleaned_events')}", {"cutoff": cutoff})
+        conn.execute(
+            f"CREATE TEMP TABLE predict_covis_pairs AS {covis_pairs_sql('wh.cleaned_events')}", {"cutoff": cutoff}
+        )
     finally:
         conn.execute("DETACH wh")
     items = conn.execute("SELECT count(*) FROM predict_item_now").fetchone()[0]
     if items == 0:
-        raise ValueError(f"the warehouse {warehouse} has no item features as of {day} (the day the ranker was "
-                         "trained with): re-materialise that partition")
+        raise ValueError(
+            f"the warehouse {warehouse} has no item features as of {day} (the day the ranker was "
+            "trained with): re-materialise that partition"
+        )
     return items
 
 
@@ -86,7 +100,7 @@ def next_event_probabilities(conn: duckdb.DuckDBPyConnection, model, sequence: s
     """``p_next_<type>`` of the next event of each sequence of ``sequence_events`` (``sequence``: the SQL of its
     key, a user or a user's session), from the state after its last event. Columns sequence_id, p_next_*."""
     states = conn.execute(
-        f"""SELECT {sequence} AS sequence_id, * FROM ({session_states_sql('SELECT * FROM sequence_events')})
+        f"""SELECT {sequence} AS sequence_id, * FROM ({session_states_sql("SELECT * FROM sequence_events")})
             QUALIFY row_number() OVER (PARTITION BY {sequence} ORDER BY state_time DESC, event_id DESC) = 1"""
     ).df()
     p = model.predict(states[NEXT_EVENT_FEATURES].astype(float)).reshape(len(states), -1)
@@ -110,8 +124,12 @@ def score_sequences(
     params = {"as_of_date": item_day}
     conn.execute(f"CREATE OR REPLACE TEMP TABLE sequence_features AS {user_features_sql(_SEQUENCE_HISTORY)}", params)
     candidates = conn.sql(  # an Arrow table: the scorer reads it without pandas
-        candidates_sql(_SEQUENCE_HISTORY, "SELECT * FROM predict_covis_pairs", "SELECT * FROM predict_item_now",
-                       "SELECT * FROM sequence_features"),
+        candidates_sql(
+            _SEQUENCE_HISTORY,
+            "SELECT * FROM predict_covis_pairs",
+            "SELECT * FROM predict_item_now",
+            "SELECT * FROM sequence_features",
+        ),
         params=params,
     ).to_arrow_table()
     features = conn.execute(
@@ -121,12 +139,16 @@ def score_sequences(
     ).df()
     recs = recommend(ranker, candidates, features["user_id"], k, rules).to_pandas()
     per_sequence = features[["user_id", "events", "last_event_time"]].assign(
-        **{f"p_{action}": booster.predict(features[USER_FEATURE_COLUMNS].astype(float))
-           for action, booster in action_models.items()},
+        **{
+            f"p_{action}": booster.predict(features[USER_FEATURE_COLUMNS].astype(float))
+            for action, booster in action_models.items()
+        },
     )
     if next_event_model is not None:
         next_event = next_event_probabilities(conn, next_event_model, "user_id")
-        per_sequence = per_sequence.merge(next_event.rename(columns={"sequence_id": "user_id"}), on="user_id", how="left")
+        per_sequence = per_sequence.merge(
+            next_event.rename(columns={"sequence_id": "user_id"}), on="user_id", how="left"
+        )
     out = recs.merge(per_sequence, on="user_id", how="left").rename(columns={"user_id": "sequence_id"})
     columns = ["sequence_id", "events", "last_event_time", "rank", "item_id", "score", "source", "reason", "rules"]
     probabilities = [c for c in per_sequence.columns if c.startswith("p_")]
@@ -144,8 +166,9 @@ SESSION_REASONS = {
 }
 
 
-def score_sessions(conn: duckdb.DuckDBPyConnection, warehouse: str, model, k: int,
-                   next_event_model: lgb.Booster | None = None) -> tuple[pd.DataFrame, dt.datetime]:
+def score_sessions(
+    conn: duckdb.DuckDBPyConnection, warehouse: str, model, k: int, next_event_model: lgb.Booster | None = None
+) -> tuple[pd.DataFrame, dt.datetime]:
     """Each session of ``sequence_events`` (see ``read_sequences``) as of its last event, with the in-session model
     (a booster or a rule policy): its top ``k`` next items with their source and a reason. The item side (rules,
     neighbours, popularity) is read from the warehouse (attached read-only for this call only), from its events

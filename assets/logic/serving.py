@@ -3,9 +3,9 @@
 import datetime as dt
 import functools
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import duckdb
 import lightgbm as lgb
@@ -41,7 +41,9 @@ def check_features(booster: lgb.Booster, expected: list[str], model: str) -> Non
     """Refuse a model whose inputs are not the features this code computes."""
     if booster.feature_name() != expected:
         missing = sorted(set(expected) ^ set(booster.feature_name()))
-        raise ValueError(f"model {model} expects other features than the warehouse provides (differences: {missing[:10]})")
+        raise ValueError(
+            f"model {model} expects other features than the warehouse provides (differences: {missing[:10]})"
+        )
 
 
 @functools.lru_cache(maxsize=4)
@@ -112,7 +114,8 @@ ranked AS (
 ),
 have AS (SELECT user_id, count(*) AS n FROM ranked GROUP BY user_id),
 -- only users with short lists are filled: the anti-join and its window touch their rows alone
-short AS (SELECT user_id, coalesce(h.n, 0) AS n FROM users LEFT JOIN have h USING (user_id) WHERE coalesce(h.n, 0) < $fill),
+short AS (SELECT user_id, coalesce(h.n, 0) AS n FROM users LEFT JOIN have h USING (user_id) WHERE coalesce(h.n,
+    0) < $fill),
 fallback AS (
     SELECT a.* REPLACE (CAST(NULL AS DOUBLE) AS score, 'fallback' AS source),
            s.n + row_number() OVER (PARTITION BY a.user_id ORDER BY a.popular_rank, a.item_id) AS rank
@@ -127,17 +130,26 @@ ORDER BY user_id, rank
 """
 
 
-def ranked_table(scored: pd.DataFrame | pa.Table, users: pd.Series, rules: BusinessRules, k: int, keep: tuple[str, ...] = ()) -> pa.Table:
+def ranked_table(
+    scored: pd.DataFrame | pa.Table, users: pd.Series, rules: BusinessRules, k: int, keep: tuple[str, ...] = ()
+) -> pa.Table:
     """Top-k per user from scored candidates (user_id, item_id, category_id, source, ui_purchases,
     popular_rank, score) under ``rules``; returns user_id, item_id, score, source, rank, rules and the ``keep``
-    columns of ``scored``, ordered by user and rank. Runs in DuckDB: millions of candidate rows sort in seconds there."""
+    columns of ``scored``, ordered by user and rank. Runs in DuckDB: millions of candidate rows sort in seconds
+    there."""
     with duckdb.connect() as conn:
         conn.register("scored", scored)
         conn.register("users", pd.DataFrame({"user_id": users.to_numpy()}))
         return conn.sql(
             _RULES_SQL.format(extra="".join(f", {column}" for column in keep)),
-            params={"deny": list(rules.deny_items), "exclude_purchased": rules.exclude_purchased, "cap": rules.max_per_category,
-                    "k": k, "fill": min(rules.min_items, k), "rules": rules.describe()},
+            params={
+                "deny": list(rules.deny_items),
+                "exclude_purchased": rules.exclude_purchased,
+                "cap": rules.max_per_category,
+                "k": k,
+                "fill": min(rules.min_items, k),
+                "rules": rules.describe(),
+            },
         ).to_arrow_table()
 
 
@@ -165,26 +177,37 @@ def _take_rows(matrices: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
     return taken
 
 
-def recommend_scored(booster: lgb.Booster, batch: pa.Table, users: pd.Series, k: int = TOP_K,
-                     rules: BusinessRules = BusinessRules()) -> pa.Table:
+def recommend_scored(
+    booster: lgb.Booster, batch: pa.Table, users: pd.Series, k: int = TOP_K, rules: BusinessRules = BusinessRules()
+) -> pa.Table:
     """Top-k items per user of ``users`` from candidate rows read by ``scoring_sql``, under the business rules,
     each with the reason its largest feature contributions give: user_id, item_id, score, source, rank, rules, reason.
     The features are read in place, chunk by chunk, and the rows stay in Arrow (a pandas frame of 1M rows costs
     ~1 s to make and ~2 s more to write than the Arrow table)."""
-    matrices = [chunk.flatten().to_numpy().reshape(len(chunk), len(RANKER_FEATURES)) for chunk in batch.column("features").chunks]
+    matrices = [
+        chunk.flatten().to_numpy().reshape(len(chunk), len(RANKER_FEATURES))
+        for chunk in batch.column("features").chunks
+    ]
     # from_pandas: a rule's unscored candidates (NaN) are null, ranked after every score
     scores = pa.array(ranker_scores(booster, matrices), pa.float64(), from_pandas=True)
-    scored = (batch.select(_ROW_COLUMNS).append_column("score", scores)
-              .append_column("row", pa.array(np.arange(len(batch)))))
+    scored = (
+        batch.select(_ROW_COLUMNS).append_column("score", scores).append_column("row", pa.array(np.arange(len(batch))))
+    )
     ranked = ranked_table(scored, users, rules, k, keep=("row", *WORDING_COLUMNS))
     chosen = ranked["row"].to_numpy()
-    reason = word(ranked, top_family(booster, _take_rows(matrices, chosen))) if len(chosen) else pa.array([], pa.string())
+    reason = (
+        word(ranked, top_family(booster, _take_rows(matrices, chosen))) if len(chosen) else pa.array([], pa.string())
+    )
     return ranked.select(["user_id", "item_id", "score", "source", "rank", "rules"]).append_column(
-        "reason", pc.if_else(pc.equal(ranked["source"], "fallback"), FALLBACK_REASON, reason))
+        "reason", pc.if_else(pc.equal(ranked["source"], "fallback"), FALLBACK_REASON, reason)
+    )
 
 
 def recommend(
-    booster: lgb.Booster, candidates: pd.DataFrame | pa.Table, users: pd.Series, k: int = TOP_K,
+    booster: lgb.Booster,
+    candidates: pd.DataFrame | pa.Table,
+    users: pd.Series,
+    k: int = TOP_K,
     rules: BusinessRules = BusinessRules(),
 ) -> pa.Table:
     """Top-k items per user from candidates with the ranker's features (a frame or an Arrow table), see
@@ -196,8 +219,13 @@ def recommend(
 
 
 def recommend_day(
-    conn: duckdb.DuckDBPyConnection, booster: lgb.Booster, day: dt.date, k: int = TOP_K,
-    rules: BusinessRules = BusinessRules(), users: pd.Series | None = None, batch_users: int = SCORE_BATCH_USERS,
+    conn: duckdb.DuckDBPyConnection,
+    booster: lgb.Booster,
+    day: dt.date,
+    k: int = TOP_K,
+    rules: BusinessRules = BusinessRules(),
+    users: pd.Series | None = None,
+    batch_users: int = SCORE_BATCH_USERS,
 ) -> Iterator[pa.Table]:
     """Top-k items for every user active on ``day`` (or for ``users``), as of its end, from the day's candidates in
     the warehouse (see ``recommend_scored``), yielded ``batch_users`` users at a time, in their order: memory is
@@ -205,11 +233,12 @@ def recommend_day(
     reads only its own rows, as the candidates are stored in user order (see ``build_candidates_day``)."""
     users = active_users(conn, day) if users is None else users
     for start in range(0, len(users), batch_users):
-        some = users.iloc[start:start + batch_users]
+        some = users.iloc[start : start + batch_users]
         conn.register("batch_users", pa.table({"user_id": pa.array(some, pa.string())}))
         try:
             batch = conn.sql(
-                scoring_sql("ranking_candidates") + " WHERE as_of_date = $day AND user_id IN (SELECT user_id FROM batch_users)",
+                scoring_sql("ranking_candidates")
+                + " WHERE as_of_date = $day AND user_id IN (SELECT user_id FROM batch_users)",
                 params={"day": day},
             ).to_arrow_table()
         finally:

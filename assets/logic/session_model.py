@@ -153,7 +153,7 @@ def _item_side(conn: duckdb.DuckDBPyConnection, cutoff: dt.datetime, width: int 
         {"width": width},
     )
     conn.execute(
-        f"""
+        """
         CREATE OR REPLACE TEMP TABLE sm_markov AS
         SELECT item_a, item_b, markov_n AS markov_score,
                markov_n / sum(markov_n) OVER (PARTITION BY item_a) AS markov_share,
@@ -169,8 +169,10 @@ def _item_side(conn: duckdb.DuckDBPyConnection, cutoff: dt.datetime, width: int 
         SELECT item_a AS item_id, count(*) AS successors FROM sm_rules GROUP BY item_a
         """
     )
-    conn.execute("CREATE OR REPLACE TEMP TABLE sm_popular AS SELECT item_id, pop_rank FROM sm_items "
-                 "WHERE pop_rank <= $width", {"width": width})
+    conn.execute(
+        "CREATE OR REPLACE TEMP TABLE sm_popular AS SELECT item_id, pop_rank FROM sm_items WHERE pop_rank <= $width",
+        {"width": width},
+    )
     conn.execute(
         """
         CREATE OR REPLACE TEMP TABLE sm_session_items AS
@@ -335,7 +337,8 @@ SELECT c.prefix_id, p.session_id, p.user_id, p.position, p.prefix_time, c.item_i
        coalesce(sknn.sknn_score, 0.0) AS sknn_score, CAST(coalesce(c.sknn_rank, {NO_RANK}) AS DOUBLE) AS sknn_rank,
        coalesce(sknn.sknn_share, 0.0) AS sknn_share, CAST(c.sknn_rank IS NOT NULL AS DOUBLE) AS in_sknn,
        CAST(coalesce(m.markov_score, 0) AS DOUBLE) AS markov_score, coalesce(m.markov_share, 0.0) AS markov_share,
-       CAST(coalesce(c.markov_rank, {NO_RANK}) AS DOUBLE) AS markov_rank, CAST(c.markov_rank IS NOT NULL AS DOUBLE) AS in_markov,
+       CAST(coalesce(c.markov_rank, {NO_RANK}) AS DOUBLE) AS markov_rank,
+           CAST(c.markov_rank IS NOT NULL AS DOUBLE) AS in_markov,
        CAST(coalesce(i.pop_all, 0) AS DOUBLE) AS pop_all, CAST(coalesce(i.pop_1d, 0) AS DOUBLE) AS pop_1d,
        CAST(coalesce(i.pop_rank, {NO_RANK}) AS DOUBLE) AS pop_rank, CAST(c.pop_rank IS NOT NULL AS DOUBLE) AS in_pop,
        date_diff('second', i.last_time, p.prefix_time) / 3600.0 AS item_hours_since_last,
@@ -353,8 +356,19 @@ LEFT JOIN sm_items li ON li.item_id = p.last_item
 LEFT JOIN sm_successors ls ON ls.item_id = p.last_item
 """
 
-_TEMP_TABLES = ("sm_hist", "sm_items", "sm_rules", "sm_sr", "sm_markov", "sm_successors", "sm_popular",
-                "sm_session_items", "sm_sequences", "sm_prefixes", "sm_steps")
+_TEMP_TABLES = (
+    "sm_hist",
+    "sm_items",
+    "sm_rules",
+    "sm_sr",
+    "sm_markov",
+    "sm_successors",
+    "sm_popular",
+    "sm_session_items",
+    "sm_sequences",
+    "sm_prefixes",
+    "sm_steps",
+)
 
 
 def _drop_temp(conn: duckdb.DuckDBPyConnection) -> None:
@@ -375,8 +389,9 @@ def _candidates(conn: duckdb.DuckDBPyConnection, positives_only: bool, width: in
     ).df()
 
 
-def session_frame(conn: duckdb.DuckDBPyConnection, target_start: dt.datetime, target_end: dt.datetime, *,
-                  positives_only: bool) -> pd.DataFrame:
+def session_frame(
+    conn: duckdb.DuckDBPyConnection, target_start: dt.datetime, target_end: dt.datetime, *, positives_only: bool
+) -> pd.DataFrame:
     """One row per (prefix, candidate) for every prefix of the sessions that start in ``[target_start, target_end)``
     (UTC, naive like ``event_time``), with ``relevance`` 1 on the true next item. The item side reads the events
     before ``target_start`` only; a prefix reads its own session's events up to its last one, after the events on
@@ -394,7 +409,9 @@ def session_frame(conn: duckdb.DuckDBPyConnection, target_start: dt.datetime, ta
     return frame.assign(cutoff=pd.Timestamp(target_start), window_end=pd.Timestamp(target_end))
 
 
-def session_targets(conn: duckdb.DuckDBPyConnection, target_start: dt.datetime, target_end: dt.datetime) -> pd.DataFrame:
+def session_targets(
+    conn: duckdb.DuckDBPyConnection, target_start: dt.datetime, target_end: dt.datetime
+) -> pd.DataFrame:
     """The evaluation positions (session-rec's next-item protocol): the sessions that start in
     ``[target_start, target_end)``, their events on items never seen before ``target_start`` removed, sessions
     of at least two events left; every prefix of the sessions that start in the window is a position and its next
@@ -405,8 +422,10 @@ def session_targets(conn: duckdb.DuckDBPyConnection, target_start: dt.datetime, 
         _target_prefixes(conn, target_start, target_end)
         return conn.execute(
             """SELECT p.prefix_id, p.session_id, p.position, p.next_item AS item_id,
-                      coalesce(list(DISTINCT s.item_id ORDER BY s.item_id) FILTER (WHERE s.event_type = 'add_to_cart'), []) AS carts,
-                      coalesce(list(DISTINCT s.item_id ORDER BY s.item_id) FILTER (WHERE s.event_type = 'purchase'), []) AS orders
+                      coalesce(list(DISTINCT s.item_id ORDER BY s.item_id) FILTER (WHERE s.event_type = 'add_to_cart'),
+                          []) AS carts,
+                      coalesce(list(DISTINCT s.item_id ORDER BY s.item_id) FILTER (WHERE s.event_type = 'purchase'),
+                          []) AS orders
                FROM sm_prefixes p
                LEFT JOIN sm_sequences s ON s.user_id = p.user_id AND s.session_id = p.session_id AND s.step > p.position
                GROUP BY ALL ORDER BY p.prefix_id"""
@@ -426,13 +445,21 @@ def train_session_ranker(frame: pd.DataFrame, params: LightGBMParams) -> lgb.Boo
     if frame.empty:
         raise ValueError("the session training set is empty: no prefix had its next item among its candidates")
     # Most features are ranks and counts of a few dozen values: 63 bins lose nothing and make each round cheaper.
-    lgb_params = ({"max_bin": 63} | params.to_lightgbm("lambdarank")
-                  | {"lambdarank_truncation_level": 20, "metric": "ndcg", "eval_at": [20]})
+    lgb_params = (
+        {"max_bin": 63}
+        | params.to_lightgbm("lambdarank")
+        | {"lambdarank_truncation_level": 20, "metric": "ndcg", "eval_at": [20]}
+    )
     # only what the datasets read: each of them sorts the rows, and the prefixes' other columns only slow that down
     read = frame[["cutoff", "prefix_id", "item_id", "relevance", *SESSION_FEATURES]]
     return training.boost(
-        lgb_params, _session_dataset, read.assign(as_of_date=read["cutoff"]), params,
-        start=lambda rows: training.rule_offset(rows, SESSION_FEATURES, SESSION_RULE_START, rows["relevance"].to_numpy() > 0),
+        lgb_params,
+        _session_dataset,
+        read.assign(as_of_date=read["cutoff"]),
+        params,
+        start=lambda rows: training.rule_offset(
+            rows, SESSION_FEATURES, SESSION_RULE_START, rows["relevance"].to_numpy() > 0
+        ),
     )
 
 
@@ -453,12 +480,14 @@ def rank_candidates(frame: pd.DataFrame, scores: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def _method_rows(holdout: pd.DataFrame, targets: pd.DataFrame, ranks: np.ndarray, method: str,
-                 ks: tuple[int, ...]) -> list[dict]:
+def _method_rows(
+    holdout: pd.DataFrame, targets: pd.DataFrame, ranks: np.ndarray, method: str, ks: tuple[int, ...]
+) -> list[dict]:
     """The metric rows of one method from its candidate ranks: a position whose next item is not among its
     candidates is a miss."""
-    ranked = pd.DataFrame({"prefix_id": holdout["prefix_id"].to_numpy(), "item_id": holdout["item_id"].to_numpy(),
-                           "rank": ranks})
+    ranked = pd.DataFrame(
+        {"prefix_id": holdout["prefix_id"].to_numpy(), "item_id": holdout["item_id"].to_numpy(), "rank": ranks}
+    )
     found = targets[["prefix_id", "item_id"]].merge(ranked, on=["prefix_id", "item_id"], how="left")["rank"]
     rank = found.to_numpy(dtype=float)  # NaN: not a candidate
     positions = len(targets)
@@ -473,18 +502,36 @@ def _method_rows(holdout: pd.DataFrame, targets: pd.DataFrame, ranks: np.ndarray
         }
         for name, values in per_position.items():
             low, high = bootstrap_interval(values)
-            rows.append({"metric": f"{name}@{k}", "value": float(values.mean()) if positions else float("nan"),
-                         "ci_low": low, "ci_high": high})
+            rows.append(
+                {
+                    "metric": f"{name}@{k}",
+                    "value": float(values.mean()) if positions else float("nan"),
+                    "ci_low": low,
+                    "ci_high": high,
+                }
+            )
     k = max(ks)
     listed = in_targets & (ranks <= k)
     catalogue = float(holdout["catalogue_items"].iloc[0]) if len(holdout) else float("nan")
     top_pop = float(holdout["pop_all"].max()) if len(holdout) else float("nan")
     listed_items = holdout["item_id"].to_numpy()[listed]
-    rows.append({"metric": f"coverage@{k}", "value": len(np.unique(listed_items)) / catalogue if catalogue else float("nan"),
-                 "ci_low": float("nan"), "ci_high": float("nan")})
+    rows.append(
+        {
+            "metric": f"coverage@{k}",
+            "value": len(np.unique(listed_items)) / catalogue if catalogue else float("nan"),
+            "ci_low": float("nan"),
+            "ci_high": float("nan"),
+        }
+    )
     pop = holdout["pop_all"].to_numpy(dtype=float)[listed]
-    rows.append({"metric": f"popularity_bias@{k}", "value": float(pop.mean() / top_pop) if len(pop) and top_pop else float("nan"),
-                 "ci_low": float("nan"), "ci_high": float("nan")})
+    rows.append(
+        {
+            "metric": f"popularity_bias@{k}",
+            "value": float(pop.mean() / top_pop) if len(pop) and top_pop else float("nan"),
+            "ci_low": float("nan"),
+            "ci_high": float("nan"),
+        }
+    )
     if "carts" in targets and (targets["carts"].map(len).sum() or targets["orders"].map(len).sum()):
         rows += _otto_rows(ranked[ranked["rank"] <= k], targets, np.nan_to_num(rank <= k).astype(float), k)
     return [{"segment": "all", "method": method, "target": "next_item", **row, "users": positions} for row in rows]
@@ -505,11 +552,14 @@ def _otto_rows(listed: pd.DataFrame, targets: pd.DataFrame, click_hits: np.ndarr
         recalls[action] = hits / wanted if wanted else float("nan")
     score = sum(OTTO_WEIGHTS[action] * recall for action, recall in recalls.items())
     none = {"ci_low": float("nan"), "ci_high": float("nan")}
-    return ([{"metric": f"otto_recall_{action}@{k}", "value": recall, **none} for action, recall in recalls.items()]
-            + [{"metric": f"otto_score@{k}", "value": score, **none}])
+    return [{"metric": f"otto_recall_{action}@{k}", "value": recall, **none} for action, recall in recalls.items()] + [
+        {"metric": f"otto_score@{k}", "value": score, **none}
+    ]
 
 
-def evaluate_sessions(holdout: pd.DataFrame, model, targets: pd.DataFrame, ks: tuple[int, ...] = METRIC_KS) -> pd.DataFrame:
+def evaluate_sessions(
+    holdout: pd.DataFrame, model, targets: pd.DataFrame, ks: tuple[int, ...] = METRIC_KS
+) -> pd.DataFrame:
     """``model`` (a LightGBM booster or a ``RulePolicy``) and every rule of ``SESSION_RULES`` on the hold-out
     positions ``targets`` (``session_targets``), each ranked by the same code from its ``predict``: HR, MRR and
     NDCG at each K with 95% bootstrap intervals over positions, catalogue coverage and popularity bias (the mean
@@ -523,7 +573,9 @@ def evaluate_sessions(holdout: pd.DataFrame, model, targets: pd.DataFrame, ks: t
 
 
 def _top_k(frame: pd.DataFrame, model, k: int) -> pd.DataFrame:
-    scores = np.asarray(model.predict(frame[SESSION_FEATURES].astype(float)), dtype=float) if len(frame) else np.array([])
+    scores = (
+        np.asarray(model.predict(frame[SESSION_FEATURES].astype(float)), dtype=float) if len(frame) else np.array([])
+    )
     ranked = frame[["prefix_id", "item_id", "source"]].assign(score=scores, rank=rank_candidates(frame, scores))
     return ranked[ranked["rank"] <= k].sort_values(["prefix_id", "rank"], ignore_index=True)
 
@@ -544,18 +596,28 @@ def item_next_items(conn: duckdb.DuckDBPyConnection, model, end: dt.datetime, k:
             """,
             {"end": end},
         )
-        conn.execute("CREATE OR REPLACE TEMP TABLE sm_steps AS SELECT prefix_id, 1 AS step, last_item AS item_id, "
-                     "prefix_time AS event_time FROM sm_prefixes")
+        conn.execute(
+            "CREATE OR REPLACE TEMP TABLE sm_steps AS SELECT prefix_id, 1 AS step, last_item AS item_id, "
+            "prefix_time AS event_time FROM sm_prefixes"
+        )
         frame = _candidates(conn, positives_only=False, width=width)
     finally:
         _drop_temp(conn)
     top = _top_k(frame, model, k)
-    return pd.DataFrame({"item_id": top["prefix_id"], "rank": top["rank"], "next_item_id": top["item_id"],
-                         "score": top["score"], "source": top["source"]})
+    return pd.DataFrame(
+        {
+            "item_id": top["prefix_id"],
+            "rank": top["rank"],
+            "next_item_id": top["item_id"],
+            "score": top["score"],
+            "source": top["source"],
+        }
+    )
 
 
-def score_prefixes(conn: duckdb.DuckDBPyConnection, prefixes: pd.DataFrame, model, end: dt.datetime,
-                   k: int = 20) -> pd.DataFrame:
+def score_prefixes(
+    conn: duckdb.DuckDBPyConnection, prefixes: pd.DataFrame, model, end: dt.datetime, k: int = 20
+) -> pd.DataFrame:
     """The top ``k`` next items of each session of ``prefixes`` (events: session_id, item_id, event_time), as of
     its last event, the item side from the warehouse's events before ``end``. Columns session_id, rank, item_id,
     score, source. Items the warehouse does not know stay in the prefix (they are the session's own items) but
@@ -581,12 +643,21 @@ def score_prefixes(conn: duckdb.DuckDBPyConnection, prefixes: pd.DataFrame, mode
             FROM sm_sequences QUALIFY step = max(step) OVER (PARTITION BY session_id)
             """
         )
-        conn.execute("CREATE OR REPLACE TEMP TABLE sm_steps AS SELECT session_id AS prefix_id, step, item_id, event_time "
-                     "FROM sm_sequences")
+        conn.execute(
+            "CREATE OR REPLACE TEMP TABLE sm_steps AS SELECT session_id AS prefix_id, step, item_id, event_time "
+            "FROM sm_sequences"
+        )
         frame = _candidates(conn, positives_only=False, width=width)
     finally:
         conn.unregister("sm_prefix_events")
         _drop_temp(conn)
     top = _top_k(frame, model, k)
-    return pd.DataFrame({"session_id": top["prefix_id"], "rank": top["rank"], "item_id": top["item_id"],
-                         "score": top["score"], "source": top["source"]})
+    return pd.DataFrame(
+        {
+            "session_id": top["prefix_id"],
+            "rank": top["rank"],
+            "item_id": top["item_id"],
+            "score": top["score"],
+            "source": top["source"],
+        }
+    )

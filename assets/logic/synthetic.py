@@ -224,9 +224,11 @@ def generate_day(p: ShopParams, day: dt.date) -> pd.DataFrame:
     session_no = (rng.random(n) * np.repeat(sessions_of_user, n_events)).astype(np.int64)
     session_start = rng.uniform(0, 86_400 - 7_200, size=(m, 2))
     user_pos = np.repeat(np.arange(m), n_events)
-    stage_rank = pd.Series(etype).map(
-        {"search": 0, "view": 1, "favorite": 2, "add_to_cart": 3, "remove_from_cart": 4, "purchase": 5}
-    ).to_numpy()
+    stage_rank = (
+        pd.Series(etype)
+        .map({"search": 0, "view": 1, "favorite": 2, "add_to_cart": 3, "remove_from_cart": 4, "purchase": 5})
+        .to_numpy()
+    )
     order = np.lexsort((rng.random(n), stage_rank, session_no, user_pos))
     ev_user, item, etype, session_no, user_pos = (a[order] for a in (ev_user, item, etype, session_no, user_pos))
     is_search = etype == "search"
@@ -280,7 +282,10 @@ def _empty_frame() -> pd.DataFrame:
     return pd.DataFrame(
         {
             "event_time": pd.Series([], dtype="datetime64[ms]"),
-            **{c: pd.Series([], dtype=object) for c in ("user_id", "session_id", "event_type", "item_id", "category_id")},
+            **{
+                c: pd.Series([], dtype=object)
+                for c in ("user_id", "session_id", "event_type", "item_id", "category_id")
+            },
             "price": pd.Series([], dtype=float),
             "query": pd.Series([], dtype=object),
             "event_id": pd.Series([], dtype=object),

@@ -89,7 +89,7 @@ def split_cutoffs(cutoffs: list[dt.date], train_days: int = 0) -> tuple[list[dt.
             f"need at least 2 labelled cut-off days (features as of D and events on D + 1), found {len(cutoffs)}: "
             "materialise more daily partitions first"
         )
-    return cutoffs[:-1][-train_days if train_days else 0:], cutoffs[-1]
+    return cutoffs[:-1][-train_days if train_days else 0 :], cutoffs[-1]
 
 
 def next_action_frame(conn: duckdb.DuckDBPyConnection, days: list[dt.date]) -> pd.DataFrame:
@@ -100,7 +100,8 @@ def next_action_frame(conn: duckdb.DuckDBPyConnection, days: list[dt.date]) -> p
         WITH next_day AS (
             SELECT f.as_of_date, e.user_id, {labels}
             FROM (SELECT DISTINCT as_of_date, cutoff FROM user_features WHERE list_contains($days, as_of_date)) f
-            JOIN cleaned_events e ON e.event_time >= f.cutoff AND e.event_time < f.cutoff + INTERVAL 1 DAY AND NOT e.is_bot
+            JOIN cleaned_events e ON e.event_time >= f.cutoff AND e.event_time < f.cutoff + INTERVAL 1 DAY
+                AND NOT e.is_bot
             GROUP BY f.as_of_date, e.user_id
         )
         SELECT u.*, {", ".join(f"coalesce(n.label_{name}, 0) AS label_{name}" for name in NEXT_ACTION_LABELS)}
@@ -169,18 +170,35 @@ def boost(lgb_params: dict, dataset, frame: pd.DataFrame, params: LightGBMParams
     if len(valid):
         fit_set = dataset(fit, None)
         first = start(fit) if start else None
-        stopped = lgb.train(lgb_params, fit_set, num_boost_round=params.num_boost_round,
-                            valid_sets=[dataset(valid, fit_set)], init_model=first,
-                            callbacks=[lgb.early_stopping(params.early_stopping_rounds, first_metric_only=True, verbose=False)])
+        stopped = lgb.train(
+            lgb_params,
+            fit_set,
+            num_boost_round=params.num_boost_round,
+            valid_sets=[dataset(valid, fit_set)],
+            init_model=first,
+            callbacks=[lgb.early_stopping(params.early_stopping_rounds, first_metric_only=True, verbose=False)],
+        )
         rounds = stopped.best_iteration - (first.current_iteration() if first else 0)
-    return lgb.train(lgb_params, dataset(frame, None), num_boost_round=rounds, init_model=start(frame) if start else None)
+    return lgb.train(
+        lgb_params, dataset(frame, None), num_boost_round=rounds, init_model=start(frame) if start else None
+    )
 
 
 # LightGBM settings under which one regression tree on one feature reproduces a function of that feature: a leaf
 # and a bin per distinct value (up to 4,095 of them; beyond, neighbouring values share a leaf and their mean).
-_EXACT_TREE = {"objective": "regression", "learning_rate": 1.0, "num_leaves": 4095, "min_data_in_leaf": 1,
-               "min_sum_hessian_in_leaf": 0.0, "lambda_l2": 0.0, "min_data_in_bin": 1,
-               "deterministic": True, "force_row_wise": True, "num_threads": 2, "verbosity": -1}
+_EXACT_TREE = {
+    "objective": "regression",
+    "learning_rate": 1.0,
+    "num_leaves": 4095,
+    "min_data_in_leaf": 1,
+    "min_sum_hessian_in_leaf": 0.0,
+    "lambda_l2": 0.0,
+    "min_data_in_bin": 1,
+    "deterministic": True,
+    "force_row_wise": True,
+    "num_threads": 2,
+    "verbosity": -1,
+}
 
 
 def rule_offset(frame: pd.DataFrame, features: list[str], weights: dict[str, float], y: np.ndarray) -> lgb.Booster:
@@ -194,16 +212,23 @@ def rule_offset(frame: pd.DataFrame, features: list[str], weights: dict[str, flo
     for column, weight in weights.items():
         # Each tree fits what the trees before it left: its own term of the offset.
         offset = offset + b * weight * frame[column].to_numpy(dtype=float)
-        tree = _EXACT_TREE | {"interaction_constraints": [[features.index(column)]],  # this feature only, the others
-                              "max_bin_by_feature": [4095 if c == column else 2 for c in features]}  # not binned
-        booster = lgb.train(tree, lgb.Dataset(frame[features].astype(float), label=offset, params=tree),
-                            num_boost_round=1, init_model=booster)
+        tree = _EXACT_TREE | {
+            "interaction_constraints": [[features.index(column)]],  # this feature only, the others
+            "max_bin_by_feature": [4095 if c == column else 2 for c in features],
+        }  # not binned
+        booster = lgb.train(
+            tree,
+            lgb.Dataset(frame[features].astype(float), label=offset, params=tree),
+            num_boost_round=1,
+            init_model=booster,
+        )
     return booster
 
 
 def _binary_dataset(label: str, features: list[str]):
-    return lambda rows, reference: lgb.Dataset(rows[features].astype(float), label=rows[label], reference=reference,
-                                               free_raw_data=True)
+    return lambda rows, reference: lgb.Dataset(
+        rows[features].astype(float), label=rows[label], reference=reference, free_raw_data=True
+    )
 
 
 def train_binary(frame: pd.DataFrame, label: str, params: LightGBMParams) -> lgb.Booster:
@@ -214,18 +239,26 @@ def train_binary(frame: pd.DataFrame, label: str, params: LightGBMParams) -> lgb
         raise ValueError(f"training labels {label!r} hold a single class over {len(frame)} rows: cannot train")
     lgb_params = params.to_lightgbm("binary") | {"metric": "binary_logloss"}
     weights = dict(HISTORY_RULES[label].weights)
-    return boost(lgb_params, _binary_dataset(label, USER_FEATURE_COLUMNS), frame, params,
-                 start=lambda rows: rule_offset(rows, USER_FEATURE_COLUMNS, weights, rows[label].to_numpy()))
+    return boost(
+        lgb_params,
+        _binary_dataset(label, USER_FEATURE_COLUMNS),
+        frame,
+        params,
+        start=lambda rows: rule_offset(rows, USER_FEATURE_COLUMNS, weights, rows[label].to_numpy()),
+    )
 
 
 def ranking_dataset(query: list[str], features: list[str]):
     """``dataset(rows, reference)`` for ``boost``: one LambdaRank query group per value of the ``query`` columns, its
     candidates in item order, so LightGBM sees the same rows in the same order on every run."""
+
     def dataset(rows: pd.DataFrame, reference: lgb.Dataset | None) -> lgb.Dataset:
         ordered = rows.sort_values([*query, "item_id"], kind="stable")
         groups = ordered.groupby(query, sort=False).size().to_numpy()
-        return lgb.Dataset(ordered[features].astype(float), label=ordered["relevance"], group=groups,
-                           reference=reference)
+        return lgb.Dataset(
+            ordered[features].astype(float), label=ordered["relevance"], group=groups, reference=reference
+        )
+
     return dataset
 
 
@@ -237,9 +270,18 @@ def train_lambdarank(frame: pd.DataFrame, params: LightGBMParams) -> lgb.Booster
     calibrated to the log-odds of being touched the next day) and boosting the residual."""
     if frame.empty:
         raise ValueError("the ranker training set is empty: no user had a next-day event among their candidates")
-    lgb_params = params.to_lightgbm("lambdarank") | {"lambdarank_truncation_level": 20, "metric": "ndcg", "eval_at": [20]}
-    return boost(lgb_params, _ranker_dataset, frame, params,
-                 start=lambda rows: rule_offset(rows, RANKER_FEATURES, RANKER_START, rows["relevance"].to_numpy() > 0))
+    lgb_params = params.to_lightgbm("lambdarank") | {
+        "lambdarank_truncation_level": 20,
+        "metric": "ndcg",
+        "eval_at": [20],
+    }
+    return boost(
+        lgb_params,
+        _ranker_dataset,
+        frame,
+        params,
+        start=lambda rows: rule_offset(rows, RANKER_FEATURES, RANKER_START, rows["relevance"].to_numpy() > 0),
+    )
 
 
 def holdout_targets(conn: duckdb.DuckDBPyConnection, day: dt.date) -> pd.DataFrame:
@@ -312,18 +354,29 @@ TARGET_FILTERS = {"any": None, "add_to_cart": "add_to_cart", "purchase": "purcha
 
 # The rules the ranker must beat, as policies over its features: each ranks the candidates it proposes (NaN for the
 # others, which follow in popularity order, as the business rules fill a list) and can serve in the ranker's place.
-RANKER_RULES = {rule.name: rule for rule in (
-    RulePolicy("popularity", tuple(RANKER_FEATURES), (("popular_rank", -1.0),), only_where="in_popular"),
-    RulePolicy("repeat_recent", tuple(RANKER_FEATURES), (("recent_score", 1.0),), only_where="in_recent"),
-    RulePolicy("covisitation", tuple(RANKER_FEATURES), (("covis_score", 1.0),), only_where="in_covis"),
-    RulePolicy("recent_covis_pop", tuple(RANKER_FEATURES),
-               (("in_recent", 1e6), ("recent_score", 1e3), ("covis_score", 1.0))),
-)}
+RANKER_RULES = {
+    rule.name: rule
+    for rule in (
+        RulePolicy("popularity", tuple(RANKER_FEATURES), (("popular_rank", -1.0),), only_where="in_popular"),
+        RulePolicy("repeat_recent", tuple(RANKER_FEATURES), (("recent_score", 1.0),), only_where="in_recent"),
+        RulePolicy("covisitation", tuple(RANKER_FEATURES), (("covis_score", 1.0),), only_where="in_covis"),
+        RulePolicy(
+            "recent_covis_pop",
+            tuple(RANKER_FEATURES),
+            (("in_recent", 1e6), ("recent_score", 1e3), ("covis_score", 1.0)),
+        ),
+    )
+}
 
 
 def recommendation_lists(
-    candidates: pd.DataFrame, scores: np.ndarray, users: pd.Series, k: int, markov: pd.DataFrame | None = None,
-    rules: BusinessRules = BusinessRules(), policies: dict[str, RulePolicy] = RANKER_RULES,
+    candidates: pd.DataFrame,
+    scores: np.ndarray,
+    users: pd.Series,
+    k: int,
+    markov: pd.DataFrame | None = None,
+    rules: BusinessRules = BusinessRules(),
+    policies: dict[str, RulePolicy] = RANKER_RULES,
 ) -> dict[str, pd.DataFrame]:
     """Top-k lists of the model and of each rule policy for the same users, from one candidate set (and of the
     Markov baseline, from its own transitions). Each method's raw ranked list is ``<method>_raw`` (its unscored
@@ -340,10 +393,11 @@ def recommendation_lists(
     served = {method: rows.assign(score=scored[method]) for method in methods}
     if markov is not None:
         # Markov proposes items outside the candidates too: they keep its score, without a category or a popular rank
-        served["markov"] = (rows.merge(markov[["user_id", "item_id", "markov"]], on=["user_id", "item_id"], how="outer")
-                            .assign(source=lambda f: f["source"].fillna("markov"),
-                                    popular_rank=lambda f: f["popular_rank"].fillna(999))
-                            .rename(columns={"markov": "score"}))
+        served["markov"] = (
+            rows.merge(markov[["user_id", "item_id", "markov"]], on=["user_id", "item_id"], how="outer")
+            .assign(source=lambda f: f["source"].fillna("markov"), popular_rank=lambda f: f["popular_rank"].fillna(999))
+            .rename(columns={"markov": "score"})
+        )
     for method, frame in served.items():
         # from_pandas turns a missing score (NaN) into null, which the rules rank after every score
         table = pa.Table.from_pandas(frame[[*RULE_COLUMNS, "score"]], preserve_index=False)
@@ -363,8 +417,13 @@ def _segments(targets: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def ranker_lists(
-    candidates: pd.DataFrame, model, users: pd.Series, k: int, markov: pd.DataFrame | None = None,
-    rules: BusinessRules = BusinessRules(), policies: dict[str, RulePolicy] = RANKER_RULES,
+    candidates: pd.DataFrame,
+    model,
+    users: pd.Series,
+    k: int,
+    markov: pd.DataFrame | None = None,
+    rules: BusinessRules = BusinessRules(),
+    policies: dict[str, RulePolicy] = RANKER_RULES,
 ) -> dict[str, pd.DataFrame]:
     """The lists ``evaluate_ranker`` scores for ``users``: the model's (a booster or a rule policy) and the
     baselines', served and raw (see ``recommendation_lists``)."""
@@ -399,29 +458,40 @@ def evaluate_ranker(
                     per_user = per_user_ranking(recs, t, k)
                     for m in RANKING_METRICS:
                         low, high = bootstrap_interval(per_user[m].to_numpy())
-                        rows.append({
-                            "segment": segment, "method": method, "target": target, "metric": f"{m}@{k}",
-                            "value": float(per_user[m].mean()) if len(per_user) else float("nan"),
-                            "ci_low": low, "ci_high": high, "users": len(per_user),
-                        })
+                        rows.append(
+                            {
+                                "segment": segment,
+                                "method": method,
+                                "target": target,
+                                "metric": f"{m}@{k}",
+                                "value": float(per_user[m].mean()) if len(per_user) else float("nan"),
+                                "ci_low": low,
+                                "ci_high": high,
+                                "users": len(per_user),
+                            }
+                        )
     return pd.DataFrame(rows)
 
 
 # The simple rule each next-action model must beat: the user's own history of the action first, activity as the
 # tie-break. The models start from it (``rule_offset``); calibrated on the training split it is a policy that can
 # serve in the model's place.
-HISTORY_RULES = {label: RulePolicy(name, tuple(USER_FEATURE_COLUMNS), weights) for label, (name, weights) in {
-    "label_purchase": ("buy_history_rule", (("purchases_28d", 1.0), ("events_28d", 0.01))),
-    "label_add_to_cart": ("cart_history_rule", (("carts_28d", 1.0), ("events_28d", 0.01))),
-    "label_return": ("activity_rule", (("active_days_7d", 1.0), ("events_7d", 0.01))),
-}.items()}
+HISTORY_RULES = {
+    label: RulePolicy(name, tuple(USER_FEATURE_COLUMNS), weights)
+    for label, (name, weights) in {
+        "label_purchase": ("buy_history_rule", (("purchases_28d", 1.0), ("events_28d", 0.01))),
+        "label_add_to_cart": ("cart_history_rule", (("carts_28d", 1.0), ("events_28d", 0.01))),
+        "label_return": ("activity_rule", (("active_days_7d", 1.0), ("events_7d", 0.01))),
+    }.items()
+}
 # The ranker starts from repeat-recent: a candidate's recency-weighted own history (0 when not among the user's
 # recent items). Starting from recent + co-visitation + popularity measured no better on the Taobao sample.
 RANKER_START = {"recent_score": 1.0}
 
 
-def evaluate_next_action(holdout: pd.DataFrame, model, label: str, train_rate: float,
-                         policies: dict[str, RulePolicy]) -> pd.DataFrame:
+def evaluate_next_action(
+    holdout: pd.DataFrame, model, label: str, train_rate: float, policies: dict[str, RulePolicy]
+) -> pd.DataFrame:
     """The next-action model (a booster or a rule policy) beside the rule policies and the base rate on the
     hold-out cut-off, with 95% bootstrap intervals over users for AUC and Brier."""
     y = holdout[label].to_numpy()
@@ -436,18 +506,30 @@ def evaluate_next_action(holdout: pd.DataFrame, model, label: str, train_rate: f
         for metric, value in binary_metrics(y, p).items():
             low = high = float("nan")
             if metric == "auc":
-                low, high = bootstrap_interval(np.arange(len(y)), lambda idx: auc(y[idx], p[idx]))
+                low, high = bootstrap_interval(np.arange(len(y)), lambda idx, p=p: auc(y[idx], p[idx]))
             elif metric == "brier":
                 low, high = bootstrap_interval((np.clip(p, 1e-6, 1 - 1e-6) - y) ** 2)
-            rows.append({"segment": "all", "method": method, "target": label, "metric": metric, "value": value,
-                         "ci_low": low, "ci_high": high, "users": len(y)})
+            rows.append(
+                {
+                    "segment": "all",
+                    "method": method,
+                    "target": label,
+                    "metric": metric,
+                    "value": value,
+                    "ci_low": low,
+                    "ci_high": high,
+                    "users": len(y),
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def metric_value(evaluation: pd.DataFrame, method: str, target: str, metric: str, segment: str = "all") -> float:
     hit = evaluation[
-        (evaluation["segment"] == segment) & (evaluation["method"] == method)
-        & (evaluation["target"] == target) & (evaluation["metric"] == metric)
+        (evaluation["segment"] == segment)
+        & (evaluation["method"] == method)
+        & (evaluation["target"] == target)
+        & (evaluation["metric"] == metric)
     ]
     if hit.empty:
         raise KeyError(f"no {metric} for {method}/{target} in the evaluation")

@@ -1,7 +1,7 @@
 """Table definitions of the warehouse and the one idempotent way to replace a partition."""
 
 import datetime as dt
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from zoneinfo import ZoneInfo, available_timezones
 
 import duckdb
@@ -55,10 +55,12 @@ DAILY_TABLES = {
 
 def _daily_tables(conn: duckdb.DuckDBPyConnection) -> dict[str, str]:
     """The daily tables this warehouse holds, with their day column and its type."""
-    types = dict(conn.execute(
-        """SELECT table_name || '.' || column_name, data_type FROM information_schema.columns
+    types = dict(
+        conn.execute(
+            """SELECT table_name || '.' || column_name, data_type FROM information_schema.columns
            WHERE table_schema = 'main' AND table_catalog = current_database()"""
-    ).fetchall())
+        ).fetchall()
+    )
     return {t: types[f"{t}.{c}"] for t, c in DAILY_TABLES.items() if f"{t}.{c}" in types}
 
 
@@ -91,8 +93,9 @@ class SchemaChanged(RuntimeError):
     """A warehouse table was written by a version of shopseq with other columns."""
 
 
-def ensure_table(conn: duckdb.DuckDBPyConnection, name: str, columns_sql: str | None = None,
-                 add_new_columns: bool = False) -> None:
+def ensure_table(
+    conn: duckdb.DuckDBPyConnection, name: str, columns_sql: str | None = None, add_new_columns: bool = False
+) -> None:
     """Create a table once; its rows are replaced per partition by ``replace_window``.
 
     An existing table must have exactly the columns this code writes: an older layout is refused
@@ -178,7 +181,7 @@ def day_bounds(day: dt.date, tz: str = "UTC") -> tuple[dt.datetime, dt.datetime]
     """
     zone = ZoneInfo(tz)
     start, end = (dt.datetime.combine(d, dt.time(), tzinfo=zone) for d in (day, day + dt.timedelta(days=1)))
-    return tuple(t.astimezone(dt.timezone.utc).replace(tzinfo=None) for t in (start, end))
+    return tuple(t.astimezone(dt.UTC).replace(tzinfo=None) for t in (start, end))
 
 
 def date_bounds(day: dt.date) -> tuple[dt.date, dt.date]:

@@ -73,7 +73,10 @@ def test_landing_folders_that_arrive_or_change_start_their_days(tmp_path):
         os.utime(f"{folder}/{name}", (later, later))
     write_day(SMALL_SHOP, DAYS[4], f"{home}/landing")
     requests, _, cursor = _tick(instance, landing, cursor)
-    assert sorted(_window(r) for r in requests) == [(DAYS[1].isoformat(), DAYS[2].isoformat()), (DAYS[4].isoformat(),) * 2]
+    assert sorted(_window(r) for r in requests) == [
+        (DAYS[1].isoformat(), DAYS[2].isoformat()),
+        (DAYS[4].isoformat(),) * 2,
+    ]
     assert all(r.run_key.startswith("landing-") for r in requests)
 
 
@@ -89,13 +92,22 @@ def test_a_failed_run_is_recorded_with_its_partition_step_and_error(tmp_path, ca
     write_settings(home, landing="files")  # no landing day: raw_events fails by name
     instance = DagsterInstance.ephemeral()
     resources = build_resources(home)
-    result = materialize(ALL_ASSETS, selection=AssetSelection.assets("raw_events"), resources=resources,
-                         instance=instance, partition_key=DAYS[0].isoformat(), raise_on_error=False)
+    result = materialize(
+        ALL_ASSETS,
+        selection=AssetSelection.assets("raw_events"),
+        resources=resources,
+        instance=instance,
+        partition_key=DAYS[0].isoformat(),
+        raise_on_error=False,
+    )
     assert not result.success
     run = instance.get_run_by_id(result.run_id)
     failure = next(e for e in result.all_events if e.event_type == DagsterEventType.RUN_FAILURE)
     context = build_run_status_sensor_context(
-        sensor_name="run_failure_recorder", dagster_event=failure, dagster_instance=instance, dagster_run=run,
+        sensor_name="run_failure_recorder",
+        dagster_event=failure,
+        dagster_instance=instance,
+        dagster_run=run,
         resources={"warehouse": resources["warehouse"]},
     ).for_run_failure()
     run_failure_recorder(context)
@@ -111,7 +123,7 @@ def test_a_failed_run_is_recorded_with_its_partition_step_and_error(tmp_path, ca
 
 def test_publishing_follows_the_latest_days_features_by_declarative_automation():
     instance = DagsterInstance.ephemeral()
-    today = dt.datetime.now(dt.timezone.utc).date()
+    today = dt.datetime.now(dt.UTC).date()
     latest, before = (today - dt.timedelta(days=1)).isoformat(), (today - dt.timedelta(days=2)).isoformat()
     selection = AssetSelection.groups("serving", "evaluation")
     first = evaluate_automation_conditions(defs, instance, asset_selection=selection)
@@ -131,9 +143,14 @@ def _cleaning_run(home: Path, **window) -> tuple[pd.DataFrame, dict[str, bool]]:
     (``tags``): the cleaned rows and every check's verdict."""
     for path in home.glob("warehouse.duckdb*"):
         path.unlink()
-    result = materialize(ALL_ASSETS, selection=AssetSelection.assets("raw_events", "cleaned_events"),
-                         resources=build_resources(str(home)), instance=DagsterInstance.ephemeral(), raise_on_error=False,
-                         **window)
+    result = materialize(
+        ALL_ASSETS,
+        selection=AssetSelection.assets("raw_events", "cleaned_events"),
+        resources=build_resources(str(home)),
+        instance=DagsterInstance.ephemeral(),
+        raise_on_error=False,
+        **window,
+    )
     assert result.success
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as conn:
@@ -148,9 +165,18 @@ def test_a_range_with_an_event_id_on_two_days_gives_the_rows_of_day_by_day_runs_
         second: [("08:00", "shared", "i4"), ("08:05", "b1", "i5")],  # the same id the next day
     }.items():
         (tmp_path / "landing" / day.isoformat()).mkdir(parents=True)
-        pd.DataFrame([{"event_time": pd.Timestamp(f"{day} {t}"), "user_id": "u1", "event_type": "view", "item_id": item,
-                       "event_id": event_id} for t, event_id, item in rows]
-                     ).to_parquet(tmp_path / "landing" / day.isoformat() / "events.parquet", index=False)
+        pd.DataFrame(
+            [
+                {
+                    "event_time": pd.Timestamp(f"{day} {t}"),
+                    "user_id": "u1",
+                    "event_type": "view",
+                    "item_id": item,
+                    "event_id": event_id,
+                }
+                for t, event_id, item in rows
+            ]
+        ).to_parquet(tmp_path / "landing" / day.isoformat() / "events.parquet", index=False)
 
     by_day = []
     for day in (first, second):
@@ -158,9 +184,12 @@ def test_a_range_with_an_event_id_on_two_days_gives_the_rows_of_day_by_day_runs_
         assert all(checks.values()) and "cleaned_events_suite" in checks, (day, checks)
         by_day.append(cleaned)
     expected = pd.concat(by_day).sort_values(list(by_day[0].columns), ignore_index=True)
-    assert [(t.date(), e, i) for t, e, i in expected[["event_time", "event_id", "item_id"]].itertuples(index=False)] == [
-        (first, "shared", "i1"), (first, "a1", "i3"), (second, "shared", "i4"), (second, "b1", "i5")]
+    assert [
+        (t.date(), e, i) for t, e, i in expected[["event_time", "event_id", "item_id"]].itertuples(index=False)
+    ] == [(first, "shared", "i1"), (first, "a1", "i3"), (second, "shared", "i4"), (second, "b1", "i5")]
 
-    ranged, checks = _cleaning_run(tmp_path, tags={RANGE_START_TAG: first.isoformat(), RANGE_END_TAG: second.isoformat()})
+    ranged, checks = _cleaning_run(
+        tmp_path, tags={RANGE_START_TAG: first.isoformat(), RANGE_END_TAG: second.isoformat()}
+    )
     assert all(checks.values()) and "cleaned_events_suite" in checks, checks
     pd.testing.assert_frame_equal(ranged.sort_values(list(ranged.columns), ignore_index=True), expected)

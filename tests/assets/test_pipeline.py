@@ -1,6 +1,5 @@
 """In-process materialisation of the asset graph on a temporary home."""
 
-
 import datetime as dt
 import hashlib
 import shutil
@@ -19,13 +18,21 @@ from tests.conftest import SMALL_SHOP, shop_days
 from workflows.definitions import build_resources
 
 DAYS = shop_days(6)
-RANGE = {"dagster/asset_partition_range_start": DAYS[0].isoformat(), "dagster/asset_partition_range_end": DAYS[-1].isoformat()}
+RANGE = {
+    "dagster/asset_partition_range_start": DAYS[0].isoformat(),
+    "dagster/asset_partition_range_end": DAYS[-1].isoformat(),
+}
 
 
 def _materialize(resources, instance, groups, partition_key=None, tags=None):
     return materialize(
-        ALL_ASSETS, selection=AssetSelection.groups(*groups), resources=resources, instance=instance,
-        partition_key=partition_key, tags=tags or {}, raise_on_error=False,
+        ALL_ASSETS,
+        selection=AssetSelection.groups(*groups),
+        resources=resources,
+        instance=instance,
+        partition_key=partition_key,
+        tags=tags or {},
+        raise_on_error=False,
     )
 
 
@@ -51,7 +58,15 @@ def test_daily_range_materialises_every_stage_with_passing_checks(built):
     assert daily.success
     checks = daily.get_asset_check_evaluations()
     assert len(checks) >= 9 and all(c.passed for c in checks)
-    for table in ("raw_events", "cleaned_events", "sessions", "user_sequences", "user_features", "item_features", "ranking_candidates"):
+    for table in (
+        "raw_events",
+        "cleaned_events",
+        "sessions",
+        "user_sequences",
+        "user_features",
+        "item_features",
+        "ranking_candidates",
+    ):
         assert _count(home, f"SELECT count(*) FROM {table}") > 0, table
     days = _count(home, "SELECT count(DISTINCT CAST(event_time AS DATE)) FROM cleaned_events")
     assert days == len(DAYS)
@@ -77,20 +92,29 @@ def test_training_registers_models_and_promotes_a_champion(built):
         assert registry.champion(model).version == 1
     # The cart and return models are promoted only if they beat their history rule on this small shop;
     # either way the promotion log says what happened and why.
-    log = duckdb.connect(f"{home}/warehouse.duckdb", read_only=True).execute(
-        "SELECT model_name, decision, champion_version, reason FROM promotion_log"
-    ).df().set_index("model_name")
+    log = (
+        duckdb.connect(f"{home}/warehouse.duckdb", read_only=True)
+        .execute("SELECT model_name, decision, champion_version, reason FROM promotion_log")
+        .df()
+        .set_index("model_name")
+    )
     for model in ("shopseq_next_cart", "shopseq_next_return"):
         has_champion = registry.version_for_alias(model, "champion") is not None
         assert (log.loc[model, "decision"] == "promoted") == has_champion, log.loc[model, "reason"]
     # The decision is written where the ML lead looks (the version's description and tags) and in the alias history.
     version = registry.client().get_model_version("shopseq_next_item_ranker", "1")
-    assert version.tags["promotion_decision"] == "promoted" and version.description.startswith("Promoted on the hold-out")
+    assert version.tags["promotion_decision"] == "promoted" and version.description.startswith(
+        "Promoted on the hold-out"
+    )
     promoted = set(log[log["decision"] == "promoted"].index)
-    assert _count(home, "SELECT list(model_name ORDER BY model_name) FROM alias_history WHERE from_version IS NULL") == sorted(promoted)
+    assert _count(
+        home, "SELECT list(model_name ORDER BY model_name) FROM alias_history WHERE from_version IS NULL"
+    ) == sorted(promoted)
     # Complete runs: training data as a dataset input with its digest, the code version, figures.
-    for model, figures in (("shopseq_next_item_ranker", {"feature_importance.png", "metric_by_day.png"}),
-                           ("shopseq_next_purchase", {"feature_importance.png", "metric_by_day.png", "calibration.png"})):
+    for model, figures in (
+        ("shopseq_next_item_ranker", {"feature_importance.png", "metric_by_day.png"}),
+        ("shopseq_next_purchase", {"feature_importance.png", "metric_by_day.png", "calibration.png"}),
+    ):
         run = registry.client().get_run(registry.champion(model).run_id)
         assert run.data.tags["code_version"] and run.data.tags["dagster_run_id"]
         inputs = run.inputs.dataset_inputs
@@ -99,27 +123,40 @@ def test_training_registers_models_and_promotes_a_champion(built):
     # The asset's materialisation links its MLflow run and version; every training asset reports rows and a preview.
     ranker = registry.champion("shopseq_next_item_ranker")
     metadata = training.asset_materializations_for_node("next_item_ranker")[0].metadata
-    assert metadata["mlflow_run"].value.endswith(f"/#/experiments/{run_experiment(registry, ranker)}/runs/{ranker.run_id}")
+    assert metadata["mlflow_run"].value.endswith(
+        f"/#/experiments/{run_experiment(registry, ranker)}/runs/{ranker.run_id}"
+    )
     assert metadata["mlflow_model_version"].value.endswith("/#/models/shopseq_next_item_ranker/versions/1")
     for node in ("ranker_training_set", "next_action_training_set", "next_event_training_set"):
         metadata = training.asset_materializations_for_node(node)[0].metadata
         assert metadata["dagster/row_count"].value > 0 and "|" in metadata["preview"].value and "seconds" in metadata
     ranker_metrics = registry.run_metrics(registry.champion("shopseq_next_item_ranker"))
-    assert {"model.any.ndcg_at_20", "popularity.any.ndcg_at_20", "repeat_recent.any.recall_at_20"} <= set(ranker_metrics)
+    assert {"model.any.ndcg_at_20", "popularity.any.ndcg_at_20", "repeat_recent.any.recall_at_20"} <= set(
+        ranker_metrics
+    )
     purchase_metrics = registry.run_metrics(registry.champion("shopseq_next_purchase"))
     assert {"model.label_purchase.auc", "base_rate.label_purchase.brier"} <= set(purchase_metrics)
-    evaluation = duckdb.connect(f"{home}/warehouse.duckdb", read_only=True).execute(
-        """SELECT method, value FROM model_evaluations WHERE model_name = 'shopseq_next_item_ranker'
+    evaluation = (
+        duckdb.connect(f"{home}/warehouse.duckdb", read_only=True)
+        .execute(
+            """SELECT method, value FROM model_evaluations WHERE model_name = 'shopseq_next_item_ranker'
              AND policy_kind = 'learned' AND segment = 'all' AND target = 'any' AND metric = 'ndcg@20'"""
-    ).df().set_index("method")["value"]
+        )
+        .df()
+        .set_index("method")["value"]
+    )
     assert evaluation["model"] > max(evaluation[b] for b in ("popularity", "markov", "covisitation"))
     # Each rule policy the ranker must beat is a registered version too, with the same evaluation stored once: its
     # own rows as ``model``, the numbers the learned model's evaluation gave it.
-    rules = duckdb.connect(f"{home}/warehouse.duckdb", read_only=True).execute(
-        """SELECT policy, any_value(model_version), any_value(value) FROM model_evaluations
+    rules = (
+        duckdb.connect(f"{home}/warehouse.duckdb", read_only=True)
+        .execute(
+            """SELECT policy, any_value(model_version), any_value(value) FROM model_evaluations
            WHERE model_name = 'shopseq_next_item_ranker' AND policy_kind = 'rule' AND method = 'model'
              AND segment = 'all' AND target = 'any' AND metric = 'ndcg@20' GROUP BY policy ORDER BY policy"""
-    ).fetchall()
+        )
+        .fetchall()
+    )
     assert [r[0] for r in rules] == ["covisitation", "popularity", "recent_covis_pop", "repeat_recent"]
     for policy, version, value in rules:
         assert value == pytest.approx(evaluation[policy], abs=1e-12)
@@ -140,16 +177,35 @@ def test_recommendations_name_the_champion_version(built):
     assert _count(home, "SELECT count(*) FROM recommendations WHERE reason IS NULL OR rules IS NULL") == 0
     assert _count(home, "SELECT count(DISTINCT rules) FROM recommendations") == 1
     assert _count(home, "SELECT count(*) FROM recommendations WHERE reason LIKE 'you %'") > 0
-    assert _count(home, """SELECT count(*) FROM recommendations r JOIN cleaned_events e
-                           ON e.user_id = r.user_id AND e.item_id = r.item_id AND e.event_type = 'purchase'""") == 0
-    assert _count(home, """SELECT max(n) FROM (SELECT count(*) AS n FROM recommendations r
+    assert (
+        _count(
+            home,
+            """SELECT count(*) FROM recommendations r JOIN cleaned_events e
+                           ON e.user_id = r.user_id AND e.item_id = r.item_id AND e.event_type = 'purchase'""",
+        )
+        == 0
+    )
+    assert (
+        _count(
+            home,
+            """SELECT max(n) FROM (SELECT count(*) AS n FROM recommendations r
                            JOIN item_features i ON i.item_id = r.item_id AND i.as_of_date = r.as_of_date
                            WHERE r.source <> 'fallback' AND i.category_id IS NOT NULL
-                           GROUP BY r.user_id, i.category_id)""") <= 5  # the default category cap
-    active = _count(home, f"SELECT count(DISTINCT user_id) FROM cleaned_events WHERE CAST(event_time AS DATE) = DATE '{DAYS[-1]}' AND NOT is_bot")
+                           GROUP BY r.user_id, i.category_id)""",
+        )
+        <= 5
+    )  # the default category cap
+    active = _count(
+        home,
+        f"SELECT count(DISTINCT user_id) FROM cleaned_events WHERE CAST(event_time AS DATE) = DATE '{DAYS[-1]}' "
+        "AND NOT is_bot",
+    )
     assert _count(home, "SELECT count(DISTINCT user_id) FROM recommendations") == active
-    served = _count(home, "SELECT count(*) FROM promotion_log WHERE model_name IN ('shopseq_next_purchase', "
-                          "'shopseq_next_cart', 'shopseq_next_return') AND decision = 'promoted'")
+    served = _count(
+        home,
+        "SELECT count(*) FROM promotion_log WHERE model_name IN ('shopseq_next_purchase', "
+        "'shopseq_next_cart', 'shopseq_next_return') AND decision = 'promoted'",
+    )
     assert _count(home, "SELECT count(*) FROM next_action_predictions") == served * active
     assert "purchase" in _count(home, "SELECT list(DISTINCT action) FROM next_action_predictions")
     assert _count(home, "SELECT count(DISTINCT model_name) FROM next_action_predictions") == served
@@ -160,9 +216,9 @@ def test_the_evaluated_served_list_is_what_serving_writes_for_the_holdout_day(bu
     recommendations: for every evaluated user of the hold-out day, the list ``evaluate_ranker`` scores as ``model``
     is the one ``recommend_day`` writes for that user and day, and the stored metric is that list's."""
     from assets.logic import training
+    from assets.logic.catalogue import RANKER_MODEL, read_training_set
     from assets.logic.metrics import per_user_ranking
     from assets.logic.serving import recommend_day
-    from assets.logic.catalogue import RANKER_MODEL, read_training_set
 
     home, resources, *_ = built
     registry = resources["registry"]
@@ -177,7 +233,8 @@ def test_the_evaluated_served_list_is_what_serving_writes_for_the_holdout_day(bu
         written = pd.concat([b.to_pandas() for b in recommend_day(conn, booster, day, users=users)], ignore_index=True)
         stored = conn.execute(
             """SELECT value FROM model_evaluations WHERE model_name = ? AND model_version = ? AND method = 'model'
-                 AND segment = 'all' AND target = 'any' AND metric = 'ndcg@20'""", [RANKER_MODEL, champion.version],
+                 AND segment = 'all' AND target = 'any' AND metric = 'ndcg@20'""",
+            [RANKER_MODEL, champion.version],
         ).fetchone()[0]
     key = ["user_id", "rank", "item_id"]
     served = lists["model"][key].sort_values(key, ignore_index=True)
@@ -191,9 +248,18 @@ def test_the_evaluated_served_list_is_what_serving_writes_for_the_holdout_day(bu
 
 def test_rematerialising_a_partition_replaces_it(built):
     home, resources, instance, *_ = built
-    tables = ["raw_events", "raw_events_quarantine", "cleaned_events", "sessions", "user_features", "ranking_candidates"]
+    tables = [
+        "raw_events",
+        "raw_events_quarantine",
+        "cleaned_events",
+        "sessions",
+        "user_features",
+        "ranking_candidates",
+    ]
     before = {t: _count(home, f"SELECT count(*) FROM {t}") for t in tables}
-    again = _materialize(resources, instance, ("ingestion", "cleaning", "sequences", "features"), partition_key=DAYS[2].isoformat())
+    again = _materialize(
+        resources, instance, ("ingestion", "cleaning", "sequences", "features"), partition_key=DAYS[2].isoformat()
+    )
     assert again.success
     assert {t: _count(home, f"SELECT count(*) FROM {t}") for t in tables} == before
 
@@ -207,29 +273,45 @@ def test_candidates_in_passes_over_users_are_the_rows_of_one_pass(built, tmp_pat
     copy = shutil.copy(f"{home}/warehouse.duckdb", tmp_path / "warehouse.duckdb")
     day = DAYS[-1]
     with duckdb.connect(str(copy)) as conn:
-        one_pass = conn.execute("SELECT * FROM ranking_candidates WHERE as_of_date = ? ORDER BY user_id, item_id", [day]).df()
+        one_pass = conn.execute(
+            "SELECT * FROM ranking_candidates WHERE as_of_date = ? ORDER BY user_id, item_id", [day]
+        ).df()
         history = conn.execute("SELECT count(*) FROM cleaned_events WHERE NOT is_bot").fetchone()[0]
         monkeypatch.setattr(candidates, "EVENTS_PER_PASS", history // 3)
         passes = []
         replace_window = candidates.replace_window
-        monkeypatch.setattr(candidates, "replace_window",
-                            lambda conn, *a: passes.append(len(a[4])) or replace_window(conn, *a))
+        monkeypatch.setattr(
+            candidates, "replace_window", lambda conn, *a: passes.append(len(a[4])) or replace_window(conn, *a)
+        )
         rows = candidates.build_candidates_day(conn, day)
-        in_passes = conn.execute("SELECT * FROM ranking_candidates WHERE as_of_date = ? ORDER BY user_id, item_id", [day]).df()
+        in_passes = conn.execute(
+            "SELECT * FROM ranking_candidates WHERE as_of_date = ? ORDER BY user_id, item_id", [day]
+        ).df()
         # each pass is stored in (user, item) order (serving's batches of users rely on it): the stored order
         # goes back at most once per new pass
         steps_back = conn.execute(
             """SELECT count(*) FILTER (WHERE back) FROM (
                    SELECT (user_id, item_id) < (lag(user_id, 1, '') OVER w, lag(item_id, 1, '') OVER w) AS back
-                   FROM ranking_candidates WHERE as_of_date = ? WINDOW w AS (ORDER BY rowid))""", [day]).fetchone()[0]
+                   FROM ranking_candidates WHERE as_of_date = ? WINDOW w AS (ORDER BY rowid))""",
+            [day],
+        ).fetchone()[0]
     assert passes[0] >= 3 and rows == len(one_pass) == len(in_passes) > 0
     pd.testing.assert_frame_equal(in_passes, one_pass, check_exact=True)
     assert steps_back <= passes[0] - 1
 
 
 # Every table a model is trained or evaluated on, from the daily partitions to the training sets.
-DERIVED_TABLES = ("cleaned_events", "sessions", "user_sequences", "user_features", "item_features", "ranking_candidates",
-                  "next_action_training_set", "ranker_training_set", "next_event_training_set")
+DERIVED_TABLES = (
+    "cleaned_events",
+    "sessions",
+    "user_sequences",
+    "user_features",
+    "item_features",
+    "ranking_candidates",
+    "next_action_training_set",
+    "ranker_training_set",
+    "next_event_training_set",
+)
 
 
 def _differences(first: pd.DataFrame, second: pd.DataFrame) -> dict[str, str]:
@@ -248,8 +330,13 @@ def _differences(first: pd.DataFrame, second: pd.DataFrame) -> dict[str, str]:
     return found
 
 
-MODELS = ("shopseq_next_purchase", "shopseq_next_cart", "shopseq_next_return", "shopseq_next_item_ranker",
-          "shopseq_next_event")
+MODELS = (
+    "shopseq_next_purchase",
+    "shopseq_next_cart",
+    "shopseq_next_return",
+    "shopseq_next_item_ranker",
+    "shopseq_next_event",
+)
 
 
 def _model_files(home) -> dict[str, list[tuple[str, str]]]:
@@ -265,7 +352,9 @@ def _model_files(home) -> dict[str, list[tuple[str, str]]]:
             model_id = registry.client().get_model_version(model, str(ref.version)).source.removeprefix("models:/")
             folder = registry.client().get_logged_model(model_id).artifact_location  # a file:// URI
             path = Path(urlparse(folder).path, "model.lgb")
-            found.setdefault(model, []).append((hashlib.sha256(path.read_bytes()).hexdigest(), tags.get("model_sha256")))
+            found.setdefault(model, []).append(
+                (hashlib.sha256(path.read_bytes()).hexdigest(), tags.get("model_sha256"))
+            )
     return found
 
 
@@ -281,8 +370,10 @@ def test_the_same_landing_data_gives_the_same_tables_and_models_bit_for_bit(buil
     assert _materialize(resources, instance, ("ingestion", "cleaning", "sequences", "features"), tags=RANGE).success
     assert _materialize(resources, instance, ("training",)).success
     differences = {}
-    with duckdb.connect(f"{home}/warehouse.duckdb", read_only=True) as first, \
-            duckdb.connect(f"{again}/warehouse.duckdb", read_only=True) as second:
+    with (
+        duckdb.connect(f"{home}/warehouse.duckdb", read_only=True) as first,
+        duckdb.connect(f"{again}/warehouse.duckdb", read_only=True) as second,
+    ):
         for table in DERIVED_TABLES:
             query = f"SELECT * FROM {table} ORDER BY ALL"
             if found := _differences(first.execute(query).df(), second.execute(query).df()):
@@ -306,10 +397,14 @@ def test_a_second_training_on_unchanged_data_promotes_nothing(built, tmp_path):
     assert _materialize(resources, instance, ("ingestion", "cleaning", "sequences", "features"), tags=RANGE).success
     assert _materialize(resources, instance, ("training",)).success
     with duckdb.connect(f"{home}/warehouse.duckdb", read_only=True) as conn:
-        second = conn.execute(
-            "SELECT model_name, challenger_version, decision, reason FROM promotion_log "
-            "QUALIFY row_number() OVER (PARTITION BY model_name ORDER BY decided_at DESC) = 1"
-        ).df().set_index("model_name")
+        second = (
+            conn.execute(
+                "SELECT model_name, challenger_version, decision, reason FROM promotion_log "
+                "QUALIFY row_number() OVER (PARTITION BY model_name ORDER BY decided_at DESC) = 1"
+            )
+            .df()
+            .set_index("model_name")
+        )
     files = _model_files(home)
     for model in MODELS:
         assert second.loc[model, "decision"] == "kept", second.loc[model]
@@ -320,8 +415,9 @@ def test_a_second_training_on_unchanged_data_promotes_nothing(built, tmp_path):
         assert registry.version_for_alias(model, "champion") == champion
         if champion is not None:  # the learned copy is identical, or the champion rule is put forward again
             reason = second.loc[model, "reason"]
-            assert (reason.endswith(f"identical to the champion v{champion.version} (same sha256)")
-                    or reason.endswith("it is already the champion")), reason
+            assert reason.endswith(f"identical to the champion v{champion.version} (same sha256)") or reason.endswith(
+                "it is already the champion"
+            ), reason
 
 
 def test_failing_check_stops_downstream_and_names_the_expectation(tmp_path):
@@ -329,13 +425,25 @@ def test_failing_check_stops_downstream_and_names_the_expectation(tmp_path):
     day = SMALL_SHOP.shop_start
     folder = tmp_path / "landing" / day.isoformat()
     folder.mkdir(parents=True)
-    pd.DataFrame({
-        "event_time": [pd.Timestamp(day) + pd.Timedelta(minutes=i) for i in range(5)], "user_id": [None] * 5,
-        "session_id": None, "event_type": "view", "item_id": "i1", "category_id": "c1", "price": 1.0, "query": None,
-        "event_id": [f"e{i}" for i in range(5)],
-    }).to_parquet(folder / "events.parquet")
-    result = _materialize(build_resources(str(tmp_path)), DagsterInstance.ephemeral(), ("ingestion", "cleaning"),
-                          partition_key=day.isoformat())
+    pd.DataFrame(
+        {
+            "event_time": [pd.Timestamp(day) + pd.Timedelta(minutes=i) for i in range(5)],
+            "user_id": [None] * 5,
+            "session_id": None,
+            "event_type": "view",
+            "item_id": "i1",
+            "category_id": "c1",
+            "price": 1.0,
+            "query": None,
+            "event_id": [f"e{i}" for i in range(5)],
+        }
+    ).to_parquet(folder / "events.parquet")
+    result = _materialize(
+        build_resources(str(tmp_path)),
+        DagsterInstance.ephemeral(),
+        ("ingestion", "cleaning"),
+        partition_key=day.isoformat(),
+    )
     assert not result.success
     suite = [c for c in result.get_asset_check_evaluations() if c.check_name == "raw_events_suite"][0]
     assert not suite.passed
@@ -353,16 +461,25 @@ def test_replay_scores_later_days_with_the_models_trained_before_them(built, tmp
     resources = build_resources(str(later))
     instance = DagsterInstance.ephemeral()
     new_days = shop_days(8)[6:]
-    tags = {"dagster/asset_partition_range_start": new_days[0].isoformat(),
-            "dagster/asset_partition_range_end": new_days[-1].isoformat()}
+    tags = {
+        "dagster/asset_partition_range_start": new_days[0].isoformat(),
+        "dagster/asset_partition_range_end": new_days[-1].isoformat(),
+    }
     assert _materialize(resources, instance, ("ingestion", "cleaning", "sequences", "features"), tags=tags).success
-    replay = _materialize(resources, instance, ("evaluation",), tags={**tags, "dagster/asset_partition_range_start": DAYS[-1].isoformat()})
+    replay = _materialize(
+        resources, instance, ("evaluation",), tags={**tags, "dagster/asset_partition_range_start": DAYS[-1].isoformat()}
+    )
     assert replay.success, [e.message for e in replay.all_events if e.is_failure]
     assert all(c.passed for c in replay.get_asset_check_evaluations())
-    rows = duckdb.connect(f"{later}/warehouse.duckdb", read_only=True).execute(
-        "SELECT day, model_name, model_version, holdout_day, method, value FROM model_replay "
-        "WHERE segment = 'all' AND metric IN ('ndcg@20', 'auc') AND target IN ('any', 'label_purchase', 'next_event_type')"
-    ).df()
+    rows = (
+        duckdb.connect(f"{later}/warehouse.duckdb", read_only=True)
+        .execute(
+            "SELECT day, model_name, model_version, holdout_day, method, value FROM model_replay "
+            "WHERE segment = 'all' AND metric IN ('ndcg@20', 'auc') AND target IN ('any', 'label_purchase', "
+            "'next_event_type')"
+        )
+        .df()
+    )
     assert set(rows["day"].dt.date) == set(new_days)  # DAYS[-1] was the hold-out's label day: not replayed
     assert (rows["model_version"] == 1).all() and (rows["holdout_day"].dt.date == DAYS[-2]).all()
     assert {"shopseq_next_item_ranker", "shopseq_next_purchase", "shopseq_next_event"} <= set(rows["model_name"])
@@ -374,8 +491,10 @@ def test_a_version_is_replayed_only_on_days_after_its_data():
     from assets.replay import model_trained_before
     from resources.registry import ModelVersionRef
 
-    versions = [(ModelVersionRef("m", 1, "r1"), {"holdout_day": "2025-03-05"}),
-                (ModelVersionRef("m", 2, "r2"), {"holdout_day": "2025-03-09"})]
+    versions = [
+        (ModelVersionRef("m", 1, "r1"), {"holdout_day": "2025-03-05"}),
+        (ModelVersionRef("m", 2, "r2"), {"holdout_day": "2025-03-09"}),
+    ]
     assert model_trained_before(versions, dt.date(2025, 3, 6)) is None  # v1's hold-out labels are on 03-06
     assert model_trained_before(versions, dt.date(2025, 3, 7))[0].version == 1
     assert model_trained_before(versions, dt.date(2025, 3, 11))[0].version == 2
@@ -424,7 +543,9 @@ def test_champion_lifecycle_gates_manual_moves_rescoring_and_rollback(built, tmp
     def train(config: TrainingConfig):
         result = materialize(
             [a for a in ALL_ASSETS if a.key.to_user_string() in ("next_item_ranker", "champion_promotion")],
-            resources=resources, instance=instance, raise_on_error=False,
+            resources=resources,
+            instance=instance,
+            raise_on_error=False,
             run_config=RunConfig(ops={"next_item_ranker": config}),
         )
         assert result.success, [e.message for e in result.all_events if e.is_failure]
@@ -438,12 +559,20 @@ def test_champion_lifecycle_gates_manual_moves_rescoring_and_rollback(built, tmp
     assert published.success
     look = build_sensor_context(instance=instance, resources={"registry": registry})
     champion_alias_sensor(look)  # records the champions
-    assert main(["promote", "--home", str(home), "--model", ranker, "--version", str(stump), "--reason", "manual test"]) == 0
-    request = champion_alias_sensor(build_sensor_context(instance=instance, cursor=look.cursor, resources={"registry": registry}))
+    assert (
+        main(["promote", "--home", str(home), "--model", ranker, "--version", str(stump), "--reason", "manual test"])
+        == 0
+    )
+    request = champion_alias_sensor(
+        build_sensor_context(instance=instance, cursor=look.cursor, resources={"registry": registry})
+    )
     assert isinstance(request, RunRequest) and request.partition_key == DAYS[-1].isoformat()
-    assert _materialize(resources, instance, ("serving",), partition_key=request.partition_key, tags=request.tags).success
-    assert _count(home, "SELECT list(DISTINCT model_version) FROM recommendations WHERE as_of_date = "
-                        f"DATE '{DAYS[-1]}'") == [stump]
+    assert _materialize(
+        resources, instance, ("serving",), partition_key=request.partition_key, tags=request.tags
+    ).success
+    assert _count(
+        home, f"SELECT list(DISTINCT model_version) FROM recommendations WHERE as_of_date = DATE '{DAYS[-1]}'"
+    ) == [stump]
 
     assert train(TrainingConfig()) == "promoted"  # a full model beats the stump on the same hold-out
     better = registry.champion(ranker).version
@@ -454,14 +583,30 @@ def test_champion_lifecycle_gates_manual_moves_rescoring_and_rollback(built, tmp
     look = build_sensor_context(instance=instance, resources={"registry": registry})
     champion_alias_sensor(look)
     registry.client().set_registered_model_alias(ranker, "champion", str(better))
-    request = champion_alias_sensor(build_sensor_context(instance=instance, cursor=look.cursor, resources={"registry": registry}))
-    assert _materialize(resources, instance, ("serving",), partition_key=request.partition_key, tags=request.tags).success
-    assert _count(home, f"SELECT list(DISTINCT model_version) FROM recommendations WHERE as_of_date = DATE '{DAYS[-1]}'") == [better]
-    history = duckdb.connect(f"{home}/warehouse.duckdb", read_only=True).execute(
-        f"SELECT from_version, to_version, changed_by FROM alias_history WHERE model_name = '{ranker}' ORDER BY changed_at"
-    ).fetchall()
-    assert history == [(None, 1, "champion_promotion"), (1, stump, "shopseq promote"), (stump, better, "champion_promotion"),
-                       (better, stump, "shopseq rollback"), (stump, better, "MLflow UI (seen by champion_alias_sensor)")]
+    request = champion_alias_sensor(
+        build_sensor_context(instance=instance, cursor=look.cursor, resources={"registry": registry})
+    )
+    assert _materialize(
+        resources, instance, ("serving",), partition_key=request.partition_key, tags=request.tags
+    ).success
+    assert _count(
+        home, f"SELECT list(DISTINCT model_version) FROM recommendations WHERE as_of_date = DATE '{DAYS[-1]}'"
+    ) == [better]
+    history = (
+        duckdb.connect(f"{home}/warehouse.duckdb", read_only=True)
+        .execute(
+            f"SELECT from_version, to_version, changed_by FROM alias_history WHERE model_name = '{ranker}' ORDER "
+            "BY changed_at"
+        )
+        .fetchall()
+    )
+    assert history == [
+        (None, 1, "champion_promotion"),
+        (1, stump, "shopseq promote"),
+        (stump, better, "champion_promotion"),
+        (better, stump, "shopseq rollback"),
+        (stump, better, "MLflow UI (seen by champion_alias_sensor)"),
+    ]
     assert json.loads(look.cursor)[ranker] == stump
 
 
@@ -480,14 +625,24 @@ def test_a_home_whose_learned_models_lose_to_their_rules_is_served_by_the_rules(
     resources, instance = build_resources(str(home)), DagsterInstance.ephemeral()
     registry = resources["registry"]
     assert _materialize(resources, instance, ("ingestion", "cleaning", "sequences", "features"), tags=RANGE).success
-    memorise = TrainingConfig(learning_rate=1.0, num_leaves=63, min_data_in_leaf=1, early_stopping_rounds=0,
-                              num_boost_round=60)
-    trained = materialize(ALL_ASSETS, selection=AssetSelection.groups("training"), resources=resources,
-                          instance=instance, raise_on_error=False,
-                          run_config=RunConfig(ops={spec.asset: memorise for spec in CATALOGUE.values()}))
+    memorise = TrainingConfig(
+        learning_rate=1.0, num_leaves=63, min_data_in_leaf=1, early_stopping_rounds=0, num_boost_round=60
+    )
+    trained = materialize(
+        ALL_ASSETS,
+        selection=AssetSelection.groups("training"),
+        resources=resources,
+        instance=instance,
+        raise_on_error=False,
+        run_config=RunConfig(ops={spec.asset: memorise for spec in CATALOGUE.values()}),
+    )
     assert trained.success
-    decisions = duckdb.connect(f"{home}/warehouse.duckdb", read_only=True).execute(
-        "SELECT model_name, decision, policy, policy_kind, reason FROM promotion_log").df().set_index("model_name")
+    decisions = (
+        duckdb.connect(f"{home}/warehouse.duckdb", read_only=True)
+        .execute("SELECT model_name, decision, policy, policy_kind, reason FROM promotion_log")
+        .df()
+        .set_index("model_name")
+    )
     served = ["shopseq_next_item_ranker", "shopseq_next_purchase", "shopseq_next_cart", "shopseq_next_return"]
     for model in served:
         row = decisions.loc[model]
@@ -499,12 +654,24 @@ def test_a_home_whose_learned_models_lose_to_their_rules_is_served_by_the_rules(
         description = registry.client().get_model_version(model, str(champion.version)).description
         assert description.startswith("Promoted") and f"rule policy {row['policy']}" in description
     assert _materialize(resources, instance, ("serving",), partition_key=DAYS[-1].isoformat()).success
-    active = _count(home, f"SELECT count(DISTINCT user_id) FROM cleaned_events WHERE CAST(event_time AS DATE) = DATE '{DAYS[-1]}' AND NOT is_bot")
+    active = _count(
+        home,
+        f"SELECT count(DISTINCT user_id) FROM cleaned_events WHERE CAST(event_time AS DATE) = DATE '{DAYS[-1]}' "
+        "AND NOT is_bot",
+    )
     assert _count(home, "SELECT count(DISTINCT user_id) FROM recommendations") == active > 0
     ranker_rule = decisions.loc["shopseq_next_item_ranker", "policy"]
-    assert _count(home, "SELECT list(DISTINCT policy_kind || ' ' || policy) FROM recommendations") == [f"rule {ranker_rule}"]
+    assert _count(home, "SELECT list(DISTINCT policy_kind || ' ' || policy) FROM recommendations") == [
+        f"rule {ranker_rule}"
+    ]
     assert _count(home, "SELECT count(*) FROM recommendations WHERE reason IS NULL") == 0
     assert _count(home, "SELECT count(*) FROM next_action_predictions WHERE policy_kind = 'rule'") == 3 * active
     assert _count(home, "SELECT min(probability) > 0 AND max(probability) < 1 FROM next_action_predictions")
-    assert _count(home, f"""SELECT count(*) FROM alias_history WHERE reason LIKE 'rule %' AND from_version IS NULL
-                            AND list_contains({served}, model_name)""") == 4
+    assert (
+        _count(
+            home,
+            f"""SELECT count(*) FROM alias_history WHERE reason LIKE 'rule %' AND from_version IS NULL
+                            AND list_contains({served}, model_name)""",
+        )
+        == 4
+    )

@@ -30,8 +30,14 @@ from workflows.jobs import DAILY_GROUPS
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("SHOPSEQ_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 ARTIFACTS = Path(os.environ.get("SHOPSEQ_TEST_ARTIFACTS", REPO / "test-artifacts")) / "browser"
 BUILT_DAYS = shop_days(6)
 BACKFILL = [BUILT_DAYS[-1] + dt.timedelta(days=1), BUILT_DAYS[-1] + dt.timedelta(days=2)]
@@ -77,8 +83,9 @@ def _wait_for_http(url: str, process: subprocess.Popen, log: Path, seconds: floa
 
 def _start(command: list[str], env: dict, log: Path) -> subprocess.Popen:
     # its own process group: `dagster dev` ignores SIGTERM to itself, its children are stopped by the group
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -103,24 +110,54 @@ def served(tmp_path_factory):
     with DagsterInstance.from_config(instance_dir) as instance:
         window = {RANGE_START_TAG: BUILT_DAYS[0].isoformat(), RANGE_END_TAG: BUILT_DAYS[-1].isoformat()}
         for groups, tags in ((DAILY_GROUPS, window), (("training",), {})):
-            result = materialize(ALL_ASSETS, selection=AssetSelection.groups(*groups), resources=resources,
-                                 instance=instance, tags=tags, raise_on_error=False)
+            result = materialize(
+                ALL_ASSETS,
+                selection=AssetSelection.groups(*groups),
+                resources=resources,
+                instance=instance,
+                tags=tags,
+                raise_on_error=False,
+            )
             assert result.success, groups
     assert resources["registry"].champion("shopseq_next_item_ranker").version == 1
 
     env = {**os.environ, "SHOPSEQ_HOME": str(home), "DAGSTER_HOME": instance_dir, "MLFLOW_DISABLE_TELEMETRY": "true"}
     dagster_port, mlflow_port = _free_port(), _free_port()
     logs = tmp_path_factory.mktemp("ui_logs")
-    dagster = _start([sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1",
-                      "-p", str(dagster_port)], env, logs / "dagster.log")
-    mlflow = _start([sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(mlflow_port),
-                     "--workers", "1", "--backend-store-uri", f"sqlite:///{home}/mlflow.db",
-                     "--default-artifact-root", f"{home}/mlartifacts"], env, logs / "mlflow.log")
+    dagster = _start(
+        [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(dagster_port)],
+        env,
+        logs / "dagster.log",
+    )
+    mlflow = _start(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(mlflow_port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{home}/mlflow.db",
+            "--default-artifact-root",
+            f"{home}/mlartifacts",
+        ],
+        env,
+        logs / "mlflow.log",
+    )
     try:
         _wait_for_http(f"http://127.0.0.1:{dagster_port}/server_info", dagster, logs / "dagster.log", 300)
         _wait_for_http(f"http://127.0.0.1:{mlflow_port}/health", mlflow, logs / "mlflow.log", 300)
-        yield {"home": home, "instance": instance_dir, "dagster": f"http://127.0.0.1:{dagster_port}",
-               "mlflow": f"http://127.0.0.1:{mlflow_port}"}
+        yield {
+            "home": home,
+            "instance": instance_dir,
+            "dagster": f"http://127.0.0.1:{dagster_port}",
+            "mlflow": f"http://127.0.0.1:{mlflow_port}",
+        }
     finally:
         _stop(dagster)
         _stop(mlflow)

@@ -18,13 +18,23 @@ DAY0 = 1511539200  # 2017-11-25 00:00 China time
 
 
 def _env(home: Path) -> dict:
-    return {**os.environ, "SHOPSEQ_HOME": str(home), "DAGSTER_HOME": str(home / "dagster_home"),
-            "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return {
+        **os.environ,
+        "SHOPSEQ_HOME": str(home),
+        "DAGSTER_HOME": str(home / "dagster_home"),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
 
 
 def _cli(home: Path, *args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "workflows.cli", *args], cwd=cwd, env={**_env(home), "PYTHONPATH": str(REPO)},
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "workflows.cli", *args],
+        cwd=cwd,
+        env={**_env(home), "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _clean(out: subprocess.CompletedProcess, code: int) -> None:
@@ -38,8 +48,21 @@ def test_run_up_to_the_last_day_of_the_calendar_is_a_clear_error(tmp_path):
     source = tmp_path / "log.csv"
     source.write_text("".join(f"{i},{i + 10},3,pv,{DAY0 + 3600 * i}\n" for i in range(1, 30)))
     _clean(_cli(home, "ingest", "--home", str(home), "--format", "taobao", "--path", str(source), cwd=tmp_path), 0)
-    _clean(_cli(home, "run", "--home", str(home), "--start", "2017-11-25", "--end", "9999-12-31", "--skip-training",
-                cwd=tmp_path), 2)
+    _clean(
+        _cli(
+            home,
+            "run",
+            "--home",
+            str(home),
+            "--start",
+            "2017-11-25",
+            "--end",
+            "9999-12-31",
+            "--skip-training",
+            cwd=tmp_path,
+        ),
+        2,
+    )
 
 
 def test_a_run_refused_for_a_missing_landing_folder_does_not_empty_the_warehouse(tmp_path):
@@ -66,7 +89,9 @@ def trained(tmp_path_factory):
     out = _cli(home, "demo", "--home", str(home), "--days", "5", "--events-per-day", "1500", cwd=cwd)
     assert out.returncode == 0, out.stderr[-3000:]
     events = cwd / "events.csv"
-    duckdb.execute(f"COPY (SELECT * FROM read_parquet('{home}/landing/2025-03-05/*.parquet') LIMIT 200) TO '{events}' (HEADER)")
+    duckdb.execute(
+        f"COPY (SELECT * FROM read_parquet('{home}/landing/2025-03-05/*.parquet') LIMIT 200) TO '{events}' (HEADER)"
+    )
     return home, cwd, events
 
 
@@ -74,8 +99,19 @@ def trained(tmp_path_factory):
 def test_predict_into_a_file_that_cannot_be_written_is_a_clear_error(trained, out):
     # main: duckdb.IOException (unwritable folder) / OSError File name too long on the staged ".<name>.partial"
     home, cwd, events = trained
-    result = _cli(home, "predict", "--home", str(home), "--events", str(events), "--format", "canonical-csv",
-                  "--out", out, cwd=cwd)
+    result = _cli(
+        home,
+        "predict",
+        "--home",
+        str(home),
+        "--events",
+        str(events),
+        "--format",
+        "canonical-csv",
+        "--out",
+        out,
+        cwd=cwd,
+    )
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
     assert result.returncode in (0, 2)
 
@@ -83,8 +119,19 @@ def test_predict_into_a_file_that_cannot_be_written_is_a_clear_error(trained, ou
 def test_predict_does_not_overwrite_the_homes_own_state(trained):
     # main: --out <home>/settings.json replaces the settings by predictions; every later command then fails
     home, cwd, events = trained
-    result = _cli(home, "predict", "--home", str(home), "--events", str(events), "--format", "canonical-csv",
-                  "--out", str(home / "settings.json"), cwd=cwd)
+    result = _cli(
+        home,
+        "predict",
+        "--home",
+        str(home),
+        "--events",
+        str(events),
+        "--format",
+        "canonical-csv",
+        "--out",
+        str(home / "settings.json"),
+        cwd=cwd,
+    )
     assert result.returncode == 2, result.stdout[-500:]
     _clean(_cli(home, "failures", "--home", str(home), cwd=cwd), 0)
     _clean(_cli(home, "rollback", "--home", str(home), "--model", "shopseq_next_purchase", cwd=cwd), 2)
@@ -115,7 +162,17 @@ def test_a_synthetic_run_is_refused_on_a_home_of_ingested_logs(tmp_path):
     source.write_text("".join(f"{i % 7},{i % 11 + 10},3,pv,{DAY0 + 1800 * i}\n" for i in range(1, 140)))
     _clean(_cli(home, "ingest", "--home", str(home), "--format", "taobao", "--path", str(source), cwd=tmp_path), 0)
     days = sorted(p.name for p in (home / "landing").iterdir() if not p.name.startswith("."))
-    result = _cli(home, "run", "--home", str(home), "--landing-mode", "synthetic", "--start", "2025-03-02",
-                  "--skip-training", cwd=tmp_path)
+    result = _cli(
+        home,
+        "run",
+        "--home",
+        str(home),
+        "--landing-mode",
+        "synthetic",
+        "--start",
+        "2025-03-02",
+        "--skip-training",
+        cwd=tmp_path,
+    )
     _clean(result, 2)
     assert sorted(p.name for p in (home / "landing").iterdir() if not p.name.startswith(".")) == days

@@ -14,18 +14,52 @@ pytestmark = pytest.mark.e2e
 def test_a_tiny_benchmark_measures_every_stage_and_writes_the_report(tmp_path):
     out = tmp_path / "BENCHMARKS.md"
     run = subprocess.run(
-        [sys.executable, "-m", "workflows.cli", "bench", "--events", "4000", "8000", "--check-events", "4000",
-         "--train-rows", "4000", "--score-users", "300", "--workdir", str(tmp_path / "work"), "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "workflows.cli",
+            "bench",
+            "--events",
+            "4000",
+            "8000",
+            "--check-events",
+            "4000",
+            "--train-rows",
+            "4000",
+            "--score-users",
+            "300",
+            "--workdir",
+            str(tmp_path / "work"),
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     report = out.read_text()
     assert "same results" in report
-    for stage in ("raw_events", "cleaned_events", "sessions", "user_sequences", "user_features", "item_features",
-                  "ranking_candidates", "DuckDB floor", "landing → features"):
+    for stage in (
+        "raw_events",
+        "cleaned_events",
+        "sessions",
+        "user_sequences",
+        "user_features",
+        "item_features",
+        "ranking_candidates",
+        "DuckDB floor",
+        "landing → features",
+    ):
         assert stage in report, stage
-    for heading in ("## 4,000 events", "## 8,000 events", "linear growth 4,000 → 8,000", "training on 4,000 ranking rows",
-                    "recommendations for 300 users"):
+    for heading in (
+        "## 4,000 events",
+        "## 8,000 events",
+        "linear growth 4,000 → 8,000",
+        "training on 4,000 ranking rows",
+        "recommendations for 300 users",
+    ):
         assert heading in report, heading
     assert report.count("met") >= 7  # each target marked met or not met
     # the CPU the hypervisor took, once per size and once for the models: without it, two runs' seconds do not compare

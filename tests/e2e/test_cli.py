@@ -16,7 +16,12 @@ pytestmark = pytest.mark.e2e
 
 
 def _env(home: Path) -> dict:
-    return {**os.environ, "SHOPSEQ_HOME": str(home), "DAGSTER_HOME": str(home / "dagster_home"), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return {
+        **os.environ,
+        "SHOPSEQ_HOME": str(home),
+        "DAGSTER_HOME": str(home / "dagster_home"),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +29,11 @@ def demo(tmp_path_factory):
     home = tmp_path_factory.mktemp("demo")
     out = subprocess.run(
         [sys.executable, "-m", "workflows.cli", "demo", "--home", str(home), "--days", "5", "--events-per-day", "1500"],
-        cwd=tmp_path_factory.mktemp("cwd"), env=_env(home), capture_output=True, text=True, timeout=600,
+        cwd=tmp_path_factory.mktemp("cwd"),
+        env=_env(home),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return home, out.stdout
@@ -32,7 +41,15 @@ def demo(tmp_path_factory):
 
 def test_demo_prints_progress_models_beside_baselines_and_ui_commands(demo):
     home, stdout = demo
-    for stage in ("[  landing]", "[ingestion]", "[ cleaning]", "[sequences]", "[ features]", "[ training]", "[  serving]"):
+    for stage in (
+        "[  landing]",
+        "[ingestion]",
+        "[ cleaning]",
+        "[sequences]",
+        "[ features]",
+        "[ training]",
+        "[  serving]",
+    ):
         assert stage in stdout
     assert "Temporal hold-out" in stdout and "popularity" in stdout and "repeat_recent" in stdout
     assert "champion v1" in stdout
@@ -42,9 +59,20 @@ def test_demo_prints_progress_models_beside_baselines_and_ui_commands(demo):
 def test_demo_leaves_every_stage_and_a_champion(demo):
     home, _ = demo
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as conn:
-        for table in ("raw_events", "cleaned_events", "sessions", "user_sequences", "user_features", "item_features",
-                      "ranking_candidates", "next_action_training_set", "ranker_training_set", "model_evaluations",
-                      "recommendations", "next_action_predictions"):
+        for table in (
+            "raw_events",
+            "cleaned_events",
+            "sessions",
+            "user_sequences",
+            "user_features",
+            "item_features",
+            "ranking_candidates",
+            "next_action_training_set",
+            "ranker_training_set",
+            "model_evaluations",
+            "recommendations",
+            "next_action_predictions",
+        ):
             assert conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] > 0, table
         unnamed = conn.execute("SELECT count(*) FROM recommendations WHERE model_version IS NULL").fetchone()[0]
         assert unnamed == 0
@@ -62,7 +90,9 @@ def test_promotions_are_recorded_and_rollback_needs_a_previous_champion(demo, tm
     assert ("shopseq_next_item_ranker", None, 1, "champion_promotion") in history
     out = _shopseq(home, "rollback", "--model", "shopseq_next_item_ranker", cwd=tmp_path)
     assert out.returncode != 0 and "first champion on record" in out.stderr
-    out = _shopseq(home, "promote", "--model", "shopseq_next_item_ranker", "--version", "9", "--reason", "try", cwd=tmp_path)
+    out = _shopseq(
+        home, "promote", "--model", "shopseq_next_item_ranker", "--version", "9", "--reason", "try", cwd=tmp_path
+    )
     assert out.returncode != 0 and "has no version 9" in out.stderr
 
 
@@ -70,7 +100,8 @@ def test_explain_names_the_model_run_partitions_and_checks_behind_a_users_rows(d
     home, _ = demo
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as conn:
         user, day, run_id = conn.execute(
-            "SELECT user_id, as_of_date, run_id FROM recommendations ORDER BY as_of_date DESC, user_id LIMIT 1").fetchone()
+            "SELECT user_id, as_of_date, run_id FROM recommendations ORDER BY as_of_date DESC, user_id LIMIT 1"
+        ).fetchone()
     out = _shopseq(home, "explain", "--user", user, "--day", str(day), cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"model shopseq_next_item_ranker v1 (learned policy lightgbm), MLflow run {run_id}" in out.stdout
@@ -86,19 +117,45 @@ def test_dagster_cli_materialises_one_partition_idempotently(demo):
     counts = []
     for _ in range(2):
         out = subprocess.run(
-            [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "workflows.definitions",
-             "--select", "raw_events,cleaned_events,sessions", "--partition", "2025-03-02"],
-            cwd=REPO, env=_env(home), capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "dagster",
+                "asset",
+                "materialize",
+                "-m",
+                "workflows.definitions",
+                "--select",
+                "raw_events,cleaned_events,sessions",
+                "--partition",
+                "2025-03-02",
+            ],
+            cwd=REPO,
+            env=_env(home),
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert out.returncode == 0 and "RUN_SUCCESS" in out.stderr, out.stderr[-3000:]
         with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as conn:
-            counts.append([conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("raw_events", "cleaned_events", "sessions")])
+            counts.append(
+                [
+                    conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                    for t in ("raw_events", "cleaned_events", "sessions")
+                ]
+            )
     assert counts[0] == counts[1]
 
 
 def _shopseq(home: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "workflows.cli", *args, "--home", str(home)], cwd=cwd, env=_env(home),
-                          capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "workflows.cli", *args, "--home", str(home)],
+        cwd=cwd,
+        env=_env(home),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def _taobao_like(path: Path, users: int = 60, days: int = 5) -> None:
@@ -141,7 +198,9 @@ def test_ingest_then_run_on_a_real_format(tmp_path):
 
 
 def _predict(home: Path, events: Path, fmt: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return _shopseq(home, "predict", "--events", str(events), "--format", fmt, "--out", str(out), *extra, cwd=out.parent)
+    return _shopseq(
+        home, "predict", "--events", str(events), "--format", fmt, "--out", str(out), *extra, cwd=out.parent
+    )
 
 
 def _assert_ranked_lists(frame, k: int) -> None:
@@ -176,8 +235,12 @@ def test_predict_scores_known_cold_and_search_only_sequences(demo, tmp_path):
     lines = ["event_time,user_id,event_type,item_id,category_id,query"]
     lines += [f"{r.event_time},{r.user_id},{r.event_type},{r.item_id},{r.category_id}," for r in known.itertuples()]
     last = known["event_time"].max()
-    lines += [f"{last},cold,view,zz-1,zz-cat,", f"{last},cold,add_to_cart,zz-2,zz-cat,",
-              f"{last},searcher,search,,,red shoes", f"{last},,view,zz-3,,"]  # the last line has no user
+    lines += [
+        f"{last},cold,view,zz-1,zz-cat,",
+        f"{last},cold,add_to_cart,zz-2,zz-cat,",
+        f"{last},searcher,search,,,red shoes",
+        f"{last},,view,zz-3,,",
+    ]  # the last line has no user
     source = tmp_path / "events.csv"
     source.write_text("\n".join(lines) + "\n")
 
@@ -192,8 +255,11 @@ def test_predict_scores_known_cold_and_search_only_sequences(demo, tmp_path):
     cold = by_sequence["cold"]
     assert {"zz-1", "zz-2"} <= set(cold.loc[cold["source"] == "recent", "item_id"])  # its own, unknown items
     assert set(by_sequence["searcher"]["source"]) <= {"popular", "fallback"}
-    assert (frame.groupby("sequence_id")["events"].first().to_dict()
-            == {known["user_id"].iloc[0]: len(known), "cold": 2, "searcher": 1})
+    assert frame.groupby("sequence_id")["events"].first().to_dict() == {
+        known["user_id"].iloc[0]: len(known),
+        "cold": 2,
+        "searcher": 1,
+    }
 
     out = _predict(home, source, "canonical-csv", tmp_path / "again.csv", "--model-version", "99")
     assert out.returncode != 0 and "has no version 99" in out.stderr
@@ -201,10 +267,13 @@ def test_predict_scores_known_cold_and_search_only_sequences(demo, tmp_path):
 
 
 @needs_samples
-@pytest.mark.parametrize("fmt, path, sequences", [
-    ("diginetica", "diginetica/sample_train-item-views.csv", None),  # sessions, mostly without users
-    ("taobao", "taobao/UserBehavior_head_84k.csv", 815),
-])
+@pytest.mark.parametrize(
+    "fmt, path, sequences",
+    [
+        ("diginetica", "diginetica/sample_train-item-views.csv", None),  # sessions, mostly without users
+        ("taobao", "taobao/UserBehavior_head_84k.csv", 815),
+    ],
+)
 def test_predict_runs_on_the_shared_samples(demo, tmp_path, fmt, path, sequences):
     import pandas as pd
 
@@ -232,15 +301,40 @@ def test_predict_reads_every_events_option_and_writes_a_hostile_out_name_as_a_na
     folder = tmp_path / "it's"
     folder.mkdir()
     out = folder / "p'); COPY (SELECT 1) TO 'canary.csv'; --.csv"
-    run = _shopseq(home, "predict", "--events", str(first), "--events", str(second), "--format", "canonical-csv",
-                   "--k", "5", "--out", str(out), cwd=folder)
+    run = _shopseq(
+        home,
+        "predict",
+        "--events",
+        str(first),
+        "--events",
+        str(second),
+        "--format",
+        "canonical-csv",
+        "--k",
+        "5",
+        "--out",
+        str(out),
+        cwd=folder,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert sorted(p.name for p in folder.iterdir()) == [out.name]
     assert set(pd.read_csv(out)["sequence_id"]) == {"alice", "bob"}
 
-    for bad, says in ((["--k", "0"], "--k"), (["--out", str(tmp_path / "missing" / "p.csv")], "does not exist"),
-                      (["--out", str(folder)], "--out")):
-        run = _shopseq(home, "predict", "--events", str(first), "--format", "canonical-csv",
-                       *(["--out", str(tmp_path / "p.csv")] if bad[0] != "--out" else []), *bad, cwd=tmp_path)
+    for bad, says in (
+        (["--k", "0"], "--k"),
+        (["--out", str(tmp_path / "missing" / "p.csv")], "does not exist"),
+        (["--out", str(folder)], "--out"),
+    ):
+        run = _shopseq(
+            home,
+            "predict",
+            "--events",
+            str(first),
+            "--format",
+            "canonical-csv",
+            *(["--out", str(tmp_path / "p.csv")] if bad[0] != "--out" else []),
+            *bad,
+            cwd=tmp_path,
+        )
         assert run.returncode == 2 and says in run.stderr and "Traceback" not in run.stderr, run.stderr[-2000:]
         assert not (tmp_path / "p.csv").exists()

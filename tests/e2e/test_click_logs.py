@@ -45,9 +45,17 @@ def test_a_click_log_trains_the_in_session_model_publishes_next_items_and_names_
     assert "[ training] done" in out.stdout and "[  serving] item_next_items for" in out.stdout
     assert "Models this home's data can train: shopseq_session_next_item" in out.stdout
     skipped = dict(re.findall(r"^  (shopseq_\w+): this home's data cannot train it: (.+)$", out.stdout, re.M))
-    assert set(skipped) == {"shopseq_next_purchase", "shopseq_next_cart", "shopseq_next_return",
-                            "shopseq_next_item_ranker", "shopseq_next_event"}, out.stdout[-3000:]
-    assert "label_purchase is 0" in skipped["shopseq_next_purchase"] and "no user purchased" in skipped["shopseq_next_purchase"]
+    assert set(skipped) == {
+        "shopseq_next_purchase",
+        "shopseq_next_cart",
+        "shopseq_next_return",
+        "shopseq_next_item_ranker",
+        "shopseq_next_event",
+    }, out.stdout[-3000:]
+    assert (
+        "label_purchase is 0" in skipped["shopseq_next_purchase"]
+        and "no user purchased" in skipped["shopseq_next_purchase"]
+    )
     assert "no user came back" in skipped["shopseq_next_return"]
     assert "is a view" in skipped["shopseq_next_event"]
     assert "come back the next day" in skipped["shopseq_next_item_ranker"]
@@ -55,25 +63,55 @@ def test_a_click_log_trains_the_in_session_model_publishes_next_items_and_names_
         decisions = dict(conn.execute("SELECT model_name, decision FROM promotion_log").fetchall())
         assert decisions.pop("shopseq_session_next_item") == "promoted" and set(decisions.values()) == {"skipped"}
         # the session protocol: every position of the hold-out day's sessions, the model beside its rules
-        methods = {m for (m,) in conn.execute("""SELECT DISTINCT method FROM model_evaluations
-                                                 WHERE model_name = 'shopseq_session_next_item' AND metric = 'hr@20'""").fetchall()}
+        methods = {
+            m
+            for (m,) in conn.execute(
+                "SELECT DISTINCT method FROM model_evaluations "
+                "WHERE model_name = 'shopseq_session_next_item' AND metric = 'hr@20'"
+            ).fetchall()
+        }
         assert {"model", "sr", "sknn", "markov", "popularity"} <= methods
         served, kinds, worst = conn.execute(
-            "SELECT count(DISTINCT item_id), list(DISTINCT policy_kind), max(rank) FROM item_next_items").fetchone()
+            "SELECT count(DISTINCT item_id), list(DISTINCT policy_kind), max(rank) FROM item_next_items"
+        ).fetchone()
         assert served > 30 and kinds in (["rule"], ["learned"]) and worst <= 50
         assert conn.execute("SELECT count(*) FROM item_next_items WHERE item_id = next_item_id").fetchone()[0] == 0
 
     prefixes = tmp_path / "prefixes.txt"
-    prefixes.write_text("SessionId\tItemId\tTime\n900001\t5\t1396915200.0\n900001\t6\t1396915260.0\n"
-                        "900002\t40\t1396915300.0\n")
-    out = _shopseq(home, "predict", "--events", str(prefixes), "--format", "yoochoose-clicks", "--k", "10",
-                   "--out", str(tmp_path / "next.csv"), cwd=cwd)
+    prefixes.write_text(
+        "SessionId\tItemId\tTime\n900001\t5\t1396915200.0\n900001\t6\t1396915260.0\n900002\t40\t1396915300.0\n"
+    )
+    out = _shopseq(
+        home,
+        "predict",
+        "--events",
+        str(prefixes),
+        "--format",
+        "yoochoose-clicks",
+        "--k",
+        "10",
+        "--out",
+        str(tmp_path / "next.csv"),
+        cwd=cwd,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Scored 2 sessions as of their last event" in out.stdout and "with shopseq_session_next_item v" in out.stdout
     with duckdb.connect() as conn:
-        rows = conn.execute(f"SELECT sequence_id, count(*), max(rank) FROM read_csv('{tmp_path / 'next.csv'}') "
-                            "GROUP BY ALL ORDER BY 1").fetchall()
+        rows = conn.execute(
+            f"SELECT sequence_id, count(*), max(rank) FROM read_csv('{tmp_path / 'next.csv'}') GROUP BY ALL ORDER BY 1"
+        ).fetchall()
     assert [(r[1], r[2]) for r in rows] == [(10, 10), (10, 10)]
-    out = _shopseq(home, "predict", "--events", str(prefixes), "--format", "yoochoose-clicks", "--protocol",
-                   "next-day", "--out", str(tmp_path / "next_day.csv"), cwd=cwd)
+    out = _shopseq(
+        home,
+        "predict",
+        "--events",
+        str(prefixes),
+        "--format",
+        "yoochoose-clicks",
+        "--protocol",
+        "next-day",
+        "--out",
+        str(tmp_path / "next_day.csv"),
+        cwd=cwd,
+    )
     assert out.returncode == 2 and "no 'champion' version" in out.stderr and "Traceback" not in out.stderr

@@ -24,11 +24,24 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
 
 DAYS = shop_days(3)
-DAILY_TABLES = ["raw_events", "raw_events_quarantine", "cleaned_events", "sessions", "user_sequences",
-                "user_features", "item_features", "ranking_candidates"]
+DAILY_TABLES = [
+    "raw_events",
+    "raw_events_quarantine",
+    "cleaned_events",
+    "sessions",
+    "user_sequences",
+    "user_features",
+    "item_features",
+    "ranking_candidates",
+]
 DAY_LOCAL_GROUPS = ("ingestion", "cleaning", "sequences")  # a day's rows read no other day
-DAY_COLUMN = {"raw_events": "event_time", "raw_events_quarantine": "partition_date", "cleaned_events": "event_time",
-              "sessions": "session_start", "user_sequences": "day"}  # the partition column of the day-local tables
+DAY_COLUMN = {
+    "raw_events": "event_time",
+    "raw_events_quarantine": "partition_date",
+    "cleaned_events": "event_time",
+    "sessions": "session_start",
+    "user_sequences": "day",
+}  # the partition column of the day-local tables
 
 
 def _snapshot(home: Path, tables: list[str]) -> dict[str, pd.DataFrame]:
@@ -48,20 +61,43 @@ def _wipe_warehouse(home: Path) -> None:
 
 
 def _materialize(home: Path, groups, tags: dict | None = None, partition: str | None = None) -> None:
-    result = materialize(ALL_ASSETS, selection=AssetSelection.groups(*groups), resources=build_resources(str(home)),
-                         instance=DagsterInstance.ephemeral(), partition_key=partition, tags=tags or {},
-                         raise_on_error=False)
+    result = materialize(
+        ALL_ASSETS,
+        selection=AssetSelection.groups(*groups),
+        resources=build_resources(str(home)),
+        instance=DagsterInstance.ephemeral(),
+        partition_key=partition,
+        tags=tags or {},
+        raise_on_error=False,
+    )
     assert result.success
 
 
 def _dagster_materialize(home: Path, groups, *window: str) -> subprocess.Popen:
     selection = " or ".join(f"group:{g}" for g in groups)
-    window_args = ["--partition", window[0]] if len(window) == 1 else ["--partition-range", f"{window[0]}...{window[1]}"]
+    window_args = (
+        ["--partition", window[0]] if len(window) == 1 else ["--partition-range", f"{window[0]}...{window[1]}"]
+    )
     env = {**os.environ, "SHOPSEQ_HOME": str(home), "DAGSTER_HOME": str(home / "dagster_home")}
     return subprocess.Popen(
-        [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "workflows.definitions",
-         "--select", selection, *window_args],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "dagster",
+            "asset",
+            "materialize",
+            "-m",
+            "workflows.definitions",
+            "--select",
+            selection,
+            *window_args,
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
 
 
@@ -123,7 +159,9 @@ def test_a_killed_run_leaves_whole_days_and_its_rerun_gives_the_right_rows(refer
     # consistent: raw_events whole; every day cleaned_events holds is whole
     after = _snapshot(home, ["raw_events", "cleaned_events"])
     _assert_same({"raw_events": after["raw_events"]}, {"raw_events": expected["raw_events"]})
-    cleaned_days = set(pd.to_datetime(after["cleaned_events"]["event_time"]).dt.date) if len(after["cleaned_events"]) else set()
+    cleaned_days = (
+        set(pd.to_datetime(after["cleaned_events"]["event_time"]).dt.date) if len(after["cleaned_events"]) else set()
+    )
     reference_cleaned = expected["cleaned_events"]
     partial = reference_cleaned[pd.to_datetime(reference_cleaned["event_time"]).dt.date.isin(cleaned_days)]
     assert len(after["cleaned_events"]) == len(partial)

@@ -5,7 +5,6 @@ Each test states what a user did and what must hold; each failed on main when it
 
 import datetime as dt
 import json
-import os
 from pathlib import Path
 
 import duckdb
@@ -24,11 +23,15 @@ def _taobao(path: Path, timestamps: list) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("timestamps", [
-    [1600000000, 1600000100],  # a newer export in taobao's layout: every row after the format's period
-    [1900000000, 1900000100],  # every row in the future
-    ["", ""],  # no row has a time
-], ids=["out_of_range", "future", "no_time"])
+@pytest.mark.parametrize(
+    "timestamps",
+    [
+        [1600000000, 1600000100],  # a newer export in taobao's layout: every row after the format's period
+        [1900000000, 1900000100],  # every row in the future
+        ["", ""],  # no row has a time
+    ],
+    ids=["out_of_range", "future", "no_time"],
+)
 def test_a_file_without_a_single_valid_day_is_one_clear_error(tmp_path, timestamps):
     # main: TypeError in _write_days (min(day) of a file whose rows all lack a day is NULL)
     source = _taobao(tmp_path / "log.csv", timestamps)
@@ -40,24 +43,38 @@ def test_a_file_without_a_single_valid_day_is_one_clear_error(tmp_path, timestam
 def test_start_after_end_is_refused_naming_the_options(tmp_path):
     source = _taobao(tmp_path / "log.csv", [DAY0 + 3600, DAY0 + 86400 + 3600])
     with pytest.raises((IngestError, ValueError), match="--start|--end|start|end"):
-        ingest([source], "taobao", str(tmp_path / "landing"), start=dt.date(2017, 11, 27), end=dt.date(2017, 11, 26), now=NOW)
+        ingest(
+            [source],
+            "taobao",
+            str(tmp_path / "landing"),
+            start=dt.date(2017, 11, 27),
+            end=dt.date(2017, 11, 26),
+            now=NOW,
+        )
 
 
-@pytest.mark.parametrize("line", [
-    '{"event_time":"2024-01-02T10:00:00","user_id":"alice","user_id":"mallory","event_type":"view","item_id":"i1"}',
-    '{"event_time":"2024-01-02T10:00:00","user_id":"alice","event_type":"view","event_type":"purchase","item_id":"i1"}',
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"event_time":"2024-01-02T10:00:00","user_id":"alice","user_id":"mallory","event_type":"view","item_id":"i1"}',
+        '{"event_time":"2024-01-02T10:00:00","user_id":"alice","event_type":"view","event_type":"purchase","item_id":"i1"}',
+    ],
+)
 def test_a_json_object_naming_a_field_twice_is_not_accepted_with_the_last_value(tmp_path, line):
     # main: json.loads keeps the last key; the row is accepted as mallory's / as a purchase (cf. issue 18 case 4)
     source = tmp_path / "log.jsonl"
-    source.write_text(line + "\n" + '{"event_time":"2024-01-02T11:00:00","user_id":"bob","event_type":"view","item_id":"i2"}\n')
+    source.write_text(
+        line + "\n" + '{"event_time":"2024-01-02T11:00:00","user_id":"bob","event_type":"view","item_id":"i2"}\n'
+    )
     try:
         ingest([str(source)], "canonical-jsonl", str(tmp_path / "landing"), tz="UTC", now=NOW)
     except IngestError as error:
         assert "log.jsonl" in str(error)
         return
-    rows = duckdb.sql(f"SELECT user_id, event_type, ingest_reason FROM read_parquet('{tmp_path}/landing/*/*.parquet') "
-                      "WHERE raw LIKE '%alice%'").fetchall()
+    rows = duckdb.sql(
+        f"SELECT user_id, event_type, ingest_reason FROM read_parquet('{tmp_path}/landing/*/*.parquet') "
+        "WHERE raw LIKE '%alice%'"
+    ).fetchall()
     assert rows and all(reason is not None for _, _, reason in rows), rows
 
 
@@ -116,8 +133,11 @@ def test_rollback_after_promoting_the_champion_again_goes_back_to_the_previous_o
         assert rollback_target(conn, "m", "champion", 2) == 1
 
 
-@pytest.mark.parametrize("content", [b"{}\n", b"12\n", b'{"time": "t", "job": "j"}\n', b'{"time": "\xc3'],
-                         ids=["empty_object", "number", "missing_keys", "cut_utf8"])
+@pytest.mark.parametrize(
+    "content",
+    [b"{}\n", b"12\n", b'{"time": "t", "job": "j"}\n', b'{"time": "\xc3'],
+    ids=["empty_object", "number", "missing_keys", "cut_utf8"],
+)
 def test_failures_survives_any_line_of_run_failures_jsonl(tmp_path, capsys, content):
     # main: KeyError / TypeError / UnicodeDecodeError tracebacks
     (tmp_path / "run_failures.jsonl").write_bytes(content)
@@ -143,10 +163,14 @@ def test_a_planted_publish_journal_cannot_delete_or_move_files_outside_the_landi
     (tmp_path / "secret.csv").write_text("secret\n")
     landing = tmp_path / "home" / "landing"
     landing.mkdir(parents=True)
-    (landing / ".publish.journal").write_text(json.dumps({
-        "staging": "../../victim",
-        "steps": [["withdraw", "../../victim", "keep.csv"], ["move", "2017-11-25", "../../../secret.csv"]],
-    }))
+    (landing / ".publish.journal").write_text(
+        json.dumps(
+            {
+                "staging": "../../victim",
+                "steps": [["withdraw", "../../victim", "keep.csv"], ["move", "2017-11-25", "../../../secret.csv"]],
+            }
+        )
+    )
     with pytest.raises(IngestError, match="publish.journal"):
         recover_landing(landing)
     assert (victim / "keep.csv").read_text() == "precious\n"

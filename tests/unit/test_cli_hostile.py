@@ -51,11 +51,45 @@ def _commands(tmp_path: Path, value: str) -> list[list[str]]:
         ["predict", "--home", home, "--events", value, "--format", "taobao", "--out", str(tmp_path / "o.csv")],
         ["predict", "--home", home, "--events", events, "--format", "taobao", "--out", value],
         ["predict", "--home", home, "--events", events, "--format", value, "--out", str(tmp_path / "o.csv")],
-        ["predict", "--home", home, "--events", events, "--format", "taobao", "--k", value, "--out", str(tmp_path / "o.csv")],
-        ["predict", "--home", home, "--events", events, "--format", "taobao", "--out", str(tmp_path / "o.csv"),
-         "--model-version", value],
-        ["predict", "--home", home, "--events", events, "--format", "taobao", "--out", str(tmp_path / "o.csv"),
-         "--protocol", value],
+        [
+            "predict",
+            "--home",
+            home,
+            "--events",
+            events,
+            "--format",
+            "taobao",
+            "--k",
+            value,
+            "--out",
+            str(tmp_path / "o.csv"),
+        ],
+        [
+            "predict",
+            "--home",
+            home,
+            "--events",
+            events,
+            "--format",
+            "taobao",
+            "--out",
+            str(tmp_path / "o.csv"),
+            "--model-version",
+            value,
+        ],
+        [
+            "predict",
+            "--home",
+            home,
+            "--events",
+            events,
+            "--format",
+            "taobao",
+            "--out",
+            str(tmp_path / "o.csv"),
+            "--protocol",
+            value,
+        ],
         ["promote", "--home", home, "--model", value, "--version", "1", "--reason", "r"],
         ["promote", "--home", home, "--model", "shopseq_next_item_ranker", "--version", value, "--reason", "r"],
         ["rollback", "--home", home, "--model", value],
@@ -110,12 +144,32 @@ def test_generated_hostile_values_never_reach_sql(isolated, capsys):
     rng = random.Random(18)
     canary = str(isolated / CANARY)
     for _ in range(60):
-        value = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12))) + f"'; COPY (SELECT 1) TO '{canary}'; --"
+        value = (
+            "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12))) + f"'; COPY (SELECT 1) TO '{canary}'; --"
+        )
         for argv in (
-            ["ingest", "--home", str(isolated / "home"), "--format", "taobao", "--path", str(isolated / "events.csv"),
-             "--tz", value],
-            ["predict", "--home", str(isolated / "home"), "--events", str(isolated / "events.csv"), "--format",
-             "taobao", "--out", value + ".csv"],
+            [
+                "ingest",
+                "--home",
+                str(isolated / "home"),
+                "--format",
+                "taobao",
+                "--path",
+                str(isolated / "events.csv"),
+                "--tz",
+                value,
+            ],
+            [
+                "predict",
+                "--home",
+                str(isolated / "home"),
+                "--events",
+                str(isolated / "events.csv"),
+                "--format",
+                "taobao",
+                "--out",
+                value + ".csv",
+            ],
         ):
             code, err = _run(argv, capsys)
             assert code == 2 and "Traceback" not in err, (argv, code, err)
@@ -124,7 +178,7 @@ def test_generated_hostile_values_never_reach_sql(isolated, capsys):
 
 def test_a_home_and_a_source_path_with_quotes_ingest_their_rows(isolated, capsys):
     """Legitimate names with an apostrophe, quotes and a semicolon are paths like any other."""
-    folder = isolated / "it's \"x\"; y"
+    folder = isolated / 'it\'s "x"; y'
     folder.mkdir()
     source = folder / "o'brien; shop.csv"
     source.write_text("1,10,100,pv,1512000000\n2,11,100,buy,1512003600\n")
@@ -139,8 +193,10 @@ def test_repeated_path_options_append(isolated, capsys):
     first, second = isolated / "a.csv", isolated / "b.csv"
     first.write_text("1,10,100,pv,1512000000\n")
     second.write_text("2,11,100,pv,1512090000\n")
-    code, err = _run(["ingest", "--home", str(isolated / "home"), "--format", "taobao",
-                      "--path", str(first), "--path", str(second)], capsys)
+    code, err = _run(
+        ["ingest", "--home", str(isolated / "home"), "--format", "taobao", "--path", str(first), "--path", str(second)],
+        capsys,
+    )
     assert code == 0, err
     landed = sorted(f.name.split("-")[0] for f in (isolated / "home" / "landing").glob("*/*.parquet"))
     assert {"a_csv", "b_csv"} <= set(landed)
@@ -148,16 +204,39 @@ def test_repeated_path_options_append(isolated, capsys):
 
 @pytest.mark.parametrize("tz", ["Mars/Olympus", "utc", "UTC+3", "localtime", "../../etc/passwd"])
 def test_an_invalid_time_zone_is_refused_naming_the_option(isolated, capsys, tz):
-    code, err = _run(["ingest", "--home", str(isolated / "home"), "--format", "taobao",
-                      "--path", str(isolated / "events.csv"), "--tz", tz], capsys)
+    code, err = _run(
+        [
+            "ingest",
+            "--home",
+            str(isolated / "home"),
+            "--format",
+            "taobao",
+            "--path",
+            str(isolated / "events.csv"),
+            "--tz",
+            tz,
+        ],
+        capsys,
+    )
     assert code == 2 and "--tz" in err and "IANA" in err
     assert not (isolated / "home" / "landing").exists() or not any((isolated / "home" / "landing").iterdir())
 
 
 def test_a_short_pseudonym_key_is_refused_before_anything_lands(isolated, capsys, monkeypatch):
     monkeypatch.setenv("SHOPSEQ_PSEUDONYM_KEY", "short")
-    code, err = _run(["ingest", "--home", str(isolated / "home"), "--format", "taobao", "--path",
-                      str(isolated / "events.csv"), "--pseudonymise"], capsys)
+    code, err = _run(
+        [
+            "ingest",
+            "--home",
+            str(isolated / "home"),
+            "--format",
+            "taobao",
+            "--path",
+            str(isolated / "events.csv"),
+            "--pseudonymise",
+        ],
+        capsys,
+    )
     assert code == 2 and "SHOPSEQ_PSEUDONYM_KEY" in err and "16 characters" in err
     assert not list((isolated / "home").glob("landing/*/*.parquet"))
 
@@ -193,8 +272,10 @@ def test_a_plain_home_refuses_a_pseudonymised_ingest(isolated, capsys, monkeypat
 def test_failures_skips_a_truncated_record_and_says_so(isolated, capsys):
     home = isolated / "home"
     home.mkdir()
-    record = ('{"time": "2026-11-30T00:00:00", "job": "daily_pipeline_job", "partition": "2026-11-29", '
-              '"run_id": "r1", "failed_steps": [], "failed_checks": ["raw_events_suite"]}')
+    record = (
+        '{"time": "2026-11-30T00:00:00", "job": "daily_pipeline_job", "partition": "2026-11-29", '
+        '"run_id": "r1", "failed_steps": [], "failed_checks": ["raw_events_suite"]}'
+    )
     (home / "run_failures.jsonl").write_text(record + "\n" + record[:40] + "\n")
     code = main(["failures", "--home", str(home)])
     out = capsys.readouterr()
@@ -214,8 +295,10 @@ def test_withdrawn_days_leave_the_warehouse(isolated, capsys):
     assert _run(ingest, capsys)[0] == 0
     with duckdb.connect(str(home / "warehouse.duckdb")) as conn:  # as if `shopseq run` had built both days
         ensure_table(conn, "raw_events_quarantine")
-        conn.execute("INSERT INTO raw_events_quarantine VALUES ('2017-11-26', 'f', 1, 'bad_type', 'x'), "
-                     "('2017-11-27', 'f', 1, 'bad_type', 'x')")
+        conn.execute(
+            "INSERT INTO raw_events_quarantine VALUES ('2017-11-26', 'f', 1, 'bad_type', 'x'), "
+            "('2017-11-27', 'f', 1, 'bad_type', 'x')"
+        )
     source.write_text("1,10,100,pv,1511683200\n")
     code, err = _run(ingest, capsys)
     assert code == 0, err

@@ -14,7 +14,15 @@ def test_definitions_load_with_jobs_schedules_and_groups(tmp_path, monkeypatch):
         assert defs.resolve_job_def(job) is not None
     assert {s.name for s in defs.schedules} == {"daily_pipeline_schedule", "weekly_training"}
     groups = {a.key.to_user_string(): a.group_names_by_key[a.key] for a in ALL_ASSETS}
-    assert set(groups.values()) == {"ingestion", "cleaning", "sequences", "features", "training", "serving", "evaluation"}
+    assert set(groups.values()) == {
+        "ingestion",
+        "cleaning",
+        "sequences",
+        "features",
+        "training",
+        "serving",
+        "evaluation",
+    }
     assert defs.resources["warehouse"].home == str(tmp_path)
 
 
@@ -53,17 +61,24 @@ def test_a_segment_that_drops_beyond_the_tolerance_and_its_interval_blocks_promo
     from assets.promotion import segment_regressions
 
     def evaluation(values):
-        return pd.DataFrame([{"segment": s, "method": "model", "target": "any", "metric": "ndcg@20", "value": v,
-                              "ci_high": high} for s, (v, high) in values.items()])
+        return pd.DataFrame(
+            [
+                {"segment": s, "method": "model", "target": "any", "metric": "ndcg@20", "value": v, "ci_high": high}
+                for s, (v, high) in values.items()
+            ]
+        )
 
-    champion = evaluation({"all": (0.50, 0.52), "new_users": (0.40, 0.43), "returning_users": (0.52, 0.54),
-                           "cold_items": (0.30, 0.50)})
+    champion = evaluation(
+        {"all": (0.50, 0.52), "new_users": (0.40, 0.43), "returning_users": (0.52, 0.54), "cold_items": (0.30, 0.50)}
+    )
     # new users lose 7.5% and even the top of their interval is below the champion's value less 5%; cold items
     # lose more, but on so few users that their interval reaches the champion's value: chance, not a regression
-    challenger = evaluation({"all": (0.55, 0.57), "new_users": (0.37, 0.375), "returning_users": (0.51, 0.53),
-                             "cold_items": (0.20, 0.45)})
+    challenger = evaluation(
+        {"all": (0.55, 0.57), "new_users": (0.37, 0.375), "returning_users": (0.51, 0.53), "cold_items": (0.20, 0.45)}
+    )
     assert segment_regressions(challenger, champion, "any", "ndcg@20", 0.05) == [
-        "new_users 0.3700 (95% CI up to 0.3750) < 0.4000 - 5%"]
+        "new_users 0.3700 (95% CI up to 0.3750) < 0.4000 - 5%"
+    ]
     assert segment_regressions(challenger, champion, "any", "ndcg@20", 0.10) == []
 
 

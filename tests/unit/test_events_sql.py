@@ -13,8 +13,17 @@ DAY = dt.date(2025, 3, 2)
 
 
 def _row(t, user="u1", etype="view", item="i1", price=1.0, event_id=None, session=None):
-    return {"event_time": pd.Timestamp(t), "user_id": user, "session_id": session, "event_type": etype, "item_id": item,
-            "category_id": "c1", "price": price, "query": None, "event_id": event_id}
+    return {
+        "event_time": pd.Timestamp(t),
+        "user_id": user,
+        "session_id": session,
+        "event_type": etype,
+        "item_id": item,
+        "category_id": "c1",
+        "price": price,
+        "query": None,
+        "event_id": event_id,
+    }
 
 
 @pytest.fixture
@@ -44,8 +53,11 @@ BAD_ROWS = [
 
 
 def test_every_row_is_accepted_or_quarantined_with_its_reason(conn, tmp_path):
-    good = [_row("2025-03-02 09:00", event_id="ok1"), _row("2025-03-02 09:05", etype=" Purchase ", event_id="ok2"),
-            _row("2025-03-02 09:06", etype="search", item=None, event_id="ok3")]
+    good = [
+        _row("2025-03-02 09:00", event_id="ok1"),
+        _row("2025-03-02 09:05", etype=" Purchase ", event_id="ok2"),
+        _row("2025-03-02 09:06", etype="search", item=None, event_id="ok3"),
+    ]
     dup = _row("2025-03-02 09:00", event_id="ok1")
     files = _landing(tmp_path, good + [dup] + [r for r, _ in BAD_ROWS])
     counts = load_raw_day(conn, files, DAY)
@@ -53,7 +65,9 @@ def test_every_row_is_accepted_or_quarantined_with_its_reason(conn, tmp_path):
     reasons = dict(conn.execute("SELECT reason, count(*) FROM raw_events_quarantine GROUP BY 1").fetchall())
     expected = pd.Series([r for _, r in BAD_ROWS] + ["exact_duplicate"]).value_counts().to_dict()
     assert reasons == expected
-    q = conn.execute("SELECT source_line, raw FROM raw_events_quarantine WHERE reason = 'unknown_event_type'").fetchone()
+    q = conn.execute(
+        "SELECT source_line, raw FROM raw_events_quarantine WHERE reason = 'unknown_event_type'"
+    ).fetchone()
     assert q[0] == 7 and '"teleport"' in q[1]  # 1-based line in the file, raw text kept
     assert conn.execute("SELECT event_type FROM raw_events WHERE event_id = 'ok2'").fetchone()[0] == "purchase"
 
@@ -65,15 +79,21 @@ def test_exact_duplicates_keep_the_first_copy_across_files_and_only_identical_ro
     counts = load_raw_day(conn, first + second, DAY)
     assert counts["read"] == 5 and counts["accepted"] == 3 and counts["exact_duplicate"] == 2
     copies = conn.execute(
-        "SELECT source_file, source_line FROM raw_events_quarantine WHERE reason = 'exact_duplicate' ORDER BY ALL").fetchall()
+        "SELECT source_file, source_line FROM raw_events_quarantine WHERE reason = 'exact_duplicate' ORDER BY ALL"
+    ).fetchall()
     assert [(f.rsplit("/", 1)[1], line) for f, line in copies] == [("a.parquet", 2), ("b.parquet", 1)]
     kept = conn.execute("SELECT source_file, source_line, price FROM raw_events ORDER BY ALL").fetchall()
     assert [(f.rsplit("/", 1)[1], line, price) for f, line, price in kept] == [
-        ("a.parquet", 1, 1.0), ("a.parquet", 3, 2.0), ("b.parquet", 2, 1.0)]
+        ("a.parquet", 1, 1.0),
+        ("a.parquet", 3, 2.0),
+        ("b.parquet", 2, 1.0),
+    ]
 
 
 def test_reloading_a_day_replaces_it(conn, tmp_path):
-    files = _landing(tmp_path, [_row("2025-03-02 09:00", event_id="x"), _row("2025-03-02 09:01", user=None, event_id="y")])
+    files = _landing(
+        tmp_path, [_row("2025-03-02 09:00", event_id="x"), _row("2025-03-02 09:01", user=None, event_id="y")]
+    )
     load_raw_day(conn, files, DAY)
     load_raw_day(conn, files, DAY)
     assert conn.execute("SELECT count(*) FROM raw_events").fetchone()[0] == 1
@@ -91,7 +111,9 @@ def test_cleaning_dedups_ids_derives_sessions_and_flags_bots(conn, tmp_path):
     load_raw_day(conn, _landing(tmp_path, rows), DAY)
     counts = clean_day(conn, DAY, bot_events_per_day=4)
     assert counts == {"raw": 10, "cleaned": 9, "duplicates_removed": 1, "bot_users": 1}
-    u1 = conn.execute("SELECT event_id, item_id, session_id FROM cleaned_events WHERE user_id = 'u1' ORDER BY event_time").fetchall()
+    u1 = conn.execute(
+        "SELECT event_id, item_id, session_id FROM cleaned_events WHERE user_id = 'u1' ORDER BY event_time"
+    ).fetchall()
     assert [r[0] for r in u1] == ["e1", "e2", "e3"] and u1[0][1] == "i1"
     assert u1[0][2] == u1[1][2] != u1[2][2]
     assert conn.execute("SELECT session_id FROM cleaned_events WHERE event_id = 'e4'").fetchone()[0] == "S9"
@@ -102,17 +124,29 @@ def test_an_event_id_is_unique_within_its_day_and_kept_on_each_day_it_occurs(con
     """An id on two days is kept on both (each day's rows depend on its own landing files only); a repeated id
     within a day keeps the earliest. The rows of a day do not depend on whether the other day is loaded."""
     next_day = DAY + dt.timedelta(days=1)
-    first = _landing(tmp_path, [_row("2025-03-02 09:00", event_id="r1"), _row("2025-03-02 09:10", event_id="r1", item="i2"),
-                                _row("2025-03-02 09:20", event_id="s1")], "first.parquet")
-    second = _landing(tmp_path, [_row("2025-03-03 08:00", event_id="r1", item="i3"), _row("2025-03-03 08:05", event_id="s2")],
-                      "second.parquet")
+    first = _landing(
+        tmp_path,
+        [
+            _row("2025-03-02 09:00", event_id="r1"),
+            _row("2025-03-02 09:10", event_id="r1", item="i2"),
+            _row("2025-03-02 09:20", event_id="s1"),
+        ],
+        "first.parquet",
+    )
+    second = _landing(
+        tmp_path,
+        [_row("2025-03-03 08:00", event_id="r1", item="i3"), _row("2025-03-03 08:05", event_id="s2")],
+        "second.parquet",
+    )
     load_raw_day(conn, second, next_day)
     assert clean_day(conn, next_day, 1000)["cleaned"] == 2
     alone = conn.execute("SELECT * FROM cleaned_events ORDER BY ALL").df()
     load_raw_day(conn, first, DAY)
     assert clean_day(conn, DAY, 1000) == {"raw": 3, "cleaned": 2, "duplicates_removed": 1, "bot_users": 0}
     assert clean_day(conn, next_day, 1000)["cleaned"] == 2  # re-run with its neighbour loaded: the same rows
-    rows = conn.execute("SELECT CAST(event_time AS DATE), event_id, item_id FROM cleaned_events ORDER BY ALL").fetchall()
+    rows = conn.execute(
+        "SELECT CAST(event_time AS DATE), event_id, item_id FROM cleaned_events ORDER BY ALL"
+    ).fetchall()
     assert rows == [(DAY, "r1", "i1"), (DAY, "s1", "i1"), (next_day, "r1", "i3"), (next_day, "s2", "i1")]
     again = conn.execute("SELECT * FROM cleaned_events WHERE event_time >= '2025-03-03' ORDER BY ALL").df()
     pd.testing.assert_frame_equal(again, alone)
@@ -159,7 +193,9 @@ def test_a_window_written_from_frames_is_replaced_whole_or_not_at_all(conn):
             if i == fail_after:
                 raise RuntimeError("scoring failed")
             made.append(i)
-            assert conn.execute("SELECT count(*) FROM t WHERE v >= 10").fetchall() == [(10 * i,)]  # the previous batch is in
+            assert conn.execute("SELECT count(*) FROM t WHERE v >= 10").fetchall() == [
+                (10 * i,)
+            ]  # the previous batch is in
             frame = pd.DataFrame({"day": [DAY] * 10, "v": range(10 * (i + 1), 10 * (i + 2))})
             yield pa.Table.from_pandas(frame) if i == 1 else frame  # an Arrow table or a pandas frame
 
@@ -187,13 +223,20 @@ def test_category_affinity_is_the_users_weighted_share_of_the_candidates_categor
         return {**_row(t, user=user, etype=etype, item=item, event_id=event_id), "category_id": category}
 
     rows = [event(f"2025-03-02 09:0{k}", "u1", "view", "i1", "c1", f"v{k}") for k in range(3)]  # weight 3 in c1
-    rows += [event("2025-03-02 10:00", "u1", "add_to_cart", "i2", "c2", "cart"),  # weight 4 in c2
-             event("2025-03-02 10:05", "u1", "remove_from_cart", "i3", "c3", "remove"),  # negative: counts 0 in c3
-             event("2025-03-02 11:00", "u2", "view", "i4", "c4", "other")]
+    rows += [
+        event("2025-03-02 10:00", "u1", "add_to_cart", "i2", "c2", "cart"),  # weight 4 in c2
+        event("2025-03-02 10:05", "u1", "remove_from_cart", "i3", "c3", "remove"),  # negative: counts 0 in c3
+        event("2025-03-02 11:00", "u2", "view", "i4", "c4", "other"),
+    ]
     _two_days(conn, tmp_path, {DAY: rows})
-    affinity = {(u, i): a for u, i, a in conn.execute("SELECT user_id, item_id, category_affinity FROM ranking_candidates").fetchall()}
+    affinity = {
+        (u, i): a
+        for u, i, a in conn.execute("SELECT user_id, item_id, category_affinity FROM ranking_candidates").fetchall()
+    }
     assert affinity[("u1", "i1")] == pytest.approx(3 / 7) and affinity[("u1", "i2")] == pytest.approx(4 / 7)
-    assert affinity[("u1", "i3")] == 0 and affinity[("u1", "i4")] == 0  # i4: a popular item of a category u1 never touched
+    assert (
+        affinity[("u1", "i3")] == 0 and affinity[("u1", "i4")] == 0
+    )  # i4: a popular item of a category u1 never touched
     assert affinity[("u2", "i4")] == 1 and affinity[("u2", "i1")] == 0
 
 
@@ -201,11 +244,21 @@ def test_training_sets_read_features_before_the_cutoff_and_labels_only_from_the_
     from assets.logic import training
 
     d1, d2, d3 = DAY, DAY + dt.timedelta(days=1), DAY + dt.timedelta(days=2)
-    _two_days(conn, tmp_path, {
-        d1: [_row("2025-03-02 09:00", item="a", event_id="1"), _row("2025-03-02 23:59:59", user="u2", item="b", event_id="2")],
-        d2: [_row("2025-03-03 00:00", etype="purchase", item="a", event_id="3"), _row("2025-03-03 12:00", user="u2", item="c", event_id="4")],
-        d3: [_row("2025-03-04 10:00", etype="purchase", user="u2", item="b", event_id="5")],
-    })
+    _two_days(
+        conn,
+        tmp_path,
+        {
+            d1: [
+                _row("2025-03-02 09:00", item="a", event_id="1"),
+                _row("2025-03-02 23:59:59", user="u2", item="b", event_id="2"),
+            ],
+            d2: [
+                _row("2025-03-03 00:00", etype="purchase", item="a", event_id="3"),
+                _row("2025-03-03 12:00", user="u2", item="c", event_id="4"),
+            ],
+            d3: [_row("2025-03-04 10:00", etype="purchase", user="u2", item="b", event_id="5")],
+        },
+    )
     frame = training.next_action_frame(conn, [d1, d2])
     assert (frame["last_event_time"] < frame["cutoff"]).all()
     labels = frame.set_index(["as_of_date", "user_id"])["label_purchase"]
@@ -220,12 +273,24 @@ def test_markov_baseline_and_holdout_segments(conn, tmp_path):
     from assets.logic import training
 
     d1, d2 = DAY, DAY + dt.timedelta(days=1)
-    _two_days(conn, tmp_path, {
-        d1: [_row("2025-03-02 09:00", user="u1", item="a", event_id="1"), _row("2025-03-02 09:01", user="u1", item="b", event_id="2"),
-             _row("2025-03-02 10:00", user="u2", item="a", event_id="3"), _row("2025-03-02 10:01", user="u2", item="b", event_id="4"),
-             _row("2025-03-02 11:00", user="u3", item="c", event_id="5"), _row("2025-03-02 11:01", user="u3", item="a", event_id="6")],
-        d2: [_row("2025-03-03 09:00", user="u3", item="b", event_id="7"), _row("2025-03-03 09:05", user="u3", item="z", event_id="8")],
-    })
+    _two_days(
+        conn,
+        tmp_path,
+        {
+            d1: [
+                _row("2025-03-02 09:00", user="u1", item="a", event_id="1"),
+                _row("2025-03-02 09:01", user="u1", item="b", event_id="2"),
+                _row("2025-03-02 10:00", user="u2", item="a", event_id="3"),
+                _row("2025-03-02 10:01", user="u2", item="b", event_id="4"),
+                _row("2025-03-02 11:00", user="u3", item="c", event_id="5"),
+                _row("2025-03-02 11:01", user="u3", item="a", event_id="6"),
+            ],
+            d2: [
+                _row("2025-03-03 09:00", user="u3", item="b", event_id="7"),
+                _row("2025-03-03 09:05", user="u3", item="z", event_id="8"),
+            ],
+        },
+    )
     markov = training.markov_recommendations(conn, d1, ["u3"], 20)
     assert markov.values.tolist() == [["u3", "b", 2]]  # u3 ended on a; a -> b twice
     targets = training.holdout_targets(conn, d1).set_index("item_id")
@@ -243,39 +308,69 @@ def _cold_shop(conn, tmp_path):
     def event(t, user, etype, item, category, event_id):
         return {**_row(t, user=user, etype=etype, item=item, event_id=event_id), "category_id": category}
 
-    _two_days(conn, tmp_path, {
-        d1: [event("2025-03-02 09:00", "u1", "view", "o", "c1", "1"), event("2025-03-02 09:01", "u1", "view", "a", "c1", "2")],
-        d4: [event("2025-03-05 10:00", "u2", "view", "n", "c1", "3"), event("2025-03-05 10:01", "u2", "add_to_cart", "n", "c1", "4"),
-             event("2025-03-05 11:00", "u3", "view", "x", "c2", "6"),
-             event("2025-03-05 12:00", "u1", "view", "a", "c1", "7")],
-        d5: [event("2025-03-06 08:00", "u3", "view", "late", "c1", "8"), event("2025-03-06 09:00", "u1", "view", "n", "c1", "9"),
-             event("2025-03-06 09:01", "u1", "view", "late", "c1", "10"), event("2025-03-06 09:02", "u1", "view", "o", "c1", "11")],
-    })
+    _two_days(
+        conn,
+        tmp_path,
+        {
+            d1: [
+                event("2025-03-02 09:00", "u1", "view", "o", "c1", "1"),
+                event("2025-03-02 09:01", "u1", "view", "a", "c1", "2"),
+            ],
+            d4: [
+                event("2025-03-05 10:00", "u2", "view", "n", "c1", "3"),
+                event("2025-03-05 10:01", "u2", "add_to_cart", "n", "c1", "4"),
+                event("2025-03-05 11:00", "u3", "view", "x", "c2", "6"),
+                event("2025-03-05 12:00", "u1", "view", "a", "c1", "7"),
+            ],
+            d5: [
+                event("2025-03-06 08:00", "u3", "view", "late", "c1", "8"),
+                event("2025-03-06 09:00", "u1", "view", "n", "c1", "9"),
+                event("2025-03-06 09:01", "u1", "view", "late", "c1", "10"),
+                event("2025-03-06 09:02", "u1", "view", "o", "c1", "11"),
+            ],
+        },
+    )
     return d4, d5
 
 
 def test_new_arrivals_of_a_browsed_category_are_proposed_and_never_an_item_first_seen_after_the_cutoff(conn, tmp_path):
     d4, d5 = _cold_shop(conn, tmp_path)
-    new = conn.execute("SELECT as_of_date, user_id, item_id, source FROM ranking_candidates WHERE in_new = 1 ORDER BY ALL").df()
+    new = conn.execute(
+        "SELECT as_of_date, user_id, item_id, source FROM ranking_candidates WHERE in_new = 1 ORDER BY ALL"
+    ).df()
     as_of = {day: set(zip(rows["user_id"], rows["item_id"])) for day, rows in new.groupby(new["as_of_date"].dt.date)}
     assert ("u1", "n") in as_of[d4]  # new in c1, which u1 browses, though u1 never touched it
     assert ("u1", "x") not in as_of[d4]  # new, but in a category u1 does not browse
     assert not any(item == "o" for _, item in as_of[d4] | as_of[d5])  # first seen more than COLD_ITEM_DAYS before
-    assert new.loc[new["item_id"].eq("n") & new["user_id"].eq("u1") & new["as_of_date"].eq(pd.Timestamp(d4)), "source"].tolist() == ["new"]
-    seen_d4 = conn.execute("SELECT count(*) FROM ranking_candidates WHERE as_of_date = ? AND item_id = 'late'", [d4]).fetchone()[0]
+    assert new.loc[
+        new["item_id"].eq("n") & new["user_id"].eq("u1") & new["as_of_date"].eq(pd.Timestamp(d4)), "source"
+    ].tolist() == ["new"]
+    seen_d4 = conn.execute(
+        "SELECT count(*) FROM ranking_candidates WHERE as_of_date = ? AND item_id = 'late'", [d4]
+    ).fetchone()[0]
     assert seen_d4 == 0 and ("u1", "late") in as_of[d5]  # proposed only once it has been seen before a cut-off
 
 
-def test_cold_item_segment_is_the_items_first_seen_shortly_before_the_cutoff_and_the_new_source_reaches_it(conn, tmp_path):
+def test_cold_item_segment_is_the_items_first_seen_shortly_before_the_cutoff_and_the_new_source_reaches_it(
+    conn, tmp_path
+):
     from assets.logic import training
     from assets.logic.candidates import candidate_recall
 
     d4, _ = _cold_shop(conn, tmp_path)
     targets = training.holdout_targets(conn, d4).set_index(["user_id", "item_id"])
-    assert targets["cold_item"].to_dict() == {("u1", "late"): False, ("u1", "n"): True, ("u1", "o"): False,
-                                              ("u3", "late"): False}
-    assert targets["unseen_item"].to_dict() == {("u1", "late"): True, ("u1", "n"): False, ("u1", "o"): False,
-                                                ("u3", "late"): True}
+    assert targets["cold_item"].to_dict() == {
+        ("u1", "late"): False,
+        ("u1", "n"): True,
+        ("u1", "o"): False,
+        ("u3", "late"): False,
+    }
+    assert targets["unseen_item"].to_dict() == {
+        ("u1", "late"): True,
+        ("u1", "n"): False,
+        ("u1", "o"): False,
+        ("u3", "late"): True,
+    }
     recall = candidate_recall(conn, d4)
     assert recall.loc["targets", "cold_found"] == 1 and recall.loc["new", "cold_found"] == 1
     assert recall.loc["unseen", "found"] == 2 and recall.loc["union", "found"] <= 2
@@ -299,9 +394,14 @@ def test_search_features_follow_the_session_and_stop_at_the_cutoff(conn, tmp_pat
 
 
 def test_events_at_the_same_time_share_their_session(conn, tmp_path):
-    rows = [_row("2025-03-02 09:00", event_id="z1"), _row("2025-03-02 10:00", event_id="b2"),
-            _row("2025-03-02 10:00", event_id="a3", item="i2"), _row("2025-03-02 10:20", event_id="c4"),
-            _row("2025-03-02 11:00", event_id="d5"), _row("2025-03-02 11:00", event_id="e6")]
+    rows = [
+        _row("2025-03-02 09:00", event_id="z1"),
+        _row("2025-03-02 10:00", event_id="b2"),
+        _row("2025-03-02 10:00", event_id="a3", item="i2"),
+        _row("2025-03-02 10:20", event_id="c4"),
+        _row("2025-03-02 11:00", event_id="d5"),
+        _row("2025-03-02 11:00", event_id="e6"),
+    ]
     load_raw_day(conn, _landing(tmp_path, rows), DAY)
     clean_day(conn, DAY, bot_events_per_day=100)
     sessions = dict(conn.execute("SELECT event_id, session_id FROM cleaned_events").fetchall())
@@ -311,7 +411,10 @@ def test_events_at_the_same_time_share_their_session(conn, tmp_path):
 
 def test_a_nan_price_is_quarantined_not_averaged(conn, tmp_path):
     """NaN (which pandas would write as null) straight from Arrow, as DuckDB writes a canonical file's 'nan'."""
-    rows = [_row("2025-03-02 09:00", price=2.0, event_id="a"), _row("2025-03-02 09:01", price=float("nan"), event_id="b")]
+    rows = [
+        _row("2025-03-02 09:00", price=2.0, event_id="a"),
+        _row("2025-03-02 09:01", price=float("nan"), event_id="b"),
+    ]
     frame = pd.DataFrame(rows)
     table = pa.table({c: pa.array(frame[c], from_pandas=c != "price") for c in frame.columns})
     path = tmp_path / "nan.parquet"

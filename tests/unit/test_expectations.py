@@ -8,11 +8,21 @@ from expectations.adapter import SUITES, validate
 
 
 def test_failed_expectations_are_named_with_offending_values():
-    frame = pd.DataFrame({
-        "event_time": pd.to_datetime(["2025-03-01 10:00"] * 3), "user_id": ["a", "b", "c"], "session_id": "s",
-        "event_type": ["view", "teleport", "purchase"], "item_id": "i", "category_id": "c", "price": [1.0, -2.0, 3.0],
-        "query": None, "event_id": ["1", "2", "3"], "source_file": "f", "source_line": [1, 2, 3],
-    })
+    frame = pd.DataFrame(
+        {
+            "event_time": pd.to_datetime(["2025-03-01 10:00"] * 3),
+            "user_id": ["a", "b", "c"],
+            "session_id": "s",
+            "event_type": ["view", "teleport", "purchase"],
+            "item_id": "i",
+            "category_id": "c",
+            "price": [1.0, -2.0, 3.0],
+            "query": None,
+            "event_id": ["1", "2", "3"],
+            "source_file": "f",
+            "source_line": [1, 2, 3],
+        }
+    )
     result = validate(frame, "raw_events", "raw_events_suite")
     assert not result.passed
     failures = result.metadata["failures"].value
@@ -49,7 +59,10 @@ PARITY_EXPECTATIONS = [
     {"type": "expect_column_values_to_be_between", "kwargs": {"column": "price", "min_value": 0}},
     {"type": "expect_column_values_to_be_between", "kwargs": {"column": "price", "max_value": 5.0}},
     {"type": "expect_column_values_to_be_between", "kwargs": {"column": "rank", "min_value": 1, "max_value": 3}},
-    {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "event_type", "value_set": ["view", "purchase"]}},
+    {
+        "type": "expect_column_values_to_be_in_set",
+        "kwargs": {"column": "event_type", "value_set": ["view", "purchase"]},
+    },
     {"type": "expect_column_values_to_be_unique", "kwargs": {"column": "event_id"}},
     {"type": "expect_compound_columns_to_be_unique", "kwargs": {"column_list": ["user_id", "rank"]}},
     {"type": "expect_table_row_count_to_be_between", "kwargs": {"min_value": 7}},
@@ -64,24 +77,31 @@ def test_duckdb_counts_the_same_unexpected_rows_as_gx():
     from expectations.adapter import run_suite
     from expectations.sql import counted_in_sql, sql_outcomes
 
-    frame = pd.DataFrame({
-        "user_id": ["a", "a", None, "b", "b", "c"],
-        "price": [1.0, -2.0, None, 7.0, 3.0, 0.0],
-        "rank": [1, 2, 2, 3, 3, 9],
-        "event_type": ["view", "teleport", None, "purchase", "view", "fly"],
-        "event_id": ["1", "2", "2", None, None, "3"],
-    })
+    frame = pd.DataFrame(
+        {
+            "user_id": ["a", "a", None, "b", "b", "c"],
+            "price": [1.0, -2.0, None, 7.0, 3.0, 0.0],
+            "rank": [1, 2, 2, 3, 3, 9],
+            "event_type": ["view", "teleport", None, "purchase", "view", "fly"],
+            "event_id": ["1", "2", "2", None, None, "3"],
+        }
+    )
     assert all(counted_in_sql(e) for e in PARITY_EXPECTATIONS)
-    conditioned = {"type": "expect_column_values_to_not_be_null",
-                   "kwargs": {"column": "user_id", "row_condition": "price>0", "condition_parser": "pandas"}}
+    conditioned = {
+        "type": "expect_column_values_to_not_be_null",
+        "kwargs": {"column": "user_id", "row_condition": "price>0", "condition_parser": "pandas"},
+    }
     assert not counted_in_sql(conditioned)  # left to GX
     by_gx = run_suite(frame, "raw_events", PARITY_EXPECTATIONS)
     with duckdb.connect() as conn:
         conn.register("frame", frame)
         rows, by_sql = sql_outcomes(conn, "frame", {}, PARITY_EXPECTATIONS)
     assert rows == 6
-    assert [o["success"] for o in by_sql] == [o["success"] for o in by_gx] == [False, False, False, False, False, False,
-                                                                             False, False, True]
+    assert (
+        [o["success"] for o in by_sql]
+        == [o["success"] for o in by_gx]
+        == [False, False, False, False, False, False, False, False, True]
+    )
     assert [o["unexpected_count"] for o in by_sql] == [o["unexpected_count"] for o in by_gx]
     assert by_sql[4]["examples"] == ["fly", "teleport"] and by_sql[5]["examples"] == ["2"]
 
@@ -99,9 +119,14 @@ def test_window_suite_counts_every_row_not_only_what_gx_reads(tmp_path):
                    'c' AS category_id, CASE WHEN i = 31337 THEN -1.5 ELSE 2.0 END AS price, NULL::VARCHAR AS query,
                    'e' || i AS event_id, 'f' AS source_file, i AS source_line
             FROM range(50000) t(i)""")
-        check, head = validate_window(conn, "(SELECT * FROM raw_events WHERE event_time >= $start)",
-                                        {"start": pd.Timestamp("2025-03-01")}, "raw_events", "raw_events_suite",
-                                        gx_rows=100)
+        check, head = validate_window(
+            conn,
+            "(SELECT * FROM raw_events WHERE event_time >= $start)",
+            {"start": pd.Timestamp("2025-03-01")},
+            "raw_events",
+            "raw_events_suite",
+            gx_rows=100,
+        )
     assert len(head) == 100 and not check.passed
     assert check.metadata["rows_validated"].value == 50000
     (failure,) = check.metadata["failures"].value

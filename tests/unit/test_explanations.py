@@ -56,11 +56,17 @@ def test_reasons_read_only_the_first_rounds():
 
 
 def test_wording_uses_the_rows_numbers():
-    rows = pd.DataFrame({
-        "ui_views": [2.0, 0, 1, 0, 0], "ui_carts": [0.0, 0, 1, 0, 0], "ui_favs": [1.0, 0, 0, 0, 0],
-        "ui_purchases": [0.0, 0, 0, 0, 0], "ui_hours_since_touch": [2.5, None, None, None, None],
-        "category_affinity": [0.0, 0.0, 0.0, 0.126, 0.004], "category_id": ["c1", "c1", "c1", "c7", "c8"],
-    })
+    rows = pd.DataFrame(
+        {
+            "ui_views": [2.0, 0, 1, 0, 0],
+            "ui_carts": [0.0, 0, 1, 0, 0],
+            "ui_favs": [1.0, 0, 0, 0, 0],
+            "ui_purchases": [0.0, 0, 0, 0, 0],
+            "ui_hours_since_touch": [2.5, None, None, None, None],
+            "category_affinity": [0.0, 0.0, 0.0, 0.126, 0.004],
+            "category_id": ["c1", "c1", "c1", "c7", "c8"],
+        }
+    )
     family = pd.Series(["own_history", "own_history", "own_history", "category", "category"])
     assert word(rows, family).to_pylist() == [
         "you viewed it 2 times and saved it 1 time, last 2 hours ago",  # 2.5 rounds half to even
@@ -69,11 +75,18 @@ def test_wording_uses_the_rows_numbers():
         "popular in category c7, which you browse (13% of your activity)",
         "popular in category c8, which you browse",
     ]
-    assert word(rows, pd.Series(["co_visitation", "user_activity", "price", "item_popularity", "item_popularity"])).to_pylist() == [
-        "often viewed together with items you looked at", "matches how actively you are shopping",
-        "in the price range you shop in", "popular with shoppers right now", "popular with shoppers right now",
+    assert word(
+        rows, pd.Series(["co_visitation", "user_activity", "price", "item_popularity", "item_popularity"])
+    ).to_pylist() == [
+        "often viewed together with items you looked at",
+        "matches how actively you are shopping",
+        "in the price range you shop in",
+        "popular with shoppers right now",
+        "popular with shoppers right now",
     ]
-    assert word(rows, pd.Series(["new_arrival", "trending", "item_popularity", "item_popularity", "item_popularity"])).to_pylist()[:2] == [
+    assert word(
+        rows, pd.Series(["new_arrival", "trending", "item_popularity", "item_popularity", "item_popularity"])
+    ).to_pylist()[:2] == [
         "new in category c1, which you browse, and catching on fast",
         "trending: more shoppers than usual looked at it in the last day",
     ]

@@ -21,13 +21,36 @@ def _events() -> pd.DataFrame:
     for u, user in enumerate(("u1", "u2")):
         start = dt.datetime(2025, 3, 2, 9) + dt.timedelta(minutes=u)
         for i, price in enumerate(PRICES):
-            rows.append((start + dt.timedelta(hours=2 * i), user, f"s{u}{i // 6}", "view", f"i{(i + u) % 5}",
-                         f"c{i % 3}", price, None, f"e{u}{i:02d}"))
+            rows.append(
+                (
+                    start + dt.timedelta(hours=2 * i),
+                    user,
+                    f"s{u}{i // 6}",
+                    "view",
+                    f"i{(i + u) % 5}",
+                    f"c{i % 3}",
+                    price,
+                    None,
+                    f"e{u}{i:02d}",
+                )
+            )
         last = start + dt.timedelta(hours=2 * len(PRICES))
         rows.append((last, user, f"s{u}9", "add_to_cart", "i1", "c1", 5.5, None, f"e{u}98"))
         rows.append((last, user, f"s{u}9", "view", "i2", "c2", 6.5, None, f"e{u}99"))
-    frame = pd.DataFrame(rows, columns=["event_time", "user_id", "session_id", "event_type", "item_id", "category_id",
-                                        "price", "query", "event_id"])
+    frame = pd.DataFrame(
+        rows,
+        columns=[
+            "event_time",
+            "user_id",
+            "session_id",
+            "event_type",
+            "item_id",
+            "category_id",
+            "price",
+            "query",
+            "event_id",
+        ],
+    )
     return frame.assign(is_bot=False)
 
 
@@ -39,8 +62,10 @@ def _build(events: pd.DataFrame) -> dict[str, pd.DataFrame]:
         conn.execute("INSERT INTO cleaned_events BY NAME SELECT * FROM events")
         for build in (build_user_features_day, build_item_features_day, build_candidates_day):
             assert build(conn, DAY) > 0
-        return {table: conn.execute(f"SELECT * FROM {table} ORDER BY ALL").df()
-                for table in ("user_features", "item_features", "ranking_candidates")}
+        return {
+            table: conn.execute(f"SELECT * FROM {table} ORDER BY ALL").df()
+            for table in ("user_features", "item_features", "ranking_candidates")
+        }
 
 
 @pytest.mark.parametrize("order", ["reversed", "shuffled"])

@@ -80,7 +80,9 @@ def test_every_line_of_a_bad_taobao_file_is_accepted_or_quarantined_with_its_rea
     expected = pd.Series([o for _, o in TAOBAO_CORPUS] + ["non_utf8"]).value_counts().to_dict()
     assert report.read == len(raw_lines) == report.accepted + report.quarantined
     assert report.accepted == expected.pop("accepted")
-    reported = {k: v for c in report.per_day.values() for k, v in c.items() if k not in ("read", "accepted", "quarantined")}
+    reported = {
+        k: v for c in report.per_day.values() for k, v in c.items() if k not in ("read", "accepted", "quarantined")
+    }
     assert reported == expected
     assert list(report.per_day) == [dt.date(2017, 12, 1)]  # every line, even unplaceable ones, lands in a day
 
@@ -100,71 +102,137 @@ def test_every_line_of_a_bad_taobao_file_is_accepted_or_quarantined_with_its_rea
 
 
 def test_canonical_csv_rules_prices_queries_and_quoting(tmp_path):
-    source = _write(tmp_path / "events.csv", [
-        "event_time,user_id,event_type,item_id,price,query,session_id",
-        "2025-03-02 10:00:00,u1,view,i1,9.5,,s1",
-        '2025-03-02 10:01:00,u1,search,,,"red shoes, size 4",s1',
-        "2025-03-02 10:02:00+01:00,u1, Add_To_Cart ,i1,9.5,,s1",
-        "2025-03-02 10:03:00,u1,purchase,i1,-1,,s1",
-        "2025-03-02 10:04:00,u1,purchase,i1,cheap,,s1",
-        "2025-03-02 10:05:00,u2,view,,,,",
-        "not a time,u2,view,i2,,,",
-    ])
+    source = _write(
+        tmp_path / "events.csv",
+        [
+            "event_time,user_id,event_type,item_id,price,query,session_id",
+            "2025-03-02 10:00:00,u1,view,i1,9.5,,s1",
+            '2025-03-02 10:01:00,u1,search,,,"red shoes, size 4",s1',
+            "2025-03-02 10:02:00+01:00,u1, Add_To_Cart ,i1,9.5,,s1",
+            "2025-03-02 10:03:00,u1,purchase,i1,-1,,s1",
+            "2025-03-02 10:04:00,u1,purchase,i1,cheap,,s1",
+            "2025-03-02 10:05:00,u2,view,,,,",
+            "not a time,u2,view,i2,,,",
+        ],
+    )
     root = tmp_path / "landing"
     report = ingest([source], "canonical-csv", str(root), now=NOW)
     outcome = report.per_day[dt.date(2025, 3, 2)]
     assert outcome["accepted"] == 3
     assert {k: outcome.get(k) for k in ("negative_price", "bad_type", "missing_item", "bad_timestamp")} == {
-        "negative_price": 1, "bad_type": 1, "missing_item": 1, "bad_timestamp": 1}
+        "negative_price": 1,
+        "bad_type": 1,
+        "missing_item": 1,
+        "bad_timestamp": 1,
+    }
     conn, _ = _warehouse_outcomes(root, "UTC")
     accepted = conn.execute("SELECT event_time, event_type, query FROM raw_events ORDER BY event_time").fetchall()
-    assert accepted[0][1:] == ("add_to_cart", None) and accepted[0][0] == dt.datetime(2025, 3, 2, 9, 2)  # offset honoured
+    assert accepted[0][1:] == ("add_to_cart", None) and accepted[0][0] == dt.datetime(
+        2025, 3, 2, 9, 2
+    )  # offset honoured
     assert accepted[2][1:] == ("search", "red shoes, size 4")
 
 
 @pytest.mark.parametrize(
     "fmt, name, lines, expected",
     [
-        ("rees46", "rees.csv", [
-            "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session",
-            "2019-10-01 00:00:00 UTC,view,44600062,2103807459595387724,,shiseido,35.79,541312140,72d7",
-            "2019-10-01 00:00:05 UTC,cart,3900821,2053013552326770905,appliances.water,aqua,33.20,554748717,9333",
-        ], [("2019-10-01 00:00:00", "541312140", "72d7", "view", "44600062", 35.79),
-            ("2019-10-01 00:00:05", "554748717", "9333", "add_to_cart", "3900821", 33.2)]),
-        ("retailrocket", "events.csv.gz", [
-            "timestamp,visitorid,event,itemid,transactionid",
-            "1433221332117,257597,view,355908,",
-            "1433224214164,992329,addtocart,248676,",
-            "1433193500981,121688,transaction,15335,11117",
-        ], [("2015-06-01 21:18:20.981", "121688", None, "purchase", "15335", None),
-            ("2015-06-02 05:02:12.117", "257597", None, "view", "355908", None),
-            ("2015-06-02 05:50:14.164", "992329", None, "add_to_cart", "248676", None)]),
-        ("yoochoose-clicks", "yoochoose-clicks.dat", [
-            "1,2014-04-07T10:51:09.277Z,214536502,0",
-            "1,2014-04-07T10:54:09.868Z,214536500,S",
-        ], [("2014-04-07 10:51:09.277", "s1", "1", "view", "214536502", None),
-            ("2014-04-07 10:54:09.868", "s1", "1", "view", "214536500", None)]),
-        ("yoochoose-clicks", "clicks.tsv", [
-            "SessionId\tItemId\tTime",
-            "7\t214536502\t1396867869.277",
-        ], [("2014-04-07 10:51:09.277", "s7", "7", "view", "214536502", None)]),
-        ("yoochoose-buys", "yoochoose-buys.dat", [
-            "420374,2014-04-06T18:44:58.314Z,214537888,12462,1",
-        ], [("2014-04-06 18:44:58.314", "s420374", "420374", "purchase", "214537888", 12462.0)]),
-        ("otto", "train.jsonl", [
-            json.dumps({"session": 0, "events": [{"aid": 1517085, "ts": 1659304800025, "type": "clicks"},
-                                                  {"aid": 1563459, "ts": 1659304904511, "type": "orders"}]}),
-        ], [("2022-07-31 22:00:00.025", "s0", "0", "view", "1517085", None),
-            ("2022-07-31 22:01:44.511", "s0", "0", "purchase", "1563459", None)]),
-        ("diginetica", "train-item-views.csv", [
-            "session_id;user_id;item_id;timeframe;eventdate",
-            "1;NA;81766;526309;2016-05-09",
-            "2;4711;31331;1031018;2016-05-09",
-        ], [("2016-05-09 00:08:46.309", "s1", "1", "view", "81766", None),
-            ("2016-05-09 00:17:11.018", "4711", "2", "view", "31331", None)]),
-        ("canonical-jsonl", "events.jsonl", [
-            json.dumps({"event_time": "2025-03-02T10:00:00Z", "user_id": 5, "event_type": "fav", "item_id": "i9"}),
-        ], [("2025-03-02 10:00:00", "5", None, "favorite", "i9", None)]),
+        (
+            "rees46",
+            "rees.csv",
+            [
+                "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session",
+                "2019-10-01 00:00:00 UTC,view,44600062,2103807459595387724,,shiseido,35.79,541312140,72d7",
+                "2019-10-01 00:00:05 UTC,cart,3900821,2053013552326770905,appliances.water,aqua,33.20,554748717,9333",
+            ],
+            [
+                ("2019-10-01 00:00:00", "541312140", "72d7", "view", "44600062", 35.79),
+                ("2019-10-01 00:00:05", "554748717", "9333", "add_to_cart", "3900821", 33.2),
+            ],
+        ),
+        (
+            "retailrocket",
+            "events.csv.gz",
+            [
+                "timestamp,visitorid,event,itemid,transactionid",
+                "1433221332117,257597,view,355908,",
+                "1433224214164,992329,addtocart,248676,",
+                "1433193500981,121688,transaction,15335,11117",
+            ],
+            [
+                ("2015-06-01 21:18:20.981", "121688", None, "purchase", "15335", None),
+                ("2015-06-02 05:02:12.117", "257597", None, "view", "355908", None),
+                ("2015-06-02 05:50:14.164", "992329", None, "add_to_cart", "248676", None),
+            ],
+        ),
+        (
+            "yoochoose-clicks",
+            "yoochoose-clicks.dat",
+            [
+                "1,2014-04-07T10:51:09.277Z,214536502,0",
+                "1,2014-04-07T10:54:09.868Z,214536500,S",
+            ],
+            [
+                ("2014-04-07 10:51:09.277", "s1", "1", "view", "214536502", None),
+                ("2014-04-07 10:54:09.868", "s1", "1", "view", "214536500", None),
+            ],
+        ),
+        (
+            "yoochoose-clicks",
+            "clicks.tsv",
+            [
+                "SessionId\tItemId\tTime",
+                "7\t214536502\t1396867869.277",
+            ],
+            [("2014-04-07 10:51:09.277", "s7", "7", "view", "214536502", None)],
+        ),
+        (
+            "yoochoose-buys",
+            "yoochoose-buys.dat",
+            [
+                "420374,2014-04-06T18:44:58.314Z,214537888,12462,1",
+            ],
+            [("2014-04-06 18:44:58.314", "s420374", "420374", "purchase", "214537888", 12462.0)],
+        ),
+        (
+            "otto",
+            "train.jsonl",
+            [
+                json.dumps(
+                    {
+                        "session": 0,
+                        "events": [
+                            {"aid": 1517085, "ts": 1659304800025, "type": "clicks"},
+                            {"aid": 1563459, "ts": 1659304904511, "type": "orders"},
+                        ],
+                    }
+                ),
+            ],
+            [
+                ("2022-07-31 22:00:00.025", "s0", "0", "view", "1517085", None),
+                ("2022-07-31 22:01:44.511", "s0", "0", "purchase", "1563459", None),
+            ],
+        ),
+        (
+            "diginetica",
+            "train-item-views.csv",
+            [
+                "session_id;user_id;item_id;timeframe;eventdate",
+                "1;NA;81766;526309;2016-05-09",
+                "2;4711;31331;1031018;2016-05-09",
+            ],
+            [
+                ("2016-05-09 00:08:46.309", "s1", "1", "view", "81766", None),
+                ("2016-05-09 00:17:11.018", "4711", "2", "view", "31331", None),
+            ],
+        ),
+        (
+            "canonical-jsonl",
+            "events.jsonl",
+            [
+                json.dumps({"event_time": "2025-03-02T10:00:00Z", "user_id": 5, "event_type": "fav", "item_id": "i9"}),
+            ],
+            [("2025-03-02 10:00:00", "5", None, "favorite", "i9", None)],
+        ),
     ],
 )
 def test_each_public_format_maps_onto_the_canonical_schema(tmp_path, fmt, name, lines, expected):
@@ -181,17 +249,28 @@ def test_each_public_format_maps_onto_the_canonical_schema(tmp_path, fmt, name, 
 
 
 def test_canonical_parquet_and_otto_lines_without_events(tmp_path):
-    frame = pd.DataFrame({"event_time": pd.to_datetime(["2025-03-02 10:00", "2025-03-02 11:00"]).tz_localize("UTC"),
-                          "user_id": ["u1", "u2"], "event_type": ["view", "buy"], "item_id": ["a", "b"]})
+    frame = pd.DataFrame(
+        {
+            "event_time": pd.to_datetime(["2025-03-02 10:00", "2025-03-02 11:00"]).tz_localize("UTC"),
+            "user_id": ["u1", "u2"],
+            "event_type": ["view", "buy"],
+            "item_id": ["a", "b"],
+        }
+    )
     frame.to_parquet(tmp_path / "events.parquet")
     report = ingest([str(tmp_path / "events.parquet")], "canonical-parquet", str(tmp_path / "p"), now=NOW)
     assert report.accepted == 2
-    otto = _write(tmp_path / "s.jsonl", [
-        json.dumps({"session": 1, "events": [{"aid": 5, "ts": 1659304800025, "type": "carts"}, 7]}),
-        "{not json",
-        json.dumps({"session": 2, "events": []}),
-        json.dumps({"session": 3, "events": [{"aid": a, "ts": 1659304800025, "type": "carts"} for a in range(6, 9)]}),
-    ])
+    otto = _write(
+        tmp_path / "s.jsonl",
+        [
+            json.dumps({"session": 1, "events": [{"aid": 5, "ts": 1659304800025, "type": "carts"}, 7]}),
+            "{not json",
+            json.dumps({"session": 2, "events": []}),
+            json.dumps(
+                {"session": 3, "events": [{"aid": a, "ts": 1659304800025, "type": "carts"} for a in range(6, 9)]}
+            ),
+        ],
+    )
     report = ingest([otto], "otto", str(tmp_path / "o"), now=NOW)
     day = report.per_day[dt.date(2022, 7, 31)]
     assert (day["read"], day["accepted"], day["unparseable_line"]) == (7, 4, 3)
@@ -213,9 +292,16 @@ def test_timezone_decides_the_day_and_times_are_stored_in_utc(tmp_path):
         ("missing", lambda p: str(p / "nope.csv"), "file not found"),
         ("empty", lambda p: _write(p / "empty.csv", []), "empty file"),
         ("truncated gzip", lambda p: _truncated_gzip(p), "corrupt or truncated gzip"),
-        ("not gzip", lambda p: _write(p / "plain.csv", [f"1,1,1,pv,{TS}"]) and _rename(p / "plain.csv", "plain.csv.gz"),
-         "corrupt or truncated gzip"),
-        ("wrong format", lambda p: _write(p / "other.csv", ['{"a": 1}', '{"b": 2}', f"1,1,1,pv,{TS}"]), "does not look like taobao"),
+        (
+            "not gzip",
+            lambda p: _write(p / "plain.csv", [f"1,1,1,pv,{TS}"]) and _rename(p / "plain.csv", "plain.csv.gz"),
+            "corrupt or truncated gzip",
+        ),
+        (
+            "wrong format",
+            lambda p: _write(p / "other.csv", ['{"a": 1}', '{"b": 2}', f"1,1,1,pv,{TS}"]),
+            "does not look like taobao",
+        ),
         ("folder", lambda p: str(p), "is a folder"),
     ],
 )
@@ -274,8 +360,10 @@ def test_reingesting_a_file_replaces_its_landing_files(tmp_path):
 
 
 def test_pseudonymised_ingest_lets_no_raw_identifier_through(tmp_path):
-    source = _write(tmp_path / "log.csv", [f"918273,100,10,pv,{TS}", f"918273,101,10,buy,{TS + 5}",
-                                           f"918273,101,10,buy,{TS + 5}", "918273 garbage line"])
+    source = _write(
+        tmp_path / "log.csv",
+        [f"918273,100,10,pv,{TS}", f"918273,101,10,buy,{TS + 5}", f"918273,101,10,buy,{TS + 5}", "918273 garbage line"],
+    )
     key = "k" * 32
     root = tmp_path / "landing"
     ingest([source], "taobao", str(root), now=NOW, pseudonym_key=key)
@@ -284,8 +372,10 @@ def test_pseudonymised_ingest_lets_no_raw_identifier_through(tmp_path):
     assert "918273" not in text
     assert set(landed["user_id"].dropna()) == {pseudonym(key, "918273")}
     conn, counts = _warehouse_outcomes(root, SHANGHAI)
-    everything = conn.execute("SELECT * FROM raw_events").df().to_string() + conn.execute(
-        "SELECT * FROM raw_events_quarantine").df().to_string()
+    everything = (
+        conn.execute("SELECT * FROM raw_events").df().to_string()
+        + conn.execute("SELECT * FROM raw_events_quarantine").df().to_string()
+    )
     assert "918273" not in everything
     assert sum(c["read"] for c in counts.values()) == 4
     # A different key gives different pseudonyms; no key keeps the id.
@@ -384,7 +474,9 @@ ingest([source], "taobao", root, now=dt.datetime(2026, 1, 1), end=dt.date(2017, 
 """
 
 
-@pytest.mark.parametrize("primitive, n", [("on_staged", 0), ("replace", 1), ("replace", 3), ("unlink", 1), ("unlink", 2)])
+@pytest.mark.parametrize(
+    "primitive, n", [("on_staged", 0), ("replace", 1), ("replace", 3), ("unlink", 1), ("unlink", 2)]
+)
 def test_a_killed_reingest_leaves_the_complete_old_or_new_landing(tmp_path, primitive, n):
     home = tmp_path / "home"
     root = home / "landing"
@@ -394,16 +486,24 @@ def test_a_killed_reingest_leaves_the_complete_old_or_new_landing(tmp_path, prim
     _write(source, [f"1,{100 + i},10,pv,{TS + i * 86400}" for i in range(5)])  # one event a day
     ingest([str(source)], "taobao", str(root), now=NOW, end=dt.date(2017, 12, 31))
     _write(source, [f"1,{200 + i},10,pv,{TS + (i // 2 + 1) * 86400 + i}" for i in range(10)])  # two a day, a day later
-    killed = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(source), str(root), primitive, str(n)],
-                            cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_SCRIPT, str(source), str(root), primitive, str(n)],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
 
     landing = LandingSource(home=str(home), mode="files")
 
     def rows_per_day(_) -> dict:
-        return {day: duckdb.connect().execute("SELECT count(*) FROM read_parquet($f)",
-                                              {"f": landing.files_for_day(day)}).fetchone()[0]
-                for day in landing.landed_days()}
+        return {
+            day: duckdb.connect()
+            .execute("SELECT count(*) FROM read_parquet($f)", {"f": landing.files_for_day(day)})
+            .fetchone()[0]
+            for day in landing.landed_days()
+        }
 
     try:  # the first read asks for the day only the new version has
         newest_day_files = len(landing.files_for_day(new_days[-1]))
@@ -472,13 +572,18 @@ def test_on_staged_sees_the_report_before_anything_is_published_and_can_stop_it(
     assert ingest([source], "taobao", str(root), now=NOW).read == 1  # and the next ingest runs
 
 
-@pytest.mark.parametrize("fmt, header", [
-    ("canonical-csv", "event_time,user_id,event_type,user_id"),
-    ("rees46", "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session,brand"),
-])
+@pytest.mark.parametrize(
+    "fmt, header",
+    [
+        ("canonical-csv", "event_time,user_id,event_type,user_id"),
+        ("rees46", "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session,brand"),
+    ],
+)
 def test_a_duplicated_header_name_is_refused(tmp_path, fmt, header):
-    row = {"canonical-csv": "2025-03-02 10:00:00,u1,view,u2",
-           "rees46": "2019-10-01 00:00:00 UTC,view,1,2,,b,1.0,3,s,b"}[fmt]
+    row = {
+        "canonical-csv": "2025-03-02 10:00:00,u1,view,u2",
+        "rees46": "2019-10-01 00:00:00 UTC,view,1,2,,b,1.0,3,s,b",
+    }[fmt]
     source = _write(tmp_path / "dup.csv", [header, row])
     with pytest.raises(IngestError, match=r"dup\.csv: .*duplicated column") as error:
         ingest([source], fmt, str(tmp_path / "landing"), now=NOW)
@@ -486,7 +591,9 @@ def test_a_duplicated_header_name_is_refused(tmp_path, fmt, header):
 
 
 def test_a_duplicated_parquet_column_is_refused(tmp_path):
-    table = pa.table([["2025-03-02 10:00:00"], ["u1"], ["view"], ["u2"]], names=["event_time", "user_id", "event_type", "user_id"])
+    table = pa.table(
+        [["2025-03-02 10:00:00"], ["u1"], ["view"], ["u2"]], names=["event_time", "user_id", "event_type", "user_id"]
+    )
     pq.write_table(table, tmp_path / "dup.parquet")
     with pytest.raises(IngestError, match="duplicated column 'user_id'"):
         ingest([str(tmp_path / "dup.parquet")], "canonical-parquet", str(tmp_path / "landing"), now=NOW)
@@ -496,54 +603,117 @@ def test_a_timezone_is_validated_and_never_pasted_into_sql(tmp_path):
     source = _write(tmp_path / "log.csv", [f"1,100,10,pv,{TS}"])
     target = tmp_path / "injected.txt"
     with pytest.raises(ValueError, match="--tz"):
-        ingest([source], "taobao", str(tmp_path / "landing"), tz=f"UTC'; COPY (SELECT 'x') TO '{target}'; SET TimeZone = 'UTC",
-               now=NOW)
+        ingest(
+            [source],
+            "taobao",
+            str(tmp_path / "landing"),
+            tz=f"UTC'; COPY (SELECT 'x') TO '{target}'; SET TimeZone = 'UTC",
+            now=NOW,
+        )
     assert not target.exists()
     with pytest.raises(ValueError, match="--tz 'utc'"):
         ingest([source], "taobao", str(tmp_path / "landing"), tz="utc", now=NOW)
 
 
 def test_a_home_whose_path_has_quotes_ingests_and_reads(tmp_path):
-    home = tmp_path / "it's \"x\"; y"
+    home = tmp_path / 'it\'s "x"; y'
     source = _write(tmp_path / "log.csv", [f"1,100,10,pv,{TS}", f"1,101,10,pv,{TS + 86400}"])
     for _ in range(2):  # re-ingesting replaces, through the same quoting
         report = ingest([source], "taobao", str(home / "landing"), now=NOW)
     assert report.accepted == 2
     landing = LandingSource(home=str(home), mode="files")
     assert landing.landed_days() == [dt.date(2017, 12, 1), dt.date(2017, 12, 2)]
-    assert load_raw_day(duckdb.connect(), landing.files_for_day(dt.date(2017, 12, 1)), dt.date(2017, 12, 1),
-                        SHANGHAI)["accepted"] == 1
+    assert (
+        load_raw_day(duckdb.connect(), landing.files_for_day(dt.date(2017, 12, 1)), dt.date(2017, 12, 1), SHANGHAI)[
+            "accepted"
+        ]
+        == 1
+    )
 
 
-@pytest.mark.parametrize("column, values", [
-    ("user_id", pa.array([{"id": 1}, {"id": 2}])),
-    ("item_id", pa.array([[1, 2], [3]])),
-])
+@pytest.mark.parametrize(
+    "column, values",
+    [
+        ("user_id", pa.array([{"id": 1}, {"id": 2}])),
+        ("item_id", pa.array([[1, 2], [3]])),
+    ],
+)
 def test_a_nested_canonical_parquet_column_is_refused_naming_it_and_its_type(tmp_path, column, values):
-    columns = {"event_time": pa.array(["2025-03-02 10:00:00", "2025-03-02 11:00:00"]), "user_id": pa.array(["u1", "u2"]),
-               "event_type": pa.array(["view", "view"]), "item_id": pa.array(["a", "b"])}
+    columns = {
+        "event_time": pa.array(["2025-03-02 10:00:00", "2025-03-02 11:00:00"]),
+        "user_id": pa.array(["u1", "u2"]),
+        "event_type": pa.array(["view", "view"]),
+        "item_id": pa.array(["a", "b"]),
+    }
     pq.write_table(pa.table({**columns, column: values}), tmp_path / "nested.parquet")
     with pytest.raises(IngestError, match=rf"nested\.parquet: column {column} has the type (struct|list)"):
         ingest([str(tmp_path / "nested.parquet")], "canonical-parquet", str(tmp_path / "landing"), now=NOW)
 
 
-@pytest.mark.parametrize("fmt, name, lines", [
-    ("diginetica", "d.csv", ["session_id;user_id;item_id;timeframe;eventdate", "1;NA;5;526309;2016-05-09",
-                             "1;NA;6;10000000000000000;2016-05-09", "1;NA;7;1e16;2016-05-09", "1;NA;8;526310;2016-05-09",
-                             "1;NA;9;526311;2016-05-09"]),
-    ("taobao", "t.csv", [f"1,100,10,pv,{TS}", "1,101,10,pv,1e20", "1,102,10,pv,-1e20", f"1,103,10,pv,{TS}",
-                         f"1,104,10,pv,{TS}"]),
-    ("retailrocket", "r.csv", ["timestamp,visitorid,event,itemid,transactionid", "1433221332117,1,view,5,",
-                               "1e20,1,view,6,", "100000000000000000000000,1,view,7,", "1433221332118,1,view,8,",
-                               "1433221332119,1,view,9,"]),
-    ("yoochoose-clicks", "y.tsv", ["SessionId\tItemId\tTime", "7\t5\t1396867869.277", "7\t6\t1e20", "7\t7\tinf", "7\t8\t1396867869.3",
-                               "7\t9\t1396867869.4"]),
-    ("otto", "o.jsonl", [json.dumps({"session": 1, "events": [{"aid": 5, "ts": 1659304800025, "type": "clicks"},
-                                                              {"aid": 6, "ts": 1e20, "type": "clicks"},
-                                                              {"aid": 7, "ts": -1e300, "type": "clicks"},
-                                                              {"aid": 8, "ts": 1659304800026, "type": "clicks"},
-                                                              {"aid": 9, "ts": 1659304800027, "type": "clicks"}]})]),
-])
+@pytest.mark.parametrize(
+    "fmt, name, lines",
+    [
+        (
+            "diginetica",
+            "d.csv",
+            [
+                "session_id;user_id;item_id;timeframe;eventdate",
+                "1;NA;5;526309;2016-05-09",
+                "1;NA;6;10000000000000000;2016-05-09",
+                "1;NA;7;1e16;2016-05-09",
+                "1;NA;8;526310;2016-05-09",
+                "1;NA;9;526311;2016-05-09",
+            ],
+        ),
+        (
+            "taobao",
+            "t.csv",
+            [f"1,100,10,pv,{TS}", "1,101,10,pv,1e20", "1,102,10,pv,-1e20", f"1,103,10,pv,{TS}", f"1,104,10,pv,{TS}"],
+        ),
+        (
+            "retailrocket",
+            "r.csv",
+            [
+                "timestamp,visitorid,event,itemid,transactionid",
+                "1433221332117,1,view,5,",
+                "1e20,1,view,6,",
+                "100000000000000000000000,1,view,7,",
+                "1433221332118,1,view,8,",
+                "1433221332119,1,view,9,",
+            ],
+        ),
+        (
+            "yoochoose-clicks",
+            "y.tsv",
+            [
+                "SessionId\tItemId\tTime",
+                "7\t5\t1396867869.277",
+                "7\t6\t1e20",
+                "7\t7\tinf",
+                "7\t8\t1396867869.3",
+                "7\t9\t1396867869.4",
+            ],
+        ),
+        (
+            "otto",
+            "o.jsonl",
+            [
+                json.dumps(
+                    {
+                        "session": 1,
+                        "events": [
+                            {"aid": 5, "ts": 1659304800025, "type": "clicks"},
+                            {"aid": 6, "ts": 1e20, "type": "clicks"},
+                            {"aid": 7, "ts": -1e300, "type": "clicks"},
+                            {"aid": 8, "ts": 1659304800026, "type": "clicks"},
+                            {"aid": 9, "ts": 1659304800027, "type": "clicks"},
+                        ],
+                    }
+                )
+            ],
+        ),
+    ],
+)
 def test_a_huge_time_is_quarantined_as_bad_timestamp_and_the_rest_accepted(tmp_path, fmt, name, lines):
     source = _write(tmp_path / name, lines)
     report = ingest([source], fmt, str(tmp_path / "landing"), tz="UTC", now=NOW, start=dt.date(2000, 1, 1))
@@ -552,8 +722,16 @@ def test_a_huge_time_is_quarantined_as_bad_timestamp_and_the_rest_accepted(tmp_p
 
 
 def test_a_time_beyond_the_calendar_in_text_is_quarantined(tmp_path):
-    source = _write(tmp_path / "e.csv", ["event_time,user_id,event_type,item_id", "2025-03-02 10:00:00,u1,view,i1",
-                                         "294247-01-10 04:00:54,u1,view,i2", "infinity,u1,view,i3", "-infinity,u1,view,i4"])
+    source = _write(
+        tmp_path / "e.csv",
+        [
+            "event_time,user_id,event_type,item_id",
+            "2025-03-02 10:00:00,u1,view,i1",
+            "294247-01-10 04:00:54,u1,view,i2",
+            "infinity,u1,view,i3",
+            "-infinity,u1,view,i4",
+        ],
+    )
     report = ingest([source], "canonical-csv", str(tmp_path / "landing"), tz="Asia/Shanghai", now=NOW)
     assert (report.read, report.accepted) == (4, 1)
 
@@ -591,18 +769,47 @@ def test_option_errors_name_the_option(tmp_path):
 BOM = "\ufeff"
 
 
-@pytest.mark.parametrize("fmt, name, lines", [
-    ("taobao", "t.csv", [f"{BOM}1,100,10,pv,{TS}", f"1,101,10,pv,{TS}"]),
-    ("yoochoose-clicks", "y.dat", [f"{BOM}1,2014-04-07T10:51:09.277Z,214536502,0", "1,2014-04-07T10:54:09.868Z,214536500,S"]),
-    ("rees46", "r.csv", [BOM + "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session",
-                         "2019-10-01 00:00:00 UTC,view,1,2,,b,1.0,3,s", "2019-10-01 00:00:01 UTC,view,1,2,,b,1.0,3,s"]),
-    ("canonical-jsonl", "e.jsonl", [BOM + json.dumps({"event_time": "2025-03-02T10:00:00Z", "user_id": "1",
-                                                      "event_type": "view", "item_id": "i"}),
-                                    json.dumps({"event_time": "2025-03-02T11:00:00Z", "user_id": "1",
-                                                "event_type": "view", "item_id": "i"})]),
-    ("otto", "o.jsonl", [BOM + json.dumps({"session": 1, "events": [{"aid": 5, "ts": 1659304800025, "type": "clicks"}]}),
-                         json.dumps({"session": 1, "events": [{"aid": 6, "ts": 1659304800026, "type": "clicks"}]})]),
-])
+@pytest.mark.parametrize(
+    "fmt, name, lines",
+    [
+        ("taobao", "t.csv", [f"{BOM}1,100,10,pv,{TS}", f"1,101,10,pv,{TS}"]),
+        (
+            "yoochoose-clicks",
+            "y.dat",
+            [f"{BOM}1,2014-04-07T10:51:09.277Z,214536502,0", "1,2014-04-07T10:54:09.868Z,214536500,S"],
+        ),
+        (
+            "rees46",
+            "r.csv",
+            [
+                BOM + "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session",
+                "2019-10-01 00:00:00 UTC,view,1,2,,b,1.0,3,s",
+                "2019-10-01 00:00:01 UTC,view,1,2,,b,1.0,3,s",
+            ],
+        ),
+        (
+            "canonical-jsonl",
+            "e.jsonl",
+            [
+                BOM
+                + json.dumps(
+                    {"event_time": "2025-03-02T10:00:00Z", "user_id": "1", "event_type": "view", "item_id": "i"}
+                ),
+                json.dumps(
+                    {"event_time": "2025-03-02T11:00:00Z", "user_id": "1", "event_type": "view", "item_id": "i"}
+                ),
+            ],
+        ),
+        (
+            "otto",
+            "o.jsonl",
+            [
+                BOM + json.dumps({"session": 1, "events": [{"aid": 5, "ts": 1659304800025, "type": "clicks"}]}),
+                json.dumps({"session": 1, "events": [{"aid": 6, "ts": 1659304800026, "type": "clicks"}]}),
+            ],
+        ),
+    ],
+)
 def test_a_utf8_bom_before_the_first_line_is_accepted(tmp_path, fmt, name, lines):
     source = _write(tmp_path / name, lines)
     report = ingest([source], fmt, str(tmp_path / "landing"), tz="UTC", now=NOW)
@@ -610,20 +817,59 @@ def test_a_utf8_bom_before_the_first_line_is_accepted(tmp_path, fmt, name, lines
     assert BOM not in _landed(tmp_path / "landing").drop(columns="filename").astype(str).to_string()
 
 
-@pytest.mark.parametrize("fmt, name, lines, ids", [
-    ("taobao", "t.csv", [f"12,100,10,pv,{TS}", f"12.0,100.0,10,pv,{TS + 1}", f" 12 ,1.0e2, 10 ,pv,{TS + 2}",
-                         f"1.2e1,0100,10.00,pv,{TS + 3}", f"+12,100,10,pv,{TS + 4}"],
-     {("12", "100", "10")}),
-    ("retailrocket", "r.csv", ["timestamp,visitorid,event,itemid,transactionid", "1433221332117,12.0,view,100,",
-                               "1433221332118,12,view,1e2,"], {("12", "100", None)}),
-    ("otto", "o.jsonl", [json.dumps({"session": 12.0, "events": [{"aid": 100, "ts": 1659304800025, "type": "clicks"},
-                                                                 {"aid": 100.0, "ts": 1659304800026, "type": "clicks"}]})],
-     {("s12", "100", None)}),
-    ("rees46", "rees.csv", ["event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session",
-                            "2019-10-01 00:00:00 UTC,view,44600062,2103807459595387724,,b,35.79,541312140,72d7",
-                            "2019-10-01 00:00:01 UTC,view,44600062.0,2103807459595387724,,b,35.79,541312140.0,72d7"],
-     {("541312140", "44600062", "2103807459595387724")}),
-])
+@pytest.mark.parametrize(
+    "fmt, name, lines, ids",
+    [
+        (
+            "taobao",
+            "t.csv",
+            [
+                f"12,100,10,pv,{TS}",
+                f"12.0,100.0,10,pv,{TS + 1}",
+                f" 12 ,1.0e2, 10 ,pv,{TS + 2}",
+                f"1.2e1,0100,10.00,pv,{TS + 3}",
+                f"+12,100,10,pv,{TS + 4}",
+            ],
+            {("12", "100", "10")},
+        ),
+        (
+            "retailrocket",
+            "r.csv",
+            [
+                "timestamp,visitorid,event,itemid,transactionid",
+                "1433221332117,12.0,view,100,",
+                "1433221332118,12,view,1e2,",
+            ],
+            {("12", "100", None)},
+        ),
+        (
+            "otto",
+            "o.jsonl",
+            [
+                json.dumps(
+                    {
+                        "session": 12.0,
+                        "events": [
+                            {"aid": 100, "ts": 1659304800025, "type": "clicks"},
+                            {"aid": 100.0, "ts": 1659304800026, "type": "clicks"},
+                        ],
+                    }
+                )
+            ],
+            {("s12", "100", None)},
+        ),
+        (
+            "rees46",
+            "rees.csv",
+            [
+                "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session",
+                "2019-10-01 00:00:00 UTC,view,44600062,2103807459595387724,,b,35.79,541312140,72d7",
+                "2019-10-01 00:00:01 UTC,view,44600062.0,2103807459595387724,,b,35.79,541312140.0,72d7",
+            ],
+            {("541312140", "44600062", "2103807459595387724")},
+        ),
+    ],
+)
 def test_numeric_ids_are_stored_as_canonical_integer_text(tmp_path, fmt, name, lines, ids):
     source = _write(tmp_path / name, lines)
     report = ingest([source], fmt, str(tmp_path / "landing"), tz="UTC", now=NOW)
@@ -634,10 +880,14 @@ def test_numeric_ids_are_stored_as_canonical_integer_text(tmp_path, fmt, name, l
 
 def test_a_non_integral_or_non_numeric_id_is_bad_type_and_canonical_formats_keep_text(tmp_path):
     good = [f"12,{100 + i},10,pv,{TS}" for i in range(4)]
-    source = _write(tmp_path / "t.csv", good + [f"12.5,100,10,pv,{TS}", f"12,1e400,10,pv,{TS}",
-                                                f"12,abc,10,pv,{TS}", f"nan,100,10,pv,{TS}"])
+    source = _write(
+        tmp_path / "t.csv",
+        good + [f"12.5,100,10,pv,{TS}", f"12,1e400,10,pv,{TS}", f"12,abc,10,pv,{TS}", f"nan,100,10,pv,{TS}"],
+    )
     report = ingest([source], "taobao", str(tmp_path / "t"), now=NOW)
     assert report.accepted == 4 and report.per_day[dt.date(2017, 12, 1)]["bad_type"] == 4
-    canonical = _write(tmp_path / "c.csv", ["event_time,user_id,event_type,item_id", "2025-03-02 10:00:00, 12.0 ,view,007"])
+    canonical = _write(
+        tmp_path / "c.csv", ["event_time,user_id,event_type,item_id", "2025-03-02 10:00:00, 12.0 ,view,007"]
+    )
     ingest([canonical], "canonical-csv", str(tmp_path / "c"), now=NOW)
     assert _landed(tmp_path / "c")[["user_id", "item_id"]].values.tolist() == [["12.0", "007"]]

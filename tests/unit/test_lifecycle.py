@@ -12,7 +12,9 @@ def test_rollback_returns_to_the_version_the_alias_replaced():
         record_alias_change(conn, "m", "champion", 1, 3, "beats v1 by 4%", "champion_promotion")
         record_alias_change(conn, "other", "champion", 5, 3, "unrelated model", "shopseq promote")
         assert rollback_target(conn, "m", "champion", 3) == 1
-        history = conn.execute("SELECT from_version, to_version, changed_by FROM alias_history WHERE model_name = 'm' ORDER BY changed_at").fetchall()
+        history = conn.execute(
+            "SELECT from_version, to_version, changed_by FROM alias_history WHERE model_name = 'm' ORDER BY changed_at"
+        ).fetchall()
         assert history == [(None, 1, "champion_promotion"), (1, 3, "champion_promotion")]
 
 
@@ -29,7 +31,9 @@ def test_rollbacks_walk_back_the_champions_and_never_return_to_a_version_rolled_
         record_alias_change(conn, "m", "champion", 2, 3, "beats v2", "champion_promotion")
         assert _rollback(conn, 3) == 2
         assert _rollback(conn, 2) == 1  # not back to v3, which was rolled back away from
-        with pytest.raises(ValueError, match=r"m: nothing to roll back to: every earlier champion \(v2, v3\) was rolled back away from"):
+        with pytest.raises(
+            ValueError, match=r"m: nothing to roll back to: every earlier champion \(v2, v3\) was rolled back away from"
+        ):
             rollback_target(conn, "m", "champion", 1)
         # Promoted by name, v3 is a champion again: a rollback from it returns to v1, the champion it replaced
         # (v2 stays rolled away from).

@@ -44,17 +44,25 @@ def test_reconciliation_and_point_in_time_suites_fail_on_bad_numbers():
     counts = pd.DataFrame({"day": DAYS[:2], "expected": [10, 12], "actual": [10, 11]})
     result = validate(counts, "stage_reconciliation", "x")
     assert not result.passed and "(12, 11)" in str(result.metadata["failures"].data)
-    leak = pd.DataFrame({"as_of_date": DAYS[:2], "cutoff": pd.to_datetime(["2025-03-02", "2025-03-03"]),
-                         "latest_event_time": pd.to_datetime(["2025-03-01 23:59", "2025-03-03 00:00"])})
+    leak = pd.DataFrame(
+        {
+            "as_of_date": DAYS[:2],
+            "cutoff": pd.to_datetime(["2025-03-02", "2025-03-03"]),
+            "latest_event_time": pd.to_datetime(["2025-03-01 23:59", "2025-03-03 00:00"]),
+        }
+    )
     assert not validate(leak, "point_in_time", "y").passed
     assert validate(leak.iloc[:1], "point_in_time", "y").passed
 
 
-@pytest.mark.parametrize("tz, midnight_utc", [
-    ("Asia/Kathmandu", "2025-03-01 18:15"),  # UTC+5:45
-    ("Europe/Berlin", "2025-03-29 23:00"),  # the night clocks go forward: 30 March starts at 23:00 UTC, ends 22:00
-    ("UTC", "2025-03-02 00:00"),
-])
+@pytest.mark.parametrize(
+    "tz, midnight_utc",
+    [
+        ("Asia/Kathmandu", "2025-03-01 18:15"),  # UTC+5:45
+        ("Europe/Berlin", "2025-03-29 23:00"),  # the night clocks go forward: 30 March starts at 23:00 UTC, ends 22:00
+        ("UTC", "2025-03-02 00:00"),
+    ],
+)
 def test_events_are_counted_on_the_shops_local_day(tz, midnight_utc):
     import duckdb
 
@@ -64,11 +72,18 @@ def test_events_are_counted_on_the_shops_local_day(tz, midnight_utc):
     midnight = pd.Timestamp(midnight_utc)
     local_day = (midnight + pd.Timedelta(hours=14)).tz_localize("UTC").tz_convert(tz).date()
     minute = pd.Timedelta(minutes=1)
-    events = pd.DataFrame({
-        "event_time": [midnight - minute, midnight, midnight + 7 * minute, day_bounds(local_day, tz)[1] - minute,
-                       day_bounds(local_day, tz)[1]],
-        "event_type": ["view", "view", "purchase", "view", "view"],
-    })
+    events = pd.DataFrame(
+        {
+            "event_time": [
+                midnight - minute,
+                midnight,
+                midnight + 7 * minute,
+                day_bounds(local_day, tz)[1] - minute,
+                day_bounds(local_day, tz)[1],
+            ],
+            "event_type": ["view", "view", "purchase", "view", "view"],
+        }
+    )
     with duckdb.connect() as conn:
         conn.from_df(events).create("raw_events")
         counts = daily_event_counts(conn, local_day - dt.timedelta(days=3), local_day + dt.timedelta(days=1), tz)

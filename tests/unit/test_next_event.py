@@ -13,7 +13,9 @@ def _states(events: list[tuple]) -> pd.DataFrame:
     frame = pd.DataFrame(events, columns=["user_id", "session_id", "event_time", "event_id", "event_type", "item_id"])
     with duckdb.connect() as conn:
         conn.register("events", frame)
-        return conn.execute(f"SELECT * FROM ({session_states_sql('SELECT * FROM events')}) ORDER BY state_time, event_id").df()
+        return conn.execute(
+            f"SELECT * FROM ({session_states_sql('SELECT * FROM events')}) ORDER BY state_time, event_id"
+        ).df()
 
 
 EVENTS = [
@@ -34,7 +36,11 @@ def test_a_state_describes_its_session_so_far_and_the_users_week_before():
     assert (after_b["gap_seconds"], after_b["session_seconds"], after_b["last_item_repeats"]) == (30, 30, 0)
     assert (after_b["user_events_7d"], after_b["user_purchases_7d"], after_b["user_sessions_7d"]) == (1, 1, 1)
     after_cart = states.loc["e3"]
-    assert (after_cart["last_is_add_to_cart"], after_cart["previous_is_view"], after_cart["last_item_repeats"]) == (1, 1, 1)
+    assert (after_cart["last_is_add_to_cart"], after_cart["previous_is_view"], after_cart["last_item_repeats"]) == (
+        1,
+        1,
+        1,
+    )
     assert after_cart["session_items"] == 2
     assert pd.isna(states.loc["e4", "next_type"])  # the session's last event has nothing to predict
     assert states.loc["e0", "user_events_7d"] == 0  # nothing before the first session
@@ -42,7 +48,10 @@ def test_a_state_describes_its_session_so_far_and_the_users_week_before():
 
 def test_a_state_never_reads_a_later_event():
     before = _states(EVENTS).set_index("event_id")
-    later = [("u", "s", T0 + dt.timedelta(seconds=200), "e5", "favorite", "C"), ("u", "s2", T0 + dt.timedelta(hours=3), "e6", "view", "D")]
+    later = [
+        ("u", "s", T0 + dt.timedelta(seconds=200), "e5", "favorite", "C"),
+        ("u", "s2", T0 + dt.timedelta(hours=3), "e6", "view", "D"),
+    ]
     after = _states(EVENTS + later).set_index("event_id")
     earlier = ["e0", "e1", "e2", "e3"]
     pd.testing.assert_frame_equal(before.loc[earlier, NEXT_EVENT_FEATURES], after.loc[earlier, NEXT_EVENT_FEATURES])
@@ -64,8 +73,10 @@ def test_multiclass_metrics_reward_the_right_class():
 def test_an_event_id_repeated_on_two_days_of_one_session_gives_one_state_per_event():
     # ids are unique per day (cleaned_events), so a source session over midnight may hold one id twice
     midnight = dt.datetime(2025, 3, 11)
-    events = [("u", "night", midnight - dt.timedelta(minutes=5), "x1", "view", "A"),
-              ("u", "night", midnight + dt.timedelta(minutes=5), "x1", "add_to_cart", "A")]
+    events = [
+        ("u", "night", midnight - dt.timedelta(minutes=5), "x1", "view", "A"),
+        ("u", "night", midnight + dt.timedelta(minutes=5), "x1", "add_to_cart", "A"),
+    ]
     states = _states(events)
     assert len(states) == 2
     assert list(states["session_items"]) == [1, 1] and list(states["next_type"].fillna("-")) == ["add_to_cart", "-"]

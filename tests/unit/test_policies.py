@@ -35,15 +35,21 @@ def test_a_rule_refuses_columns_outside_its_features():
 
 def test_a_served_rule_list_leaves_its_unscored_candidates_to_popularity_and_explains_from_its_terms():
     rng = np.random.default_rng(2)
-    frame = _candidates(rng, 30).assign(user_id="u1", item_id=[f"i{i:02d}" for i in range(30)], category_id=None,
-                                        source="recent", ui_purchases=0.0, popular_rank=np.arange(30.0),
-                                        in_popular=1.0)
+    frame = _candidates(rng, 30).assign(
+        user_id="u1",
+        item_id=[f"i{i:02d}" for i in range(30)],
+        category_id=None,
+        source="recent",
+        ui_purchases=0.0,
+        popular_rank=np.arange(30.0),
+        in_popular=1.0,
+    )
     rule = training.RANKER_RULES["repeat_recent"]
     served = serving.recommend(rule, frame, pd.Series(["u1"]), k=20).to_pandas()
     recent = frame[frame["in_recent"] == 1].sort_values("recent_score", ascending=False)["item_id"].tolist()
-    assert served["item_id"].tolist()[:len(recent)] == recent  # its own items first, by its score
-    assert served["score"].iloc[len(recent):].isna().all()  # then the rest, unscored, as the rules fill a list
-    assert set(served["reason"].iloc[:len(recent)]) <= {r for r in served["reason"] if "you" in r or "recent" in r}
+    assert served["item_id"].tolist()[: len(recent)] == recent  # its own items first, by its score
+    assert served["score"].iloc[len(recent) :].isna().all()  # then the rest, unscored, as the rules fill a list
+    assert set(served["reason"].iloc[: len(recent)]) <= {r for r in served["reason"] if "you" in r or "recent" in r}
     family = explanations.top_family(rule, frame[RANKER_FEATURES])
     assert (family[frame["in_recent"].to_numpy() == 1] == "own_history").all()
 
@@ -57,7 +63,10 @@ def test_calibration_keeps_the_order_and_gives_probabilities():
     p = calibrated.predict(frame)
     assert ((p > 0) & (p < 1)).all() and abs(p.mean() - y.mean()) < 0.01
     assert (np.argsort(p, kind="stable") == np.argsort(rule.predict(frame), kind="stable")).all()
-    assert calibrated.sha256() != rule.sha256() and rule.sha256() == RulePolicy("r", ("a", "b"), (("a", 1.0), ("b", 0.01))).sha256()
+    assert (
+        calibrated.sha256() != rule.sha256()
+        and rule.sha256() == RulePolicy("r", ("a", "b"), (("a", 1.0), ("b", 0.01))).sha256()
+    )
 
 
 def test_calibration_never_reverses_the_rule():

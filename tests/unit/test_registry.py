@@ -66,8 +66,11 @@ def test_an_unreachable_tracking_server_fails_a_step_within_seconds_naming_the_u
 
     uri = f"http://127.0.0.1:{_closed_port()}"
     started = time.monotonic()
-    result = materialize([reads_champion], resources={"registry": ModelRegistry(home=str(tmp_path), tracking_uri=uri)},
-                         raise_on_error=False)
+    result = materialize(
+        [reads_champion],
+        resources={"registry": ModelRegistry(home=str(tmp_path), tracking_uri=uri)},
+        raise_on_error=False,
+    )
     elapsed = time.monotonic() - started
     failure = next(e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE)
     message = failure.event_specific_data.error.cause.message

@@ -21,7 +21,9 @@ def _scored():
         ("u2", "p1", "c3", "popular", 0, 1, 0.2),
         ("u2", "p2", "c3", "popular", 0, 2, 0.3),
     ]
-    return pd.DataFrame(rows, columns=["user_id", "item_id", "category_id", "source", "ui_purchases", "popular_rank", "score"])
+    return pd.DataFrame(
+        rows, columns=["user_id", "item_id", "category_id", "source", "ui_purchases", "popular_rank", "score"]
+    )
 
 
 def test_rules_exclude_purchases_cap_categories_deny_items_and_record_themselves():
@@ -33,12 +35,17 @@ def test_rules_exclude_purchases_cap_categories_deny_items_and_record_themselves
     assert u1["item_id"].tolist() == ["b", "p1", "p2"] and u1["rank"].tolist() == [1, 2, 3]
     assert u1["source"].tolist() == ["recent", "popular", "fallback"]
     assert (recs["rules"] == "exclude_purchased;max_per_category=1;deny_items=1;min_items=3").all()
-    assert recs[recs["user_id"] == "u2"]["item_id"].tolist() == ["p2", "p1"]  # the cap limits the ranked items; fills keep the cap off
+    assert recs[recs["user_id"] == "u2"]["item_id"].tolist() == [
+        "p2",
+        "p1",
+    ]  # the cap limits the ranked items; fills keep the cap off
     assert "u3" not in set(recs["user_id"])  # no candidates and no popular items known for u3
 
 
 def test_without_rules_the_ranking_is_the_models():
-    recs = ranked_table(_scored(), pd.Series(["u1"]), BusinessRules(exclude_purchased=False, max_per_category=0, min_items=0), k=4).to_pandas()
+    recs = ranked_table(
+        _scored(), pd.Series(["u1"]), BusinessRules(exclude_purchased=False, max_per_category=0, min_items=0), k=4
+    ).to_pandas()
     assert recs["item_id"].tolist() == ["a", "b", "c", "d"] and recs["source"].ne("fallback").all()
 
 
@@ -66,8 +73,10 @@ def _candidates_and_ranker(users: int = 40, per_user: int = 12):
     frame["ui_purchases"] = (rng.random(n) < 0.1).astype(float)
     frame["popular_rank"] = np.where(rng.random(n) < 0.5, rng.integers(1, 30, n), 999).astype(float)
     frame = frame.assign(
-        as_of_date=pd.Timestamp("2025-03-01").date(), user_id=[f"u{i // per_user:03d}" for i in range(n)],
-        item_id=[f"i{rng.integers(0, 10_000)}_{i}" for i in range(n)], category_id=[f"c{c}" for c in rng.integers(0, 4, n)],
+        as_of_date=pd.Timestamp("2025-03-01").date(),
+        user_id=[f"u{i // per_user:03d}" for i in range(n)],
+        item_id=[f"i{rng.integers(0, 10_000)}_{i}" for i in range(n)],
+        category_id=[f"c{c}" for c in rng.integers(0, 4, n)],
         source=rng.choice(["recent", "covis", "category", "popular"], n),
     )
     label = (frame["ui_views"] + frame["recent_score"] > 2).astype(int)
@@ -85,11 +94,13 @@ def test_a_day_scored_in_batches_of_users_gives_the_rows_of_one_batch():
         whole = list(serving.recommend_day(conn, booster, day, k=5, users=users, batch_users=1000))
         batches = list(serving.recommend_day(conn, booster, day, k=5, users=users, batch_users=7))
     assert len(whole) == 1 and len(batches) == 6
-    assert all(b.to_pandas()["user_id"].isin(users[i * 7:(i + 1) * 7]).all() for i, b in enumerate(batches))
+    assert all(b.to_pandas()["user_id"].isin(users[i * 7 : (i + 1) * 7]).all() for i, b in enumerate(batches))
     whole, batched = whole[0].to_pandas(), pa.concat_tables(batches).to_pandas()
     pd.testing.assert_frame_equal(batched, whole)
     assert whole["as_of_date"].eq(day).all()
-    assert set(whole["user_id"]) == set(users) - {"u_without_candidates"} and whole.groupby("user_id").size().eq(5).all()
+    assert (
+        set(whole["user_id"]) == set(users) - {"u_without_candidates"} and whole.groupby("user_id").size().eq(5).all()
+    )
     from_frame = serving.recommend(booster, frame, users, k=5).to_pandas()
     pd.testing.assert_frame_equal(whole.drop(columns="as_of_date"), from_frame)
 
@@ -102,11 +113,17 @@ def test_reasons_and_scores_follow_their_rows_across_chunks():
     n = len(batch)
     chunked = pa.concat_tables([batch.slice(0, n // 3), batch.slice(n // 3, n // 3), batch.slice(2 * (n // 3))])
     assert chunked.column("features").num_chunks == 3
-    recs = serving.recommend_scored(booster, chunked, users, k=5, rules=BusinessRules(exclude_purchased=False, min_items=0)).to_pandas()
+    recs = serving.recommend_scored(
+        booster, chunked, users, k=5, rules=BusinessRules(exclude_purchased=False, min_items=0)
+    ).to_pandas()
     rows = frame.set_index(["user_id", "item_id"]).loc[list(zip(recs["user_id"], recs["item_id"]))]
     assert np.allclose(recs["score"].to_numpy(), booster.predict(rows[RANKER_FEATURES]), rtol=0, atol=1e-12)
     assert recs["reason"].tolist() == reasons(booster, rows).tolist()
-    assert recs.equals(serving.recommend_scored(booster, batch, users, k=5, rules=BusinessRules(exclude_purchased=False, min_items=0)).to_pandas())
+    assert recs.equals(
+        serving.recommend_scored(
+            booster, batch, users, k=5, rules=BusinessRules(exclude_purchased=False, min_items=0)
+        ).to_pandas()
+    )
 
 
 def test_a_list_filled_from_popular_items_says_so():

@@ -18,12 +18,21 @@ def _warehouse(events: list[tuple[str, str, dt.datetime]]) -> duckdb.DuckDBPyCon
     """A fresh in-memory warehouse whose ``cleaned_events`` holds ``(session, item, time)`` clicks."""
     conn = duckdb.connect()
     frame = pd.DataFrame(events, columns=["session_id", "item_id", "event_time"])
-    frame = frame.assign(user_id="s" + frame["session_id"], event_type="view", category_id=None, price=np.nan,
-                         query=None, event_id=[f"e{i:06d}" for i in range(len(frame))], is_bot=False)
+    frame = frame.assign(
+        user_id="s" + frame["session_id"],
+        event_type="view",
+        category_id=None,
+        price=np.nan,
+        query=None,
+        event_id=[f"e{i:06d}" for i in range(len(frame))],
+        is_bot=False,
+    )
     conn.register("incoming", frame)
-    conn.execute("CREATE TABLE cleaned_events AS SELECT CAST(event_time AS TIMESTAMP) AS event_time, user_id, session_id, "
-                 "event_type, item_id, CAST(category_id AS VARCHAR) AS category_id, price, CAST(query AS VARCHAR) AS query, "
-                 "event_id, is_bot FROM incoming")
+    conn.execute(
+        "CREATE TABLE cleaned_events AS SELECT CAST(event_time AS TIMESTAMP) AS event_time, user_id, session_id, "
+        "event_type, item_id, CAST(category_id AS VARCHAR) AS category_id, price, CAST(query AS VARCHAR) AS query, "
+        "event_id, is_bot FROM incoming"
+    )
     conn.unregister("incoming")
     return conn
 
@@ -55,15 +64,22 @@ def test_a_prefix_reads_neither_its_later_events_nor_any_item_side_event_at_or_a
     start, end = _window(3)
     before = sm.session_frame(_warehouse(events), start, end, positives_only=False)
     # a session of the target day with at least 4 events: its prefix of length 2 must not see events 4 and on
-    session = next(s for s in sorted({e[0] for e in events if e[0].startswith("3-")})
-                   if sum(e[0] == s for e in events) >= 4)
+    session = next(
+        s for s in sorted({e[0] for e in events if e[0].startswith("3-")}) if sum(e[0] == s for e in events) >= 4
+    )
     own = [e for e in events if e[0] == session]
     later = {id(e) for e in own[3:]}
-    altered = [(s, "i29" if id(e) in later else i, t + dt.timedelta(hours=1) if id(e) in later else t)
-               for e in events for s, i, t in [e]]
+    altered = [
+        (s, "i29" if id(e) in later else i, t + dt.timedelta(hours=1) if id(e) in later else t)
+        for e in events
+        for s, i, t in [e]
+    ]
     # and new sessions at and after the cut-off that would change every rule and neighbour if the item side read them
-    altered += [(f"late-{n}", f"i{(n * 7 + k) % 30:02d}", start + dt.timedelta(minutes=n, seconds=k))
-                for n in range(50) for k in range(5)]
+    altered += [
+        (f"late-{n}", f"i{(n * 7 + k) % 30:02d}", start + dt.timedelta(minutes=n, seconds=k))
+        for n in range(50)
+        for k in range(5)
+    ]
     after = sm.session_frame(_warehouse(altered), start, end, positives_only=False)
     for position in (1, 2):
         prefix = f"s{session}/{session}/{position}"
@@ -81,14 +97,24 @@ def test_session_targets_remove_unseen_items_drop_short_sessions_and_keep_every_
     t0, t1 = DAY + dt.timedelta(hours=8), DAY + dt.timedelta(days=1, hours=8)
     m = lambda base, n: base + dt.timedelta(minutes=n)  # noqa: E731
     events = [
-        ("A", "a", m(t0, 0)), ("A", "b", m(t0, 1)), ("A", "c", m(t0, 2)),
-        ("B", "b", m(t0, 10)), ("B", "c", m(t0, 11)),
+        ("A", "a", m(t0, 0)),
+        ("A", "b", m(t0, 1)),
+        ("A", "c", m(t0, 2)),
+        ("B", "b", m(t0, 10)),
+        ("B", "c", m(t0, 11)),
         # started the day before: it belongs to that day (sessions belong to the day they start)
-        ("F", "a", DAY + dt.timedelta(hours=23, minutes=55)), ("F", "b", DAY + dt.timedelta(days=1, minutes=5)),
+        ("F", "a", DAY + dt.timedelta(hours=23, minutes=55)),
+        ("F", "b", DAY + dt.timedelta(days=1, minutes=5)),
         # starts on the target day and runs past its end: evaluated whole
-        ("H", "a", DAY + dt.timedelta(days=1, hours=23, minutes=55)), ("H", "b", DAY + dt.timedelta(days=2, minutes=5)),
-        ("C", "a", m(t1, 0)), ("C", "new", m(t1, 1)), ("C", "b", m(t1, 2)), ("C", "c", m(t1, 3)), ("C", "c", m(t1, 4)),
-        ("D", "new", m(t1, 10)), ("D", "a", m(t1, 11)),  # one known event left: dropped
+        ("H", "a", DAY + dt.timedelta(days=1, hours=23, minutes=55)),
+        ("H", "b", DAY + dt.timedelta(days=2, minutes=5)),
+        ("C", "a", m(t1, 0)),
+        ("C", "new", m(t1, 1)),
+        ("C", "b", m(t1, 2)),
+        ("C", "c", m(t1, 3)),
+        ("C", "c", m(t1, 4)),
+        ("D", "new", m(t1, 10)),
+        ("D", "a", m(t1, 11)),  # one known event left: dropped
         ("E", "c", m(t1, 20)),  # one event: dropped
         ("G", "a", DAY + dt.timedelta(days=2, minutes=1)),  # after the window
     ]
@@ -97,9 +123,20 @@ def test_session_targets_remove_unseen_items_drop_short_sessions_and_keep_every_
     got = set(zip(targets["prefix_id"], targets["position"], targets["item_id"]))
     assert got == {("sC/C/1", 1, "b"), ("sC/C/2", 2, "c"), ("sC/C/3", 3, "c"), ("sH/H/1", 1, "b")}
     frame = sm.session_frame(conn, *_window(1), positives_only=False)
-    assert list(frame.columns) == ["prefix_id", "session_id", "user_id", "position", "prefix_time", "item_id", "relevance",
-                                   "source", *sm.SESSION_FEATURES[1:], "catalogue_items", "cutoff",
-                                   "window_end"]
+    assert list(frame.columns) == [
+        "prefix_id",
+        "session_id",
+        "user_id",
+        "position",
+        "prefix_time",
+        "item_id",
+        "relevance",
+        "source",
+        *sm.SESSION_FEATURES[1:],
+        "catalogue_items",
+        "cutoff",
+        "window_end",
+    ]
     assert sm.SESSION_FEATURES[0] == "position"
     assert frame.equals(frame.sort_values(["prefix_id", "item_id"]))
     assert set(frame["prefix_id"]) == set(targets["prefix_id"])
@@ -111,10 +148,17 @@ def test_session_targets_remove_unseen_items_drop_short_sessions_and_keep_every_
 def test_sequential_rules_and_markov_match_a_hand_computation():
     t = lambda h, n: DAY + dt.timedelta(hours=h, minutes=n)  # noqa: E731
     events = [
-        ("1", "a", t(1, 0)), ("1", "b", t(1, 1)), ("1", "c", t(1, 2)), ("1", "a", t(1, 3)),
-        ("2", "a", t(2, 0)), ("2", "c", t(2, 1)),
-        ("3", "b", t(3, 0)), ("3", "a", t(3, 1)), ("3", "c", t(3, 2)),
-        ("T", "a", t(30, 0)), ("T", "c", t(30, 1)),
+        ("1", "a", t(1, 0)),
+        ("1", "b", t(1, 1)),
+        ("1", "c", t(1, 2)),
+        ("1", "a", t(1, 3)),
+        ("2", "a", t(2, 0)),
+        ("2", "c", t(2, 1)),
+        ("3", "b", t(3, 0)),
+        ("3", "a", t(3, 1)),
+        ("3", "c", t(3, 2)),
+        ("T", "a", t(30, 0)),
+        ("T", "c", t(30, 1)),
     ]
     frame = sm.session_frame(_warehouse(events), *_window(1), positives_only=False).set_index("item_id")
     # pairs within 10 steps weighted 1 / gap, from a: session 1 gives b 1, c 1/2, a 1/3; session 2 c 1; session 3 c 1
@@ -139,11 +183,16 @@ def _holdout(rows: list[tuple[str, str, float, float]]) -> pd.DataFrame:
 
 
 def test_evaluate_sessions_matches_a_hand_computed_example():
-    holdout = _holdout([
-        ("p1", "x", 0.9, 5), ("p1", "y", 0.5, 3), ("p1", "z", 0.1, 1),
-        ("p2", "u", 0.7, 2), ("p2", "v", 0.7, 4),  # a tie: broken by item id, u first
-        ("p3", "x", 0.2, 5),
-    ])
+    holdout = _holdout(
+        [
+            ("p1", "x", 0.9, 5),
+            ("p1", "y", 0.5, 3),
+            ("p1", "z", 0.1, 1),
+            ("p2", "u", 0.7, 2),
+            ("p2", "v", 0.7, 4),  # a tie: broken by item id, u first
+            ("p3", "x", 0.2, 5),
+        ]
+    )
     targets = pd.DataFrame({"prefix_id": ["p1", "p2", "p3"], "item_id": ["y", "u", "w"]})  # w: not a candidate
     model = RulePolicy("scores", tuple(sm.SESSION_FEATURES), (("sknn_score", 1.0),))
     ev = sm.evaluate_sessions(holdout, model, targets, ks=(1, 2)).set_index(["method", "metric"])["value"]
@@ -162,12 +211,15 @@ def test_evaluate_sessions_matches_a_hand_computed_example():
 
 def _ranked(proposed: list[str], candidates: pd.DataFrame) -> list[str]:
     """A rule's list as a shop serves it: the items it proposes, then the other candidates by popularity."""
-    rest = candidates[~candidates["item_id"].isin(proposed)].sort_values(["pop_all", "item_id"], ascending=[False, True])
+    rest = candidates[~candidates["item_id"].isin(proposed)].sort_values(
+        ["pop_all", "item_id"], ascending=[False, True]
+    )
     return proposed + rest["item_id"].tolist()
 
 
-def _python_sr(events: list[tuple], start: dt.datetime, targets: pd.DataFrame, holdout: pd.DataFrame,
-               k: int = 20) -> tuple[float, float]:
+def _python_sr(
+    events: list[tuple], start: dt.datetime, targets: pd.DataFrame, holdout: pd.DataFrame, k: int = 20
+) -> tuple[float, float]:
     """session-rec's SR, written independently: HR@k and MRR@k over the positions of ``targets``."""
     history = sorted((e for e in events if e[2] < start), key=lambda e: (e[0], e[2]))
     rules: dict[str, dict[str, float]] = {}
@@ -187,7 +239,7 @@ def _python_sr(events: list[tuple], start: dt.datetime, targets: pd.DataFrame, h
     hits, rr = [], []
     for prefix_id, position, target in zip(targets["prefix_id"], targets["position"], targets["item_id"]):
         last = sessions[prefix_id.split("/")[1]][position - 1]
-        ranked = sorted(rules.get(last, {}).items(), key=lambda kv: (-round(kv[1], 9), kv[0]))[:sm.SOURCE_ITEMS]
+        ranked = sorted(rules.get(last, {}).items(), key=lambda kv: (-round(kv[1], 9), kv[0]))[: sm.SOURCE_ITEMS]
         names = _ranked([name for name, _ in ranked], holdout[holdout["prefix_id"] == prefix_id])[:k]
         hits.append(target in names)
         rr.append(1.0 / (names.index(target) + 1) if target in names else 0.0)
@@ -206,10 +258,12 @@ def test_a_rule_baselines_metrics_are_ranking_by_its_feature_and_sr_matches_an_i
     assert ev["model", "hr@20"] == ev["sr", "hr@20"]  # the rule passed as the model is scored by the same code
     truth = dict(zip(targets["prefix_id"], targets["item_id"]))
     for name, rule in sm.SESSION_RULES.items():
-        (score, _), = rule.weights
+        ((score, _),) = rule.weights
         ranks = []
         for prefix_id, candidates in holdout.groupby("prefix_id"):
-            proposed = candidates[candidates[rule.only_where] == 1].sort_values([score, "item_id"], ascending=[False, True])
+            proposed = candidates[candidates[rule.only_where] == 1].sort_values(
+                [score, "item_id"], ascending=[False, True]
+            )
             top = _ranked(proposed["item_id"].tolist(), candidates)[:10]
             ranks.append(top.index(truth[prefix_id]) + 1 if truth[prefix_id] in top else math.inf)
         assert ev[name, "hr@10"] == pytest.approx(np.isfinite(ranks).sum() / len(targets)), name
@@ -230,20 +284,26 @@ def test_train_session_ranker_trains_from_sr_deterministically_and_scores_what_s
     by_sr = holdout.assign(offset=offset).sort_values(["sr_score", "offset"])
     assert by_sr.groupby("sr_score")["offset"].nunique().eq(1).all() and by_sr["offset"].is_monotonic_increasing
     assert first.current_iteration() > 1
-    np.testing.assert_array_equal(first.predict(holdout[sm.SESSION_FEATURES]), second.predict(holdout[sm.SESSION_FEATURES]))
+    np.testing.assert_array_equal(
+        first.predict(holdout[sm.SESSION_FEATURES]), second.predict(holdout[sm.SESSION_FEATURES])
+    )
     ev = sm.evaluate_sessions(holdout, first, sm.session_targets(conn, start, end)).set_index(["method", "metric"])
     assert ev.loc[("model", "hr@20"), "value"] > ev.loc[("popularity", "hr@20"), "value"]
     # shopseq predict's path: the same prefixes given as events get the same top items and scores
     prefixes = holdout[["prefix_id", "session_id", "position"]].drop_duplicates("prefix_id").head(20)
     known = {e[1] for e in events if e[2] < start}
-    given = pd.DataFrame([e for e in events if e[2] < end and e[1] in known], columns=["session_id", "item_id", "event_time"])
+    given = pd.DataFrame(
+        [e for e in events if e[2] < end and e[1] in known], columns=["session_id", "item_id", "event_time"]
+    )
     given = given.sort_values(["session_id", "event_time"])
     given = given.assign(step=given.groupby("session_id").cumcount() + 1).merge(prefixes, on="session_id")
     given = given[given["step"] <= given["position"]].assign(session_id=lambda f: f["prefix_id"])
     served = sm.score_prefixes(conn, given[["session_id", "item_id", "event_time"]], first, start, k=5)
     rows = holdout[holdout["prefix_id"].isin(prefixes["prefix_id"])]
-    expected = rows.assign(score=first.predict(rows[sm.SESSION_FEATURES]),
-                           rank=sm.rank_candidates(rows, first.predict(rows[sm.SESSION_FEATURES])))
+    expected = rows.assign(
+        score=first.predict(rows[sm.SESSION_FEATURES]),
+        rank=sm.rank_candidates(rows, first.predict(rows[sm.SESSION_FEATURES])),
+    )
     expected = expected[expected["rank"] <= 5].sort_values(["prefix_id", "rank"], ignore_index=True)
     assert served["item_id"].tolist() == expected["item_id"].tolist()
     np.testing.assert_allclose(served["score"], expected["score"])
@@ -275,15 +335,21 @@ def test_predict_scores_each_session_with_an_item_side_from_before_the_files_fir
                 ('sX', 'X', 'i02', TIMESTAMP '2025-05-04 01:02:00', 'view', 'x2'),
                 ('sY', 'Y', 'i03', TIMESTAMP '2025-05-04 02:00:00', 'view', 'y1'))
                 t(user_id, session_id, item_id, event_time, event_type, event_id)""")
-            frame, cutoff = score_sessions(conn, str(path), RulePolicy("sr", tuple(sm.SESSION_FEATURES),
-                                                                     (("sr_score", 1.0),), only_where="in_sr"), 5)
+            frame, cutoff = score_sessions(
+                conn,
+                str(path),
+                RulePolicy("sr", tuple(sm.SESSION_FEATURES), (("sr_score", 1.0),), only_where="in_sr"),
+                5,
+            )
         return frame, cutoff
 
     warehouse([e for e in events if e[2] < first])
     before, cutoff = scored()
     assert cutoff <= first and set(before["sequence_id"]) == {"sX/X", "sY/Y"}
     assert (before.groupby("sequence_id")["rank"].max() == 5).all() and before["reason"].notna().all()
-    later = [(f"late{i}", item, first + dt.timedelta(minutes=i)) for i, item in enumerate(["i01", "i09", "i02", "i09"] * 20)]
+    later = [
+        (f"late{i}", item, first + dt.timedelta(minutes=i)) for i, item in enumerate(["i01", "i09", "i02", "i09"] * 20)
+    ]
     warehouse([e for e in events if e[2] < first] + later + [("X", "i01", first + dt.timedelta(hours=5))])
     after, cutoff = scored()
     assert cutoff == first
@@ -319,13 +385,20 @@ def test_otto_score_weights_the_recall_of_clicks_carts_and_orders_as_its_evaluat
     """Two positions; the method lists i1, i2 for p1 and i3 for p2 (k = 2). Clicks: p1's next item i1 is listed, p2's
     i9 is not: 1/2. Carts: p1 carts i2 and i5 later (1 hit over min(2, 2)), p2 carts i3 (1 over 1): 2/3. Orders: p1
     buys i5 (0 over 1): 0. Score 0.1 * 1/2 + 0.3 * 2/3 + 0.6 * 0 = 0.25."""
-    holdout = pd.DataFrame({"prefix_id": ["p1", "p1", "p1", "p2", "p2"], "item_id": ["i1", "i2", "i5", "i3", "i4"],
-                            "pop_all": [5.0, 4.0, 1.0, 3.0, 2.0], "catalogue_items": 10.0})
+    holdout = pd.DataFrame(
+        {
+            "prefix_id": ["p1", "p1", "p1", "p2", "p2"],
+            "item_id": ["i1", "i2", "i5", "i3", "i4"],
+            "pop_all": [5.0, 4.0, 1.0, 3.0, 2.0],
+            "catalogue_items": 10.0,
+        }
+    )
     for feature in sm.SESSION_FEATURES:
         holdout[feature] = 0.0
     holdout["sr_score"], holdout["in_sr"] = [3.0, 2.0, 1.0, 2.0, 1.0], 1.0
-    targets = pd.DataFrame({"prefix_id": ["p1", "p2"], "item_id": ["i1", "i9"],
-                            "carts": [["i2", "i5"], ["i3"]], "orders": [["i5"], []]})
+    targets = pd.DataFrame(
+        {"prefix_id": ["p1", "p2"], "item_id": ["i1", "i9"], "carts": [["i2", "i5"], ["i3"]], "orders": [["i5"], []]}
+    )
     rows = pd.DataFrame(sm._method_rows(holdout, targets, sm.rank_candidates(holdout, holdout["sr_score"]), "sr", (2,)))
     got = rows.set_index("metric")["value"]
     assert got["otto_recall_clicks@2"] == pytest.approx(0.5)
@@ -334,4 +407,6 @@ def test_otto_score_weights_the_recall_of_clicks_carts_and_orders_as_its_evaluat
     assert got["otto_score@2"] == pytest.approx(0.25)
     # a click log has no carts or orders: no OTTO rows
     clicks = targets.assign(carts=[[], []], orders=[[], []])
-    assert not any("otto" in r["metric"] for r in sm._method_rows(holdout, clicks, np.array([1, 2, 3, 1, 2]), "sr", (2,)))
+    assert not any(
+        "otto" in r["metric"] for r in sm._method_rows(holdout, clicks, np.array([1, 2, 3, 1, 2]), "sr", (2,))
+    )

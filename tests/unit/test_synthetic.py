@@ -16,7 +16,9 @@ def test_a_day_generated_alone_equals_the_same_day_of_a_run():
 
 def test_other_seed_gives_other_rows():
     day = shop_days(2)[1]
-    other = ShopParams(seed=SMALL_SHOP.seed + 1, events_per_day=SMALL_SHOP.events_per_day, shop_start=SMALL_SHOP.shop_start)
+    other = ShopParams(
+        seed=SMALL_SHOP.seed + 1, events_per_day=SMALL_SHOP.events_per_day, shop_start=SMALL_SHOP.shop_start
+    )
     assert not generate_day(SMALL_SHOP, day).equals(generate_day(other, day))
 
 
@@ -24,7 +26,7 @@ def test_hash_uniform_is_stable_and_uniform():
     keys = np.arange(100_000)
     u = hash_uniform(3, 1, keys)
     assert np.array_equal(u, hash_uniform(3, 1, keys))
-    assert 0.0 <= u.min() and u.max() < 1.0
+    assert u.min() >= 0.0 and u.max() < 1.0
     assert abs(u.mean() - 0.5) < 0.01
 
 

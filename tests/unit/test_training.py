@@ -18,7 +18,9 @@ def _users(rng, days, users=300) -> pd.DataFrame:
     """User features over ``days`` whose next-day purchase follows the buy-history rule and one other feature."""
     n = len(days) * users
     frame = pd.DataFrame(rng.poisson(2, (n, len(USER_FEATURE_COLUMNS))).astype(float), columns=USER_FEATURE_COLUMNS)
-    frame = frame.assign(as_of_date=np.repeat(days, users), user_id=[f"u{i % users:03d}" for i in range(n)], events_1d=1.0)
+    frame = frame.assign(
+        as_of_date=np.repeat(days, users), user_id=[f"u{i % users:03d}" for i in range(n)], events_1d=1.0
+    )
     logit = 0.8 * frame["purchases_28d"] - 0.5 * frame["views_7d"] - 1.0
     frame["label_purchase"] = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
     return frame
@@ -47,9 +49,13 @@ def test_early_stopping_keeps_fewer_rounds_than_the_cap_on_noise():
     frame = _users(rng, DAYS[:4]).assign(label_purchase=lambda f: rng.integers(0, 2, len(f)))
     booster = training.train_binary(frame, "label_purchase", PARAMS)
     assert booster.current_iteration() < PARAMS.num_boost_round // 2  # the rule's rounds and the residual's together
-    states = pd.DataFrame(rng.poisson(2, (2000, len(next_event.NEXT_EVENT_FEATURES))).astype(float),
-                          columns=next_event.NEXT_EVENT_FEATURES)
-    states = states.assign(as_of_date=np.repeat(DAYS[:4], 500), next_type=rng.choice(["view", "purchase", "favorite"], 2000))
+    states = pd.DataFrame(
+        rng.poisson(2, (2000, len(next_event.NEXT_EVENT_FEATURES))).astype(float),
+        columns=next_event.NEXT_EVENT_FEATURES,
+    )
+    states = states.assign(
+        as_of_date=np.repeat(DAYS[:4], 500), next_type=rng.choice(["view", "purchase", "favorite"], 2000)
+    )
     assert next_event.train_next_event(states, PARAMS).current_iteration() < PARAMS.num_boost_round // 2
     no_stopping = dataclasses.replace(PARAMS, early_stopping_rounds=0, num_boost_round=40)
     assert next_event.train_next_event(states, no_stopping).current_iteration() == 40
@@ -59,16 +65,18 @@ def test_a_served_next_action_probability_is_the_rules_offset_plus_the_boosted_r
     frame = _users(np.random.default_rng(2), DAYS[:4])
     booster = training.train_binary(frame, "label_purchase", PARAMS)
     history_rule = training.HISTORY_RULES["label_purchase"]
-    rule = training.rule_offset(frame, USER_FEATURE_COLUMNS, dict(history_rule.weights),
-                                frame["label_purchase"].to_numpy())  # the trees the model starts from, on the same rows
+    rule = training.rule_offset(
+        frame, USER_FEATURE_COLUMNS, dict(history_rule.weights), frame["label_purchase"].to_numpy()
+    )  # the trees the model starts from, on the same rows
     day = frame[frame["as_of_date"] == DAYS[3]]
     features = day[USER_FEATURE_COLUMNS].astype(float)
     offset = rule.predict(features, raw_score=True)
     # the offset is the rule calibrated to log-odds: a + b * rule, from a logistic fit on the training rows
     calibrated = history_rule.calibrated(frame, frame["label_purchase"].to_numpy())
     score = history_rule.predict(frame)
-    assert calibrated.slope > 0 and np.allclose(offset, calibrated.intercept + calibrated.slope * score[day.index],
-                                                rtol=0, atol=1e-6)
+    assert calibrated.slope > 0 and np.allclose(
+        offset, calibrated.intercept + calibrated.slope * score[day.index], rtol=0, atol=1e-6
+    )
     # the rule as a policy serves exactly its calibrated probability
     assert np.allclose(calibrated.predict(features), 1 / (1 + np.exp(-offset)), rtol=0, atol=1e-6)
     residual = booster.predict(features, raw_score=True, start_iteration=rule.current_iteration())
@@ -86,9 +94,14 @@ def test_a_served_ranker_score_is_the_rules_offset_plus_the_boosted_residual(mon
     rng = np.random.default_rng(3)
     n = 4 * 100 * 10  # 4 days, 100 users, 10 candidates each
     frame = pd.DataFrame(rng.uniform(0, 1, (n, len(RANKER_FEATURES))), columns=RANKER_FEATURES).assign(
-        as_of_date=np.repeat(DAYS[:4], n // 4), user_id=[f"u{i // 10 % 100:03d}" for i in range(n)],
-        item_id=[f"i{i % 10}" for i in range(n)], in_recent=rng.integers(0, 2, n).astype(float))
-    frame["relevance"] = (rng.random(n) < 0.1 + 0.3 * frame["in_recent"] * frame["recent_score"] + 0.2 * frame["ui_views"]).astype(int)
+        as_of_date=np.repeat(DAYS[:4], n // 4),
+        user_id=[f"u{i // 10 % 100:03d}" for i in range(n)],
+        item_id=[f"i{i % 10}" for i in range(n)],
+        in_recent=rng.integers(0, 2, n).astype(float),
+    )
+    frame["relevance"] = (
+        rng.random(n) < 0.1 + 0.3 * frame["in_recent"] * frame["recent_score"] + 0.2 * frame["ui_views"]
+    ).astype(int)
     booster = training.train_lambdarank(frame, PARAMS)
     rule = training.rule_offset(frame, RANKER_FEATURES, training.RANKER_START, frame["relevance"].to_numpy() > 0)
     offset = rule.predict(frame[RANKER_FEATURES], raw_score=True)

@@ -26,22 +26,28 @@ def test_a_next_action_model_trains_on_enough_of_both_classes_in_both_splits(con
 def test_a_handful_of_positives_is_too_few_to_learn_or_measure(conn):
     _next_action(conn, [0, 1] * 10, [1] * 3 + [0] * 17_000)
     assert "only 3 of the 17,003 rows of the holdout split have label_purchase = 1" in training_blocker(
-        conn, "shopseq_next_purchase")
+        conn, "shopseq_next_purchase"
+    )
 
 
-@pytest.mark.parametrize("train, holdout, says", [
-    ([0, 0, 0], [0, 1], "label_purchase is 0 in all 3 rows of the train split: no user purchased"),
-    ([0, 1, 0], [1, 1], "label_purchase is 1 in all 2 rows of the holdout split: every user purchased"),
-    ([0, 1] * 10, [], "has no holdout rows"),
-])
+@pytest.mark.parametrize(
+    "train, holdout, says",
+    [
+        ([0, 0, 0], [0, 1], "label_purchase is 0 in all 3 rows of the train split: no user purchased"),
+        ([0, 1, 0], [1, 1], "label_purchase is 1 in all 2 rows of the holdout split: every user purchased"),
+        ([0, 1] * 10, [], "has no holdout rows"),
+    ],
+)
 def test_a_next_action_model_with_one_class_says_why(conn, train, holdout, says):
     _next_action(conn, train, holdout)
     assert says in training_blocker(conn, "shopseq_next_purchase")
 
 
 def test_the_next_event_model_needs_two_event_types(conn):
-    conn.execute("CREATE TABLE next_event_training_set AS SELECT * FROM (VALUES ('train', 'view'), ('train', 'view'), "
-                 "('holdout', 'view'), ('holdout', 'purchase')) t(split, next_type)")
+    conn.execute(
+        "CREATE TABLE next_event_training_set AS SELECT * FROM (VALUES ('train', 'view'), ('train', 'view'), "
+        "('holdout', 'view'), ('holdout', 'purchase')) t(split, next_type)"
+    )
     assert "is a view" in training_blocker(conn, NEXT_EVENT_MODEL)
 
 

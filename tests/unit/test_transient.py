@@ -23,8 +23,9 @@ def test_an_unreachable_registry_is_retried_with_backoff_then_fails_clearly(tmp_
     def reads_champion(registry: ModelRegistry):
         registry.version_for_alias("m", "champion")
 
-    registry = ModelRegistry(home=str(tmp_path), tracking_uri="http://127.0.0.1:9", transient_retries=2,
-                             retry_delay_seconds=0.2)
+    registry = ModelRegistry(
+        home=str(tmp_path), tracking_uri="http://127.0.0.1:9", transient_retries=2, retry_delay_seconds=0.2
+    )
     started = time.monotonic()
     result = materialize([reads_champion], resources={"registry": registry}, raise_on_error=False)
     retries, message = _attempts(result)
@@ -42,10 +43,19 @@ def test_a_registry_that_answers_no_is_not_retried(tmp_path):
 
 def test_a_locked_warehouse_waits_for_the_lock_then_retries_then_fails_naming_the_holder(tmp_path):
     warehouse = Warehouse(home=str(tmp_path), lock_timeout_seconds=0.5, transient_retries=1, retry_delay_seconds=0.1)
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
-        "f.write('held by the test'); f.flush(); print('locked', flush=True); time.sleep(60)"
-    ), str(tmp_path / "warehouse.lock")], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+                "f.write('held by the test'); f.flush(); print('locked', flush=True); time.sleep(60)"
+            ),
+            str(tmp_path / "warehouse.lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
 
@@ -58,9 +68,8 @@ def test_a_locked_warehouse_waits_for_the_lock_then_retries_then_fails_naming_th
         retries, message = _attempts(result)
         assert not result.success and retries == 1
         assert "in use by another writer (held by the test)" in message and "gave up after 2 attempts" in message
-        with pytest.raises(WarehouseLocked):  # outside Dagster: at once, no retry
-            with warehouse.connect():
-                pass
+        with pytest.raises(WarehouseLocked), warehouse.connect():  # outside Dagster: at once, no retry
+            pass
     finally:
         holder.kill()
         holder.wait()
@@ -76,4 +85,3 @@ def test_the_warehouse_lock_is_reentrant_within_a_process_and_exclusive_across_o
             fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
     with open(tmp_path / "warehouse.lock", "a+") as other:
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released after the last connection closed
-
