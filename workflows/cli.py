@@ -1046,13 +1046,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    # Single-run backfill policies are a deliberate choice (see assets/partitions.py); the CLI's output is for people.
+    warnings.filterwarnings("ignore", message=".*backfill_policy.*")
     if argv[:1] == ["bench"]:  # its own options: shopseq bench --help
         from bench.run import main as bench_main
 
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
-    # Single-run backfill policies are a deliberate choice (see assets/partitions.py); the CLI's output is for people.
-    warnings.filterwarnings("ignore", message=".*backfill_policy.*")
     from resources.home import SettingsInvalid
     from resources.registry import RegistryUnavailable
 
