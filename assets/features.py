@@ -3,6 +3,7 @@
 from dagster import (
     AssetCheckResult,
     AssetCheckSpec,
+    AssetDep,
     AssetExecutionContext,
     MaterializeResult,
     MetadataValue,
@@ -13,10 +14,11 @@ from assets.cleaned_events import cleaned_events
 from assets.common import build_daily_table, point_in_time_check, reconciliation_check
 from assets.logic.candidates import build_candidates_day, candidate_recall
 from assets.logic.features import build_item_features_day, build_user_features_day
-from assets.partitions import DAILY_ASSET
+from assets.partitions import DAILY_ASSET, HISTORY_WINDOW
 from resources import Warehouse
 
 _COMMON = dict(**DAILY_ASSET, group_name="features", kinds={"duckdb"}, owners=["team:ml"])
+_HISTORY = AssetDep(cleaned_events, partition_mapping=HISTORY_WINDOW)
 
 
 def _leakage_check(conn, table: str, days) -> AssetCheckResult:
@@ -47,7 +49,7 @@ def _active_users_reconcile(conn, days) -> AssetCheckResult:
 
 @asset(
     **_COMMON,
-    deps=[cleaned_events],
+    deps=[_HISTORY],
     check_specs=[
         AssetCheckSpec("user_features_suite", asset="user_features", blocking=True),
         AssetCheckSpec(
@@ -80,7 +82,7 @@ def user_features(context: AssetExecutionContext, warehouse: Warehouse) -> Mater
 
 @asset(
     **_COMMON,
-    deps=[cleaned_events],
+    deps=[_HISTORY],
     check_specs=[
         AssetCheckSpec("item_features_suite", asset="item_features", blocking=True),
         AssetCheckSpec("item_features_no_leakage", asset="item_features", blocking=True),
@@ -113,7 +115,7 @@ def _recall_metadata(conn, days) -> dict:
 
 @asset(
     **_COMMON,
-    deps=[user_features, item_features],
+    deps=[user_features, item_features, _HISTORY],
     check_specs=[AssetCheckSpec("ranking_candidates_suite", asset="ranking_candidates", blocking=True)],
 )
 def ranking_candidates(context: AssetExecutionContext, warehouse: Warehouse) -> MaterializeResult:

@@ -326,7 +326,7 @@ def _model_asset(spec: ModelSpec):
     @asset(
         name=spec.asset,
         **_COMMON,
-        deps=[AssetKey(spec.training_set)],
+        deps=[AssetKey(table) for table in (spec.training_set, *spec.reads)],
         kinds={"lightgbm", "mlflow"},
         check_specs=[AssetCheckSpec("model_evaluation_suite", asset=spec.asset, blocking=True)],
         description=f"{spec.description} Registered in MLflow as {spec.name}@challenger.",

@@ -6,7 +6,15 @@ default); assets turn it into UTC bounds with ``day_bounds(day, tz)``.
 
 import datetime as dt
 
-from dagster import AssetExecutionContext, AutomationCondition, BackfillPolicy, DailyPartitionsDefinition
+from dagster import (
+    AssetExecutionContext,
+    AutomationCondition,
+    BackfillPolicy,
+    DailyPartitionsDefinition,
+    TimeWindowPartitionMapping,
+)
+
+from assets.logic.features import HISTORY_DAYS
 
 # Early enough for the public logs (YooChoose starts in April 2014, RetailRocket in 2015).
 daily_partitions = DailyPartitionsDefinition(start_date="2014-01-01", timezone="UTC")
@@ -23,6 +31,12 @@ def partition_days(context: AssetExecutionContext) -> list[dt.date]:
     last = window.end.astimezone(dt.UTC).date()
     return [first + dt.timedelta(days=i) for i in range((last - first).days)]
 
+
+# The features of day D read the events of the ``HISTORY_DAYS`` days up to D: declared, so that Dagster plans range
+# backfills in order, a re-run day marks the feature days after it stale, and the landing sensor re-runs them.
+HISTORY_WINDOW = TimeWindowPartitionMapping(
+    start_offset=-(HISTORY_DAYS - 1), end_offset=0, allow_nonexistent_upstream_partitions=True
+)
 
 # The run tags of a ranged run (what a single-run backfill of days sets).
 RANGE_START_TAG = "dagster/asset_partition_range_start"

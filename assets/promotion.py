@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from dagster import AssetCheckSpec, Config, MaterializeResult, MetadataValue, asset
+from dagster import AssetCheckSpec, AssetKey, Config, MaterializeResult, MetadataValue, asset
 
 from assets.logic.catalogue import CATALOGUE, ModelSpec, best_baseline, holdout_day, main_metric, training_blocker
 from assets.logic.lifecycle import record_alias_change
@@ -260,7 +260,11 @@ def promote_model(conn_factory, registry: ModelRegistry, spec: ModelSpec, config
 
 
 @asset(
-    deps=MODEL_ASSETS,
+    # a champion trained on another hold-out is evaluated again here, reading what its model asset reads
+    deps=[
+        *MODEL_ASSETS,
+        *sorted({AssetKey(t) for spec in CATALOGUE.values() for t in (spec.training_set, *spec.reads)}),
+    ],
     group_name="training",
     kinds={"mlflow"},
     owners=["team:ml"],

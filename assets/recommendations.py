@@ -176,7 +176,7 @@ def _publish(
 
 @asset(
     **_COMMON,
-    deps=[ranking_candidates, champion_promotion],
+    deps=[ranking_candidates, user_features, champion_promotion],  # the day's active users come from user_features
     check_specs=[AssetCheckSpec("recommendations_suite", asset="recommendations", blocking=True)],
 )
 def recommendations(

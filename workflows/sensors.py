@@ -23,8 +23,7 @@ from dagster import (
 )
 
 from assets.logic.catalogue import CATALOGUE
-from assets.logic.features import HISTORY_DAYS
-from assets.partitions import RANGE_END_TAG, RANGE_START_TAG
+from assets.partitions import HISTORY_WINDOW, RANGE_END_TAG, RANGE_START_TAG
 from assets.recommendations import ALIAS_MOVES_TAG
 from resources import LandingSource, ModelRegistry, Warehouse
 from resources.landing import LANDING_SUFFIXES
@@ -89,8 +88,9 @@ def _consecutive_ranges(days: list[str]) -> list[tuple[str, str]]:
 def landing_sensor(context: SensorEvaluationContext, landing: LandingSource):
     """Every minute, in landing mode ``files``: a day whose landing folder appeared or changed since
     ``raw_events`` last materialised it starts the daily pipeline for it, so late-arriving days run by
-    themselves. The materialised days whose features read it (the ``HISTORY_DAYS`` after it) run again with
-    it, and consecutive days go as one ranged run (the assets' single-run backfill policy), in order."""
+    themselves. The materialised days whose features read it (the days after it that ``HISTORY_WINDOW``, the
+    features' declared dependency, reaches) run again with it, and consecutive days go as one ranged run (the
+    assets' single-run backfill policy), in order."""
     if landing.effective_mode != "files":
         return SkipReason("landing mode is synthetic: the daily schedule generates and runs each day")
     now = landing_fingerprints(landing)
@@ -109,7 +109,9 @@ def landing_sensor(context: SensorEvaluationContext, landing: LandingSource):
         return SkipReason("no landing folder appeared or changed since its day was materialised")
     done = context.instance.get_materialized_partitions(AssetKey("raw_events"))
     later = {
-        (dt.date.fromisoformat(day) + dt.timedelta(days=n)).isoformat() for day in due for n in range(1, HISTORY_DAYS)
+        (dt.date.fromisoformat(day) + dt.timedelta(days=n)).isoformat()
+        for day in due
+        for n in range(1, 1 - HISTORY_WINDOW.start_offset)
     }
     runs = sorted(set(due) | (later & done & set(now)))
     requests = []

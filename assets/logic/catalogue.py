@@ -70,6 +70,8 @@ class ModelSpec:
     blocker: Callable[[duckdb.DuckDBPyConnection], str | None]
     """Why this home's data cannot train the model, or None."""
     description: str
+    reads: tuple[str, ...] = ()
+    """The tables the hold-out evaluation reads beside the training set (the model asset's declared dependencies)."""
     serves: str | None = None
     """The daily table the champion's scores are published in (None: scored by ``shopseq predict`` only)."""
     extras: Callable[[duckdb.DuckDBPyConnection, Any], tuple[dict, dict]] | None = None
@@ -170,11 +172,8 @@ TRAINING_SETS = {
         TrainingSetSpec(
             "next_event_training_set",
             "as_of_date, next_time, user_id, event_id",
-            (
-                "cleaned_events",
-                "user_features",
-                "ranking_candidates",
-            ),  # the labelled cut-offs need features and candidates
+            # the states come from sessions; the labelled cut-offs need features and candidates
+            ("cleaned_events", "sessions", "user_features", "ranking_candidates"),
             _next_event_rows,
             _states_in_order,
             "In-session states labelled with the type of the session's next event: training states have their next "
@@ -472,6 +471,7 @@ CATALOGUE: dict[str, ModelSpec] = {
             "temporal hold-out (next-day protocol, served lists) beside popularity, repeat-recent, co-visitation, "
             "recent + co-visitation + popularity and first-order Markov; the rules among them are policies too, and "
             "the best measured one serves when the ranker does not beat it.",
+            reads=("cleaned_events", "ranking_candidates"),  # the hold-out's targets, Markov, the served lists
             serves="recommendations",
         ),
         ModelSpec(
@@ -508,6 +508,7 @@ CATALOGUE: dict[str, ModelSpec] = {
             "items, sequential rules, session-kNN, Markov, popular), started from sequential rules (SR), evaluated by "
             "the session protocol (every position of the hold-out day's sessions) beside SR, SR over the last three "
             "items, session-kNN, Markov and popularity; the rules are policies too.",
+            reads=("cleaned_events",),  # the session protocol's targets
             serves="item_next_items",
             publish=(
                 "as_of_date DATE NOT NULL, item_id VARCHAR NOT NULL, rank BIGINT NOT NULL, next_item_id VARCHAR "

@@ -1,7 +1,9 @@
 """In-process materialisation of the asset graph on a temporary home."""
 
+import contextlib
 import datetime as dt
 import hashlib
+import re
 import shutil
 from pathlib import Path
 from urllib.parse import urlparse
@@ -14,6 +16,7 @@ from dagster import AssetKey, AssetSelection, DagsterInstance, materialize
 
 from assets import ALL_ASSETS
 from resources import LandingSource, Warehouse
+from resources.transient import step_context
 from tests.conftest import SMALL_SHOP, shop_days
 from workflows.definitions import build_resources
 
@@ -41,16 +44,71 @@ def _count(home, sql):
         return conn.execute(sql).fetchone()[0]
 
 
+# The warehouse tables each asset's step read, seen by the statements it ran ({asset key: {table}}).
+READS: dict[str, set[str]] = {}
+_READ = re.compile(r"\b(?:FROM|JOIN)\s+([a-z_]+)\b", re.IGNORECASE)
+
+
+class _TracedConnection:
+    """A warehouse connection that records, per running asset, the tables its SQL reads."""
+
+    def __init__(self, conn):
+        self._conn = conn
+
+    def _record(self, sql):
+        context = step_context()
+        if context is not None and isinstance(sql, str):
+            for key in context.assets_def.keys:
+                READS.setdefault(key.to_user_string(), set()).update(m.lower() for m in _READ.findall(sql))
+
+    def execute(self, sql, *args, **kwargs):
+        self._record(sql)
+        return self._conn.execute(sql, *args, **kwargs)
+
+    def sql(self, sql, *args, **kwargs):
+        self._record(sql)
+        return self._conn.sql(sql, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     LandingSource(home=str(home)).save_shop(SMALL_SHOP)
     resources = build_resources(str(home))
     instance = DagsterInstance.ephemeral()
-    daily = _materialize(resources, instance, ("ingestion", "cleaning", "sequences", "features"), tags=RANGE)
-    training = _materialize(resources, instance, ("training",))
-    serving = _materialize(resources, instance, ("serving",), partition_key=DAYS[-1].isoformat())
+    connect = Warehouse.connect
+
+    @contextlib.contextmanager
+    def traced(self, *args, **kwargs):
+        with connect(self, *args, **kwargs) as conn:
+            yield _TracedConnection(conn)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Warehouse, "connect", traced)
+        daily = _materialize(resources, instance, ("ingestion", "cleaning", "sequences", "features"), tags=RANGE)
+        training = _materialize(resources, instance, ("training",))
+        serving = _materialize(resources, instance, ("serving", "evaluation"), partition_key=DAYS[-1].isoformat())
     return home, resources, instance, daily, training, serving
+
+
+def test_every_table_an_asset_reads_is_a_declared_dependency(built):
+    """The graph in the UI is the true data flow: each asset table an asset's SQL reads is the asset itself or one
+    of its declared upstream assets (seen on every step of the fixture's daily, training and publishing runs)."""
+    from workflows.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    tables = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    assert {"cleaned_events", "ranking_candidates", "next_item_ranker", "recommendations"} <= set(READS)
+    undeclared = {}
+    for asset, read in READS.items():
+        upstream = {key.to_user_string() for key in graph.get(AssetKey(asset)).parent_keys}
+        missing = (read & tables) - upstream - {asset}
+        if missing:
+            undeclared[asset] = sorted(missing)
+    assert undeclared == {}, "\n".join(f"{a}: {m}" for a, m in undeclared.items())
 
 
 def test_daily_range_materialises_every_stage_with_passing_checks(built):
@@ -262,6 +320,12 @@ def test_rematerialising_a_partition_replaces_it(built):
     )
     assert again.success
     assert {t: _count(home, f"SELECT count(*) FROM {t}") for t in tables} == before
+    # The features of the days after it read the re-run day's events (their declared history window): stale now.
+    from dagster._utils.test.data_versions import get_stale_status_resolver
+
+    resolver = get_stale_status_resolver(instance, ALL_ASSETS)
+    status = {day: resolver.get_status(AssetKey("user_features"), day.isoformat()).value for day in DAYS}
+    assert status == {day: "STALE" if day > DAYS[2] else "FRESH" for day in DAYS}
 
 
 def test_candidates_in_passes_over_users_are_the_rows_of_one_pass(built, tmp_path, monkeypatch):
