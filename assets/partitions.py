@@ -33,7 +33,8 @@ def partition_days(context: AssetExecutionContext) -> list[dt.date]:
 
 
 # The features of day D read the events of the ``HISTORY_DAYS`` days up to D: declared, so that Dagster plans range
-# backfills in order, a re-run day marks the feature days after it stale, and the landing sensor re-runs them.
+# backfills in order, a re-run day marks the feature days after it stale, and the landing sensor re-runs them. The
+# first days of the calendar have fewer days before them (a beta parameter of Dagster; so is the backfill policy).
 HISTORY_WINDOW = TimeWindowPartitionMapping(
     start_offset=-(HISTORY_DAYS - 1), end_offset=0, allow_nonexistent_upstream_partitions=True
 )

@@ -12,10 +12,11 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
+    AssetSpec,
     Config,
     MaterializeResult,
     MetadataValue,
-    asset,
+    multi_asset,
 )
 
 from assets.common import markdown_preview, suite_check
@@ -40,7 +41,7 @@ from assets.logic.warehouse_sql import (
 from assets.partitions import DAILY_ASSET, PUBLISH_AUTOMATION, partition_days
 from assets.promotion import champion_promotion
 from resources import ModelRegistry, Warehouse
-from resources.registry import CHAMPION, ModelVersionRef, NoChampionError
+from resources.registry import CHAMPION, ModelVersionRef
 
 
 class RecommendationConfig(Config):
@@ -57,13 +58,33 @@ class RecommendationConfig(Config):
 
 # Set by workflows.sensors.champion_alias_sensor on the publish runs it requests: {model: [from, to]}.
 ALIAS_MOVES_TAG = "shopseq/alias_moves"
-_COMMON = dict(
-    **DAILY_ASSET,
-    automation_condition=PUBLISH_AUTOMATION,
-    group_name="serving",
-    kinds={"duckdb", "lightgbm"},
-    owners=["team:ml"],
-)
+
+
+def _serving(name: str, deps: list, description: str) -> dict:
+    """The declaration of a daily serving table. It is published only where its models have a champion: its
+    function yields the materialisation, or nothing when there is nothing to publish (the asset is then not
+    materialised and the run still succeeds). This is the one publishing gate, for ``shopseq run``, the sensors and
+    a launch from the UI alike."""
+    return dict(
+        name=name,
+        specs=[
+            AssetSpec(
+                name,
+                deps=deps,
+                description=description,
+                skippable=True,
+                automation_condition=PUBLISH_AUTOMATION,
+                group_name="serving",
+                kinds={"duckdb", "lightgbm"},
+                owners=["team:ml"],
+            )
+        ],
+        check_specs=[AssetCheckSpec(f"{name}_suite", asset=name, blocking=True)],
+        can_subset=True,
+        **DAILY_ASSET,
+    )
+
+
 # Every row names the policy that produced it: the model version, its MLflow run, the policy (a rule's name, or
 # ``lightgbm``) and its kind (``rule`` or ``learned``).
 _LINEAGE = (
@@ -117,30 +138,28 @@ def _append_constants(rows: pd.DataFrame | pa.Table, **columns) -> pa.Table:
     return table
 
 
-def _publish(
-    context, warehouse: Warehouse, registry: ModelRegistry, table: str, scorers: dict, all_required: bool = True
-):
+def _publish(context, warehouse: Warehouse, registry: ModelRegistry, table: str, scorers: dict):
     """Score each day with the champion of every model in ``scorers`` ({model name: (features, score_day)}, where
     ``score_day`` gives the day's rows in one or more frames) and replace the day's rows of ``table``; every row
     names its model version, run and policy. A champion may be a learned model or a rule policy: both score the
-    same way.
+    same way. Yields the materialisation, or nothing when none of the models has a champion yet.
 
-    Without a champion a model fails the asset, unless ``all_required`` is off: then its rows are
-    left out, with a warning and the model named in the metadata (at least one must have a champion).
+    A model without a champion has its rows left out, with a warning and the model named in the metadata.
     """
     started = time.perf_counter()
     champions, unserved = {}, []
     for model_name, (features, score_day) in scorers.items():
-        if not all_required and registry.version_for_alias(model_name, CHAMPION) is None:
+        champion = registry.version_for_alias(model_name, CHAMPION)
+        if champion is None:
             context.log.warning(f"{model_name} has no champion (see promotion_log): its rows are not published")
             unserved.append(model_name)
             continue
-        champion = registry.champion(model_name)
         model = registry.load_policy(champion)
         check_features(model, features, f"{model_name} v{champion.version}")
         champions[model_name] = (champion, model, score_day)
     if not champions:
-        raise NoChampionError(f"none of {', '.join(scorers)} has a champion: nothing to publish in {table}")
+        context.log.info(f"{table} is not published: none of {', '.join(scorers)} has a champion yet")
+        return
     days = partition_days(context)
     rows = {}
     with warehouse.connect() as conn:
@@ -155,7 +174,7 @@ def _publish(
                 ((champion, model, score_day(conn, model, day)) for champion, model, score_day in champions.values()),
             )
         suite, head = suite_check(conn, table, "as_of_date", days)
-    return MaterializeResult(
+    yield MaterializeResult(
         metadata={
             "dagster/row_count": sum(rows.values()),
             "rows_per_day": rows,
@@ -174,19 +193,21 @@ def _publish(
     )
 
 
-@asset(
-    **_COMMON,
-    deps=[ranking_candidates, user_features, champion_promotion],  # the day's active users come from user_features
-    check_specs=[AssetCheckSpec("recommendations_suite", asset="recommendations", blocking=True)],
+@multi_asset(
+    **_serving(
+        "recommendations",
+        # the day's active users come from user_features
+        [ranking_candidates, user_features, champion_promotion],
+        "Top 20 items for every user active on the day, as of its end, scored by the champion ranker (learned or "
+        "rule) and filtered by the business rules; each row names its candidate source, the rules, the model "
+        "version, its policy and the MLflow run that scored it.",
+    )
 )
 def recommendations(
     context: AssetExecutionContext, config: RecommendationConfig, warehouse: Warehouse, registry: ModelRegistry
-) -> MaterializeResult:
-    """Top 20 items for every user active on the day, as of its end, scored by the champion ranker and
-    filtered by the business rules; each row names its candidate source, the rules, the model version
-    and the MLflow run that scored it."""
+):
     rules = config.rules()
-    return _publish(
+    yield from _publish(
         context,
         warehouse,
         registry,
@@ -195,23 +216,22 @@ def recommendations(
     )
 
 
-@asset(
-    **_COMMON,
-    deps=[user_features, champion_promotion],
-    check_specs=[AssetCheckSpec("next_action_predictions_suite", asset="next_action_predictions", blocking=True)],
+@multi_asset(
+    **_serving(
+        "next_action_predictions",
+        [user_features, champion_promotion],
+        "For each user active on the day, the probability that they purchase, add to cart, and come back the next "
+        "day (one row per action), each from its champion model (learned or rule); an action whose model has no "
+        "champion is left out.",
+    )
 )
-def next_action_predictions(
-    context: AssetExecutionContext, warehouse: Warehouse, registry: ModelRegistry
-) -> MaterializeResult:
-    """For each user active on the day, the probability that they purchase, add to cart, and come back
-    the next day (one row per action), each from its champion model."""
-    return _publish(
+def next_action_predictions(context: AssetExecutionContext, warehouse: Warehouse, registry: ModelRegistry):
+    yield from _publish(
         context,
         warehouse,
         registry,
         "next_action_predictions",
         {name: (USER_FEATURE_COLUMNS, _action_scorer(action)) for action, name in NEXT_ACTION_MODELS.items()},
-        all_required=False,
     )
 
 
@@ -224,16 +244,16 @@ def _published_asset(spec: ModelSpec):
     columns, rows_of = spec.publish
     TABLES[spec.serves] = f"({columns}, {_LINEAGE})"
 
-    @asset(
-        name=spec.serves,
-        **_COMMON,
-        deps=[AssetKey("cleaned_events"), champion_promotion],
-        check_specs=[AssetCheckSpec(f"{spec.serves}_suite", asset=spec.serves, blocking=True)],
-        description=f"Published daily from the champion of {spec.name} (learned or rule), every row naming it.",
+    @multi_asset(
+        **_serving(
+            spec.serves,
+            [AssetKey("cleaned_events"), champion_promotion],
+            f"Published daily from the champion of {spec.name} (learned or rule), every row naming it.",
+        )
     )
-    def _served(context: AssetExecutionContext, warehouse: Warehouse, registry: ModelRegistry) -> MaterializeResult:
+    def _served(context: AssetExecutionContext, warehouse: Warehouse, registry: ModelRegistry):
         tz = warehouse.timezone
-        return _publish(
+        yield from _publish(
             context,
             warehouse,
             registry,

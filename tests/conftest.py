@@ -23,6 +23,6 @@ def dagster_home(home) -> str:
 
     folder = Path(home) / "dagster_home"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "dagster.yaml").write_text(DAGSTER_YAML)
+    (folder / "dagster.yaml").write_text(DAGSTER_YAML.read_text())
     DagsterInstance.from_config(str(folder)).dispose()
     return str(folder)

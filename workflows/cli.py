@@ -3,32 +3,19 @@
 import argparse
 import datetime as dt
 import os
+import shutil
 import sys
 import time
 import warnings
 from pathlib import Path
 
-DAGSTER_YAML = """\
-# Instance settings for DAGSTER_HOME (shopseq demo writes the same file to <home>/dagster_home).
-telemetry:
-  enabled: false
-# One writer at a time on the DuckDB warehouse. Every warehouse connection takes the exclusive file lock
-# <home>/warehouse.lock first (resources/warehouse.py): runs started at once (a backfill beside the daily
-# schedule, two partitions launched from the UI) queue there step by step, each waiting its turn. This is
-# deliberately not a Dagster concurrency pool or a run-queue limit: the kernel drops the lock of a killed
-# process, whereas a pool slot or run slot held by a killed run stays claimed and blocks every later run.
-"""
+# The instance settings every home's Dagster instance gets (telemetry off; why writers queue on a file lock).
+DAGSTER_YAML = Path(__file__).with_name("dagster.yaml")
 
 PSEUDONYM_KEY_VARIABLE = "SHOPSEQ_PSEUDONYM_KEY"
 # settings.json: days an ingest withdrew from the landing whose warehouse rows are still to be deleted.
 PENDING_WITHDRAWALS = "pending_withdrawals"
 
-STAGES = [
-    ("ingestion", "raw_events"),
-    ("cleaning", "cleaned_events"),
-    ("sequences", "sessions"),
-    ("features", "ranking_candidates"),
-]
 SUMMARY_TABLES = [
     "raw_events",
     "raw_events_quarantine",
@@ -63,7 +50,7 @@ def prepare_home(home: str) -> Path:
         root = Path(home).expanduser().resolve()
         dagster_home = root / "dagster_home"
         dagster_home.mkdir(parents=True, exist_ok=True)
-        (dagster_home / "dagster.yaml").write_text(DAGSTER_YAML)
+        shutil.copyfile(DAGSTER_YAML, dagster_home / "dagster.yaml")
     except (OSError, ValueError) as error:  # a file in the way, no permission, a NUL byte in the name
         raise UsageError(f"--home {home!r} cannot be used as a home folder: {error}") from None
     os.environ["SHOPSEQ_HOME"] = str(root)
@@ -81,47 +68,40 @@ def _progress(message: str) -> None:
 
 
 class Pipeline:
-    """Runs the asset graph in-process against one home, recording runs in its Dagster instance."""
+    """Launches the code location's jobs in-process on one home, as the schedules and sensors launch them: each is
+    recorded in the home's Dagster instance as a run of that job. When to train and what to publish is decided in
+    the graph (a training set too small is not built and its models are skipped; a serving table whose models have
+    no champion is not materialised), never here."""
 
     def __init__(self, home: Path, landing_mode: str = "auto", log_level: str = "WARNING"):
         from dagster import DagsterInstance
 
-        from workflows.definitions import build_resources
+        from workflows.definitions import build_definitions, build_resources
 
         self.home = home
         self.log_level = log_level
         self.resources = build_resources(
             str(home), tracking_uri=os.environ.get("SHOPSEQ_MLFLOW_TRACKING_URI", ""), landing_mode=landing_mode
         )
+        self.defs = build_definitions(self.resources)
         self.instance = DagsterInstance.get()
 
-    def materialize(
-        self,
-        groups: tuple[str, ...],
-        start: dt.date | None = None,
-        end: dt.date | None = None,
-        only: set[str] | None = None,
-    ):
-        from dagster import AssetSelection, materialize
-
-        from assets import ALL_ASSETS
+    def launch(self, job_name: str, start: dt.date | None = None, end: dt.date | None = None):
+        """One run of the job ``job_name`` (for the day ``start``, or the days ``start..end`` as one ranged run, as a
+        backfill launches them); raises ``StageFailed`` naming the failed steps and checks."""
         from assets.partitions import RANGE_END_TAG, RANGE_START_TAG
         from workflows.sensors import step_error
 
-        tags = {}
-        if start is not None:
-            tags = {
-                RANGE_START_TAG: start.isoformat(),
-                RANGE_END_TAG: (end or start).isoformat(),
-            }
-        result = materialize(
-            ALL_ASSETS,
-            selection=AssetSelection.assets(*sorted(only)) if only else AssetSelection.groups(*groups),
-            resources=self.resources,
+        window = {}
+        if start is not None and (end or start) == start:
+            window = {"partition_key": start.isoformat()}
+        elif start is not None:
+            window = {"tags": {RANGE_START_TAG: start.isoformat(), RANGE_END_TAG: end.isoformat()}}
+        result = self.defs.resolve_job_def(job_name).execute_in_process(
             instance=self.instance,
-            tags=tags,
             run_config={"loggers": {"console": {"config": {"log_level": self.log_level}}}},
             raise_on_error=False,
+            **window,
         )
         if not result.success:
             details = []
@@ -131,74 +111,59 @@ class Pipeline:
                     details.append(f"check {check.check_name} failed: {check.description or check.metadata}"[:600])
                 elif event.is_step_failure:
                     details.append(f"{event.step_key}: {step_error(event)[:600]}")
-            details = "; ".join(details)
-            raise StageFailed(f"stage {'/'.join(groups)} failed (run {result.run_id}): {details}")
+            raise StageFailed(f"job {job_name} failed (run {result.run_id}): {'; '.join(details)}")
         return result
 
     def run(self, start: dt.date, end: dt.date, train: bool = True) -> None:
-        """Daily stages for every day of ``[start, end]``, then training, then publishing ``end``."""
-        from assets.logic.catalogue import CATALOGUE
-        from assets.logic.training import labelled_cutoffs
+        """The daily pipeline for the days ``start..end``, then training, then publishing ``end``."""
+        from workflows.jobs import daily_pipeline_job, publish_job, training_job
 
-        days = (end - start).days + 1
-        for group, table in STAGES:
-            began = time.perf_counter()
-            _progress(f"[{group:>9}] {days} day(s) {start}..{end} ...")
-            self.materialize((group,), start, end)
-            _progress(
-                f"[{group:>9}] done in {time.perf_counter() - began:5.1f} s ({self.count(table):,} rows in {table})"
-            )
-        if train:
-            with self.resources["warehouse"].connect() as conn:
-                cutoffs = labelled_cutoffs(conn)
-            if len(cutoffs) < 2:
-                train = False
-                _progress(
-                    f"[ training] skipped: {len(cutoffs)} labelled cut-off day(s) (features as of D with events "
-                    "on D + 1);"
-                    " training needs 2, one of them for the hold-out"
-                )
+        began = time.perf_counter()
+        _progress(f"[    daily] {daily_pipeline_job.name}: {(end - start).days + 1} day(s) {start}..{end} ...")
+        self._report_steps(self.launch(daily_pipeline_job.name, start, end))
+        _progress(f"[    daily] done in {time.perf_counter() - began:5.1f} s")
         if train:
             began = time.perf_counter()
-            _progress("[ training] training sets, LightGBM models, hold-out evaluation, promotion ...")
-            self.materialize(("training",))
+            _progress(f"[ training] {training_job.name}: training sets, models, hold-out evaluation, promotion ...")
+            self.launch(training_job.name)
             _progress(f"[ training] done in {time.perf_counter() - began:5.1f} s")
-        self.replay(start, end)
-        registry = self.resources["registry"]
-        missing = [m for m in CATALOGUE if registry.version_for_alias(m, "champion") is None]
-        # the tables whose models have a champion (next-action predictions need one of the three)
-        served = sorted({spec.serves for name, spec in CATALOGUE.items() if spec.serves and name not in missing})
-        if not served:
-            _progress(f"[  serving] skipped: no champion model yet for {', '.join(missing)}")
-            return
-        if missing:
-            _progress(
-                f"[  serving] no champion for {', '.join(missing)} (its data cannot train it, or nothing beat "
-                "the measure-only baselines: see Promotion below): its rows are left out"
-            )
         began = time.perf_counter()
-        _progress(f"[  serving] {', '.join(served)} for {end} ...")
-        self.materialize(("serving",), end, end, only=set(served))
+        _progress(f"[  serving] {publish_job.name}: {end} ...")
+        published = self.launch(publish_job.name, end)
+        materialized = {
+            event.asset_key.to_user_string(): event.materialization.metadata.get("dagster/row_count")
+            for event in published.get_asset_materialization_events()
+        }
+        graph = self.defs.resolve_asset_graph()
+        for table in sorted(
+            k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).group_name == "serving"
+        ):
+            if table in materialized:
+                _progress(f"[  serving] {table} for {end}: {materialized[table].value:,} rows")
+            else:
+                _progress(f"[  serving] {table} not published: no champion for its model(s) yet (see Promotion)")
+        with self.resources["warehouse"].connect() as conn:
+            versions = conn.execute(
+                "SELECT count(DISTINCT (model_name, model_version)) FROM model_replay WHERE day = ?", [end]
+            ).fetchall()[0][0]
         _progress(
-            f"[  serving] done in {time.perf_counter() - began:5.1f} s ("
-            + ", ".join(f"{self.count(table):,} rows in {table}" for table in served)
-            + ")"
+            f"[   replay] {end} scored by {versions} model version(s) trained before it; "
+            f"done in {time.perf_counter() - began:5.1f} s"
         )
 
-    def replay(self, start: dt.date, end: dt.date) -> None:
-        """Each day scored by the model versions trained before it (days no version predates get no rows)."""
-        began = time.perf_counter()
-        self.materialize(("evaluation",), start, end)
-        with self.resources["warehouse"].connect() as conn:
-            days, versions = conn.execute(
-                "SELECT count(DISTINCT day), count(DISTINCT (model_name, model_version)) FROM model_replay WHERE "
-                "day BETWEEN ? AND ?",
-                [start, end],
-            ).fetchone()
-        _progress(
-            f"[   replay] {days} day(s) scored by {versions} model version(s) trained before them "
-            f"in {time.perf_counter() - began:5.1f} s"
-        )
+    def _report_steps(self, result) -> None:
+        """Each asset of a run, in the order it ran: its group, time and rows."""
+        from dagster import AssetKey
+
+        graph = self.defs.resolve_asset_graph()
+        rows = {
+            event.asset_key.to_user_string(): event.materialization.metadata.get("dagster/row_count")
+            for event in result.get_asset_materialization_events()
+        }
+        for step in sorted(self.instance.get_run_step_stats(result.run_id), key=lambda s: s.start_time or 0):
+            group = graph.get(AssetKey(step.step_key)).group_name
+            count = f"{rows[step.step_key].value:,} rows" if rows.get(step.step_key) else ""
+            _progress(f"[{group:>9}] {step.step_key:<20} {step.end_time - step.start_time:5.1f} s  {count}")
 
     def has(self, table: str) -> bool:
         with self.resources["warehouse"].connect() as conn:
@@ -1046,8 +1011,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    # Single-run backfill policies are a deliberate choice (see assets/partitions.py); the CLI's output is for people.
-    warnings.filterwarnings("ignore", message=".*backfill_policy.*")
+    # The two beta parameters of Dagster in use are deliberate (see assets/partitions.py); the output is for people.
+    warnings.filterwarnings("ignore", message=".*(backfill_policy|allow_nonexistent_upstream_partitions).*")
     if argv[:1] == ["bench"]:  # its own options: shopseq bench --help
         from bench.run import main as bench_main
 

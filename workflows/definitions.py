@@ -23,15 +23,22 @@ def build_resources(home: str, tracking_uri: str = "", landing_mode: str = "auto
     }
 
 
-defs = Definitions(
-    assets=ALL_ASSETS,
-    jobs=[daily_pipeline_job, training_job, publish_job],
-    schedules=[daily_schedule, weekly_training_schedule],
-    sensors=[landing_sensor, run_failure_recorder, publish_automation_sensor, champion_alias_sensor],
-    executor=in_process_executor,
-    resources=build_resources(
+def build_definitions(resources: dict) -> Definitions:
+    """The code location with the given resources: ``shopseq run`` and ``demo`` launch its jobs on their home."""
+    return Definitions(
+        assets=ALL_ASSETS,
+        jobs=[daily_pipeline_job, training_job, publish_job],
+        schedules=[daily_schedule, weekly_training_schedule],
+        sensors=[landing_sensor, run_failure_recorder, publish_automation_sensor, champion_alias_sensor],
+        executor=in_process_executor,
+        resources=resources,
+    )
+
+
+defs = build_definitions(
+    build_resources(
         home_from_environment(),
         tracking_uri=os.environ.get("SHOPSEQ_MLFLOW_TRACKING_URI", ""),
         landing_mode=os.environ.get("SHOPSEQ_LANDING_MODE", "auto"),
-    ),
+    )
 )

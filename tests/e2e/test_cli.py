@@ -8,6 +8,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pytest
+from dagster import DagsterInstance
 
 from tests.samples import SHARED, needs_samples
 
@@ -54,6 +55,11 @@ def test_demo_prints_progress_models_beside_baselines_and_ui_commands(demo):
     assert "Temporal hold-out" in stdout and "popularity" in stdout and "repeat_recent" in stdout
     assert "champion v1" in stdout
     assert f"shopseq ui --home {home}" in stdout and "mlflow ui --backend-store-uri" in stdout
+    # the demo launched the code location's jobs: the Dagster UI lists them as runs of those jobs, in order
+    instance = DagsterInstance.from_config(str(home / "dagster_home"))
+    runs = [(r.job_name, r.status.value) for r in reversed(instance.get_runs())]
+    instance.dispose()
+    assert runs == [("daily_pipeline", "SUCCESS"), ("training", "SUCCESS"), ("publish", "SUCCESS")]
 
 
 def test_demo_leaves_every_stage_and_a_champion(demo):
@@ -185,7 +191,7 @@ def test_ingest_then_run_on_a_real_format(tmp_path):
     out = _shopseq(home, "run", "--skip-training", cwd=cwd)  # the days come from the landing folders
     assert out.returncode == 0, out.stderr[-3000:]
     assert "5 day(s) 2017-11-25..2017-11-29" in out.stdout
-    assert "[  serving] skipped: no champion model yet" in out.stdout
+    assert "[  serving] recommendations not published: no champion for its model(s) yet" in out.stdout
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as conn:
         assert conn.execute("SELECT count(*) FROM raw_events").fetchone()[0] == 1800
         assert conn.execute("SELECT count(*) FROM raw_events_quarantine").fetchone()[0] == 4

@@ -80,11 +80,3 @@ def test_a_segment_that_drops_beyond_the_tolerance_and_its_interval_blocks_promo
         "new_users 0.3700 (95% CI up to 0.3750) < 0.4000 - 5%"
     ]
     assert segment_regressions(challenger, champion, "any", "ndcg@20", 0.10) == []
-
-
-def test_demo_instance_settings_match_the_repository_dagster_yaml():
-    from pathlib import Path
-
-    from workflows.cli import DAGSTER_YAML
-
-    assert (Path(__file__).resolve().parents[2] / "dagster.yaml").read_text() == DAGSTER_YAML
