@@ -362,7 +362,3 @@ class ModelRegistry(RetriesTransientFailures):
             if kind == RULE:
                 return self._mlflow().pyfunc.load_model(ref.uri).unwrap_python_model().policy
             return self._mlflow().lightgbm.load_model(ref.uri)
-
-    def run_metrics(self, ref: ModelVersionRef) -> dict[str, float]:
-        with self._asking(f"read run {ref.run_id}"):
-            return dict(self.client().get_run(ref.run_id).data.metrics)

@@ -42,14 +42,6 @@ def per_user_ranking(recommendations: pd.DataFrame, targets: pd.DataFrame, k: in
     )
 
 
-def ranking_metrics(recommendations: pd.DataFrame, targets: pd.DataFrame, k: int) -> dict[str, float]:
-    """Mean Recall@K, HR@K, NDCG@K and MRR@K over the users in ``targets``, plus ``users``."""
-    per_user = per_user_ranking(recommendations, targets, k)
-    if per_user.empty:
-        return {f"{m}@{k}": float("nan") for m in RANKING_METRICS} | {"users": 0}
-    return {f"{m}@{k}": float(per_user[m].mean()) for m in RANKING_METRICS} | {"users": len(per_user)}
-
-
 def bootstrap_interval(
     values: np.ndarray, statistic=None, samples: int = BOOTSTRAP_SAMPLES, seed: int = 7
 ) -> tuple[float, float]:

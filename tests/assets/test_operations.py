@@ -7,6 +7,7 @@ from pathlib import Path
 
 import duckdb
 import pandas as pd
+import pytest
 from dagster import (
     AssetKey,
     AssetMaterialization,
@@ -30,6 +31,8 @@ from tests.conftest import SMALL_SHOP, shop_days
 from workflows.cli import main
 from workflows.definitions import build_resources, defs
 from workflows.sensors import RUN_FAILURES_FILE, landing_sensor, run_failure_recorder
+
+pytestmark = pytest.mark.e2e
 
 DAYS = shop_days(5)
 

@@ -20,6 +20,8 @@ from resources.transient import step_context
 from tests.conftest import SMALL_SHOP, shop_days
 from workflows.definitions import build_resources
 
+pytestmark = pytest.mark.e2e
+
 DAYS = shop_days(6)
 RANGE = {
     "dagster/asset_partition_range_start": DAYS[0].isoformat(),
@@ -188,11 +190,11 @@ def test_training_registers_models_and_promotes_a_champion(built):
     for node in ("ranker_training_set", "next_action_training_set", "next_event_training_set"):
         metadata = training.asset_materializations_for_node(node)[0].metadata
         assert metadata["dagster/row_count"].value > 0 and "|" in metadata["preview"].value and "seconds" in metadata
-    ranker_metrics = registry.run_metrics(registry.champion("shopseq_next_item_ranker"))
+    ranker_metrics = registry.client().get_run(registry.champion("shopseq_next_item_ranker").run_id).data.metrics
     assert {"model.any.ndcg_at_20", "popularity.any.ndcg_at_20", "repeat_recent.any.recall_at_20"} <= set(
         ranker_metrics
     )
-    purchase_metrics = registry.run_metrics(registry.champion("shopseq_next_purchase"))
+    purchase_metrics = registry.client().get_run(registry.champion("shopseq_next_purchase").run_id).data.metrics
     assert {"model.label_purchase.auc", "base_rate.label_purchase.brier"} <= set(purchase_metrics)
     evaluation = (
         duckdb.connect(f"{home}/warehouse.duckdb", read_only=True)

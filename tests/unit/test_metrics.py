@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from assets.logic.metrics import binary_metrics, ranking_metrics, top_k
+from assets.logic.metrics import binary_metrics, per_user_ranking, top_k
 
 
 def _recs(rows):
@@ -14,20 +14,21 @@ def _recs(rows):
 def test_ranking_metrics_by_hand():
     recs = _recs([("a", "x", 1), ("a", "y", 2), ("a", "z", 3), ("b", "p", 1), ("b", "q", 2)])
     targets = pd.DataFrame({"user_id": ["a", "a", "b", "c"], "item_id": ["y", "w", "r", "x"]})
-    m = ranking_metrics(recs, targets, k=2)
+    per_user = per_user_ranking(recs, targets, k=2)
     # a: 1 hit of min(2, 2) targets; b: 0; c: no recommendations -> miss
-    assert m["users"] == 3
-    assert m["recall@2"] == pytest.approx((0.5 + 0 + 0) / 3)
-    assert m["hr@2"] == pytest.approx(1 / 3)
-    assert m["mrr@2"] == pytest.approx((1 / 2) / 3)
+    assert sorted(per_user.index) == ["a", "b", "c"]
+    m = per_user.mean()
+    assert m["recall"] == pytest.approx((0.5 + 0 + 0) / 3)
+    assert m["hr"] == pytest.approx(1 / 3)
+    assert m["mrr"] == pytest.approx((1 / 2) / 3)
     idcg_a = 1 + 1 / math.log2(3)
-    assert m["ndcg@2"] == pytest.approx(((1 / math.log2(3)) / idcg_a) / 3)
+    assert m["ndcg"] == pytest.approx(((1 / math.log2(3)) / idcg_a) / 3)
 
 
 def test_recall_is_capped_by_k():
     recs = _recs([("a", "x", 1)])
     targets = pd.DataFrame({"user_id": ["a"] * 5, "item_id": list("xvwyz")})
-    assert ranking_metrics(recs, targets, k=1)["recall@1"] == 1.0
+    assert per_user_ranking(recs, targets, k=1).loc["a", "recall"] == 1.0
 
 
 def test_top_k_pads_with_fallback_and_covers_users_without_candidates():
