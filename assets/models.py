@@ -39,10 +39,6 @@ from assets.logic.warehouse_sql import ensure_table, replace_table
 from expectations import validate
 from resources import ModelRegistry, Warehouse
 
-EVALUATION_COLUMNS = """(segment VARCHAR, method VARCHAR, target VARCHAR, metric VARCHAR, value DOUBLE, ci_low DOUBLE,
-    ci_high DOUBLE, users BIGINT, model_name VARCHAR, model_version BIGINT, run_id VARCHAR, holdout_day DATE,
-    evaluated_at TIMESTAMP, policy VARCHAR, policy_kind VARCHAR)"""
-
 _COMMON = dict(group_name="training", owners=["team:ml"])
 
 
@@ -133,7 +129,7 @@ def store_evaluation(conn, evaluation: pd.DataFrame, ref, holdout_day: dt.date, 
         policy=policy,
         policy_kind=kind,
     )
-    ensure_table(conn, "model_evaluations", EVALUATION_COLUMNS, add_new_columns=True)
+    ensure_table(conn, "model_evaluations", add_new_columns=True)
     conn.register("incoming_frame", stored)
     conn.execute("INSERT INTO model_evaluations BY NAME SELECT * FROM incoming_frame")
     conn.unregister("incoming_frame")

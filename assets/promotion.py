@@ -12,17 +12,10 @@ from assets.logic.catalogue import CATALOGUE, ModelSpec, best_baseline, holdout_
 from assets.logic.lifecycle import record_alias_change
 from assets.logic.policies import LEARNED, RULE
 from assets.logic.warehouse_sql import ensure_table
-from assets.models import EVALUATION_COLUMNS, MODEL_ASSETS, store_evaluation
+from assets.models import MODEL_ASSETS, store_evaluation
 from expectations import validate
 from resources import ModelRegistry, Warehouse
 from resources.registry import CHALLENGER, CHAMPION, ModelVersionRef
-
-# One row per model and promotion run (the columns the first versions created from the decisions frame; ``policy``
-# and ``policy_kind`` name the policy the decision was about).
-PROMOTION_LOG_COLUMNS = """(model_name VARCHAR, challenger_version BIGINT, champion_version BIGINT,
-    champion_run_id VARCHAR, decision VARCHAR, reason VARCHAR, metric VARCHAR, challenger_metric DOUBLE,
-    champion_metric_before DOUBLE, best_baseline DOUBLE, holdout_day DATE, decided_at TIMESTAMP_NS, policy VARCHAR,
-    policy_kind VARCHAR)"""
 
 
 class PromotionConfig(Config):
@@ -127,7 +120,7 @@ def decide(
 
 def _stored_evaluations(conn, model_name: str, day) -> dict[int, tuple[str, str, pd.DataFrame]]:
     """{version: (policy, kind, evaluation)} of every version evaluated on the hold-out ``day`` (its latest)."""
-    ensure_table(conn, "model_evaluations", EVALUATION_COLUMNS, add_new_columns=True)
+    ensure_table(conn, "model_evaluations", add_new_columns=True)
     rows = conn.execute(
         """SELECT * FROM model_evaluations WHERE model_name = ? AND holdout_day = ?
            QUALIFY evaluated_at = max(evaluated_at) OVER (PARTITION BY model_version)""",
@@ -286,7 +279,7 @@ def champion_promotion(config: PromotionConfig, warehouse: Warehouse, registry: 
         }
     )
     with warehouse.connect() as conn:
-        ensure_table(conn, "promotion_log", PROMOTION_LOG_COLUMNS, add_new_columns=True)
+        ensure_table(conn, "promotion_log", add_new_columns=True)
         conn.register("incoming_frame", frame)
         conn.execute("INSERT INTO promotion_log BY NAME SELECT * FROM incoming_frame")
         conn.unregister("incoming_frame")

@@ -85,35 +85,17 @@ def _serving(name: str, deps: list, description: str) -> dict:
     )
 
 
-# Every row names the policy that produced it: the model version, its MLflow run, the policy (a rule's name, or
-# ``lightgbm``) and its kind (``rule`` or ``learned``).
-_LINEAGE = (
-    "model_name VARCHAR NOT NULL, model_version BIGINT NOT NULL, run_id VARCHAR NOT NULL, scored_at TIMESTAMP, "
-    "policy VARCHAR, policy_kind VARCHAR"
-)
-TABLES = {
-    "recommendations": (
-        "(as_of_date DATE NOT NULL, user_id VARCHAR NOT NULL, rank BIGINT NOT NULL, item_id VARCHAR NOT NULL, "
-        f"score DOUBLE, source VARCHAR, reason VARCHAR, rules VARCHAR, {_LINEAGE})"
-    ),
-    "next_action_predictions": (
-        f"(as_of_date DATE NOT NULL, user_id VARCHAR NOT NULL, action VARCHAR NOT NULL, probability DOUBLE NOT NULL, "
-        f"{_LINEAGE})"
-    ),
-}
-
-
 def publish_day(
     conn: duckdb.DuckDBPyConnection,
     table: str,
     day: dt.date,
     scored: Iterable[tuple[ModelVersionRef, object, Iterable[pd.DataFrame | pa.Table]]],
 ) -> int:
-    """Replace ``day`` of ``table`` (one of ``TABLES``) with the rows of each model in ``scored``, given as (version,
-    its model or rule policy, frames of rows), every row naming its model version, run, policy and kind. The frames
-    are made and written one at a time, in one transaction (see ``replace_window_from_frames``). Returns the rows
-    written."""
-    ensure_table(conn, table, TABLES[table], add_new_columns=True)
+    """Replace ``day`` of ``table`` (a served table of the schema) with the rows of each model in ``scored``, given
+    as (version, its model or rule policy, frames of rows), every row naming its model version, run, policy and
+    kind. The frames are made and written one at a time, in one transaction (see ``replace_window_from_frames``).
+    Returns the rows written."""
+    ensure_table(conn, table, add_new_columns=True)
     scored_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     batches = (
         _append_constants(
@@ -241,8 +223,7 @@ def _action_scorer(action: str):
 
 def _published_asset(spec: ModelSpec):
     """The daily serving asset of a catalogue model that declares ``publish``: its champion's rows for the day."""
-    columns, rows_of = spec.publish
-    TABLES[spec.serves] = f"({columns}, {_LINEAGE})"
+    rows_of = spec.publish
 
     @multi_asset(
         **_serving(

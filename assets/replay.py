@@ -20,12 +20,10 @@ from assets.features import ranking_candidates, user_features
 from assets.logic.catalogue import CATALOGUE, best_baseline, main_metric
 from assets.logic.policies import LEARNED
 from assets.logic.warehouse_sql import date_bounds, ensure_table, replace_window_from_frames
-from assets.models import EVALUATION_COLUMNS
 from assets.partitions import DAILY_ASSET, PUBLISH_AUTOMATION, partition_days
 from expectations import validate
 from resources import ModelRegistry, Warehouse
 
-REPLAY_COLUMNS = EVALUATION_COLUMNS.replace("(segment VARCHAR", "(day DATE NOT NULL, segment VARCHAR")
 _YESTERDAY = TimeWindowPartitionMapping(start_offset=-1, end_offset=0)
 
 
@@ -63,7 +61,7 @@ def model_replay(context: AssetExecutionContext, warehouse: Warehouse, registry:
     versions = {name: registry.versions(name) for name in CATALOGUE}
     models, frames, summary = {}, [], []
     with warehouse.connect() as conn:
-        ensure_table(conn, "model_replay", REPLAY_COLUMNS)
+        ensure_table(conn, "model_replay")
         for day in partition_days(context):
             rows = []
             for name, spec in CATALOGUE.items():

@@ -10,7 +10,8 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from assets.logic.events import EVENT_TYPE_ALIASES, EVENT_TYPES, SESSION_GAP_MINUTES
+from assets.logic.events import EVENT_TYPE_ALIASES, SESSION_GAP_MINUTES
+from assets.logic.schema import EVENT_TYPES
 
 CANONICAL = [
     "event_time",

@@ -275,14 +275,6 @@ LEFT JOIN user_categories uc ON uc.user_id = p.user_id AND uc.category_id = coal
 """
 
 
-def _candidates_table_sql() -> str:
-    numeric = ", ".join(f"{c} DOUBLE" for c in RANKER_FEATURES)
-    return (
-        "(as_of_date DATE NOT NULL, cutoff TIMESTAMP NOT NULL, user_id VARCHAR NOT NULL, item_id VARCHAR NOT NULL, "
-        f"category_id VARCHAR, source VARCHAR NOT NULL, {numeric})"
-    )
-
-
 def build_candidates_day(conn: duckdb.DuckDBPyConnection, day: dt.date, tz: str = "UTC") -> int:
     """Replace the candidates as of the end of ``day`` (needs that day's item and user features).
 
@@ -291,7 +283,7 @@ def build_candidates_day(conn: duckdb.DuckDBPyConnection, day: dt.date, tz: str 
     user side is per user, so the passes give exactly the rows of one pass over everyone, while their hash
     tables fit in memory: at 10M events one pass spilled and took 172 s, four took 100 s."""
     _, cutoff = day_bounds(day, tz)
-    ensure_table(conn, "ranking_candidates", _candidates_table_sql())
+    ensure_table(conn, "ranking_candidates")
     params = {"cutoff": cutoff, "as_of_date": day}
     conn.execute(f"CREATE OR REPLACE TEMP TABLE day_covis_pairs AS {covis_pairs_sql()}", {"cutoff": cutoff})
     conn.execute(

@@ -76,10 +76,10 @@ class ModelSpec:
     """The daily table the champion's scores are published in (None: scored by ``shopseq predict`` only)."""
     extras: Callable[[duckdb.DuckDBPyConnection, Any], tuple[dict, dict]] | None = None
     """(conn, model) -> (tables, figures) logged beside the evaluation."""
-    publish: tuple[str, Callable[[duckdb.DuckDBPyConnection, Any, dt.date, str], pd.DataFrame]] | None = None
-    """(the columns of the ``serves`` table before the lineage columns every served row has, (conn, champion, day,
-    tz) -> the day's rows): a daily serving asset is generated for it; None when the table is written by a serving
-    asset of its own (recommendations, next-action predictions)."""
+    publish: Callable[[duckdb.DuckDBPyConnection, Any, dt.date, str], pd.DataFrame] | None = None
+    """(conn, champion, day, tz) -> the day's rows of the ``serves`` table (its columns are in the schema,
+    ``assets/logic/schema.py``): a daily serving asset is generated for it; None when the table is written by a
+    serving asset of its own (recommendations, next-action predictions)."""
 
 
 def read_training_set(conn: duckdb.DuckDBPyConnection, table: str, split: str | None = None) -> pd.DataFrame:
@@ -510,11 +510,7 @@ CATALOGUE: dict[str, ModelSpec] = {
             "items, session-kNN, Markov and popularity; the rules are policies too.",
             reads=("cleaned_events",),  # the session protocol's targets
             serves="item_next_items",
-            publish=(
-                "as_of_date DATE NOT NULL, item_id VARCHAR NOT NULL, rank BIGINT NOT NULL, next_item_id VARCHAR "
-                "NOT NULL, score DOUBLE, source VARCHAR",
-                _next_items,
-            ),
+            publish=_next_items,
         ),
     )
 }

@@ -55,7 +55,7 @@ import datetime as dt
 
 import duckdb
 
-from assets.logic.synthetic import EVENT_TYPES
+from assets.logic.schema import CANONICAL_COLUMNS, EVENT_TYPES
 from assets.logic.warehouse_sql import day_bounds, ensure_table, replace_window
 
 SESSION_GAP_MINUTES = 30
@@ -81,22 +81,8 @@ EVENT_TYPE_ALIASES = {
     "transaction": "purchase",
 }
 
-# The columns of the canonical event schema (landing files may add provenance: source_file, source_line, raw,
-# ingest_reason).
 # A price at or above this is quarantined (``bad_price``).
 MAX_PRICE = 1e12
-
-CANONICAL_COLUMNS = (
-    "event_time",
-    "user_id",
-    "session_id",
-    "event_type",
-    "item_id",
-    "category_id",
-    "price",
-    "query",
-    "event_id",
-)
 
 
 def normalised_event_type_sql(column: str = "event_type") -> str:

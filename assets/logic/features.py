@@ -198,19 +198,10 @@ GROUP BY item_id
 """
 
 
-def _feature_table_sql(columns: list[str], key: str) -> str:
-    body = ", ".join(f"{c} DOUBLE" for c in columns)
-    extra = ", category_id VARCHAR, item_score_1d DOUBLE" if key == "item_id" else ""
-    return (
-        f"(as_of_date DATE NOT NULL, cutoff TIMESTAMP NOT NULL, {key} VARCHAR NOT NULL, {body}{extra}, "
-        "last_event_time TIMESTAMP)"
-    )
-
-
 def build_user_features_day(conn: duckdb.DuckDBPyConnection, day: dt.date, tz: str = "UTC") -> int:
     """Replace the user features as of the end of ``day`` (a day in ``tz``); returns rows."""
     _, cutoff = day_bounds(day, tz)
-    ensure_table(conn, "user_features", _feature_table_sql(USER_FEATURE_COLUMNS, "user_id"))
+    ensure_table(conn, "user_features")
     return replace_window(
         conn,
         "user_features",
@@ -224,7 +215,7 @@ def build_user_features_day(conn: duckdb.DuckDBPyConnection, day: dt.date, tz: s
 def build_item_features_day(conn: duckdb.DuckDBPyConnection, day: dt.date, tz: str = "UTC") -> int:
     """Replace the item features as of the end of ``day`` (a day in ``tz``); returns rows."""
     _, cutoff = day_bounds(day, tz)
-    ensure_table(conn, "item_features", _feature_table_sql(ITEM_FEATURE_COLUMNS, "item_id"))
+    ensure_table(conn, "item_features")
     return replace_window(
         conn,
         "item_features",

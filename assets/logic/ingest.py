@@ -127,7 +127,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from assets.logic.events import CANONICAL_COLUMNS, classify_landing
+from assets.logic.events import classify_landing
+from assets.logic.schema import CANONICAL_COLUMNS
 from assets.logic.warehouse_sql import check_timezone
 
 EARLIEST_DAY = dt.date(1995, 1, 1)

@@ -5,9 +5,6 @@ import datetime as dt
 
 import duckdb
 
-ALIAS_HISTORY_COLUMNS = """(changed_at TIMESTAMP NOT NULL, model_name VARCHAR NOT NULL, alias VARCHAR NOT NULL,
-    from_version BIGINT, to_version BIGINT NOT NULL, reason VARCHAR NOT NULL, changed_by VARCHAR NOT NULL)"""
-
 
 def record_alias_change(
     conn: duckdb.DuckDBPyConnection,
@@ -20,7 +17,7 @@ def record_alias_change(
 ) -> None:
     from assets.logic.warehouse_sql import ensure_table
 
-    ensure_table(conn, "alias_history", ALIAS_HISTORY_COLUMNS)
+    ensure_table(conn, "alias_history")
     conn.execute(
         "INSERT INTO alias_history VALUES (?, ?, ?, ?, ?, ?, ?)",
         [
@@ -79,7 +76,7 @@ def record_outside_moves(conn: duckdb.DuckDBPyConnection, alias: str, moves: dic
     yet (the CLI and the promotion asset record their own); returns how many were recorded."""
     from assets.logic.warehouse_sql import ensure_table
 
-    ensure_table(conn, "alias_history", ALIAS_HISTORY_COLUMNS)
+    ensure_table(conn, "alias_history")
     recorded = 0
     for model_name, (from_version, to_version) in moves.items():
         latest = conn.execute(

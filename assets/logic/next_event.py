@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from assets.logic.metrics import auc, bootstrap_interval
-from assets.logic.synthetic import EVENT_TYPES
+from assets.logic.schema import EVENT_TYPES
 from assets.logic.training import LightGBMParams, boost
 
 EVENT_CLASSES = list(EVENT_TYPES)  # class i of the multiclass model is EVENT_CLASSES[i]

@@ -25,8 +25,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-EVENT_TYPES = ("view", "search", "add_to_cart", "remove_from_cart", "favorite", "purchase")
-
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 

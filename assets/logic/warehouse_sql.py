@@ -1,4 +1,4 @@
-"""Table definitions of the warehouse and the one idempotent way to replace a partition."""
+"""The one idempotent way to replace a partition of a warehouse table, and the tables' creation from the schema."""
 
 import datetime as dt
 from collections.abc import Iterable, Sequence
@@ -8,49 +8,7 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
-EVENT_COLUMNS = """
-    event_time TIMESTAMP NOT NULL,
-    user_id VARCHAR NOT NULL,
-    session_id VARCHAR,
-    event_type VARCHAR NOT NULL,
-    item_id VARCHAR,
-    category_id VARCHAR,
-    price DOUBLE,
-    query VARCHAR,
-    event_id VARCHAR NOT NULL
-"""
-
-TABLES = {
-    "raw_events": f"({EVENT_COLUMNS}, source_file VARCHAR NOT NULL, source_line BIGINT NOT NULL)",
-    "raw_events_quarantine": """(
-        partition_date DATE NOT NULL, source_file VARCHAR NOT NULL, source_line BIGINT NOT NULL,
-        reason VARCHAR NOT NULL, raw VARCHAR)""",
-    "cleaned_events": f"({EVENT_COLUMNS}, is_bot BOOLEAN NOT NULL)",
-    "sessions": """(
-        session_start TIMESTAMP NOT NULL, session_end TIMESTAMP NOT NULL, session_id VARCHAR NOT NULL,
-        user_id VARCHAR NOT NULL, n_events BIGINT, n_views BIGINT, n_carts BIGINT, n_purchases BIGINT,
-        n_searches BIGINT, n_items BIGINT, duration_s DOUBLE, converted BOOLEAN)""",
-    "user_sequences": """(
-        day DATE NOT NULL, user_id VARCHAR NOT NULL, n_events BIGINT, n_sessions BIGINT,
-        items VARCHAR[], event_types VARCHAR[])""",
-}
-
-
-# Every table partitioned by the shop's day, with the column its partition is read from: a TIMESTAMP (UTC, the day
-# is the shop's day in its timezone) or a DATE.
-DAILY_TABLES = {
-    "raw_events": "event_time",
-    "raw_events_quarantine": "partition_date",
-    "cleaned_events": "event_time",
-    "sessions": "session_start",
-    "user_sequences": "day",
-    "user_features": "as_of_date",
-    "item_features": "as_of_date",
-    "ranking_candidates": "as_of_date",
-    "recommendations": "as_of_date",
-    "next_action_predictions": "as_of_date",
-    "model_replay": "day",
-}
+from assets.logic.schema import DAILY_TABLES, table_columns
 
 
 def _daily_tables(conn: duckdb.DuckDBPyConnection) -> dict[str, str]:
@@ -93,17 +51,16 @@ class SchemaChanged(RuntimeError):
     """A warehouse table was written by a version of shopseq with other columns."""
 
 
-def ensure_table(
-    conn: duckdb.DuckDBPyConnection, name: str, columns_sql: str | None = None, add_new_columns: bool = False
-) -> None:
-    """Create a table once; its rows are replaced per partition by ``replace_window``.
+def ensure_table(conn: duckdb.DuckDBPyConnection, name: str, add_new_columns: bool = False) -> None:
+    """Create the table ``name`` of the schema (``assets/logic/schema.py``) once; its rows are replaced per partition
+    by ``replace_window``.
 
     An existing table must have exactly the columns this code writes: an older layout is refused
     with a clear error rather than half-filled or silently dropped. With ``add_new_columns`` (logs
     and served tables, whose old rows simply predate a column) an older layout that lacks only new
     columns gains them, null in its old rows.
     """
-    columns_sql = columns_sql or TABLES[name]
+    columns_sql = table_columns(name)
     shape = """SELECT column_name, data_type FROM information_schema.columns
                WHERE table_name = ? AND table_catalog = coalesce(?, current_database()) AND table_schema = 'main'"""
     have = conn.execute(shape, [name, None]).fetchall()

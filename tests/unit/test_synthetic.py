@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from assets.logic.synthetic import EVENT_TYPES, ShopParams, generate_day, hash_uniform
+from assets.logic.schema import EVENT_TYPES
+from assets.logic.synthetic import ShopParams, generate_day, hash_uniform
 from tests.conftest import SMALL_SHOP, shop_days
 
 
