@@ -118,43 +118,23 @@ class Pipeline:
         """The daily pipeline for the days ``start..end``, then training, then publishing ``end``."""
         from workflows.jobs import daily_pipeline_job, publish_job, training_job
 
-        began = time.perf_counter()
-        _progress(f"[    daily] {daily_pipeline_job.name}: {(end - start).days + 1} day(s) {start}..{end} ...")
-        self._report_steps(self.launch(daily_pipeline_job.name, start, end))
-        _progress(f"[    daily] done in {time.perf_counter() - began:5.1f} s")
+        self._stage(daily_pipeline_job.name, f"{(end - start).days + 1} day(s) {start}..{end}", start, end)
         if train:
-            began = time.perf_counter()
-            _progress(f"[ training] {training_job.name}: training sets, models, hold-out evaluation, promotion ...")
-            self.launch(training_job.name)
-            _progress(f"[ training] done in {time.perf_counter() - began:5.1f} s")
-        began = time.perf_counter()
-        _progress(f"[  serving] {publish_job.name}: {end} ...")
-        published = self.launch(publish_job.name, end)
-        materialized = {
-            event.asset_key.to_user_string(): event.materialization.metadata.get("dagster/row_count")
-            for event in published.get_asset_materialization_events()
-        }
-        graph = self.defs.resolve_asset_graph()
-        for table in sorted(
-            k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).group_name == "serving"
-        ):
-            if table in materialized:
-                _progress(f"[  serving] {table} for {end}: {materialized[table].value:,} rows")
-            else:
-                _progress(f"[  serving] {table} not published: no champion for its model(s) yet (see Promotion)")
+            self._stage(training_job.name, "training sets, models, hold-out evaluation, promotion")
+        self._stage(publish_job.name, f"{end}: serving tables and the replay", end)
         with self.resources["warehouse"].connect() as conn:
             versions = conn.execute(
                 "SELECT count(DISTINCT (model_name, model_version)) FROM model_replay WHERE day = ?", [end]
             ).fetchall()[0][0]
-        _progress(
-            f"[   replay] {end} scored by {versions} model version(s) trained before it; "
-            f"done in {time.perf_counter() - began:5.1f} s"
-        )
+        _progress(f"[   replay] {end} scored by {versions} model version(s) trained before it")
 
-    def _report_steps(self, result) -> None:
-        """Each asset of a run, in the order it ran: its group, time and rows."""
+    def _stage(self, job_name: str, what: str, start: dt.date | None = None, end: dt.date | None = None) -> None:
+        """Launch a job, then report each of its assets in the order they ran: group, seconds, rows."""
         from dagster import AssetKey
 
+        began = time.perf_counter()
+        _progress(f"[{job_name:>9}] {what} ...")
+        result = self.launch(job_name, start, end)
         graph = self.defs.resolve_asset_graph()
         rows = {
             event.asset_key.to_user_string(): event.materialization.metadata.get("dagster/row_count")
@@ -162,8 +142,12 @@ class Pipeline:
         }
         for step in sorted(self.instance.get_run_step_stats(result.run_id), key=lambda s: s.start_time or 0):
             group = graph.get(AssetKey(step.step_key)).group_name
-            count = f"{rows[step.step_key].value:,} rows" if rows.get(step.step_key) else ""
-            _progress(f"[{group:>9}] {step.step_key:<20} {step.end_time - step.start_time:5.1f} s  {count}")
+            if step.step_key not in rows:  # a skippable asset that was not materialised: a serving table
+                outcome = "not published: no champion for its model(s) yet (see Promotion)"
+            else:
+                outcome = f"{rows[step.step_key].value:,} rows" if rows[step.step_key] else ""
+            _progress(f"[{group:>9}] {step.step_key:<24} {step.end_time - step.start_time:6.1f} s  {outcome}")
+        _progress(f"[{job_name:>9}] done in {time.perf_counter() - began:5.1f} s")
 
     def has(self, table: str) -> bool:
         with self.resources["warehouse"].connect() as conn:
