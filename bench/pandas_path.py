@@ -11,19 +11,9 @@ import numpy as np
 import pandas as pd
 
 from assets.logic.events import EVENT_TYPE_ALIASES, SESSION_GAP_MINUTES
-from assets.logic.schema import EVENT_TYPES
+from assets.logic.schema import CANONICAL_COLUMNS, EVENT_TYPES
 
-CANONICAL = [
-    "event_time",
-    "user_id",
-    "session_id",
-    "event_type",
-    "item_id",
-    "category_id",
-    "price",
-    "query",
-    "event_id",
-]
+CANONICAL = list(CANONICAL_COLUMNS)
 USER_COLUMNS = [
     "events_1d",
     "views_1d",

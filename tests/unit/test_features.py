@@ -8,6 +8,7 @@ import pytest
 
 from assets.logic.candidates import build_candidates_day
 from assets.logic.features import build_item_features_day, build_user_features_day
+from assets.logic.schema import CANONICAL_COLUMNS
 from assets.logic.warehouse_sql import ensure_table
 
 DAY = dt.date(2025, 3, 3)
@@ -37,20 +38,7 @@ def _events() -> pd.DataFrame:
         last = start + dt.timedelta(hours=2 * len(PRICES))
         rows.append((last, user, f"s{u}9", "add_to_cart", "i1", "c1", 5.5, None, f"e{u}98"))
         rows.append((last, user, f"s{u}9", "view", "i2", "c2", 6.5, None, f"e{u}99"))
-    frame = pd.DataFrame(
-        rows,
-        columns=[
-            "event_time",
-            "user_id",
-            "session_id",
-            "event_type",
-            "item_id",
-            "category_id",
-            "price",
-            "query",
-            "event_id",
-        ],
-    )
+    frame = pd.DataFrame(rows, columns=list(CANONICAL_COLUMNS))
     return frame.assign(is_bot=False)
 
 
