@@ -8,7 +8,8 @@ two ways, each by ``session_model.evaluate_sessions``:
 
 * ``gru_rerank``: the GRU ranks the hold-out's candidate rows (the reranker's candidates: the same lists to choose
   from; a position whose next item is not a candidate is a miss);
-* ``gru_full``: the GRU's own top 20 over every item it knows.
+* ``gru_full``: the GRU's own top 20 over every item it knows (what its pyfunc serves, and what its catalogue spec
+  measures: ``gru_model.evaluate_gru``).
 
 ``--feature`` also measures the GRU's score as a feature of the LightGBM reranker: each training day's and the
 hold-out's scores come from a GRU fitted on the days before it only (so a training row's feature is as honest as a
@@ -33,21 +34,6 @@ from assets.logic.warehouse_sql import day_bounds
 from resources.home import home_paths, read_settings
 
 COLUMNS = ("hr@10", "mrr@10", "hr@20", "mrr@20", "ndcg@20", "coverage@20")
-
-
-def full_catalogue_frame(top: pd.DataFrame, conn: duckdb.DuckDBPyConnection, cutoff: dt.datetime) -> pd.DataFrame:
-    """The GRU's top items as candidate rows ``evaluate_sessions`` reads: no rule proposes any of them (their
-    ``in_*`` flags are 0), popularity and the catalogue size from the events before ``cutoff``."""
-    popularity = conn.execute(
-        "SELECT item_id, count(*) AS pop_all FROM cleaned_events WHERE event_time < ? AND NOT is_bot "
-        "AND item_id IS NOT NULL GROUP BY item_id",
-        [cutoff],
-    ).df()
-    frame = top.merge(popularity, on="item_id", how="left").fillna({"pop_all": 0.0})
-    for column in session_model.SESSION_FEATURES:
-        if column not in frame:
-            frame[column] = 0.0
-    return frame.assign(catalogue_items=len(popularity))
 
 
 def windows(holdout: pd.DataFrame, train: pd.DataFrame, tz: str):
@@ -131,7 +117,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--learning-rate", type=float, default=gru_model.GRUParams.learning_rate)
     parser.add_argument("--dropout", type=float, default=gru_model.GRUParams.dropout)
     parser.add_argument("--batch-size", type=int, default=gru_model.GRUParams.batch_size)
-    parser.add_argument("--tied", action="store_true", help="score items with their input embeddings")
+    parser.add_argument("--max-steps", type=int, default=gru_model.GRUParams.max_steps)
+    parser.add_argument(
+        "--untied", action="store_true", help="score items with an output embedding of their own, not their input one"
+    )
     parser.add_argument("--feature", action="store_true", help="also measure the GRU's score as a reranker feature")
     args = parser.parse_args(argv)
     params = gru_model.GRUParams(
@@ -141,7 +130,8 @@ def main(argv: list[str] | None = None) -> None:
         learning_rate=args.learning_rate,
         dropout=args.dropout,
         batch_size=args.batch_size,
-        tied=args.tied,
+        tied=not args.untied,
+        max_steps=args.max_steps,
     )
     tz = read_settings(args.home).get("timezone", "UTC")
     conn = duckdb.connect(str(home_paths(args.home)["warehouse"]), read_only=True)
@@ -161,8 +151,14 @@ def main(argv: list[str] | None = None) -> None:
     evaluation = session_model.evaluate_sessions(
         holdout, gru_model.GRUPrefixPolicy(model, hold_sequences, holdout), targets
     )
-    top = full_catalogue_frame(model.top_k(hold_sequences), conn, start)
-    full = session_model.evaluate_sessions(top, _Fixed(top["score"]), targets)  # only its "model" rows are kept
+    popularity = conn.execute(
+        "SELECT item_id, count(*) AS events FROM cleaned_events WHERE event_time < ? AND NOT is_bot "
+        "AND item_id IS NOT NULL GROUP BY item_id",
+        [start],
+    ).df()
+    full = gru_model.evaluate_gru(
+        model, hold_sequences, holdout, targets, popularity.set_index("item_id")["events"].astype(float)
+    )
     seconds["evaluation"] = time.perf_counter() - mark
     stored = conn.execute(
         "SELECT method, metric, value FROM model_evaluations WHERE model_name = ? AND policy = 'lightgbm' "

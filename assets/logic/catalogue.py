@@ -557,8 +557,8 @@ def best_baseline(evaluation: pd.DataFrame, spec: ModelSpec) -> tuple[str, float
 
 
 # --- the recurrent in-session model (the optional "deep" extra) ---------------------------------------------------
-# A GRU over each session prefix's items (``gru_model``), measured by the session protocol on the LightGBM session
-# model's positions and candidates beside the same rules. Its specs are declared here but not in ``TRAINING_SETS`` /
+# A GRU over each session prefix's items (``gru_model``), its own top 20 measured by the session protocol on the
+# LightGBM session model's positions beside the same rules. Its specs are declared here but not in ``TRAINING_SETS`` /
 # ``CATALOGUE``, which generate the pipeline's assets: the generated model asset records every learned model as a
 # LightGBM booster and the registry loads learned versions with MLflow's LightGBM flavour, while this model is an
 # MLflow pyfunc (``resources.gru_pyfunc.log_gru``). ``bench/gru_eval.py`` trains, measures and records it through
@@ -619,14 +619,20 @@ def _gru_train(frame: pd.DataFrame, params: training.LightGBMParams) -> gru_mode
 
 
 def _gru_measure(conn, model, sequences: pd.DataFrame, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
-    """The GRU (or a rule) on the positions of the sessions that start in ``[start, end)``: it ranks the session
-    reranker's candidates of each prefix (the same rows, so the same lists to choose from) and every session rule
-    is ranked beside it by ``session_model.evaluate_sessions``."""
-    holdout = session_model.session_frame(conn, start, end, positives_only=False)
+    """The GRU's served lists (``gru_model.evaluate_gru``), or a rule's, on the positions of the sessions that start
+    in ``[start, end)``, beside every session rule ranked on the session reranker's candidates of those positions."""
+    candidates = session_model.session_frame(conn, start, end, positives_only=False)
     targets = session_model.session_targets(conn, start, end)
-    if isinstance(model, gru_model.GRUSessionModel):
-        model = gru_model.GRUPrefixPolicy(model, sequences, holdout)
-    return session_model.evaluate_sessions(holdout, model, targets)
+    if not isinstance(model, gru_model.GRUSessionModel):
+        return session_model.evaluate_sessions(candidates, model, targets)
+    popularity = conn.execute(
+        "SELECT item_id, count(*) AS events FROM cleaned_events WHERE event_time < $start AND NOT is_bot "
+        "AND item_id IS NOT NULL GROUP BY item_id",
+        {"start": start},
+    ).df()
+    return gru_model.evaluate_gru(
+        model, sequences, candidates, targets, popularity.set_index("item_id")["events"].astype(float)
+    )
 
 
 def _gru_evaluation(conn, model, rules) -> tuple[pd.DataFrame, dt.date]:
@@ -686,6 +692,7 @@ GRU_SESSION_SPEC = ModelSpec(
     baselines=tuple(session_model.SESSION_RULES),
     blocker=_gru_blocker,
     description="A GRU (GRU4Rec-style: item embeddings, a GRU over the session prefix, a full softmax over the items) "
-    "ranking each session prefix's candidate next items, evaluated by the session protocol on the in-session "
-    "reranker's positions beside SR, SR over the last three items, session-kNN, Markov and popularity.",
+    "listing each session prefix's top next items over every item it learned, evaluated by the session protocol on "
+    "the in-session reranker's positions beside SR, SR over the last three items, session-kNN, Markov and "
+    "popularity.",
 )

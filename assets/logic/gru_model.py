@@ -1,11 +1,12 @@
 """A recurrent (GRU4Rec-style) in-session next-item model: the challenger to the LightGBM session reranker.
 
-Item embeddings, a GRU over a session prefix's items and a full softmax over the items of the training sessions
-(GRU4Rec's cross-entropy loss; at tens of thousands of items the full softmax is cheap enough on a CPU that no
-negative sampling is needed). It learns from the same point-in-time data as ``session_model``: the prefixes of
-the sessions that start on the day after each training cut-off, each session's events on items unknown at that
-cut-off removed (``session_sequences``, the protocol of ``session_model.session_targets``, whose ``prefix_id`` it
-shares), and a prefix's score reads its own session's items up to its last one only.
+Item embeddings, a GRU over a session prefix's items and a full softmax over the items of the training sessions,
+each item scored by its input embedding (GRU4Rec's cross-entropy loss and constrained embedding; at a few thousand
+items the full softmax is cheap enough on a CPU that no negative sampling is needed). It learns from the same
+point-in-time data as ``session_model``: the prefixes of the sessions that start on the day after each training
+cut-off, each session's events on items unknown at that cut-off removed (``session_sequences``, the protocol of
+``session_model.session_targets``, whose ``prefix_id`` it shares), and a prefix's score reads its own session's
+items up to its last one only.
 
 Training is seeded and single-threaded on the CPU (the same data gives the same weights, see ``_jax``), fits the
 days before the validation day (the last training day) for at most ``GRUParams.epochs`` epochs, keeps the number
@@ -26,6 +27,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from assets.logic import session_model
+
 METRIC_K = 20
 SEQUENCE_COLUMNS = ("session_key", "step", "item_id")
 """What the model reads of a session: its events' items in step order."""
@@ -36,9 +39,9 @@ DEEP_EXTRA_HINT = 'the recurrent session model needs JAX: pip install -e ".[deep
 class GRUParams:
     """Fixed, seeded settings: the same data gives the same model."""
 
-    embedding: int = 64
+    embedding: int = 100
     hidden: int = 100
-    max_steps: int = 20
+    max_steps: int = 10
     """A prefix's most recent items the GRU reads (older ones are left out, in training and in scoring alike)."""
     epochs: int = 10
     """The cap: early stopping on the validation day picks the epochs up to it."""
@@ -46,9 +49,9 @@ class GRUParams:
     """Epochs without a better validation MRR@20 before fitting stops (0: no validation day, ``epochs`` epochs)."""
     batch_size: int = 256
     learning_rate: float = 0.003
-    dropout: float = 0.0
+    dropout: float = 0.25
     """Dropout on the GRU's final state while training."""
-    tied: bool = False
+    tied: bool = True
     """Score items with their input embeddings (GRU4Rec's constrained embedding; needs ``hidden == embedding``)
     instead of a separate output embedding."""
     seed: int = 42
@@ -117,6 +120,38 @@ class GRUSessionModel:
                 "score": np.take_along_axis(logits[:, 1:], best, axis=1).ravel(),
             }
         )
+
+
+def evaluate_gru(
+    model: GRUSessionModel,
+    sequences: pd.DataFrame,
+    candidates: pd.DataFrame,
+    targets: pd.DataFrame,
+    popularity: pd.Series,
+    ks: tuple[int, ...] = session_model.METRIC_KS,
+) -> pd.DataFrame:
+    """The GRU's served lists (its own top ``max(ks)`` over its vocabulary for each prefix of ``sequences``, as the
+    pyfunc serves them) as method ``model``, beside every session rule ranked on the reranker's ``candidates``
+    (``session_model.session_frame``) of the same positions ``targets``: all by ``session_model.evaluate_sessions``.
+    ``popularity``: each item's events before the cut-off (for the popularity bias; unlisted items have none)."""
+    # the rules' rows; this call's own ``model`` rows (SR's, a stand-in) are left out
+    rules = session_model.evaluate_sessions(candidates, session_model.SESSION_RULES["sr"], targets, ks)
+    top = model.top_k(sequences, max(ks))
+    listed = top.assign(
+        pop_all=popularity.reindex(top["item_id"]).fillna(0.0).to_numpy(),
+        catalogue_items=candidates["catalogue_items"].iloc[0] if len(candidates) else len(popularity),
+        **{column: 0.0 for column in session_model.SESSION_FEATURES if column != "pop_all"},
+    )  # no rule proposes these rows (their in_* flags are 0): only the model's rows are kept
+    served = session_model.evaluate_sessions(listed, _FixedScores(listed["score"]), targets, ks)
+    return pd.concat([served[served["method"] == "model"], rules[rules["method"] != "model"]], ignore_index=True)
+
+
+class _FixedScores:
+    def __init__(self, scores: pd.Series):
+        self.scores = scores
+
+    def predict(self, rows: pd.DataFrame) -> np.ndarray:
+        return self.scores.reindex(rows.index).to_numpy()
 
 
 class GRUPrefixPolicy:

@@ -13,7 +13,7 @@ needs_jax = pytest.mark.skipif(
     importlib.util.find_spec("jax") is None, reason='the recurrent session model needs: pip install -e ".[deep]"'
 )
 
-PARAMS = gm.GRUParams(embedding=8, hidden=16, epochs=4, patience=2, batch_size=64, learning_rate=0.01)
+PARAMS = gm.GRUParams(embedding=16, hidden=16, epochs=4, patience=2, batch_size=64, learning_rate=0.01)
 
 
 def _days(conn, days=(1, 2)):
@@ -168,3 +168,8 @@ def test_without_the_deep_extra_the_gru_is_skipped_with_the_install_command(monk
     assert catalogue.GRU_SESSION_SPEC.blocker(_warehouse(_random_log())) == (
         'the recurrent session model needs JAX: pip install -e ".[deep]"'
     )
+
+
+def test_tied_embeddings_need_a_state_as_wide_as_the_embedding():
+    with pytest.raises(ValueError, match="tied embeddings need hidden == embedding, got hidden 16 and embedding 8"):
+        gm.GRUParams(embedding=8, hidden=16)
