@@ -20,6 +20,14 @@ def _days(conn, days=(1, 2)):
     return [gm.session_sequences(conn, *_window(day)) for day in days]
 
 
+@pytest.fixture(scope="module")
+def trained():
+    """The ring log's warehouse and a GRU trained on its days 1 and 2 (the validation day), shared: each training
+    compiles its steps again."""
+    conn = _warehouse(_random_log())
+    return conn, gm.train_gru(_days(conn), PARAMS)
+
+
 @needs_jax
 def test_sequences_hold_the_session_protocols_positions():
     conn = _warehouse(_random_log())
@@ -33,10 +41,9 @@ def test_sequences_hold_the_session_protocols_positions():
 
 
 @needs_jax
-def test_a_prefix_score_reads_no_event_after_the_prefix():
+def test_a_prefix_score_reads_no_event_after_the_prefix(trained):
     events = _random_log()
-    conn = _warehouse(events)
-    model = gm.train_gru(_days(conn), PARAMS)
+    conn, model = trained
     start, end = _window(3)
     before = model.prefix_scores(gm.session_sequences(conn, start, end))
     session = next(
@@ -65,9 +72,9 @@ def test_a_prefix_score_reads_no_event_after_the_prefix():
 
 
 @needs_jax
-def test_two_trainings_on_the_same_data_give_the_same_scores():
-    conn = _warehouse(_random_log())
-    first, second = (gm.train_gru(_days(conn), PARAMS) for _ in range(2))
+def test_two_trainings_on_the_same_data_give_the_same_scores(trained):
+    conn, first = trained
+    second = gm.train_gru(_days(conn), PARAMS)
     assert first.epochs == second.epochs and first.curve == second.curve
     for name, weights in first.weights.items():
         np.testing.assert_array_equal(weights, second.weights[name])
@@ -78,9 +85,8 @@ def test_two_trainings_on_the_same_data_give_the_same_scores():
 
 
 @needs_jax
-def test_early_stopping_picks_the_epochs_on_the_validation_day_then_refits_every_day():
-    conn = _warehouse(_random_log())
-    model = gm.train_gru(_days(conn, (1, 2)), PARAMS)
+def test_early_stopping_picks_the_epochs_on_the_validation_day_then_refits_every_day(trained):
+    conn, model = trained
     fit = [p for p in model.curve if p["phase"] == "fit"]
     refit = [p for p in model.curve if p["phase"] == "refit"]
     best = max(fit, key=lambda p: (p["valid_mrr@20"], -p["epoch"]))
