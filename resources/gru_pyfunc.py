@@ -1,0 +1,100 @@
+"""The recurrent session model as an MLflow pyfunc, and its training run in the registry.
+
+``mlflow.pyfunc.load_model(uri).predict(events)`` scores sessions: ``events`` (session_id, item_id, event_time), each
+session as of its last event, gives each session's top ``k`` next items (session_id, rank, item_id, score) over the
+items the model knows. The run logs the model's parameters, its training curve (the loss of every epoch, and the
+validation day's MRR@20 and HR@20 while early stopping, as metrics with the epoch as step), the hold-out metrics, a
+signature inferred from an example and explicit pip requirements (JAX, Optax, numpy, pandas).
+"""
+
+from importlib.metadata import version
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+from assets.logic.gru_model import GRUSessionModel
+from assets.logic.policies import LEARNED
+from resources.registry import CHALLENGER, ModelRegistry, ModelVersionRef
+
+GRU_POLICY = "gru"
+
+
+def _as_sequences(events: pd.DataFrame) -> pd.DataFrame:
+    """Events (session_id, item_id, event_time) as ``gru_model`` sequences: one prefix per session, at its end."""
+    missing = sorted({"session_id", "item_id", "event_time"} - set(events.columns))
+    if missing:
+        raise ValueError(f"the events to score lack the column(s) {missing}: need session_id, item_id, event_time")
+    ordered = events.assign(session_key=events["session_id"].astype(str), item_id=events["item_id"].astype(str))
+    ordered = ordered.sort_values(["session_key", "event_time", "item_id"], kind="stable", ignore_index=True)
+    ordered["step"] = ordered.groupby("session_key").cumcount() + 1
+    return ordered.assign(prefix_id=ordered["session_key"] + "/" + ordered["step"].astype(str))
+
+
+def score_sessions(model: GRUSessionModel, events: pd.DataFrame, k: int = 20) -> pd.DataFrame:
+    """Each session's top ``k`` next items as of its last event (columns session_id, rank, item_id, score)."""
+    sequences = _as_sequences(events)
+    last = sequences.groupby("session_key")["step"].transform("max") == sequences["step"]
+    top = model.top_k(sequences, k)
+    ends = sequences.loc[last, ["prefix_id", "session_key"]]
+    top = top.merge(ends, on="prefix_id").rename(columns={"session_key": "session_id"})
+    return top[["session_id", "rank", "item_id", "score"]].sort_values(["session_id", "rank"], ignore_index=True)
+
+
+class GRUSessionPyfunc(mlflow.pyfunc.PythonModel):
+    def __init__(self, model: GRUSessionModel, k: int = 20):
+        self.model = model
+        self.k = k
+
+    def predict(self, context, model_input, params=None):
+        return score_sessions(self.model, model_input, self.k)
+
+
+def pip_requirements() -> list[str]:
+    return [f"{name}=={version(name)}" for name in ("jax", "jaxlib", "optax", "numpy", "pandas")]
+
+
+def log_gru(
+    registry: ModelRegistry,
+    model_name: str,
+    model: GRUSessionModel,
+    example: pd.DataFrame,
+    metrics: dict[str, float],
+    tags: dict[str, str],
+    tables: dict[str, pd.DataFrame] | None = None,
+) -> ModelVersionRef:
+    """Log one training run of the GRU (``example``: events as ``predict`` takes them), register it as a new
+    version of ``model_name`` and mark it ``challenger``, as ``ModelRegistry.log_lightgbm`` does for a booster."""
+    pyfunc = GRUSessionPyfunc(model)
+
+    def log_model(mlflow, signature, input_example) -> Any:
+        for point in model.curve:  # the training curve: one metric per phase, the epoch as step
+            for name in ("train_loss", "valid_mrr@20", "valid_hr@20"):
+                if name in point and np.isfinite(point[name]):
+                    key = f"{point['phase']}_{name}".replace("@", "_at_")
+                    mlflow.log_metric(key, float(point[name]), step=int(point["epoch"]))
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=pyfunc,
+            signature=signature,
+            input_example=input_example,
+            pip_requirements=pip_requirements(),
+            registered_model_name=model_name,
+        )
+
+    ref = registry._log_version(
+        model_name,
+        log_model,
+        example,
+        lambda events: pyfunc.predict(None, events),
+        model.describe(),
+        metrics,
+        {**tags, "policy": GRU_POLICY, "policy_kind": LEARNED, "model_sha256": model.sha256()},
+        tables,
+        None,
+        None,
+    )
+    with registry._asking(f"mark {model_name} version {ref.version} {CHALLENGER}"):
+        registry.client().set_registered_model_alias(model_name, CHALLENGER, str(ref.version))
+    return ref
