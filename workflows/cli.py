@@ -189,7 +189,7 @@ class Pipeline:
         """Each day scored by the model versions trained before it (days no version predates get no rows)."""
         began = time.perf_counter()
         self.materialize(("evaluation",), start, end)
-        with self.resources["warehouse"].connect() as conn:
+        with self.resources["warehouse"].connect(read_only=True) as conn:
             days, versions = conn.execute(
                 "SELECT count(DISTINCT day), count(DISTINCT (model_name, model_version)) FROM model_replay WHERE "
                 "day BETWEEN ? AND ?",
@@ -201,7 +201,7 @@ class Pipeline:
         )
 
     def has(self, table: str) -> bool:
-        with self.resources["warehouse"].connect() as conn:
+        with self.resources["warehouse"].connect(read_only=True) as conn:
             return bool(
                 conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]).fetchone()[
                     0
@@ -211,7 +211,7 @@ class Pipeline:
     def count(self, table: str) -> int:
         if not self.has(table):
             return 0
-        with self.resources["warehouse"].connect() as conn:
+        with self.resources["warehouse"].connect(read_only=True) as conn:
             return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
 
 
@@ -260,7 +260,7 @@ def _model_summary(pipeline: Pipeline, users: int) -> list[str]:
         if pipeline.has("model_evaluations")
         else "NULL"
     )
-    with pipeline.resources["warehouse"].connect() as conn:
+    with pipeline.resources["warehouse"].connect(read_only=True) as conn:
         decisions = conn.execute(
             f"""SELECT model_name, champion_version, decision, reason, {serves} AS serves FROM promotion_log p
                 QUALIFY row_number() OVER (PARTITION BY model_name ORDER BY decided_at DESC) = 1 ORDER BY model_name"""
@@ -273,7 +273,7 @@ def _model_summary(pipeline: Pipeline, users: int) -> list[str]:
         lines += [f"  {r.model_name}: {r.reason}" for r in skipped.itertuples()]
     if not pipeline.has("model_evaluations"):
         return lines + _promotion_lines(decisions)
-    with pipeline.resources["warehouse"].connect() as conn:
+    with pipeline.resources["warehouse"].connect(read_only=True) as conn:
         evaluation = conn.execute(
             """SELECT * FROM model_evaluations
                WHERE (model_name, model_version) IN (SELECT (model_name, arg_max(model_version, evaluated_at))
@@ -623,7 +623,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         try:
             report = read_sequences(conn, args.events, args.format, tz)
             read_seconds = time.perf_counter() - began
-            load_item_side(conn, warehouse.path, item_day, warehouse.timezone)
+            with warehouse.read_lock():
+                load_item_side(conn, warehouse.path, item_day, warehouse.timezone)
         except (IngestError, ValueError) as error:
             print(f"error: cannot score {error}", file=sys.stderr)
             return 2
@@ -702,7 +703,8 @@ def _predict_sessions(args: argparse.Namespace, home: Path, out: Path, warehouse
     with duckdb.connect() as conn:
         try:
             report = read_sequences(conn, args.events, args.format, tz)
-            frame, cutoff = score_sessions(conn, warehouse.path, model, args.k, next_event_model)
+            with warehouse.read_lock():
+                frame, cutoff = score_sessions(conn, warehouse.path, model, args.k, next_event_model)
         except (IngestError, ValueError) as error:
             print(f"error: cannot score {error}", file=sys.stderr)
             return 2
