@@ -9,6 +9,8 @@ from typing import Any
 
 def home_paths(home: str) -> dict[str, Path]:
     """The files and folders of the home ``home`` (``~`` expanded, relative to the working directory)."""
+    if not str(home).strip():  # an empty SHOPSEQ_HOME would make the working directory the home
+        raise ValueError("the home folder is empty: name one (SHOPSEQ_HOME, or --home for the commands)")
     root = Path(home).expanduser().absolute()
     return {
         "landing": root / "landing",

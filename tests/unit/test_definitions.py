@@ -47,6 +47,9 @@ def test_the_code_location_reads_its_settings_from_the_environment_when_a_run_st
         monkeypatch.delenv(variable, raising=False)
     with pytest.raises(DagsterInvalidConfigError, match="SHOPSEQ_HOME"):
         materialize([reports_settings], resources=resources)
+    empty = Warehouse(home=" ")  # SHOPSEQ_HOME set but empty: refused, not the working directory
+    with pytest.raises(ValueError, match="home folder is empty"), empty.connect(read_only=True):
+        pass
     monkeypatch.setenv("SHOPSEQ_HOME", str(tmp_path / "first"))
     assert materialize([reports_settings], resources=resources).success
     assert seen == {
