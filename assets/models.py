@@ -24,7 +24,7 @@ from dagster import (
 )
 
 from assets.common import markdown_preview
-from assets.logic import plots, training
+from assets.logic import catalogue, plots, training
 from assets.logic.catalogue import (
     CATALOGUE,
     TRAINING_SETS,
@@ -232,7 +232,7 @@ def _metric_by_day(warehouse: Warehouse, spec: ModelSpec, evaluation: pd.DataFra
         (evaluation["segment"] == "all") & (evaluation["target"] == target) & (evaluation["metric"] == metric)
     ]
     per_day = [this.assign(day=pd.Timestamp(holdout_day + dt.timedelta(days=1)))[["day", "method", "value"]]]
-    with warehouse.connect() as conn:
+    with warehouse.connect(read_only=True) as conn:
         if conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'model_replay'").fetchone()[
             0
         ]:
@@ -331,16 +331,23 @@ def _model_asset(spec: ModelSpec):
         context: AssetExecutionContext, config: TrainingConfig, warehouse: Warehouse, registry: ModelRegistry
     ) -> MaterializeResult:
         started = time.perf_counter()
-        with warehouse.connect() as conn:
+        with warehouse.connect(read_only=True) as conn:
             if reason := training_blocker(conn, spec.name):
                 return skipped_result(context, spec.name, reason)
             train = read_training_set(conn, spec.training_set, "train")
-            booster = spec.train(train, config.params())
+            trained_for = pd.Timestamp(catalogue.holdout_day(conn, spec.training_set)).date()
+        booster = spec.train(train, config.params())  # no connection: readers and other runs' steps go on
+        with warehouse.connect(read_only=True) as conn:
             rules = spec.rules(conn)
-            evaluation, holdout_day = spec.evaluate(conn, booster, rules)
+            evaluation, evaluated_on = spec.evaluate(conn, booster, rules)
             extras = spec.extras(conn, booster) if spec.extras else ({}, {})
+        if evaluated_on != trained_for:
+            raise RuntimeError(
+                f"{spec.training_set} was rebuilt while {spec.name} trained (hold-out {trained_for}, then "
+                f"{evaluated_on}): materialise {spec.asset} again"
+            )
         return _record_model(
-            context, warehouse, registry, spec, booster, rules, train, evaluation, extras, config, holdout_day, started
+            context, warehouse, registry, spec, booster, rules, train, evaluation, extras, config, evaluated_on, started
         )
 
     return _model

@@ -132,16 +132,27 @@ def _stored_evaluations(conn, model_name: str, day) -> dict[int, tuple[str, str,
     }
 
 
-def _contender(conn, registry: ModelRegistry, spec: ModelSpec, ref: ModelVersionRef, day, stored: dict) -> Contender:
-    """``ref`` measured on the hold-out of ``day``: its stored evaluation, or evaluated now and stored (a champion
-    trained on another hold-out is re-scored on this one, once)."""
-    if ref.version not in stored:
-        model = registry.load_policy(ref)
-        evaluation, _ = spec.evaluate(conn, model, spec.rules(conn))
-        tags = registry.run_tags(ref)
-        policy, kind = tags.get("policy", "lightgbm"), tags.get("policy_kind", LEARNED)
-        store_evaluation(conn, evaluation, ref, day, policy, kind)
-        stored[ref.version] = (policy, kind, evaluation)
+def _evaluate_unstored(conn_factory, registry: ModelRegistry, spec: ModelSpec, refs: list, day, stored: dict) -> None:
+    """Measure on the hold-out of ``day`` each version of ``refs`` without a stored evaluation there (a champion
+    trained on another hold-out is re-scored on this one, once), and store it. The models come from MLflow before
+    the warehouse is opened; they are evaluated under a reader's lock and stored under the writer's."""
+    missing = {ref.version: ref for ref in refs if ref is not None and ref.version not in stored}
+    if not missing:
+        return
+    loaded = {version: (registry.load_policy(ref), registry.run_tags(ref)) for version, ref in missing.items()}
+    with conn_factory(read_only=True) as conn:
+        rules = spec.rules(conn)
+        evaluations = {version: spec.evaluate(conn, model, rules)[0] for version, (model, _) in loaded.items()}
+    with conn_factory() as conn:
+        for version, evaluation in evaluations.items():
+            tags = loaded[version][1]
+            policy, kind = tags.get("policy", "lightgbm"), tags.get("policy_kind", LEARNED)
+            store_evaluation(conn, evaluation, missing[version], day, policy, kind)
+            stored[version] = (policy, kind, evaluation)
+
+
+def _contender(spec: ModelSpec, ref: ModelVersionRef, stored: dict) -> Contender:
+    """``ref`` measured on the hold-out: its stored evaluation (``_evaluate_unstored`` made the missing ones)."""
     policy, kind, evaluation = stored[ref.version]
     return Contender(ref, policy, kind, main_metric(evaluation, spec), evaluation)
 
@@ -176,7 +187,7 @@ def _decision(
 
 def promote_model(conn_factory, registry: ModelRegistry, spec: ModelSpec, config: PromotionConfig) -> dict:
     """One model's promotion decision on its current hold-out (see ``champion_promotion``), carried out."""
-    with conn_factory() as conn:
+    with conn_factory(read_only=True) as conn:
         cannot_train = training_blocker(conn, spec.name)
     champion = registry.version_for_alias(spec.name, CHAMPION)
     if cannot_train:  # its training asset trained nothing: the decision says why, any earlier champion stays
@@ -186,17 +197,20 @@ def promote_model(conn_factory, registry: ModelRegistry, spec: ModelSpec, config
     challenger = registry.version_for_alias(spec.name, CHALLENGER)
     if challenger is None:
         raise RuntimeError(f"model {spec.name!r} has no '{CHALLENGER}' version: run its training asset first")
-    with conn_factory() as conn:
+    with conn_factory() as conn:  # a writer's: the evaluations table may have to be made
         day = holdout_day(conn, spec.training_set)
         stored = _stored_evaluations(conn, spec.name, day)
-        learned = _contender(conn, registry, spec, challenger, day, stored)
-        rules = [
-            _contender(conn, registry, spec, ModelVersionRef(spec.name, version, rows["run_id"].iloc[0]), day, stored)
-            for version, (policy, kind, rows) in sorted(stored.items())
-            if kind == RULE and policy in spec.baselines
-        ]
-        rules = sorted(rules, key=lambda r: spec.baselines.index(r.policy))  # ties go to the first listed
-        before = _contender(conn, registry, spec, champion, day, stored) if champion is not None else None
+    rule_refs = [
+        ModelVersionRef(spec.name, version, rows["run_id"].iloc[0])
+        for version, (policy, kind, rows) in sorted(stored.items())
+        if kind == RULE and policy in spec.baselines
+    ]
+    _evaluate_unstored(conn_factory, registry, spec, [challenger, champion], day, stored)
+    learned = _contender(spec, challenger, stored)
+    rules = sorted(
+        (_contender(spec, ref, stored) for ref in rule_refs), key=lambda r: spec.baselines.index(r.policy)
+    )  # ties go to the first listed
+    before = _contender(spec, champion, stored) if champion is not None else None
     baseline = best_baseline(learned.evaluation, spec)
     contender, why = choose(learned, rules, baseline)
     if contender is not None and before is not None and contender.ref.version == before.ref.version:

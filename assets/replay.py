@@ -59,18 +59,20 @@ def model_replay(context: AssetExecutionContext, warehouse: Warehouse, registry:
     backfill re-evaluates history with the models that existed then; days no model predates get no rows."""
     started = time.perf_counter()
     versions = {name: registry.versions(name) for name in CATALOGUE}
-    models, frames, summary = {}, [], []
+    days = partition_days(context)
+    # every version the window needs, loaded from MLflow before the warehouse is opened
+    eligible = {(name, day): model_trained_before(versions[name], day) for day in days for name in CATALOGUE}
+    models = {ref: registry.load_policy(ref) for ref in {found[0] for found in eligible.values() if found}}
+    frames, summary = [], []
     with warehouse.connect() as conn:
         ensure_table(conn, "model_replay")
-        for day in partition_days(context):
+        for day in days:
             rows = []
             for name, spec in CATALOGUE.items():
-                found = model_trained_before(versions[name], day)
+                found = eligible[name, day]
                 if found is None:
                     continue
                 ref, holdout_day = found
-                if ref not in models:
-                    models[ref] = registry.load_policy(ref)
                 evaluation = spec.replay(conn, models[ref], day, warehouse.timezone)
                 if evaluation is None:
                     continue

@@ -1,8 +1,7 @@
 """Configurable resources: the home folder, the DuckDB warehouse, the landing source, the model registry."""
 
-from resources.home import home_from_environment
 from resources.landing import LandingSource
 from resources.registry import ModelRegistry, NoChampionError
 from resources.warehouse import Warehouse
 
-__all__ = ["LandingSource", "ModelRegistry", "NoChampionError", "Warehouse", "home_from_environment"]
+__all__ = ["LandingSource", "ModelRegistry", "NoChampionError", "Warehouse"]

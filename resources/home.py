@@ -1,25 +1,17 @@
-"""Where all of shopseq's state lives: one home folder (``SHOPSEQ_HOME``)."""
+"""Where all of shopseq's state lives: one home folder (``SHOPSEQ_HOME`` for the Dagster code location, ``--home``
+for the commands)."""
 
 import datetime as dt
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-DEFAULT_HOME = ".shopseq"
-
-
-def home_from_environment() -> str:
-    """The absolute home folder: ``$SHOPSEQ_HOME``, else ``.shopseq`` in the working directory.
-
-    Read once, where the Definitions are built, so every resource of a code location
-    shares one home; tests pass their own temporary home instead.
-    """
-    return str(Path(os.environ.get("SHOPSEQ_HOME") or DEFAULT_HOME).expanduser().resolve())
-
 
 def home_paths(home: str) -> dict[str, Path]:
-    root = Path(home)
+    """The files and folders of the home ``home`` (``~`` expanded, relative to the working directory)."""
+    if not str(home).strip():  # an empty SHOPSEQ_HOME would make the working directory the home
+        raise ValueError("the home folder is empty: name one (SHOPSEQ_HOME, or --home for the commands)")
+    root = Path(home).expanduser().absolute()
     return {
         "landing": root / "landing",
         "warehouse": root / "warehouse.duckdb",

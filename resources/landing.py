@@ -2,10 +2,12 @@
 
 import datetime as dt
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, InitResourceContext
+from pydantic import PrivateAttr
 
 from resources.home import SettingsInvalid, home_paths, read_settings
 
@@ -13,6 +15,7 @@ if TYPE_CHECKING:
     from assets.logic.synthetic import ShopParams
 
 LANDING_SUFFIXES = (".parquet",)
+LANDING_MODE_VARIABLE = "SHOPSEQ_LANDING_MODE"
 
 
 class LandingSource(ConfigurableResource):
@@ -23,11 +26,20 @@ class LandingSource(ConfigurableResource):
     otherwise). ``mode="files"`` only reads what ``shopseq ingest`` or another
     system put there and fails on a missing day. ``mode="auto"`` (the default) is
     ``files`` once ``shopseq ingest`` has marked the home so, else ``synthetic``:
-    a home of real logs never gets synthetic days mixed in.
+    a home of real logs never gets synthetic days mixed in. Left empty, the mode is ``$SHOPSEQ_LANDING_MODE`` as
+    the run starts, else ``auto``.
     """
 
     home: str
-    mode: str = "auto"
+    mode: str = ""
+    _environment_mode: str = PrivateAttr(default="")
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        self._environment_mode = os.environ.get(LANDING_MODE_VARIABLE, "")
+
+    @property
+    def configured_mode(self) -> str:
+        return self.mode or self._environment_mode or "auto"
 
     @property
     def effective_mode(self) -> str:
@@ -35,22 +47,23 @@ class LandingSource(ConfigurableResource):
         days in a home of ingested logs, or such a home read without its settings (as UTC synthetic days)."""
         from assets.logic.ingest import INGEST_LOCK
 
+        mode = self.configured_mode
         recorded = read_settings(self.home).get("landing")
-        if recorded is None and self.mode != "files" and (self.root / INGEST_LOCK).exists():
+        if recorded is None and mode != "files" and (self.root / INGEST_LOCK).exists():
             raise SettingsInvalid(
                 f"{home_paths(self.home)['settings']} is missing, but shopseq ingest wrote {self.root}: without it the "
                 "home's days would be read as synthetic UTC days; restore the file, or ingest the logs again"
             )
-        if self.mode == "auto":
+        if mode == "auto":
             return recorded or "synthetic"
-        if self.mode not in ("synthetic", "files"):
-            raise ValueError(f"landing mode must be 'auto', 'synthetic' or 'files', not {self.mode!r}")
-        if self.mode == "synthetic" and recorded == "files":
+        if mode not in ("synthetic", "files"):
+            raise ValueError(f"landing mode must be 'auto', 'synthetic' or 'files', not {mode!r}")
+        if mode == "synthetic" and recorded == "files":
             raise SettingsInvalid(
                 f"{self.root} holds ingested logs: synthetic days would mix made-up events into the "
                 "shop's real landing and warehouse; use another --home for synthetic data"
             )
-        return self.mode
+        return mode
 
     @property
     def root(self) -> Path:

@@ -3,6 +3,10 @@
 import fcntl
 import os
 import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -10,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from dagster import InitResourceContext
+from pydantic import PrivateAttr
 
 from assets.logic.policies import LEARNED, RULE
 from resources.home import home_paths
@@ -33,6 +39,14 @@ UNAVAILABLE_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT
 
 # The sqlite stores this process has opened with their schema in place (``ModelRegistry._create_store_once``).
 _SCHEMA_READY: set[str] = set()
+# The tracking servers that have answered this process once (``ModelRegistry._check_server``).
+_SERVER_ANSWERED: set[str] = set()
+
+TRACKING_URI_VARIABLE = "SHOPSEQ_MLFLOW_TRACKING_URI"
+UI_URL_VARIABLE = "SHOPSEQ_MLFLOW_UI_URL"
+DEFAULT_UI_URL = "http://127.0.0.1:5000"
+# How long a tracking server may take to answer its health check before it counts as down.
+SERVER_CHECK_TIMEOUT_SECONDS = 10
 
 
 @dataclass(frozen=True)
@@ -71,22 +85,33 @@ def _code_version() -> dict[str, str]:
 
 
 class ModelRegistry(RetriesTransientFailures):
-    """MLflow: a local sqlite store under the home folder, or a server.
+    """MLflow: a local sqlite store under the home folder, or a server, through one explicit ``MlflowClient``
+    (MLflow's process-wide tracking URI and environment are left alone).
 
-    ``tracking_uri`` empty means ``sqlite:///<home>/mlflow.db`` with artifacts in
-    ``<home>/mlartifacts``; set ``SHOPSEQ_MLFLOW_TRACKING_URI`` to use a server. A registry that does not
-    answer raises ``RegistryUnavailable``: inside a Dagster step it is retried ``transient_retries`` times
-    after ``retry_delay_seconds``, doubling, so a tracking server that is down fails the run within seconds
-    (not after the warehouse's minutes of backoff), and a sqlite store another process holds for a moment
-    (each attempt also waits out sqlite's own busy timeout) is still retried.
-    ``ui_url`` is where the MLflow UI serves this store: asset metadata links runs and versions there.
+    ``tracking_uri`` empty means ``$SHOPSEQ_MLFLOW_TRACKING_URI`` as the run starts, else
+    ``sqlite:///<home>/mlflow.db`` with artifacts in ``<home>/mlartifacts``. A registry that does not answer
+    raises ``RegistryUnavailable``: inside a Dagster step it is retried ``transient_retries`` times after
+    ``retry_delay_seconds``, doubling; a server is asked its health first (for up to
+    ``SERVER_CHECK_TIMEOUT_SECONDS``) until it has answered once, so a tracking server that is down fails the run
+    within seconds (not after MLflow's minutes of HTTP retries), and a sqlite store another process holds for a
+    moment (each attempt also waits out sqlite's own busy timeout) is still retried.
+    ``ui_url`` is where the MLflow UI serves this store (asset metadata links runs and versions there); empty
+    means ``$SHOPSEQ_MLFLOW_UI_URL`` as the run starts, else ``http://127.0.0.1:5000``.
     """
 
     home: str
     tracking_uri: str = ""
-    ui_url: str = "http://127.0.0.1:5000"
+    ui_url: str = ""
     transient_retries: int = 2
     retry_delay_seconds: float = 1.0
+    # The environment variables behind the empty settings, read once as Dagster sets the resource up for a run
+    # (``EnvVar`` cannot say "unset means the default").
+    _environment: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        self._environment = {
+            name: os.environ[name] for name in (TRACKING_URI_VARIABLE, UI_URL_VARIABLE) if os.environ.get(name)
+        }
 
     @contextmanager
     def _asking(self, what: str) -> Iterator[None]:
@@ -109,26 +134,20 @@ class ModelRegistry(RetriesTransientFailures):
         """The run's page in the MLflow UI at ``ui_url``."""
         with self._asking(f"read run {run_id}"):
             experiment_id = self.client().get_run(run_id).info.experiment_id
-        return f"{self.ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+        return f"{self.resolved_ui_url().rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
     def version_url(self, ref: "ModelVersionRef") -> str:
-        return f"{self.ui_url.rstrip('/')}/#/models/{ref.name}/versions/{ref.version}"
+        return f"{self.resolved_ui_url().rstrip('/')}/#/models/{ref.name}/versions/{ref.version}"
 
     def resolved_tracking_uri(self) -> str:
-        return self.tracking_uri or f"sqlite:///{home_paths(self.home)['mlflow_db']}"
+        return (
+            self.tracking_uri
+            or self._environment.get(TRACKING_URI_VARIABLE)
+            or f"sqlite:///{home_paths(self.home)['mlflow_db']}"
+        )
 
-    def _mlflow(self):
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        # An unreachable tracking server fails in seconds, not after MLflow's default minutes of retries.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-        import mlflow
-
-        home_paths(self.home)["mlflow_db"].parent.mkdir(parents=True, exist_ok=True)
-        self._create_store_once(self.resolved_tracking_uri())
-        mlflow.set_tracking_uri(self.resolved_tracking_uri())
-        mlflow.set_registry_uri(self.resolved_tracking_uri())
-        return mlflow
+    def resolved_ui_url(self) -> str:
+        return self.ui_url or self._environment.get(UI_URL_VARIABLE) or DEFAULT_UI_URL
 
     def _create_store_once(self, uri: str) -> None:
         """Open a local sqlite store for the first time in this process under the exclusive lock on the file
@@ -151,22 +170,45 @@ class ModelRegistry(RetriesTransientFailures):
                 client.search_registered_models(max_results=1)  # and the registry's store on the same file
         _SCHEMA_READY.add(uri)
 
-    def client(self):
-        mlflow = self._mlflow()
-        return mlflow.MlflowClient(tracking_uri=self.resolved_tracking_uri(), registry_uri=self.resolved_tracking_uri())
+    def _check_server(self, uri: str) -> None:
+        """A tracking server that has not answered this process yet is asked its health (``GET /health``) with a
+        short timeout: MLflow's own client retries a refused connection for minutes, and its retry settings are
+        process-wide environment variables, which a resource does not set. Called inside ``_asking``."""
+        if not uri.startswith(("http://", "https://")) or uri in _SERVER_ANSWERED:
+            return
+        from mlflow.exceptions import MlflowException
 
-    def _experiment_id(self, name: str) -> str:
-        mlflow = self._mlflow()
-        found = mlflow.get_experiment_by_name(name)
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=SERVER_CHECK_TIMEOUT_SECONDS):
+                pass
+        except urllib.error.HTTPError:
+            pass  # an error status is an answer (a server behind a proxy may have no /health)
+        except OSError as error:  # refused, unreachable, timed out: ``_asking`` makes it RegistryUnavailable
+            raise MlflowException(f"health check: {error}", error_code="TEMPORARILY_UNAVAILABLE") from error
+        _SERVER_ANSWERED.add(uri)
+
+    def client(self):
+        """An ``MlflowClient`` on this registry's tracking and registry URI."""
+        from mlflow import MlflowClient
+
+        uri = self.resolved_tracking_uri()
+        if uri.startswith("sqlite:///"):
+            home_paths(self.home)["mlflow_db"].parent.mkdir(parents=True, exist_ok=True)
+        self._check_server(uri)
+        self._create_store_once(uri)
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+    def _experiment_id(self, client, name: str) -> str:
+        found = client.get_experiment_by_name(name)
         if found is not None:
             return found.experiment_id
         location = home_paths(self.home)["mlartifacts"] / name
-        return mlflow.create_experiment(name, artifact_location=location.resolve().as_uri())
+        return client.create_experiment(name, artifact_location=location.resolve().as_uri())
 
     def _log_version(
         self,
         model_name: str,
-        log_model,
+        save_model,
         features: pd.DataFrame,
         predict,
         params: dict[str, Any],
@@ -176,34 +218,92 @@ class ModelRegistry(RetriesTransientFailures):
         datasets,
         figures,
     ) -> ModelVersionRef:
-        """One training run: parameters, metrics, tables, dataset inputs, figures and the model ``log_model(mlflow,
-        signature, input_example)`` logs and registers as a new version of ``model_name``."""
-        mlflow = self._mlflow()
-        import matplotlib.pyplot as plt
-        from mlflow.models import infer_signature
+        """One training run: parameters, metrics, tables, dataset inputs, figures, and the model, which
+        ``save_model(path, mlflow_model, signature, input_example)`` writes in its flavour's format; it is logged
+        as the run's model and registered as a new version of ``model_name``.
+
+        Through the explicit client: MLflow's ``start_run`` and ``<flavor>.log_model`` work on the process-wide
+        tracking URI, so the run, the logged model and the version are created here step by step."""
+        import mlflow.data
+        from mlflow.entities import DatasetInput, InputTag, LoggedModelOutput, LoggedModelStatus, Metric, Param
+        from mlflow.models import Model, infer_signature
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
         example = features.head(5)
         signature = infer_signature(example, predict(example))
-        with (
-            self._asking(f"log a training run of {model_name}"),
-            mlflow.start_run(experiment_id=self._experiment_id(model_name), tags={**tags, **_code_version()}) as run,
-        ):
-            mlflow.log_params(params)
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
-            for context, (frame, name) in (datasets or {}).items():
-                mlflow.log_input(mlflow.data.from_pandas(frame, name=name), context=context)
-            for name, table in (tables or {}).items():
-                mlflow.log_table(table, artifact_file=f"{name}.json")
-            for name, figure in (figures or {}).items():
-                mlflow.log_figure(figure, f"{name}.png")
-                plt.close(figure)
-            info = log_model(mlflow, signature, example)
-        ref = ModelVersionRef(model_name, int(info.registered_model_version), run.info.run_id)
+        with self._asking(f"log a training run of {model_name}"):
+            client = self.client()
+            run = client.create_run(self._experiment_id(client, model_name), tags={**tags, **_code_version()})
+            run_id = run.info.run_id
+            try:
+                now = int(time.time() * 1000)
+                client.log_batch(
+                    run_id,
+                    metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                    params=[Param(k, str(v)) for k, v in params.items()],
+                )
+                inputs = [
+                    DatasetInput(
+                        mlflow.data.from_pandas(frame, name=name)._to_mlflow_entity(),
+                        [InputTag(MLFLOW_DATASET_CONTEXT, context)],
+                    )
+                    for context, (frame, name) in (datasets or {}).items()
+                ]
+                if inputs:
+                    client.log_inputs(run_id, datasets=inputs)
+                for name, table in (tables or {}).items():
+                    client.log_table(run_id, table, artifact_file=f"{name}.json")
+                for name, figure in (figures or {}).items():
+                    client.log_figure(run_id, figure, f"{name}.png")
+                logged = client.create_logged_model(
+                    run.info.experiment_id,
+                    name="model",
+                    source_run_id=run_id,
+                    params={k: str(v) for k, v in params.items()},
+                )
+                try:
+                    with tempfile.TemporaryDirectory() as folder:
+                        path = Path(folder) / "model"
+                        model = Model(
+                            artifact_path=logged.artifact_location,
+                            model_uuid=logged.model_id,
+                            run_id=run_id,
+                            model_id=logged.model_id,
+                        )
+                        save_model(path, model, signature, example)
+                        client.log_model_artifacts(logged.model_id, str(path))
+                except BaseException:
+                    client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+                    raise
+                client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+                client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+                self._register(client, model_name)
+                # the source is where the files are, not ``models:/<model id>``: MLflow's sqlite registry resolves
+                # that through the process-wide tracking URI
+                version = client.create_model_version(
+                    model_name, logged.artifact_location, run_id=run_id, model_id=logged.model_id
+                )
+            except BaseException:
+                client.set_terminated(run_id, "FAILED")
+                raise
+            client.set_terminated(run_id, "FINISHED")
+        ref = ModelVersionRef(model_name, int(version.version), run_id)
         with self._asking(f"tag {model_name} version {ref.version}"):
             for key in ("policy", "policy_kind", "policy_sha256"):
                 if key in tags:
-                    self.client().set_model_version_tag(model_name, str(ref.version), key, tags[key])
+                    client.set_model_version_tag(model_name, str(ref.version), key, tags[key])
         return ref
+
+    @staticmethod
+    def _register(client, model_name: str) -> None:
+        """The registered model ``model_name``, created the first time."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            client.create_registered_model(model_name)
+        except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                raise
 
     def log_lightgbm(
         self,
@@ -222,16 +322,17 @@ class ModelRegistry(RetriesTransientFailures):
         ``datasets``: {context: (frame, name)} logged as MLflow dataset inputs (with MLflow's digest of the
         data); ``figures``: {file name: matplotlib figure}; the code version is tagged."""
         import lightgbm
+        import mlflow.lightgbm
 
         ref = self._log_version(
             model_name,
-            lambda mlflow, signature, example: mlflow.lightgbm.log_model(
+            lambda path, mlflow_model, signature, example: mlflow.lightgbm.save_model(
                 booster,
-                name="model",
+                path,
+                mlflow_model=mlflow_model,
                 signature=signature,
                 input_example=example,
                 pip_requirements=[f"lightgbm=={lightgbm.__version__}", f"pandas=={pd.__version__}"],
-                registered_model_name=model_name,
             ),
             features,
             booster.predict,
@@ -267,15 +368,17 @@ class ModelRegistry(RetriesTransientFailures):
         if found:
             first = min(found, key=lambda mv: int(mv.version))
             return ModelVersionRef(model_name, int(first.version), first.run_id)
+        import mlflow.pyfunc
+
         return self._log_version(
             model_name,
-            lambda mlflow, signature, example: mlflow.pyfunc.log_model(
-                name="model",
+            lambda path, mlflow_model, signature, example: mlflow.pyfunc.save_model(
+                path,
                 python_model=RuleModel(policy),
+                mlflow_model=mlflow_model,
                 signature=signature,
                 input_example=example,
                 pip_requirements=[f"numpy=={np.__version__}", f"pandas=={pd.__version__}"],
-                registered_model_name=model_name,
             ),
             features,
             policy.predict,
@@ -308,15 +411,15 @@ class ModelRegistry(RetriesTransientFailures):
         return ModelVersionRef(model_name, int(mv.version), mv.run_id)
 
     def set_alias(self, ref: ModelVersionRef, alias: str, reason: str) -> None:
-        client = self.client()
         with self._asking(f"move alias {alias!r} of {ref.name}"):
+            client = self.client()
             client.set_registered_model_alias(ref.name, alias, str(ref.version))
-        client.set_model_version_tag(ref.name, str(ref.version), f"{alias}_reason", reason)
+            client.set_model_version_tag(ref.name, str(ref.version), f"{alias}_reason", reason)
 
     def annotate(self, ref: ModelVersionRef, description: str, tags: dict[str, str]) -> None:
         """Write a decision about a version where the MLflow UI shows it: its description and tags."""
-        client = self.client()
         with self._asking(f"annotate {ref.name} version {ref.version}"):
+            client = self.client()
             client.update_model_version(ref.name, str(ref.version), description=description)
             for key, value in tags.items():
                 client.set_model_version_tag(ref.name, str(ref.version), key, value)
@@ -344,8 +447,8 @@ class ModelRegistry(RetriesTransientFailures):
 
     def versions(self, model_name: str) -> list[tuple[ModelVersionRef, dict[str, str]]]:
         """Every registered version of a model (oldest first) with its training run's tags; none if unknown."""
-        client = self.client()
         with self._asking(f"list the versions of {model_name}"):
+            client = self.client()
             found = sorted(client.search_model_versions(f"name = '{model_name}'"), key=lambda mv: int(mv.version))
         refs = [ModelVersionRef(model_name, int(mv.version), mv.run_id) for mv in found]
         return [(ref, self.run_tags(ref)) for ref in refs]
@@ -356,9 +459,19 @@ class ModelRegistry(RetriesTransientFailures):
 
     def load_policy(self, ref: ModelVersionRef):
         """The version's model: a LightGBM booster, or the ``RulePolicy`` of a rule version (both score with
-        ``predict`` and name their inputs with ``feature_name``)."""
+        ``predict`` and name their inputs with ``feature_name``), copied into a temporary folder and loaded from
+        there."""
+        import mlflow.artifacts
+        import mlflow.lightgbm
+        import mlflow.pyfunc
+
         kind = self.run_tags(ref).get("policy_kind", LEARNED)  # versions logged before rules were policies: learned
-        with self._asking(f"load {ref.uri}"):
+        uri = self.resolved_tracking_uri()
+        with self._asking(f"load {ref.uri}"), tempfile.TemporaryDirectory() as folder:
+            # where the version's files are, asked of this client: a ``models:/`` URI is resolved through
+            # the process-wide registry URI
+            files = self.client().get_model_version_download_uri(ref.name, str(ref.version))
+            path = mlflow.artifacts.download_artifacts(files, dst_path=folder, tracking_uri=uri, registry_uri=uri)
             if kind == RULE:
-                return self._mlflow().pyfunc.load_model(ref.uri).unwrap_python_model().policy
-            return self._mlflow().lightgbm.load_model(ref.uri)
+                return mlflow.pyfunc.load_model(path).unwrap_python_model().policy
+            return mlflow.lightgbm.load_model(path)

@@ -80,9 +80,7 @@ class Pipeline:
 
         self.home = home
         self.log_level = log_level
-        self.resources = build_resources(
-            str(home), tracking_uri=os.environ.get("SHOPSEQ_MLFLOW_TRACKING_URI", ""), landing_mode=landing_mode
-        )
+        self.resources = build_resources(str(home), landing_mode=landing_mode)
         self.defs = build_definitions(self.resources)
         self.instance = DagsterInstance.get()
 
@@ -122,7 +120,7 @@ class Pipeline:
         if train:
             self._stage(training_job.name, "training sets, models, hold-out evaluation, promotion")
         self._stage(publish_job.name, f"{end}: serving tables and the replay", end)
-        with self.resources["warehouse"].connect() as conn:
+        with self.resources["warehouse"].connect(read_only=True) as conn:
             versions = conn.execute(
                 "SELECT count(DISTINCT (model_name, model_version)) FROM model_replay WHERE day = ?", [end]
             ).fetchall()[0][0]
@@ -150,7 +148,7 @@ class Pipeline:
         _progress(f"[{job_name:>9}] done in {time.perf_counter() - began:5.1f} s")
 
     def has(self, table: str) -> bool:
-        with self.resources["warehouse"].connect() as conn:
+        with self.resources["warehouse"].connect(read_only=True) as conn:
             return bool(
                 conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]).fetchone()[
                     0
@@ -160,7 +158,7 @@ class Pipeline:
     def count(self, table: str) -> int:
         if not self.has(table):
             return 0
-        with self.resources["warehouse"].connect() as conn:
+        with self.resources["warehouse"].connect(read_only=True) as conn:
             return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
 
 
@@ -209,7 +207,7 @@ def _model_summary(pipeline: Pipeline, users: int) -> list[str]:
         if pipeline.has("model_evaluations")
         else "NULL"
     )
-    with pipeline.resources["warehouse"].connect() as conn:
+    with pipeline.resources["warehouse"].connect(read_only=True) as conn:
         decisions = conn.execute(
             f"""SELECT model_name, champion_version, decision, reason, {serves} AS serves FROM promotion_log p
                 QUALIFY row_number() OVER (PARTITION BY model_name ORDER BY decided_at DESC) = 1 ORDER BY model_name"""
@@ -222,7 +220,7 @@ def _model_summary(pipeline: Pipeline, users: int) -> list[str]:
         lines += [f"  {r.model_name}: {r.reason}" for r in skipped.itertuples()]
     if not pipeline.has("model_evaluations"):
         return lines + _promotion_lines(decisions)
-    with pipeline.resources["warehouse"].connect() as conn:
+    with pipeline.resources["warehouse"].connect(read_only=True) as conn:
         evaluation = conn.execute(
             """SELECT * FROM model_evaluations
                WHERE (model_name, model_version) IN (SELECT (model_name, arg_max(model_version, evaluated_at))
@@ -572,7 +570,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         try:
             report = read_sequences(conn, args.events, args.format, tz)
             read_seconds = time.perf_counter() - began
-            load_item_side(conn, warehouse.path, item_day, warehouse.timezone)
+            with warehouse.read_lock():
+                load_item_side(conn, warehouse.path, item_day, warehouse.timezone)
         except (IngestError, ValueError) as error:
             print(f"error: cannot score {error}", file=sys.stderr)
             return 2
@@ -651,7 +650,8 @@ def _predict_sessions(args: argparse.Namespace, home: Path, out: Path, warehouse
     with duckdb.connect() as conn:
         try:
             report = read_sequences(conn, args.events, args.format, tz)
-            frame, cutoff = score_sessions(conn, warehouse.path, model, args.k, next_event_model)
+            with warehouse.read_lock():
+                frame, cutoff = score_sessions(conn, warehouse.path, model, args.k, next_event_model)
         except (IngestError, ValueError) as error:
             print(f"error: cannot score {error}", file=sys.stderr)
             return 2

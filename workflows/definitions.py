@@ -1,25 +1,20 @@
 """The one Definitions object of the shopseq code location (loaded by workspace.yaml)."""
 
-import os
-
-from dagster import Definitions, in_process_executor
+from dagster import Definitions, EnvVar, in_process_executor
 
 from assets import ALL_ASSETS
-from resources import LandingSource, ModelRegistry, Warehouse, home_from_environment
+from resources import LandingSource, ModelRegistry, Warehouse
 from workflows.jobs import daily_pipeline_job, daily_schedule, publish_job, training_job, weekly_training_schedule
 from workflows.sensors import champion_alias_sensor, landing_sensor, publish_automation_sensor, run_failure_recorder
 
 
-def build_resources(home: str, tracking_uri: str = "", landing_mode: str = "auto") -> dict:
-    """The resources of one home folder; tests call this with a temporary home."""
+def build_resources(home: str, tracking_uri: str = "", landing_mode: str = "") -> dict:
+    """The resources of one home folder; tests call this with a temporary home. Settings left empty are read from
+    their environment variables as a run starts (see each resource)."""
     return {
         "warehouse": Warehouse(home=home),
         "landing": LandingSource(home=home, mode=landing_mode),
-        "registry": ModelRegistry(
-            home=home,
-            tracking_uri=tracking_uri,
-            ui_url=os.environ.get("SHOPSEQ_MLFLOW_UI_URL", "http://127.0.0.1:5000"),
-        ),
+        "registry": ModelRegistry(home=home, tracking_uri=tracking_uri),
     }
 
 
@@ -35,10 +30,5 @@ def build_definitions(resources: dict) -> Definitions:
     )
 
 
-defs = build_definitions(
-    build_resources(
-        home_from_environment(),
-        tracking_uri=os.environ.get("SHOPSEQ_MLFLOW_TRACKING_URI", ""),
-        landing_mode=os.environ.get("SHOPSEQ_LANDING_MODE", "auto"),
-    )
-)
+# Dagster reads SHOPSEQ_HOME when a run or a sensor tick starts, and names it when it is unset.
+defs = build_definitions(build_resources(EnvVar("SHOPSEQ_HOME")))

@@ -61,7 +61,7 @@ def explain(warehouse, registry, instance, user: str, day: dt.date) -> str:
     """Which model versions scored ``user`` on ``day``, from which partitions, under which checks."""
     if not Path(warehouse.path).exists():
         raise ValueError(f"{warehouse.path} does not exist: run shopseq run (or demo) on this home first")
-    with warehouse.connect() as conn:
+    with warehouse.connect(read_only=True) as conn:
         tables = {
             r[0]
             for r in conn.execute(
@@ -90,7 +90,7 @@ def explain(warehouse, registry, instance, user: str, day: dt.date) -> str:
             f"{tags.get('holdout_day', '?')}, "
             f"code {tags.get('code_version', '?')[:12]}, Dagster run {tags.get('dagster_run_id', '?')[:8]}",
         ]
-    with warehouse.connect() as conn:
+    with warehouse.connect(read_only=True) as conn:
         landed = conn.execute("SELECT min(event_time) FROM cleaned_events").fetchone()[0]
     first = max(day - dt.timedelta(days=HISTORY_DAYS - 1), landed.date() if landed else day)
     lines += [

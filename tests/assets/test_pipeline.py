@@ -415,8 +415,7 @@ def _model_files(home) -> dict[str, list[tuple[str, str]]]:
             if tags["policy_kind"] == "rule":
                 found.setdefault(f"{model} rules", []).append(tags["policy_sha256"])
                 continue
-            model_id = registry.client().get_model_version(model, str(ref.version)).source.removeprefix("models:/")
-            folder = registry.client().get_logged_model(model_id).artifact_location  # a file:// URI
+            folder = registry.client().get_model_version_download_uri(model, str(ref.version))  # a file:// URI
             path = Path(urlparse(folder).path, "model.lgb")
             found.setdefault(model, []).append(
                 (hashlib.sha256(path.read_bytes()).hexdigest(), tags.get("model_sha256"))
@@ -741,3 +740,60 @@ def test_a_home_whose_learned_models_lose_to_their_rules_is_served_by_the_rules(
         )
         == 4
     )
+
+
+def test_explain_and_a_second_reader_answer_while_a_model_trains(built, tmp_path, monkeypatch):
+    """The model asset holds no warehouse lock while LightGBM trains: with a training step stopped inside its
+    ``train``, ``shopseq explain`` answers beside another open reader, and the step then finishes and registers its
+    version."""
+    import threading
+
+    from assets.logic import training
+    from assets.logic.catalogue import CATALOGUE
+    from workflows.explain import explain
+
+    home = shutil.copytree(built[0], tmp_path / "home")  # MLflow keeps absolute artifact paths: the models load
+    resources = build_resources(str(home))
+    spec = CATALOGUE["shopseq_next_purchase"]
+    training_started, release = threading.Event(), threading.Event()
+    train_binary = training.train_binary
+
+    def stopped_train(frame, label, params):
+        training_started.set()
+        assert release.wait(timeout=300)
+        return train_binary(frame, label, params)
+
+    monkeypatch.setattr(training, "train_binary", stopped_train)
+    outcome = {}
+    step = threading.Thread(
+        target=lambda: outcome.update(
+            result=materialize(
+                ALL_ASSETS,
+                selection=AssetSelection.assets(spec.asset),
+                resources=resources,
+                instance=DagsterInstance.ephemeral(),
+                raise_on_error=False,
+            )
+        )
+    )
+    step.start()
+    try:
+        assert training_started.wait(timeout=300)
+        warehouse = Warehouse(home=str(home), lock_timeout_seconds=5)  # a held lock fails it in 5 s, not 30 min
+        with warehouse.connect(read_only=True) as other_reader:  # open the whole time explain reads, in its thread
+            [(user, day)] = other_reader.execute(
+                "SELECT user_id, as_of_date FROM recommendations ORDER BY ALL LIMIT 1"
+            ).fetchall()
+            asked = threading.Thread(
+                target=lambda: outcome.update(answer=explain(warehouse, resources["registry"], built[2], user, day))
+            )
+            asked.start()
+            asked.join(timeout=120)
+        answer = outcome["answer"]
+        assert f"User {user}, {day}" in answer and "shopseq_next_item_ranker v1" in answer
+        assert not release.is_set() and step.is_alive()  # all of it while the step was still training
+    finally:
+        release.set()
+        step.join(timeout=300)
+    assert outcome["result"].success
+    assert resources["registry"].version_for_alias(spec.name, "challenger").version > 1

@@ -1,15 +1,13 @@
+import pytest
+
 from assets import ALL_ASSETS
 from assets.promotion import Contender, PromotionConfig, choose, decide
 from resources.registry import ModelVersionRef
 
 
-def test_definitions_load_with_jobs_schedules_and_groups(tmp_path, monkeypatch):
-    monkeypatch.setenv("SHOPSEQ_HOME", str(tmp_path))
-    import importlib
+def test_definitions_load_with_jobs_schedules_and_groups():
+    from workflows.definitions import defs
 
-    import workflows.definitions as module
-
-    defs = importlib.reload(module).defs
     for job in ("daily_pipeline", "training", "publish"):
         assert defs.resolve_job_def(job) is not None
     assert {s.name for s in defs.schedules} == {"daily_pipeline_schedule", "weekly_training"}
@@ -23,7 +21,54 @@ def test_definitions_load_with_jobs_schedules_and_groups(tmp_path, monkeypatch):
         "serving",
         "evaluation",
     }
-    assert defs.resources["warehouse"].home == str(tmp_path)
+
+
+def test_the_code_location_reads_its_settings_from_the_environment_when_a_run_starts(tmp_path, monkeypatch):
+    """No variable is read at import: the same Definitions object serves whichever home, tracking store and landing
+    mode the environment names when the run starts, and a run without SHOPSEQ_HOME is told which variable to set."""
+    from dagster import DagsterInvalidConfigError, asset, materialize
+
+    from resources import LandingSource, ModelRegistry, Warehouse
+    from workflows.definitions import defs
+
+    seen = {}
+
+    @asset
+    def reports_settings(warehouse: Warehouse, landing: LandingSource, registry: ModelRegistry):
+        seen.update(
+            warehouse=warehouse.path,
+            mode=landing.configured_mode,
+            tracking=registry.resolved_tracking_uri(),
+            ui=registry.resolved_ui_url(),
+        )
+
+    resources = {name: defs.resources[name] for name in ("warehouse", "landing", "registry")}
+    for variable in ("SHOPSEQ_HOME", "SHOPSEQ_LANDING_MODE", "SHOPSEQ_MLFLOW_TRACKING_URI", "SHOPSEQ_MLFLOW_UI_URL"):
+        monkeypatch.delenv(variable, raising=False)
+    with pytest.raises(DagsterInvalidConfigError, match="SHOPSEQ_HOME"):
+        materialize([reports_settings], resources=resources)
+    empty = Warehouse(home=" ")  # SHOPSEQ_HOME set but empty: refused, not the working directory
+    with pytest.raises(ValueError, match="home folder is empty"), empty.connect(read_only=True):
+        pass
+    monkeypatch.setenv("SHOPSEQ_HOME", str(tmp_path / "first"))
+    assert materialize([reports_settings], resources=resources).success
+    assert seen == {
+        "warehouse": str(tmp_path / "first" / "warehouse.duckdb"),
+        "mode": "auto",
+        "tracking": f"sqlite:///{tmp_path / 'first' / 'mlflow.db'}",
+        "ui": "http://127.0.0.1:5000",
+    }
+    monkeypatch.setenv("SHOPSEQ_HOME", str(tmp_path / "second"))
+    monkeypatch.setenv("SHOPSEQ_LANDING_MODE", "files")
+    monkeypatch.setenv("SHOPSEQ_MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    monkeypatch.setenv("SHOPSEQ_MLFLOW_UI_URL", "http://mlflow.example:8080")
+    assert materialize([reports_settings], resources=resources).success
+    assert seen == {
+        "warehouse": str(tmp_path / "second" / "warehouse.duckdb"),
+        "mode": "files",
+        "tracking": "http://mlflow.example:5000",
+        "ui": "http://mlflow.example:8080",
+    }
 
 
 def _contender(version, value, policy="lightgbm", kind="learned"):

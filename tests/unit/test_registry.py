@@ -77,3 +77,49 @@ def test_an_unreachable_tracking_server_fails_a_step_within_seconds_naming_the_u
     assert not result.success
     assert f"the MLflow registry at {uri} did not answer" in message and "gave up after 3 attempts" in message, message
     assert 1.0 + 2.0 <= elapsed < 15, elapsed  # two retries, after 1 s and 2 s
+
+
+def test_versions_are_logged_and_loaded_through_the_registrys_own_uri_leaving_mlflow_and_the_environment_alone(
+    tmp_path, monkeypatch
+):
+    """A learned and a rule version logged, registered and loaded back on a home's store: MLflow's process-wide
+    tracking URI is never set, the environment is unchanged, and nothing is written outside the home."""
+    import os
+
+    import mlflow
+    from matplotlib.figure import Figure
+
+    from assets.logic.policies import RulePolicy
+
+    monkeypatch.chdir(tmp_path)  # MLflow's default store would be ./mlflow.db here
+    environment, global_uri = dict(os.environ), mlflow.get_tracking_uri()
+    frame = pd.DataFrame(np.random.default_rng(1).uniform(size=(200, 2)), columns=["a", "b"])
+    booster = lgb.train({"objective": "binary", "verbosity": -1}, lgb.Dataset(frame, (frame["a"] > 0.5).astype(int)), 3)
+    figure = Figure()
+    figure.subplots().plot([0, 1])
+    registry = ModelRegistry(home=str(tmp_path / "home"))
+    learned = registry.log_lightgbm(
+        "m",
+        booster,
+        frame,
+        {"rounds": 3},
+        {"auc": 0.5},
+        {"holdout_day": "2025-03-05"},
+        tables={"holdout_evaluation": frame.head()},
+        datasets={"training": (frame, "train split")},
+        figures={"importance": figure},
+    )
+    rule = registry.rule_version("m", RulePolicy("a_rule", ("a", "b"), (("a", 1.0),)), frame, {"auc": 0.4}, {})
+    assert (learned.version, rule.version) == (1, 2)
+    assert registry.version_for_alias("m", "challenger") == learned
+    assert np.array_equal(registry.load_policy(learned).predict(frame), booster.predict(frame))
+    assert np.array_equal(registry.load_policy(rule).predict(frame), frame["a"].to_numpy())
+    run = registry.client().get_run(learned.run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics == {"auc": 0.5} and run.data.params == {"rounds": "3"}
+    assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["train split"]
+    assert {a.path for a in registry.client().list_artifacts(learned.run_id)} == {
+        "holdout_evaluation.json",
+        "importance.png",
+    }
+    assert mlflow.get_tracking_uri() == global_uri and dict(os.environ) == environment
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]
