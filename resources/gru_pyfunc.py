@@ -8,7 +8,6 @@ signature inferred from an example and explicit pip requirements (JAX, Optax, nu
 """
 
 from importlib.metadata import version
-from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
@@ -66,26 +65,19 @@ def log_gru(
 ) -> ModelVersionRef:
     """Log one training run of the GRU (``example``: events as ``predict`` takes them), register it as a new
     version of ``model_name`` and mark it ``challenger``, as ``ModelRegistry.log_lightgbm`` does for a booster."""
+    import mlflow.pyfunc
+
     pyfunc = GRUSessionPyfunc(model)
-
-    def log_model(mlflow, signature, input_example) -> Any:
-        for point in model.curve:  # the training curve: one metric per phase, the epoch as step
-            for name in ("train_loss", "valid_mrr@20", "valid_hr@20"):
-                if name in point and np.isfinite(point[name]):
-                    key = f"{point['phase']}_{name}".replace("@", "_at_")
-                    mlflow.log_metric(key, float(point[name]), step=int(point["epoch"]))
-        return mlflow.pyfunc.log_model(
-            name="model",
-            python_model=pyfunc,
-            signature=signature,
-            input_example=input_example,
-            pip_requirements=pip_requirements(),
-            registered_model_name=model_name,
-        )
-
     ref = registry._log_version(
         model_name,
-        log_model,
+        lambda path, mlflow_model, signature, example: mlflow.pyfunc.save_model(
+            path,
+            python_model=pyfunc,
+            mlflow_model=mlflow_model,
+            signature=signature,
+            input_example=example,
+            pip_requirements=pip_requirements(),
+        ),
         example,
         lambda events: pyfunc.predict(None, events),
         model.describe(),
@@ -96,5 +88,11 @@ def log_gru(
         None,
     )
     with registry._asking(f"mark {model_name} version {ref.version} {CHALLENGER}"):
-        registry.client().set_registered_model_alias(model_name, CHALLENGER, str(ref.version))
+        client = registry.client()
+        for point in model.curve:  # the training curve: one metric per phase, the epoch as step
+            for name in ("train_loss", "valid_mrr@20", "valid_hr@20"):
+                if name in point and np.isfinite(point[name]):
+                    key = f"{point['phase']}_{name}".replace("@", "_at_")
+                    client.log_metric(ref.run_id, key, float(point[name]), step=int(point["epoch"]))
+        client.set_registered_model_alias(model_name, CHALLENGER, str(ref.version))
     return ref

@@ -152,7 +152,14 @@ def test_the_catalogue_spec_trains_measures_and_records_the_gru_as_an_mlflow_pyf
     events = frame[frame["split"] == "holdout"].rename(columns={"session_key": "session_id"})
     events = events[["session_id", "item_id", "event_time"]]
     ref = log_gru(registry, spec.name, model, events.head(10), {"hr_at_20": 0.5}, {"holdout_day": str(day)})
-    loaded = mlflow.pyfunc.load_model(ref.uri)
+    # loaded as a user of the registry loads it: through its files, asked of this home's client
+    uri = registry.resolved_tracking_uri()
+    files = registry.client().get_model_version_download_uri(ref.name, str(ref.version))
+    loaded = mlflow.pyfunc.load_model(
+        mlflow.artifacts.download_artifacts(
+            files, dst_path=str(tmp_path / "served"), tracking_uri=uri, registry_uri=uri
+        )
+    )
     served = loaded.predict(events)
     expected = score_sessions(model, events)
     np.testing.assert_array_equal(served["item_id"].to_numpy(), expected["item_id"].to_numpy())
