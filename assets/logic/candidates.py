@@ -20,12 +20,6 @@ An item first seen after the cut-off cannot be proposed by any source: "cold" he
 ``COLD_ITEM_DAYS`` before it (the evaluation's cold-item segment, see ``training.holdout_targets``).
 
 Candidates are built for users with an event in the last ``CANDIDATE_USER_DAYS`` days.
-
-Besides each source's rank, a candidate carries what the user did with the item and its category, also relative to
-the user's own history (repeat-recent reads the recency-weighted score alone): the item's order among the user's
-items by last touch, its score as a share of the user's top score, its rank by views, the hours between its last
-touch and the user's last event (an item touched in the visit that just ended, however long ago that visit was),
-and the same hours and a recency rank for its category.
 """
 
 import datetime as dt
@@ -85,14 +79,8 @@ RANKER_FEATURES = [
     "ui_events_1d",
     "ui_in_last_session",
     "ui_last_session_position",
-    "ui_touch_order",
-    "ui_score_share",
-    "ui_views_rank",
-    "ui_hours_before_last_event",
     "in_last_category",
     "category_affinity",
-    "category_recent_rank",
-    "category_hours_before_last_event",
     "user_events_7d",
     "user_hours_since_last_event",
     "price_vs_user_mean",
@@ -150,8 +138,6 @@ last_session_items AS (
 -- what the user did with each item they touched; recent_rank orders them by the recency-weighted score
 ui AS (
     SELECT ui.*, row_number() OVER (PARTITION BY ui.user_id ORDER BY recent_score DESC, ui.item_id) AS recent_rank,
-           max(recent_score) OVER (PARTITION BY ui.user_id) AS user_top_recent_score,
-           row_number() OVER (PARTITION BY ui.user_id ORDER BY ui_hours_since_touch, ui.item_id) AS ui_touch_order,
            ls.item_id IS NOT NULL AS in_last_session, ls.ui_last_session_position
     FROM (
         SELECT h.user_id, item_id,
@@ -189,12 +175,9 @@ covis AS (
     QUALIFY covis_rank <= {COVIS_PER_USER}
 ),
 user_categories AS (
-    -- whole-number weights: their double sums are exact in any order; the recency-weighted one is summed as decimals
+    -- whole-number weights: their double sums are exact in any order
     SELECT h.user_id, category_id, sum(greatest({type_weight_sql()}, 0)) AS weight,
-           sum(sum(greatest({type_weight_sql()}, 0))) OVER (PARTITION BY h.user_id) AS total,
-           row_number() OVER (PARTITION BY h.user_id ORDER BY {exact_sum(recency_weight, 12)} DESC, category_id)
-               AS recent_rank,
-           date_diff('second', max(event_time), any_value(h.cutoff)) / 3600.0 AS hours_since_touch
+           sum(sum(greatest({type_weight_sql()}, 0))) OVER (PARTITION BY h.user_id) AS total
     FROM h JOIN users USING (user_id)
     WHERE category_id IS NOT NULL
     GROUP BY h.user_id, category_id
@@ -278,16 +261,9 @@ SELECT CAST($as_of_date AS DATE) AS as_of_date, u.cutoff, p.user_id, p.item_id,
        ui.ui_hours_since_first_touch, coalesce(ui.ui_sessions, 0) AS ui_sessions, coalesce(ui.ui_days, 0) AS ui_days,
        coalesce(ui.ui_events_1d, 0) AS ui_events_1d,
        CAST(coalesce(ui.in_last_session, false) AS INTEGER) AS ui_in_last_session, ui.ui_last_session_position,
-       ui.ui_touch_order,
-       CASE WHEN p.recent_rank IS NOT NULL THEN ui.recent_score / nullif(ui.user_top_recent_score, 0) ELSE 0 END
-           AS ui_score_share,
-       rank() OVER (PARTITION BY p.user_id ORDER BY coalesce(ui.ui_views, 0) DESC) AS ui_views_rank,
-       ui.ui_hours_since_touch - u.hours_since_last_event AS ui_hours_before_last_event,
        CAST(coalesce(coalesce(i.category_id, ui.event_category) = u.last_category,
            false) AS INTEGER) AS in_last_category,
        coalesce(uc.weight / nullif(uc.total, 0), 0) AS category_affinity,
-       uc.recent_rank AS category_recent_rank,
-       uc.hours_since_touch - u.hours_since_last_event AS category_hours_before_last_event,
        u.events_7d AS user_events_7d, u.hours_since_last_event AS user_hours_since_last_event,
        i.item_price / nullif(u.mean_price_7d, 0) AS price_vs_user_mean,
        {", ".join(f"i.{c}" for c in ITEM_FEATURE_COLUMNS)}

@@ -1,7 +1,6 @@
 import datetime as dt
 
 import duckdb
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -239,72 +238,6 @@ def test_category_affinity_is_the_users_weighted_share_of_the_candidates_categor
         affinity[("u1", "i3")] == 0 and affinity[("u1", "i4")] == 0
     )  # i4: a popular item of a category u1 never touched
     assert affinity[("u2", "i4")] == 1 and affinity[("u2", "i1")] == 0
-
-
-def test_relative_history_features_rank_the_users_own_items_and_ignore_events_after_the_cutoff(conn, tmp_path):
-    from assets.logic.candidates import build_candidates_day
-    from assets.logic.features import build_item_features_day
-
-    def event(t, etype, item, category, event_id, user="u1"):
-        return {**_row(t, user=user, etype=etype, item=item, event_id=event_id), "category_id": category}
-
-    day_one = [
-        event("2025-03-02 08:00", "view", "a", "c1", "1"),
-        event("2025-03-02 09:00", "view", "b", "c2", "2"),
-        event("2025-03-02 09:30", "view", "b", "c2", "3"),
-        event("2025-03-02 22:00", "view", "c", "c1", "4"),
-        event("2025-03-02 23:00", "search", None, None, "5"),  # the user's last event: 1 hour before the cut-off
-        event("2025-03-02 12:00", "view", "d", "c3", "6", user="u2"),  # popular, never touched by u1
-    ]
-    columns = [
-        "ui_touch_order",
-        "ui_score_share",
-        "ui_views_rank",
-        "ui_hours_before_last_event",
-        "category_recent_rank",
-        "category_hours_before_last_event",
-    ]
-
-    def as_of_day_one():
-        build_user_features_day(conn, DAY)
-        build_item_features_day(conn, DAY)
-        build_candidates_day(conn, DAY)
-        return (
-            conn.execute(
-                f"SELECT item_id, {', '.join(columns)} FROM ranking_candidates WHERE user_id = 'u1' "
-                "AND as_of_date = ? ORDER BY item_id",
-                [DAY],
-            )
-            .df()
-            .set_index("item_id")
-        )
-
-    _two_days(conn, tmp_path, {DAY: day_one})
-    before = as_of_day_one()
-    b_score = np.exp(-14.5 / 48) + np.exp(-15 / 48)
-    expected = pd.DataFrame(
-        {
-            "ui_touch_order": [3, 2, 1, np.nan],
-            "ui_score_share": [np.exp(-16 / 48) / b_score, 1.0, np.exp(-2 / 48) / b_score, 0.0],
-            "ui_views_rank": [2, 1, 2, 4],
-            "ui_hours_before_last_event": [15.0, 13.5, 1.0, np.nan],
-            "category_recent_rank": [1, 2, 1, np.nan],  # c1 (a 16 h ago, c 2 h ago) is more recent than c2
-            "category_hours_before_last_event": [1.0, 13.5, 1.0, np.nan],
-        },
-        index=pd.Index(["a", "b", "c", "d"], name="item_id"),
-    )
-    pd.testing.assert_frame_equal(before, expected, check_dtype=False, atol=1e-9)
-    # The next day's events (new touches of a and b, a cart, a new category) must not move day one's features.
-    nxt = DAY + dt.timedelta(days=1)
-    day_two = [
-        event("2025-03-03 00:00", "view", "a", "c1", "7"),
-        event("2025-03-03 00:10", "view", "a", "c1", "8"),
-        event("2025-03-03 00:20", "add_to_cart", "b", "c2", "9"),
-        event("2025-03-03 00:30", "view", "e", "c4", "10"),
-    ]
-    load_raw_day(conn, _landing(tmp_path, day_two, "next.parquet"), nxt)
-    clean_day(conn, nxt, 1000)
-    pd.testing.assert_frame_equal(as_of_day_one(), before)
 
 
 def test_training_sets_read_features_before_the_cutoff_and_labels_only_from_the_next_day(conn, tmp_path):
