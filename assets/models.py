@@ -34,7 +34,7 @@ from assets.logic.catalogue import (
     read_training_set,
     training_blocker,
 )
-from assets.logic.policies import RULE
+from assets.logic.policies import LEARNED, RULE, policy_name
 from assets.logic.warehouse_sql import ensure_table, replace_table
 from expectations import validate
 from resources import ModelRegistry, Warehouse
@@ -165,26 +165,30 @@ def _record_model(
         "holdout_day": str(holdout_day),
         "train_cutoffs": ",".join(sorted({str(pd.Timestamp(d).date()) for d in train["as_of_date"]})),
     }
-    ref = registry.log_lightgbm(
-        spec.name,
-        booster,
-        train[spec.features].astype(float),
-        params={
-            **config.model_dump(),
-            "features": len(spec.features),
-            "train_rows": len(train),
-            "boosting_rounds": booster.current_iteration(),
-        },  # the rule's trees and the early-stopped rounds
-        metrics=_flat_metrics(evaluation),
-        tags={**tags, "model_sha256": model_sha256(booster)},
-        tables={"holdout_evaluation": evaluation, **tables},
-        datasets={"training": (train, f"{spec.training_set} (train split)")},
-        figures={
-            "feature_importance": plots.importance_figure(booster),
-            **figures,
-            **_metric_by_day(warehouse, spec, evaluation, holdout_day),
-        },
-    )
+    if spec.log is not None:  # a learned model of another kind than LightGBM logs itself
+        tables = {"holdout_evaluation": evaluation, **tables}
+        ref = spec.log(registry, spec.name, booster, train, _flat_metrics(evaluation), tags, tables)
+    else:
+        ref = registry.log_lightgbm(
+            spec.name,
+            booster,
+            train[spec.features].astype(float),
+            params={
+                **config.model_dump(),
+                "features": len(spec.features),
+                "train_rows": len(train),
+                "boosting_rounds": booster.current_iteration(),
+            },  # the rule's trees and the early-stopped rounds
+            metrics=_flat_metrics(evaluation),
+            tags={**tags, "model_sha256": model_sha256(booster)},
+            tables={"holdout_evaluation": evaluation, **tables},
+            datasets={"training": (train, f"{spec.training_set} (train split)")},
+            figures={
+                "feature_importance": plots.importance_figure(booster),
+                **figures,
+                **_metric_by_day(warehouse, spec, evaluation, holdout_day),
+            },
+        )
     rule_refs = {}
     for name, policy in rules.items():
         rule_evaluation = as_rule_evaluation(evaluation, name)
@@ -197,7 +201,7 @@ def _record_model(
             {"holdout_evaluation": rule_evaluation},
         )
     with warehouse.connect() as conn:
-        store_evaluation(conn, evaluation, ref, holdout_day, "lightgbm", "learned")
+        store_evaluation(conn, evaluation, ref, holdout_day, policy_name(booster), LEARNED)
         for name, rule_ref in rule_refs.items():
             store_evaluation(conn, as_rule_evaluation(evaluation, name), rule_ref, holdout_day, name, RULE)
     return MaterializeResult(

@@ -17,7 +17,7 @@ from assets.logic.gru_model import GRUSessionModel
 from assets.logic.policies import LEARNED
 from resources.registry import CHALLENGER, ModelRegistry, ModelVersionRef
 
-GRU_POLICY = "gru"
+GRU_POLICY = GRUSessionModel.name
 
 
 def _as_sequences(events: pd.DataFrame) -> pd.DataFrame:
@@ -45,6 +45,11 @@ class GRUSessionPyfunc(mlflow.pyfunc.PythonModel):
     def __init__(self, model: GRUSessionModel, k: int = 20):
         self.model = model
         self.k = k
+
+    @property
+    def policy(self) -> GRUSessionModel:
+        """The model the registry loads for the pipeline (``ModelRegistry.load_policy``)."""
+        return self.model
 
     def predict(self, context, model_input, params=None):
         return score_sessions(self.model, model_input, self.k)

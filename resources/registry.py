@@ -458,20 +458,20 @@ class ModelRegistry(RetriesTransientFailures):
             return dict(self.client().get_run(ref.run_id).data.tags)
 
     def load_policy(self, ref: ModelVersionRef):
-        """The version's model: a LightGBM booster, or the ``RulePolicy`` of a rule version (both score with
-        ``predict`` and name their inputs with ``feature_name``), copied into a temporary folder and loaded from
-        there."""
+        """The version's model: a LightGBM booster, the ``RulePolicy`` of a rule version (both score with
+        ``predict`` and name their inputs with ``feature_name``), or another learned model logged as a pyfunc whose
+        Python model holds it as ``policy`` (the GRU), copied into a temporary folder and loaded from there."""
         import mlflow.artifacts
         import mlflow.lightgbm
         import mlflow.pyfunc
 
-        kind = self.run_tags(ref).get("policy_kind", LEARNED)  # versions logged before rules were policies: learned
+        tags = self.run_tags(ref)  # versions logged before rules were policies: learned boosters
         uri = self.resolved_tracking_uri()
         with self._asking(f"load {ref.uri}"), tempfile.TemporaryDirectory() as folder:
             # where the version's files are, asked of this client: a ``models:/`` URI is resolved through
             # the process-wide registry URI
             files = self.client().get_model_version_download_uri(ref.name, str(ref.version))
             path = mlflow.artifacts.download_artifacts(files, dst_path=folder, tracking_uri=uri, registry_uri=uri)
-            if kind == RULE:
-                return mlflow.pyfunc.load_model(path).unwrap_python_model().policy
+            if tags.get("policy_kind", LEARNED) == RULE or tags.get("policy", "lightgbm") != "lightgbm":
+                return mlflow.pyfunc.load_model(path).unwrap_python_model().policy  # a rule, or the GRU
             return mlflow.lightgbm.load_model(path)

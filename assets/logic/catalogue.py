@@ -72,6 +72,9 @@ class ModelSpec:
     description: str
     reads: tuple[str, ...] = ()
     """The tables the hold-out evaluation reads beside the training set (the model asset's declared dependencies)."""
+    log: Callable[[Any, str, Any, pd.DataFrame, dict, dict, dict], Any] | None = None
+    """(registry, model name, model, training split, metrics, tags, tables) -> the registered challenger version, for
+    a learned model that is not a LightGBM booster (None: ``ModelRegistry.log_lightgbm``)."""
     serves: str | None = None
     """The daily table the champion's scores are published in (None: scored by ``shopseq predict`` only)."""
     extras: Callable[[duckdb.DuckDBPyConnection, Any], tuple[dict, dict]] | None = None
@@ -448,6 +451,124 @@ TRAINING_SETS["session_training_set"] = TrainingSetSpec(
 )
 
 
+# --- the recurrent in-session model (the optional "deep" extra) ---------------------------------------------------
+# A GRU over each session prefix's items (``gru_model``), its own top 20 measured by the session protocol on the
+# LightGBM session model's positions beside the same rules, recorded as an MLflow pyfunc (``resources.gru_pyfunc``)
+# and promoted through the same gate. Without JAX (the default install) its blocker skips it with the install command.
+
+GRU_TRAINING_SET = "session_sequence_training_set"
+GRU_SESSION_MODEL = "shopseq_session_gru"
+
+
+def _gru_rows(conn, train_days: list[dt.date], holdout: dt.date, tz: str) -> pd.DataFrame:
+    """The events of the sessions that start on the day after each cut-off (``gru_model.session_sequences``: the
+    session protocol's prefixes, items unknown at the cut-off removed), with the window they were read for."""
+    frames = []
+    for split, days in (("train", train_days), ("holdout", [holdout])):
+        for day in days:
+            start, end = day_bounds(day + dt.timedelta(days=1), tz)
+            rows = gru_model.session_sequences(conn, start, end)
+            frames.append(
+                rows.assign(
+                    split=split,
+                    as_of_date=pd.Timestamp(day).as_unit("ns"),
+                    cutoff=pd.Timestamp(start),
+                    window_end=pd.Timestamp(end),
+                )
+            )
+    return pd.concat(frames, ignore_index=True)
+
+
+def _sequences_in_window(conn, frame: pd.DataFrame) -> tuple[str, pd.DataFrame]:
+    """Per as-of day: every row belongs to a session that starts in its window, on an item seen before its cut-off
+    (a reconciliation of the stored table)."""
+    return "stage_reconciliation", conn.execute(
+        f"""WITH starts AS (
+                SELECT as_of_date, session_key, min(event_time) AS first_time FROM {GRU_TRAINING_SET} GROUP BY ALL
+            )
+            SELECT t.as_of_date AS day, count(*) AS expected,
+                   count(*) FILTER (WHERE s.first_time >= t.cutoff AND s.first_time < t.window_end AND EXISTS (
+                       SELECT 1 FROM cleaned_events e
+                       WHERE e.item_id = t.item_id AND e.event_time < t.cutoff AND NOT e.is_bot)) AS actual
+            FROM {GRU_TRAINING_SET} t JOIN starts s USING (as_of_date, session_key)
+            GROUP BY ALL ORDER BY 1"""
+    ).df()
+
+
+def _gru_train(frame: pd.DataFrame, params: training.LightGBMParams) -> gru_model.GRUSessionModel:
+    """The GRU on the training split's days (oldest first, the last the validation day), seeded by ``params``."""
+    days = [rows for _, rows in frame.groupby("as_of_date", sort=True)]
+    return gru_model.train_gru(days, gru_model.GRUParams(seed=params.seed))
+
+
+def _gru_measure(conn, model, sequences: pd.DataFrame, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
+    """The GRU's served lists (``gru_model.evaluate_gru``), or a rule's, on the positions of the sessions that start
+    in ``[start, end)``, beside every session rule ranked on the session reranker's candidates of those positions."""
+    candidates = session_model.session_frame(conn, start, end, positives_only=False)
+    targets = session_model.session_targets(conn, start, end)
+    if not isinstance(model, gru_model.GRUSessionModel):
+        return session_model.evaluate_sessions(candidates, model, targets)
+    popularity = conn.execute(
+        "SELECT item_id, count(*) AS events FROM cleaned_events WHERE event_time < $start AND NOT is_bot "
+        "AND item_id IS NOT NULL GROUP BY item_id",
+        {"start": start},
+    ).df()
+    return gru_model.evaluate_gru(
+        model, sequences, candidates, targets, popularity.set_index("item_id")["events"].astype(float)
+    )
+
+
+def _gru_evaluation(conn, model, rules) -> tuple[pd.DataFrame, dt.date]:
+    sequences = read_training_set(conn, GRU_TRAINING_SET, "holdout")
+    day = pd.Timestamp(sequences["as_of_date"].iloc[0]).date()
+    start, end = (pd.Timestamp(sequences[column].iloc[0]).to_pydatetime() for column in ("cutoff", "window_end"))
+    return _gru_measure(conn, model, sequences, start, end), day
+
+
+def _gru_replay(conn, model, day: dt.date, tz: str) -> pd.DataFrame | None:
+    start, end = day_bounds(day, tz)
+    sequences = gru_model.session_sequences(conn, start, end)
+    return None if sequences.empty else _gru_measure(conn, model, sequences, start, end)
+
+
+def _gru_blocker(conn) -> str | None:
+    import importlib.util
+
+    if importlib.util.find_spec("jax") is None or importlib.util.find_spec("optax") is None:
+        return gru_model.DEEP_EXTRA_HINT
+    prefixes = dict(
+        conn.execute(
+            f"SELECT split, count(*) - count(DISTINCT session_key) FROM {GRU_TRAINING_SET} GROUP BY split"
+        ).fetchall()
+    )
+    for split in ("train", "holdout"):
+        if prefixes.get(split, 0) < MIN_EXAMPLES:
+            return (
+                f"{prefixes.get(split, 0)} session prefix(es) of the {split} split have a next item seen before "
+                f"their cut-off, fewer than {MIN_EXAMPLES}: sessions of one event, or of items never seen before"
+            )
+    return None
+
+
+TRAINING_SETS[GRU_TRAINING_SET] = TrainingSetSpec(
+    GRU_TRAINING_SET,
+    "as_of_date, session_key, step",
+    ("cleaned_events", "user_features", "ranking_candidates"),
+    _gru_rows,
+    _sequences_in_window,
+    "The events of the sessions that start on the day after each cut-off, in order, their events on items never "
+    "seen before the cut-off removed: the prefixes of the session training set, as sequences.",
+    _session_cutoffs,
+)
+
+
+def _log_gru(registry, name: str, model, train: pd.DataFrame, metrics: dict, tags: dict, tables: dict):
+    from resources.gru_pyfunc import log_gru  # imports MLflow's pyfunc flavour
+
+    events = train.rename(columns={"session_key": "session_id"})[["session_id", "item_id", "event_time"]]
+    return log_gru(registry, name, model, events.head(10), metrics, tags, tables)
+
+
 CATALOGUE: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
@@ -512,6 +633,26 @@ CATALOGUE: dict[str, ModelSpec] = {
             serves="item_next_items",
             publish=_next_items,
         ),
+        ModelSpec(
+            name=GRU_SESSION_MODEL,
+            asset="session_gru_model",
+            training_set=GRU_TRAINING_SET,
+            target="next_item",
+            metric="ndcg@20",
+            features=list(gru_model.SEQUENCE_COLUMNS),
+            train=_gru_train,
+            rules=lambda conn: dict(session_model.SESSION_RULES),
+            evaluate=_gru_evaluation,
+            replay=_gru_replay,
+            baselines=tuple(session_model.SESSION_RULES),
+            blocker=_gru_blocker,
+            description="A GRU (GRU4Rec-style: item embeddings, a GRU over the session prefix, a full softmax over "
+            "the items) listing each session prefix's top next items over every item it learned, evaluated by the "
+            "session protocol on the in-session reranker's positions beside SR, SR over the last three items, "
+            "session-kNN, Markov and popularity.",
+            reads=("cleaned_events",),  # the positions and candidates of the session protocol
+            log=_log_gru,
+        ),
     )
 }
 
@@ -551,145 +692,3 @@ def best_baseline(evaluation: pd.DataFrame, spec: ModelSpec) -> tuple[str, float
     values = {b: main_metric(evaluation, spec, b) for b in spec.baselines}
     name = max(values, key=lambda b: (np.nan_to_num(values[b], nan=-np.inf), -spec.baselines.index(b)))
     return name, values[name]
-
-
-# --- the recurrent in-session model (the optional "deep" extra) ---------------------------------------------------
-# A GRU over each session prefix's items (``gru_model``), its own top 20 measured by the session protocol on the
-# LightGBM session model's positions beside the same rules. Its specs are declared here but not in ``TRAINING_SETS`` /
-# ``CATALOGUE``, which generate the pipeline's assets: the generated model asset records every learned model as a
-# LightGBM booster and the registry loads learned versions with MLflow's LightGBM flavour, while this model is an
-# MLflow pyfunc (``resources.gru_pyfunc.log_gru``). ``bench/gru_eval.py`` trains, measures and records it through
-# these specs; on the YooChoose sample it does not beat session-kNN (docs/models.md), so no pipeline run trains it.
-
-GRU_TRAINING_SET = "session_sequence_training_set"
-GRU_SESSION_MODEL = "shopseq_session_gru"
-
-
-def read_gru_training_set(conn: duckdb.DuckDBPyConnection, split: str) -> pd.DataFrame:
-    """The GRU training set's rows of one split, in its spec's order (``read_training_set`` for the training sets
-    of ``TRAINING_SETS``)."""
-    return conn.execute(
-        f"SELECT * FROM {GRU_TRAINING_SET} WHERE split = $split ORDER BY {GRU_TRAINING_SET_SPEC.order}",
-        {"split": split},
-    ).df()
-
-
-def _gru_rows(conn, train_days: list[dt.date], holdout: dt.date, tz: str) -> pd.DataFrame:
-    """The events of the sessions that start on the day after each cut-off (``gru_model.session_sequences``: the
-    session protocol's prefixes, items unknown at the cut-off removed), with the window they were read for."""
-    frames = []
-    for split, days in (("train", train_days), ("holdout", [holdout])):
-        for day in days:
-            start, end = day_bounds(day + dt.timedelta(days=1), tz)
-            rows = gru_model.session_sequences(conn, start, end)
-            frames.append(
-                rows.assign(
-                    split=split,
-                    as_of_date=pd.Timestamp(day).as_unit("ns"),
-                    cutoff=pd.Timestamp(start),
-                    window_end=pd.Timestamp(end),
-                )
-            )
-    return pd.concat(frames, ignore_index=True)
-
-
-def _sequences_in_window(conn, frame: pd.DataFrame) -> tuple[str, pd.DataFrame]:
-    """Per as-of day: every row belongs to a session that starts in its window, on an item seen before its cut-off
-    (a reconciliation of the stored table)."""
-    return "stage_reconciliation", conn.execute(
-        f"""WITH starts AS (
-                SELECT as_of_date, session_key, min(event_time) AS first_time FROM {GRU_TRAINING_SET} GROUP BY ALL
-            )
-            SELECT t.as_of_date AS day, count(*) AS expected,
-                   count(*) FILTER (WHERE s.first_time >= t.cutoff AND s.first_time < t.window_end AND EXISTS (
-                       SELECT 1 FROM cleaned_events e
-                       WHERE e.item_id = t.item_id AND e.event_time < t.cutoff AND NOT e.is_bot)) AS actual
-            FROM {GRU_TRAINING_SET} t JOIN starts s USING (as_of_date, session_key)
-            GROUP BY ALL ORDER BY 1"""
-    ).df()
-
-
-def _gru_train(frame: pd.DataFrame, params: training.LightGBMParams) -> gru_model.GRUSessionModel:
-    """The GRU on the training split's days (oldest first, the last the validation day), seeded by ``params``."""
-    days = [rows for _, rows in frame.groupby("as_of_date", sort=True)]
-    return gru_model.train_gru(days, gru_model.GRUParams(seed=params.seed))
-
-
-def _gru_measure(conn, model, sequences: pd.DataFrame, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
-    """The GRU's served lists (``gru_model.evaluate_gru``), or a rule's, on the positions of the sessions that start
-    in ``[start, end)``, beside every session rule ranked on the session reranker's candidates of those positions."""
-    candidates = session_model.session_frame(conn, start, end, positives_only=False)
-    targets = session_model.session_targets(conn, start, end)
-    if not isinstance(model, gru_model.GRUSessionModel):
-        return session_model.evaluate_sessions(candidates, model, targets)
-    popularity = conn.execute(
-        "SELECT item_id, count(*) AS events FROM cleaned_events WHERE event_time < $start AND NOT is_bot "
-        "AND item_id IS NOT NULL GROUP BY item_id",
-        {"start": start},
-    ).df()
-    return gru_model.evaluate_gru(
-        model, sequences, candidates, targets, popularity.set_index("item_id")["events"].astype(float)
-    )
-
-
-def _gru_evaluation(conn, model, rules) -> tuple[pd.DataFrame, dt.date]:
-    sequences = read_gru_training_set(conn, "holdout")
-    day = pd.Timestamp(sequences["as_of_date"].iloc[0]).date()
-    start, end = (pd.Timestamp(sequences[column].iloc[0]).to_pydatetime() for column in ("cutoff", "window_end"))
-    return _gru_measure(conn, model, sequences, start, end), day
-
-
-def _gru_replay(conn, model, day: dt.date, tz: str) -> pd.DataFrame | None:
-    start, end = day_bounds(day, tz)
-    sequences = gru_model.session_sequences(conn, start, end)
-    return None if sequences.empty else _gru_measure(conn, model, sequences, start, end)
-
-
-def _gru_blocker(conn) -> str | None:
-    import importlib.util
-
-    if importlib.util.find_spec("jax") is None or importlib.util.find_spec("optax") is None:
-        return gru_model.DEEP_EXTRA_HINT
-    prefixes = dict(
-        conn.execute(
-            f"SELECT split, count(*) - count(DISTINCT session_key) FROM {GRU_TRAINING_SET} GROUP BY split"
-        ).fetchall()
-    )
-    for split in ("train", "holdout"):
-        if prefixes.get(split, 0) < MIN_EXAMPLES:
-            return (
-                f"{prefixes.get(split, 0)} session prefix(es) of the {split} split have a next item seen before "
-                f"their cut-off, fewer than {MIN_EXAMPLES}: sessions of one event, or of items never seen before"
-            )
-    return None
-
-
-GRU_TRAINING_SET_SPEC = TrainingSetSpec(
-    GRU_TRAINING_SET,
-    "as_of_date, session_key, step",
-    ("cleaned_events", "user_features", "ranking_candidates"),
-    _gru_rows,
-    _sequences_in_window,
-    "The events of the sessions that start on the day after each cut-off, in order, their events on items never "
-    "seen before the cut-off removed: the prefixes of the session training set, as sequences.",
-    _session_cutoffs,
-)
-
-GRU_SESSION_SPEC = ModelSpec(
-    name=GRU_SESSION_MODEL,
-    asset="session_gru_model",
-    training_set=GRU_TRAINING_SET,
-    target="next_item",
-    metric="ndcg@20",
-    features=list(gru_model.SEQUENCE_COLUMNS),
-    train=_gru_train,
-    rules=lambda conn: dict(session_model.SESSION_RULES),
-    evaluate=_gru_evaluation,
-    replay=_gru_replay,
-    baselines=tuple(session_model.SESSION_RULES),
-    blocker=_gru_blocker,
-    description="A GRU (GRU4Rec-style: item embeddings, a GRU over the session prefix, a full softmax over the items) "
-    "listing each session prefix's top next items over every item it learned, evaluated by the session protocol on "
-    "the in-session reranker's positions beside SR, SR over the last three items, session-kNN, Markov and "
-    "popularity.",
-)

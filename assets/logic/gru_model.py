@@ -76,6 +76,7 @@ class GRUSessionModel:
     curve: list[dict] = field(default_factory=list)
     """Per epoch of each fit (``phase`` ``fit`` before the validation day, ``refit`` on every day): the mean
     training loss and, while fitting, the validation day's MRR@20 and HR@20."""
+    name = "gru"  # the policy its versions and served rows name
 
     def describe(self) -> dict:
         return {**asdict(self.params), "vocabulary": len(self.items), "chosen_epochs": self.epochs}

@@ -120,5 +120,6 @@ def policy_kind(model) -> str:
 
 
 def policy_name(model) -> str:
-    """The name served rows carry: the rule's, or ``lightgbm`` for a learned booster."""
-    return model.name if isinstance(model, RulePolicy) else "lightgbm"
+    """The name served rows carry: the rule's, a learned model's own (the GRU's ``gru``), or ``lightgbm`` for a
+    booster."""
+    return getattr(model, "name", "lightgbm")

@@ -133,13 +133,13 @@ def test_the_catalogue_spec_trains_measures_and_records_the_gru_as_an_mlflow_pyf
 
     conn = _warehouse(_random_log())
     cutoffs = [d.date() for d in (_window(0)[0], _window(1)[0], _window(2)[0])]
-    spec = catalogue.GRU_SESSION_SPEC
-    frame = catalogue.GRU_TRAINING_SET_SPEC.build(conn, cutoffs[:2], cutoffs[2], "UTC")
+    spec = catalogue.CATALOGUE[catalogue.GRU_SESSION_MODEL]
+    frame = catalogue.TRAINING_SETS[catalogue.GRU_TRAINING_SET].build(conn, cutoffs[:2], cutoffs[2], "UTC")
     replace_table(conn, catalogue.GRU_TRAINING_SET, frame)
-    suite, per_day = catalogue.GRU_TRAINING_SET_SPEC.point_in_time(conn, frame)
+    suite, per_day = catalogue.TRAINING_SETS[catalogue.GRU_TRAINING_SET].point_in_time(conn, frame)
     assert suite == "stage_reconciliation" and (per_day["expected"] == per_day["actual"]).all()
     assert spec.blocker(conn) is None
-    train = catalogue.read_gru_training_set(conn, "train")
+    train = catalogue.read_training_set(conn, catalogue.GRU_TRAINING_SET, "train")
     model = spec.train(train, LightGBMParams(seed=3))
     evaluation, day = spec.evaluate(conn, model, spec.rules(conn))
     assert day == cutoffs[2]
@@ -178,7 +178,7 @@ def test_without_the_deep_extra_the_gru_is_skipped_with_the_install_command(monk
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "jax" else real(name, *a))
-    assert catalogue.GRU_SESSION_SPEC.blocker(_warehouse(_random_log())) == (
+    assert catalogue.CATALOGUE[catalogue.GRU_SESSION_MODEL].blocker(_warehouse(_random_log())) == (
         'the recurrent session model needs JAX: pip install -e ".[deep]"'
     )
 
