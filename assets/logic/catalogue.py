@@ -641,7 +641,8 @@ CATALOGUE: dict[str, ModelSpec] = {
             metric="ndcg@20",
             features=list(gru_model.SEQUENCE_COLUMNS),
             train=_gru_train,
-            rules=lambda conn: dict(session_model.SESSION_RULES),
+            # the session rules serve through the in-session LightGBM model: here they are measure-only baselines
+            rules=lambda conn: {},
             evaluate=_gru_evaluation,
             replay=_gru_replay,
             baselines=tuple(session_model.SESSION_RULES),
