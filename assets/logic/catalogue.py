@@ -400,9 +400,14 @@ def _session_cutoffs(conn, tz: str) -> list[dt.date]:
 
 
 def _session_blocker(conn) -> str | None:
-    prefixes = dict(
+    return _too_few_prefixes(
         conn.execute("SELECT split, count(DISTINCT prefix_id) FROM session_training_set GROUP BY split").fetchall()
     )
+
+
+def _too_few_prefixes(per_split: list[tuple[str, int]]) -> str | None:
+    """Why a split of session prefixes (``[(split, prefixes)]``) is too small to train or measure on, or None."""
+    prefixes = dict(per_split)
     for split in ("train", "holdout"):
         if prefixes.get(split, 0) < MIN_EXAMPLES:
             return (
@@ -536,18 +541,11 @@ def _gru_blocker(conn) -> str | None:
 
     if importlib.util.find_spec("jax") is None or importlib.util.find_spec("optax") is None:
         return gru_model.DEEP_EXTRA_HINT
-    prefixes = dict(
+    return _too_few_prefixes(
         conn.execute(
             f"SELECT split, count(*) - count(DISTINCT session_key) FROM {GRU_TRAINING_SET} GROUP BY split"
         ).fetchall()
     )
-    for split in ("train", "holdout"):
-        if prefixes.get(split, 0) < MIN_EXAMPLES:
-            return (
-                f"{prefixes.get(split, 0)} session prefix(es) of the {split} split have a next item seen before "
-                f"their cut-off, fewer than {MIN_EXAMPLES}: sessions of one event, or of items never seen before"
-            )
-    return None
 
 
 TRAINING_SETS[GRU_TRAINING_SET] = TrainingSetSpec(
