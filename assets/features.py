@@ -100,11 +100,11 @@ def item_features(context: AssetExecutionContext, warehouse: Warehouse) -> Mater
     )
 
 
-def _recall_metadata(conn, days) -> dict:
+def _recall_metadata(conn, days, tz: str) -> dict:
     """Candidate recall of the last day whose next day has landed (the ranker's ceiling), over all next-day targets
     and over those on cold items; the row ``unseen`` counts the targets no source can reach."""
     for day in reversed(days):
-        recall = candidate_recall(conn, day)
+        recall = candidate_recall(conn, day, tz)
         if recall.loc["targets", "found"]:  # the next day exists
             return {
                 "candidate_recall_day": str(day),
@@ -123,5 +123,10 @@ def ranking_candidates(context: AssetExecutionContext, warehouse: Warehouse) -> 
     recent items, co-visitation, category popularity, new arrivals in their categories, trending and global
     popularity, with the ranker's features."""
     return build_daily_table(
-        context, warehouse, "ranking_candidates", "as_of_date", build_candidates_day, more_metadata=_recall_metadata
+        context,
+        warehouse,
+        "ranking_candidates",
+        "as_of_date",
+        build_candidates_day,
+        more_metadata=lambda conn, days: _recall_metadata(conn, days, warehouse.timezone),
     )

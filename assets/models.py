@@ -336,14 +336,14 @@ def _model_asset(spec: ModelSpec):
     ) -> MaterializeResult:
         started = time.perf_counter()
         with warehouse.connect(read_only=True) as conn:
-            if reason := training_blocker(conn, spec.name):
+            if reason := training_blocker(conn, spec.name, warehouse.timezone):
                 return skipped_result(context, spec.name, reason)
             train = read_training_set(conn, spec.training_set, "train")
             trained_for = pd.Timestamp(catalogue.holdout_day(conn, spec.training_set)).date()
         booster = spec.train(train, config.params())  # no connection: readers and other runs' steps go on
         with warehouse.connect(read_only=True) as conn:
             rules = spec.rules(conn)
-            evaluation, evaluated_on = spec.evaluate(conn, booster, rules)
+            evaluation, evaluated_on = spec.evaluate(conn, booster, rules, warehouse.timezone)
             extras = spec.extras(conn, booster) if spec.extras else ({}, {})
         if evaluated_on != trained_for:
             raise RuntimeError(

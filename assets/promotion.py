@@ -132,7 +132,9 @@ def _stored_evaluations(conn, model_name: str, day) -> dict[int, tuple[str, str,
     }
 
 
-def _evaluate_unstored(conn_factory, registry: ModelRegistry, spec: ModelSpec, refs: list, day, stored: dict) -> None:
+def _evaluate_unstored(
+    conn_factory, registry: ModelRegistry, spec: ModelSpec, refs: list, day, stored: dict, tz: str
+) -> None:
     """Measure on the hold-out of ``day`` each version of ``refs`` without a stored evaluation there (a champion
     trained on another hold-out is re-scored on this one, once), and store it. The models come from MLflow before
     the warehouse is opened; they are evaluated under a reader's lock and stored under the writer's."""
@@ -142,7 +144,7 @@ def _evaluate_unstored(conn_factory, registry: ModelRegistry, spec: ModelSpec, r
     loaded = {version: (registry.load_policy(ref), registry.run_tags(ref)) for version, ref in missing.items()}
     with conn_factory(read_only=True) as conn:
         rules = spec.rules(conn)
-        evaluations = {version: spec.evaluate(conn, model, rules)[0] for version, (model, _) in loaded.items()}
+        evaluations = {version: spec.evaluate(conn, model, rules, tz)[0] for version, (model, _) in loaded.items()}
     with conn_factory() as conn:
         for version, evaluation in evaluations.items():
             tags = loaded[version][1]
@@ -185,10 +187,11 @@ def _decision(
     }
 
 
-def promote_model(conn_factory, registry: ModelRegistry, spec: ModelSpec, config: PromotionConfig) -> dict:
-    """One model's promotion decision on its current hold-out (see ``champion_promotion``), carried out."""
+def promote_model(conn_factory, registry: ModelRegistry, spec: ModelSpec, config: PromotionConfig, tz: str) -> dict:
+    """One model's promotion decision on its current hold-out (see ``champion_promotion``; days of the shop's time
+    zone ``tz``), carried out."""
     with conn_factory(read_only=True) as conn:
-        cannot_train = training_blocker(conn, spec.name)
+        cannot_train = training_blocker(conn, spec.name, tz)
     champion = registry.version_for_alias(spec.name, CHAMPION)
     if cannot_train:  # its training asset trained nothing: the decision says why, any earlier champion stays
         return _decision(
@@ -205,7 +208,7 @@ def promote_model(conn_factory, registry: ModelRegistry, spec: ModelSpec, config
         for version, (policy, kind, rows) in sorted(stored.items())
         if kind == RULE and policy in spec.baselines
     ]
-    _evaluate_unstored(conn_factory, registry, spec, [challenger, champion], day, stored)
+    _evaluate_unstored(conn_factory, registry, spec, [challenger, champion], day, stored, tz)
     learned = _contender(spec, challenger, stored)
     rules = sorted(
         (_contender(spec, ref, stored) for ref in rule_refs), key=lambda r: spec.baselines.index(r.policy)
@@ -282,7 +285,9 @@ def champion_promotion(config: PromotionConfig, warehouse: Warehouse, registry: 
     every baseline, else the best rule policy) against the champion re-scored on the same hold-out; the ``champion``
     alias moves when it wins, and the decision is logged with the kind of policy that serves."""
     started = time.perf_counter()
-    decisions = [promote_model(warehouse.connect, registry, spec, config) for spec in CATALOGUE.values()]
+    decisions = [
+        promote_model(warehouse.connect, registry, spec, config, warehouse.timezone) for spec in CATALOGUE.values()
+    ]
     frame = pd.DataFrame(decisions).astype(
         {
             "challenger_version": "Int64",

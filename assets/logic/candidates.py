@@ -311,11 +311,13 @@ def build_candidates_day(conn: duckdb.DuckDBPyConnection, day: dt.date, tz: str 
         conn.execute("DROP TABLE IF EXISTS day_covis_pairs; DROP TABLE IF EXISTS day_item_features")
 
 
-def candidate_recall(conn: duckdb.DuckDBPyConnection, day: dt.date) -> pd.DataFrame:
-    """How many next-day (user, item) targets of the users with candidates each source, and their union, contains:
-    per source (index), ``found`` and ``recall`` over all targets and ``cold_found`` and ``cold_recall`` over the
-    targets on cold items (first seen in the ``COLD_ITEM_DAYS`` before the cut-off). The row ``targets`` counts
-    them, and the row ``unseen`` the targets on items first seen after the cut-off, which no source can propose."""
+def candidate_recall(conn: duckdb.DuckDBPyConnection, day: dt.date, tz: str) -> pd.DataFrame:
+    """How many (user, item) targets of the next day (of the shop's time zone ``tz``) of the users with candidates
+    each source, and their union, contains: per source (index), ``found`` and ``recall`` over all targets and
+    ``cold_found`` and ``cold_recall`` over the targets on cold items (first seen in the ``COLD_ITEM_DAYS`` before
+    the cut-off). The row ``targets`` counts them, and the row ``unseen`` the targets on items first seen after the
+    cut-off, which no source can propose."""
+    cutoff, label_end = day_bounds(day + dt.timedelta(days=1), tz)
     found = ", ".join(
         f"count(c.item_id) FILTER (WHERE c.in_{s} = 1) AS {s}, count(c.item_id) FILTER (WHERE c.in_{s} = 1 AND "
         f"cold) AS cold_{s}"
@@ -324,10 +326,10 @@ def candidate_recall(conn: duckdb.DuckDBPyConnection, day: dt.date) -> pd.DataFr
     row = (
         conn.execute(
             f"""
-        WITH c AS (SELECT any_value(cutoff) AS cutoff FROM ranking_candidates WHERE as_of_date = $day),
+        WITH c AS (SELECT $cutoff AS cutoff, $label_end AS label_end),
         targets AS (
             SELECT DISTINCT user_id, item_id FROM cleaned_events, c
-            WHERE event_time >= c.cutoff AND event_time < c.cutoff + INTERVAL 1 DAY AND NOT is_bot
+            WHERE event_time >= c.cutoff AND event_time < c.label_end AND NOT is_bot
                 AND item_id IS NOT NULL
               AND user_id IN (SELECT user_id FROM ranking_candidates WHERE as_of_date = $day)
         ),
@@ -346,7 +348,7 @@ def candidate_recall(conn: duckdb.DuckDBPyConnection, day: dt.date) -> pd.DataFr
         FROM labelled t LEFT JOIN ranking_candidates c
           ON c.as_of_date = $day AND c.user_id = t.user_id AND c.item_id = t.item_id
         """,
-            {"day": day},
+            {"day": day, "cutoff": cutoff, "label_end": label_end},
         )
         .df()
         .iloc[0]

@@ -43,7 +43,7 @@ class TrainingSetSpec:
     """(conn, rows) -> (suite, per-day frame) proving each row describes only what happened before its cut-off."""
     description: str
     cutoffs: Callable[[duckdb.DuckDBPyConnection, str], list[dt.date]] = lambda conn, tz: training.labelled_cutoffs(
-        conn
+        conn, tz
     )
     """(conn, tz) -> the cut-off days with labels, oldest first: the last is the hold-out, the others train."""
 
@@ -61,14 +61,15 @@ class ModelSpec:
     train: Callable[[pd.DataFrame, training.LightGBMParams], Any]
     rules: Callable[[duckdb.DuckDBPyConnection], dict[str, RulePolicy]]
     """The rule policies that may serve in the model's place, fitted on the training split (``{}``: none)."""
-    evaluate: Callable[[duckdb.DuckDBPyConnection, Any, dict[str, RulePolicy]], tuple[pd.DataFrame, dt.date]]
-    """(conn, model or rule, rules) -> the hold-out evaluation (method ``model`` and every baseline) and its day."""
+    evaluate: Callable[[duckdb.DuckDBPyConnection, Any, dict[str, RulePolicy], str], tuple[pd.DataFrame, dt.date]]
+    """(conn, model or rule, rules, the shop's time zone) -> the hold-out evaluation (method ``model`` and every
+    baseline) and its day."""
     replay: Callable[[duckdb.DuckDBPyConnection, Any, dt.date, str], pd.DataFrame | None]
     """(conn, model or rule, day, tz) -> the evaluation on ``day`` (features as of day - 1), None without data."""
     baselines: tuple[str, ...]
     """Every baseline method the evaluation reports; the rules among them can serve, the others only measure."""
-    blocker: Callable[[duckdb.DuckDBPyConnection], str | None]
-    """Why this home's data cannot train the model, or None."""
+    blocker: Callable[[duckdb.DuckDBPyConnection, str], str | None]
+    """(conn, the shop's time zone) -> why this home's data cannot train the model, or None."""
     description: str
     reads: tuple[str, ...] = ()
     """The tables the hold-out evaluation reads beside the training set (the model asset's declared dependencies)."""
@@ -154,7 +155,7 @@ TRAINING_SETS = {
             "as_of_date, user_id",
             ("user_features", "ranking_candidates", "cleaned_events"),
             lambda conn, days, holdout, tz: _split_frame(
-                training.next_action_frame(conn, days), training.next_action_frame(conn, [holdout])
+                training.next_action_frame(conn, days, tz), training.next_action_frame(conn, [holdout], tz)
             ),
             _latest_event_per_day("hours_since_last_event"),
             "User features as of the end of each cut-off day D with 0/1 labels from day D + 1 (purchase, add to cart, "
@@ -165,8 +166,8 @@ TRAINING_SETS = {
             "as_of_date, user_id, item_id",
             ("ranking_candidates", "user_features", "cleaned_events"),
             lambda conn, days, holdout, tz: _split_frame(
-                training.ranker_frame(conn, days, positives_only=True),
-                training.ranker_frame(conn, [holdout], positives_only=False),
+                training.ranker_frame(conn, days, positives_only=True, tz=tz),
+                training.ranker_frame(conn, [holdout], positives_only=False, tz=tz),
             ),
             _latest_event_per_day("user_hours_since_last_event"),
             "Candidates as of each cut-off day D with graded relevance from day D + 1 (training keeps users with a "
@@ -199,7 +200,7 @@ _LABEL_MEANS = {
 def _label_blocker(table: str, label: str):
     """A binary label holding one class in a split, or fewer than ``MIN_EXAMPLES`` of its rarer class."""
 
-    def blocker(conn) -> str | None:
+    def blocker(conn, tz: str) -> str | None:
         counts = conn.execute(
             f"SELECT split, count(*), sum({label}) FROM {table} GROUP BY split ORDER BY split DESC"
         ).fetchall()
@@ -234,7 +235,7 @@ def _history_rule(label: str):
 
 
 def _next_action_evaluation(label: str):
-    def evaluate(conn, model, rules) -> tuple[pd.DataFrame, dt.date]:
+    def evaluate(conn, model, rules, tz: str) -> tuple[pd.DataFrame, dt.date]:
         frame = read_training_set(conn, "next_action_training_set")
         train_rate = float(frame.loc[frame["split"] == "train", label].mean())
         holdout = frame[frame["split"] == "holdout"]
@@ -247,8 +248,8 @@ def _next_action_evaluation(label: str):
 def _next_action_replay(label: str):
     def replay(conn, model, day: dt.date, tz: str) -> pd.DataFrame | None:
         cutoff_day = day - dt.timedelta(days=1)
-        frame = training.next_action_frame(conn, [cutoff_day])
-        earlier = training.next_action_frame(conn, [cutoff_day - dt.timedelta(days=1)])  # its labels are on day - 1
+        frame = training.next_action_frame(conn, [cutoff_day], tz)
+        earlier = training.next_action_frame(conn, [cutoff_day - dt.timedelta(days=1)], tz)  # its labels are on day - 1
         if frame.empty or earlier.empty or earlier[label].nunique() < 2:
             return None
         rule = training.HISTORY_RULES[label]
@@ -296,7 +297,7 @@ def _next_action_spec(name: str, asset: str, label: str, what: str) -> ModelSpec
 # --- the next-item ranker -----------------------------------------------------------------------------------------
 
 
-def _ranker_blocker(conn) -> str | None:
+def _ranker_blocker(conn, tz: str) -> str | None:
     users = dict(
         conn.execute("SELECT split, count(DISTINCT user_id) FROM ranker_training_set GROUP BY split").fetchall()
     )
@@ -307,7 +308,7 @@ def _ranker_blocker(conn) -> str | None:
             "ranker nothing to learn)"
         )
     day = holdout_day(conn, "ranker_training_set")
-    measured = 0 if day is None else training.holdout_targets(conn, pd.Timestamp(day).date())["user_id"].nunique()
+    measured = 0 if day is None else training.holdout_targets(conn, pd.Timestamp(day).date(), tz)["user_id"].nunique()
     if measured < MIN_EXAMPLES:
         return (
             f"{measured} user(s) with history came back on the day after the hold-out cut-off, fewer than "
@@ -316,10 +317,10 @@ def _ranker_blocker(conn) -> str | None:
     return None
 
 
-def _ranker_evaluation(conn, model, rules) -> tuple[pd.DataFrame, dt.date]:
+def _ranker_evaluation(conn, model, rules, tz: str) -> tuple[pd.DataFrame, dt.date]:
     holdout = read_training_set(conn, "ranker_training_set", "holdout")
     day = pd.Timestamp(holdout["as_of_date"].iloc[0]).date()
-    targets = training.holdout_targets(conn, day)
+    targets = training.holdout_targets(conn, day, tz)
     markov = training.markov_recommendations(conn, day, targets["user_id"].unique().tolist(), 20)
     return training.evaluate_ranker(holdout, model, targets, markov, policies=rules), day
 
@@ -327,7 +328,7 @@ def _ranker_evaluation(conn, model, rules) -> tuple[pd.DataFrame, dt.date]:
 def _ranker_replay(conn, model, day: dt.date, tz: str) -> pd.DataFrame | None:
     cutoff_day = day - dt.timedelta(days=1)
     candidates = conn.execute("SELECT * FROM ranking_candidates WHERE as_of_date = ?", [cutoff_day]).df()
-    targets = training.holdout_targets(conn, cutoff_day) if len(candidates) else pd.DataFrame()
+    targets = training.holdout_targets(conn, cutoff_day, tz) if len(candidates) else pd.DataFrame()
     if targets.empty:
         return None
     markov = training.markov_recommendations(conn, cutoff_day, targets["user_id"].unique().tolist(), 20)
@@ -337,7 +338,7 @@ def _ranker_replay(conn, model, day: dt.date, tz: str) -> pd.DataFrame | None:
 # --- the next-event model -----------------------------------------------------------------------------------------
 
 
-def _next_event_blocker(conn) -> str | None:
+def _next_event_blocker(conn, tz: str) -> str | None:
     for split, rows, values in conn.execute(
         "SELECT split, count(*), list(DISTINCT next_type ORDER BY next_type) FROM next_event_training_set "
         "GROUP BY split ORDER BY split DESC"
@@ -350,7 +351,7 @@ def _next_event_blocker(conn) -> str | None:
     return _missing_splits(conn, "next_event_training_set")
 
 
-def _next_event_evaluation(conn, model, rules) -> tuple[pd.DataFrame, dt.date]:
+def _next_event_evaluation(conn, model, rules, tz: str) -> tuple[pd.DataFrame, dt.date]:
     frame = read_training_set(conn, "next_event_training_set")
     holdout = frame[frame["split"] == "holdout"]
     day = pd.Timestamp(holdout["as_of_date"].iloc[0]).date()
@@ -392,14 +393,14 @@ def _session_cutoffs(conn, tz: str) -> list[dt.date]:
         .iloc[:, 0]
     )
     kept = []
-    for day in training.labelled_cutoffs(conn):
+    for day in training.labelled_cutoffs(conn, tz):
         start, end = day_bounds(day + dt.timedelta(days=1), tz)
         if ((starts >= pd.Timestamp(start)) & (starts < pd.Timestamp(end))).sum() >= MIN_EXAMPLES:
             kept.append(day)
     return kept
 
 
-def _session_blocker(conn) -> str | None:
+def _session_blocker(conn, tz: str) -> str | None:
     return _too_few_prefixes(
         conn.execute("SELECT split, count(DISTINCT prefix_id) FROM session_training_set GROUP BY split").fetchall()
     )
@@ -417,7 +418,7 @@ def _too_few_prefixes(per_split: list[tuple[str, int]]) -> str | None:
     return None
 
 
-def _session_evaluation(conn, model, rules) -> tuple[pd.DataFrame, dt.date]:
+def _session_evaluation(conn, model, rules, tz: str) -> tuple[pd.DataFrame, dt.date]:
     holdout = read_training_set(conn, "session_training_set", "holdout")
     day = pd.Timestamp(holdout["as_of_date"].iloc[0]).date()
     start, end = (pd.Timestamp(holdout[column].iloc[0]).to_pydatetime() for column in ("cutoff", "window_end"))
@@ -523,7 +524,7 @@ def _gru_measure(conn, model, sequences: pd.DataFrame, start: dt.datetime, end: 
     )
 
 
-def _gru_evaluation(conn, model, rules) -> tuple[pd.DataFrame, dt.date]:
+def _gru_evaluation(conn, model, rules, tz: str) -> tuple[pd.DataFrame, dt.date]:
     sequences = read_training_set(conn, GRU_TRAINING_SET, "holdout")
     day = pd.Timestamp(sequences["as_of_date"].iloc[0]).date()
     start, end = (pd.Timestamp(sequences[column].iloc[0]).to_pydatetime() for column in ("cutoff", "window_end"))
@@ -536,7 +537,7 @@ def _gru_replay(conn, model, day: dt.date, tz: str) -> pd.DataFrame | None:
     return None if sequences.empty else _gru_measure(conn, model, sequences, start, end)
 
 
-def _gru_blocker(conn) -> str | None:
+def _gru_blocker(conn, tz: str) -> str | None:
     import importlib.util
 
     if importlib.util.find_spec("jax") is None or importlib.util.find_spec("optax") is None:
@@ -666,8 +667,9 @@ NEXT_ACTION_MODELS = {
 }
 
 
-def training_blocker(conn: duckdb.DuckDBPyConnection, model_name: str) -> str | None:
-    """Why this home's data cannot train ``model_name`` or measure it on the hold-out, or None when it can.
+def training_blocker(conn: duckdb.DuckDBPyConnection, model_name: str, tz: str) -> str | None:
+    """Why this home's data (days of the time zone ``tz``) cannot train ``model_name`` or measure it on the hold-out,
+    or None when it can.
 
     A click log has no purchases, anonymous sessions never come back the next day, a log of views has one event
     type: a model whose labels hold one class (or no row), or whose training set could not be made (too few days
@@ -679,7 +681,7 @@ def training_blocker(conn: duckdb.DuckDBPyConnection, model_name: str) -> str | 
     ).fetchall()[0][0]
     if not exists:
         return f"its training set {spec.training_set} could not be made: too few days with its labels"
-    return spec.blocker(conn)
+    return spec.blocker(conn, tz)
 
 
 def main_metric(evaluation: pd.DataFrame, spec: ModelSpec, method: str = "model") -> float:

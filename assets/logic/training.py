@@ -26,6 +26,7 @@ from assets.logic.metrics import (
 )
 from assets.logic.policies import RulePolicy, logistic_fit
 from assets.logic.serving import RULE_COLUMNS, BusinessRules, ranked_table, ranker_scores
+from assets.logic.warehouse_sql import LABEL_WINDOWS_SQL, day_bounds, label_windows
 
 NEXT_ACTION_LABELS = {
     "purchase": "count(*) FILTER (WHERE event_type = 'purchase') > 0",
@@ -68,16 +69,19 @@ class LightGBMParams:
         }
 
 
-def labelled_cutoffs(conn: duckdb.DuckDBPyConnection) -> list[dt.date]:
-    """Days D with user features and candidates as of D and cleaned events on D + 1."""
+def labelled_cutoffs(conn: duckdb.DuckDBPyConnection, tz: str) -> list[dt.date]:
+    """Days D (of the shop's time zone ``tz``) with user features and candidates as of D and cleaned events on
+    D + 1."""
+    featured = conn.execute(
+        """SELECT DISTINCT as_of_date FROM user_features
+           WHERE as_of_date IN (SELECT DISTINCT as_of_date FROM ranking_candidates) ORDER BY 1"""
+    ).fetchall()
     rows = conn.execute(
-        """
-        SELECT DISTINCT f.as_of_date FROM user_features f
-        WHERE f.as_of_date IN (SELECT DISTINCT as_of_date FROM ranking_candidates)
-          AND EXISTS (SELECT 1 FROM cleaned_events e
-                      WHERE e.event_time >= f.cutoff AND e.event_time < f.cutoff + INTERVAL 1 DAY)
-        ORDER BY 1
-        """
+        f"""SELECT w.day FROM {LABEL_WINDOWS_SQL} w
+            WHERE EXISTS (SELECT 1 FROM cleaned_events e
+                          WHERE e.event_time >= w.label_start AND e.event_time < w.label_end)
+            ORDER BY 1""",
+        {"windows": label_windows([r[0] for r in featured], tz)},
     ).fetchall()
     return [r[0] for r in rows]
 
@@ -92,29 +96,30 @@ def split_cutoffs(cutoffs: list[dt.date], train_days: int = 0) -> tuple[list[dt.
     return cutoffs[:-1][-train_days if train_days else 0 :], cutoffs[-1]
 
 
-def next_action_frame(conn: duckdb.DuckDBPyConnection, days: list[dt.date]) -> pd.DataFrame:
-    """User features as of each cut-off with next-day labels ``label_<target>`` (0/1)."""
+def next_action_frame(conn: duckdb.DuckDBPyConnection, days: list[dt.date], tz: str) -> pd.DataFrame:
+    """User features as of each cut-off day (of the shop's time zone ``tz``) with labels ``label_<target>`` (0/1)
+    from the next day."""
     labels = ", ".join(f"CAST({sql} AS INTEGER) AS label_{name}" for name, sql in NEXT_ACTION_LABELS.items())
     return conn.execute(
         f"""
         WITH next_day AS (
-            SELECT f.as_of_date, e.user_id, {labels}
-            FROM (SELECT DISTINCT as_of_date, cutoff FROM user_features WHERE list_contains($days, as_of_date)) f
-            JOIN cleaned_events e ON e.event_time >= f.cutoff AND e.event_time < f.cutoff + INTERVAL 1 DAY
-                AND NOT e.is_bot
-            GROUP BY f.as_of_date, e.user_id
+            SELECT w.day AS as_of_date, e.user_id, {labels}
+            FROM {LABEL_WINDOWS_SQL} w
+            JOIN cleaned_events e ON e.event_time >= w.label_start AND e.event_time < w.label_end AND NOT e.is_bot
+            GROUP BY w.day, e.user_id
         )
         SELECT u.*, {", ".join(f"coalesce(n.label_{name}, 0) AS label_{name}" for name in NEXT_ACTION_LABELS)}
         FROM user_features u LEFT JOIN next_day n USING (as_of_date, user_id)
         WHERE list_contains($days, u.as_of_date)
         ORDER BY u.as_of_date, u.user_id
         """,
-        {"days": days},
+        {"days": days, "windows": label_windows(days, tz)},
     ).df()
 
 
-def ranker_frame(conn: duckdb.DuckDBPyConnection, days: list[dt.date], positives_only: bool) -> pd.DataFrame:
-    """Candidates as of each cut-off with next-day relevance (0 none, 1 view, 2 cart, 3 purchase).
+def ranker_frame(conn: duckdb.DuckDBPyConnection, days: list[dt.date], positives_only: bool, tz: str) -> pd.DataFrame:
+    """Candidates as of each cut-off day (of the shop's time zone ``tz``) with relevance from the next day (0 none,
+    1 view, 2 cart, 3 purchase).
 
     ``positives_only`` keeps the (user, day) groups with at least one relevant
     candidate: the only groups LambdaRank learns from.
@@ -122,9 +127,9 @@ def ranker_frame(conn: duckdb.DuckDBPyConnection, days: list[dt.date], positives
     return conn.execute(
         f"""
         WITH next_day AS (
-            SELECT f.as_of_date, e.user_id, e.item_id, {RELEVANCE_SQL} AS relevance
-            FROM (SELECT DISTINCT as_of_date, cutoff FROM ranking_candidates WHERE list_contains($days, as_of_date)) f
-            JOIN cleaned_events e ON e.event_time >= f.cutoff AND e.event_time < f.cutoff + INTERVAL 1 DAY
+            SELECT w.day AS as_of_date, e.user_id, e.item_id, {RELEVANCE_SQL} AS relevance
+            FROM {LABEL_WINDOWS_SQL} w
+            JOIN cleaned_events e ON e.event_time >= w.label_start AND e.event_time < w.label_end
                  AND NOT e.is_bot AND e.item_id IS NOT NULL
             GROUP BY ALL
         ),
@@ -138,7 +143,7 @@ def ranker_frame(conn: duckdb.DuckDBPyConnection, days: list[dt.date], positives
            OR (as_of_date, user_id) IN (SELECT (as_of_date, user_id) FROM labelled WHERE relevance > 0)
         ORDER BY as_of_date, user_id, item_id
         """,
-        {"days": days, "positives_only": positives_only},
+        {"days": days, "positives_only": positives_only, "windows": label_windows(days, tz)},
     ).df()
 
 
@@ -284,14 +289,16 @@ def train_lambdarank(frame: pd.DataFrame, params: LightGBMParams) -> lgb.Booster
     )
 
 
-def holdout_targets(conn: duckdb.DuckDBPyConnection, day: dt.date) -> pd.DataFrame:
-    """Distinct (user, item, event_type) of day D + 1 for users with history before it, with the segments:
+def holdout_targets(conn: duckdb.DuckDBPyConnection, day: dt.date, tz: str) -> pd.DataFrame:
+    """Distinct (user, item, event_type) of day D + 1 (days of the shop's time zone ``tz``) for users with history
+    before it, with the segments:
     ``new_user`` (first event on D), ``cold_item`` (the item's first event is in the ``COLD_ITEM_DAYS`` before the
     cut-off: little history, but some, so a point-in-time source can propose it) and ``unseen_item`` (no event on
     the item before D + 1: no source can propose it, every method scores 0 on it)."""
+    day_start, cutoff = day_bounds(day, tz)
     return conn.execute(
         f"""
-        WITH bounds AS (SELECT any_value(cutoff) AS cutoff FROM ranking_candidates WHERE as_of_date = $day),
+        WITH bounds AS (SELECT $day_start AS day_start, $cutoff AS cutoff, $label_end AS label_end),
         history AS (
             SELECT user_id, min(event_time) AS first_seen FROM cleaned_events, bounds
             WHERE event_time < bounds.cutoff AND NOT is_bot GROUP BY user_id
@@ -301,18 +308,18 @@ def holdout_targets(conn: duckdb.DuckDBPyConnection, day: dt.date) -> pd.DataFra
             WHERE event_time < bounds.cutoff AND NOT is_bot AND item_id IS NOT NULL GROUP BY item_id
         )
         SELECT DISTINCT e.user_id, e.item_id, e.event_type,
-               h.first_seen >= b.cutoff - INTERVAL 1 DAY AS new_user,
+               h.first_seen >= b.day_start AS new_user,
                coalesce(s.first_seen >= b.cutoff - INTERVAL {COLD_ITEM_DAYS} DAY, false) AS cold_item,
                s.item_id IS NULL AS unseen_item
         FROM cleaned_events e
         CROSS JOIN bounds b
         JOIN history h ON h.user_id = e.user_id
         LEFT JOIN seen_items s ON s.item_id = e.item_id
-        WHERE e.event_time >= b.cutoff AND e.event_time < b.cutoff + INTERVAL 1 DAY
+        WHERE e.event_time >= b.cutoff AND e.event_time < b.label_end
           AND NOT e.is_bot AND e.item_id IS NOT NULL
         ORDER BY user_id, item_id, event_type
         """,
-        {"day": day},
+        {"day_start": day_start, "cutoff": cutoff, "label_end": day_bounds(day + dt.timedelta(days=1), tz)[1]},
     ).df()
 
 

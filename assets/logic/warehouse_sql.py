@@ -141,6 +141,23 @@ def day_bounds(day: dt.date, tz: str = "UTC") -> tuple[dt.datetime, dt.datetime]
     return tuple(t.astimezone(dt.UTC).replace(tzinfo=None) for t in (start, end))
 
 
+# The next day of each cut-off day D, bound as ``$windows`` (``label_windows``): one row (day, label_start, label_end).
+LABEL_WINDOWS_SQL = (
+    "(SELECT unnest(CAST($windows AS STRUCT(day DATE, label_start TIMESTAMP, label_end TIMESTAMP)[]), "
+    "recursive := true))"
+)
+
+
+def label_windows(days: Sequence[dt.date], tz: str) -> list[dict]:
+    """For each cut-off day D, the day D + 1 its labels come from, as ``day_bounds`` gives it (the one definition
+    of "the next day": 23 or 25 hours where the clocks change), for ``LABEL_WINDOWS_SQL``."""
+    windows = []
+    for day in days:
+        start, end = day_bounds(day + dt.timedelta(days=1), tz)
+        windows.append({"day": day, "label_start": start, "label_end": end})
+    return windows
+
+
 def date_bounds(day: dt.date) -> tuple[dt.date, dt.date]:
     """``[day, day + 1)`` for tables keyed by a DATE column (as_of_date, day)."""
     return day, day + dt.timedelta(days=1)

@@ -287,7 +287,7 @@ def test_the_evaluated_served_list_is_what_serving_writes_for_the_holdout_day(bu
     with duckdb.connect(f"{home}/warehouse.duckdb", read_only=True) as conn:
         holdout = read_training_set(conn, "ranker_training_set", "holdout")
         day = pd.Timestamp(holdout["as_of_date"].iloc[0]).date()
-        targets = training.holdout_targets(conn, day)
+        targets = training.holdout_targets(conn, day, "UTC")
         users = targets["user_id"].drop_duplicates().sort_values(ignore_index=True)
         lists = training.ranker_lists(holdout, booster, users, 20)
         written = pd.concat([b.to_pandas() for b in recommend_day(conn, booster, day, users=users)], ignore_index=True)

@@ -259,13 +259,13 @@ def test_training_sets_read_features_before_the_cutoff_and_labels_only_from_the_
             d3: [_row("2025-03-04 10:00", etype="purchase", user="u2", item="b", event_id="5")],
         },
     )
-    frame = training.next_action_frame(conn, [d1, d2])
+    frame = training.next_action_frame(conn, [d1, d2], "UTC")
     assert (frame["last_event_time"] < frame["cutoff"]).all()
     labels = frame.set_index(["as_of_date", "user_id"])["label_purchase"]
     # u1 buys at the very first instant of D + 1: a label of D, never a feature of D.
     assert labels[(pd.Timestamp(d1), "u1")] == 1 and labels[(pd.Timestamp(d1), "u2")] == 0
     assert labels[(pd.Timestamp(d2), "u2")] == 1  # the purchase on D + 2 labels the cut-off D + 1 only
-    ranker = training.ranker_frame(conn, [d1], positives_only=False)
+    ranker = training.ranker_frame(conn, [d1], positives_only=False, tz="UTC")
     assert set(ranker.loc[ranker["relevance"] > 0, "item_id"]) == {"a"}
 
 
@@ -293,7 +293,7 @@ def test_markov_baseline_and_holdout_segments(conn, tmp_path):
     )
     markov = training.markov_recommendations(conn, d1, ["u3"], 20)
     assert markov.values.tolist() == [["u3", "b", 2]]  # u3 ended on a; a -> b twice
-    targets = training.holdout_targets(conn, d1).set_index("item_id")
+    targets = training.holdout_targets(conn, d1, "UTC").set_index("item_id")
     # b was first seen the day before the targets: cold, and reachable; z never before them: unseen, not cold
     assert targets["cold_item"].to_dict() == {"b": True, "z": False}
     assert targets["unseen_item"].to_dict() == {"b": False, "z": True}
@@ -358,7 +358,7 @@ def test_cold_item_segment_is_the_items_first_seen_shortly_before_the_cutoff_and
     from assets.logic.candidates import candidate_recall
 
     d4, _ = _cold_shop(conn, tmp_path)
-    targets = training.holdout_targets(conn, d4).set_index(["user_id", "item_id"])
+    targets = training.holdout_targets(conn, d4, "UTC").set_index(["user_id", "item_id"])
     assert targets["cold_item"].to_dict() == {
         ("u1", "late"): False,
         ("u1", "n"): True,
@@ -371,7 +371,7 @@ def test_cold_item_segment_is_the_items_first_seen_shortly_before_the_cutoff_and
         ("u1", "o"): False,
         ("u3", "late"): True,
     }
-    recall = candidate_recall(conn, d4)
+    recall = candidate_recall(conn, d4, "UTC")
     assert recall.loc["targets", "cold_found"] == 1 and recall.loc["new", "cold_found"] == 1
     assert recall.loc["unseen", "found"] == 2 and recall.loc["union", "found"] <= 2
 
@@ -421,3 +421,33 @@ def test_a_nan_price_is_quarantined_not_averaged(conn, tmp_path):
     pq.write_table(table, path)
     counts = load_raw_day(conn, [str(path)], DAY)
     assert counts["accepted"] == 1 and counts.get("bad_price") == 1
+
+
+def test_a_cut_offs_next_day_is_the_shops_calendar_day_across_a_clock_change():
+    """One definition of "the next day" (``day_bounds``): in Berlin, 30 March 2025 has 23 hours, so the event at
+    00:30 on 31 March (22:30 UTC on the 30th, within 24 hours of the cut-off) labels the 30th's cut-off, not the
+    29th's."""
+    from assets.logic import training
+    from assets.logic.warehouse_sql import ensure_table
+
+    conn = duckdb.connect()
+    ensure_table(conn, "cleaned_events")
+    rows = [("2025-03-30 21:30:00", "a"), ("2025-03-30 22:30:00", "b")]  # UTC: 23:30 on the 30th, 00:30 on the 31st
+    for i, (utc, user) in enumerate(rows):
+        conn.execute(
+            "INSERT INTO cleaned_events VALUES (CAST(? AS TIMESTAMP), ?, 's', 'view', 'i', 'c', 1.0, NULL, ?, false)",
+            [utc, user, f"e{i}"],
+        )
+    conn.execute(
+        "CREATE TABLE user_features AS SELECT CAST(d AS DATE) AS as_of_date, u AS user_id "
+        "FROM (VALUES ('2025-03-29', 'a'), ('2025-03-29', 'b'), ('2025-03-30', 'a'), ('2025-03-30', 'b')) t(d, u)"
+    )
+    day = dt.date(2025, 3, 29)
+    frame = training.next_action_frame(conn, [day, day + dt.timedelta(days=1)], "Europe/Berlin")
+    labels = {(r.as_of_date.date(), r.user_id): r.label_return for r in frame.itertuples()}
+    assert labels == {
+        (day, "a"): 1,
+        (day, "b"): 0,
+        (day + dt.timedelta(days=1), "a"): 0,
+        (day + dt.timedelta(days=1), "b"): 1,
+    }

@@ -138,10 +138,10 @@ def test_the_catalogue_spec_trains_measures_and_records_the_gru_as_an_mlflow_pyf
     replace_table(conn, catalogue.GRU_TRAINING_SET, frame)
     suite, per_day = catalogue.TRAINING_SETS[catalogue.GRU_TRAINING_SET].point_in_time(conn, frame)
     assert suite == "stage_reconciliation" and (per_day["expected"] == per_day["actual"]).all()
-    assert spec.blocker(conn) is None
+    assert spec.blocker(conn, "UTC") is None
     train = catalogue.read_training_set(conn, catalogue.GRU_TRAINING_SET, "train")
     model = spec.train(train, LightGBMParams(seed=3))
-    evaluation, day = spec.evaluate(conn, model, spec.rules(conn))
+    evaluation, day = spec.evaluate(conn, model, spec.rules(conn), "UTC")
     assert day == cutoffs[2]
     assert set(evaluation["method"]) == {"model", *spec.baselines}
     # the same positions as the session model's evaluation of that day
@@ -178,7 +178,7 @@ def test_without_the_deep_extra_the_gru_is_skipped_with_the_install_command(monk
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "jax" else real(name, *a))
-    assert catalogue.CATALOGUE[catalogue.GRU_SESSION_MODEL].blocker(_warehouse(_random_log())) == (
+    assert catalogue.CATALOGUE[catalogue.GRU_SESSION_MODEL].blocker(_warehouse(_random_log()), "UTC") == (
         'the recurrent session model needs JAX: pip install -e ".[deep]"'
     )
 
