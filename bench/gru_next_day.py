@@ -88,21 +88,7 @@ def with_gru_features(frame: pd.DataFrame, model, users: np.ndarray, logits: np.
 def train_with_gru(frame: pd.DataFrame, params: LightGBMParams):
     """``training.train_lambdarank`` with the GRU features beside the ranker's: the same start (repeat-recent),
     the same LightGBM settings, the same early stopping on the last training day."""
-    features = [*RANKER_FEATURES, *GRU_FEATURES]
-    lgb_params = params.to_lightgbm("lambdarank") | {
-        "lambdarank_truncation_level": 20,
-        "metric": "ndcg",
-        "eval_at": [20],
-    }
-    return training.boost(
-        lgb_params,
-        training.ranking_dataset(["as_of_date", "user_id"], features),
-        frame,
-        params,
-        start=lambda rows: training.rule_offset(
-            rows, features, training.RANKER_START, rows["relevance"].to_numpy() > 0
-        ),
-    )
+    return training.train_lambdarank(frame, params, [*RANKER_FEATURES, *GRU_FEATURES])
 
 
 class WithGRU:

@@ -267,12 +267,10 @@ def ranking_dataset(query: list[str], features: list[str]):
     return dataset
 
 
-_ranker_dataset = ranking_dataset(["as_of_date", "user_id"], RANKER_FEATURES)  # a group per (day, user)
-
-
-def train_lambdarank(frame: pd.DataFrame, params: LightGBMParams) -> lgb.Booster:
+def train_lambdarank(frame: pd.DataFrame, params: LightGBMParams, features: list[str] = RANKER_FEATURES) -> lgb.Booster:
     """The ranker, started from repeat-recent (``RANKER_START``: the candidate's recency-weighted own history,
-    calibrated to the log-odds of being touched the next day) and boosting the residual."""
+    calibrated to the log-odds of being touched the next day) and boosting the residual; ``features`` other than
+    the ranker's are for experiments with more (bench/gru_next_day.py)."""
     if frame.empty:
         raise ValueError("the ranker training set is empty: no user had a next-day event among their candidates")
     lgb_params = params.to_lightgbm("lambdarank") | {
@@ -280,12 +278,13 @@ def train_lambdarank(frame: pd.DataFrame, params: LightGBMParams) -> lgb.Booster
         "metric": "ndcg",
         "eval_at": [20],
     }
+    dataset = ranking_dataset(["as_of_date", "user_id"], features)  # a group per (day, user)
     return boost(
         lgb_params,
-        _ranker_dataset,
+        dataset,
         frame,
         params,
-        start=lambda rows: rule_offset(rows, RANKER_FEATURES, RANKER_START, rows["relevance"].to_numpy() > 0),
+        start=lambda rows: rule_offset(rows, features, RANKER_START, rows["relevance"].to_numpy() > 0),
     )
 
 
