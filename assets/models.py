@@ -24,7 +24,7 @@ from dagster import (
 )
 
 from assets.common import markdown_preview
-from assets.logic import catalogue, plots, training
+from assets.logic import catalogue, plots, profile, training
 from assets.logic.catalogue import (
     CATALOGUE,
     TRAINING_SETS,
@@ -69,6 +69,13 @@ class TrainingConfig(Config):
             min_data_in_leaf=self.min_data_in_leaf,
             seed=self.seed,
         )
+
+
+def profile_metadata(seconds: dict[str, float], started: float) -> dict:
+    """An asset's total seconds and where they went (``assets.logic.profile``: the steps timed, and the rest)."""
+    total = time.perf_counter() - started
+    steps = {**seconds, "other": total - sum(seconds.values())}
+    return {"seconds": round(total, 2), "profile": {step: round(value, 3) for step, value in steps.items()}}
 
 
 def model_sha256(booster) -> str:
@@ -155,10 +162,10 @@ def _record_model(
     extras: tuple[dict, dict],
     config: TrainingConfig,
     holdout_day: dt.date,
-    started: float,
-) -> MaterializeResult:
+) -> dict:
     """Log the run to MLflow (with its training data as a dataset input and figures), register the version as
-    challenger, register the rule policies that may serve in its place, store every evaluation."""
+    challenger, register the rule policies that may serve in its place, store every evaluation; returns the model
+    asset's metadata."""
     tables, figures = extras
     tags = {
         "dagster_run_id": context.run.run_id,
@@ -167,66 +174,66 @@ def _record_model(
     }
     if spec.log is not None:  # a learned model of another kind than LightGBM logs itself
         tables = {"holdout_evaluation": evaluation, **tables}
-        ref = spec.log(registry, spec.name, booster, train, _flat_metrics(evaluation), tags, tables)
+        with profile.step("mlflow"):
+            ref = spec.log(registry, spec.name, booster, train, _flat_metrics(evaluation), tags, tables)
     else:
-        ref = registry.log_lightgbm(
-            spec.name,
-            booster,
-            train[spec.features].astype(float),
-            params={
-                **config.model_dump(),
-                "features": len(spec.features),
-                "train_rows": len(train),
-                "boosting_rounds": booster.current_iteration(),
-            },  # the rule's trees and the early-stopped rounds
-            metrics=_flat_metrics(evaluation),
-            tags={**tags, "model_sha256": model_sha256(booster)},
-            tables={"holdout_evaluation": evaluation, **tables},
-            datasets={"training": (train, f"{spec.training_set} (train split)")},
-            figures={
+        with profile.step("plots"):
+            figures = {
                 "feature_importance": plots.importance_figure(booster),
                 **figures,
                 **_metric_by_day(warehouse, spec, evaluation, holdout_day),
-            },
-        )
+            }
+        with profile.step("mlflow"):
+            ref = registry.log_lightgbm(
+                spec.name,
+                booster,
+                train[spec.features].astype(float),
+                params={
+                    **config.model_dump(),
+                    "features": len(spec.features),
+                    "train_rows": len(train),
+                    "boosting_rounds": booster.current_iteration(),
+                },  # the rule's trees and the early-stopped rounds
+                metrics=_flat_metrics(evaluation),
+                tags={**tags, "model_sha256": model_sha256(booster)},
+                tables={"holdout_evaluation": evaluation, **tables},
+                datasets={"training": (train, f"{spec.training_set} (train split)")},
+                figures=figures,
+            )
     rule_refs = {}
     for name, policy in rules.items():
         rule_evaluation = as_rule_evaluation(evaluation, name)
-        rule_refs[name] = registry.rule_version(
-            spec.name,
-            policy,
-            train[spec.features].astype(float),
-            _flat_metrics(rule_evaluation),
-            tags,
-            {"holdout_evaluation": rule_evaluation},
-        )
-    with warehouse.connect() as conn:
+        with profile.step("mlflow"):
+            rule_refs[name] = registry.rule_version(
+                spec.name,
+                policy,
+                train[spec.features].astype(float),
+                _flat_metrics(rule_evaluation),
+                tags,
+                {"holdout_evaluation": rule_evaluation},
+            )
+    with profile.step("store"), warehouse.connect() as conn:
         store_evaluation(conn, evaluation, ref, holdout_day, policy_name(booster), LEARNED)
         for name, rule_ref in rule_refs.items():
             store_evaluation(conn, as_rule_evaluation(evaluation, name), rule_ref, holdout_day, name, RULE)
-    return MaterializeResult(
-        metadata={
-            "model_name": spec.name,
-            "model_version": ref.version,
-            "dagster/row_count": len(evaluation),
-            "mlflow_run": MetadataValue.url(registry.run_url(ref.run_id)),
-            "mlflow_model_version": MetadataValue.url(registry.version_url(ref)),
-            "mlflow_model_uri": ref.uri,
-            "rule_policies": MetadataValue.md(
-                "| rule | version |\n|---|---|\n"
-                + "\n".join(f"| {name} | {r.version} |" for name, r in rule_refs.items())
-            )
-            if rule_refs
-            else "none",
-            "holdout_day": str(holdout_day),
-            "train_rows": len(train),
-            f"holdout_{spec.metric}": main_metric(evaluation, spec),
-            "model_vs_baselines": _comparison_markdown(evaluation, [spec.metric, "recall@20", "auc", "brier"]),
-            **{name: MetadataValue.md(table.to_markdown(index=False)) for name, table in tables.items()},
-            "seconds": round(time.perf_counter() - started, 2),
-        },
-        check_results=[validate(evaluation, "model_evaluation", "model_evaluation_suite")],
-    )
+    return {
+        "model_name": spec.name,
+        "model_version": ref.version,
+        "dagster/row_count": len(evaluation),
+        "mlflow_run": MetadataValue.url(registry.run_url(ref.run_id)),
+        "mlflow_model_version": MetadataValue.url(registry.version_url(ref)),
+        "mlflow_model_uri": ref.uri,
+        "rule_policies": MetadataValue.md(
+            "| rule | version |\n|---|---|\n" + "\n".join(f"| {name} | {r.version} |" for name, r in rule_refs.items())
+        )
+        if rule_refs
+        else "none",
+        "holdout_day": str(holdout_day),
+        "train_rows": len(train),
+        f"holdout_{spec.metric}": main_metric(evaluation, spec),
+        "model_vs_baselines": _comparison_markdown(evaluation, [spec.metric, "recall@20", "auc", "brier"]),
+        **{name: MetadataValue.md(table.to_markdown(index=False)) for name, table in tables.items()},
+    }
 
 
 def _metric_by_day(warehouse: Warehouse, spec: ModelSpec, evaluation: pd.DataFrame, holdout_day: dt.date) -> dict:
@@ -335,23 +342,29 @@ def _model_asset(spec: ModelSpec):
         context: AssetExecutionContext, config: TrainingConfig, warehouse: Warehouse, registry: ModelRegistry
     ) -> MaterializeResult:
         started = time.perf_counter()
-        with warehouse.connect(read_only=True) as conn:
-            if reason := training_blocker(conn, spec.name, warehouse.timezone):
-                return skipped_result(context, spec.name, reason)
-            train = read_training_set(conn, spec.training_set, "train")
-            trained_for = pd.Timestamp(catalogue.holdout_day(conn, spec.training_set)).date()
-        booster = spec.train(train, config.params())  # no connection: readers and other runs' steps go on
-        with warehouse.connect(read_only=True) as conn:
-            rules = spec.rules(conn)
-            evaluation, evaluated_on = spec.evaluate(conn, booster, rules, warehouse.timezone)
-            extras = spec.extras(conn, booster) if spec.extras else ({}, {})
-        if evaluated_on != trained_for:
-            raise RuntimeError(
-                f"{spec.training_set} was rebuilt while {spec.name} trained (hold-out {trained_for}, then "
-                f"{evaluated_on}): materialise {spec.asset} again"
+        with profile.profiled() as seconds:
+            with profile.step("read"), warehouse.connect(read_only=True) as conn:
+                if reason := training_blocker(conn, spec.name, warehouse.timezone):
+                    return skipped_result(context, spec.name, reason)
+                train = read_training_set(conn, spec.training_set, "train")
+                trained_for = pd.Timestamp(catalogue.holdout_day(conn, spec.training_set)).date()
+            with profile.step("train"):
+                booster = spec.train(train, config.params())  # no connection: readers and other runs' steps go on
+            with profile.step("evaluate"), warehouse.connect(read_only=True) as conn:
+                rules = spec.rules(conn)
+                evaluation, evaluated_on = spec.evaluate(conn, booster, rules, warehouse.timezone)
+                extras = spec.extras(conn, booster) if spec.extras else ({}, {})
+            if evaluated_on != trained_for:
+                raise RuntimeError(
+                    f"{spec.training_set} was rebuilt while {spec.name} trained (hold-out {trained_for}, then "
+                    f"{evaluated_on}): materialise {spec.asset} again"
+                )
+            metadata = _record_model(
+                context, warehouse, registry, spec, booster, rules, train, evaluation, extras, config, evaluated_on
             )
-        return _record_model(
-            context, warehouse, registry, spec, booster, rules, train, evaluation, extras, config, evaluated_on, started
+        return MaterializeResult(
+            metadata={**metadata, **profile_metadata(seconds, started)},
+            check_results=[validate(evaluation, "model_evaluation", "model_evaluation_suite")],
         )
 
     return _model

@@ -9,6 +9,8 @@ from sklearn.metrics import (
     log_loss,
 )
 
+from assets.logic import profile
+
 RANKING_METRICS = ("recall", "hr", "ndcg", "mrr")
 BOOTSTRAP_SAMPLES = 200
 
@@ -50,12 +52,13 @@ def bootstrap_interval(
     values = np.asarray(values)
     if len(values) < 2:
         return float("nan"), float("nan")
-    draws = np.random.default_rng(seed).integers(0, len(values), size=(samples, len(values)))
-    if statistic is None:
-        stats = values[draws].mean(axis=1)
-    else:
-        stats = np.array([statistic(values[d]) for d in draws], dtype=float)
-    return float(np.nanpercentile(stats, 2.5)), float(np.nanpercentile(stats, 97.5))
+    with profile.step("bootstrap"):
+        draws = np.random.default_rng(seed).integers(0, len(values), size=(samples, len(values)))
+        if statistic is None:
+            stats = values[draws].mean(axis=1)
+        else:
+            stats = np.array([statistic(values[d]) for d in draws], dtype=float)
+        return float(np.nanpercentile(stats, 2.5)), float(np.nanpercentile(stats, 97.5))
 
 
 def auc(y_true: np.ndarray, p: np.ndarray) -> float:

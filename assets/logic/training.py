@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from assets.logic import profile
 from assets.logic.candidates import COLD_ITEM_DAYS, RANKER_FEATURES
 from assets.logic.features import HISTORY_DAYS, USER_FEATURE_COLUMNS
 from assets.logic.metrics import (
@@ -173,20 +174,23 @@ def boost(lgb_params: dict, dataset, frame: pd.DataFrame, params: LightGBMParams
     rounds = params.num_boost_round
     fit, valid = validation_split(frame) if params.early_stopping_rounds else (frame, frame.iloc[0:0])
     if len(valid):
-        fit_set = dataset(fit, None)
-        first = start(fit) if start else None
-        stopped = lgb.train(
-            lgb_params,
-            fit_set,
-            num_boost_round=params.num_boost_round,
-            valid_sets=[dataset(valid, fit_set)],
-            init_model=first,
-            callbacks=[lgb.early_stopping(params.early_stopping_rounds, first_metric_only=True, verbose=False)],
-        )
+        with profile.step("rule"):
+            first = start(fit) if start else None
+        with profile.step("boost"):  # LightGBM bins the datasets first
+            fit_set = dataset(fit, None)
+            stopped = lgb.train(
+                lgb_params,
+                fit_set,
+                num_boost_round=params.num_boost_round,
+                valid_sets=[dataset(valid, fit_set)],
+                init_model=first,
+                callbacks=[lgb.early_stopping(params.early_stopping_rounds, first_metric_only=True, verbose=False)],
+            )
         rounds = stopped.best_iteration - (first.current_iteration() if first else 0)
-    return lgb.train(
-        lgb_params, dataset(frame, None), num_boost_round=rounds, init_model=start(frame) if start else None
-    )
+    with profile.step("rule"):
+        first = start(frame) if start else None
+    with profile.step("boost"):
+        return lgb.train(lgb_params, dataset(frame, None), num_boost_round=rounds, init_model=first)
 
 
 # LightGBM settings under which one regression tree on one feature reproduces a function of that feature: a leaf
