@@ -315,3 +315,30 @@ def test_a_model_is_registered_promoted_and_loaded_through_a_tracking_server_on_
             ("next_purchase_model", "challenger", ref.version),
             ("next_purchase_model", CHAMPION, ref.version),
         ]
+
+
+def test_the_deploy_files_name_what_shopseq_reads():
+    """deploy/ is not applied here (no cluster, deploy/README.md): at least its settings are shopseq's variables,
+    its volume is the home, its URL scheme is the one the CLI asks for, and its image copies every package."""
+    import tomllib
+
+    import yaml
+
+    from resources.registry import TRACKING_URI_VARIABLE, UI_URL_VARIABLE
+    from workflows.cli import DAGSTER_POSTGRES_SCHEME
+
+    settings = yaml.safe_load((REPO / "deploy" / "shopseq-settings.yaml").read_text())["data"]
+    assert set(settings) == {"SHOPSEQ_HOME", TRACKING_URI_VARIABLE, UI_URL_VARIABLE, "MLFLOW_DISABLE_TELEMETRY"}
+    values = yaml.safe_load((REPO / "deploy" / "dagster" / "values.yaml").read_text())
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    assert deployment["dagsterApiGrpcArgs"] == ["-m", "workflows.definitions"]  # the module of `defs`
+    assert deployment["volumeMounts"][0]["mountPath"] == settings["SHOPSEQ_HOME"]
+    assert f"{values['postgresql']['postgresqlScheme']}://" == DAGSTER_POSTGRES_SCHEME
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    dockerfile = (REPO / "deploy" / "Dockerfile").read_text()
+    for package in {name.split(".")[0] for name in packages}:
+        assert f"COPY {package} ./{package}\n" in dockerfile, package
+    server, _ = yaml.safe_load_all((REPO / "deploy" / "mlflow" / "mlflow.yaml").read_text())
+    command = server["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    assert "--backend-store-uri" in command and "--artifacts-destination" in command
