@@ -4,9 +4,11 @@ run from two processes at once), and the MLflow tracking server on PostgreSQL wi
 
 PostgreSQL is Debian's (``apt-get install postgresql``): a throwaway cluster in a temporary folder, on a free port,
 its socket in that folder, run as ``nobody`` when the tests run as root (``initdb`` and ``postgres`` refuse root).
-Every server runs in its own process group and is stopped by group, and every folder is removed, on failure too."""
+Every server runs in its own process group and is stopped by group, and every folder is removed, on failure too.
+Without PostgreSQL or the platform extra the module skips, unless ``SHOPSEQ_REQUIRE_SERVICES`` is set (CI)."""
 
 import glob
+import importlib.util
 import os
 import pwd
 import shutil
@@ -24,8 +26,32 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("dagster_postgres", reason='the platform extra: pip install -e ".[platform]"')
-pytest.importorskip("moto.server", reason='the platform extra: pip install -e ".[platform]"')
+
+def _postgres_bin() -> Path | None:
+    """The folder of ``initdb`` and ``postgres``: on the PATH, else Debian's newest /usr/lib/postgresql/<N>/bin."""
+    on_path = shutil.which("initdb")
+    if on_path:
+        return Path(on_path).parent
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
+    return Path(found[-1]).parent if found else None
+
+
+def _services_missing() -> str | None:
+    for module in ("dagster_postgres", "psycopg2", "boto3", "moto"):
+        if importlib.util.find_spec(module) is None:
+            return f'{module} is not installed (the platform extra: pip install -e ".[platform]")'
+    if _postgres_bin() is None:
+        return "no PostgreSQL server binaries (apt-get install postgresql)"
+    if os.geteuid() == 0 and shutil.which("runuser") is None:
+        return "running as root without runuser to start PostgreSQL as nobody"
+    return None
+
+
+_missing = _services_missing()
+if _missing and os.environ.get("SHOPSEQ_REQUIRE_SERVICES"):
+    raise RuntimeError(f"service tests required (SHOPSEQ_REQUIRE_SERVICES) but {_missing}")
+if _missing:
+    pytest.skip(f"service tests: {_missing}", allow_module_level=True)
 
 import boto3  # noqa: E402
 import lightgbm as lgb  # noqa: E402
@@ -43,25 +69,12 @@ from workflows.cli import DAGSTER_POSTGRES_URL_VARIABLE, UsageError, prepare_hom
 from workflows.definitions import defs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
+POSTGRES_BIN = _postgres_bin()
 pytestmark = pytest.mark.spark
 
 DAYS = shop_days(2)
 DAY_LOCAL_GROUPS = ("ingestion", "cleaning", "sequences")  # a day's rows read no other day
 BUCKET = "shopseq-models"
-
-
-def _postgres_bin() -> Path | None:
-    """The folder of ``initdb`` and ``postgres``: on the PATH, else Debian's newest /usr/lib/postgresql/<N>/bin."""
-    on_path = shutil.which("initdb")
-    if on_path:
-        return Path(on_path).parent
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
-    return Path(found[-1]).parent if found else None
-
-
-POSTGRES_BIN = _postgres_bin()
-if POSTGRES_BIN is None:
-    pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql)", allow_module_level=True)
 
 
 def _free_port() -> int:
@@ -290,8 +303,13 @@ def _mlflow_server(backend: str, artifacts: str, s3_endpoint: str, log: Path) ->
         _stop(server)
 
 
-def test_a_model_is_registered_promoted_and_loaded_through_a_tracking_server_on_postgres_and_s3(postgres, s3, tmp_path):
+def test_a_model_is_registered_promoted_and_loaded_through_a_tracking_server_on_postgres_and_s3(
+    postgres, s3, tmp_path, monkeypatch
+):
     endpoint, bucket = s3
+    # the clients get no way to S3 of their own: the server alone holds the bucket's endpoint and credentials
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "MLFLOW_S3_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
     frame = pd.DataFrame(np.random.default_rng(2).uniform(size=(200, 2)), columns=["a", "b"])
     booster = lgb.train({"objective": "binary", "verbosity": -1}, lgb.Dataset(frame, (frame["a"] > 0.5).astype(int)), 3)
     home = tmp_path / "home"
