@@ -89,10 +89,10 @@ class ModelRegistry(RetriesTransientFailures):
     (MLflow's process-wide tracking URI and environment are left alone).
 
     ``tracking_uri`` empty means ``$SHOPSEQ_MLFLOW_TRACKING_URI`` as the run starts, else
-    ``sqlite:///<home>/mlflow.db`` with artifacts in ``<home>/mlartifacts``. A registry that does not answer
-    raises ``RegistryUnavailable``: inside a Dagster step it is retried ``transient_retries`` times after
-    ``retry_delay_seconds``, doubling; a server is asked its health first (for up to
-    ``SERVER_CHECK_TIMEOUT_SECONDS``) until it has answered once, so a tracking server that is down fails the run
+    ``sqlite:///<home>/mlflow.db`` with artifacts in ``<home>/mlartifacts`` (a server keeps its own artifacts). A
+    registry that does not answer raises ``RegistryUnavailable``: inside a Dagster step it is retried
+    ``transient_retries`` times after ``retry_delay_seconds``, doubling; a server is asked its health first (for up
+    to ``SERVER_CHECK_TIMEOUT_SECONDS``) until it has answered once, so a tracking server that is down fails the run
     within seconds (not after MLflow's minutes of HTTP retries), and a sqlite store another process holds for a
     moment (each attempt also waits out sqlite's own busy timeout) is still retried.
     ``ui_url`` is where the MLflow UI serves this store (asset metadata links runs and versions there); empty
@@ -199,9 +199,14 @@ class ModelRegistry(RetriesTransientFailures):
         return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
     def _experiment_id(self, client, name: str) -> str:
+        """The experiment ``name``, created the first time: its artifacts in ``<home>/mlartifacts/<name>``, or, on
+        a tracking server, where the server keeps artifacts (its ``--artifacts-destination``, S3 in production),
+        so that every machine asking the server reads and writes the same files."""
         found = client.get_experiment_by_name(name)
         if found is not None:
             return found.experiment_id
+        if self.resolved_tracking_uri().startswith(("http://", "https://")):
+            return client.create_experiment(name)
         location = home_paths(self.home)["mlartifacts"] / name
         return client.create_experiment(name, artifact_location=location.resolve().as_uri())
 

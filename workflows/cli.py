@@ -11,6 +11,11 @@ from pathlib import Path
 
 # The instance settings every home's Dagster instance gets (telemetry off; why writers queue on a file lock).
 DAGSTER_YAML = Path(__file__).with_name("dagster.yaml")
+# The same with runs, event log and schedules on PostgreSQL: copied instead when this variable holds the URL.
+DAGSTER_POSTGRES_YAML = Path(__file__).with_name("dagster_postgres.yaml")
+DAGSTER_POSTGRES_URL_VARIABLE = "SHOPSEQ_DAGSTER_POSTGRES_URL"
+# SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; the platform extra installs psycopg2.
+DAGSTER_POSTGRES_SCHEME = "postgresql+psycopg2://"
 
 PSEUDONYM_KEY_VARIABLE = "SHOPSEQ_PSEUDONYM_KEY"
 # settings.json: days an ingest withdrew from the landing whose warehouse rows are still to be deleted.
@@ -50,13 +55,36 @@ def prepare_home(home: str) -> Path:
         root = Path(home).expanduser().resolve()
         dagster_home = root / "dagster_home"
         dagster_home.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(DAGSTER_YAML, dagster_home / "dagster.yaml")
+        write_instance_settings(dagster_home)
     except (OSError, ValueError) as error:  # a file in the way, no permission, a NUL byte in the name
         raise UsageError(f"--home {home!r} cannot be used as a home folder: {error}") from None
     os.environ["SHOPSEQ_HOME"] = str(root)
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     return root
+
+
+def write_instance_settings(dagster_home: Path) -> None:
+    """Copy shopseq's instance settings to ``<dagster_home>/dagster.yaml``: ``dagster_postgres.yaml`` when
+    ``$SHOPSEQ_DAGSTER_POSTGRES_URL`` is set, else ``dagster.yaml``. Every command rewrites the file, so that a
+    home follows the variable and the installed shopseq; a file whose first line is not shopseq's is the user's own
+    instance configuration and is left as it is."""
+    url = os.environ.get(DAGSTER_POSTGRES_URL_VARIABLE, "")
+    target = dagster_home / "dagster.yaml"
+    first_line = DAGSTER_YAML.read_text().splitlines()[0]
+    if target.exists() and target.read_text().splitlines()[:1] != [first_line]:
+        if url:
+            raise UsageError(
+                f"{DAGSTER_POSTGRES_URL_VARIABLE} is set but {target} holds your own instance settings (its first "
+                "line is not shopseq's), which shopseq does not overwrite: unset the variable, or delete the file"
+            )
+        return
+    if url and not url.startswith(DAGSTER_POSTGRES_SCHEME):
+        raise UsageError(
+            f"{DAGSTER_POSTGRES_URL_VARIABLE} must start with {DAGSTER_POSTGRES_SCHEME} (SQLAlchemy 2.1 reads a bare "
+            f"postgresql:// as psycopg 3, which is not installed), not {url.split(':')[0]}:"
+        )
+    shutil.copyfile(DAGSTER_POSTGRES_YAML if url else DAGSTER_YAML, target)
 
 
 class StageFailed(RuntimeError):
