@@ -138,6 +138,32 @@ class SparkLake:
         folder.getFileSystem(self.spark.sparkContext._jsc.hadoopConfiguration()).delete(folder, True)
 
 
+class SparkConnection:
+    """DuckDB's ``execute(sql, params).fetchall()`` over Spark, for read-side code written against a DuckDB
+    connection (``expectations.sql.sql_outcomes``): each statement, DuckDB SQL, is translated by ``to_spark``
+    (``schemas`` for its stars) and its rows collected to the driver, so keep them small (counts, examples)."""
+
+    def __init__(self, spark, schemas: Mapping[str, list[str]] | None = None):
+        self.spark = spark
+        self.schemas = schemas or {}
+
+    def execute(self, sql: str, params: Mapping | None = None) -> "SparkRows":
+        return SparkRows([tuple(row) for row in self.spark.sql(to_spark(sql, params, self.schemas)).collect()])
+
+
+class SparkRows:
+    """The collected rows of one statement, read like a DuckDB result."""
+
+    def __init__(self, rows: list[tuple]):
+        self.rows = rows
+
+    def fetchall(self) -> list[tuple]:
+        return list(self.rows)
+
+    def fetchone(self) -> tuple | None:
+        return self.rows[0] if self.rows else None
+
+
 def attach_lake(conn: duckdb.DuckDBPyConnection, home: str) -> list[str]:
     """Views on ``conn`` named after the lake's tables (``read_parquet`` with Hive partitioning, the table's
     columns and types), for the CLI and ``explain`` to read a Spark home; returns the tables attached."""

@@ -108,3 +108,29 @@ def test_engine_setting(tmp_path):
     with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as conn:
         assert conn.sql("SELECT day, user_id, n_events FROM user_sequences").fetchall() == [(day, "u1", 2)]
     assert not (tmp_path / "lake").exists()
+
+
+def test_suite_expectations_count_the_same_rows_on_spark(spark):
+    """The suites' row-wise expectations (``expectations.sql``), compiled once and run through the translation on
+    Spark, give DuckDB's outcomes (which ``tests/unit/test_expectations.py`` holds to GX's)."""
+    from expectations.sql import sql_outcomes
+    from resources.engine import SparkConnection
+    from tests.unit.test_expectations import PARITY_EXPECTATIONS
+
+    conn = duckdb.connect()
+    conn.execute("""CREATE TABLE frame AS SELECT * REPLACE (CAST(price AS DOUBLE) AS price) FROM (VALUES
+        ('a', 1.0, 1, 'view', '1'), ('a', -2.0, 2, 'teleport', '2'), (NULL, NULL, 2, NULL, '2'),
+        ('b', 7.0, 3, 'purchase', NULL), ('b', 3.0, 3, 'view', NULL), ('c', 0.0, 9, 'fly', '3'))
+        v(user_id, price, rank, event_type, event_id)""")
+    spark.createDataFrame(
+        conn.sql("SELECT * FROM frame").fetchall(),
+        "user_id STRING, price DOUBLE, rank INT, event_type STRING, event_id STRING",
+    ).createOrReplaceTempView("frame")
+    relation = "(SELECT * FROM frame WHERE rank >= $low)"
+    by_duckdb = sql_outcomes(conn, relation, {"low": 1}, PARITY_EXPECTATIONS)
+    by_spark = sql_outcomes(SparkConnection(spark), relation, {"low": 1}, PARITY_EXPECTATIONS)
+    assert by_duckdb[0] == by_spark[0] == 6
+    assert [o["success"] for o in by_spark[1]] == [o["success"] for o in by_duckdb[1]]
+    assert [o["unexpected_count"] for o in by_spark[1]] == [o["unexpected_count"] for o in by_duckdb[1]]
+    assert [o["examples"] for o in by_spark[1]] == [o["examples"] for o in by_duckdb[1]]
+    assert by_spark[1][4]["examples"] == ["fly", "teleport"]
