@@ -68,6 +68,10 @@ def test_parameters_refused(params, message):
         to_spark("SELECT $day", params)
 
 
+def test_unnest_of_a_parameter_list():
+    assert to_spark("SELECT unnest($ids) AS id", {"ids": ["a", "b"]}) == "SELECT EXPLODE(ARRAY('a', 'b')) AS id"
+
+
 def test_interval_with_parenthesised_quantity():
     assert "INTERVAL 30 MINUTE" in to_spark("SELECT t - INTERVAL (30) MINUTE FROM e", {})
 
