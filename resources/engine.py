@@ -20,7 +20,7 @@ import duckdb
 from dagster import ConfigurableResource, InitResourceContext
 
 from assets.logic.schema import DAILY_TABLES
-from assets.logic.spark_sql import table_layout, to_spark
+from assets.logic.spark_sql import table_layout, tables_read, to_spark
 from assets.logic.warehouse_sql import ensure_table, replace_window
 from resources.home import home_paths
 
@@ -83,9 +83,9 @@ class SparkLake:
         schema = ", ".join(f"{c} {t}" for c, _, t, _ in layout)
         return self.spark.createDataFrame([], schema)
 
-    def register_views(self) -> None:
-        """Every daily table as a temp view of its name, listed afresh (a view keeps the files it first saw)."""
-        for table in DAILY_TABLES:
+    def register_views(self, tables=DAILY_TABLES) -> None:
+        """The daily ``tables`` as temp views of their names, listed afresh (a view keeps the files it first saw)."""
+        for table in tables:
             self.table(table).createOrReplaceTempView(table)
 
     def replace_day(self, table: str, day: dt.date, start, end, select_sql: str, params: Mapping | None = None) -> int:
@@ -101,7 +101,7 @@ class SparkLake:
 
         layout = table_layout(table)
         day_column = DAILY_TABLES[table]
-        self.register_views()
+        self.register_views([t for t in DAILY_TABLES if t in tables_read(select_sql)])
         rows = self.spark.sql(to_spark(select_sql, params, self.schemas()))
         extra = sorted(set(rows.columns) - {c for c, *_ in layout})
         if extra:

@@ -57,6 +57,11 @@ def to_spark(sql: str, params: Mapping | None = None, schemas: Mapping[str, Sequ
     return tree.sql(dialect="spark")
 
 
+def tables_read(sql: str) -> set[str]:
+    """The names of the tables (and CTEs) a DuckDB statement reads."""
+    return {table.name for table in sqlglot.parse_one(sql, read="duckdb").find_all(exp.Table)}
+
+
 def bind_parameters(tree: exp.Expression, params: Mapping) -> exp.Expression:
     """``tree`` with each ``$name`` replaced by the typed literal of ``params[name]``."""
 

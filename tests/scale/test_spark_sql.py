@@ -72,6 +72,12 @@ def test_unnest_of_a_parameter_list():
     assert to_spark("SELECT unnest($ids) AS id", {"ids": ["a", "b"]}) == "SELECT EXPLODE(ARRAY('a', 'b')) AS id"
 
 
+def test_tables_read():
+    from assets.logic.spark_sql import tables_read
+
+    assert {"cleaned_events", "user_features"} <= tables_read(daily_statements(DAYS[0])[-1].sql)
+
+
 def test_interval_with_parenthesised_quantity():
     assert "INTERVAL 30 MINUTE" in to_spark("SELECT t - INTERVAL (30) MINUTE FROM e", {})
 
@@ -122,11 +128,11 @@ def test_union_all_by_name_aligns_the_branches():
 # -- the rewrites on Spark against DuckDB ------------------------------------------------------------------------
 
 # Rows that tell each difference apart: a pair of times 0.2 s apart across a second boundary, a latest row with a
-# NULL value, a whole-number division that decimals would round.
+# NULL value, a whole-number division that decimals would round, rows out of time order.
 _EDGE_ROWS = """(SELECT * FROM (VALUES
+    ('u1', TIMESTAMP '2025-03-01 00:31:02', 'z', NULL, 7),
     ('u1', TIMESTAMP '2025-03-01 00:00:00.900', 'x', 'c1', 10),
     ('u1', TIMESTAMP '2025-03-01 00:00:01.100', 'y', NULL, 20),
-    ('u1', TIMESTAMP '2025-03-01 00:31:02', 'z', NULL, 7),
     ('u2', TIMESTAMP '2025-03-01 10:00:00', 'a', 'c2', 1)) v(user_id, t, item, category, n))"""
 _EDGE_SQL = f"""
 SELECT user_id,
