@@ -194,7 +194,9 @@ class Engine(ConfigurableResource):
 
     def check(self) -> None:
         if self.engine not in ENGINES:
-            raise ValueError(f"engine {self.engine!r} is not one of {', '.join(ENGINES)} (setting SHOPSEQ_ENGINE)")
+            raise ValueError(
+                f"engine {self.engine!r} is not one of {', '.join(ENGINES)} (the Engine resource's engine setting)"
+            )
 
     def replace_day(self, table: str, day: dt.date, start, end, select_sql: str, params: Mapping | None = None) -> int:
         """Replace the day ``day`` (rows of ``table`` with its day column in ``[start, end)``) with the rows of the
