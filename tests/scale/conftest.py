@@ -1,0 +1,29 @@
+import os
+
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+# Spark on tiny data is all overhead: whole-stage code generation compiles every query (seconds each), adaptive
+# execution plans twice, and 200 shuffle partitions are 200 tasks of nothing.
+FAST_SPARK_CONF = {
+    "spark.sql.codegen.wholeStage": "false",
+    "spark.sql.adaptive.enabled": "false",
+    "spark.sql.shuffle.partitions": "1",
+    "spark.default.parallelism": "2",
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.driver.memory": "1g",
+}
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """The one Spark session of the test run (``local[2]``), shared by every test that needs one."""
+    pytest.importorskip("pyspark", reason='the spark tests need the spark extra: pip install -e ".[spark]"')
+    from resources.engine import spark_session
+
+    session = spark_session("local[2]", FAST_SPARK_CONF)
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
