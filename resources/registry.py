@@ -17,7 +17,8 @@ import pandas as pd
 from dagster import InitResourceContext
 from pydantic import PrivateAttr
 
-from assets.logic.policies import LEARNED, RULE
+# ``assets.logic.policies`` is imported where it is used: importing any module of the ``assets`` package builds the
+# asset graph, whose modules import this package (``import resources`` first would then find it half made).
 from resources.home import home_paths
 from resources.transient import RetriesTransientFailures
 
@@ -329,6 +330,8 @@ class ModelRegistry(RetriesTransientFailures):
         import lightgbm
         import mlflow.lightgbm
 
+        from assets.logic.policies import LEARNED
+
         ref = self._log_version(
             model_name,
             lambda path, mlflow_model, signature, example: mlflow.lightgbm.save_model(
@@ -365,6 +368,7 @@ class ModelRegistry(RetriesTransientFailures):
         now (an MLflow pyfunc whose ``predict`` is the rule, with its definition as parameters) if none does."""
         import numpy as np
 
+        from assets.logic.policies import RULE
         from resources.rule_model import RuleModel
 
         digest = policy.sha256()  # hex digits and a catalogue model name: nothing from a user in the filter
@@ -469,6 +473,8 @@ class ModelRegistry(RetriesTransientFailures):
         import mlflow.artifacts
         import mlflow.lightgbm
         import mlflow.pyfunc
+
+        from assets.logic.policies import LEARNED, RULE
 
         tags = self.run_tags(ref)  # versions logged before rules were policies: learned boosters
         uri = self.resolved_tracking_uri()

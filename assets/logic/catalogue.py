@@ -369,14 +369,27 @@ def _next_event_replay(conn, model, day: dt.date, tz: str) -> pd.DataFrame | Non
 # --- the in-session next-item model -------------------------------------------------------------------------------
 
 
+# Training prefixes per session: a long session's prefixes share most of their candidates and features, and every
+# prefix costs its candidates (on the synthetic shop's sessions of 17 events, all of them tripled the training set);
+# the hold-out measures every position.
+TRAIN_POSITIONS_PER_SESSION = 5
+
+
 def _session_rows(conn, train_days: list[dt.date], holdout: dt.date, tz: str) -> pd.DataFrame:
     """The prefixes of the sessions that start on the day after each cut-off, with their candidates: the item side
-    from the events before that day, the prefix from its own session (``session_model.session_frame``)."""
+    from the events before that day, the prefix from its own session (``session_model.session_frame``; at most
+    ``TRAIN_POSITIONS_PER_SESSION`` of a training session's prefixes)."""
     frames = []
     for split, days in (("train", train_days), ("holdout", [holdout])):
         for day in days:
             start, end = day_bounds(day + dt.timedelta(days=1), tz)
-            rows = session_model.session_frame(conn, start, end, positives_only=split == "train")
+            rows = session_model.session_frame(
+                conn,
+                start,
+                end,
+                positives_only=split == "train",
+                positions_per_session=TRAIN_POSITIONS_PER_SESSION if split == "train" else 0,
+            )
             frames.append(rows.assign(split=split, as_of_date=pd.Timestamp(day).as_unit("ns")))
     return pd.concat(frames, ignore_index=True)
 

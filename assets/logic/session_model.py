@@ -206,10 +206,13 @@ WINDOW w AS (PARTITION BY user_id, session_id ORDER BY event_time, event_id)
 """
 
 
-def _target_prefixes(conn: duckdb.DuckDBPyConnection, start: dt.datetime, end: dt.datetime) -> None:
+def _target_prefixes(
+    conn: duckdb.DuckDBPyConnection, start: dt.datetime, end: dt.datetime, positions_per_session: int = 0
+) -> None:
     """Temp tables ``sm_prefixes`` (one row per prefix of a session that starts in ``[start, end)``: sessions
     belong to the day they start, as session-rec splits by session, so one running past midnight is evaluated
-    whole and every prefix's events come after the item side's) and ``sm_steps`` (each prefix's own events,
+    whole and every prefix's events come after the item side's; with ``positions_per_session``, at most that many
+    of each session's prefixes, a fixed pseudo-random choice) and ``sm_steps`` (each prefix's own events,
     ``step`` 1 .. ``position``), after ``_item_side``."""
     conn.execute(
         f"""
@@ -224,7 +227,10 @@ def _target_prefixes(conn: duckdb.DuckDBPyConnection, start: dt.datetime, end: d
         SELECT user_id || '/' || session_id || '/' || step AS prefix_id, user_id, session_id, step AS position,
                event_time AS prefix_time, item_id AS last_item, next_item
         FROM sm_sequences WHERE next_item IS NOT NULL
-        """
+        QUALIFY $per_session = 0 OR row_number() OVER (
+            PARTITION BY user_id, session_id ORDER BY hash(user_id, session_id, step), step) <= $per_session
+        """,
+        {"per_session": positions_per_session},
     )
     conn.execute(
         """
@@ -390,7 +396,12 @@ def _candidates(conn: duckdb.DuckDBPyConnection, positives_only: bool, width: in
 
 
 def session_frame(
-    conn: duckdb.DuckDBPyConnection, target_start: dt.datetime, target_end: dt.datetime, *, positives_only: bool
+    conn: duckdb.DuckDBPyConnection,
+    target_start: dt.datetime,
+    target_end: dt.datetime,
+    *,
+    positives_only: bool,
+    positions_per_session: int = 0,
 ) -> pd.DataFrame:
     """One row per (prefix, candidate) for every prefix of the sessions that start in ``[target_start, target_end)``
     (UTC, naive like ``event_time``), with ``relevance`` 1 on the true next item. The item side reads the events
@@ -399,10 +410,12 @@ def session_frame(
     shares). ``cutoff`` (= ``target_start``) tells the stacked days of a training set apart, ``window_end`` (=
     ``target_end``) closes the window for the evaluation's targets, and ``catalogue_items`` (items known at the
     cut-off) is the denominator of coverage. ``positives_only`` keeps the prefixes whose next item is among their
-    candidates: the only ones LambdaRank learns from."""
+    candidates: the only ones LambdaRank learns from. ``positions_per_session`` (0: all) keeps at most that many
+    prefixes of each session (``_target_prefixes``), for training: a long session's prefixes share most of their
+    candidates and features."""
     try:
         _item_side(conn, target_start)
-        _target_prefixes(conn, target_start, target_end)
+        _target_prefixes(conn, target_start, target_end, positions_per_session)
         frame = _candidates(conn, positives_only)
     finally:
         _drop_temp(conn)

@@ -125,3 +125,14 @@ def test_a_segment_that_drops_beyond_the_tolerance_and_its_interval_blocks_promo
         "new_users 0.3700 (95% CI up to 0.3750) < 0.4000 - 5%"
     ]
     assert segment_regressions(challenger, champion, "any", "ndcg@20", 0.10) == []
+
+
+def test_every_package_imports_first_in_a_new_process():
+    """``import resources`` before ``assets`` used to fail: the registry imported ``assets``, whose asset modules
+    import ``resources`` while it was half made."""
+    import subprocess
+    import sys
+
+    for package in ("resources", "resources.engine", "assets", "workflows.definitions"):
+        done = subprocess.run([sys.executable, "-c", f"import {package}"], capture_output=True, text=True)
+        assert done.returncode == 0, f"import {package}: {done.stderr[-800:]}"
