@@ -114,6 +114,7 @@ def test_bad_input_to_the_export_and_the_read_is_refused_with_the_reason(tmp_pat
 @pytest.fixture(scope="module")
 def dask_client():
     """A local cluster of two worker processes, one thread each, closed even when a test fails."""
+    pytest.importorskip("distributed", reason='the Dask tests need the spark extra: pip install -e ".[spark]"')
     from distributed import Client, LocalCluster
 
     with (
@@ -187,12 +188,16 @@ def test_lightgbm_dask_trains_the_ranker_and_a_next_action_model_close_to_one_no
     assert lift > 0.03 and abs(quality["dask"] - quality["single"]) < 0.1 * lift
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def scale_spark():
     """One local[2] Spark session for these tests (codegen and AQE off, one shuffle partition: small data, fast
     plans), stopped even when a test fails."""
+    pytest.importorskip("pyspark", reason='the spark tests need the spark extra: pip install -e ".[spark]"')
     from pyspark.sql import SparkSession
 
+    if (running := SparkSession.getActiveSession()) is not None:  # another module's shared session: theirs to stop
+        yield running
+        return
     patch = pytest.MonkeyPatch()
     patch.setenv("SPARK_LOCAL_IP", "127.0.0.1")  # the loopback only, whatever the host name resolves to
     spark = (
