@@ -1,4 +1,5 @@
 import os
+import sys
 
 import pytest
 
@@ -14,6 +15,10 @@ FAST_SPARK_CONF = {
     "spark.ui.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
     "spark.driver.memory": "1g",
+    # the loopback only, whatever the host name resolves to (192.0.2.2 here), and this interpreter for Python UDFs
+    "spark.driver.host": "127.0.0.1",
+    "spark.driver.bindAddress": "127.0.0.1",
+    "spark.pyspark.python": sys.executable,
 }
 
 

@@ -19,10 +19,8 @@ def test_steps_are_timed_without_the_steps_inside_them_and_add_up():
 def test_a_step_outside_a_profile_records_nothing_and_profiles_do_not_leak():
     with profile.step("alone"):
         pass
-    with profile.profiled() as first:
-        with profile.step("a"):
-            pass
-    with profile.profiled() as second:
-        with profile.step("b"):
-            pass
+    with profile.profiled() as first, profile.step("a"):
+        pass
+    with profile.profiled() as second, profile.step("b"):
+        pass
     assert set(first) == {"a"} and set(second) == {"b"}
