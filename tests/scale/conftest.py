@@ -1,9 +1,22 @@
+import importlib.util
 import os
 import sys
 
 import pytest
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+# Without the spark extra these modules cannot even be imported (SQLGlot, the engine): they are left out of the run,
+# and the report header says so.
+_MISSING = [name for name in ("sqlglot", "pyspark", "distributed") if importlib.util.find_spec(name) is None]
+collect_ignore_glob = ["test_spark_*.py", "test_distributed.py"] if _MISSING else []
+
+
+def pytest_report_header(config):
+    if _MISSING:
+        missing = ", ".join(_MISSING)
+        return f'tests/scale: the Spark and Dask tests are not collected ({missing} missing): pip install -e ".[spark]"'
+
 
 # Spark on tiny data is all overhead: whole-stage code generation compiles every query (seconds each), adaptive
 # execution plans twice, and 200 shuffle partitions are 200 tasks of nothing.
