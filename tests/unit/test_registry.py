@@ -123,3 +123,19 @@ def test_versions_are_logged_and_loaded_through_the_registrys_own_uri_leaving_ml
     }
     assert mlflow.get_tracking_uri() == global_uri and dict(os.environ) == environment
     assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]
+
+
+def test_a_dataset_input_counts_every_row_and_its_digest_reads_every_value():
+    """The schema comes from the first rows (``SCHEMA_ROWS``), but the row count and the digest from all of them."""
+    import json
+
+    from resources.registry import SCHEMA_ROWS, _dataset_entity
+
+    frame = pd.DataFrame({"a": np.arange(SCHEMA_ROWS * 3, dtype=float), "day": pd.Timestamp("2025-03-01")})
+    entity = _dataset_entity(frame, "train split")
+    assert json.loads(entity.profile)["num_rows"] == len(frame) and entity.name == "train split"
+    assert [c["name"] for c in json.loads(entity.schema)["mlflow_colspec"]] == ["a", "day"]
+    changed = frame.copy()
+    changed.loc[len(frame) - 1, "a"] = -1.0  # a row past the schema's sample
+    assert _dataset_entity(changed, "train split").digest != entity.digest
+    assert _dataset_entity(frame.copy(), "train split").digest == entity.digest
