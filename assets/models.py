@@ -306,7 +306,7 @@ def _training_set_asset(spec: TrainingSetSpec):
                     spec,
                     f"{len(cutoffs)} cut-off day(s) with labels for it; it needs 2, one of them for the hold-out",
                 )
-            train_days, holdout_day = training.split_cutoffs(cutoffs, config.train_days)
+            train_days, holdout_day = training.split_cutoffs(cutoffs, spec.train_days(config.train_days))
             frame = spec.build(conn, train_days, holdout_day, tz)
             replace_table(conn, spec.table, frame)
             suite, per_day = spec.point_in_time(conn, frame)

@@ -111,3 +111,16 @@ def test_a_served_ranker_score_is_the_rules_offset_plus_the_boosted_residual(mon
     monkeypatch.setattr(serving, "COMPILED_SCORING_ROWS", 1)  # the compiled path of large batches reads the same file
     serving._compiled.cache_clear()
     assert np.allclose(serving.ranker_scores(booster, frame), offset + residual, rtol=0, atol=1e-9)
+
+
+def test_a_training_set_stacks_the_days_asked_within_its_own_limit():
+    from assets.logic.catalogue import TRAINING_SETS
+
+    session, ranker = TRAINING_SETS["session_training_set"], TRAINING_SETS["ranker_training_set"]
+    assert session.max_train_days and ranker.max_train_days == 0
+    limit = session.max_train_days
+    assert [session.train_days(asked) for asked in (0, limit - 1, limit + 3)] == [limit, limit - 1, limit]
+    assert [ranker.train_days(asked) for asked in (0, 3)] == [0, 3]
+    days = [dt.date(2025, 3, d) for d in range(1, 15)]
+    train, holdout = training.split_cutoffs(days, session.train_days(0))
+    assert train == days[-1 - limit : -1] and holdout == days[-1]
