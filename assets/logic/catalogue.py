@@ -580,6 +580,7 @@ TRAINING_SETS[GRU_TRAINING_SET] = TrainingSetSpec(
     "The events of the sessions that start on the day after each cut-off, in order, their events on items never "
     "seen before the cut-off removed: the prefixes of the session training set, as sequences.",
     _session_cutoffs,
+    max_train_days=SESSION_TRAIN_DAYS,  # the session training set's days
 )
 
 
