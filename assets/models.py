@@ -43,9 +43,10 @@ _COMMON = dict(group_name="training", owners=["team:ml"])
 
 
 class TrainingSetConfig(Config):
-    train_days: int = 0
+    train_days: int = 7
     """How many consecutive cut-off days before the hold-out day are stacked for training (0: every labelled one;
-    the last of them is the validation day that picks the number of boosting rounds)."""
+    the last of them is the validation day that picks the number of boosting rounds). A week by default: training
+    time grows with every day stacked, and behaviour older than a week says less of tomorrow."""
 
 
 class TrainingConfig(Config):
