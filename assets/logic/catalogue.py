@@ -529,10 +529,28 @@ def _gru_train(frame: pd.DataFrame, params: training.LightGBMParams) -> gru_mode
     return gru_model.train_gru(days, gru_model.GRUParams(seed=params.seed))
 
 
+def _session_candidates(conn, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
+    """The session reranker's candidates of the positions of the sessions that start in ``[start, end)``: its
+    training set's hold-out rows when they are of that window (the rows ``session_model.session_frame`` makes, made
+    once), else made."""
+    built = conn.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'session_training_set'"
+    ).fetchall()[0][0]
+    if (
+        built
+        and conn.execute(
+            "SELECT count(*) FROM session_training_set WHERE split = 'holdout' AND cutoff = $start AND window_end = $end",
+            {"start": start, "end": end},
+        ).fetchall()[0][0]
+    ):
+        return read_training_set(conn, "session_training_set", "holdout").drop(columns=["split", "as_of_date"])
+    return session_model.session_frame(conn, start, end, positives_only=False)
+
+
 def _gru_measure(conn, model, sequences: pd.DataFrame, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
     """The GRU's served lists (``gru_model.evaluate_gru``), or a rule's, on the positions of the sessions that start
     in ``[start, end)``, beside every session rule ranked on the session reranker's candidates of those positions."""
-    candidates = session_model.session_frame(conn, start, end, positives_only=False)
+    candidates = _session_candidates(conn, start, end)
     targets = session_model.session_targets(conn, start, end)
     if not isinstance(model, gru_model.GRUSessionModel):
         return session_model.evaluate_sessions(candidates, model, targets)
@@ -673,7 +691,8 @@ CATALOGUE: dict[str, ModelSpec] = {
             "the items) listing each session prefix's top next items over every item it learned, evaluated by the "
             "session protocol on the in-session reranker's positions beside SR, SR over the last three items, "
             "session-kNN, Markov and popularity.",
-            reads=("cleaned_events",),  # the positions and candidates of the session protocol
+            # the positions of the session protocol, and their candidates (made once, by the session training set)
+            reads=("cleaned_events", "session_training_set"),
             log=_log_gru,
         ),
     )

@@ -2,6 +2,7 @@ import datetime as dt
 import importlib.util
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from assets.logic import gru_model as gm
@@ -186,3 +187,27 @@ def test_without_the_deep_extra_the_gru_is_skipped_with_the_install_command(monk
 def test_tied_embeddings_need_a_state_as_wide_as_the_embedding():
     with pytest.raises(ValueError, match="tied embeddings need hidden == embedding, got hidden 16 and embedding 8"):
         gm.GRUParams(embedding=8, hidden=16)
+
+
+def test_the_gru_is_measured_on_the_candidates_the_session_training_set_made_once():
+    """``_session_candidates`` reads the session reranker's hold-out rows instead of making them again: the same
+    rows ``session_frame`` makes for that window."""
+    from assets.logic import catalogue
+    from assets.logic.warehouse_sql import replace_table
+
+    conn = _warehouse(_random_log())
+    cutoffs = [d.date() for d in (_window(0)[0], _window(1)[0], _window(2)[0])]
+    frame = catalogue.TRAINING_SETS["session_training_set"].build(conn, cutoffs[:2], cutoffs[2], "UTC")
+    replace_table(conn, "session_training_set", frame)
+    start, end = _window(3)
+    made = sm.session_frame(conn, start, end, positives_only=False)
+    conn.execute("UPDATE session_training_set SET relevance = -1 WHERE split = 'holdout'")  # tells read from made
+    read = catalogue._session_candidates(conn, start, end)
+    assert (read["relevance"] == -1).all()
+    pd.testing.assert_frame_equal(
+        read.drop(columns="relevance")[made.columns.drop("relevance")],
+        made.drop(columns="relevance"),
+        check_dtype=False,
+    )
+    other = catalogue._session_candidates(conn, *_window(2))  # another window: made
+    assert (other["relevance"] >= 0).all() and len(other)
