@@ -539,7 +539,8 @@ def _session_candidates(conn, start: dt.datetime, end: dt.datetime) -> pd.DataFr
     if (
         built
         and conn.execute(
-            "SELECT count(*) FROM session_training_set WHERE split = 'holdout' AND cutoff = $start AND window_end = $end",
+            "SELECT count(*) FROM session_training_set "
+            "WHERE split = 'holdout' AND cutoff = $start AND window_end = $end",
             {"start": start, "end": end},
         ).fetchall()[0][0]
     ):
