@@ -11,6 +11,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -206,7 +207,7 @@ def _worker_demo(args, meter: Meter) -> dict:
 
     shutil.rmtree(args.home, ignore_errors=True)
     with meter.stage("demo"):
-        if shopseq(["demo", "--home", str(args.home)]) != 0:
+        if shopseq(["demo", "--home", str(args.home), *shlex.split(args.demo_options)]) != 0:
             raise RuntimeError("shopseq demo failed in the benchmark")
     instance = DagsterInstance.get()  # the demo's, under its home
     steps, profiles = [], {}
@@ -240,6 +241,7 @@ def worker_main(argv: list[str]) -> None:
     parser.add_argument("--landing")
     parser.add_argument("--train-rows", type=int, default=TRAIN_ROWS)
     parser.add_argument("--score-users", type=int, default=SCORE_USERS)
+    parser.add_argument("--demo-options", default="")
     args = parser.parse_args(argv)
     meter = Meter()
     extra = WORKERS[args.worker](args, meter)
@@ -255,7 +257,7 @@ def _peak_mb(worker: dict) -> int:
 def _run_worker(name: str, **options) -> dict:
     command = [sys.executable, "-m", "bench.run", "--worker", name]
     for key, value in options.items():
-        command += [f"--{key.replace('_', '-')}", str(value)]
+        command.append(f"--{key.replace('_', '-')}={value}")  # one word: a value may start with "--"
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     out = subprocess.run(command, capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parent.parent)
     lines = [line for line in out.stdout.splitlines() if line.startswith("BENCH ")]
@@ -531,10 +533,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--demo", action="store_true", help="only `shopseq demo` on a new home, with where each model spends its time"
     )
+    parser.add_argument("--demo-options", default="", help="options of that demo, e.g. '--days 4' (default: none)")
     args = parser.parse_args(argv)
     if args.demo:
-        demo = _run_worker("demo", home=Path(args.workdir).resolve() / "demo")
-        print(demo_report(demo))
+        print("shopseq demo on a new home ...", flush=True)
+        demo = _run_worker("demo", home=Path(args.workdir).resolve() / "demo", demo_options=args.demo_options)
+        text = demo_report(demo)
+        print(text)
+        if args.out:
+            Path(args.out).write_text(text)
         return 0
     from bench.data import make_day
 
@@ -573,9 +580,6 @@ def main(argv: list[str] | None = None) -> int:
                 run[name] = _run_worker(name, home=folder, landing=landing)
                 results["sizes"][events] = run
                 save()
-        print("shopseq demo on a new home ...", flush=True)
-        results["demo"] = _run_worker("demo", home=workdir / "demo")
-        save()
         if not args.skip_models:
             print(
                 f"training on {args.train_rows:,} ranking rows and scoring {args.score_users:,} users ...", flush=True
@@ -588,8 +592,6 @@ def main(argv: list[str] | None = None) -> int:
             )
             save()
     text = report(results, results["check"], args.check_events, results["models"], _machine(), results["started"])
-    if results.get("demo"):
-        text += demo_report(results["demo"])
     print(text)
     if args.out:
         Path(args.out).write_text(text)

@@ -187,6 +187,10 @@ def test_training_registers_models_and_promotes_a_champion(built):
         f"/#/experiments/{run_experiment(registry, ranker)}/runs/{ranker.run_id}"
     )
     assert metadata["mlflow_model_version"].value.endswith("/#/models/shopseq_next_item_ranker/versions/1")
+    # where the model asset's seconds went: steps that add up to them (assets.logic.profile)
+    profile = metadata["profile"].value
+    assert {"read", "rule", "boost", "evaluate", "bootstrap", "mlflow", "store", "other"} <= set(profile)
+    assert abs(sum(profile.values()) - metadata["seconds"].value) < 0.05 and min(profile.values()) >= -0.01
     for node in ("ranker_training_set", "next_action_training_set", "next_event_training_set"):
         metadata = training.asset_materializations_for_node(node)[0].metadata
         assert metadata["dagster/row_count"].value > 0 and "|" in metadata["preview"].value and "seconds" in metadata

@@ -67,3 +67,33 @@ def test_a_tiny_benchmark_measures_every_stage_and_writes_the_report(tmp_path):
     assert len(verdicts) == 7 and set(verdicts) <= {"met", "**not met**"}, targets
     # the CPU the hypervisor took, once per size and once for the models: without it, two runs' seconds do not compare
     assert report.count("steal in /proc/stat") == 3
+
+
+def test_bench_demo_reports_each_asset_and_where_each_model_asset_spent_its_seconds(tmp_path):
+    out = tmp_path / "demo.md"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "workflows.cli",
+            "bench",
+            "--demo",
+            "--demo-options=--days 5 --events-per-day 1500",
+            "--workdir",
+            str(tmp_path / "work"),
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = out.read_text()
+    assert "| daily_pipeline " in report and "| publish " in report and "shopseq demo ≤ 90 s" in report
+    profiles = report.split("Where each model asset")[1].split("| target")[0]
+    header = profiles.splitlines()[2]
+    assert all(step in header for step in ("read", "boost", "evaluate", "bootstrap", "mlflow", "other", "total"))
+    for asset in ("next_purchase_model", "next_item_ranker", "next_event_model", "session_next_item_model"):
+        assert f"| {asset} " in profiles, asset
