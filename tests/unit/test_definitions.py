@@ -129,10 +129,14 @@ def test_a_segment_that_drops_beyond_the_tolerance_and_its_interval_blocks_promo
 
 def test_every_package_imports_first_in_a_new_process():
     """``import resources`` before ``assets`` used to fail: the registry imported ``assets``, whose asset modules
-    import ``resources`` while it was half made."""
+    import ``resources`` while it was half made. And with pyspark installed without Spark Connect's packages,
+    importing Great Expectations in a process whose ``__main__`` has no file (``python -c``, Dagster's run workers)
+    ended the process with exit code 0 (pyspark's doctest check): every backfill launched from the UI failed."""
     import subprocess
     import sys
 
-    for package in ("resources", "resources.engine", "assets", "workflows.definitions"):
-        done = subprocess.run([sys.executable, "-c", f"import {package}"], capture_output=True, text=True)
-        assert done.returncode == 0, f"import {package}: {done.stderr[-800:]}"
+    for package in ("resources", "resources.engine", "assets", "workflows.definitions", "great_expectations"):
+        done = subprocess.run(
+            [sys.executable, "-c", f"import {package}; print('imported')"], capture_output=True, text=True
+        )
+        assert done.returncode == 0 and done.stdout.strip() == "imported", f"import {package}: {done.stderr[-800:]}"
