@@ -28,6 +28,7 @@ DAILY_STAGES = [
     "item_features",
     "ranking_candidates",
 ]
+SPARK_MASTERS = ("local[2]", "local[1]")  # the first beside DuckDB, both for the scaling estimate
 TRAIN_ROWS = 1_000_000
 SCORE_USERS = 1_000_000
 
@@ -110,6 +111,62 @@ def _worker_shopseq(args, meter: Meter) -> dict:
     with duckdb.connect(f"{args.home}/warehouse.duckdb", read_only=True) as conn:
         sizes = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in DAILY_STAGES}
     return {"rows": sizes}
+
+
+def _worker_spark(args, meter: Meter) -> dict:
+    """The same day's stages on Spark local mode (``--master``): raw events as the pipeline's run of the day wrote
+    them (the landing reader stays DuckDB's), then every daily statement translated from its DuckDB source
+    (``spark_sql.daily_statements``) and written as the day's Parquet partition (``resources.engine.SparkLake``).
+    The peak RSS is this Python process's; the JVM's memory is not in it."""
+    import duckdb
+
+    from assets.logic.spark_sql import daily_statements
+    from assets.logic.warehouse_sql import day_bounds
+    from bench.data import DAY
+    from resources.engine import SparkLake, spark_session
+
+    lake_home = Path(args.home) / f"spark_{args.master.replace('[', '_').replace(']', '')}"
+    shutil.rmtree(lake_home, ignore_errors=True)
+    lake_home.mkdir(parents=True)
+    raw = lake_home / "raw_events.parquet"
+    with duckdb.connect(f"{args.home}/warehouse.duckdb", read_only=True) as conn:
+        conn.table("raw_events").write_parquet(str(raw))
+    cores = int(args.master.removeprefix("local[").removesuffix("]"))
+    with meter.stage("spark_session"):
+        spark = spark_session(
+            args.master,
+            {
+                "spark.driver.memory": "8g",
+                "spark.sql.shuffle.partitions": str(4 * cores),
+                "spark.ui.enabled": "false",
+                "spark.driver.host": "127.0.0.1",
+                "spark.driver.bindAddress": "127.0.0.1",
+            },
+        )
+        spark.sparkContext.setLogLevel("ERROR")
+    try:
+        spark.read.parquet(str(raw)).createOrReplaceTempView("raw_import")
+        lake = SparkLake(spark, str(lake_home))
+        start, end = day_bounds(DAY)
+        rows = {}
+        with meter.stage("raw_events"):
+            rows["raw_events"] = lake.replace_day(
+                "raw_events",
+                DAY,
+                start,
+                end,
+                "SELECT * FROM raw_import WHERE event_time >= $start AND event_time < $end",
+                {"start": start, "end": end},
+            )
+        for statement in daily_statements(DAY):
+            with meter.stage(statement.table):
+                rows[statement.table] = lake.replace_day(
+                    statement.table, DAY, statement.start, statement.end, statement.sql, statement.params
+                )
+    finally:
+        spark.stop()
+        shutil.rmtree(lake_home, ignore_errors=True)
+    return {"rows": rows}
 
 
 def _worker_pandas(args, meter: Meter) -> dict:
@@ -231,6 +288,7 @@ WORKERS = {
     "floor": _worker_floor,
     "models": _worker_models,
     "demo": _worker_demo,
+    "spark": _worker_spark,
 }
 
 
@@ -242,6 +300,7 @@ def worker_main(argv: list[str]) -> None:
     parser.add_argument("--train-rows", type=int, default=TRAIN_ROWS)
     parser.add_argument("--score-users", type=int, default=SCORE_USERS)
     parser.add_argument("--demo-options", default="")
+    parser.add_argument("--master", default="local[2]")
     args = parser.parse_args(argv)
     meter = Meter()
     extra = WORKERS[args.worker](args, meter)
@@ -400,6 +459,8 @@ def report(results: dict, check: list[str], check_events: int, models: dict | No
             )
         )
         lines.append(_steal_line({"the pipeline": run["shopseq"], "the pandas path": run["pandas"]}))
+        if all(f"spark {master}" in run for master in SPARK_MASTERS):
+            lines.append(spark_report(events, shopseq, run))
         summary[events] = {
             "total": total,
             "rss": _peak_mb(run["shopseq"]),
@@ -449,6 +510,49 @@ def report(results: dict, check: list[str], check_events: int, models: dict | No
     if models:
         lines.append(_steal_line({"training and scoring": models}))
     return "\n".join(lines) + "\n"
+
+
+def spark_report(events: int, shopseq: dict[str, dict], run: dict) -> str:
+    """The day's stages on Spark beside DuckDB, and how Spark's time moved from one core to two."""
+    from tabulate import tabulate
+
+    two, one = ({r["stage"]: r for r in run[f"spark {m}"]["stages"]} for m in SPARK_MASTERS)
+    rows = []
+    for stage in DAILY_STAGES:
+        rows.append(
+            [
+                stage,
+                f"{shopseq[stage]['seconds']:.2f}",
+                f"{two[stage]['seconds']:.2f}",
+                f"{one[stage]['seconds']:.2f}",
+                f"{one[stage]['seconds'] / two[stage]['seconds']:.2f}x",
+            ]
+        )
+    totals = [sum(t[s]["seconds"] for s in DAILY_STAGES) for t in (shopseq, two, one)]
+    rows.append(["**landing → features**", *(f"**{t:.2f}**" for t in totals), f"**{totals[2] / totals[1]:.2f}x**"])
+    rows.append(
+        [
+            "Spark session start (not counted)",
+            "",
+            f"{two['spark_session']['seconds']:.2f}",
+            f"{one['spark_session']['seconds']:.2f}",
+            "",
+        ]
+    )
+    return (
+        f"\nThe same {events:,}-event day on Spark local mode (`--engine spark`: raw events as the pipeline wrote "
+        "them, every later statement translated from its DuckDB source and written as a Parquet day partition):\n\n"
+        + tabulate(
+            rows,
+            headers=["stage", "DuckDB s", "Spark local[2] s", "Spark local[1] s", "local[1] / local[2]"],
+            tablefmt="github",
+        )
+        + f"\n\nSpark local[2] / DuckDB: {totals[1] / totals[0]:.1f}x the time. From one core to two Spark took "
+        f"{totals[2] / totals[1]:.2f}x less time (2.00x would be linear); with the same efficiency per doubling, "
+        f"n cores would take about {totals[1]:.0f} s x ({totals[1] / totals[2]:.2f})^log2(n / 2), before the "
+        "shuffle's network costs a cluster adds.\n"
+        + _steal_line({f"Spark {m}": run[f"spark {m}"] for m in SPARK_MASTERS})
+    )
 
 
 def demo_report(demo: dict) -> str:
@@ -531,6 +635,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-models", action="store_true", help="no training / scoring benchmark")
     parser.add_argument("--report-only", action="store_true", help="write the report from the workdir's saved results")
     parser.add_argument(
+        "--engine",
+        choices=["duckdb", "spark"],
+        default="duckdb",
+        help="spark: also each day's stages on Spark local[2] and local[1] (the spark extra and Java 17)",
+    )
+    parser.add_argument(
         "--demo", action="store_true", help="only `shopseq demo` on a new home, with where each model spends its time"
     )
     parser.add_argument("--demo-options", default="", help="options of that demo, e.g. '--days 4' (default: none)")
@@ -580,6 +690,11 @@ def main(argv: list[str] | None = None) -> int:
                 run[name] = _run_worker(name, home=folder, landing=landing)
                 results["sizes"][events] = run
                 save()
+            if args.engine == "spark":  # from the raw events the pipeline's run just wrote
+                for master in SPARK_MASTERS:
+                    print(f"{events:,} events: Spark {master} ...", flush=True)
+                    run[f"spark {master}"] = _run_worker("spark", home=folder, master=master)
+                    save()
         if not args.skip_models:
             print(
                 f"training on {args.train_rows:,} ranking rows and scoring {args.score_users:,} users ...", flush=True
