@@ -18,11 +18,11 @@ from assets.common import (
     reconciliation_check,
     window_bounds,
 )
-from assets.logic.events import clean_day
+from assets.logic.events import clean_day, cleaning_counts
 from assets.partitions import DAILY_ASSET, partition_days
 from assets.raw_events import raw_events
 from expectations import validate_window
-from resources import Warehouse
+from resources import Engine, Warehouse
 
 # The rows of a window with the day each belongs to (the bounds ``clean_day`` replaced): the suite's key is
 # (partition_date, event_id), since an event id is unique within its day, not across days
@@ -53,14 +53,26 @@ class CleaningConfig(Config):
         ),
     ],
 )
-def cleaned_events(context: AssetExecutionContext, config: CleaningConfig, warehouse: Warehouse) -> MaterializeResult:
+def cleaned_events(
+    context: AssetExecutionContext, config: CleaningConfig, warehouse: Warehouse, engine: Engine
+) -> MaterializeResult:
     """One row per event_id of each day (an id is unique within its day), with sessions derived where the source
     had none and heavy users flagged as bots (kept, not dropped)."""
     started = time.perf_counter()
     days = partition_days(context)
     tz = warehouse.timezone
     with warehouse.connect() as conn:
-        per_day = {day: clean_day(conn, day, config.bot_events_per_day, tz) for day in days}
+        per_day = {
+            day: cleaning_counts(
+                conn,
+                day,
+                engine.build_day(
+                    conn, "cleaned_events", day, tz, clean_day, bot_events_per_day=config.bot_events_per_day
+                ),
+                tz,
+            )
+            for day in days
+        }
         start, end = window_bounds(conn, "cleaned_events", "event_time", days, tz)
         suite, head = validate_window(
             conn,

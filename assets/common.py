@@ -79,21 +79,23 @@ def per_day_table(per_day: dict[dt.date, dict[str, int]]) -> MetadataValue:
 def build_daily_table(
     context,
     warehouse,
+    engine,
     table: str,
     day_column: str,
     build: Callable,
     more_checks: Callable | None = None,
     more_metadata: Callable | None = None,
 ) -> MaterializeResult:
-    """The body of a daily asset: ``build(conn, day, tz)`` for each day of the window (each replaces
-    its day), then the table's suite on the window and any further checks and metadata."""
+    """The body of a daily asset: the engine replaces each day of the window (``Engine.build_day``: on duckdb
+    ``build(conn, day, tz)``, on spark its statement), then the table's suite on the window and any further checks
+    and metadata."""
     from assets.partitions import partition_days
 
     started = time.perf_counter()
     days = partition_days(context)
     tz = warehouse.timezone
     with warehouse.connect() as conn:
-        rows = {str(day): build(conn, day, tz) for day in days}
+        rows = {str(day): engine.build_day(conn, table, day, tz, build) for day in days}
         suite, head = suite_check(conn, table, day_column, days, tz)
         checks = [suite]
         checks += more_checks(conn, days) if more_checks else []

@@ -15,7 +15,7 @@ from assets.common import build_daily_table, point_in_time_check, reconciliation
 from assets.logic.candidates import build_candidates_day, candidate_recall
 from assets.logic.features import build_item_features_day, build_user_features_day
 from assets.partitions import DAILY_ASSET, HISTORY_WINDOW
-from resources import Warehouse
+from resources import Engine, Warehouse
 
 _COMMON = dict(**DAILY_ASSET, group_name="features", kinds={"duckdb"}, owners=["team:ml"])
 _HISTORY = AssetDep(cleaned_events, partition_mapping=HISTORY_WINDOW)
@@ -66,13 +66,14 @@ def _active_users_reconcile(conn, days) -> AssetCheckResult:
         ),
     ],
 )
-def user_features(context: AssetExecutionContext, warehouse: Warehouse) -> MaterializeResult:
+def user_features(context: AssetExecutionContext, warehouse: Warehouse, engine: Engine) -> MaterializeResult:
     """Per-user behaviour features as of the end of each day (28 days of history, bots excluded):
     counts per event type over 1/3/7/28 days, recency, sessions, funnel ratios, repeat ratio, trend,
     search behaviour (searches not followed by a view, categories searches led to)."""
     return build_daily_table(
         context,
         warehouse,
+        engine,
         "user_features",
         "as_of_date",
         build_user_features_day,
@@ -88,11 +89,12 @@ def user_features(context: AssetExecutionContext, warehouse: Warehouse) -> Mater
         AssetCheckSpec("item_features_no_leakage", asset="item_features", blocking=True),
     ],
 )
-def item_features(context: AssetExecutionContext, warehouse: Warehouse) -> MaterializeResult:
+def item_features(context: AssetExecutionContext, warehouse: Warehouse, engine: Engine) -> MaterializeResult:
     """Per-item popularity, conversion, trend and age as of the end of each day."""
     return build_daily_table(
         context,
         warehouse,
+        engine,
         "item_features",
         "as_of_date",
         build_item_features_day,
@@ -118,13 +120,14 @@ def _recall_metadata(conn, days, tz: str) -> dict:
     deps=[user_features, item_features, _HISTORY],
     check_specs=[AssetCheckSpec("ranking_candidates_suite", asset="ranking_candidates", blocking=True)],
 )
-def ranking_candidates(context: AssetExecutionContext, warehouse: Warehouse) -> MaterializeResult:
+def ranking_candidates(context: AssetExecutionContext, warehouse: Warehouse, engine: Engine) -> MaterializeResult:
     """Next-item candidates per recently active user as of the end of each day, from their own
     recent items, co-visitation, category popularity, new arrivals in their categories, trending and global
     popularity, with the ranker's features."""
     return build_daily_table(
         context,
         warehouse,
+        engine,
         "ranking_candidates",
         "as_of_date",
         build_candidates_day,

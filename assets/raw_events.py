@@ -25,7 +25,7 @@ from assets.common import (
 from assets.logic.events import load_raw_day
 from assets.logic.monitoring import daily_event_counts, mix_shifts, volume_anomalies
 from assets.partitions import DAILY_ASSET, partition_days
-from resources import LandingSource, Warehouse
+from resources import Engine, LandingSource, Warehouse
 
 MONITOR_HISTORY_DAYS = 60
 
@@ -59,9 +59,12 @@ MONITOR_HISTORY_DAYS = 60
         ),
     ],
 )
-def raw_events(context: AssetExecutionContext, warehouse: Warehouse, landing: LandingSource) -> MaterializeResult:
+def raw_events(
+    context: AssetExecutionContext, warehouse: Warehouse, landing: LandingSource, engine: Engine
+) -> MaterializeResult:
     """Accepted landing rows of each day in the canonical event schema; the rest go to
-    ``raw_events_quarantine`` with partition, source file, line, reason and raw text."""
+    ``raw_events_quarantine`` with partition, source file, line, reason and raw text. On a spark home each day is
+    also copied into the lake, for Spark to clean."""
     started = time.perf_counter()
     days = partition_days(context)
     tz = warehouse.timezone
@@ -70,6 +73,7 @@ def raw_events(context: AssetExecutionContext, warehouse: Warehouse, landing: La
         for day in days:
             files = landing.files_for_day(day)
             per_day[day] = load_raw_day(conn, files, day, tz)
+            engine.export_day(conn, "raw_events", day, tz)
             rows = conn.execute("SELECT count(*) FROM read_parquet(?, union_by_name = true)", [files]).fetchone()[0]
             landed.append(rows)
         reconciled = reconciliation_check(

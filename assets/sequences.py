@@ -11,7 +11,7 @@ from assets.common import (
 )
 from assets.logic.sequences import build_sessions_day, build_user_sequences_day
 from assets.partitions import DAILY_ASSET
-from resources import Warehouse
+from resources import Engine, Warehouse
 
 _COMMON = dict(
     **DAILY_ASSET, deps=[cleaned_events], group_name="sequences", kinds={"duckdb"}, owners=["team:data-platform"]
@@ -19,9 +19,9 @@ _COMMON = dict(
 
 
 @asset(**_COMMON, check_specs=[AssetCheckSpec("sessions_suite", asset="sessions", blocking=True)])
-def sessions(context: AssetExecutionContext, warehouse: Warehouse) -> MaterializeResult:
+def sessions(context: AssetExecutionContext, warehouse: Warehouse, engine: Engine) -> MaterializeResult:
     """One row per session (keyed by its start): events, views, carts, purchases, duration, conversion."""
-    return build_daily_table(context, warehouse, "sessions", "session_start", build_sessions_day)
+    return build_daily_table(context, warehouse, engine, "sessions", "session_start", build_sessions_day)
 
 
 @asset(
@@ -36,7 +36,7 @@ def sessions(context: AssetExecutionContext, warehouse: Warehouse) -> Materializ
         ),
     ],
 )
-def user_sequences(context: AssetExecutionContext, warehouse: Warehouse) -> MaterializeResult:
+def user_sequences(context: AssetExecutionContext, warehouse: Warehouse, engine: Engine) -> MaterializeResult:
     """Each user's items and event types of the day, in time order."""
     tz = warehouse.timezone
 
@@ -54,4 +54,4 @@ def user_sequences(context: AssetExecutionContext, warehouse: Warehouse) -> Mate
             )
         ]
 
-    return build_daily_table(context, warehouse, "user_sequences", "day", build_user_sequences_day, reconcile)
+    return build_daily_table(context, warehouse, engine, "user_sequences", "day", build_user_sequences_day, reconcile)

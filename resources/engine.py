@@ -1,7 +1,7 @@
 """The engine that replaces a day of a table from a statement: DuckDB (the default, one file) or Spark (Parquet days).
 
-Assets ask ``Engine.replace_day`` and never know which engine runs the statement. The statement is always the
-DuckDB SQL of ``assets/logic``; on Spark it is translated by ``assets.logic.spark_sql.to_spark``.
+Assets ask ``Engine.build_day`` (or ``replace_day``) and never know which engine runs the statement. The statement is
+always the DuckDB SQL of ``assets/logic``; on Spark it is translated by ``assets.logic.spark_sql.to_spark``.
 
 The Spark lake keeps each daily table as Parquet partitioned by the shop's day, Hive layout:
 ``<home>/lake/<table>/day=YYYY-MM-DD/*.parquet``. A day is written by Spark's dynamic partition overwrite: the
@@ -13,18 +13,28 @@ commits it atomically, see docs/scaling.md). DuckDB reads the lake for the CLI a
 """
 
 import datetime as dt
-from collections.abc import Mapping
+import os
+import shutil
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import duckdb
 from dagster import ConfigurableResource, InitResourceContext
+from pydantic import PrivateAttr
 
-from assets.logic.schema import DAILY_TABLES
-from assets.logic.spark_sql import table_layout, tables_read, to_spark
-from assets.logic.warehouse_sql import ensure_table, replace_window
-from resources.home import home_paths
+from resources.home import ENGINES, SettingsInvalid, home_paths, read_settings, write_settings
 
-ENGINES = ("duckdb", "spark")
+ENGINE_VARIABLE = "SHOPSEQ_ENGINE"
+SPARK_MASTER_VARIABLE = "SHOPSEQ_SPARK_MASTER"
+
+# The daily tables Spark writes on a spark home, in the graph's order (``spark_sql.daily_statements``); DuckDB reads
+# them from the lake. raw_events is the landing reader's (DuckDB's quarantine rules): its accepted rows of each day
+# are copied into the lake for Spark to read (``Engine.export_day``), and DuckDB keeps reading its own table.
+LAKE_TABLES = ("cleaned_events", "sessions", "user_sequences", "user_features", "item_features", "ranking_candidates")
+
+# What the engine sets on a session it creates, unless Spark's own settings (spark-defaults.conf) name the key:
+# Spark's 200 shuffle partitions are 200 tasks per shuffle, most of them empty on one machine's days.
+SPARK_DEFAULTS = {"spark.sql.shuffle.partitions": "8"}
 
 # SQL settings the lake's correctness depends on, set on whatever session the lake is given: timestamps are naive
 # UTC (DuckDB's TIMESTAMP, Spark's TIMESTAMP_NTZ, written as Parquet microseconds that DuckDB reads back as
@@ -39,7 +49,7 @@ LAKE_SQL_CONF = {
 
 def lake_root(home: str) -> Path:
     """``<home>/lake``: one folder per daily table."""
-    return home_paths(home)["warehouse"].parent / "lake"
+    return home_paths(home)["lake"]
 
 
 def spark_session(master: str = "local[2]", conf: Mapping[str, str] | None = None):
@@ -68,12 +78,17 @@ class SparkLake:
 
     def schemas(self) -> dict[str, list[str]]:
         """The columns of every daily table, for the translation of stars."""
+        from assets.logic.schema import DAILY_TABLES
+        from assets.logic.spark_sql import table_layout
+
         return {table: [c for c, *_ in table_layout(table)] for table in DAILY_TABLES}
 
     def table(self, table: str):
         """The rows of ``table`` (every day) as a DataFrame with the table's columns and types; empty when no day
         was written."""
         from pyspark.sql import functions as F
+
+        from assets.logic.spark_sql import table_layout
 
         layout = table_layout(table)
         path = self.path(table)
@@ -83,7 +98,7 @@ class SparkLake:
         schema = ", ".join(f"{c} {t}" for c, _, t, _ in layout)
         return self.spark.createDataFrame([], schema)
 
-    def register_views(self, tables=DAILY_TABLES) -> None:
+    def register_views(self, tables) -> None:
         """The daily ``tables`` as temp views of their names, listed afresh (a view keeps the files it first saw)."""
         for table in tables:
             self.table(table).createOrReplaceTempView(table)
@@ -98,6 +113,9 @@ class SparkLake:
         previous day's rows."""
         from pyspark.sql import Observation
         from pyspark.sql import functions as F
+
+        from assets.logic.schema import DAILY_TABLES
+        from assets.logic.spark_sql import table_layout, tables_read, to_spark
 
         layout = table_layout(table)
         day_column = DAILY_TABLES[table]
@@ -148,6 +166,8 @@ class SparkConnection:
         self.schemas = schemas or {}
 
     def execute(self, sql: str, params: Mapping | None = None) -> "SparkRows":
+        from assets.logic.spark_sql import to_spark
+
         return SparkRows([tuple(row) for row in self.spark.sql(to_spark(sql, params, self.schemas)).collect()])
 
 
@@ -164,48 +184,161 @@ class SparkRows:
         return self.rows[0] if self.rows else None
 
 
-def attach_lake(conn: duckdb.DuckDBPyConnection, home: str) -> list[str]:
-    """Views on ``conn`` named after the lake's tables (``read_parquet`` with Hive partitioning, the table's
-    columns and types), for the CLI and ``explain`` to read a Spark home; returns the tables attached."""
+def attach_lake(conn: duckdb.DuckDBPyConnection, home: str, tables=LAKE_TABLES) -> list[str]:
+    """Temporary views on ``conn`` named after the lake's ``tables`` (``read_parquet`` with Hive partitioning, the
+    table's columns and types), so that every reader of a spark home (training, serving, the CLI, ``explain``)
+    reads them as DuckDB tables: a temporary view hides the warehouse table of its name, and a write to it fails.
+    A read-only connection takes them too. Returns the tables attached (those with a day written)."""
+    from assets.logic.spark_sql import table_layout
+
     attached = []
-    for table in DAILY_TABLES:
+    for table in tables:
         path = lake_root(home) / table
         if not any(path.glob("day=*/*.parquet")):
             continue
-        relation = conn.read_parquet(str(path / "**" / "*.parquet"), hive_partitioning=True)
-        relation.project(", ".join(f"CAST({c} AS {t}) AS {c}" for c, t, _, _ in table_layout(table))).create_view(
-            table, replace=True
+        files = _sql_string(str(path / "*" / "*.parquet"))
+        columns = ", ".join(f"CAST({c} AS {t}) AS {c}" for c, t, _, _ in table_layout(table))
+        conn.execute(
+            f"CREATE OR REPLACE TEMP VIEW {table} AS "
+            f"SELECT {columns} FROM read_parquet({files}, hive_partitioning = true)"
         )
         attached.append(table)
     return attached
 
 
+def _sql_string(value: str) -> str:
+    """``value`` as a SQL string literal (a view's definition takes no parameters): quotes doubled, and no NUL."""
+    if "\x00" in value:
+        raise ValueError(f"a lake path cannot hold a NUL character: {value!r}")
+    return "'" + value.replace("'", "''") + "'"
+
+
+def withdraw_lake_days(home: str, days: list[dt.date]) -> dict[str, int]:
+    """Remove ``days`` from every lake table (their ``day=`` folders), as ``withdraw_days`` removes them from the
+    warehouse; returns the days removed per table."""
+    removed = {}
+    for table in ("raw_events", *LAKE_TABLES):
+        folders = [lake_root(home) / table / f"day={day.isoformat()}" for day in days]
+        folders = [folder for folder in folders if folder.exists()]
+        for folder in folders:
+            shutil.rmtree(folder)
+        if folders:
+            removed[table] = len(folders)
+    return removed
+
+
+def resolve_engine(home: str, asked: str, asked_by: str = ENGINE_VARIABLE) -> str:
+    """The engine of ``home``: the one its settings record, else ``asked`` (else ``duckdb``), recorded there.
+
+    A home keeps the engine it started with: its daily tables live in the warehouse file on duckdb and in the
+    Parquet lake on spark, so another engine asked of it later is refused, as is spark asked of a home whose
+    warehouse a duckdb run has already written."""
+    if asked and asked not in ENGINES:
+        raise ValueError(f"{asked_by}={asked!r} is not an engine: one of {', '.join(ENGINES)}")
+    recorded = read_settings(home).get("engine")
+    settings = home_paths(home)["settings"]
+    if recorded and asked and asked != recorded:
+        raise SettingsInvalid(
+            f"this home builds its daily tables on {recorded} ({settings}), but {asked_by}={asked} asks for {asked}: "
+            "a home keeps the engine it started with; use another --home for the other engine"
+        )
+    if recorded:
+        return recorded
+    engine = asked or "duckdb"
+    if engine == "spark" and home_paths(home)["warehouse"].exists():
+        raise SettingsInvalid(
+            f"{home_paths(home)['warehouse']} was written before the home recorded an engine (so on duckdb): "
+            f"{asked_by}=spark needs a new --home"
+        )
+    write_settings(home, engine=engine)
+    return engine
+
+
 class Engine(ConfigurableResource):
     """Where the daily statements run: ``duckdb`` (the default: the home's warehouse file, through
     ``replace_window``) or ``spark`` (the home's Parquet lake, through Spark at ``spark_master``; needs the
-    ``spark`` extra and Java 17)."""
+    ``spark`` extra and Java 17).
+
+    Left empty, ``engine`` is the one the home recorded at its first run, else ``$SHOPSEQ_ENGINE`` as that run
+    starts, else ``duckdb`` (``resolve_engine``), and ``spark_master`` is ``$SHOPSEQ_SPARK_MASTER``, else
+    ``local[2]``. Other Spark settings come from Spark's own ``spark-defaults.conf`` (``$SPARK_CONF_DIR``)."""
 
     home: str
-    engine: str = "duckdb"
-    spark_master: str = "local[2]"
+    engine: str = ""
+    spark_master: str = ""
+    _resolved: str = PrivateAttr(default="")
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
-        self.check()
+        self._resolved = ""
+        _ = self.name
 
-    def check(self) -> None:
-        if self.engine not in ENGINES:
-            raise ValueError(
-                f"engine {self.engine!r} is not one of {', '.join(ENGINES)} (the Engine resource's engine setting)"
-            )
+    @property
+    def name(self) -> str:
+        """``duckdb`` or ``spark``: this home's engine (resolved, and recorded, on first use)."""
+        if not self._resolved:
+            asked_by = "the Engine resource's engine" if self.engine else ENGINE_VARIABLE
+            self._resolved = resolve_engine(self.home, self.engine or os.environ.get(ENGINE_VARIABLE, ""), asked_by)
+        return self._resolved
+
+    def lake(self) -> SparkLake:
+        """The home's lake through the process's Spark session: the active one if there is one (a platform's, or a
+        test's), else one created at ``spark_master``."""
+        from pyspark.sql import SparkSession
+
+        spark = SparkSession.getActiveSession()
+        if spark is None:
+            master = self.spark_master or os.environ.get(SPARK_MASTER_VARIABLE, "") or "local[2]"
+            spark = spark_session(master)
+            spark.sparkContext.setLogLevel("ERROR")  # not a WARN per window without PARTITION BY, every day
+            for key, value in SPARK_DEFAULTS.items():
+                if not spark.sparkContext.getConf().contains(key):
+                    spark.conf.set(key, value)
+        return SparkLake(spark, self.home)
+
+    def build_day(
+        self, conn: duckdb.DuckDBPyConnection, table: str, day: dt.date, tz: str, build: Callable, **params
+    ) -> int:
+        """Replace ``day`` of the daily ``table``; returns the rows written. On duckdb, ``build(conn, day, tz=tz,
+        **params)``: the DuckDB builder, on the warehouse connection ``conn``. On spark, the same builder's
+        statement (``spark_sql.daily_statements``) written into the lake by Spark; ``conn`` then reads the new day
+        (its lake views are attached afresh)."""
+        if self.name == "duckdb":
+            return build(conn, day, tz=tz, **params)
+        from assets.logic.spark_sql import daily_statements
+
+        statement = next(s for s in daily_statements(day, tz, **params) if s.table == table)
+        rows = self.lake().replace_day(table, day, statement.start, statement.end, statement.sql, statement.params)
+        attach_lake(conn, self.home)
+        return rows
+
+    def export_day(self, conn: duckdb.DuckDBPyConnection, table: str, day: dt.date, tz: str) -> None:
+        """On spark, copy ``day`` of the DuckDB-written ``table`` (``raw_events``) into the lake for Spark to read;
+        on duckdb nothing. The day is written beside its folder and swapped in, as Spark's own overwrite does."""
+        if self.name == "duckdb":
+            return
+        from assets.logic.schema import DAILY_TABLES
+        from assets.logic.warehouse_sql import day_bounds
+
+        start, end = day_bounds(day, tz)
+        column = DAILY_TABLES[table]
+        folder = lake_root(self.home) / table / f"day={day.isoformat()}"
+        staged = folder.with_name(f".staged-{folder.name}")
+        shutil.rmtree(staged, ignore_errors=True)
+        staged.mkdir(parents=True)
+        conn.sql(
+            f"SELECT * FROM {table} WHERE {column} >= $start AND {column} < $end", params={"start": start, "end": end}
+        ).write_parquet(str(staged / "part-0.parquet"))
+        if folder.exists():
+            shutil.rmtree(folder)
+        staged.rename(folder)
 
     def replace_day(self, table: str, day: dt.date, start, end, select_sql: str, params: Mapping | None = None) -> int:
         """Replace the day ``day`` (rows of ``table`` with its day column in ``[start, end)``) with the rows of the
         DuckDB statement ``select_sql`` and its named ``params``; returns the rows written."""
-        self.check()
-        if self.engine == "spark":
-            return SparkLake(spark_session(self.spark_master), self.home).replace_day(
-                table, day, start, end, select_sql, params
-            )
+        if self.name == "spark":
+            return self.lake().replace_day(table, day, start, end, select_sql, params)
+        from assets.logic.schema import DAILY_TABLES
+        from assets.logic.warehouse_sql import ensure_table, replace_window
         from resources.warehouse import Warehouse
 
         with Warehouse(home=self.home).connect() as conn:

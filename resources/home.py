@@ -15,11 +15,16 @@ def home_paths(home: str) -> dict[str, Path]:
     return {
         "landing": root / "landing",
         "warehouse": root / "warehouse.duckdb",
+        "lake": root / "lake",
         "mlflow_db": root / "mlflow.db",
         "mlartifacts": root / "mlartifacts",
         "dagster_home": root / "dagster_home",
         "settings": root / "settings.json",
     }
+
+
+# Where a home's daily tables are built (``resources.engine``): recorded in its settings by its first run.
+ENGINES = ("duckdb", "spark")
 
 
 class SettingsInvalid(RuntimeError):
@@ -28,11 +33,12 @@ class SettingsInvalid(RuntimeError):
 
 
 def read_settings(home: str) -> dict[str, Any]:
-    """The home's settings (``settings.json``): ``timezone`` of the shop's days, ``landing`` mode, and whether
-    (and under which key fingerprint) the home is pseudonymised.
+    """The home's settings (``settings.json``): ``timezone`` of the shop's days, ``landing`` mode, whether
+    (and under which key fingerprint) the home is pseudonymised, and the ``engine`` its daily tables are built on.
 
-    ``shopseq ingest`` writes them; a home without the file is the synthetic default (UTC days). The time zone
-    reaches SQL and partition bounds, so a file edited by hand is validated like ``--tz``.
+    ``shopseq ingest`` writes them (the engine: the home's first run); a home without the file is the synthetic
+    default (UTC days). The time zone reaches SQL and partition bounds, so a file edited by hand is validated like
+    ``--tz``.
     """
     from assets.logic.warehouse_sql import check_timezone
 
@@ -52,6 +58,7 @@ def read_settings(home: str) -> dict[str, Any]:
             raise SettingsInvalid(str(error)) from None
     expected = {
         "landing": lambda v: v in ("files", "synthetic"),
+        "engine": lambda v: v in ENGINES,
         "pseudonymised": lambda v: isinstance(v, bool),
         "pseudonym_key_fingerprint": lambda v: v is None or isinstance(v, str),
         "pending_withdrawals": lambda v: isinstance(v, list) and all(_is_day(d) for d in v),

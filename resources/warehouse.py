@@ -154,7 +154,8 @@ class Warehouse(RetriesTransientFailures):
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection for one unit of work: a writer's under the exclusive lock, or with ``read_only`` a
-        reader's under the shared lock, opened read-only (keep it short: a writer waits for every reader)."""
+        reader's under the shared lock, opened read-only (keep it short: a writer waits for every reader). On a
+        spark home it reads the daily tables Spark writes from the lake (``resources.engine.attach_lake``)."""
         path = home_paths(self.home)["warehouse"]
         if read_only and not path.exists():
             raise WarehouseMissing(f"the warehouse {path} does not exist yet: run shopseq run (or demo) first")
@@ -183,6 +184,10 @@ class Warehouse(RetriesTransientFailures):
                     time.sleep(delay)
                     delay = min(delay * 2, 5.0)
             try:
+                if home_paths(self.home)["lake"].exists():  # a spark home: daily tables in Parquet (resources.engine)
+                    from resources.engine import attach_lake
+
+                    attach_lake(conn, self.home)
                 yield conn
             finally:
                 conn.close()

@@ -456,6 +456,7 @@ def _withdraw_pending_days(home: Path, warehouse) -> dict[str, int]:
     right after publishing; ``run`` calls it too, for an ingest stopped in between. Only days an ingest withdrew
     go: a landing folder archived or pruned by hand leaves the warehouse as it is."""
     from assets.logic.warehouse_sql import withdraw_days
+    from resources.engine import withdraw_lake_days
     from resources.home import read_settings, write_settings
 
     pending = [dt.date.fromisoformat(d) for d in read_settings(str(home)).get(PENDING_WITHDRAWALS, [])]
@@ -465,6 +466,7 @@ def _withdraw_pending_days(home: Path, warehouse) -> dict[str, int]:
     if Path(warehouse.path).exists():
         with warehouse.connect() as conn:
             deleted = withdraw_days(conn, pending, warehouse.timezone)
+    deleted.update({f"{table} (lake days)": n for table, n in withdraw_lake_days(str(home), pending).items()})
     write_settings(str(home), **{PENDING_WITHDRAWALS: []})
     _progress(
         f"[  landing] withdrawn {', '.join(map(str, pending))}: removed from the warehouse ("

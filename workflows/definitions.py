@@ -3,7 +3,7 @@
 from dagster import Definitions, EnvVar, in_process_executor
 
 from assets import ALL_ASSETS
-from resources import LandingSource, ModelRegistry, Warehouse
+from resources import Engine, LandingSource, ModelRegistry, Warehouse
 from workflows.jobs import daily_pipeline_job, daily_schedule, publish_job, training_job, weekly_training_schedule
 from workflows.sensors import champion_alias_sensor, landing_sensor, publish_automation_sensor, run_failure_recorder
 
@@ -13,6 +13,7 @@ def build_resources(home: str, tracking_uri: str = "", landing_mode: str = "") -
     their environment variables as a run starts (see each resource)."""
     return {
         "warehouse": Warehouse(home=home),
+        "engine": Engine(home=home),
         "landing": LandingSource(home=home, mode=landing_mode),
         "registry": ModelRegistry(home=home, tracking_uri=tracking_uri),
     }

@@ -263,16 +263,11 @@ FROM day_rows d JOIN derived s USING (event_id)
 """.replace("SESSION_GAP", str(SESSION_GAP_MINUTES))
 
 
-def clean_day(
-    conn: duckdb.DuckDBPyConnection, day: dt.date, bot_events_per_day: int, tz: str = "UTC"
-) -> dict[str, int]:
-    """Replace one day of cleaned_events from raw_events; returns row counts."""
+def clean_day(conn: duckdb.DuckDBPyConnection, day: dt.date, bot_events_per_day: int, tz: str = "UTC") -> int:
+    """Replace one day of cleaned_events from raw_events; returns the rows written."""
     start, end = day_bounds(day, tz)
     ensure_table(conn, "cleaned_events")
-    raw = conn.execute(
-        "SELECT count(*) FROM raw_events WHERE event_time >= ? AND event_time < ?", [start, end]
-    ).fetchone()[0]
-    cleaned = replace_window(
+    return replace_window(
         conn,
         "cleaned_events",
         "event_time",
@@ -281,6 +276,14 @@ def clean_day(
         CLEAN_SQL,
         {"start": start, "end": end, "day": day, "bot_events_per_day": bot_events_per_day},
     )
+
+
+def cleaning_counts(conn: duckdb.DuckDBPyConnection, day: dt.date, cleaned: int, tz: str = "UTC") -> dict[str, int]:
+    """What cleaning did to ``day``, which wrote ``cleaned`` rows: raw rows, duplicates removed, users flagged."""
+    start, end = day_bounds(day, tz)
+    raw = conn.execute(
+        "SELECT count(*) FROM raw_events WHERE event_time >= ? AND event_time < ?", [start, end]
+    ).fetchone()[0]
     bots = conn.execute(
         "SELECT count(DISTINCT user_id) FROM cleaned_events WHERE is_bot AND event_time >= ? AND event_time < ?",
         [start, end],

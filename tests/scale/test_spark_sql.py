@@ -264,7 +264,7 @@ def test_covis_pairs_equal_on_both_engines(engines, spark):
     conn, _, lake, _ = engines
     cutoff = day_bounds(DAYS[-1])[1]
     expected = conn.sql(f"SELECT * FROM ({covis_pairs_sql()}) ORDER BY ALL", params={"cutoff": cutoff}).fetchall()
-    lake.register_views()
+    lake.register_views(["cleaned_events"])
     got = spark.sql(to_spark(covis_pairs_sql(), {"cutoff": cutoff}, lake.schemas())).collect()
     assert expected
     _assert_same_rows(expected, sorted(tuple(r) for r in got))

@@ -7,7 +7,7 @@ import duckdb
 import pytest
 
 from assets.logic.spark_sql import TranslationError
-from resources.engine import Engine, SparkLake, attach_lake
+from resources.engine import SparkLake, attach_lake
 
 pytestmark = pytest.mark.spark
 
@@ -94,20 +94,6 @@ def test_the_lake_refuses_columns_the_table_lacks(lake):
         lake.replace_day("user_sequences", DAYS[0], DAYS[0], DAYS[1], "SELECT 1 AS surprise, user_id FROM incoming", {})
     with pytest.raises(TranslationError, match=r"\$day has no value"):
         lake.replace_day("user_sequences", DAYS[0], DAYS[0], DAYS[1], SEQUENCES, {})
-
-
-def test_engine_setting(tmp_path):
-    with pytest.raises(ValueError, match="engine 'presto' is not one of duckdb, spark"):
-        Engine(home=str(tmp_path), engine="presto").check()
-    # duckdb, the default: the day goes through replace_window into the home's warehouse file
-    engine = Engine(home=str(tmp_path))
-    day = DAYS[0]
-    select = "SELECT CAST($day AS DATE) AS day, 'u1' AS user_id, 2 AS n_events"
-    assert engine.replace_day("user_sequences", day, day, DAYS[1], select, {"day": day}) == 1
-    assert engine.replace_day("user_sequences", day, day, DAYS[1], select, {"day": day}) == 1
-    with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as conn:
-        assert conn.sql("SELECT day, user_id, n_events FROM user_sequences").fetchall() == [(day, "u1", 2)]
-    assert not (tmp_path / "lake").exists()
 
 
 def test_suite_expectations_count_the_same_rows_on_spark(spark):

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from assets.logic.events import clean_day, load_raw_day
+from assets.logic.events import clean_day, cleaning_counts, load_raw_day
 from assets.logic.features import build_user_features_day
 
 DAY = dt.date(2025, 3, 2)
@@ -109,7 +109,7 @@ def test_cleaning_dedups_ids_derives_sessions_and_flags_bots(conn, tmp_path):
         _row("2025-03-02 11:00", user="given", session="S9", event_id="e4"),
     ] + [_row(f"2025-03-02 12:{i:02d}", user="bot", event_id=f"b{i}") for i in range(5)]
     load_raw_day(conn, _landing(tmp_path, rows), DAY)
-    counts = clean_day(conn, DAY, bot_events_per_day=4)
+    counts = cleaning_counts(conn, DAY, clean_day(conn, DAY, bot_events_per_day=4))
     assert counts == {"raw": 10, "cleaned": 9, "duplicates_removed": 1, "bot_users": 1}
     u1 = conn.execute(
         "SELECT event_id, item_id, session_id FROM cleaned_events WHERE user_id = 'u1' ORDER BY event_time"
@@ -139,11 +139,12 @@ def test_an_event_id_is_unique_within_its_day_and_kept_on_each_day_it_occurs(con
         "second.parquet",
     )
     load_raw_day(conn, second, next_day)
-    assert clean_day(conn, next_day, 1000)["cleaned"] == 2
+    assert clean_day(conn, next_day, 1000) == 2
     alone = conn.execute("SELECT * FROM cleaned_events ORDER BY ALL").df()
     load_raw_day(conn, first, DAY)
-    assert clean_day(conn, DAY, 1000) == {"raw": 3, "cleaned": 2, "duplicates_removed": 1, "bot_users": 0}
-    assert clean_day(conn, next_day, 1000)["cleaned"] == 2  # re-run with its neighbour loaded: the same rows
+    counts = cleaning_counts(conn, DAY, clean_day(conn, DAY, 1000))
+    assert counts == {"raw": 3, "cleaned": 2, "duplicates_removed": 1, "bot_users": 0}
+    assert clean_day(conn, next_day, 1000) == 2  # re-run with its neighbour loaded: the same rows
     rows = conn.execute(
         "SELECT CAST(event_time AS DATE), event_id, item_id FROM cleaned_events ORDER BY ALL"
     ).fetchall()

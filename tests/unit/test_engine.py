@@ -1,0 +1,67 @@
+"""The engine setting: which engine a home's daily tables are built on, recorded once and kept."""
+
+import datetime as dt
+import json
+
+import duckdb
+import pytest
+
+from resources.engine import ENGINE_VARIABLE, Engine, resolve_engine, withdraw_lake_days
+from resources.home import SettingsInvalid, read_settings
+
+DAY = dt.date(2025, 3, 1)
+
+
+def test_duckdb_is_the_default_and_replaces_a_day_in_the_warehouse(tmp_path, monkeypatch):
+    monkeypatch.delenv(ENGINE_VARIABLE, raising=False)
+    engine = Engine(home=str(tmp_path))
+    select = "SELECT CAST($day AS DATE) AS day, 'u1' AS user_id, 2 AS n_events"
+    next_day = DAY + dt.timedelta(days=1)
+    assert engine.replace_day("user_sequences", DAY, DAY, next_day, select, {"day": DAY}) == 1
+    assert engine.replace_day("user_sequences", DAY, DAY, next_day, select, {"day": DAY}) == 1
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as conn:
+        assert conn.sql("SELECT day, user_id, n_events FROM user_sequences").fetchall() == [(DAY, "u1", 2)]
+    assert not (tmp_path / "lake").exists()
+    assert read_settings(str(tmp_path))["engine"] == "duckdb"
+
+
+def test_a_home_keeps_the_engine_it_started_with(tmp_path, monkeypatch):
+    home = str(tmp_path)
+    monkeypatch.setenv(ENGINE_VARIABLE, "spark")
+    assert Engine(home=home).name == "spark"
+    assert json.loads((tmp_path / "settings.json").read_text()) == {"engine": "spark"}
+    monkeypatch.delenv(ENGINE_VARIABLE)
+    assert Engine(home=home).name == "spark"  # the recorded engine, without the variable
+    monkeypatch.setenv(ENGINE_VARIABLE, "duckdb")
+    with pytest.raises(SettingsInvalid, match=r"builds its daily tables on spark .* SHOPSEQ_ENGINE=duckdb asks"):
+        _ = Engine(home=home).name
+    with pytest.raises(SettingsInvalid, match="the Engine resource's engine=duckdb"):
+        _ = Engine(home=home, engine="duckdb").name
+
+
+def test_spark_is_refused_on_a_home_a_duckdb_run_has_written(tmp_path):
+    duckdb.connect(str(tmp_path / "warehouse.duckdb")).close()
+    with pytest.raises(SettingsInvalid, match="SHOPSEQ_ENGINE=spark needs a new --home"):
+        resolve_engine(str(tmp_path), "spark")
+    assert "engine" not in read_settings(str(tmp_path))
+
+
+@pytest.mark.parametrize("value", ["presto", "Spark", "duckdb "])
+def test_an_unknown_engine_is_named_with_the_setting_that_asked_for_it(tmp_path, monkeypatch, value):
+    monkeypatch.setenv(ENGINE_VARIABLE, value)
+    with pytest.raises(ValueError, match=rf"SHOPSEQ_ENGINE='{value}' is not an engine: one of duckdb, spark"):
+        _ = Engine(home=str(tmp_path)).name
+    (tmp_path / "settings.json").write_text(json.dumps({"engine": value}))
+    with pytest.raises(SettingsInvalid, match="engine holds"):
+        read_settings(str(tmp_path))
+
+
+def test_withdrawn_days_leave_the_lake(tmp_path):
+    for table in ("raw_events", "cleaned_events", "ranking_candidates"):
+        for day in (DAY, DAY + dt.timedelta(days=1)):
+            folder = tmp_path / "lake" / table / f"day={day}"
+            folder.mkdir(parents=True)
+            (folder / "part-0.parquet").write_bytes(b"")
+    assert withdraw_lake_days(str(tmp_path), [DAY]) == {"raw_events": 1, "cleaned_events": 1, "ranking_candidates": 1}
+    assert sorted(p.name for p in (tmp_path / "lake" / "cleaned_events").iterdir()) == ["day=2025-03-02"]
+    assert withdraw_lake_days(str(tmp_path), [DAY]) == {}
