@@ -80,6 +80,7 @@ def cleaned_events(
             {"start": start, "end": end, **day_windows(days, tz)},
             "cleaned_events",
             "cleaned_events_suite",
+            counting=engine.counting("cleaned_events"),
         )
         reconciled = reconciliation_check(
             conn,

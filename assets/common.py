@@ -23,15 +23,21 @@ def window_bounds(conn: duckdb.DuckDBPyConnection, table: str, day_column: str, 
 
 
 def suite_check(
-    conn: duckdb.DuckDBPyConnection, table: str, day_column: str, days: list[dt.date], tz: str = "UTC"
+    conn: duckdb.DuckDBPyConnection,
+    table: str,
+    day_column: str,
+    days: list[dt.date],
+    tz: str = "UTC",
+    counting=None,
 ) -> tuple[AssetCheckResult, pd.DataFrame]:
-    """The table's suite over its rows of ``days``: row-wise expectations counted by DuckDB over every row,
-    columns and types by GX on the first rows (``expectations.validate_window``). Returns the check and those rows."""
+    """The table's suite over its rows of ``days``: row-wise expectations counted over every row (by DuckDB, or
+    the engine's ``counting``), columns and types by GX on the first rows (``expectations.validate_window``).
+    Returns the check and those rows."""
     from expectations import validate_window
 
     start, end = window_bounds(conn, table, day_column, days, tz)
     relation = f"(SELECT * FROM {table} WHERE {day_column} >= $start AND {day_column} < $end)"
-    return validate_window(conn, relation, {"start": start, "end": end}, table, f"{table}_suite")
+    return validate_window(conn, relation, {"start": start, "end": end}, table, f"{table}_suite", counting=counting)
 
 
 # The days of a window with their UTC bounds, as a relation for reconciliation SQL (params: ``day_windows``).
@@ -96,7 +102,7 @@ def build_daily_table(
     tz = warehouse.timezone
     with warehouse.connect() as conn:
         rows = {str(day): engine.build_day(conn, table, day, tz, build) for day in days}
-        suite, head = suite_check(conn, table, day_column, days, tz)
+        suite, head = suite_check(conn, table, day_column, days, tz, engine.counting(table))
         checks = [suite]
         checks += more_checks(conn, days) if more_checks else []
         metadata = more_metadata(conn, days) if more_metadata else {}

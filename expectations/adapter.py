@@ -80,10 +80,12 @@ def validate_window(
     suite_name: str,
     check_name: str,
     gx_rows: int = GX_ROWS,
+    counting=None,
 ) -> tuple[AssetCheckResult, pd.DataFrame]:
     """A suite over a large relation in the warehouse (a table or a parenthesised SELECT with ``params``):
-    its row-wise expectations counted by DuckDB over every row (``expectations.sql``), the rest (columns,
-    types) by GX on the first ``gx_rows`` rows. Returns the check and those rows (for previews)."""
+    its row-wise expectations counted over every row (``expectations.sql``) by ``counting`` (an engine's
+    ``Counting``; DuckDB on ``conn`` when not given), the rest (columns, types) by GX on the first ``gx_rows`` rows
+    of ``conn``. Returns the check and those rows (for previews)."""
     from expectations.sql import counted_in_sql, sql_outcomes
 
     expectations = load_suite(suite_name)["expectations"]
@@ -93,7 +95,8 @@ def validate_window(
     # the first rows: a reservoir sample reads every column of every row (10 s on 20M candidates), and
     # columns and types are the same in any rows
     head = conn.execute(f"SELECT * FROM {relation} LIMIT {gx_rows}", params).df()
-    rows, counted = sql_outcomes(conn, relation, params, in_sql)
+    counter, engine = (counting.connection, counting.engine) if counting else (conn, "DuckDB")
+    rows, counted = sql_outcomes(counter, relation, params, in_sql)
     counted = iter(counted)
     by_gx = iter(run_suite(head, suite_name, in_gx) if in_gx else [])
     outcomes = []
@@ -109,7 +112,7 @@ def validate_window(
         "rows_validated": rows,
         "rows_read_by_gx": len(head),
         "validated_by": (
-            f"{len(in_sql)} expectations over every row in DuckDB, {len(in_gx)} by GX on the first {len(head)} rows"
+            f"{len(in_sql)} expectations over every row in {engine}, {len(in_gx)} by GX on the first {len(head)} rows"
         ),
     }
     return _check_result(outcomes, suite_name, check_name, AssetCheckSeverity.ERROR, metadata), head

@@ -16,6 +16,7 @@ import datetime as dt
 import os
 import shutil
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -27,10 +28,6 @@ from resources.home import ENGINES, SettingsInvalid, home_paths, read_settings, 
 ENGINE_VARIABLE = "SHOPSEQ_ENGINE"
 SPARK_MASTER_VARIABLE = "SHOPSEQ_SPARK_MASTER"
 
-# The daily tables Spark writes on a spark home, in the graph's order (``spark_sql.daily_statements``); DuckDB reads
-# them from the lake. raw_events is the landing reader's (DuckDB's quarantine rules): its accepted rows of each day
-# are copied into the lake for Spark to read (``Engine.export_day``), and DuckDB keeps reading its own table.
-LAKE_TABLES = ("cleaned_events", "sessions", "user_sequences", "user_features", "item_features", "ranking_candidates")
 
 # What the engine sets on a session it creates, unless Spark's own settings (spark-defaults.conf) name the key:
 # Spark's 200 shuffle partitions are 200 tasks per shuffle, most of them empty on one machine's days.
@@ -156,6 +153,14 @@ class SparkLake:
         folder.getFileSystem(self.spark.sparkContext._jsc.hadoopConfiguration()).delete(folder, True)
 
 
+@dataclass(frozen=True)
+class Counting:
+    """Where a suite's row-wise expectations are counted over every row: a connection and the engine's name."""
+
+    connection: object
+    engine: str
+
+
 class SparkConnection:
     """DuckDB's ``execute(sql, params).fetchall()`` over Spark, for read-side code written against a DuckDB
     connection (``expectations.sql.sql_outcomes``): each statement, DuckDB SQL, is translated by ``to_spark``
@@ -184,47 +189,18 @@ class SparkRows:
         return self.rows[0] if self.rows else None
 
 
-def attach_lake(conn: duckdb.DuckDBPyConnection, home: str, tables=LAKE_TABLES) -> list[str]:
-    """Temporary views on ``conn`` named after the lake's ``tables`` (``read_parquet`` with Hive partitioning, the
-    table's columns and types), so that every reader of a spark home (training, serving, the CLI, ``explain``)
-    reads them as DuckDB tables: a temporary view hides the warehouse table of its name, and a write to it fails.
-    A read-only connection takes them too. Returns the tables attached (those with a day written)."""
-    from assets.logic.spark_sql import table_layout
+def attach_lake(conn: duckdb.DuckDBPyConnection, home: str) -> list[str]:
+    """The lake tables of ``home`` as temporary views on ``conn`` (``assets.logic.lake.attach_lake``)."""
+    from assets.logic.lake import attach_lake as attach
 
-    attached = []
-    for table in tables:
-        path = lake_root(home) / table
-        if not any(path.glob("day=*/*.parquet")):
-            continue
-        files = _sql_string(str(path / "*" / "*.parquet"))
-        columns = ", ".join(f"CAST({c} AS {t}) AS {c}" for c, t, _, _ in table_layout(table))
-        conn.execute(
-            f"CREATE OR REPLACE TEMP VIEW {table} AS "
-            f"SELECT {columns} FROM read_parquet({files}, hive_partitioning = true)"
-        )
-        attached.append(table)
-    return attached
-
-
-def _sql_string(value: str) -> str:
-    """``value`` as a SQL string literal (a view's definition takes no parameters): quotes doubled, and no NUL."""
-    if "\x00" in value:
-        raise ValueError(f"a lake path cannot hold a NUL character: {value!r}")
-    return "'" + value.replace("'", "''") + "'"
+    return attach(conn, lake_root(home))
 
 
 def withdraw_lake_days(home: str, days: list[dt.date]) -> dict[str, int]:
-    """Remove ``days`` from every lake table (their ``day=`` folders), as ``withdraw_days`` removes them from the
-    warehouse; returns the days removed per table."""
-    removed = {}
-    for table in ("raw_events", *LAKE_TABLES):
-        folders = [lake_root(home) / table / f"day={day.isoformat()}" for day in days]
-        folders = [folder for folder in folders if folder.exists()]
-        for folder in folders:
-            shutil.rmtree(folder)
-        if folders:
-            removed[table] = len(folders)
-    return removed
+    """Remove ``days`` from every lake table of ``home`` (``assets.logic.lake.withdraw_days``)."""
+    from assets.logic.lake import withdraw_days
+
+    return withdraw_days(lake_root(home), days)
 
 
 def resolve_engine(home: str, asked: str, asked_by: str = ENGINE_VARIABLE) -> str:
@@ -288,7 +264,8 @@ class Engine(ConfigurableResource):
         spark = SparkSession.getActiveSession()
         if spark is None:
             master = self.spark_master or os.environ.get(SPARK_MASTER_VARIABLE, "") or "local[2]"
-            spark = spark_session(master)
+            # Spark's progress bars would overwrite the CLI's progress lines
+            spark = spark_session(master, {"spark.ui.showConsoleProgress": "false"})
             spark.sparkContext.setLogLevel("ERROR")  # not a WARN per window without PARTITION BY, every day
             for key, value in SPARK_DEFAULTS.items():
                 if not spark.sparkContext.getConf().contains(key):
@@ -310,6 +287,18 @@ class Engine(ConfigurableResource):
         rows = self.lake().replace_day(table, day, statement.start, statement.end, statement.sql, statement.params)
         attach_lake(conn, self.home)
         return rows
+
+    def counting(self, table: str) -> Counting | None:
+        """Where the suite of the daily ``table`` counts its rows: on spark, Spark over the lake for the tables Spark
+        builds (``SparkConnection``, the lake's tables registered afresh); else ``None``, DuckDB on the asset's own
+        connection."""
+        from assets.logic.lake import LAKE_TABLES
+
+        if self.name == "duckdb" or table not in LAKE_TABLES:
+            return None
+        lake = self.lake()
+        lake.register_views(LAKE_TABLES)
+        return Counting(SparkConnection(lake.spark, lake.schemas()), "Spark")
 
     def export_day(self, conn: duckdb.DuckDBPyConnection, table: str, day: dt.date, tz: str) -> None:
         """On spark, copy ``day`` of the DuckDB-written ``table`` (``raw_events``) into the lake for Spark to read;

@@ -109,6 +109,10 @@ class Pipeline:
         self.home = home
         self.log_level = log_level
         self.resources = build_resources(str(home), landing_mode=landing_mode)
+        try:  # the home's engine (recorded by its first run): refused here in one line, not in every step
+            _ = self.resources["engine"].name
+        except ValueError as error:
+            raise UsageError(str(error)) from None
         self.defs = build_definitions(self.resources)
         self.instance = DagsterInstance.get()
 

@@ -27,6 +27,7 @@ from assets.logic.candidates import candidates_sql, covis_pairs_sql
 from assets.logic.events import CLEAN_SQL, accepted_sql, classify_landing
 from assets.logic.features import HISTORY_DAYS, USER_FEATURE_COLUMNS, user_features_sql
 from assets.logic.ingest import place
+from assets.logic.lake import attached_read_only
 from assets.logic.next_event import EVENT_CLASSES, NEXT_EVENT_FEATURES, session_states_sql
 from assets.logic.serving import BusinessRules, recommend
 from assets.logic.warehouse_sql import day_bounds, ensure_table
@@ -79,14 +80,11 @@ def load_item_side(conn: duckdb.DuckDBPyConnection, warehouse: str, day: dt.date
     temp tables (``predict_item_now``, ``predict_covis_pairs``); the warehouse is attached read-only
     for this copy only. Returns the number of items."""
     _, cutoff = day_bounds(day, tz)
-    conn.execute("ATTACH ? AS wh (READ_ONLY)", [warehouse])
-    try:
+    with attached_read_only(conn, warehouse, "wh"):
         conn.execute("CREATE TEMP TABLE predict_item_now AS SELECT * FROM wh.item_features WHERE as_of_date = ?", [day])
         conn.execute(
             f"CREATE TEMP TABLE predict_covis_pairs AS {covis_pairs_sql('wh.cleaned_events')}", {"cutoff": cutoff}
         )
-    finally:
-        conn.execute("DETACH wh")
     items = conn.execute("SELECT count(*) FROM predict_item_now").fetchone()[0]
     if items == 0:
         raise ValueError(
@@ -184,15 +182,14 @@ def score_sessions(
         """SELECT user_id || '/' || session_id AS sequence_id, count(*) AS events, max(event_time) AS last_event_time
            FROM sequence_events GROUP BY ALL"""
     ).df()
-    conn.execute("ATTACH ? AS wh (READ_ONLY)", [warehouse])
-    try:
+    with attached_read_only(conn, warehouse, "wh"):
         conn.execute("USE wh")
-        [(last,)] = conn.execute("SELECT max(event_time) FROM cleaned_events").fetchall()
-        cutoff = min(events["event_time"].min(), last + dt.timedelta(microseconds=1))
-        top = score_prefixes(conn, events, model, cutoff, k)
-    finally:
-        conn.execute("USE memory")
-        conn.execute("DETACH wh")
+        try:
+            [(last,)] = conn.execute("SELECT max(event_time) FROM cleaned_events").fetchall()
+            cutoff = min(events["event_time"].min(), last + dt.timedelta(microseconds=1))
+            top = score_prefixes(conn, events, model, cutoff, k)
+        finally:
+            conn.execute("USE memory")
     out = top.rename(columns={"session_id": "sequence_id"}).merge(sizes, on="sequence_id", how="left")
     out = out.assign(reason=out["source"].map(SESSION_REASONS), rules=None)
     columns = ["sequence_id", "events", "last_event_time", "rank", "item_id", "score", "source", "reason", "rules"]

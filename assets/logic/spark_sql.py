@@ -26,6 +26,8 @@ DuckDB                                 Spark
                                        ``EXCLUDE`` or ``EXCEPT`` of columns)
 ``UNION ALL BY NAME``                  ``UNION ALL`` of branches that each select every name, NULL where
                                        they lack it
+``SELECT unnest(a) AS x, unnest(b)``   ``SELECT inline(arrays_zip(a, b)) AS (x, y)``: Spark allows one
+                                       generator per SELECT; DuckDB unnests side by side
 =====================================  ===================================================================
 
 No pyspark import here: the translation is pure and tested without a JVM.
@@ -293,7 +295,22 @@ def _date_diff(node: exp.DateDiff) -> exp.Expression:
     raise TranslationError(f"date_diff('{unit.lower()}', ...) is not translated (second, minute, hour, day are)")
 
 
+def _zipped_unnests(select: exp.Select) -> exp.Select:
+    """``SELECT unnest(a) AS x, unnest(b) AS y``: DuckDB unnests the lists side by side; Spark allows one generator
+    per SELECT, so the lists are zipped and inlined once: ``SELECT inline(arrays_zip(a, b)) AS (x, y)``."""
+    unnests = [e for e in select.expressions if isinstance(e, exp.Alias) and isinstance(e.this, exp.Explode)]
+    if len(unnests) < 2:
+        return select
+    if len(unnests) != len(select.expressions):
+        raise TranslationError(f"{select.sql(dialect='duckdb')}: side-by-side unnests translate only on their own")
+    zipped = exp.Inline(this=exp.ArraysZip(expressions=[e.this.this.copy() for e in unnests]))
+    select.set("expressions", [exp.Aliases(this=zipped, expressions=[e.args["alias"].copy() for e in unnests])])
+    return select
+
+
 def _rewrite_node(node: exp.Expression) -> exp.Expression:
+    if isinstance(node, exp.Select):
+        return _zipped_unnests(node)
     if isinstance(node, exp.Interval) and isinstance(node.this, exp.Paren):
         quantity = node.this.this
         if not (isinstance(quantity, exp.Literal) and quantity.is_int):

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from dagster import AssetCheckKey, AssetKey, DagsterInstance
 
+from assets.logic.lake import LAKE_TABLES
 from resources.warehouse import Warehouse
 from tests.scale.conftest import FAST_SPARK_CONF
 
@@ -20,7 +22,6 @@ DEMO = ["--days", "4", "--events-per-day", "1000"]
 # What two runs of the same days may differ in: the ids and clocks of the runs that wrote a row, and the path of the
 # home the landing files lie in.
 RUN_SPECIFIC = {"run_id", "champion_run_id", "changed_at", "decided_at", "evaluated_at", "scored_at"}
-LAKE_TABLES = ["cleaned_events", "sessions", "user_sequences", "user_features", "item_features", "ranking_candidates"]
 
 
 def _demo(home: Path, tmp_path: Path, engine: str) -> str:
@@ -38,6 +39,16 @@ def _demo(home: Path, tmp_path: Path, engine: str) -> str:
     out = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
+
+
+def _predict(home: Path, events: Path) -> pd.DataFrame:
+    out = home.parent / f"predictions-{home.name}.parquet"
+    command = [sys.executable, "-m", "workflows.cli", "predict", "--home", str(home), "--events", str(events)]
+    command += ["--format", "canonical-csv", "--out", str(out)]
+    env = {**os.environ, "DAGSTER_HOME": str(home / "dagster_home"), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return pd.read_parquet(out)
 
 
 def _comparable(value, home: str):
@@ -74,6 +85,14 @@ def test_a_spark_home_publishes_what_a_duckdb_home_publishes(tmp_path):
         ], table
     assert not (duckdb_home / "lake").exists()
 
+    # their suites counted every row on Spark, and passed
+    instance = DagsterInstance.from_config(str(spark_home / "dagster_home"))
+    for table in LAKE_TABLES:
+        key = AssetCheckKey(AssetKey(table), f"{table}_suite")
+        (record,) = instance.event_log_storage.get_asset_check_execution_history(key, limit=1)
+        check = record.event.dagster_event.event_specific_data
+        assert check.passed and "over every row in Spark" in check.metadata["validated_by"].text, table
+
     expected, got = _tables(duckdb_home), _tables(spark_home)
     assert sorted(got) == sorted(expected)
     for table in ("raw_events", *LAKE_TABLES, "ranker_training_set", "recommendations", "next_action_predictions"):
@@ -82,3 +101,16 @@ def test_a_spark_home_publishes_what_a_duckdb_home_publishes(tmp_path):
         pd.testing.assert_frame_equal(
             got[name], expected[name], check_exact=False, rtol=1e-9, atol=1e-9, check_dtype=False, obj=name
         )
+
+    # shopseq predict reads the item side from the lake on a spark home: the same lists and probabilities
+    with Warehouse(home=str(duckdb_home)).connect(read_only=True) as conn:
+        events = conn.execute(
+            """SELECT event_time, user_id, event_type, item_id, category_id, query FROM cleaned_events
+               WHERE user_id IN (SELECT user_id FROM cleaned_events ORDER BY event_time DESC, user_id LIMIT 3)
+               ORDER BY event_time, event_id"""
+        ).df()
+    source = tmp_path / "events.csv"
+    events.to_csv(source, index=False)
+    expected, got = _predict(duckdb_home, source), _predict(spark_home, source)
+    assert len(expected) and set(expected["sequence_id"]) == set(events["user_id"])
+    pd.testing.assert_frame_equal(got, expected, check_exact=False, rtol=1e-9, atol=1e-9)

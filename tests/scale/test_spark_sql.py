@@ -72,6 +72,20 @@ def test_unnest_of_a_parameter_list():
     assert to_spark("SELECT unnest($ids) AS id", {"ids": ["a", "b"]}) == "SELECT EXPLODE(ARRAY('a', 'b')) AS id"
 
 
+def test_side_by_side_unnests_zip_into_one_generator(spark):
+    """DuckDB unnests lists side by side; Spark allows one generator per SELECT: the day windows of the
+    reconciliation checks (``assets.common.DAY_WINDOWS_SQL``) give DuckDB's rows on Spark."""
+    from assets.common import DAY_WINDOWS_SQL, day_windows
+
+    sql = f"SELECT * FROM {DAY_WINDOWS_SQL} b ORDER BY day"
+    params = day_windows(DAYS, "Asia/Shanghai", [3, 4])
+    assert "INLINE(ARRAYS_ZIP(" in to_spark(sql, params)
+    expected = duckdb.sql(sql, params=params).fetchall()
+    assert [tuple(r) for r in spark.sql(to_spark(sql, params)).collect()] == expected
+    with pytest.raises(TranslationError, match="side-by-side unnests translate only on their own"):
+        to_spark("SELECT unnest($a) AS x, unnest($b) AS y, 1 AS z", {"a": [1], "b": [2]})
+
+
 def test_tables_read():
     from assets.logic.spark_sql import tables_read
 

@@ -333,3 +333,22 @@ def test_a_home_that_cannot_be_a_folder_is_a_clean_error_and_a_strange_name_is_a
     code, err = _run(["run", "--home", home], capsys)
     assert code == 2 and "Traceback" not in err
     assert ("cannot be used as a home folder" in err) == (home == "afile/inside")
+
+
+@pytest.mark.parametrize("engine", ["presto", "'; DROP TABLE raw_events; --", "SPARK"])
+def test_an_unknown_engine_is_refused_in_one_line_before_any_run(isolated, capsys, monkeypatch, engine):
+    monkeypatch.setenv("SHOPSEQ_ENGINE", engine)
+    code, err = _run(["run", "--home", str(isolated / "home"), "--start", "2025-03-01"], capsys)
+    assert code == 2 and "SHOPSEQ_ENGINE=" in err and "is not an engine: one of duckdb, spark" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (isolated / "home" / "warehouse.duckdb").exists()
+
+
+def test_a_home_refuses_the_engine_it_did_not_start_with(isolated, capsys, monkeypatch):
+    home = isolated / "home"
+    home.mkdir()
+    (home / "settings.json").write_text('{"engine": "spark"}')
+    monkeypatch.setenv("SHOPSEQ_ENGINE", "duckdb")
+    code, err = _run(["run", "--home", str(home), "--start", "2025-03-01"], capsys)
+    assert code == 2 and "builds its daily tables on spark" in err and "SHOPSEQ_ENGINE=duckdb" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
