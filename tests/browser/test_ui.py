@@ -9,7 +9,6 @@ import datetime as dt
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from assets import ALL_ASSETS
 from assets.partitions import RANGE_END_TAG, RANGE_START_TAG
 from resources import LandingSource
 from tests.conftest import SMALL_SHOP, dagster_home, shop_days
+from tests.samples import stop_process_group
 from workflows.definitions import build_resources
 from workflows.jobs import DAILY_GROUPS
 
@@ -88,17 +88,6 @@ def _start(command: list[str], env: dict, log: Path) -> subprocess.Popen:
     )
 
 
-def _stop(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-    except ProcessLookupError:
-        pass
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """A home with six materialised days, trained models and a champion, served by `dagster dev` and `mlflow ui`."""
@@ -159,8 +148,8 @@ def served(tmp_path_factory):
             "mlflow": f"http://127.0.0.1:{mlflow_port}",
         }
     finally:
-        _stop(dagster)
-        _stop(mlflow)
+        stop_process_group(dagster)
+        stop_process_group(mlflow)
 
 
 @pytest.fixture

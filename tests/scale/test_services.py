@@ -65,6 +65,7 @@ from moto.server import ThreadedMotoServer  # noqa: E402
 from resources import LandingSource  # noqa: E402
 from resources.registry import CHAMPION, ModelRegistry  # noqa: E402
 from tests.conftest import SMALL_SHOP, shop_days  # noqa: E402
+from tests.samples import stop_process_group  # noqa: E402
 from workflows.cli import DAGSTER_POSTGRES_URL_VARIABLE, UsageError, prepare_home  # noqa: E402
 from workflows.definitions import defs  # noqa: E402
 
@@ -81,18 +82,6 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def _stop(process: subprocess.Popen, first: signal.Signals = signal.SIGTERM) -> None:
-    """Stop the process group of ``process`` (started with ``start_new_session``): ``first``, then SIGKILL."""
-    try:
-        os.killpg(process.pid, first)
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-    except ProcessLookupError:
-        pass
 
 
 def _wait_until(ready, what: str, process: subprocess.Popen, log: Path, seconds: float = 90) -> None:
@@ -157,7 +146,7 @@ def postgres() -> Iterator[Postgres]:
         yield cluster
     finally:
         if server is not None:
-            _stop(server, signal.SIGINT)  # PostgreSQL's fast shutdown
+            stop_process_group(server, signal.SIGINT)  # PostgreSQL's fast shutdown
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -236,7 +225,7 @@ def test_two_partitions_from_two_processes_at_once_are_recorded_in_one_postgres_
         outputs = [run.communicate(timeout=600)[0] for run in runs]
     finally:
         for run in runs:
-            _stop(run)
+            stop_process_group(run)
     for run, output in zip(runs, outputs):
         assert run.returncode == 0 and "RUN_SUCCESS" in output, output[-3000:]
     # one DuckDB writer: the two runs took turns on the warehouse lock, step by step
@@ -300,7 +289,7 @@ def _mlflow_server(backend: str, artifacts: str, s3_endpoint: str, log: Path) ->
         _wait_until(lambda: urllib.request.urlopen(f"{uri}/health", timeout=5).close(), "mlflow server", server, log)
         yield uri
     finally:
-        _stop(server)
+        stop_process_group(server)
 
 
 def test_a_model_is_registered_promoted_and_loaded_through_a_tracking_server_on_postgres_and_s3(
