@@ -189,11 +189,13 @@ class SparkRows:
         return self.rows[0] if self.rows else None
 
 
-def attach_lake(conn: duckdb.DuckDBPyConnection, home: str) -> list[str]:
-    """The lake tables of ``home`` as temporary views on ``conn`` (``assets.logic.lake.attach_lake``)."""
+def attach_lake(conn: duckdb.DuckDBPyConnection, home: str, tables=None) -> list[str]:
+    """The lake tables of ``home`` (those Spark builds, or ``tables``) as temporary views on ``conn``
+    (``assets.logic.lake.attach_lake``)."""
+    from assets.logic.lake import LAKE_TABLES
     from assets.logic.lake import attach_lake as attach
 
-    return attach(conn, lake_root(home))
+    return attach(conn, lake_root(home), tables or LAKE_TABLES)
 
 
 def withdraw_lake_days(home: str, days: list[dt.date]) -> dict[str, int]:

@@ -40,12 +40,12 @@ def written(lake: Path, table: str) -> bool:
     return any((lake / table).glob("day=*/*.parquet"))
 
 
-def attach_lake(conn: duckdb.DuckDBPyConnection, lake: Path) -> list[str]:
-    """Temporary views on ``conn`` named after the lake's tables, so that every reader of a spark home (training,
+def attach_lake(conn: duckdb.DuckDBPyConnection, lake: Path, tables=LAKE_TABLES) -> list[str]:
+    """Temporary views on ``conn`` named after the lake's ``tables``, so that every reader of a spark home (training,
     serving, the CLI, ``explain``) reads them as DuckDB tables: a temporary view hides the warehouse table of its
     name, and a write to it fails. A read-only connection takes them too. Returns the tables attached (those with
     a day written)."""
-    attached = [table for table in LAKE_TABLES if written(lake, table)]
+    attached = [table for table in tables if written(lake, table)]
     for table in attached:
         conn.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS {lake_select(lake, table)}")
     return attached
