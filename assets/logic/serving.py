@@ -121,62 +121,70 @@ def ranked_table(
     popular_rank, score) under ``rules``; returns user_id, item_id, score, source, rank, rules and the ``keep``
     columns of ``scored``, ordered by user and rank.
 
-    The allowed candidates are sorted once, by user, then score (a null score after every other), then the more
-    popular item, then item id, wherever a ranking is cut or numbered; the category cap and the ranks are counted
-    along that order (the two windows of SQL sorted every candidate twice). Only the users whose lists come out
-    shorter than ``min_items`` are filled, from their popular candidates, in DuckDB."""
+    The allowed candidates' keys are sorted once, by user, then score (a null score after every other), then the
+    more popular item, then item id, wherever a ranking is cut or numbered; the category cap and the ranks are
+    counted along that order on integer codes (two SQL windows sorted every candidate twice), and only the rows
+    kept are gathered. The users whose lists come out shorter than ``min_items`` are filled from their popular
+    candidates, in DuckDB."""
     table = scored if isinstance(scored, pa.Table) else pa.Table.from_pandas(scored, preserve_index=False)
     table = table.select(list(dict.fromkeys([*RULE_COLUMNS, "score", *keep])))
     score = table["score"].cast(pa.float64())
     # NaN is a missing score too (DuckDB would rank it above every number)
     table = table.set_column(table.schema.get_field_index("score"), "score", pc.if_else(pc.is_nan(score), None, score))
-    wanted = pa.array(users.to_numpy(), pa.string())
-    allowed = pc.is_in(table["user_id"], value_set=wanted)
+    allowed = pc.is_in(table["user_id"], value_set=pa.array(users.to_numpy(), pa.string()))
     if rules.deny_items:
         allowed = pc.and_(allowed, pc.invert(pc.is_in(table["item_id"], value_set=pa.array(rules.deny_items))))
     if rules.exclude_purchased:
         allowed = pc.and_(allowed, pc.equal(pc.fill_null(table["ui_purchases"].cast(pa.float64()), 0.0), 0.0))
-    table = table.filter(allowed)
+    rows = np.flatnonzero(allowed.to_numpy(zero_copy_only=False))  # the allowed rows of ``table``
+    keys = table.select(["user_id", "item_id", "category_id", "popular_rank", "score"]).take(rows)
     order = pc.sort_indices(
-        table,
+        keys,
         sort_keys=[
             ("user_id", "ascending"),
             ("score", "descending"),
             ("popular_rank", "ascending"),
             ("item_id", "ascending"),
         ],  # nulls at the end, under either order: as DuckDB orders them
-    )
-    table = table.take(order).combine_chunks()
-    user = table["user_id"]
-    new_user = np.ones(len(table), bool)
-    if len(table) > 1:
-        new_user[1:] = pc.not_equal(user.slice(1), user.slice(0, len(table) - 1)).to_numpy(zero_copy_only=False)
-    kept = np.ones(len(table), bool)
+    ).to_numpy()
+    user = pc.dictionary_encode(keys["user_id"]).combine_chunks()
+    user_of = user.indices.to_numpy()  # each allowed row's user, by code
+    user_code = user_of[order]
+    new_user = np.ones(len(order), bool)
+    new_user[1:] = user_code[1:] != user_code[:-1]
+    # each user's place in user order, by code: the rows are sorted by user
+    user_place = np.zeros(len(user.dictionary), np.int64)
+    user_place[user_code] = np.cumsum(new_user) - 1
+    kept = np.ones(len(order), bool)
     if rules.max_per_category:
         # each candidate's place among its user's candidates of the same category (the item itself without one)
-        category = pc.coalesce(table["category_id"].cast(pa.string()), table["item_id"].cast(pa.string()))
+        category = pc.coalesce(keys["category_id"].cast(pa.string()), keys["item_id"].cast(pa.string()))
         category = pc.dictionary_encode(category).combine_chunks()
-        group = np.cumsum(new_user).astype(np.int64) * len(category.dictionary) + category.indices.to_numpy()
+        group = user_place[user_code] * len(category.dictionary) + category.indices.to_numpy()[order]
         by_group = np.argsort(group, kind="stable")  # stable: the sorted order within each (user, category)
-        in_group = np.empty(len(table), np.int64)
         sorted_group = group[by_group]
+        in_group = np.empty(len(order), np.int64)
         in_group[by_group] = _position_in_run(np.r_[True, sorted_group[1:] != sorted_group[:-1]])
         kept = in_group < rules.max_per_category
     rank = _position_in_run(new_user[kept]) + 1
-    ranked = table.filter(kept).append_column("rank", pa.array(rank)).filter(pa.array(rank <= k))
+    chosen = order[kept][rank <= k]
+    rank = rank[rank <= k]
+    ranked = table.take(rows[chosen]).append_column("rank", pa.array(rank))
     fill = min(rules.min_items, k)
-    have = pd.Series(ranked["user_id"].to_numpy()).value_counts()
-    short = pd.DataFrame({"user_id": users.to_numpy()}).assign(
-        n=lambda f: f["user_id"].map(have).fillna(0).astype(np.int64)
-    )
-    short = short[short["n"] < fill]
+    have = np.bincount(user_of[chosen], minlength=len(user.dictionary))
+    short = np.flatnonzero(have < fill)  # users with candidates whose lists are short (the others get nothing)
     if len(short):
+        short_users = pa.table({"user_id": user.dictionary.take(pa.array(short)), "n": pa.array(have[short])})
         with duckdb.connect() as conn:
-            for name, relation in (("allowed", table), ("ranked", ranked), ("short", short)):
-                conn.register(name, relation)
+            conn.register("allowed", table.take(rows[np.isin(user_of, short)]))
+            conn.register("ranked", ranked.take(np.flatnonzero(np.isin(user_of[chosen], short))))
+            conn.register("short", short_users)
             filled = conn.sql(_FALLBACK_SQL, params={"fill": fill}).to_arrow_table()
-        ranked = pa.concat_tables([ranked, filled.select(ranked.column_names).cast(ranked.schema)])
-        ranked = ranked.take(pc.sort_indices(ranked, sort_keys=[("user_id", "ascending"), ("rank", "ascending")]))
+        filled = filled.select(ranked.column_names).cast(ranked.schema)
+        filled_place = user_place[pc.index_in(filled["user_id"], value_set=user.dictionary).to_numpy()]
+        place = np.concatenate([user_place[user_of[chosen]], filled_place])
+        ranked = pa.concat_tables([ranked, filled])
+        ranked = ranked.take(np.lexsort((ranked["rank"].to_numpy(), place)))
     ranked = ranked.append_column("rules", pa.repeat(pa.scalar(rules.describe(), pa.string()), len(ranked)))
     return ranked.select(list(dict.fromkeys(["user_id", "item_id", "score", "source", "rank", "rules", *keep])))
 
@@ -258,7 +266,8 @@ def recommend_day(
     """Top-k items for every user active on ``day`` (or for ``users``), as of its end, from the day's candidates in
     the warehouse (see ``recommend_scored``), yielded ``batch_users`` users at a time, in their order: memory is
     bounded by a batch, not by the day, when each batch is written before the next is made. A batch of sorted users
-    reads only its own rows, as the candidates are stored in user order (see ``build_candidates_day``)."""
+    reads only its own rows, as the candidates are stored in user order (see ``build_candidates_day``), with its
+    users' features and the day's item features joined (``candidates.stored_ranker_rows_sql``)."""
     users = active_users(conn, day) if users is None else users
     batch_rows = stored_ranker_rows_sql("as_of_date = $day", "user_id IN (SELECT user_id FROM batch_users)")
     for start in range(0, len(users), batch_users):
