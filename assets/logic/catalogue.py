@@ -170,7 +170,7 @@ TRAINING_SETS = {
         TrainingSetSpec(
             "ranker_training_set",
             "as_of_date, user_id, item_id",
-            ("ranking_candidates", "user_features", "cleaned_events"),
+            ("ranking_candidates", "user_features", "item_features", "cleaned_events"),
             lambda conn, days, holdout, tz: _split_frame(
                 training.ranker_frame(conn, days, positives_only=True, tz=tz),
                 training.ranker_frame(conn, [holdout], positives_only=False, tz=tz),
