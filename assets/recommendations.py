@@ -20,7 +20,7 @@ from dagster import (
 )
 
 from assets.common import markdown_preview, suite_check
-from assets.features import ranking_candidates, user_features
+from assets.features import item_features, ranking_candidates, user_features
 from assets.logic.candidates import RANKER_FEATURES
 from assets.logic.catalogue import CATALOGUE, NEXT_ACTION_MODELS, RANKER_MODEL, ModelSpec
 from assets.logic.features import USER_FEATURE_COLUMNS
@@ -178,8 +178,8 @@ def _publish(context, warehouse: Warehouse, registry: ModelRegistry, table: str,
 @multi_asset(
     **_serving(
         "recommendations",
-        # the day's active users come from user_features
-        [ranking_candidates, user_features, champion_promotion],
+        # the day's active users come from user_features; the candidates are read with their user and item features
+        [ranking_candidates, user_features, item_features, champion_promotion],
         "Top 20 items for every user active on the day, as of its end, scored by the champion ranker (learned or "
         "rule) and filtered by the business rules; each row names its candidate source, the rules, the model "
         "version, its policy and the MLflow run that scored it.",

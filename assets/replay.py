@@ -16,7 +16,7 @@ from dagster import (
 )
 
 from assets.cleaned_events import cleaned_events
-from assets.features import ranking_candidates, user_features
+from assets.features import item_features, ranking_candidates, user_features
 from assets.logic.catalogue import CATALOGUE, best_baseline, main_metric
 from assets.logic.policies import LEARNED
 from assets.logic.warehouse_sql import date_bounds, ensure_table, replace_window_from_frames
@@ -49,6 +49,7 @@ def model_trained_before(versions, day: dt.date):
     deps=[
         AssetDep(ranking_candidates, partition_mapping=_YESTERDAY),
         AssetDep(user_features, partition_mapping=_YESTERDAY),
+        AssetDep(item_features, partition_mapping=_YESTERDAY),  # the ranker's candidates are read with them
         cleaned_events,
     ],
     check_specs=[AssetCheckSpec("model_evaluation_suite", asset="model_replay", blocking=True)],

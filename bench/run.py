@@ -197,7 +197,7 @@ def _worker_models(args, meter: Meter) -> dict:
     ``publish_day``, each batch written to a recommendations table as the asset writes it)."""
     import numpy as np
 
-    from assets.logic.candidates import RANKER_FEATURES
+    from assets.logic.candidates import RANKER_FEATURES, stored_ranker_rows_sql
     from assets.logic.serving import SCORE_BATCH_USERS, recommend_day
     from assets.logic.training import train_lambdarank
     from assets.models import TrainingConfig
@@ -214,16 +214,24 @@ def _worker_models(args, meter: Meter) -> dict:
             day, rows, users_per_copy = conn.execute(
                 "SELECT any_value(as_of_date), count(*), count(DISTINCT user_id) FROM bench_day.ranking_candidates"
             ).fetchone()
-            conn.execute("CREATE TABLE ranking_candidates AS FROM bench_day.ranking_candidates LIMIT 0")
-            # Each copy in the day's own row order, its users renamed by a prefix that keeps their order: the
-            # layout the candidates stage writes (clustered by user), which serving's batches rely on.
+            # The candidates and the user features they are read with (see ``candidates.ranker_rows_sql``), each
+            # copy in the day's own row order, its users renamed by a prefix that keeps their order: the layout the
+            # candidates stage writes (clustered by user), which serving's batches rely on; the item features once.
+            for table in ("ranking_candidates", "user_features"):
+                conn.execute(f"CREATE TABLE {table} AS FROM bench_day.{table} LIMIT 0")
+            conn.execute("CREATE TABLE item_features AS FROM bench_day.item_features WHERE as_of_date = ?", [day])
             for k in range(max(math.ceil(args.train_rows / rows), math.ceil(args.score_users / users_per_copy))):
-                conn.execute(
-                    f"INSERT INTO ranking_candidates SELECT * REPLACE ('c{k}-' || user_id AS user_id) FROM "
-                    "bench_day.ranking_candidates"
-                )
+                for table in ("ranking_candidates", "user_features"):
+                    conn.execute(
+                        f"INSERT INTO {table} SELECT * REPLACE ('c{k}-' || user_id AS user_id) FROM bench_day.{table} "
+                        "WHERE as_of_date = ?",
+                        [day],
+                    )
             conn.execute("DETACH bench_day")
-            train = conn.execute(f"SELECT * FROM ranking_candidates LIMIT {args.train_rows}").df()
+            train = conn.execute(
+                f"{stored_ranker_rows_sql('as_of_date = $day')} ORDER BY user_id, item_id LIMIT {args.train_rows}",
+                {"day": day},
+            ).df()
             users = conn.execute(
                 f"SELECT DISTINCT user_id FROM ranking_candidates ORDER BY 1 LIMIT {args.score_users}"
             ).df()["user_id"]

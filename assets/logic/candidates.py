@@ -1,4 +1,4 @@
-"""Next-item candidates as of the end of a day, with the features the ranker reads.
+"""Next-item candidates as of the end of a day, with the features the ranker reads per (user, item).
 
 Sources, each point-in-time (events before the cut-off only):
 
@@ -20,6 +20,11 @@ An item first seen after the cut-off cannot be proposed by any source: "cold" he
 ``COLD_ITEM_DAYS`` before it (the evaluation's cold-item segment, see ``training.holdout_targets``).
 
 Candidates are built for users with an event in the last ``CANDIDATE_USER_DAYS`` days.
+
+The table holds the keys, the sources' scores and ranks and the user x item features (``CANDIDATE_FEATURES``: they
+need the user's own history, and are computed with the candidates, per pair); the user-level and item-level
+features (``JOINED_FEATURES``) are joined from ``user_features`` and ``item_features`` of the same ``as_of_date``
+where the ranker's rows are read (``ranker_rows_sql``): a candidate is stored with 28 features instead of 42.
 """
 
 import datetime as dt
@@ -86,6 +91,11 @@ RANKER_FEATURES = [
     "price_vs_user_mean",
     *ITEM_FEATURE_COLUMNS,
 ]
+# The ranker's features that depend on the user alone or on the item alone (and the price ratio of the two), restored
+# from user_features and item_features of the candidates' as_of_date when their rows are read (``ranker_rows_sql``);
+# the others are stored with the candidates.
+JOINED_FEATURES = ["user_events_7d", "user_hours_since_last_event", "price_vs_user_mean", *ITEM_FEATURE_COLUMNS]
+CANDIDATE_FEATURES = [f for f in RANKER_FEATURES if f not in JOINED_FEATURES]
 
 
 def covis_pairs_sql(events: str = "cleaned_events") -> str:
@@ -108,10 +118,11 @@ QUALIFY row_number() OVER (PARTITION BY a.item_id ORDER BY pair_weight DESC, b.i
 """
 
 
-def candidates_sql(history: str, covis_pairs: str, item_now: str, user_features: str) -> str:
-    """Candidates with the ranker's features. The user side reads ``history`` (events with their user's
-    ``cutoff``, see ``features.daily_history_sql``); the item side reads ``covis_pairs`` (``covis_pairs_sql``),
-    ``item_now`` (item features) and ``user_features``, all SELECTs. Param: ``$as_of_date`` (of the item side)."""
+def candidates_sql(history: str, covis_pairs: str, item_now: str) -> str:
+    """Candidates with their ``CANDIDATE_FEATURES`` (``ranker_rows_sql`` adds the others). The user side reads
+    ``history`` (events with their user's ``cutoff``, see ``features.daily_history_sql``); the item side reads
+    ``covis_pairs`` (``covis_pairs_sql``) and ``item_now`` (item features), both SELECTs. Param: ``$as_of_date`` (of
+    the item side)."""
     recency_weight = f"{type_weight_sql()} * exp(-date_diff('second', event_time, h.cutoff) / 3600.0 / {RECENCY_HOURS})"
     return f"""
 WITH events AS (
@@ -237,10 +248,7 @@ pairs AS (
     )
     GROUP BY user_id, item_id
 ),
-user_side AS (
-    SELECT u.user_id, u.cutoff, lt.last_category, uf.events_7d, uf.hours_since_last_event, uf.mean_price_7d
-    FROM users u LEFT JOIN last_touch lt USING (user_id) LEFT JOIN ({user_features}) uf USING (user_id)
-)
+user_side AS (SELECT u.user_id, u.cutoff, lt.last_category FROM users u LEFT JOIN last_touch lt USING (user_id))
 SELECT CAST($as_of_date AS DATE) AS as_of_date, u.cutoff, p.user_id, p.item_id,
        coalesce(i.category_id, ui.event_category) AS category_id,
        CASE WHEN p.recent_rank IS NOT NULL THEN 'recent' WHEN p.covis_rank IS NOT NULL THEN 'covis'
@@ -263,10 +271,7 @@ SELECT CAST($as_of_date AS DATE) AS as_of_date, u.cutoff, p.user_id, p.item_id,
        CAST(coalesce(ui.in_last_session, false) AS INTEGER) AS ui_in_last_session, ui.ui_last_session_position,
        CAST(coalesce(coalesce(i.category_id, ui.event_category) = u.last_category,
            false) AS INTEGER) AS in_last_category,
-       coalesce(uc.weight / nullif(uc.total, 0), 0) AS category_affinity,
-       u.events_7d AS user_events_7d, u.hours_since_last_event AS user_hours_since_last_event,
-       i.item_price / nullif(u.mean_price_7d, 0) AS price_vs_user_mean,
-       {", ".join(f"i.{c}" for c in ITEM_FEATURE_COLUMNS)}
+       coalesce(uc.weight / nullif(uc.total, 0), 0) AS category_affinity
 FROM pairs p
 JOIN user_side u ON u.user_id = p.user_id
 LEFT JOIN ui ON ui.user_id = p.user_id AND ui.item_id = p.item_id
@@ -275,8 +280,34 @@ LEFT JOIN user_categories uc ON uc.user_id = p.user_id AND uc.category_id = coal
 """
 
 
+def ranker_rows_sql(candidates: str, user_features: str, item_features: str) -> str:
+    """The ranker's rows: the candidates of ``candidates`` (rows of ``ranking_candidates``) with the
+    ``JOINED_FEATURES`` from ``user_features`` and ``item_features`` (tables or SELECTs of their rows) of the same
+    ``as_of_date``: the values ``candidates_sql`` wrote with every candidate before they were stored apart. A user or
+    an item without features gets nulls there, as it did then."""
+    return f"""
+SELECT c.*, uf.events_7d AS user_events_7d, uf.hours_since_last_event AS user_hours_since_last_event,
+       i.item_price / nullif(uf.mean_price_7d, 0) AS price_vs_user_mean,
+       {", ".join(f"i.{c}" for c in ITEM_FEATURE_COLUMNS)}
+FROM ({candidates}) c
+LEFT JOIN ({user_features}) uf ON uf.as_of_date = c.as_of_date AND uf.user_id = c.user_id
+LEFT JOIN ({item_features}) i ON i.as_of_date = c.as_of_date AND i.item_id = c.item_id
+"""
+
+
+def stored_ranker_rows_sql(days: str, users: str = "true") -> str:
+    """``ranker_rows_sql`` over the warehouse's tables: the candidates of the days that match ``days`` and of the
+    users that match ``users`` (conditions on ``as_of_date`` and ``user_id`` written in code, their values bound as
+    parameters), the user features of the same days and users, the item features of the same days."""
+    return ranker_rows_sql(
+        f"SELECT * FROM ranking_candidates WHERE {days} AND {users}",
+        f"SELECT * FROM user_features WHERE {days} AND {users}",
+        f"SELECT * FROM item_features WHERE {days}",
+    )
+
+
 def build_candidates_day(conn: duckdb.DuckDBPyConnection, day: dt.date, tz: str = "UTC") -> int:
-    """Replace the candidates as of the end of ``day`` (needs that day's item and user features).
+    """Replace the candidates as of the end of ``day`` (needs that day's item features).
 
     The item side (co-visitation pairs, item features) is computed once; the user side runs in passes over
     disjoint sets of users (by hash), one pass per ``EVENTS_PER_PASS`` events of history. Every CTE of the
@@ -300,7 +331,6 @@ def build_candidates_day(conn: duckdb.DuckDBPyConnection, day: dt.date, tz: str 
             history=f"SELECT * FROM ({daily_history_sql()}) WHERE hash(user_id) % {passes} = {k}",
             covis_pairs="SELECT * FROM day_covis_pairs",
             item_now="SELECT * FROM day_item_features",
-            user_features="SELECT * FROM user_features WHERE as_of_date = $as_of_date",
         )
         + "ORDER BY user_id, item_id"
         for k in range(passes)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from assets.logic import gru_model, next_event, session_model, training
-from assets.logic.candidates import RANKER_FEATURES
+from assets.logic.candidates import RANKER_FEATURES, stored_ranker_rows_sql
 from assets.logic.features import USER_FEATURE_COLUMNS
 from assets.logic.policies import RulePolicy
 from assets.logic.warehouse_sql import day_bounds
@@ -170,7 +170,7 @@ TRAINING_SETS = {
         TrainingSetSpec(
             "ranker_training_set",
             "as_of_date, user_id, item_id",
-            ("ranking_candidates", "user_features", "cleaned_events"),
+            ("ranking_candidates", "user_features", "item_features", "cleaned_events"),
             lambda conn, days, holdout, tz: _split_frame(
                 training.ranker_frame(conn, days, positives_only=True, tz=tz),
                 training.ranker_frame(conn, [holdout], positives_only=False, tz=tz),
@@ -333,7 +333,7 @@ def _ranker_evaluation(conn, model, rules, tz: str) -> tuple[pd.DataFrame, dt.da
 
 def _ranker_replay(conn, model, day: dt.date, tz: str) -> pd.DataFrame | None:
     cutoff_day = day - dt.timedelta(days=1)
-    candidates = conn.execute("SELECT * FROM ranking_candidates WHERE as_of_date = ?", [cutoff_day]).df()
+    candidates = conn.execute(stored_ranker_rows_sql("as_of_date = $day"), {"day": cutoff_day}).df()
     targets = training.holdout_targets(conn, cutoff_day, tz) if len(candidates) else pd.DataFrame()
     if targets.empty:
         return None

@@ -23,7 +23,7 @@ import duckdb
 import lightgbm as lgb
 import pandas as pd
 
-from assets.logic.candidates import candidates_sql, covis_pairs_sql
+from assets.logic.candidates import candidates_sql, covis_pairs_sql, ranker_rows_sql
 from assets.logic.events import CLEAN_SQL, accepted_sql, classify_landing
 from assets.logic.features import HISTORY_DAYS, USER_FEATURE_COLUMNS, user_features_sql
 from assets.logic.ingest import place
@@ -122,11 +122,10 @@ def score_sequences(
     params = {"as_of_date": item_day}
     conn.execute(f"CREATE OR REPLACE TEMP TABLE sequence_features AS {user_features_sql(_SEQUENCE_HISTORY)}", params)
     candidates = conn.sql(  # an Arrow table: the scorer reads it without pandas
-        candidates_sql(
-            _SEQUENCE_HISTORY,
-            "SELECT * FROM predict_covis_pairs",
-            "SELECT * FROM predict_item_now",
+        ranker_rows_sql(
+            candidates_sql(_SEQUENCE_HISTORY, "SELECT * FROM predict_covis_pairs", "SELECT * FROM predict_item_now"),
             "SELECT * FROM sequence_features",
+            "SELECT * FROM predict_item_now",
         ),
         params=params,
     ).to_arrow_table()

@@ -86,7 +86,7 @@ def table_columns(name: str) -> str:
     if name in TABLES:
         return TABLES[name]
     # imported here: the feature modules create their tables through ensure_table, which reads this module
-    from assets.logic.candidates import RANKER_FEATURES
+    from assets.logic.candidates import CANDIDATE_FEATURES
     from assets.logic.features import ITEM_FEATURE_COLUMNS, USER_FEATURE_COLUMNS
 
     features = {
@@ -97,7 +97,7 @@ def table_columns(name: str) -> str:
             ", category_id VARCHAR, item_score_1d DOUBLE",
         ),
         "ranking_candidates": (
-            RANKER_FEATURES,
+            CANDIDATE_FEATURES,
             "user_id VARCHAR NOT NULL, item_id VARCHAR NOT NULL, category_id VARCHAR, source VARCHAR NOT NULL",
             "",
         ),

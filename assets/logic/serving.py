@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from assets.logic.candidates import RANKER_FEATURES
+from assets.logic.candidates import RANKER_FEATURES, stored_ranker_rows_sql
 from assets.logic.explanations import WORDING_COLUMNS, top_family, word
 from assets.logic.features import USER_FEATURE_COLUMNS
 from assets.logic.policies import RulePolicy
@@ -97,37 +97,21 @@ class BusinessRules:
 RULE_COLUMNS = ["user_id", "item_id", "category_id", "source", "ui_purchases", "popular_rank"]
 
 
-_RULES_SQL = """
-WITH allowed AS (
-    SELECT * FROM scored
-    WHERE user_id IN (SELECT user_id FROM users) AND NOT list_contains($deny, item_id)
-      AND (NOT $exclude_purchased OR coalesce(ui_purchases, 0) = 0)
-),
--- ties in score go to the more popular item, then by item id, wherever the ranking is cut or numbered
-ranked AS (
-    SELECT *, row_number() OVER (PARTITION BY user_id ORDER BY score DESC, popular_rank, item_id) AS rank FROM (
-        SELECT * FROM allowed
-        QUALIFY $cap = 0 OR row_number() OVER (PARTITION BY user_id, coalesce(category_id, item_id)
-                                               ORDER BY score DESC, popular_rank, item_id) <= $cap
-    )
-    QUALIFY rank <= $k
-),
-have AS (SELECT user_id, count(*) AS n FROM ranked GROUP BY user_id),
--- only users with short lists are filled: the anti-join and its window touch their rows alone
-short AS (SELECT user_id, coalesce(h.n, 0) AS n FROM users LEFT JOIN have h USING (user_id) WHERE coalesce(h.n,
-    0) < $fill),
-fallback AS (
-    SELECT a.* REPLACE (CAST(NULL AS DOUBLE) AS score, 'fallback' AS source),
-           s.n + row_number() OVER (PARTITION BY a.user_id ORDER BY a.popular_rank, a.item_id) AS rank
-    FROM allowed a JOIN short s USING (user_id)
-    WHERE a.popular_rank < 999
-      AND NOT EXISTS (SELECT 1 FROM ranked r WHERE r.user_id = a.user_id AND r.item_id = a.item_id)
-    QUALIFY rank <= $fill
-)
-SELECT user_id, item_id, score, source, rank, $rules AS rules {extra}
-FROM (SELECT * FROM ranked UNION ALL BY NAME SELECT * FROM fallback)
-ORDER BY user_id, rank
+# The fill of the lists shorter than ``$fill``: the users' allowed candidates that are not in their lists, in
+# popularity order, after the ranked items.
+_FALLBACK_SQL = """
+SELECT a.* REPLACE (CAST(NULL AS DOUBLE) AS score, 'fallback' AS source),
+       s.n + row_number() OVER (PARTITION BY a.user_id ORDER BY a.popular_rank, a.item_id) AS rank
+FROM allowed a JOIN short s USING (user_id)
+WHERE a.popular_rank < 999 AND NOT EXISTS (SELECT 1 FROM ranked r WHERE r.user_id = a.user_id AND r.item_id = a.item_id)
+QUALIFY rank <= $fill
 """
+
+
+def _position_in_run(first: np.ndarray) -> np.ndarray:
+    """For rows grouped in runs (``first`` marks the first row of each), each row's position in its run, from 0."""
+    positions = np.arange(len(first))
+    return positions - np.maximum.accumulate(np.where(first, positions, 0))
 
 
 def ranked_table(
@@ -135,22 +119,74 @@ def ranked_table(
 ) -> pa.Table:
     """Top-k per user from scored candidates (user_id, item_id, category_id, source, ui_purchases,
     popular_rank, score) under ``rules``; returns user_id, item_id, score, source, rank, rules and the ``keep``
-    columns of ``scored``, ordered by user and rank. Runs in DuckDB: millions of candidate rows sort in seconds
-    there."""
-    with duckdb.connect() as conn:
-        conn.register("scored", scored)
-        conn.register("users", pd.DataFrame({"user_id": users.to_numpy()}))
-        return conn.sql(
-            _RULES_SQL.format(extra="".join(f", {column}" for column in keep)),
-            params={
-                "deny": list(rules.deny_items),
-                "exclude_purchased": rules.exclude_purchased,
-                "cap": rules.max_per_category,
-                "k": k,
-                "fill": min(rules.min_items, k),
-                "rules": rules.describe(),
-            },
-        ).to_arrow_table()
+    columns of ``scored``, ordered by user and rank.
+
+    The allowed candidates' keys are sorted once, by user, then score (a null score after every other), then the
+    more popular item, then item id, wherever a ranking is cut or numbered; the category cap and the ranks are
+    counted along that order on integer codes (two SQL windows sorted every candidate twice), and only the rows
+    kept are gathered. The users whose lists come out shorter than ``min_items`` are filled from their popular
+    candidates, in DuckDB."""
+    table = scored if isinstance(scored, pa.Table) else pa.Table.from_pandas(scored, preserve_index=False)
+    table = table.select(list(dict.fromkeys([*RULE_COLUMNS, "score", *keep])))
+    score = table["score"].cast(pa.float64())
+    # NaN is a missing score too (DuckDB would rank it above every number)
+    table = table.set_column(table.schema.get_field_index("score"), "score", pc.if_else(pc.is_nan(score), None, score))
+    allowed = pc.is_in(table["user_id"], value_set=pa.array(users.to_numpy(), pa.string()))
+    if rules.deny_items:
+        allowed = pc.and_(allowed, pc.invert(pc.is_in(table["item_id"], value_set=pa.array(rules.deny_items))))
+    if rules.exclude_purchased:
+        allowed = pc.and_(allowed, pc.equal(pc.fill_null(table["ui_purchases"].cast(pa.float64()), 0.0), 0.0))
+    rows = np.flatnonzero(allowed.to_numpy(zero_copy_only=False))  # the allowed rows of ``table``
+    keys = table.select(["user_id", "item_id", "category_id", "popular_rank", "score"]).take(rows)
+    order = pc.sort_indices(
+        keys,
+        sort_keys=[
+            ("user_id", "ascending"),
+            ("score", "descending"),
+            ("popular_rank", "ascending"),
+            ("item_id", "ascending"),
+        ],  # nulls at the end, under either order: as DuckDB orders them
+    ).to_numpy()
+    user = pc.dictionary_encode(keys["user_id"]).combine_chunks()
+    user_of = user.indices.to_numpy()  # each allowed row's user, by code
+    user_code = user_of[order]
+    new_user = np.ones(len(order), bool)
+    new_user[1:] = user_code[1:] != user_code[:-1]
+    # each user's place in user order, by code: the rows are sorted by user
+    user_place = np.zeros(len(user.dictionary), np.int64)
+    user_place[user_code] = np.cumsum(new_user) - 1
+    kept = np.ones(len(order), bool)
+    if rules.max_per_category:
+        # each candidate's place among its user's candidates of the same category (the item itself without one)
+        category = pc.coalesce(keys["category_id"].cast(pa.string()), keys["item_id"].cast(pa.string()))
+        category = pc.dictionary_encode(category).combine_chunks()
+        group = user_place[user_code] * len(category.dictionary) + category.indices.to_numpy()[order]
+        by_group = np.argsort(group, kind="stable")  # stable: the sorted order within each (user, category)
+        sorted_group = group[by_group]
+        in_group = np.empty(len(order), np.int64)
+        in_group[by_group] = _position_in_run(np.r_[True, sorted_group[1:] != sorted_group[:-1]])
+        kept = in_group < rules.max_per_category
+    rank = _position_in_run(new_user[kept]) + 1
+    chosen = order[kept][rank <= k]
+    rank = rank[rank <= k]
+    ranked = table.take(rows[chosen]).append_column("rank", pa.array(rank))
+    fill = min(rules.min_items, k)
+    have = np.bincount(user_of[chosen], minlength=len(user.dictionary))
+    short = np.flatnonzero(have < fill)  # users with candidates whose lists are short (the others get nothing)
+    if len(short):
+        short_users = pa.table({"user_id": user.dictionary.take(pa.array(short)), "n": pa.array(have[short])})
+        with duckdb.connect() as conn:
+            conn.register("allowed", table.take(rows[np.isin(user_of, short)]))
+            conn.register("ranked", ranked.take(np.flatnonzero(np.isin(user_of[chosen], short))))
+            conn.register("short", short_users)
+            filled = conn.sql(_FALLBACK_SQL, params={"fill": fill}).to_arrow_table()
+        filled = filled.select(ranked.column_names).cast(ranked.schema)
+        filled_place = user_place[pc.index_in(filled["user_id"], value_set=user.dictionary).to_numpy()]
+        place = np.concatenate([user_place[user_of[chosen]], filled_place])
+        ranked = pa.concat_tables([ranked, filled])
+        ranked = ranked.take(np.lexsort((ranked["rank"].to_numpy(), place)))
+    ranked = ranked.append_column("rules", pa.repeat(pa.scalar(rules.describe(), pa.string()), len(ranked)))
+    return ranked.select(list(dict.fromkeys(["user_id", "item_id", "score", "source", "rank", "rules", *keep])))
 
 
 # The candidate columns the rules and the reasons' wording read; the features travel apart, as matrices.
@@ -230,17 +266,15 @@ def recommend_day(
     """Top-k items for every user active on ``day`` (or for ``users``), as of its end, from the day's candidates in
     the warehouse (see ``recommend_scored``), yielded ``batch_users`` users at a time, in their order: memory is
     bounded by a batch, not by the day, when each batch is written before the next is made. A batch of sorted users
-    reads only its own rows, as the candidates are stored in user order (see ``build_candidates_day``)."""
+    reads only its own rows, as the candidates are stored in user order (see ``build_candidates_day``), with its
+    users' features and the day's item features joined (``candidates.stored_ranker_rows_sql``)."""
     users = active_users(conn, day) if users is None else users
+    batch_rows = stored_ranker_rows_sql("as_of_date = $day", "user_id IN (SELECT user_id FROM batch_users)")
     for start in range(0, len(users), batch_users):
         some = users.iloc[start : start + batch_users]
         conn.register("batch_users", pa.table({"user_id": pa.array(some, pa.string())}))
         try:
-            batch = conn.sql(
-                scoring_sql("ranking_candidates")
-                + " WHERE as_of_date = $day AND user_id IN (SELECT user_id FROM batch_users)",
-                params={"day": day},
-            ).to_arrow_table()
+            batch = conn.sql(scoring_sql(f"({batch_rows})"), params={"day": day}).to_arrow_table()
         finally:
             conn.unregister("batch_users")
         recs = recommend_scored(booster, batch, some, k, rules)

@@ -390,7 +390,6 @@ def daily_statements(day: dt.date, tz: str = "UTC", bot_events_per_day: int = 20
         history=daily_history_sql(),
         covis_pairs=covis_pairs_sql(),
         item_now="SELECT * FROM item_features WHERE as_of_date = $as_of_date",
-        user_features="SELECT * FROM user_features WHERE as_of_date = $as_of_date",
     )
     window = {"start": start, "end": end}
     return [

@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 
 from assets.logic import profile
-from assets.logic.candidates import COLD_ITEM_DAYS, RANKER_FEATURES
+from assets.logic.candidates import COLD_ITEM_DAYS, RANKER_FEATURES, stored_ranker_rows_sql
 from assets.logic.features import HISTORY_DAYS, USER_FEATURE_COLUMNS
 from assets.logic.metrics import (
     RANKING_METRICS,
@@ -119,12 +119,14 @@ def next_action_frame(conn: duckdb.DuckDBPyConnection, days: list[dt.date], tz: 
 
 
 def ranker_frame(conn: duckdb.DuckDBPyConnection, days: list[dt.date], positives_only: bool, tz: str) -> pd.DataFrame:
-    """Candidates as of each cut-off day (of the shop's time zone ``tz``) with relevance from the next day (0 none,
-    1 view, 2 cart, 3 purchase).
+    """Candidates as of each cut-off day (of the shop's time zone ``tz``) with the ranker's features (those stored
+    apart joined, see ``candidates.ranker_rows_sql``) and relevance from the next day (0 none, 1 view, 2 cart,
+    3 purchase).
 
     ``positives_only`` keeps the (user, day) groups with at least one relevant
     candidate: the only groups LambdaRank learns from.
     """
+    rows = stored_ranker_rows_sql("list_contains($days, as_of_date)")
     return conn.execute(
         f"""
         WITH next_day AS (
@@ -136,8 +138,7 @@ def ranker_frame(conn: duckdb.DuckDBPyConnection, days: list[dt.date], positives
         ),
         labelled AS (
             SELECT c.*, coalesce(n.relevance, 0) AS relevance
-            FROM ranking_candidates c LEFT JOIN next_day n USING (as_of_date, user_id, item_id)
-            WHERE list_contains($days, c.as_of_date)
+            FROM ({rows}) c LEFT JOIN next_day n USING (as_of_date, user_id, item_id)
         )
         SELECT * FROM labelled
         WHERE NOT $positives_only

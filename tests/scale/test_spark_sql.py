@@ -89,7 +89,9 @@ def test_side_by_side_unnests_zip_into_one_generator(spark):
 def test_tables_read():
     from assets.logic.spark_sql import tables_read
 
-    assert {"cleaned_events", "user_features"} <= tables_read(daily_statements(DAYS[0])[-1].sql)
+    # the candidates read the day's item features; the user features are joined where their rows are read
+    assert {"cleaned_events", "item_features"} <= tables_read(daily_statements(DAYS[0])[-1].sql)
+    assert "user_features" not in tables_read(daily_statements(DAYS[0])[-1].sql)
 
 
 def test_interval_with_parenthesised_quantity():

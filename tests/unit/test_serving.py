@@ -3,10 +3,12 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pytest
 
 from assets.logic import serving
-from assets.logic.candidates import RANKER_FEATURES
+from assets.logic.candidates import CANDIDATE_FEATURES, JOINED_FEATURES, RANKER_FEATURES
 from assets.logic.explanations import reasons
+from assets.logic.features import ITEM_FEATURE_COLUMNS
 from assets.logic.serving import BusinessRules, ranked_table
 
 
@@ -49,6 +51,79 @@ def test_without_rules_the_ranking_is_the_models():
     assert recs["item_id"].tolist() == ["a", "b", "c", "d"] and recs["source"].ne("fallback").all()
 
 
+# The rules as two SQL windows over every candidate (the code before ``ranked_table`` sorted them once): the
+# reference the one-pass rules must give row for row.
+_TWO_WINDOWS_SQL = """
+WITH allowed AS (
+    SELECT * FROM scored
+    WHERE user_id IN (SELECT user_id FROM users) AND NOT list_contains($deny, item_id)
+      AND (NOT $exclude_purchased OR coalesce(ui_purchases, 0) = 0)
+),
+ranked AS (
+    SELECT *, row_number() OVER (PARTITION BY user_id ORDER BY score DESC, popular_rank, item_id) AS rank FROM (
+        SELECT * FROM allowed
+        QUALIFY $cap = 0 OR row_number() OVER (PARTITION BY user_id, coalesce(category_id, item_id)
+                                               ORDER BY score DESC, popular_rank, item_id) <= $cap
+    )
+    QUALIFY rank <= $k
+),
+have AS (SELECT user_id, count(*) AS n FROM ranked GROUP BY user_id),
+short AS (SELECT user_id, coalesce(h.n, 0) AS n FROM users LEFT JOIN have h USING (user_id)
+          WHERE coalesce(h.n, 0) < $fill),
+fallback AS (
+    SELECT a.* REPLACE (CAST(NULL AS DOUBLE) AS score, 'fallback' AS source),
+           s.n + row_number() OVER (PARTITION BY a.user_id ORDER BY a.popular_rank, a.item_id) AS rank
+    FROM allowed a JOIN short s USING (user_id)
+    WHERE a.popular_rank < 999
+      AND NOT EXISTS (SELECT 1 FROM ranked r WHERE r.user_id = a.user_id AND r.item_id = a.item_id)
+    QUALIFY rank <= $fill
+)
+SELECT user_id, item_id, score, source, rank, $rules AS rules, row
+FROM (SELECT * FROM ranked UNION ALL BY NAME SELECT * FROM fallback)
+ORDER BY user_id, rank
+"""
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        BusinessRules(),
+        BusinessRules(exclude_purchased=False, max_per_category=0, min_items=0),
+        BusinessRules(max_per_category=2, deny_items=("i3", "i7"), min_items=15),
+        BusinessRules(exclude_purchased=False, max_per_category=1, min_items=20),
+    ],
+)
+def test_the_one_pass_rules_give_the_rows_of_the_two_windows(rules):
+    """Ties in score (a rule's whole-number scores), missing scores, missing categories, users without candidates
+    and users whose lists the cap leaves short: the same rows in the same order as the SQL windows."""
+    rng = np.random.default_rng(11)
+    n = 3000
+    frame = pd.DataFrame(
+        {
+            "user_id": [f"u{u:03d}" for u in rng.integers(0, 150, n)],
+            "item_id": [f"i{i}" for i in rng.integers(0, 400, n)],
+            "category_id": np.where(rng.random(n) < 0.1, None, [f"c{c}" for c in rng.integers(0, 6, n)]),
+            "source": rng.choice(["recent", "covis", "popular"], n),
+            "ui_purchases": np.where(rng.random(n) < 0.1, 1.0, np.where(rng.random(n) < 0.1, np.nan, 0.0)),
+            "popular_rank": np.where(rng.random(n) < 0.4, rng.integers(1, 30, n), 999).astype(float),
+            "score": np.where(rng.random(n) < 0.15, np.nan, rng.integers(0, 8, n).astype(float)),
+        }
+    ).drop_duplicates(["user_id", "item_id"])
+    frame = frame.assign(row=np.arange(len(frame)))
+    users = pd.Series([f"u{u:03d}" for u in range(0, 160, 2)])  # every other user, and ten without candidates
+    table = pa.Table.from_pandas(frame, preserve_index=False)  # NaN scores become null, as the scorer passes them
+    got = ranked_table(table, users, rules, k=20, keep=("row",)).to_pandas()
+    with duckdb.connect() as conn:
+        conn.register("scored", table)
+        conn.register("users", pd.DataFrame({"user_id": users}))
+        params = {"deny": list(rules.deny_items), "exclude_purchased": rules.exclude_purchased, "k": 20}
+        params |= {"cap": rules.max_per_category, "fill": min(rules.min_items, 20), "rules": rules.describe()}
+        want = conn.sql(_TWO_WINDOWS_SQL, params=params).df()
+    assert len(want) > 900 and want["score"].isna().any()
+    assert want["source"].eq("fallback").any() == (rules.min_items > 0)
+    pd.testing.assert_frame_equal(got, want, check_dtype=False)
+
+
 def test_large_batches_are_scored_by_the_compiled_ranker_with_lightgbms_scores(monkeypatch):
     rng = np.random.default_rng(2)
     frame = pd.DataFrame(rng.uniform(0, 1, (3000, len(RANKER_FEATURES))), columns=RANKER_FEATURES)
@@ -79,17 +154,40 @@ def _candidates_and_ranker(users: int = 40, per_user: int = 12):
         category_id=[f"c{c}" for c in rng.integers(0, 4, n)],
         source=rng.choice(["recent", "covis", "category", "popular"], n),
     )
+    # the features read from user_features are the user's, whichever item: the first row of each user's
+    user = frame.groupby("user_id")
+    frame["user_events_7d"] = user["user_events_7d"].transform("first")
+    frame["user_hours_since_last_event"] = user["user_hours_since_last_event"].transform("first")
+    frame["mean_price_7d"] = user["price_vs_user_mean"].transform("first") + 0.5
+    frame["price_vs_user_mean"] = frame["item_price"] / frame["mean_price_7d"]
     label = (frame["ui_views"] + frame["recent_score"] > 2).astype(int)
     params = {"objective": "lambdarank", "num_leaves": 7, "verbosity": -1, "seed": 1, "deterministic": True}
     booster = lgb.train(params, lgb.Dataset(frame[RANKER_FEATURES], label, group=[per_user] * users), 30)
     return frame, booster
 
 
+def _store(conn, frame: pd.DataFrame) -> None:
+    """The frame's rows as the warehouse holds them: narrow candidates, and the user and item features they are
+    read with."""
+    keys = ["as_of_date", "user_id", "item_id", "category_id", "source"]
+    conn.execute("CREATE TABLE ranking_candidates AS SELECT * EXCLUDE (mean_price_7d) FROM frame")
+    for column in JOINED_FEATURES:
+        conn.execute(f"ALTER TABLE ranking_candidates DROP COLUMN {column}")
+    assert sorted(c for c in conn.sql("FROM ranking_candidates").columns if c not in keys) == sorted(CANDIDATE_FEATURES)
+    conn.execute(
+        """CREATE TABLE user_features AS SELECT DISTINCT as_of_date, user_id, user_events_7d AS events_7d,
+           user_hours_since_last_event AS hours_since_last_event, mean_price_7d FROM frame"""
+    )
+    conn.execute(
+        f"CREATE TABLE item_features AS SELECT as_of_date, item_id, {', '.join(ITEM_FEATURE_COLUMNS)} FROM frame"
+    )
+
+
 def test_a_day_scored_in_batches_of_users_gives_the_rows_of_one_batch():
     frame, booster = _candidates_and_ranker()
     users = pd.Series(sorted(frame["user_id"].unique())[:-3] + ["u_without_candidates"])
     with duckdb.connect() as conn:
-        conn.execute("CREATE TABLE ranking_candidates AS SELECT * FROM frame")
+        _store(conn, frame)
         day = frame["as_of_date"].iloc[0]
         whole = list(serving.recommend_day(conn, booster, day, k=5, users=users, batch_users=1000))
         batches = list(serving.recommend_day(conn, booster, day, k=5, users=users, batch_users=7))
