@@ -279,16 +279,45 @@ sr AS (
     SELECT p.prefix_id, r.item_b AS item_id, r.sr_score, r.sr_share, r.sr_rank
     FROM prefixes p JOIN sm_sr r ON r.item_a = p.last_item
 ),
+-- SR over the last three items: an item's units are the sum of its terms, one per step, decayed by 1/2 per step back
+-- (whole units: an exact sum in any order). Summing every successor of the three items made tens of millions of sums
+-- to keep 20 per prefix; the same top 20 are found among few: the 20th best sum over the three items' own top
+-- successors (sm_sr) is at most the 20th best over every item, and an item reaching it has a term of at least a
+-- third of it.
+sr3_steps AS (
+    SELECT p.prefix_id, s.item_id AS item_a, 1 << ({SR3_ITEMS} - 1 - (p.position - s.step)) AS weight
+    FROM prefixes p JOIN steps s ON s.prefix_id = p.prefix_id AND s.step > p.position - {SR3_ITEMS}
+),
+sr3_seeds AS (
+    SELECT t.prefix_id, sum(w.weight * r.sr_units) AS sr3_units
+    FROM (SELECT DISTINCT w.prefix_id, r.item_b FROM sr3_steps w JOIN sm_sr r ON r.item_a = w.item_a) t
+    JOIN sr3_steps w ON w.prefix_id = t.prefix_id
+    JOIN sm_rules r ON r.item_a = w.item_a AND r.item_b = t.item_b
+    GROUP BY t.prefix_id, t.item_b
+),
+sr3_floor AS (
+    -- 0 when the seeds are fewer than $width: every successor is a candidate
+    SELECT prefix_id, CASE WHEN count(*) = $width THEN min(sr3_units) ELSE 0 END AS floor_units
+    FROM (
+        SELECT * FROM sr3_seeds
+        QUALIFY row_number() OVER (PARTITION BY prefix_id ORDER BY sr3_units DESC) <= $width
+    )
+    GROUP BY prefix_id
+),
+sr3_items AS (
+    SELECT DISTINCT w.prefix_id, r.item_b
+    FROM sr3_steps w JOIN sr3_floor f ON f.prefix_id = w.prefix_id
+    JOIN sm_rules r ON r.item_a = w.item_a
+    WHERE {SR3_ITEMS} * w.weight * r.sr_units >= f.floor_units
+),
 sr3 AS (
     SELECT prefix_id, item_id, sr3_units / {SR_UNIT * 2 ** (SR3_ITEMS - 1)}.0 AS sr3_score,
            row_number() OVER (PARTITION BY prefix_id ORDER BY sr3_units DESC, item_id) AS sr3_rank
     FROM (
-        -- a decay of 1/2 per step back, in whole units: an exact sum in any order
-        SELECT p.prefix_id, r.item_b AS item_id,
-               sum(r.sr_units * (1 << ({SR3_ITEMS} - 1 - (p.position - s.step)))) AS sr3_units
-        FROM prefixes p JOIN steps s ON s.prefix_id = p.prefix_id AND s.step > p.position - {SR3_ITEMS}
-        JOIN sm_rules r ON r.item_a = s.item_id
-        GROUP BY p.prefix_id, r.item_b
+        SELECT c.prefix_id, c.item_b AS item_id, sum(w.weight * r.sr_units) AS sr3_units
+        FROM sr3_items c JOIN sr3_steps w ON w.prefix_id = c.prefix_id
+        JOIN sm_rules r ON r.item_a = w.item_a AND r.item_b = c.item_b
+        GROUP BY c.prefix_id, c.item_b
     )
     QUALIFY sr3_rank <= $width
 ),
