@@ -37,11 +37,38 @@ def test_the_validation_day_is_the_last_training_cutoff_before_the_holdout_and_i
         return lgb.Dataset(rows[USER_FEATURE_COLUMNS], label=rows["label_purchase"], reference=reference)
 
     training.boost(PARAMS.to_lightgbm("binary"), dataset, frame, PARAMS)
-    # rounds are picked on the last training cut-off, fitted on the days before it; then all training days refit
+    # rounds are picked on the last training cut-off, fitted on the days before it only (no refit)
     assert validated == [{train_days[-1]}] and train_days[-1] < holdout_day
-    assert fitted == [set(train_days[:-1]), set(train_days)]
+    assert fitted == [set(train_days[:-1])]
     fit, valid = training.validation_split(frame)
     assert set(valid["as_of_date"]) == {train_days[-1]} and set(fit["as_of_date"]) == set(train_days[:-1])
+
+
+def test_the_model_kept_is_the_fit_up_to_its_best_round_on_the_validation_day():
+    frame = _users(np.random.default_rng(2), DAYS[:4])
+    lgb_params = PARAMS.to_lightgbm("binary") | {"metric": "binary_logloss"}
+
+    def dataset(rows, reference):
+        return lgb.Dataset(rows[USER_FEATURE_COLUMNS], label=rows["label_purchase"], reference=reference)
+
+    booster = training.boost(lgb_params, dataset, frame, PARAMS)
+    fit, valid = training.validation_split(frame)
+    rounds = booster.current_iteration()
+    longer = lgb.train(lgb_params, dataset(fit, None), num_boost_round=rounds + PARAMS.early_stopping_rounds)
+    y = valid["label_purchase"].to_numpy()
+    losses = []
+    for i in range(1, rounds + PARAMS.early_stopping_rounds + 1):
+        p = np.clip(longer.predict(valid[USER_FEATURE_COLUMNS], num_iteration=i), 1e-15, 1 - 1e-15)
+        losses.append(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    # the rounds after the best one on the validation day are left out of the model file, not just of predict
+    assert int(np.argmin(losses)) + 1 == rounds < PARAMS.num_boost_round
+    assert booster.num_trees() == rounds
+    assert np.allclose(
+        booster.predict(frame[USER_FEATURE_COLUMNS]),
+        longer.predict(frame[USER_FEATURE_COLUMNS], num_iteration=rounds),
+        rtol=0,
+        atol=1e-12,
+    )
 
 
 def test_early_stopping_keeps_fewer_rounds_than_the_cap_on_noise():
