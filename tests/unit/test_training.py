@@ -92,14 +92,15 @@ def test_a_served_next_action_probability_is_the_rules_offset_plus_the_boosted_r
     frame = _users(np.random.default_rng(2), DAYS[:4])
     booster = training.train_binary(frame, "label_purchase", PARAMS)
     history_rule = training.HISTORY_RULES["label_purchase"]
+    fit, _ = training.validation_split(frame)  # the rows the model is fitted on: the days before the validation day
     rule = training.rule_offset(
-        frame, USER_FEATURE_COLUMNS, dict(history_rule.weights), frame["label_purchase"].to_numpy()
+        fit, USER_FEATURE_COLUMNS, dict(history_rule.weights), fit["label_purchase"].to_numpy()
     )  # the trees the model starts from, on the same rows
-    day = frame[frame["as_of_date"] == DAYS[3]]
+    day = frame[frame["as_of_date"] == DAYS[2]]  # a fitted day: the offset's trees hold a leaf per value seen there
     features = day[USER_FEATURE_COLUMNS].astype(float)
     offset = rule.predict(features, raw_score=True)
-    # the offset is the rule calibrated to log-odds: a + b * rule, from a logistic fit on the training rows
-    calibrated = history_rule.calibrated(frame, frame["label_purchase"].to_numpy())
+    # the offset is the rule calibrated to log-odds: a + b * rule, from a logistic fit on the fitted rows
+    calibrated = history_rule.calibrated(fit, fit["label_purchase"].to_numpy())
     score = history_rule.predict(frame)
     assert calibrated.slope > 0 and np.allclose(
         offset, calibrated.intercept + calibrated.slope * score[day.index], rtol=0, atol=1e-6
@@ -110,7 +111,7 @@ def test_a_served_next_action_probability_is_the_rules_offset_plus_the_boosted_r
     assert offset.std() > 0 and residual.std() > 0 and booster.current_iteration() > rule.current_iteration()
     with duckdb.connect() as conn:
         conn.execute("CREATE TABLE user_features AS SELECT * FROM day")
-        served = serving.predict_next_action_day(conn, booster, DAYS[3])
+        served = serving.predict_next_action_day(conn, booster, DAYS[2])
     assert served["user_id"].tolist() == day["user_id"].tolist()
     assert np.allclose(served["probability"], 1 / (1 + np.exp(-(offset + residual))), rtol=0, atol=1e-12)
     stored = lgb.Booster(model_str=booster.model_to_string())  # the file MLflow logs and predict loads
@@ -130,7 +131,8 @@ def test_a_served_ranker_score_is_the_rules_offset_plus_the_boosted_residual(mon
         rng.random(n) < 0.1 + 0.3 * frame["in_recent"] * frame["recent_score"] + 0.2 * frame["ui_views"]
     ).astype(int)
     booster = training.train_lambdarank(frame, PARAMS)
-    rule = training.rule_offset(frame, RANKER_FEATURES, training.RANKER_START, frame["relevance"].to_numpy() > 0)
+    fit, _ = training.validation_split(frame)
+    rule = training.rule_offset(fit, RANKER_FEATURES, training.RANKER_START, fit["relevance"].to_numpy() > 0)
     offset = rule.predict(frame[RANKER_FEATURES], raw_score=True)
     residual = booster.predict(frame[RANKER_FEATURES], raw_score=True, start_iteration=rule.current_iteration())
     assert offset.std() > 0 and residual.std() > 0
