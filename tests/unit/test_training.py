@@ -10,7 +10,10 @@ from assets.logic import next_event, serving, training
 from assets.logic.candidates import RANKER_FEATURES
 from assets.logic.features import USER_FEATURE_COLUMNS
 
-PARAMS = training.LightGBMParams(num_boost_round=200, early_stopping_rounds=10, num_leaves=7, min_data_in_leaf=20)
+# no refit: the path of the large training sets (see ``test_a_small_training_set_is_refitted_on_every_cutoff``)
+PARAMS = training.LightGBMParams(
+    num_boost_round=200, early_stopping_rounds=10, num_leaves=7, min_data_in_leaf=20, refit_max_rows=0
+)
 DAYS = [dt.date(2025, 3, 1) + dt.timedelta(days=i) for i in range(5)]
 
 
@@ -42,6 +45,23 @@ def test_the_validation_day_is_the_last_training_cutoff_before_the_holdout_and_i
     assert fitted == [set(train_days[:-1])]
     fit, valid = training.validation_split(frame)
     assert set(valid["as_of_date"]) == {train_days[-1]} and set(fit["as_of_date"]) == set(train_days[:-1])
+
+
+def test_a_small_training_set_is_refitted_on_every_cutoff_with_the_rounds_found():
+    frame = _users(np.random.default_rng(0), DAYS[:4])
+    fitted, validated = [], []
+
+    def dataset(rows, reference):
+        (fitted if reference is None else validated).append(set(rows["as_of_date"]))
+        return lgb.Dataset(rows[USER_FEATURE_COLUMNS], label=rows["label_purchase"], reference=reference)
+
+    small = dataclasses.replace(PARAMS, refit_max_rows=len(frame))
+    lgb_params = PARAMS.to_lightgbm("binary") | {"metric": "binary_logloss"}
+    refitted = training.boost(lgb_params, dataset, frame, small)
+    assert validated == [{DAYS[3]}] and fitted == [set(DAYS[:3]), set(DAYS[:4])]
+    stopped = training.boost(lgb_params, dataset, frame, PARAMS)
+    assert refitted.current_iteration() == stopped.current_iteration()  # the same rounds, on every cut-off
+    assert not np.allclose(refitted.predict(frame[USER_FEATURE_COLUMNS]), stopped.predict(frame[USER_FEATURE_COLUMNS]))
 
 
 def test_the_model_kept_is_the_fit_up_to_its_best_round_on_the_validation_day():
