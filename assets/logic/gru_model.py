@@ -11,7 +11,8 @@ items up to its last one only.
 Training is seeded and single-threaded on the CPU (the same data gives the same weights, see ``_jax``), fits the
 days before the validation day (the last training day) for at most ``GRUParams.epochs`` epochs, keeps the number
 of epochs with the best MRR@20 on the validation day (early stopping), then refits every training day, the
-validation day included, for that many epochs: as ``training.boost`` does for LightGBM.
+validation day included, for that many epochs (``training.boost`` keeps LightGBM's stopped model instead: the GRU
+needs the validation day's items in its vocabulary).
 
 JAX is an optional dependency (``pip install -e ".[deep]"``): it is imported inside the functions that need it,
 so the rest of shopseq imports this module's neighbours without it.

@@ -279,16 +279,45 @@ sr AS (
     SELECT p.prefix_id, r.item_b AS item_id, r.sr_score, r.sr_share, r.sr_rank
     FROM prefixes p JOIN sm_sr r ON r.item_a = p.last_item
 ),
+-- SR over the last three items: an item's units are the sum of its terms, one per step, decayed by 1/2 per step back
+-- (whole units: an exact sum in any order). Summing every successor of the three items made tens of millions of sums
+-- to keep 20 per prefix; the same top 20 are found among few: the 20th best sum over the three items' own top
+-- successors (sm_sr) is at most the 20th best over every item, and an item reaching it has a term of at least a
+-- third of it.
+sr3_steps AS (
+    SELECT p.prefix_id, s.item_id AS item_a, 1 << ({SR3_ITEMS} - 1 - (p.position - s.step)) AS weight
+    FROM prefixes p JOIN steps s ON s.prefix_id = p.prefix_id AND s.step > p.position - {SR3_ITEMS}
+),
+sr3_seeds AS (
+    SELECT t.prefix_id, sum(w.weight * r.sr_units) AS sr3_units
+    FROM (SELECT DISTINCT w.prefix_id, r.item_b FROM sr3_steps w JOIN sm_sr r ON r.item_a = w.item_a) t
+    JOIN sr3_steps w ON w.prefix_id = t.prefix_id
+    JOIN sm_rules r ON r.item_a = w.item_a AND r.item_b = t.item_b
+    GROUP BY t.prefix_id, t.item_b
+),
+sr3_floor AS (
+    -- 0 when the seeds are fewer than $width: every successor is a candidate
+    SELECT prefix_id, CASE WHEN count(*) = $width THEN min(sr3_units) ELSE 0 END AS floor_units
+    FROM (
+        SELECT * FROM sr3_seeds
+        QUALIFY row_number() OVER (PARTITION BY prefix_id ORDER BY sr3_units DESC) <= $width
+    )
+    GROUP BY prefix_id
+),
+sr3_items AS (
+    SELECT DISTINCT w.prefix_id, r.item_b
+    FROM sr3_steps w JOIN sr3_floor f ON f.prefix_id = w.prefix_id
+    JOIN sm_rules r ON r.item_a = w.item_a
+    WHERE {SR3_ITEMS} * w.weight * r.sr_units >= f.floor_units
+),
 sr3 AS (
     SELECT prefix_id, item_id, sr3_units / {SR_UNIT * 2 ** (SR3_ITEMS - 1)}.0 AS sr3_score,
            row_number() OVER (PARTITION BY prefix_id ORDER BY sr3_units DESC, item_id) AS sr3_rank
     FROM (
-        -- a decay of 1/2 per step back, in whole units: an exact sum in any order
-        SELECT p.prefix_id, r.item_b AS item_id,
-               sum(r.sr_units * (1 << ({SR3_ITEMS} - 1 - (p.position - s.step)))) AS sr3_units
-        FROM prefixes p JOIN steps s ON s.prefix_id = p.prefix_id AND s.step > p.position - {SR3_ITEMS}
-        JOIN sm_rules r ON r.item_a = s.item_id
-        GROUP BY p.prefix_id, r.item_b
+        SELECT c.prefix_id, c.item_b AS item_id, sum(w.weight * r.sr_units) AS sr3_units
+        FROM sr3_items c JOIN sr3_steps w ON w.prefix_id = c.prefix_id
+        JOIN sm_rules r ON r.item_a = w.item_a AND r.item_b = c.item_b
+        GROUP BY c.prefix_id, c.item_b
     )
     QUALIFY sr3_rank <= $width
 ),
@@ -491,13 +520,15 @@ def train_session_ranker(frame: pd.DataFrame, params: LightGBMParams) -> lgb.Boo
     )
 
 
-def rank_candidates(frame: pd.DataFrame, scores: np.ndarray) -> np.ndarray:
+def rank_candidates(
+    frame: pd.DataFrame, scores: np.ndarray, codes: tuple[np.ndarray, np.ndarray] | None = None
+) -> np.ndarray:
     """The 1-based rank of each row of ``frame`` within its prefix: by score (highest first, ties by item id);
-    unscored rows (NaN, a rule that does not propose the item) after every scored one, by popularity, then item id."""
+    unscored rows (NaN, a rule that does not propose the item) after every scored one, by popularity, then item id.
+    ``codes``: ``candidate_codes(frame)``, made once when the same rows are ranked by several methods."""
+    prefix, item = candidate_codes(frame) if codes is None else codes
     scores = np.asarray(scores, dtype=float)
     unscored = np.isnan(scores)
-    prefix = pd.factorize(frame["prefix_id"], sort=True)[0]
-    item = pd.factorize(frame["item_id"], sort=True)[0]
     popularity = np.where(unscored, -frame["pop_all"].to_numpy(dtype=float), 0.0)
     order = np.lexsort((item, popularity, np.where(unscored, 0.0, -scores), unscored, prefix))
     ranks = np.empty(len(frame), dtype=np.int64)
@@ -508,18 +539,53 @@ def rank_candidates(frame: pd.DataFrame, scores: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def candidate_codes(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(prefix codes, item codes) of the rows of ``frame``, each in the order of its ids."""
+    return pd.factorize(frame["prefix_id"], sort=True)[0], pd.factorize(frame["item_id"], sort=True)[0]
+
+
+def _rows_of(holdout: pd.DataFrame, pairs: pd.DataFrame) -> np.ndarray:
+    """The row of ``holdout`` holding each (prefix_id, item_id) of ``pairs`` (one per pair: a prefix's candidates
+    are distinct items), -1 for a pair that is not among the candidates."""
+    rows = holdout[["prefix_id", "item_id"]].assign(row=np.arange(len(holdout)))
+    found = pairs[["prefix_id", "item_id"]].merge(rows, on=["prefix_id", "item_id"], how="left")["row"]
+    return found.fillna(-1).to_numpy(dtype=np.int64)
+
+
+def _ranks_at(ranks: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``ranks`` of ``rows`` (``_rows_of``), NaN where a row is -1 (not a candidate)."""
+    found = np.full(len(rows), np.nan)
+    found[rows >= 0] = ranks[rows[rows >= 0]]
+    return found
+
+
+def _positions(holdout: pd.DataFrame, targets: pd.DataFrame) -> dict:
+    """What every method's metric rows read of the hold-out and its targets, found once: the candidate row of each
+    target (and of each OTTO label), the candidate rows of the positions measured, the item codes."""
+    positions = {
+        "target_rows": _rows_of(holdout, targets),
+        "in_targets": holdout["prefix_id"].isin(targets["prefix_id"]).to_numpy(),
+        "items": candidate_codes(holdout)[1],
+    }
+    if "carts" in targets and (targets["carts"].map(len).sum() or targets["orders"].map(len).sum()):
+        for action in ("carts", "orders"):
+            labels = targets[["prefix_id", action]].explode(action).dropna().rename(columns={action: "item_id"})
+            positions[action] = _rows_of(holdout, labels)
+    return positions
+
+
 def _method_rows(
-    holdout: pd.DataFrame, targets: pd.DataFrame, ranks: np.ndarray, method: str, ks: tuple[int, ...]
+    holdout: pd.DataFrame,
+    targets: pd.DataFrame,
+    ranks: np.ndarray,
+    method: str,
+    ks: tuple[int, ...],
+    positions: dict | None = None,
 ) -> list[dict]:
     """The metric rows of one method from its candidate ranks: a position whose next item is not among its
-    candidates is a miss."""
-    ranked = pd.DataFrame(
-        {"prefix_id": holdout["prefix_id"].to_numpy(), "item_id": holdout["item_id"].to_numpy(), "rank": ranks}
-    )
-    found = targets[["prefix_id", "item_id"]].merge(ranked, on=["prefix_id", "item_id"], how="left")["rank"]
-    rank = found.to_numpy(dtype=float)  # NaN: not a candidate
-    positions = len(targets)
-    in_targets = holdout["prefix_id"].isin(targets["prefix_id"]).to_numpy()
+    candidates is a miss. ``positions``: ``_positions(holdout, targets)``, found once for every method."""
+    positions = _positions(holdout, targets) if positions is None else positions
+    rank = _ranks_at(ranks, positions["target_rows"])  # NaN: not a candidate
     rows = []
     for k in ks:
         hit = np.nan_to_num(rank <= k)
@@ -533,20 +599,19 @@ def _method_rows(
             rows.append(
                 {
                     "metric": f"{name}@{k}",
-                    "value": float(values.mean()) if positions else float("nan"),
+                    "value": float(values.mean()) if len(targets) else float("nan"),
                     "ci_low": low,
                     "ci_high": high,
                 }
             )
     k = max(ks)
-    listed = in_targets & (ranks <= k)
+    listed = positions["in_targets"] & (ranks <= k)
     catalogue = float(holdout["catalogue_items"].iloc[0]) if len(holdout) else float("nan")
     top_pop = float(holdout["pop_all"].max()) if len(holdout) else float("nan")
-    listed_items = holdout["item_id"].to_numpy()[listed]
     rows.append(
         {
             "metric": f"coverage@{k}",
-            "value": len(np.unique(listed_items)) / catalogue if catalogue else float("nan"),
+            "value": len(np.unique(positions["items"][listed])) / catalogue if catalogue else float("nan"),
             "ci_low": float("nan"),
             "ci_high": float("nan"),
         }
@@ -560,22 +625,23 @@ def _method_rows(
             "ci_high": float("nan"),
         }
     )
-    if "carts" in targets and (targets["carts"].map(len).sum() or targets["orders"].map(len).sum()):
-        rows += _otto_rows(ranked[ranked["rank"] <= k], targets, np.nan_to_num(rank <= k).astype(float), k)
-    return [{"segment": "all", "method": method, "target": "next_item", **row, "users": positions} for row in rows]
+    if "carts" in positions:
+        labels = {action: _ranks_at(ranks, positions[action]) <= k for action in ("carts", "orders")}
+        rows += _otto_rows(labels, targets, np.nan_to_num(rank <= k).astype(float), k)
+    return [{"segment": "all", "method": method, "target": "next_item", **row, "users": len(targets)} for row in rows]
 
 
 OTTO_WEIGHTS = {"clicks": 0.10, "carts": 0.30, "orders": 0.60}
 
 
-def _otto_rows(listed: pd.DataFrame, targets: pd.DataFrame, click_hits: np.ndarray, k: int) -> list[dict]:
+def _otto_rows(listed: dict[str, np.ndarray], targets: pd.DataFrame, click_hits: np.ndarray, k: int) -> list[dict]:
     """OTTO's score, as its evaluation script defines it, with every position a test session cut there: the recall
     of clicks (the next item among the top ``k``), of carts and of orders (the later carted / bought items among
-    the top ``k``, over min(k, how many) per position, summed over positions), weighted 0.1, 0.3 and 0.6."""
+    the top ``k``, over min(k, how many) per position, summed over positions), weighted 0.1, 0.3 and 0.6.
+    ``listed[action]``: whether each of the positions' later carted / bought items is among their top ``k``."""
     recalls = {"clicks": float(click_hits.mean()) if len(click_hits) else float("nan")}
     for action in ("carts", "orders"):
-        labels = targets[["prefix_id", action]].explode(action).dropna().rename(columns={action: "item_id"})
-        hits = len(labels.merge(listed[["prefix_id", "item_id"]], on=["prefix_id", "item_id"]))
+        hits = int(listed[action].sum())
         wanted = targets[action].map(lambda items: min(len(items), k)).sum()
         recalls[action] = hits / wanted if wanted else float("nan")
     score = sum(OTTO_WEIGHTS[action] * recall for action, recall in recalls.items())
@@ -593,10 +659,13 @@ def evaluate_sessions(
     NDCG at each K with 95% bootstrap intervals over positions, catalogue coverage and popularity bias (the mean
     popularity of the listed items over the top item's) at the largest K. ``users`` counts positions."""
     methods = {"model": model, **SESSION_RULES}
+    # what every method reads, made once: its features, the rows' ranking codes, the targets' rows
+    features = holdout[SESSION_FEATURES].astype(float)
+    codes, positions = candidate_codes(holdout), _positions(holdout, targets)
     rows = []
     for method, policy in methods.items():
-        scores = policy.predict(holdout[SESSION_FEATURES].astype(float)) if len(holdout) else np.array([])
-        rows += _method_rows(holdout, targets, rank_candidates(holdout, scores), method, ks)
+        scores = policy.predict(features) if len(holdout) else np.array([])
+        rows += _method_rows(holdout, targets, rank_candidates(holdout, scores, codes), method, ks, positions)
     return pd.DataFrame(rows)
 
 

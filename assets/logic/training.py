@@ -43,7 +43,8 @@ class LightGBMParams:
 
     num_boost_round: int = 200  # the cap: early stopping on the validation day picks the rounds up to it
     early_stopping_rounds: int = 30  # 0: no validation day, every training cut-off fits num_boost_round rounds
-    learning_rate: float = 0.05
+    refit_max_rows: int = 50_000  # training sets up to this size are refitted on every cut-off (see ``boost``)
+    learning_rate: float = 0.1
     num_leaves: int = 31
     min_data_in_leaf: int = 20
     feature_fraction: float = 0.9
@@ -163,31 +164,37 @@ def validation_split(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 def boost(lgb_params: dict, dataset, frame: pd.DataFrame, params: LightGBMParams, start=None) -> lgb.Booster:
     """LightGBM on ``frame`` (``dataset(rows, reference)`` makes its ``lgb.Dataset``) with the number of rounds
     picked by early stopping: fitted on the cut-offs before the validation day, boosting stops when the first metric
-    of ``lgb_params`` has not improved on that day for ``early_stopping_rounds`` rounds (at most ``num_boost_round``);
-    then every training cut-off, the validation day included (the most recent and most like the hold-out), is
-    refitted with that many rounds. Rounds that only fit noise are left out, so on small or noisy data the model
-    stays close to where it started. Without a validation day (one training cut-off, or ``early_stopping_rounds``
-    0) every cut-off fits ``num_boost_round`` rounds.
+    of ``lgb_params`` has not improved on that day for ``early_stopping_rounds`` rounds (at most ``num_boost_round``).
+    Rounds that only fit noise are left out, so on small or noisy data the model stays close to where it started.
+    A training set of at most ``refit_max_rows`` rows is then refitted on every cut-off, the validation day
+    included, with that many rounds: cheap there, and on a few days the validation day is much of the data (a tiny
+    demo's purchase model fitted on one day fell below its rule). A larger one keeps the stopped model, its rounds
+    up to the best one: the refit ran every round twice and measured within noise of it (docs/models.md). Without a
+    validation day (one training cut-off, or ``early_stopping_rounds`` 0) every cut-off fits ``num_boost_round``
+    rounds.
 
     ``start(rows)``: the booster the model starts from, fitted on ``rows`` (the rule, see ``rule_offset``): its
     trees come first in the model file and its margin is every row's initial score, so the new trees boost the
     residual and no scorer can leave the offset out."""
-    rounds = params.num_boost_round
     fit, valid = validation_split(frame) if params.early_stopping_rounds else (frame, frame.iloc[0:0])
-    if len(valid):
-        with profile.step("rule"):
-            first = start(fit) if start else None
-        with profile.step("boost"):  # LightGBM bins the datasets first
-            fit_set = dataset(fit, None)
-            stopped = lgb.train(
-                lgb_params,
-                fit_set,
-                num_boost_round=params.num_boost_round,
-                valid_sets=[dataset(valid, fit_set)],
-                init_model=first,
-                callbacks=[lgb.early_stopping(params.early_stopping_rounds, first_metric_only=True, verbose=False)],
-            )
-        rounds = stopped.best_iteration - (first.current_iteration() if first else 0)
+    with profile.step("rule"):
+        first = start(fit) if start else None
+    with profile.step("boost"):  # LightGBM bins the datasets first
+        fit_set = dataset(fit, None)
+        if not len(valid):
+            return lgb.train(lgb_params, fit_set, num_boost_round=params.num_boost_round, init_model=first)
+        stopped = lgb.train(
+            lgb_params,
+            fit_set,
+            num_boost_round=params.num_boost_round,
+            valid_sets=[dataset(valid, fit_set)],
+            init_model=first,
+            callbacks=[lgb.early_stopping(params.early_stopping_rounds, first_metric_only=True, verbose=False)],
+        )
+    if len(frame) > params.refit_max_rows:
+        # the rule's trees and the rounds up to the best one (best_iteration counts the rule's trees too)
+        return lgb.Booster(model_str=stopped.model_to_string(num_iteration=stopped.best_iteration))
+    rounds = stopped.best_iteration - (first.current_iteration() if first else 0)
     with profile.step("rule"):
         first = start(frame) if start else None
     with profile.step("boost"):

@@ -270,6 +270,49 @@ def test_a_rule_baselines_metrics_are_ranking_by_its_feature_and_sr_matches_an_i
         assert ev[name, "mrr@10"] == pytest.approx(np.sum(1.0 / np.array(ranks)) / len(targets)), name
 
 
+def test_sr_over_the_last_three_items_keeps_the_top_of_every_successors_sum():
+    """SR3's top ``width`` per prefix, found among few sums (``_CANDIDATES_SQL``), is the top of the sums over every
+    successor of the last three items, computed here independently; a width of 3 makes the pruning bite."""
+    events = _random_log(seed=7, sessions_per_day=80, items=60)
+    start, end = _window(3)
+    conn = _warehouse(events)
+    width = 3
+    try:
+        sm._item_side(conn, start, width)
+        sm._target_prefixes(conn, start, end)
+        frame = sm._candidates(conn, positives_only=False, width=width)
+    finally:
+        sm._drop_temp(conn)
+    units: dict[str, dict[str, int]] = {}
+    history: dict[str, list[str]] = {}
+    for session, item, _ in sorted((e for e in events if e[2] < start), key=lambda e: (e[0], e[2])):
+        history.setdefault(session, []).append(item)
+    for items in history.values():
+        for j, b in enumerate(items):
+            for gap in range(1, min(sm.SR_STEPS, j) + 1):
+                units.setdefault(items[j - gap], {}).setdefault(b, 0)
+                units[items[j - gap]][b] += sm.SR_UNIT // gap
+    known = {item for items in history.values() for item in items}
+    sessions: dict[str, list[str]] = {}
+    for session, item, time in sorted(events, key=lambda e: (e[0], e[2])):
+        if item in known and time < end:
+            sessions.setdefault(session, []).append(item)
+    pruned = 0
+    for prefix_id, rows in frame.groupby("prefix_id"):
+        _, session, position = prefix_id.split("/")
+        last = sessions[session][max(0, int(position) - 3) : int(position)]
+        sums: dict[str, int] = {}
+        for back, item in enumerate(reversed(last)):
+            for b, u in units.get(item, {}).items():
+                sums[b] = sums.get(b, 0) + u * 2 ** (2 - back)
+        expected = sorted(sums.items(), key=lambda kv: (-kv[1], kv[0]))[:width]
+        listed = rows[rows["in_sr3"] == 1].sort_values("sr3_rank")
+        assert listed["item_id"].tolist() == [b for b, _ in expected], prefix_id
+        assert listed["sr3_score"].tolist() == pytest.approx([u / (sm.SR_UNIT * 4) for _, u in expected])
+        pruned += len(sums) > width
+    assert pruned > 100  # most prefixes have more successors than the width
+
+
 def test_train_session_ranker_trains_from_sr_deterministically_and_scores_what_session_frame_scores():
     events = _random_log(seed=5, days=5)
     conn = _warehouse(events)

@@ -10,7 +10,10 @@ from assets.logic import next_event, serving, training
 from assets.logic.candidates import RANKER_FEATURES
 from assets.logic.features import USER_FEATURE_COLUMNS
 
-PARAMS = training.LightGBMParams(num_boost_round=200, early_stopping_rounds=10, num_leaves=7, min_data_in_leaf=20)
+# no refit: the path of the large training sets (see ``test_a_small_training_set_is_refitted_on_every_cutoff``)
+PARAMS = training.LightGBMParams(
+    num_boost_round=200, early_stopping_rounds=10, num_leaves=7, min_data_in_leaf=20, refit_max_rows=0
+)
 DAYS = [dt.date(2025, 3, 1) + dt.timedelta(days=i) for i in range(5)]
 
 
@@ -37,11 +40,55 @@ def test_the_validation_day_is_the_last_training_cutoff_before_the_holdout_and_i
         return lgb.Dataset(rows[USER_FEATURE_COLUMNS], label=rows["label_purchase"], reference=reference)
 
     training.boost(PARAMS.to_lightgbm("binary"), dataset, frame, PARAMS)
-    # rounds are picked on the last training cut-off, fitted on the days before it; then all training days refit
+    # rounds are picked on the last training cut-off, fitted on the days before it only (no refit)
     assert validated == [{train_days[-1]}] and train_days[-1] < holdout_day
-    assert fitted == [set(train_days[:-1]), set(train_days)]
+    assert fitted == [set(train_days[:-1])]
     fit, valid = training.validation_split(frame)
     assert set(valid["as_of_date"]) == {train_days[-1]} and set(fit["as_of_date"]) == set(train_days[:-1])
+
+
+def test_a_small_training_set_is_refitted_on_every_cutoff_with_the_rounds_found():
+    frame = _users(np.random.default_rng(0), DAYS[:4])
+    fitted, validated = [], []
+
+    def dataset(rows, reference):
+        (fitted if reference is None else validated).append(set(rows["as_of_date"]))
+        return lgb.Dataset(rows[USER_FEATURE_COLUMNS], label=rows["label_purchase"], reference=reference)
+
+    small = dataclasses.replace(PARAMS, refit_max_rows=len(frame))
+    lgb_params = PARAMS.to_lightgbm("binary") | {"metric": "binary_logloss"}
+    refitted = training.boost(lgb_params, dataset, frame, small)
+    assert validated == [{DAYS[3]}] and fitted == [set(DAYS[:3]), set(DAYS[:4])]
+    stopped = training.boost(lgb_params, dataset, frame, PARAMS)
+    assert refitted.current_iteration() == stopped.current_iteration()  # the same rounds, on every cut-off
+    assert not np.allclose(refitted.predict(frame[USER_FEATURE_COLUMNS]), stopped.predict(frame[USER_FEATURE_COLUMNS]))
+
+
+def test_the_model_kept_is_the_fit_up_to_its_best_round_on_the_validation_day():
+    frame = _users(np.random.default_rng(2), DAYS[:4])
+    lgb_params = PARAMS.to_lightgbm("binary") | {"metric": "binary_logloss"}
+
+    def dataset(rows, reference):
+        return lgb.Dataset(rows[USER_FEATURE_COLUMNS], label=rows["label_purchase"], reference=reference)
+
+    booster = training.boost(lgb_params, dataset, frame, PARAMS)
+    fit, valid = training.validation_split(frame)
+    rounds = booster.current_iteration()
+    longer = lgb.train(lgb_params, dataset(fit, None), num_boost_round=rounds + PARAMS.early_stopping_rounds)
+    y = valid["label_purchase"].to_numpy()
+    losses = []
+    for i in range(1, rounds + PARAMS.early_stopping_rounds + 1):
+        p = np.clip(longer.predict(valid[USER_FEATURE_COLUMNS], num_iteration=i), 1e-15, 1 - 1e-15)
+        losses.append(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    # the rounds after the best one on the validation day are left out of the model file, not just of predict
+    assert int(np.argmin(losses)) + 1 == rounds < PARAMS.num_boost_round
+    assert booster.num_trees() == rounds
+    assert np.allclose(
+        booster.predict(frame[USER_FEATURE_COLUMNS]),
+        longer.predict(frame[USER_FEATURE_COLUMNS], num_iteration=rounds),
+        rtol=0,
+        atol=1e-12,
+    )
 
 
 def test_early_stopping_keeps_fewer_rounds_than_the_cap_on_noise():
@@ -65,14 +112,15 @@ def test_a_served_next_action_probability_is_the_rules_offset_plus_the_boosted_r
     frame = _users(np.random.default_rng(2), DAYS[:4])
     booster = training.train_binary(frame, "label_purchase", PARAMS)
     history_rule = training.HISTORY_RULES["label_purchase"]
+    fit, _ = training.validation_split(frame)  # the rows the model is fitted on: the days before the validation day
     rule = training.rule_offset(
-        frame, USER_FEATURE_COLUMNS, dict(history_rule.weights), frame["label_purchase"].to_numpy()
+        fit, USER_FEATURE_COLUMNS, dict(history_rule.weights), fit["label_purchase"].to_numpy()
     )  # the trees the model starts from, on the same rows
-    day = frame[frame["as_of_date"] == DAYS[3]]
+    day = frame[frame["as_of_date"] == DAYS[2]]  # a fitted day: the offset's trees hold a leaf per value seen there
     features = day[USER_FEATURE_COLUMNS].astype(float)
     offset = rule.predict(features, raw_score=True)
-    # the offset is the rule calibrated to log-odds: a + b * rule, from a logistic fit on the training rows
-    calibrated = history_rule.calibrated(frame, frame["label_purchase"].to_numpy())
+    # the offset is the rule calibrated to log-odds: a + b * rule, from a logistic fit on the fitted rows
+    calibrated = history_rule.calibrated(fit, fit["label_purchase"].to_numpy())
     score = history_rule.predict(frame)
     assert calibrated.slope > 0 and np.allclose(
         offset, calibrated.intercept + calibrated.slope * score[day.index], rtol=0, atol=1e-6
@@ -83,7 +131,7 @@ def test_a_served_next_action_probability_is_the_rules_offset_plus_the_boosted_r
     assert offset.std() > 0 and residual.std() > 0 and booster.current_iteration() > rule.current_iteration()
     with duckdb.connect() as conn:
         conn.execute("CREATE TABLE user_features AS SELECT * FROM day")
-        served = serving.predict_next_action_day(conn, booster, DAYS[3])
+        served = serving.predict_next_action_day(conn, booster, DAYS[2])
     assert served["user_id"].tolist() == day["user_id"].tolist()
     assert np.allclose(served["probability"], 1 / (1 + np.exp(-(offset + residual))), rtol=0, atol=1e-12)
     stored = lgb.Booster(model_str=booster.model_to_string())  # the file MLflow logs and predict loads
@@ -103,7 +151,8 @@ def test_a_served_ranker_score_is_the_rules_offset_plus_the_boosted_residual(mon
         rng.random(n) < 0.1 + 0.3 * frame["in_recent"] * frame["recent_score"] + 0.2 * frame["ui_views"]
     ).astype(int)
     booster = training.train_lambdarank(frame, PARAMS)
-    rule = training.rule_offset(frame, RANKER_FEATURES, training.RANKER_START, frame["relevance"].to_numpy() > 0)
+    fit, _ = training.validation_split(frame)
+    rule = training.rule_offset(fit, RANKER_FEATURES, training.RANKER_START, fit["relevance"].to_numpy() > 0)
     offset = rule.predict(frame[RANKER_FEATURES], raw_score=True)
     residual = booster.predict(frame[RANKER_FEATURES], raw_score=True, start_iteration=rule.current_iteration())
     assert offset.std() > 0 and residual.std() > 0
