@@ -131,7 +131,7 @@ def test_publishing_follows_the_latest_days_features_by_declarative_automation()
     selection = AssetSelection.groups("serving", "evaluation")
     first = evaluate_automation_conditions(defs, instance, asset_selection=selection)
     assert first.total_requested == 0  # nothing upstream exists yet
-    for key in ("ranking_candidates", "user_features", "cleaned_events"):
+    for key in ("ranking_candidates", "user_features", "item_features", "cleaned_events"):
         for day in (before, latest):  # the replay of a day reads the features of the day before
             instance.report_runless_asset_event(AssetMaterialization(key, partition=day))
     instance.report_runless_asset_event(AssetMaterialization("champion_promotion"))
