@@ -61,6 +61,8 @@ def prepare_home(home: str) -> Path:
     os.environ["SHOPSEQ_HOME"] = str(root)
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # the CLI prints one line per step: MLflow's per-download progress bars would interleave with them
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return root
 
 
