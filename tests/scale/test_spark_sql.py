@@ -94,6 +94,19 @@ def test_tables_read():
     assert "user_features" not in tables_read(daily_statements(DAYS[0])[-1].sql)
 
 
+def test_one_daily_statement_is_the_tables_own():
+    from assets.logic.lake import LAKE_TABLES
+    from assets.logic.spark_sql import daily_statement
+
+    every = daily_statements(DAYS[0], "Asia/Shanghai", bot_events_per_day=7)
+    assert [s.table for s in every] == list(LAKE_TABLES)
+    for statement in every:
+        assert daily_statement(statement.table, DAYS[0], "Asia/Shanghai", bot_events_per_day=7) == statement
+    assert every[0].params["bot_events_per_day"] == 7
+    with pytest.raises(ValueError, match="'raw_events' is not a daily table an engine builds from a statement"):
+        daily_statement("raw_events", DAYS[0])
+
+
 def test_interval_with_parenthesised_quantity():
     assert "INTERVAL 30 MINUTE" in to_spark("SELECT t - INTERVAL (30) MINUTE FROM e", {})
 
