@@ -16,6 +16,7 @@ from assets.logic.sequences import build_sessions_day, build_user_sequences_day
 from assets.logic.spark_sql import TranslationError, daily_statements, to_spark
 from assets.logic.synthetic import ShopParams, write_day
 from assets.logic.warehouse_sql import day_bounds
+from bench.run import DAILY_STAGES
 
 pytestmark = pytest.mark.spark
 
@@ -250,18 +251,7 @@ def engines(spark, tmp_path_factory):
     conn.close()
 
 
-@pytest.mark.parametrize(
-    "table",
-    [
-        "raw_events",
-        "cleaned_events",
-        "sessions",
-        "user_sequences",
-        "user_features",
-        "item_features",
-        "ranking_candidates",
-    ],
-)
+@pytest.mark.parametrize("table", DAILY_STAGES)
 def test_daily_table_equal_on_both_engines(engines, table):
     from assets.logic.schema import DAILY_TABLES
     from resources.engine import attach_lake
