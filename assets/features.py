@@ -117,7 +117,7 @@ def _recall_metadata(conn, days, tz: str) -> dict:
 
 @asset(
     **_COMMON,
-    deps=[user_features, item_features, _HISTORY],
+    deps=[item_features, _HISTORY],
     check_specs=[AssetCheckSpec("ranking_candidates_suite", asset="ranking_candidates", blocking=True)],
 )
 def ranking_candidates(context: AssetExecutionContext, warehouse: Warehouse, engine: Engine) -> MaterializeResult:

@@ -14,7 +14,6 @@ commits it atomically, see docs/scaling.md). DuckDB reads the lake for the CLI a
 
 import datetime as dt
 import os
-import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,11 +43,6 @@ LAKE_SQL_CONF = {
 }
 
 
-def lake_root(home: str) -> Path:
-    """``<home>/lake``: one folder per daily table."""
-    return home_paths(home)["lake"]
-
-
 def spark_session(master: str = "local[2]", conf: Mapping[str, str] | None = None):
     """The process's Spark session (created on first use) with the lake's SQL settings and ``conf``."""
     try:
@@ -66,7 +60,7 @@ class SparkLake:
 
     def __init__(self, spark, home: str):
         self.spark = spark
-        self.root = lake_root(home)
+        self.root = home_paths(home)["lake"]
         for key, value in LAKE_SQL_CONF.items():
             spark.conf.set(key, value)
 
@@ -195,14 +189,14 @@ def attach_lake(conn: duckdb.DuckDBPyConnection, home: str, tables=None) -> list
     from assets.logic.lake import LAKE_TABLES
     from assets.logic.lake import attach_lake as attach
 
-    return attach(conn, lake_root(home), tables or LAKE_TABLES)
+    return attach(conn, home_paths(home)["lake"], tables or LAKE_TABLES)
 
 
 def withdraw_lake_days(home: str, days: list[dt.date]) -> dict[str, int]:
     """Remove ``days`` from every lake table of ``home`` (``assets.logic.lake.withdraw_days``)."""
     from assets.logic.lake import withdraw_days
 
-    return withdraw_days(lake_root(home), days)
+    return withdraw_days(home_paths(home)["lake"], days)
 
 
 def resolve_engine(home: str, asked: str, asked_by: str = ENGINE_VARIABLE) -> str:
@@ -245,9 +239,11 @@ class Engine(ConfigurableResource):
     engine: str = ""
     spark_master: str = ""
     _resolved: str = PrivateAttr(default="")
+    _lake: SparkLake | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         self._resolved = ""
+        self._lake = None
         _ = self.name
 
     @property
@@ -260,7 +256,10 @@ class Engine(ConfigurableResource):
 
     def lake(self) -> SparkLake:
         """The home's lake through the process's Spark session: the active one if there is one (a platform's, or a
-        test's), else one created at ``spark_master``."""
+        test's), else one created at ``spark_master``. Found (and its settings set) on the first call, then kept
+        for the run (for the resource object, outside a run)."""
+        if self._lake is not None:
+            return self._lake
         from pyspark.sql import SparkSession
 
         spark = SparkSession.getActiveSession()
@@ -272,22 +271,23 @@ class Engine(ConfigurableResource):
             for key, value in SPARK_DEFAULTS.items():
                 if not spark.sparkContext.getConf().contains(key):
                     spark.conf.set(key, value)
-        return SparkLake(spark, self.home)
+        self._lake = SparkLake(spark, self.home)
+        return self._lake
 
     def build_day(
         self, conn: duckdb.DuckDBPyConnection, table: str, day: dt.date, tz: str, build: Callable, **params
     ) -> int:
         """Replace ``day`` of the daily ``table``; returns the rows written. On duckdb, ``build(conn, day, tz=tz,
         **params)``: the DuckDB builder, on the warehouse connection ``conn``. On spark, the same builder's
-        statement (``spark_sql.daily_statements``) written into the lake by Spark; ``conn`` then reads the new day
-        (its lake views are attached afresh)."""
+        statement (``spark_sql.daily_statement``) written into the lake by Spark; ``conn`` then reads the new day
+        (the table's lake view is attached again: a table written for the first time had none)."""
         if self.name == "duckdb":
             return build(conn, day, tz=tz, **params)
-        from assets.logic.spark_sql import daily_statements
+        from assets.logic.spark_sql import daily_statement
 
-        statement = next(s for s in daily_statements(day, tz, **params) if s.table == table)
+        statement = daily_statement(table, day, tz, **params)
         rows = self.lake().replace_day(table, day, statement.start, statement.end, statement.sql, statement.params)
-        attach_lake(conn, self.home)
+        attach_lake(conn, self.home, [table])
         return rows
 
     def counting(self, table: str) -> Counting | None:
@@ -304,24 +304,22 @@ class Engine(ConfigurableResource):
 
     def export_day(self, conn: duckdb.DuckDBPyConnection, table: str, day: dt.date, tz: str) -> None:
         """On spark, copy ``day`` of the DuckDB-written ``table`` (``raw_events``) into the lake for Spark to read;
-        on duckdb nothing. The day is written beside its folder and swapped in, as Spark's own overwrite does."""
+        on duckdb nothing. The day is written into a fresh folder and swapped in, as Spark's own overwrite does
+        (``assets.logic.lake.replace_day_folder``)."""
         if self.name == "duckdb":
             return
+        from assets.logic.lake import replace_day_folder
         from assets.logic.schema import DAILY_TABLES
         from assets.logic.warehouse_sql import day_bounds
 
         start, end = day_bounds(day, tz)
         column = DAILY_TABLES[table]
-        folder = lake_root(self.home) / table / f"day={day.isoformat()}"
-        staged = folder.with_name(f".staged-{folder.name}")
-        shutil.rmtree(staged, ignore_errors=True)
-        staged.mkdir(parents=True)
-        conn.sql(
+        rows = conn.sql(
             f"SELECT * FROM {table} WHERE {column} >= $start AND {column} < $end", params={"start": start, "end": end}
-        ).write_parquet(str(staged / "part-0.parquet"))
-        if folder.exists():
-            shutil.rmtree(folder)
-        staged.rename(folder)
+        )
+        replace_day_folder(
+            home_paths(self.home)["lake"], table, day, lambda folder: rows.write_parquet(str(folder / "part-0.parquet"))
+        )
 
     def replace_day(self, table: str, day: dt.date, start, end, select_sql: str, params: Mapping | None = None) -> int:
         """Replace the day ``day`` (rows of ``table`` with its day column in ``[start, end)``) with the rows of the

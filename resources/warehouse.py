@@ -71,6 +71,7 @@ class Warehouse(RetriesTransientFailures):
     threads: int = 2
     lock_timeout_seconds: float = 1800.0
     _settings: dict | None = PrivateAttr(default=None)
+    _lake_views: dict[str, str] | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         # One run, one calendar: a settings.json rewritten while the run goes on is seen by the next run.
@@ -145,6 +146,20 @@ class Warehouse(RetriesTransientFailures):
         finally:
             handle.close()
 
+    def lake_views(self) -> dict[str, str]:
+        """On a spark home (one with a lake: its daily tables in Parquet, ``resources.engine``), the SELECT of each
+        lake table's view (``assets.logic.lake.lake_views``), built on the first connection that finds the lake and
+        kept (a home keeps its engine); elsewhere empty. Each connection then only lists which tables have a day
+        and binds their views."""
+        if self._lake_views is None:
+            lake = home_paths(self.home)["lake"]
+            if not lake.exists():
+                return {}
+            from assets.logic.lake import lake_views  # assets import this module
+
+            self._lake_views = lake_views(lake)
+        return self._lake_views
+
     @contextmanager
     def read_lock(self) -> Iterator[None]:
         """The shared lock alone, for a reader that attaches the file to a connection of its own (``predict``)."""
@@ -155,7 +170,7 @@ class Warehouse(RetriesTransientFailures):
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection for one unit of work: a writer's under the exclusive lock, or with ``read_only`` a
         reader's under the shared lock, opened read-only (keep it short: a writer waits for every reader). On a
-        spark home it reads the daily tables Spark writes from the lake (``resources.engine.attach_lake``)."""
+        spark home it reads the daily tables Spark writes from the lake (``lake_views``)."""
         path = home_paths(self.home)["warehouse"]
         if read_only and not path.exists():
             raise WarehouseMissing(f"the warehouse {path} does not exist yet: run shopseq run (or demo) first")
@@ -184,10 +199,11 @@ class Warehouse(RetriesTransientFailures):
                     time.sleep(delay)
                     delay = min(delay * 2, 5.0)
             try:
-                if home_paths(self.home)["lake"].exists():  # a spark home: daily tables in Parquet (resources.engine)
-                    from resources.engine import attach_lake
+                views = self.lake_views()
+                if views:
+                    from assets.logic.lake import attach_views
 
-                    attach_lake(conn, self.home)
+                    attach_views(conn, home_paths(self.home)["lake"], views)
                 yield conn
             finally:
                 conn.close()

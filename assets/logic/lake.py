@@ -6,7 +6,7 @@ reads the lake's tables through the views made here, so that no reader needs to 
 
 import datetime as dt
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -40,15 +40,49 @@ def written(lake: Path, table: str) -> bool:
     return any((lake / table).glob("day=*/*.parquet"))
 
 
+def lake_views(lake: Path, tables=LAKE_TABLES) -> dict[str, str]:
+    """The SELECT of each of the lake's ``tables`` (``lake_select``): built once by a reader that attaches the lake
+    on many connections (``resources.warehouse.Warehouse``)."""
+    return {table: lake_select(lake, table) for table in tables}
+
+
 def attach_lake(conn: duckdb.DuckDBPyConnection, lake: Path, tables=LAKE_TABLES) -> list[str]:
     """Temporary views on ``conn`` named after the lake's ``tables``, so that every reader of a spark home (training,
     serving, the CLI, ``explain``) reads them as DuckDB tables: a temporary view hides the warehouse table of its
     name, and a write to it fails. A read-only connection takes them too. Returns the tables attached (those with
     a day written)."""
-    attached = [table for table in tables if written(lake, table)]
+    return attach_views(conn, lake, lake_views(lake, tables))
+
+
+def attach_views(conn: duckdb.DuckDBPyConnection, lake: Path, views: Mapping[str, str]) -> list[str]:
+    """``attach_lake`` with the views' SELECTs already built (``lake_views``). A view lists its files when it is
+    read, so it sees the days written after it was made; a table with no day yet gets no view (its glob would
+    match nothing), so a table first written while ``conn`` is open is attached again after the write."""
+    attached = [table for table in views if written(lake, table)]
     for table in attached:
-        conn.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS {lake_select(lake, table)}")
+        conn.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS {views[table]}")
     return attached
+
+
+def replace_day_folder(lake: Path, table: str, day: dt.date, write: Callable[[Path], None]) -> None:
+    """Replace the folder of ``day`` of the lake's ``table`` with the files ``write(folder)`` writes into a fresh
+    folder, swapped in once they are complete, as Spark's dynamic overwrite swaps its staging folder in at job
+    commit (the same window: a delete then a rename; ``resources.engine``). The fresh folder lies outside the
+    table's folder (``<lake>/.staging/<table>/``), where no reader's glob finds it; a failed ``write`` removes it
+    and leaves the previous day."""
+    folder = lake / table / f"day={day.isoformat()}"
+    staged = lake / ".staging" / table / folder.name
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir(parents=True)
+    try:
+        write(staged)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    if folder.exists():
+        shutil.rmtree(folder)
+    staged.rename(folder)
 
 
 @contextmanager

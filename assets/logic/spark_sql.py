@@ -372,38 +372,46 @@ class DailyStatement:
     params: dict
 
 
-def daily_statements(day: dt.date, tz: str = "UTC", bot_events_per_day: int = 2000) -> list[DailyStatement]:
-    """The statements of the daily graph after raw_events, in order, with the parameters their DuckDB builders
-    (``clean_day``, ``build_sessions_day``, ..., ``build_candidates_day``) bind, for an engine to replace each
-    day. The SQL is the builders' own; candidates read the co-visitation pairs and the day's item features as
+def daily_statement(table: str, day: dt.date, tz: str = "UTC", bot_events_per_day: int = 2000) -> DailyStatement:
+    """The statement of the daily ``table`` (one of ``lake.LAKE_TABLES``) for ``day``, with the parameters its DuckDB
+    builder (``clean_day``, ``build_sessions_day``, ..., ``build_candidates_day``) binds, for an engine to replace
+    the day. The SQL is the builder's own; candidates read the co-visitation pairs and the day's item features as
     CTEs, in one pass (the DuckDB builder stores them as temp tables and splits the users into passes by hash,
     which gives the same rows)."""
     from assets.logic.candidates import candidates_sql, covis_pairs_sql
     from assets.logic.events import CLEAN_SQL
     from assets.logic.features import _ITEM_FEATURES_SQL, daily_history_sql, user_features_sql
+    from assets.logic.lake import LAKE_TABLES
     from assets.logic.sequences import _SEQUENCES_SQL, _SESSIONS_SQL
     from assets.logic.warehouse_sql import date_bounds, day_bounds
 
     start, end = day_bounds(day, tz)
-    features = {"cutoff": end, "as_of_date": day}
-    candidates = candidates_sql(
-        history=daily_history_sql(),
-        covis_pairs=covis_pairs_sql(),
-        item_now="SELECT * FROM item_features WHERE as_of_date = $as_of_date",
-    )
     window = {"start": start, "end": end}
-    return [
-        DailyStatement(
-            "cleaned_events",
-            day,
-            start,
-            end,
-            CLEAN_SQL,
-            {**window, "day": day, "bot_events_per_day": bot_events_per_day},
-        ),
-        DailyStatement("sessions", day, start, end, _SESSIONS_SQL, window),
-        DailyStatement("user_sequences", day, *date_bounds(day), _SEQUENCES_SQL, {**window, "day": day}),
-        DailyStatement("user_features", day, *date_bounds(day), user_features_sql(daily_history_sql()), features),
-        DailyStatement("item_features", day, *date_bounds(day), _ITEM_FEATURES_SQL, features),
-        DailyStatement("ranking_candidates", day, *date_bounds(day), candidates, features),
-    ]
+    features = {"cutoff": end, "as_of_date": day}
+    if table == "cleaned_events":
+        return DailyStatement(
+            table, day, start, end, CLEAN_SQL, {**window, "day": day, "bot_events_per_day": bot_events_per_day}
+        )
+    if table == "sessions":
+        return DailyStatement(table, day, start, end, _SESSIONS_SQL, window)
+    if table == "user_sequences":
+        return DailyStatement(table, day, *date_bounds(day), _SEQUENCES_SQL, {**window, "day": day})
+    if table == "user_features":
+        return DailyStatement(table, day, *date_bounds(day), user_features_sql(daily_history_sql()), features)
+    if table == "item_features":
+        return DailyStatement(table, day, *date_bounds(day), _ITEM_FEATURES_SQL, features)
+    if table == "ranking_candidates":
+        candidates = candidates_sql(
+            history=daily_history_sql(),
+            covis_pairs=covis_pairs_sql(),
+            item_now="SELECT * FROM item_features WHERE as_of_date = $as_of_date",
+        )
+        return DailyStatement(table, day, *date_bounds(day), candidates, features)
+    raise ValueError(f"{table!r} is not a daily table an engine builds from a statement: one of {LAKE_TABLES}")
+
+
+def daily_statements(day: dt.date, tz: str = "UTC", bot_events_per_day: int = 2000) -> list[DailyStatement]:
+    """The statements of the daily graph after raw_events, in order (``daily_statement`` of each lake table)."""
+    from assets.logic.lake import LAKE_TABLES
+
+    return [daily_statement(table, day, tz, bot_events_per_day) for table in LAKE_TABLES]

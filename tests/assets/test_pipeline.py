@@ -15,6 +15,7 @@ import pytest
 from dagster import AssetKey, AssetSelection, DagsterInstance, materialize
 
 from assets import ALL_ASSETS
+from bench.run import DAILY_STAGES
 from resources import LandingSource, Warehouse
 from resources.transient import step_context
 from tests.conftest import SMALL_SHOP, shop_days
@@ -118,15 +119,7 @@ def test_daily_range_materialises_every_stage_with_passing_checks(built):
     assert daily.success
     checks = daily.get_asset_check_evaluations()
     assert len(checks) >= 9 and all(c.passed for c in checks)
-    for table in (
-        "raw_events",
-        "cleaned_events",
-        "sessions",
-        "user_sequences",
-        "user_features",
-        "item_features",
-        "ranking_candidates",
-    ):
+    for table in DAILY_STAGES:
         assert _count(home, f"SELECT count(*) FROM {table}") > 0, table
     days = _count(home, "SELECT count(DISTINCT CAST(event_time AS DATE)) FROM cleaned_events")
     assert days == len(DAYS)

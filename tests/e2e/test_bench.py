@@ -1,57 +1,31 @@
 """The benchmark itself works (a tiny run, no timing assertions): every stage measured on both paths, the pandas
 path equal to the pipeline, the report written with the targets marked."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from bench.run import DAILY_STAGES
+from tests.samples import run_cli
+
 pytestmark = pytest.mark.e2e
 
 
-def test_a_tiny_benchmark_measures_every_stage_and_writes_the_report(tmp_path):
-    out = tmp_path / "BENCHMARKS.md"
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "workflows.cli",
-            "bench",
-            "--events",
-            "4000",
-            "8000",
-            "--check-events",
-            "4000",
-            "--train-rows",
-            "4000",
-            "--score-users",
-            "300",
-            "--workdir",
-            str(tmp_path / "work"),
-            "--out",
-            str(out),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+def _bench(workdir: Path, out: Path, *options: str) -> str:
+    """The report of ``shopseq bench *options`` run in ``workdir``, written to ``out``."""
+    run = run_cli("bench", *options, "--workdir", str(workdir), "--out", str(out), timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
-    report = out.read_text()
+    return out.read_text()
+
+
+def test_a_tiny_benchmark_measures_every_stage_and_writes_the_report(tmp_path):
+    report = _bench(
+        tmp_path / "work",
+        tmp_path / "BENCHMARKS.md",
+        *("--events", "4000", "8000", "--check-events", "4000", "--train-rows", "4000", "--score-users", "300"),
+    )
     assert "same results" in report
-    for stage in (
-        "raw_events",
-        "cleaned_events",
-        "sessions",
-        "user_sequences",
-        "user_features",
-        "item_features",
-        "ranking_candidates",
-        "DuckDB floor",
-        "landing → features",
-    ):
+    for stage in (*DAILY_STAGES, "DuckDB floor", "landing → features"):
         assert stage in report, stage
     for heading in (
         "## 4,000 events",
@@ -70,27 +44,7 @@ def test_a_tiny_benchmark_measures_every_stage_and_writes_the_report(tmp_path):
 
 
 def test_bench_demo_reports_each_asset_and_where_each_model_asset_spent_its_seconds(tmp_path):
-    out = tmp_path / "demo.md"
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "workflows.cli",
-            "bench",
-            "--demo",
-            "--demo-options=--days 5 --events-per-day 1500",
-            "--workdir",
-            str(tmp_path / "work"),
-            "--out",
-            str(out),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    report = out.read_text()
+    report = _bench(tmp_path / "work", tmp_path / "demo.md", "--demo", "--demo-options=--days 5 --events-per-day 1500")
     assert "| daily_pipeline " in report and "| publish " in report and "shopseq demo ≤ 90 s" in report
     profiles = report.split("Where each model asset")[1].split("| target")[0]
     header = profiles.splitlines()[2]

@@ -1,6 +1,5 @@
 """End to end through the command lines a newcomer types: shopseq demo, then dagster asset materialize."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,31 +9,17 @@ import numpy as np
 import pytest
 from dagster import DagsterInstance
 
-from tests.samples import SHARED, needs_samples
+from bench.run import DAILY_STAGES
+from tests.samples import REPO, SHARED, home_env, needs_samples, run_cli
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
-
-
-def _env(home: Path) -> dict:
-    return {
-        **os.environ,
-        "SHOPSEQ_HOME": str(home),
-        "DAGSTER_HOME": str(home / "dagster_home"),
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-    }
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     home = tmp_path_factory.mktemp("demo")
-    out = subprocess.run(
-        [sys.executable, "-m", "workflows.cli", "demo", "--home", str(home), "--days", "5", "--events-per-day", "1500"],
-        cwd=tmp_path_factory.mktemp("cwd"),
-        env=_env(home),
-        capture_output=True,
-        text=True,
-        timeout=600,
+    out = run_cli(
+        "demo", "--days", "5", "--events-per-day", "1500", home=home, cwd=tmp_path_factory.mktemp("cwd"), timeout=600
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return home, out.stdout
@@ -66,13 +51,7 @@ def test_demo_leaves_every_stage_and_a_champion(demo):
     home, _ = demo
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as conn:
         for table in (
-            "raw_events",
-            "cleaned_events",
-            "sessions",
-            "user_sequences",
-            "user_features",
-            "item_features",
-            "ranking_candidates",
+            *DAILY_STAGES,
             "next_action_training_set",
             "ranker_training_set",
             "model_evaluations",
@@ -94,10 +73,10 @@ def test_promotions_are_recorded_and_rollback_needs_a_previous_champion(demo, tm
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as conn:
         history = conn.execute("SELECT model_name, from_version, to_version, changed_by FROM alias_history").fetchall()
     assert ("shopseq_next_item_ranker", None, 1, "champion_promotion") in history
-    out = _shopseq(home, "rollback", "--model", "shopseq_next_item_ranker", cwd=tmp_path)
+    out = run_cli("rollback", "--model", "shopseq_next_item_ranker", home=home, cwd=tmp_path)
     assert out.returncode != 0 and "first champion on record" in out.stderr
-    out = _shopseq(
-        home, "promote", "--model", "shopseq_next_item_ranker", "--version", "9", "--reason", "try", cwd=tmp_path
+    out = run_cli(
+        "promote", "--model", "shopseq_next_item_ranker", "--version", "9", "--reason", "try", home=home, cwd=tmp_path
     )
     assert out.returncode != 0 and "has no version 9" in out.stderr
 
@@ -108,13 +87,13 @@ def test_explain_names_the_model_run_partitions_and_checks_behind_a_users_rows(d
         user, day, run_id = conn.execute(
             "SELECT user_id, as_of_date, run_id FROM recommendations ORDER BY as_of_date DESC, user_id LIMIT 1"
         ).fetchone()
-    out = _shopseq(home, "explain", "--user", user, "--day", str(day), cwd=tmp_path)
+    out = run_cli("explain", "--user", user, "--day", str(day), home=home, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"model shopseq_next_item_ranker v1 (learned policy lightgbm), MLflow run {run_id}" in out.stdout
     assert f"Checks of the partition {day}:" in out.stdout
     for check in ("recommendations_suite passed", "user_features_no_leakage passed", "raw_events_suite passed"):
         assert check in out.stdout
-    out = _shopseq(home, "explain", "--user", "nobody", "--day", str(day), cwd=tmp_path)
+    out = run_cli("explain", "--user", "nobody", "--day", str(day), home=home, cwd=tmp_path)
     assert out.returncode != 0 and "no recommendation or prediction row for user 'nobody'" in out.stderr
 
 
@@ -137,7 +116,7 @@ def test_dagster_cli_materialises_one_partition_idempotently(demo):
                 "2025-03-02",
             ],
             cwd=REPO,
-            env=_env(home),
+            env=home_env(home),
             capture_output=True,
             text=True,
             timeout=300,
@@ -151,17 +130,6 @@ def test_dagster_cli_materialises_one_partition_idempotently(demo):
                 ]
             )
     assert counts[0] == counts[1]
-
-
-def _shopseq(home: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "workflows.cli", *args, "--home", str(home)],
-        cwd=cwd,
-        env=_env(home),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
 
 
 def _taobao_like(path: Path, users: int = 60, days: int = 5) -> None:
@@ -182,13 +150,13 @@ def test_ingest_then_run_on_a_real_format(tmp_path):
     cwd.mkdir()
     source = tmp_path / "UserBehavior.csv"
     _taobao_like(source)
-    out = _shopseq(home, "ingest", "--format", "taobao", "--path", str(source), cwd=cwd)
+    out = run_cli("ingest", "--format", "taobao", "--path", str(source), home=home, cwd=cwd)
     assert out.returncode == 0, out.stderr[-3000:]
     total = next(line for line in out.stdout.splitlines() if line.strip().startswith("total")).split()
     assert total[1:4] == ["1804", "1800", "4"]  # read, accepted, quarantined
     assert "(Asia/Shanghai days)" in out.stdout
 
-    out = _shopseq(home, "run", "--skip-training", cwd=cwd)  # the days come from the landing folders
+    out = run_cli("run", "--skip-training", home=home, cwd=cwd)  # the days come from the landing folders
     assert out.returncode == 0, out.stderr[-3000:]
     assert "5 day(s) 2017-11-25..2017-11-29" in out.stdout
     published = [line for line in out.stdout.splitlines() if line.startswith("[  serving] recommendations")]
@@ -200,13 +168,13 @@ def test_ingest_then_run_on_a_real_format(tmp_path):
         assert str(conn.execute("SELECT min(event_time) FROM raw_events").fetchone()[0]) == "2017-11-24 16:05:00"
 
     missing = tmp_path / "nope.csv.gz"
-    out = _shopseq(home, "ingest", "--format", "taobao", "--path", str(missing), cwd=cwd)
+    out = run_cli("ingest", "--format", "taobao", "--path", str(missing), home=home, cwd=cwd)
     assert out.returncode == 2 and str(missing) in out.stderr and "file not found" in out.stderr
 
 
 def _predict(home: Path, events: Path, fmt: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return _shopseq(
-        home, "predict", "--events", str(events), "--format", fmt, "--out", str(out), *extra, cwd=out.parent
+    return run_cli(
+        "predict", "--events", str(events), "--format", fmt, "--out", str(out), *extra, home=home, cwd=out.parent
     )
 
 
@@ -308,8 +276,7 @@ def test_predict_reads_every_events_option_and_writes_a_hostile_out_name_as_a_na
     folder = tmp_path / "it's"
     folder.mkdir()
     out = folder / "p'); COPY (SELECT 1) TO 'canary.csv'; --.csv"
-    run = _shopseq(
-        home,
+    run = run_cli(
         "predict",
         "--events",
         str(first),
@@ -321,6 +288,7 @@ def test_predict_reads_every_events_option_and_writes_a_hostile_out_name_as_a_na
         "5",
         "--out",
         str(out),
+        home=home,
         cwd=folder,
     )
     assert run.returncode == 0, run.stderr[-3000:]
@@ -332,8 +300,7 @@ def test_predict_reads_every_events_option_and_writes_a_hostile_out_name_as_a_na
         (["--out", str(tmp_path / "missing" / "p.csv")], "does not exist"),
         (["--out", str(folder)], "--out"),
     ):
-        run = _shopseq(
-            home,
+        run = run_cli(
             "predict",
             "--events",
             str(first),
@@ -341,6 +308,7 @@ def test_predict_reads_every_events_option_and_writes_a_hostile_out_name_as_a_na
             "canonical-csv",
             *(["--out", str(tmp_path / "p.csv")] if bad[0] != "--out" else []),
             *bad,
+            home=home,
             cwd=tmp_path,
         )
         assert run.returncode == 2 and says in run.stderr and "Traceback" not in run.stderr, run.stderr[-2000:]

@@ -1,9 +1,6 @@
 """``SHOPSEQ_ENGINE=spark shopseq demo``: the daily graph on Spark local mode into the Parquet lake, then training and
 publishing, gives every table a DuckDB home of the same days holds."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +9,13 @@ import pytest
 from dagster import AssetCheckKey, AssetKey, DagsterInstance
 
 from assets.logic.lake import LAKE_TABLES
+from bench.run import DAILY_STAGES
 from resources.warehouse import Warehouse
+from tests.samples import run_cli
 from tests.scale.conftest import FAST_SPARK_CONF
 
 pytestmark = pytest.mark.spark
 
-REPO = Path(__file__).resolve().parents[2]
 DEMO = ["--days", "4", "--events-per-day", "1000"]
 # What two runs of the same days may differ in: the ids and clocks of the runs that wrote a row, and the path of the
 # home the landing files lie in.
@@ -28,25 +26,16 @@ def _demo(home: Path, tmp_path: Path, engine: str) -> str:
     conf = tmp_path / f"conf-{engine}"
     conf.mkdir()
     (conf / "spark-defaults.conf").write_text("".join(f"{k} {v}\n" for k, v in FAST_SPARK_CONF.items()))
-    env = {
-        **os.environ,
-        "SHOPSEQ_ENGINE": engine,
-        "SPARK_CONF_DIR": str(conf),
-        "DAGSTER_HOME": str(home / "dagster_home"),
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-    }
-    command = [sys.executable, "-m", "workflows.cli", "demo", "--home", str(home), *DEMO]
-    out = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    out = run_cli("demo", *DEMO, home=home, env={"SHOPSEQ_ENGINE": engine, "SPARK_CONF_DIR": str(conf)})
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
 
 
 def _predict(home: Path, events: Path) -> pd.DataFrame:
     out = home.parent / f"predictions-{home.name}.parquet"
-    command = [sys.executable, "-m", "workflows.cli", "predict", "--home", str(home), "--events", str(events)]
-    command += ["--format", "canonical-csv", "--out", str(out)]
-    env = {**os.environ, "DAGSTER_HOME": str(home / "dagster_home"), "MLFLOW_DISABLE_TELEMETRY": "true"}
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    done = run_cli(
+        "predict", "--events", str(events), "--format", "canonical-csv", "--out", str(out), home=home, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return pd.read_parquet(out)
 
@@ -95,7 +84,7 @@ def test_a_spark_home_publishes_what_a_duckdb_home_publishes(tmp_path):
 
     expected, got = _tables(duckdb_home), _tables(spark_home)
     assert sorted(got) == sorted(expected)
-    for table in ("raw_events", *LAKE_TABLES, "ranker_training_set", "recommendations", "next_action_predictions"):
+    for table in (*DAILY_STAGES, "ranker_training_set", "recommendations", "next_action_predictions"):
         assert len(expected[table]), f"{table} is empty: the comparison would prove nothing"
     for name in expected:
         pd.testing.assert_frame_equal(

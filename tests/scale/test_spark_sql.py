@@ -16,6 +16,7 @@ from assets.logic.sequences import build_sessions_day, build_user_sequences_day
 from assets.logic.spark_sql import TranslationError, daily_statements, to_spark
 from assets.logic.synthetic import ShopParams, write_day
 from assets.logic.warehouse_sql import day_bounds
+from bench.run import DAILY_STAGES
 
 pytestmark = pytest.mark.spark
 
@@ -92,6 +93,19 @@ def test_tables_read():
     # the candidates read the day's item features; the user features are joined where their rows are read
     assert {"cleaned_events", "item_features"} <= tables_read(daily_statements(DAYS[0])[-1].sql)
     assert "user_features" not in tables_read(daily_statements(DAYS[0])[-1].sql)
+
+
+def test_one_daily_statement_is_the_tables_own():
+    from assets.logic.lake import LAKE_TABLES
+    from assets.logic.spark_sql import daily_statement
+
+    every = daily_statements(DAYS[0], "Asia/Shanghai", bot_events_per_day=7)
+    assert [s.table for s in every] == list(LAKE_TABLES)
+    for statement in every:
+        assert daily_statement(statement.table, DAYS[0], "Asia/Shanghai", bot_events_per_day=7) == statement
+    assert every[0].params["bot_events_per_day"] == 7
+    with pytest.raises(ValueError, match="'raw_events' is not a daily table an engine builds from a statement"):
+        daily_statement("raw_events", DAYS[0])
 
 
 def test_interval_with_parenthesised_quantity():
@@ -237,18 +251,7 @@ def engines(spark, tmp_path_factory):
     conn.close()
 
 
-@pytest.mark.parametrize(
-    "table",
-    [
-        "raw_events",
-        "cleaned_events",
-        "sessions",
-        "user_sequences",
-        "user_features",
-        "item_features",
-        "ranking_candidates",
-    ],
-)
+@pytest.mark.parametrize("table", DAILY_STAGES)
 def test_daily_table_equal_on_both_engines(engines, table):
     from assets.logic.schema import DAILY_TABLES
     from resources.engine import attach_lake

@@ -120,3 +120,18 @@ def test_suite_expectations_count_the_same_rows_on_spark(spark):
     assert [o["unexpected_count"] for o in by_spark[1]] == [o["unexpected_count"] for o in by_duckdb[1]]
     assert [o["examples"] for o in by_spark[1]] == [o["examples"] for o in by_duckdb[1]]
     assert by_spark[1][4]["examples"] == ["fly", "teleport"]
+
+
+def test_the_engine_finds_its_lake_once(spark, tmp_path, monkeypatch):
+    """``Engine.lake()`` sets the lake's SQL settings on the session once, not at every build, check and count."""
+    from resources.engine import Engine
+
+    engine = Engine(home=str(tmp_path))
+    lake = engine.lake()
+    assert lake.spark is spark and spark.conf.get("spark.sql.sources.partitionOverwriteMode") == "dynamic"
+
+    def again(self, spark, home):
+        raise AssertionError("a second SparkLake would set the settings again")
+
+    monkeypatch.setattr(SparkLake, "__init__", again)
+    assert engine.lake() is lake

@@ -65,3 +65,61 @@ def test_withdrawn_days_leave_the_lake(tmp_path):
     assert withdraw_lake_days(str(tmp_path), [DAY]) == {"raw_events": 1, "cleaned_events": 1, "ranking_candidates": 1}
     assert sorted(p.name for p in (tmp_path / "lake" / "cleaned_events").iterdir()) == ["day=2025-03-02"]
     assert withdraw_lake_days(str(tmp_path), [DAY]) == {}
+
+
+def _write_sequences_day(lake, day: dt.date, users: list[str]) -> None:
+    """One day of the lake's user_sequences as Spark leaves it (the day in the folder name, not in the file)."""
+    from assets.logic.lake import replace_day_folder
+
+    rows = duckdb.sql(
+        "SELECT unnest($users) AS user_id, 1 AS n_events, 1 AS n_sessions, ['i1'] AS items, ['view'] AS event_types",
+        params={"users": users},
+    )
+    replace_day_folder(lake, "user_sequences", day, lambda folder: rows.write_parquet(str(folder / "part-0.parquet")))
+
+
+def test_a_spark_homes_connections_read_the_lakes_current_days_through_views_built_once(tmp_path, monkeypatch):
+    pytest.importorskip("sqlglot", reason='the lake views need the spark extra: pip install -e ".[spark]"')
+    import assets.logic.lake as lake_module
+    from resources.warehouse import Warehouse
+
+    built = []
+    select = lake_module.lake_select
+    monkeypatch.setattr(lake_module, "lake_select", lambda lake, table: built.append(table) or select(lake, table))
+    lake = tmp_path / "lake"
+    warehouse = Warehouse(home=str(tmp_path))
+    with warehouse.connect() as conn:  # before the lake exists: no views, none built
+        assert conn.sql("SELECT count(*) FROM duckdb_views() WHERE temporary AND NOT internal").fetchall() == [(0,)]
+    _write_sequences_day(lake, DAY, ["u1", "u2"])
+    with warehouse.connect(read_only=True) as conn:
+        assert conn.sql("SELECT day, count(*) FROM user_sequences GROUP BY day").fetchall() == [(DAY, 2)]
+        # a day written while the connection is open is read by it
+        _write_sequences_day(lake, DAY + dt.timedelta(days=1), ["u3"])
+        assert conn.sql("SELECT count(*) FROM user_sequences").fetchall() == [(3,)]
+    with warehouse.connect() as conn:
+        with pytest.raises(duckdb.CatalogException):
+            conn.execute("INSERT INTO user_sequences (day, user_id) VALUES (?, 'u9')", [DAY])
+        assert conn.sql("SELECT count(*) FROM user_sequences").fetchall() == [(3,)]
+        assert conn.sql("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'user_sequences'").fetchall() == [(0,)]
+    # the views' statements were built once for the resource, on the first connection that found the lake
+    assert sorted(built) == sorted(lake_module.LAKE_TABLES)
+
+
+def test_a_failed_lake_day_write_leaves_the_previous_day_readable(tmp_path):
+    pytest.importorskip("sqlglot", reason='the lake views need the spark extra: pip install -e ".[spark]"')
+    from assets.logic.lake import attach_lake, replace_day_folder
+
+    lake = tmp_path / "lake"
+    _write_sequences_day(lake, DAY, ["u1", "u2"])
+
+    def fail(folder):
+        (folder / "part-0.parquet").write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        replace_day_folder(lake, "user_sequences", DAY, fail)
+    conn = duckdb.connect()
+    assert attach_lake(conn, lake) == ["user_sequences"]
+    assert conn.sql("SELECT user_id FROM user_sequences ORDER BY 1").fetchall() == [("u1",), ("u2",)]
+    assert [p.name for p in (lake / "user_sequences").iterdir()] == [f"day={DAY}"]
+    assert not any((lake / ".staging").rglob("*.parquet"))  # the half-written files went with the failure
