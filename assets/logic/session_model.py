@@ -259,7 +259,7 @@ def _target_prefixes(
 
 def _top_per_row(matrix: sparse.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(rows, columns, values, ranks) of the ``k`` largest entries of each row of ``matrix`` (integers >= 0), ties
-    by the smaller column, in the order of rows and ranks (1-based)."""
+    by the smaller column, in the order of rows and ranks (1-based). Sorts ``matrix``'s indices in place."""
     matrix.sort_indices()
     rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
     span = int(matrix.data.max()) + 1 if matrix.nnz else 1
@@ -345,6 +345,7 @@ def _session_knn(conn: duckdb.DuckDBPyConnection, width: int) -> None:
         (np.ones(len(sample["item"]), dtype=np.int64), (sample["item"], sample["session"])), shape=(items, sessions)
     )
     similarity = prefix_items @ item_sessions
+    # a prefix's own session (when it is a past one) is no neighbour of it
     own = similarity.indices == own_session[np.repeat(np.arange(prefixes), np.diff(similarity.indptr))]
     similarity.data[own] = 0
     similarity.eliminate_zeros()
