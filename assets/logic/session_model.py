@@ -34,6 +34,7 @@ import duckdb
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 from assets.logic import training
 from assets.logic.metrics import bootstrap_interval
@@ -256,6 +257,125 @@ def _target_prefixes(
     )
 
 
+def _top_per_row(matrix: sparse.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, columns, values, ranks) of the ``k`` largest entries of each row of ``matrix`` (integers >= 0), ties
+    by the smaller column, in the order of rows and ranks (1-based). Sorts ``matrix``'s indices in place."""
+    matrix.sort_indices()
+    rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+    span = int(matrix.data.max()) + 1 if matrix.nnz else 1
+    # by row, then value, highest first; a stable sort keeps each row's columns in order within a value
+    order = np.argsort(rows * span + (span - 1 - matrix.data), kind="stable")
+    # sorted by row first, the i-th entry in that order is of row rows[i], ranked from its row's first entry
+    rank = np.arange(matrix.nnz) - matrix.indptr[rows] + 1
+    listed = rank <= k
+    top = order[listed]
+    return rows[listed], matrix.indices[top], matrix.data[top], rank[listed]
+
+
+def _session_knn(conn: duckdb.DuckDBPyConnection, width: int) -> None:
+    """Temp table ``sm_sknn``: session-kNN's top ``width`` items of each prefix of ``sm_prefixes`` / ``sm_steps``
+    (prefix_id, item_id, sknn_score, sknn_share, sknn_rank), after ``_item_side``.
+
+    Each prefix item is weighted by its last position (step / position, linear decay); a past session's similarity
+    is the sum of the weights of the prefix items it shares among each item's sampled sessions (``sm_item_sessions``),
+    in whole steps: exact. The ``SKNN_NEIGHBOURS`` most similar sessions other than the prefix's own (then the most
+    recent, then the first by name) vote for each of their items with their similarity; an item's ``sknn_units``
+    are its votes, its score the units over the prefix's length, its share the units over the prefix's votes, its
+    rank by units, then item id.
+
+    As integer sparse matrices (the string join and group by of every prefix item with its sampled sessions was
+    most of the in-session training set's time): similarities = prefix x item weights @ item x session sample,
+    votes = neighbour similarities @ session x item incidence, integer sums, exact in any order. Sessions are
+    numbered most recent first (then by name) and items by id, so each top-k is one sort by row, value (highest
+    first) and number: the tie-breaks of the SQL it replaced, row for row."""
+    conn.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE sm_knn_items AS
+        SELECT item_id, CAST(row_number() OVER (ORDER BY item_id) - 1 AS INTEGER) AS code FROM sm_items
+        """
+    )
+    conn.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE sm_knn_sessions AS
+        SELECT neighbour,
+               CAST(row_number() OVER (ORDER BY max(session_end) DESC, neighbour) - 1 AS INTEGER) AS code
+        FROM sm_item_sessions GROUP BY neighbour
+        """
+    )
+    conn.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE sm_knn_prefixes AS
+        SELECT p.prefix_id, p.position, CAST(row_number() OVER (ORDER BY p.prefix_id) - 1 AS INTEGER) AS code,
+               coalesce(s.code, -1) AS own_session
+        FROM sm_prefixes p LEFT JOIN sm_knn_sessions s ON s.neighbour = p.user_id || '/' || p.session_id
+        """
+    )
+    shape = {
+        name: conn.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+        for name, table in (("prefixes", "sm_knn_prefixes"), ("items", "sm_knn_items"), ("sessions", "sm_knn_sessions"))
+    }
+    weights = conn.execute(
+        """
+        SELECT p.code AS prefix, i.code AS item, max(s.step) AS weight
+        FROM sm_steps s JOIN sm_knn_prefixes p USING (prefix_id) JOIN sm_knn_items i USING (item_id)
+        GROUP BY p.code, i.code
+        """
+    ).fetchnumpy()
+    sample = conn.execute(
+        """
+        SELECT i.code AS item, s.code AS session
+        FROM sm_item_sessions JOIN sm_knn_items i USING (item_id) JOIN sm_knn_sessions s USING (neighbour)
+        """
+    ).fetchnumpy()
+    incidence = conn.execute(
+        """
+        SELECT s.code AS session, i.code AS item
+        FROM sm_session_items JOIN sm_knn_sessions s USING (neighbour) JOIN sm_knn_items i USING (item_id)
+        """
+    ).fetchnumpy()
+    own_session = conn.execute("SELECT own_session FROM sm_knn_prefixes ORDER BY code").fetchnumpy()["own_session"]
+
+    prefixes, items, sessions = shape["prefixes"], shape["items"], shape["sessions"]
+    prefix_items = sparse.csr_matrix(
+        (weights["weight"].astype(np.int64), (weights["prefix"], weights["item"])), shape=(prefixes, items)
+    )
+    # duplicate (item, session) or (session, item) pairs (two sessions whose user/session names join to the same
+    # neighbour) add up, as the rows of the join did
+    item_sessions = sparse.csr_matrix(
+        (np.ones(len(sample["item"]), dtype=np.int64), (sample["item"], sample["session"])), shape=(items, sessions)
+    )
+    similarity = prefix_items @ item_sessions
+    # a prefix's own session (when it is a past one) is no neighbour of it
+    own = similarity.indices == own_session[np.repeat(np.arange(prefixes), np.diff(similarity.indptr))]
+    similarity.data[own] = 0
+    similarity.eliminate_zeros()
+    rows, columns, values, _ = _top_per_row(similarity, SKNN_NEIGHBOURS)
+    neighbours = sparse.csr_matrix((values, (rows, columns)), shape=(prefixes, sessions))
+    session_items = sparse.csr_matrix(
+        (np.ones(len(incidence["item"]), dtype=np.int64), (incidence["session"], incidence["item"])),
+        shape=(sessions, items),
+    )
+    votes = neighbours @ session_items
+    total = np.asarray(votes.sum(axis=1)).ravel()
+    rows, columns, units, rank = _top_per_row(votes, width)
+    conn.register(
+        "sm_knn_votes",
+        pd.DataFrame({"prefix": rows, "item": columns, "units": units, "total": total[rows], "rank": rank}),
+    )
+    try:
+        # integer over integer: the same doubles as the SQL's sums divided
+        conn.execute(
+            """
+            CREATE OR REPLACE TEMP TABLE sm_sknn AS
+            SELECT p.prefix_id, i.item_id, v.units / p.position AS sknn_score, v.units / v.total AS sknn_share,
+                   v.rank AS sknn_rank
+            FROM sm_knn_votes v JOIN sm_knn_prefixes p ON p.code = v.prefix JOIN sm_knn_items i ON i.code = v.item
+            """
+        )
+    finally:
+        conn.unregister("sm_knn_votes")
+
+
 _CANDIDATES_SQL = f"""
 WITH prefixes AS (SELECT * FROM sm_prefixes),
 steps AS (SELECT * FROM sm_steps),
@@ -325,32 +445,8 @@ markov AS (
     SELECT p.prefix_id, m.item_b AS item_id, m.markov_score, m.markov_share, m.markov_rank
     FROM prefixes p JOIN sm_markov m ON m.item_a = p.last_item
 ),
--- session-kNN: each prefix item weighted by its last position (step / position, linear decay), a past session's
--- similarity the sum of the weights of the items it shares (in whole steps: exact), the most similar
--- (then the most recent) neighbours vote for their items with their similarity
-prefix_weights AS (
-    SELECT prefix_id, item_id, max(step) AS weight FROM steps GROUP BY prefix_id, item_id
-),
-neighbours AS (
-    SELECT w.prefix_id, si.neighbour, sum(w.weight) AS similarity, max(si.session_end) AS neighbour_end
-    FROM prefix_weights w JOIN sm_item_sessions si USING (item_id)
-    JOIN prefixes p ON p.prefix_id = w.prefix_id
-    WHERE si.neighbour <> p.user_id || '/' || p.session_id
-    GROUP BY w.prefix_id, si.neighbour
-    QUALIFY row_number() OVER (PARTITION BY w.prefix_id ORDER BY similarity DESC, neighbour_end DESC, si.neighbour)
-            <= {SKNN_NEIGHBOURS}
-),
-sknn AS (
-    SELECT prefix_id, item_id, sknn_units / position AS sknn_score,
-           sknn_units / sum(sknn_units) OVER (PARTITION BY prefix_id) AS sknn_share,
-           row_number() OVER (PARTITION BY prefix_id ORDER BY sknn_units DESC, item_id) AS sknn_rank
-    FROM (
-        SELECT n.prefix_id, si.item_id, sum(n.similarity) AS sknn_units, any_value(p.position) AS position
-        FROM neighbours n JOIN sm_session_items si USING (neighbour) JOIN prefixes p ON p.prefix_id = n.prefix_id
-        GROUP BY n.prefix_id, si.item_id
-    )
-    QUALIFY sknn_rank <= $width
-),
+-- session-kNN (``_session_knn``): its top $width per prefix
+sknn AS (SELECT * FROM sm_sknn),
 pairs AS (
     SELECT prefix_id, item_id, max(session_count) AS session_count, min(sr_rank) AS sr_rank,
            min(sr3_rank) AS sr3_rank, min(sknn_rank) AS sknn_rank, min(markov_rank) AS markov_rank,
@@ -418,6 +514,10 @@ _TEMP_TABLES = (
     "sm_sequences",
     "sm_prefixes",
     "sm_steps",
+    "sm_knn_items",
+    "sm_knn_sessions",
+    "sm_knn_prefixes",
+    "sm_sknn",
 )
 
 
@@ -428,6 +528,7 @@ def _drop_temp(conn: duckdb.DuckDBPyConnection) -> None:
 def _candidates(conn: duckdb.DuckDBPyConnection, positives_only: bool, width: int = SOURCE_ITEMS) -> pd.DataFrame:
     """The candidate rows of the prefixes in ``sm_prefixes`` / ``sm_steps`` (see ``_CANDIDATES_SQL``), the top
     ``width`` of each rule source (at least ``_item_side``'s)."""
+    _session_knn(conn, width)
     return conn.execute(
         f"""
         WITH candidates AS ({_CANDIDATES_SQL})

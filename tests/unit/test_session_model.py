@@ -453,3 +453,112 @@ def test_otto_score_weights_the_recall_of_clicks_carts_and_orders_as_its_evaluat
     assert not any(
         "otto" in r["metric"] for r in sm._method_rows(holdout, clicks, np.array([1, 2, 3, 1, 2]), "sr", (2,))
     )
+
+
+# session-kNN as SQL over string keys, as ``_CANDIDATES_SQL`` computed it before ``_session_knn``: the reference the
+# sparse-matrix search must match row for row. ``variant`` swaps one tie-break or drops the own-session exclusion, to
+# show the generated log tells them apart.
+_SKNN_REFERENCE_SQL = """
+WITH prefixes AS (SELECT * FROM sm_prefixes),
+steps AS (SELECT * FROM sm_steps),
+prefix_weights AS (
+    SELECT prefix_id, item_id, max(step) AS weight FROM steps GROUP BY prefix_id, item_id
+),
+neighbours AS (
+    SELECT w.prefix_id, si.neighbour, sum(w.weight) AS similarity, max(si.session_end) AS neighbour_end
+    FROM prefix_weights w JOIN sm_item_sessions si USING (item_id)
+    JOIN prefixes p ON p.prefix_id = w.prefix_id
+    WHERE {exclude}
+    GROUP BY w.prefix_id, si.neighbour
+    QUALIFY row_number() OVER (PARTITION BY w.prefix_id ORDER BY similarity DESC, {recency}, {name})
+            <= {neighbours}
+),
+sknn AS (
+    SELECT prefix_id, item_id, sknn_units / position AS sknn_score,
+           sknn_units / sum(sknn_units) OVER (PARTITION BY prefix_id) AS sknn_share,
+           row_number() OVER (PARTITION BY prefix_id ORDER BY sknn_units DESC, {item}) AS sknn_rank
+    FROM (
+        SELECT n.prefix_id, si.item_id, sum(n.similarity) AS sknn_units, any_value(p.position) AS position
+        FROM neighbours n JOIN sm_session_items si USING (neighbour) JOIN prefixes p ON p.prefix_id = n.prefix_id
+        GROUP BY n.prefix_id, si.item_id
+    )
+    QUALIFY sknn_rank <= $width
+)
+SELECT prefix_id, item_id, sknn_score, sknn_share, sknn_rank FROM sknn ORDER BY prefix_id, sknn_rank
+"""
+_SKNN_ORIGINAL = {
+    "exclude": "si.neighbour <> p.user_id || '/' || p.session_id",
+    "recency": "neighbour_end DESC",
+    "name": "si.neighbour",
+    "item": "item_id",
+}
+_SKNN_VARIANTS = {
+    "own session kept": {"exclude": "true"},
+    "older first": {"recency": "neighbour_end"},
+    "names reversed": {"name": "si.neighbour DESC"},
+    "items reversed": {"item": "item_id DESC"},
+}
+
+
+def _tied_log(seed: int = 11, days: int = 3, sessions_per_day: int = 150, items: int = 8) -> list[tuple]:
+    """Short sessions over a few items, every event of a session at one of four whole hours: many past sessions
+    share the same items (equal similarity) and end at the same time (equal recency)."""
+    rng = np.random.default_rng(seed)
+    events = []
+    for day in range(days):
+        for s in range(sessions_per_day):
+            t = DAY + dt.timedelta(days=day, hours=int(rng.integers(4)))
+            for item in rng.integers(items, size=int(rng.integers(1, 6))):
+                events.append((f"{day}-{s:03d}", f"i{int(item)}", t))
+    return events
+
+
+def _past_session_prefixes(conn: duckdb.DuckDBPyConnection) -> None:
+    """Prefixes of the item side's own sessions (after ``_item_side``): each has its own session among the sampled
+    ones, which session-kNN must not count as a neighbour."""
+    conn.execute(
+        """CREATE OR REPLACE TEMP TABLE sm_prefixes AS
+           SELECT user_id || '/' || session_id || '/' || step AS prefix_id, user_id, session_id, step AS position,
+                  event_time AS prefix_time, item_id AS last_item, CAST(NULL AS VARCHAR) AS next_item
+           FROM sm_hist"""
+    )
+    conn.execute(
+        """CREATE OR REPLACE TEMP TABLE sm_steps AS
+           SELECT p.prefix_id, h.step, h.item_id, h.event_time FROM sm_prefixes p JOIN sm_hist h
+             ON h.user_id = p.user_id AND h.session_id = p.session_id AND h.step <= p.position"""
+    )
+
+
+@pytest.mark.parametrize("prefixes", ["target day", "past sessions"])
+def test_session_knn_gives_the_rows_of_the_string_key_sql_with_its_tie_breaks_and_exclusion(monkeypatch, prefixes):
+    """``_session_knn`` (sparse integer matrices) against the SQL it replaced, on a log full of ties in similarity
+    and recency, with few neighbours, a small sample and a small width so that every tie-break decides rows."""
+    neighbours, width = 4, 3
+    monkeypatch.setattr(sm, "SKNN_NEIGHBOURS", neighbours)
+    monkeypatch.setattr(sm, "SKNN_SAMPLE", 40)
+    conn = _warehouse(_tied_log())
+    start, end = _window(2)
+
+    def reference(**variant) -> pd.DataFrame:
+        sql = _SKNN_REFERENCE_SQL.format(neighbours=neighbours, **(_SKNN_ORIGINAL | variant))
+        return conn.execute(sql, {"width": width}).df()
+
+    try:
+        sm._item_side(conn, start, width)
+        if prefixes == "target day":
+            sm._target_prefixes(conn, start, end)
+        else:
+            _past_session_prefixes(conn)
+        expected = reference()
+        sm._session_knn(conn, width)
+        got = conn.execute("SELECT * FROM sm_sknn ORDER BY prefix_id, sknn_rank").df()
+        variants = {name: reference(**variant) for name, variant in _SKNN_VARIANTS.items()}
+    finally:
+        sm._drop_temp(conn)
+    assert expected["prefix_id"].nunique() > 100
+    pd.testing.assert_frame_equal(got, expected)
+    # the log decides each tie-break (and, for prefixes of past sessions, the exclusion): a search that got one of
+    # them wrong would differ from the reference
+    for name, rows in variants.items():
+        if name != "own session kept" or prefixes == "past sessions":
+            assert not rows.equals(expected), name
