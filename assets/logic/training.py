@@ -35,6 +35,10 @@ NEXT_ACTION_LABELS = {
     "return": "count(*) > 0",
 }
 RELEVANCE_SQL = "max(CASE event_type WHEN 'purchase' THEN 3 WHEN 'add_to_cart' THEN 2 ELSE 1 END)"
+# Training sets up to this many rows train on one thread (``boost``, ``rule_offset``): a thread's share of a small
+# set's histogram is microseconds of work and every split waits for both threads, so beside another busy process
+# the waits dominate (BENCHMARKS.md). One thread grew the same trees.
+SINGLE_THREAD_MAX_ROWS = 50_000
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,8 @@ def boost(lgb_params: dict, dataset, frame: pd.DataFrame, params: LightGBMParams
     ``start(rows)``: the booster the model starts from, fitted on ``rows`` (the rule, see ``rule_offset``): its
     trees come first in the model file and its margin is every row's initial score, so the new trees boost the
     residual and no scorer can leave the offset out."""
+    if len(frame) <= SINGLE_THREAD_MAX_ROWS and "num_threads" not in params.extra:
+        lgb_params = lgb_params | {"num_threads": 1}
     fit, valid = validation_split(frame) if params.early_stopping_rounds else (frame, frame.iloc[0:0])
     with profile.step("rule"):
         first = start(fit) if start else None
@@ -230,6 +236,7 @@ def rule_offset(frame: pd.DataFrame, features: list[str], weights: dict[str, flo
         # Each tree fits what the trees before it left: its own term of the offset.
         offset = offset + b * weight * frame[column].to_numpy(dtype=float)
         tree = _EXACT_TREE | {
+            "num_threads": 1 if len(frame) <= SINGLE_THREAD_MAX_ROWS else 2,
             "interaction_constraints": [[features.index(column)]],  # this feature only, the others
             "max_bin_by_feature": [4095 if c == column else 2 for c in features],
         }  # not binned

@@ -64,6 +64,17 @@ def test_a_small_training_set_is_refitted_on_every_cutoff_with_the_rounds_found(
     assert not np.allclose(refitted.predict(frame[USER_FEATURE_COLUMNS]), stopped.predict(frame[USER_FEATURE_COLUMNS]))
 
 
+def test_a_small_training_set_trains_on_one_thread_and_grows_the_trees_two_threads_grow(monkeypatch):
+    frame = _users(np.random.default_rng(3), DAYS[:4])
+    refitted = dataclasses.replace(PARAMS, refit_max_rows=len(frame))  # the refit's booster keeps its parameters
+    one = training.train_binary(frame, "label_purchase", refitted)
+    monkeypatch.setattr(training, "SINGLE_THREAD_MAX_ROWS", len(frame) - 1)
+    two = training.train_binary(frame, "label_purchase", refitted)
+    assert (one.params["num_threads"], two.params["num_threads"]) == (1, 2)
+    trees = [booster.model_to_string().split("parameters:")[0] for booster in (one, two)]
+    assert trees[0] == trees[1] and one.num_trees() > len(training.HISTORY_RULES["label_purchase"].weights)
+
+
 def test_the_model_kept_is_the_fit_up_to_its_best_round_on_the_validation_day():
     frame = _users(np.random.default_rng(2), DAYS[:4])
     lgb_params = PARAMS.to_lightgbm("binary") | {"metric": "binary_logloss"}
