@@ -184,9 +184,14 @@ def test_training_registers_models_and_promotes_a_champion(built):
     profile = metadata["profile"].value
     assert {"read", "rule", "boost", "evaluate", "bootstrap", "mlflow", "store", "other"} <= set(profile)
     assert abs(sum(profile.values()) - metadata["seconds"].value) < 0.05 and min(profile.values()) >= -0.01
+    suites = {c.check_name: c for c in training.get_asset_check_evaluations()}
     for node in ("ranker_training_set", "next_action_training_set", "next_event_training_set"):
         metadata = training.asset_materializations_for_node(node)[0].metadata
         assert metadata["dagster/row_count"].value > 0 and "|" in metadata["preview"].value and "seconds" in metadata
+        # its suite counts the row-wise expectations over every stored row in SQL, as a daily table's does
+        suite = suites[f"{node}_suite"]
+        assert suite.passed and suite.metadata["rows_validated"].value == metadata["dagster/row_count"].value
+        assert "over every row in DuckDB" in suite.metadata["validated_by"].text
     ranker_metrics = registry.client().get_run(registry.champion("shopseq_next_item_ranker").run_id).data.metrics
     assert {"model.any.ndcg_at_20", "popularity.any.ndcg_at_20", "repeat_recent.any.recall_at_20"} <= set(
         ranker_metrics
