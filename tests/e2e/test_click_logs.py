@@ -9,7 +9,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from tests.e2e.test_cli import _shopseq
+from tests.samples import run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -38,10 +38,10 @@ def test_a_click_log_trains_the_in_session_model_publishes_next_items_and_names_
     cwd.mkdir()
     source = tmp_path / "clicks.txt"
     _click_log(source)
-    out = _shopseq(home, "ingest", "--format", "yoochoose-clicks", "--path", str(source), cwd=cwd)
+    out = run_cli("ingest", "--format", "yoochoose-clicks", "--path", str(source), home=home, cwd=cwd)
     assert out.returncode == 0, out.stderr[-3000:]
 
-    out = _shopseq(home, "run", cwd=cwd)
+    out = run_cli("run", home=home, cwd=cwd)
     assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
     assert "[ training] done" in out.stdout
     published = [line for line in out.stdout.splitlines() if line.startswith("[  serving] item_next_items")]
@@ -91,8 +91,7 @@ def test_a_click_log_trains_the_in_session_model_publishes_next_items_and_names_
     prefixes.write_text(
         "SessionId\tItemId\tTime\n900001\t5\t1396915200.0\n900001\t6\t1396915260.0\n900002\t40\t1396915300.0\n"
     )
-    out = _shopseq(
-        home,
+    out = run_cli(
         "predict",
         "--events",
         str(prefixes),
@@ -102,6 +101,7 @@ def test_a_click_log_trains_the_in_session_model_publishes_next_items_and_names_
         "10",
         "--out",
         str(tmp_path / "next.csv"),
+        home=home,
         cwd=cwd,
     )
     assert out.returncode == 0, out.stderr[-3000:]
@@ -111,8 +111,7 @@ def test_a_click_log_trains_the_in_session_model_publishes_next_items_and_names_
             f"SELECT sequence_id, count(*), max(rank) FROM read_csv('{tmp_path / 'next.csv'}') GROUP BY ALL ORDER BY 1"
         ).fetchall()
     assert [(r[1], r[2]) for r in rows] == [(10, 10), (10, 10)]
-    out = _shopseq(
-        home,
+    out = run_cli(
         "predict",
         "--events",
         str(prefixes),
@@ -122,6 +121,7 @@ def test_a_click_log_trains_the_in_session_model_publishes_next_items_and_names_
         "next-day",
         "--out",
         str(tmp_path / "next_day.csv"),
+        home=home,
         cwd=cwd,
     )
     assert out.returncode == 2 and "no 'champion' version" in out.stderr and "Traceback" not in out.stderr
