@@ -23,7 +23,7 @@ def lake_select(lake: Path, table: str) -> str:
     types. A view's definition takes no parameters, so the path is a quoted SQL string."""
     from assets.logic.spark_sql import table_layout
 
-    files = _sql_string(str(lake / table / "*" / "*.parquet"))
+    files = _sql_string(str(lake / table / "day=*" / "*.parquet"))  # a day's folders only (as ``written``)
     columns = ", ".join(f"CAST({c} AS {t}) AS {c}" for c, t, _, _ in table_layout(table))
     return f"SELECT {columns} FROM read_parquet({files}, hive_partitioning = true)"
 

@@ -54,6 +54,7 @@ SKNN_NEIGHBOURS = 100
 # neighbour search most of the in-session training set's time (64M prefix x session pairs on the synthetic shop's
 # hold-out day, 24M with 500).
 SKNN_SAMPLE = 500
+SKNN_BLOCK = 20_000  # prefixes per block of session-kNN's sparse products (``_session_knn``)
 SOURCES = ("session", "sr", "sknn", "markov", "sr3", "popular")
 NO_RANK = 999
 
@@ -272,6 +273,29 @@ def _top_per_row(matrix: sparse.csr_matrix, k: int) -> tuple[np.ndarray, np.ndar
     return rows[listed], matrix.indices[top], matrix.data[top], rank[listed]
 
 
+def _block_votes(
+    prefix_items: sparse.csr_matrix,
+    item_sessions: sparse.csr_matrix,
+    session_items: sparse.csr_matrix,
+    own_session: np.ndarray,
+    first: int,
+    width: int,
+) -> pd.DataFrame:
+    """Session-kNN's top ``width`` votes (prefix, item, units, total, rank) of the prefixes ``first`` onwards whose
+    item weights are the rows of ``prefix_items`` (see ``_session_knn``)."""
+    similarity = prefix_items @ item_sessions
+    # a prefix's own session (when it is a past one) is no neighbour of it
+    rows = np.repeat(np.arange(similarity.shape[0]), np.diff(similarity.indptr))
+    similarity.data[similarity.indices == own_session[first + rows]] = 0
+    similarity.eliminate_zeros()
+    rows, columns, values, _ = _top_per_row(similarity, SKNN_NEIGHBOURS)
+    neighbours = sparse.csr_matrix((values, (rows, columns)), shape=similarity.shape)
+    votes = neighbours @ session_items
+    total = np.asarray(votes.sum(axis=1)).ravel()
+    rows, columns, units, rank = _top_per_row(votes, width)
+    return pd.DataFrame({"prefix": rows + first, "item": columns, "units": units, "total": total[rows], "rank": rank})
+
+
 def _session_knn(conn: duckdb.DuckDBPyConnection, width: int) -> None:
     """Temp table ``sm_sknn``: session-kNN's top ``width`` items of each prefix of ``sm_prefixes`` / ``sm_steps``
     (prefix_id, item_id, sknn_score, sknn_share, sknn_rank), after ``_item_side``.
@@ -344,24 +368,17 @@ def _session_knn(conn: duckdb.DuckDBPyConnection, width: int) -> None:
     item_sessions = sparse.csr_matrix(
         (np.ones(len(sample["item"]), dtype=np.int64), (sample["item"], sample["session"])), shape=(items, sessions)
     )
-    similarity = prefix_items @ item_sessions
-    # a prefix's own session (when it is a past one) is no neighbour of it
-    own = similarity.indices == own_session[np.repeat(np.arange(prefixes), np.diff(similarity.indptr))]
-    similarity.data[own] = 0
-    similarity.eliminate_zeros()
-    rows, columns, values, _ = _top_per_row(similarity, SKNN_NEIGHBOURS)
-    neighbours = sparse.csr_matrix((values, (rows, columns)), shape=(prefixes, sessions))
     session_items = sparse.csr_matrix(
         (np.ones(len(incidence["item"]), dtype=np.int64), (incidence["session"], incidence["item"])),
         shape=(sessions, items),
     )
-    votes = neighbours @ session_items
-    total = np.asarray(votes.sum(axis=1)).ravel()
-    rows, columns, units, rank = _top_per_row(votes, width)
-    conn.register(
-        "sm_knn_votes",
-        pd.DataFrame({"prefix": rows, "item": columns, "units": units, "total": total[rows], "rank": rank}),
-    )
+    # a block of prefixes at a time: each prefix's row is its own, and the similarities of every prefix at once
+    # (every catalogue item in ``item_next_items``) would not fit in memory where the SQL spilled to disk
+    votes = [
+        _block_votes(prefix_items[first : first + SKNN_BLOCK], item_sessions, session_items, own_session, first, width)
+        for first in range(0, max(prefixes, 1), SKNN_BLOCK)  # no prefix: one empty block, the frame's columns
+    ]
+    conn.register("sm_knn_votes", pd.concat(votes, ignore_index=True))
     try:
         # integer over integer: the same doubles as the SQL's sums divided
         conn.execute(

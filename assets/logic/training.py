@@ -219,7 +219,6 @@ _EXACT_TREE = {
     "min_data_in_bin": 1,
     "deterministic": True,
     "force_row_wise": True,
-    "num_threads": 2,
     "verbosity": -1,
 }
 

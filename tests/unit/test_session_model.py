@@ -530,12 +530,17 @@ def _past_session_prefixes(conn: duckdb.DuckDBPyConnection) -> None:
 
 
 @pytest.mark.parametrize("prefixes", ["target day", "past sessions"])
-def test_session_knn_gives_the_rows_of_the_string_key_sql_with_its_tie_breaks_and_exclusion(monkeypatch, prefixes):
-    """``_session_knn`` (sparse integer matrices) against the SQL it replaced, on a log full of ties in similarity
-    and recency, with few neighbours, a small sample and a small width so that every tie-break decides rows."""
+@pytest.mark.parametrize("block", [sm.SKNN_BLOCK, 7])
+def test_session_knn_gives_the_rows_of_the_string_key_sql_with_its_tie_breaks_and_exclusion(
+    monkeypatch, prefixes, block
+):
+    """``_session_knn`` (sparse integer matrices, in blocks of prefixes) against the SQL it replaced, on a log full
+    of ties in similarity and recency, with few neighbours, a small sample and a small width so that every tie-break
+    decides rows."""
     neighbours, width = 4, 3
     monkeypatch.setattr(sm, "SKNN_NEIGHBOURS", neighbours)
     monkeypatch.setattr(sm, "SKNN_SAMPLE", 40)
+    monkeypatch.setattr(sm, "SKNN_BLOCK", block)
     conn = _warehouse(_tied_log())
     start, end = _window(2)
 
