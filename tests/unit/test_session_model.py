@@ -567,3 +567,17 @@ def test_session_knn_gives_the_rows_of_the_string_key_sql_with_its_tie_breaks_an
     for name, rows in variants.items():
         if name != "own session kept" or prefixes == "past sessions":
             assert not rows.equals(expected), name
+
+
+def test_session_knn_of_no_prefix_is_an_empty_table_with_its_columns():
+    conn = _warehouse(_tied_log())
+    start, end = _window(30)  # no session starts then
+    try:
+        sm._item_side(conn, start)
+        sm._target_prefixes(conn, start, end)
+        sm._session_knn(conn, sm.SOURCE_ITEMS)
+        rows = conn.execute("SELECT * FROM sm_sknn")
+        columns, count = [d[0] for d in rows.description], len(rows.fetchall())
+    finally:
+        sm._drop_temp(conn)
+    assert count == 0 and columns == ["prefix_id", "item_id", "sknn_score", "sknn_share", "sknn_rank"]
