@@ -113,7 +113,7 @@ class GRUSessionModel:
         order). Columns prefix_id, rank, item_id, score."""
         prefix_ids, logits = self.prefix_scores(sequences)
         k = min(k, len(self.items))
-        best = np.argsort(-logits[:, 1:], axis=1, kind="stable")[:, :k]
+        best = top_columns(logits[:, 1:], k)
         return pd.DataFrame(
             {
                 "prefix_id": np.repeat(prefix_ids, k),
@@ -122,6 +122,20 @@ class GRUSessionModel:
                 "score": np.take_along_axis(logits[:, 1:], best, axis=1).ravel(),
             }
         )
+
+
+def top_columns(scores: np.ndarray, k: int) -> np.ndarray:
+    """The columns of each row's ``k`` highest scores, best first, ties by the lower column: what a stable argsort
+    of ``-scores`` lists first, without sorting every row (``scores``: no NaN, ``k`` at most its columns). Each
+    row's k-th highest score is found by a partition; only the scores at or above it are sorted."""
+    if not scores.size:
+        return np.zeros((len(scores), k), dtype=np.intp)
+    threshold = -np.partition(-scores, k - 1, axis=1)[:, k - 1]
+    rows, columns = np.nonzero(scores >= threshold[:, None])  # at least k a row: ties at the threshold too
+    order = np.lexsort((columns, -scores[rows, columns], rows))
+    rows, columns = rows[order], columns[order]
+    rank = np.arange(len(rows)) - np.searchsorted(rows, rows)  # 0-based, within the row
+    return columns[rank < k].reshape(len(scores), k)
 
 
 def evaluate_gru(

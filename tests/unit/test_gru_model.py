@@ -211,3 +211,13 @@ def test_the_gru_is_measured_on_the_candidates_the_session_training_set_made_onc
     )
     other = catalogue._session_candidates(conn, *_window(2))  # another window: made
     assert (other["relevance"] >= 0).all() and len(other)
+
+
+@pytest.mark.parametrize("k", [1, 5, 40])
+def test_top_columns_lists_what_a_stable_argsort_lists_first_ties_included(k):
+    rng = np.random.default_rng(4)
+    scores = np.round(rng.standard_normal((300, 40)), 1).astype(np.float32)  # many ties, some at each threshold
+    scores[7] = 0.5  # a row of one value
+    expected = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(gm.top_columns(scores, k), expected)
+    assert gm.top_columns(scores[:0], k).shape == (0, k)
