@@ -22,26 +22,37 @@ def per_user_ranking(recommendations: pd.DataFrame, targets: pd.DataFrame, k: in
     user_id, item_id (distinct). Users without recommendations count as misses.
     Recall@K = hits / min(K, |targets|) (OTTO style); NDCG uses binary gains.
     """
+    return per_user_rankings(recommendations, targets, (k,))[k]
+
+
+def per_user_rankings(recommendations: pd.DataFrame, targets: pd.DataFrame, ks) -> dict[int, pd.DataFrame]:
+    """``per_user_ranking`` at each K of ``ks``, the lists matched with the targets once (at the largest K)."""
     users = targets["user_id"].drop_duplicates()
-    top = recommendations[recommendations["rank"] <= k]
-    hits = top.merge(targets[["user_id", "item_id"]].drop_duplicates(), on=["user_id", "item_id"])
-    n_targets = targets.groupby("user_id")["item_id"].nunique()
-    per_user = pd.DataFrame(index=users.values)
-    per_user["hits"] = hits.groupby("user_id").size()
-    per_user["dcg"] = (1.0 / np.log2(hits["rank"] + 1.0)).groupby(hits["user_id"]).sum()
-    per_user["first_hit"] = hits.groupby("user_id")["rank"].min()
-    per_user = per_user.fillna({"hits": 0.0, "dcg": 0.0})
-    ideal_n = np.minimum(n_targets.reindex(per_user.index).to_numpy(), k)
-    idcg = np.array([np.sum(1.0 / np.log2(np.arange(2, n + 2))) for n in ideal_n])
-    return pd.DataFrame(
-        {
-            "recall": per_user["hits"].to_numpy() / ideal_n,
-            "hr": (per_user["hits"].to_numpy() > 0).astype(float),
-            "ndcg": per_user["dcg"].to_numpy() / idcg if len(idcg) else np.array([]),
-            "mrr": np.where(per_user["first_hit"].isna(), 0.0, 1.0 / per_user["first_hit"]),
-        },
-        index=per_user.index,
-    )
+    n_targets = targets.groupby("user_id")["item_id"].nunique().reindex(users.values).to_numpy()
+    top = recommendations[recommendations["rank"] <= max(ks)]
+    matched = top.merge(targets[["user_id", "item_id"]].drop_duplicates(), on=["user_id", "item_id"])
+    result = {}
+    for k in ks:
+        hits = matched[matched["rank"] <= k]
+        per_user = pd.DataFrame(index=users.values)
+        per_user["hits"] = hits.groupby("user_id").size()
+        per_user["dcg"] = (1.0 / np.log2(hits["rank"] + 1.0)).groupby(hits["user_id"]).sum()
+        per_user["first_hit"] = hits.groupby("user_id")["rank"].min()
+        per_user = per_user.fillna({"hits": 0.0, "dcg": 0.0})
+        ideal_n = np.minimum(n_targets, k)
+        # the ideal DCG of n hits, for each n up to K (the same sums as summing each user's own)
+        ideal = np.array([np.sum(1.0 / np.log2(np.arange(2, n + 2))) for n in range(k + 1)])
+        idcg = ideal[ideal_n]
+        result[k] = pd.DataFrame(
+            {
+                "recall": per_user["hits"].to_numpy() / ideal_n,
+                "hr": (per_user["hits"].to_numpy() > 0).astype(float),
+                "ndcg": per_user["dcg"].to_numpy() / idcg if len(idcg) else np.array([]),
+                "mrr": np.where(per_user["first_hit"].isna(), 0.0, 1.0 / per_user["first_hit"]),
+            },
+            index=per_user.index,
+        )
+    return result
 
 
 def bootstrap_interval(

@@ -22,7 +22,7 @@ from assets.logic.metrics import (
     auc,
     binary_metrics,
     bootstrap_interval,
-    per_user_ranking,
+    per_user_rankings,
     top_k,
 )
 from assets.logic.policies import RulePolicy, logistic_fit
@@ -478,8 +478,7 @@ def evaluate_ranker(
             t = segment_targets if event_type is None else segment_targets[segment_targets["event_type"] == event_type]
             t = t[["user_id", "item_id"]].drop_duplicates()
             for method, recs in lists.items():
-                for k in ks:
-                    per_user = per_user_ranking(recs, t, k)
+                for k, per_user in per_user_rankings(recs, t, ks).items():
                     for m in RANKING_METRICS:
                         low, high = bootstrap_interval(per_user[m].to_numpy())
                         rows.append(

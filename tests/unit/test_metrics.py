@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from assets.logic.metrics import binary_metrics, per_user_ranking, top_k
+from assets.logic.metrics import binary_metrics, per_user_ranking, per_user_rankings, top_k
 
 
 def _recs(rows):
@@ -23,6 +23,20 @@ def test_ranking_metrics_by_hand():
     assert m["mrr"] == pytest.approx((1 / 2) / 3)
     idcg_a = 1 + 1 / math.log2(3)
     assert m["ndcg"] == pytest.approx(((1 / math.log2(3)) / idcg_a) / 3)
+
+
+def test_rankings_at_several_k_match_each_lists_own_cut():
+    recs = _recs([("a", "x", 1), ("a", "y", 2), ("a", "z", 3), ("b", "p", 1), ("b", "q", 2), ("b", "r", 3)])
+    targets = pd.DataFrame({"user_id": ["a", "a", "b", "c"], "item_id": ["y", "z", "r", "x"]})
+    at = per_user_rankings(recs, targets, (1, 2, 3))
+    # a hits y at 2 and z at 3, b hits r at 3: the cut at each K decides the hits, the ideal and the first hit
+    assert at[1]["hr"].tolist() == [0.0, 0.0, 0.0]
+    assert at[2].loc["a", "recall"] == 0.5 and at[2].loc["b", "hr"] == 0.0 and at[2].loc["a", "mrr"] == 0.5
+    assert at[3].loc["a", "recall"] == 1.0 and at[3].loc["b", "mrr"] == pytest.approx(1 / 3)
+    idcg_a = 1 + 1 / math.log2(3)
+    assert at[3].loc["a", "ndcg"] == pytest.approx((1 / math.log2(3) + 1 / math.log2(4)) / idcg_a)
+    for k in (1, 2, 3):
+        pd.testing.assert_frame_equal(at[k], per_user_ranking(recs[recs["rank"] <= k], targets, k))
 
 
 def test_recall_is_capped_by_k():
