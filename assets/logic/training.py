@@ -41,6 +41,11 @@ RELEVANCE_SQL = "max(CASE event_type WHEN 'purchase' THEN 3 WHEN 'add_to_cart' T
 SINGLE_THREAD_MAX_ROWS = 50_000
 
 
+def lightgbm_threads(rows: int) -> int:
+    """LightGBM's threads for a training set of ``rows`` rows (see ``SINGLE_THREAD_MAX_ROWS``)."""
+    return 1 if rows <= SINGLE_THREAD_MAX_ROWS else 2
+
+
 @dataclass(frozen=True)
 class LightGBMParams:
     """Fixed, seeded LightGBM settings: the same data gives the same model."""
@@ -180,8 +185,8 @@ def boost(lgb_params: dict, dataset, frame: pd.DataFrame, params: LightGBMParams
     ``start(rows)``: the booster the model starts from, fitted on ``rows`` (the rule, see ``rule_offset``): its
     trees come first in the model file and its margin is every row's initial score, so the new trees boost the
     residual and no scorer can leave the offset out."""
-    if len(frame) <= SINGLE_THREAD_MAX_ROWS and "num_threads" not in params.extra:
-        lgb_params = lgb_params | {"num_threads": 1}
+    if "num_threads" not in params.extra:
+        lgb_params = lgb_params | {"num_threads": lightgbm_threads(len(frame))}
     fit, valid = validation_split(frame) if params.early_stopping_rounds else (frame, frame.iloc[0:0])
     with profile.step("rule"):
         first = start(fit) if start else None
@@ -235,7 +240,7 @@ def rule_offset(frame: pd.DataFrame, features: list[str], weights: dict[str, flo
         # Each tree fits what the trees before it left: its own term of the offset.
         offset = offset + b * weight * frame[column].to_numpy(dtype=float)
         tree = _EXACT_TREE | {
-            "num_threads": 1 if len(frame) <= SINGLE_THREAD_MAX_ROWS else 2,
+            "num_threads": lightgbm_threads(len(frame)),
             "interaction_constraints": [[features.index(column)]],  # this feature only, the others
             "max_bin_by_feature": [4095 if c == column else 2 for c in features],
         }  # not binned

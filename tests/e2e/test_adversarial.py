@@ -4,37 +4,20 @@ A result is a failure when the command prints a traceback, exits with another co
 home unusable. Each test failed on main when it was written.
 """
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import duckdb
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.samples import REPO, home_env, run_cli
+
 pytestmark = pytest.mark.e2e
 DAY0 = 1511539200  # 2017-11-25 00:00 China time
 
 
-def _env(home: Path) -> dict:
-    return {
-        **os.environ,
-        "SHOPSEQ_HOME": str(home),
-        "DAGSTER_HOME": str(home / "dagster_home"),
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-    }
-
-
 def _cli(home: Path, *args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "workflows.cli", *args],
-        cwd=cwd,
-        env={**_env(home), "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_cli(*args, cwd=cwd, env={**home_env(home), "PYTHONPATH": str(REPO)}, timeout=timeout)
 
 
 def _clean(out: subprocess.CompletedProcess, code: int) -> None:
