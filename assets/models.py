@@ -38,6 +38,7 @@ from assets.logic.policies import LEARNED, RULE, policy_name
 from assets.logic.warehouse_sql import ensure_table, replace_table
 from expectations import validate, validate_window
 from resources import ModelRegistry, Warehouse
+from resources.registry import EXAMPLE_ROWS
 
 _COMMON = dict(group_name="training", owners=["team:ml"])
 
@@ -170,10 +171,12 @@ def _record_model(
     challenger, register the rule policies that may serve in its place, store every evaluation; returns the model
     asset's metadata."""
     tables, figures = extras
+    example = train[spec.features].head(EXAMPLE_ROWS).astype(float)  # the logged input example and signature
+    cutoffs = pd.to_datetime(train["as_of_date"].drop_duplicates())
     tags = {
         "dagster_run_id": context.run.run_id,
         "holdout_day": str(holdout_day),
-        "train_cutoffs": ",".join(sorted({str(pd.Timestamp(d).date()) for d in train["as_of_date"]})),
+        "train_cutoffs": ",".join(sorted(cutoffs.dt.strftime("%Y-%m-%d"))),
     }
     if spec.log is not None:  # a learned model of another kind than LightGBM logs itself
         tables = {"holdout_evaluation": evaluation, **tables}
@@ -190,7 +193,7 @@ def _record_model(
             ref = registry.log_lightgbm(
                 spec.name,
                 booster,
-                train[spec.features].astype(float),
+                example,
                 params={
                     **config.model_dump(),
                     "features": len(spec.features),
@@ -210,7 +213,7 @@ def _record_model(
             rule_refs[name] = registry.rule_version(
                 spec.name,
                 policy,
-                train[spec.features].astype(float),
+                example,
                 _flat_metrics(rule_evaluation),
                 tags,
                 {"holdout_evaluation": rule_evaluation},

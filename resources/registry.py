@@ -52,6 +52,7 @@ SERVER_CHECK_TIMEOUT_SECONDS = 10
 
 # The rows MLflow infers a dataset input's schema from (``_dataset_entity``).
 SCHEMA_ROWS = 1_000
+EXAMPLE_ROWS = 5  # the input example logged with a model, and what its signature is inferred from
 
 
 def _dataset_entity(frame: pd.DataFrame, name: str):
@@ -253,7 +254,8 @@ class ModelRegistry(RetriesTransientFailures):
     ) -> ModelVersionRef:
         """One training run: parameters, metrics, tables, dataset inputs, figures, and the model, which
         ``save_model(path, mlflow_model, signature, input_example)`` writes in its flavour's format; it is logged
-        as the run's model and registered as a new version of ``model_name``.
+        as the run's model and registered as a new version of ``model_name``. ``features``: rows of the model's
+        input columns, the first ``EXAMPLE_ROWS`` of them its input example, its signature inferred from them.
 
         Through the explicit client: MLflow's ``start_run`` and ``<flavor>.log_model`` work on the process-wide
         tracking URI, so the run, the logged model and the version are created here step by step."""
@@ -261,7 +263,7 @@ class ModelRegistry(RetriesTransientFailures):
         from mlflow.models import Model, infer_signature
         from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-        example = features.head(5)
+        example = features.head(EXAMPLE_ROWS)
         signature = infer_signature(example, predict(example))
         with self._asking(f"log a training run of {model_name}"):
             client = self.client()

@@ -2,6 +2,7 @@
 
 import argparse
 import datetime as dt
+import gc
 import os
 import shutil
 import sys
@@ -97,6 +98,16 @@ def _progress(message: str) -> None:
     print(message, flush=True)
 
 
+def _collect_less() -> None:
+    """Python's cyclic garbage collector for a process that runs the graph in-process: the stack just imported
+    (Dagster, MLflow, pandas, ...) is moved out of its reach (``gc.freeze``), and it runs after 50,000 net
+    allocations instead of 700. Memory is freed by reference counting as before; only reference cycles wait longer.
+    With the defaults a full collection scanned that whole heap 22-28 times in the demo: 5.6-7.2 s of it."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
 class Pipeline:
     """Launches the code location's jobs in-process on one home, as the schedules and sensors launch them: each is
     recorded in the home's Dagster instance as a run of that job. When to train and what to publish is decided in
@@ -117,6 +128,7 @@ class Pipeline:
             raise UsageError(str(error)) from None
         self.defs = build_definitions(self.resources)
         self.instance = DagsterInstance.get()
+        _collect_less()
 
     def launch(self, job_name: str, start: dt.date | None = None, end: dt.date | None = None):
         """One run of the job ``job_name`` (for the day ``start``, or the days ``start..end`` as one ranged run, as a

@@ -158,28 +158,30 @@ def evaluate_gru(
         catalogue_items=candidates["catalogue_items"].iloc[0] if len(candidates) else len(popularity),
         **{column: 0.0 for column in session_model.SESSION_FEATURES if column != "pop_all"},
     )  # no rule proposes these rows (their in_* flags are 0): only the model's rows are kept
-    served = session_model.evaluate_sessions(listed, _FixedScores(listed["score"]), targets, ks)
+    served = session_model.evaluate_sessions(listed, FixedScores(listed["score"]), targets, ks)
     return pd.concat([served[served["method"] == "model"], rules[rules["method"] != "model"]], ignore_index=True)
 
 
-class _FixedScores:
-    def __init__(self, scores: pd.Series):
-        self.scores = scores
+class FixedScores:
+    """The scores of a fixed frame's rows, answering ``predict`` like a booster: ``session_model.evaluate_sessions``
+    passes that frame's features, every row in its order."""
 
-    def predict(self, rows: pd.DataFrame) -> np.ndarray:
-        return self.scores.reindex(rows.index).to_numpy()
+    def __init__(self, scores):
+        self.scores = np.asarray(scores, dtype=float)
+
+    def predict(self, rows) -> np.ndarray:
+        if len(rows) != len(self.scores):
+            raise ValueError(f"scores of {len(self.scores)} rows asked for {len(rows)} rows")
+        return self.scores
 
 
-class GRUPrefixPolicy:
-    """The GRU's scores of a fixed frame of candidate rows, answering ``predict`` like a booster: the rows given
-    are looked up by their index in that frame, so ``session_model.evaluate_sessions`` ranks the GRU's
-    candidates by the same code as the reranker's and the rules'."""
+class GRUPrefixPolicy(FixedScores):
+    """The GRU's scores of a frame of candidate rows (``session_model.session_frame``), so that
+    ``session_model.evaluate_sessions`` ranks the GRU's candidates by the same code as the reranker's and the
+    rules'."""
 
     def __init__(self, model: GRUSessionModel, sequences: pd.DataFrame, candidates: pd.DataFrame):
-        self.scores = pd.Series(model.score_candidates(sequences, candidates), index=candidates.index)
-
-    def predict(self, rows: pd.DataFrame) -> np.ndarray:
-        return self.scores.reindex(rows.index).to_numpy()
+        super().__init__(model.score_candidates(sequences, candidates))
 
 
 # The sessions that start in [$start, $end) with their events on items seen before $start (session_model's

@@ -777,8 +777,9 @@ def evaluate_sessions(
     NDCG at each K with 95% bootstrap intervals over positions, catalogue coverage and popularity bias (the mean
     popularity of the listed items over the top item's) at the largest K. ``users`` counts positions."""
     methods = {"model": model, **SESSION_RULES}
-    # what every method reads, made once: its features, the rows' ranking codes, the targets' rows
-    features = holdout[SESSION_FEATURES].astype(float)
+    # what every method reads, made once: its features (as one matrix: a frame is converted on every predict), the
+    # rows' ranking codes, the targets' rows
+    features = holdout[SESSION_FEATURES].to_numpy(dtype=float)
     codes, positions = candidate_codes(holdout), _positions(holdout, targets)
     rows = []
     for method, policy in methods.items():
