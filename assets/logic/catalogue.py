@@ -19,7 +19,7 @@ from assets.logic import gru_model, next_event, session_model, training
 from assets.logic.candidates import RANKER_FEATURES, stored_ranker_rows_sql
 from assets.logic.features import USER_FEATURE_COLUMNS
 from assets.logic.policies import RulePolicy
-from assets.logic.warehouse_sql import day_bounds
+from assets.logic.warehouse_sql import day_bounds, fetch_frame
 
 # The fewest examples of a label's rarer class (or users, for the ranker) a split needs to train on and to measure
 # on: below it a hold-out AUC rests on a handful of users (one returning session among 17,710 on YooChoose).
@@ -95,10 +95,11 @@ class ModelSpec:
 def read_training_set(conn: duckdb.DuckDBPyConnection, table: str, split: str | None = None) -> pd.DataFrame:
     """The rows of a training set (of one split, or all), in the order its spec declares."""
     where = "WHERE split = $split" if split else ""
-    return conn.execute(
+    return fetch_frame(
+        conn,
         f"SELECT * FROM {table} {where} ORDER BY split DESC, {TRAINING_SETS[table].order}",
-        {"split": split} if split else {},
-    ).df()
+        {"split": split} if split else None,
+    )
 
 
 def holdout_day(conn: duckdb.DuckDBPyConnection, table: str) -> dt.date:
@@ -114,8 +115,16 @@ def _missing_splits(conn: duckdb.DuckDBPyConnection, table: str) -> str | None:
 # --- training sets ------------------------------------------------------------------------------------------------
 
 
+def with_columns(frame: pd.DataFrame, **columns) -> pd.DataFrame:
+    """``frame.assign(**columns)`` for a frame of one's own, set in place: ``assign`` copies every column first (a
+    second copy of a training set's days before the one ``pd.concat`` makes)."""
+    for name, value in columns.items():
+        frame[name] = value
+    return frame
+
+
 def _split_frame(train: pd.DataFrame, holdout: pd.DataFrame) -> pd.DataFrame:
-    return pd.concat([train.assign(split="train"), holdout.assign(split="holdout")], ignore_index=True)
+    return pd.concat([with_columns(train, split="train"), with_columns(holdout, split="holdout")], ignore_index=True)
 
 
 def _latest_event_per_day(hours_since_last_event: str, measured_from: str = "cutoff"):
@@ -125,7 +134,8 @@ def _latest_event_per_day(hours_since_last_event: str, measured_from: str = "cut
     def per_day(conn, frame: pd.DataFrame) -> tuple[str, pd.DataFrame]:
         latest = frame[measured_from] - pd.to_timedelta(frame[hours_since_last_event], unit="h")
         return "point_in_time", (
-            frame.assign(latest_event_time=latest)
+            frame[["as_of_date", "cutoff"]]  # the columns read: a copy of every column took seconds
+            .assign(latest_event_time=latest)
             .groupby("as_of_date", as_index=False)
             .agg(cutoff=("cutoff", "min"), latest_event_time=("latest_event_time", "max"), rows=("cutoff", "size"))
         )
@@ -139,7 +149,7 @@ def _next_event_rows(conn, train_days: list[dt.date], holdout: dt.date, tz: str)
         for day in days:  # states whose next event is on day + 1, as of the cut-off day
             start, end = day_bounds(day + dt.timedelta(days=1), tz)
             states = next_event.next_event_frame(conn, start, end)
-            frames.append(states.assign(split=split, as_of_date=pd.Timestamp(day).as_unit("ns")))
+            frames.append(with_columns(states, split=split, as_of_date=pd.Timestamp(day).as_unit("ns")))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -398,7 +408,7 @@ def _session_rows(conn, train_days: list[dt.date], holdout: dt.date, tz: str) ->
                 positives_only=split == "train",
                 positions_per_session=TRAIN_POSITIONS_PER_SESSION if split == "train" else 0,
             )
-            frames.append(rows.assign(split=split, as_of_date=pd.Timestamp(day).as_unit("ns")))
+            frames.append(with_columns(rows, split=split, as_of_date=pd.Timestamp(day).as_unit("ns")))
     return pd.concat(frames, ignore_index=True)
 
 

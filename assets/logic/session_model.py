@@ -40,6 +40,7 @@ from assets.logic import training
 from assets.logic.metrics import bootstrap_interval
 from assets.logic.policies import RulePolicy
 from assets.logic.training import LightGBMParams
+from assets.logic.warehouse_sql import fetch_frame
 
 SR_STEPS = 10
 # 1 / gap for every gap up to SR_STEPS is a whole number of 1 / 2520ths (2520 = lcm(1..10)): integer sums are exact
@@ -142,7 +143,7 @@ def _item_side(conn: duckdb.DuckDBPyConnection, cutoff: dt.datetime, width: int 
         f"""
         CREATE OR REPLACE TEMP TABLE sm_rules AS
         SELECT a.item_id AS item_a, b.item_id AS item_b,
-               sum({SR_UNIT} // (b.step - a.step)) AS sr_units,
+               CAST(sum({SR_UNIT} // (b.step - a.step)) AS BIGINT) AS sr_units,
                count(*) FILTER (WHERE b.step = a.step + 1) AS markov_n
         FROM sm_hist a JOIN sm_hist b
           ON a.user_id = b.user_id AND a.session_id = b.session_id
@@ -284,10 +285,11 @@ def _block_votes(
     """Session-kNN's top ``width`` votes (prefix, item, units, total, rank) of the prefixes ``first`` onwards whose
     item weights are the rows of ``prefix_items`` (see ``_session_knn``)."""
     similarity = prefix_items @ item_sessions
-    # a prefix's own session (when it is a past one) is no neighbour of it
-    rows = np.repeat(np.arange(similarity.shape[0]), np.diff(similarity.indptr))
-    similarity.data[similarity.indices == own_session[first + rows]] = 0
-    similarity.eliminate_zeros()
+    own = own_session[first : first + similarity.shape[0]]
+    if (own >= 0).any():  # a prefix's own session, when it is a past one, is no neighbour of it
+        rows = np.repeat(np.arange(similarity.shape[0]), np.diff(similarity.indptr))
+        similarity.data[similarity.indices == own[rows]] = 0
+        similarity.eliminate_zeros()
     rows, columns, values, _ = _top_per_row(similarity, SKNN_NEIGHBOURS)
     neighbours = sparse.csr_matrix((values, (rows, columns)), shape=similarity.shape)
     votes = neighbours @ session_items
@@ -426,7 +428,7 @@ sr3_steps AS (
     FROM prefixes p JOIN steps s ON s.prefix_id = p.prefix_id AND s.step > p.position - {SR3_ITEMS}
 ),
 sr3_seeds AS (
-    SELECT t.prefix_id, sum(w.weight * r.sr_units) AS sr3_units
+    SELECT t.prefix_id, CAST(sum(w.weight * r.sr_units) AS BIGINT) AS sr3_units
     FROM (SELECT DISTINCT w.prefix_id, r.item_b FROM sr3_steps w JOIN sm_sr r ON r.item_a = w.item_a) t
     JOIN sr3_steps w ON w.prefix_id = t.prefix_id
     JOIN sm_rules r ON r.item_a = w.item_a AND r.item_b = t.item_b
@@ -451,7 +453,7 @@ sr3 AS (
     SELECT prefix_id, item_id, sr3_units / {SR_UNIT * 2 ** (SR3_ITEMS - 1)}.0 AS sr3_score,
            row_number() OVER (PARTITION BY prefix_id ORDER BY sr3_units DESC, item_id) AS sr3_rank
     FROM (
-        SELECT c.prefix_id, c.item_b AS item_id, sum(w.weight * r.sr_units) AS sr3_units
+        SELECT c.prefix_id, c.item_b AS item_id, CAST(sum(w.weight * r.sr_units) AS BIGINT) AS sr3_units
         FROM sr3_items c JOIN sr3_steps w ON w.prefix_id = c.prefix_id
         JOIN sm_rules r ON r.item_a = w.item_a AND r.item_b = c.item_b
         GROUP BY c.prefix_id, c.item_b
@@ -546,7 +548,8 @@ def _candidates(conn: duckdb.DuckDBPyConnection, positives_only: bool, width: in
     """The candidate rows of the prefixes in ``sm_prefixes`` / ``sm_steps`` (see ``_CANDIDATES_SQL``), the top
     ``width`` of each rule source (at least ``_item_side``'s)."""
     _session_knn(conn, width)
-    return conn.execute(
+    return fetch_frame(
+        conn,
         f"""
         WITH candidates AS ({_CANDIDATES_SQL})
         SELECT *, (SELECT count(*) FROM sm_items) AS catalogue_items FROM candidates
@@ -554,7 +557,7 @@ def _candidates(conn: duckdb.DuckDBPyConnection, positives_only: bool, width: in
         ORDER BY prefix_id, item_id
         """,
         {"positives_only": positives_only, "width": width},
-    ).df()
+    )
 
 
 def session_frame(
@@ -581,7 +584,8 @@ def session_frame(
         frame = _candidates(conn, positives_only)
     finally:
         _drop_temp(conn)
-    return frame.assign(cutoff=pd.Timestamp(target_start), window_end=pd.Timestamp(target_end))
+    frame["cutoff"], frame["window_end"] = pd.Timestamp(target_start), pd.Timestamp(target_end)  # no copy
+    return frame
 
 
 def session_targets(

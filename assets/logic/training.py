@@ -27,7 +27,7 @@ from assets.logic.metrics import (
 )
 from assets.logic.policies import RulePolicy, logistic_fit
 from assets.logic.serving import RULE_COLUMNS, BusinessRules, ranked_table, ranker_scores
-from assets.logic.warehouse_sql import LABEL_WINDOWS_SQL, day_bounds, label_windows
+from assets.logic.warehouse_sql import LABEL_WINDOWS_SQL, day_bounds, fetch_frame, label_windows
 
 NEXT_ACTION_LABELS = {
     "purchase": "count(*) FILTER (WHERE event_type = 'purchase') > 0",
@@ -137,7 +137,8 @@ def ranker_frame(conn: duckdb.DuckDBPyConnection, days: list[dt.date], positives
     candidate: the only groups LambdaRank learns from.
     """
     rows = stored_ranker_rows_sql("list_contains($days, as_of_date)")
-    return conn.execute(
+    return fetch_frame(
+        conn,
         f"""
         WITH next_day AS (
             SELECT w.day AS as_of_date, e.user_id, e.item_id, {RELEVANCE_SQL} AS relevance
@@ -156,7 +157,7 @@ def ranker_frame(conn: duckdb.DuckDBPyConnection, days: list[dt.date], positives
         ORDER BY as_of_date, user_id, item_id
         """,
         {"days": days, "positives_only": positives_only, "windows": label_windows(days, tz)},
-    ).df()
+    )
 
 
 def validation_split(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

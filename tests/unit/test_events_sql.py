@@ -452,3 +452,28 @@ def test_a_cut_offs_next_day_is_the_shops_calendar_day_across_a_clock_change():
         (day + dt.timedelta(days=1), "a"): 0,
         (day + dt.timedelta(days=1), "b"): 1,
     }
+
+
+def test_fetch_frame_gives_what_duckdb_df_gives_for_every_column_type(monkeypatch):
+    from assets.logic import warehouse_sql
+
+    conn = duckdb.connect()
+    conn.execute(
+        """CREATE TABLE t AS SELECT * FROM (VALUES
+           (1, 1::INTEGER, 'a', 1.5::DOUBLE, DATE '2025-03-01', TIMESTAMP '2025-03-01 10:00:00.123456', true,
+            10::HUGEINT, [1, 2], 1.25::DECIMAL(10, 2), 3::TINYINT, 2.5::FLOAT),
+           (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)
+        ) v(k, nullable_int, s, f, d, ts, b, h, l, dec, ti, fl)"""
+    )
+    for query in ("SELECT * FROM t ORDER BY k", "SELECT * FROM t WHERE k = $k", "SELECT k, s, f, ts FROM t"):
+        params = {"k": 1} if "$k" in query else None
+        expected = conn.execute(query, params or {}).df()
+        got = warehouse_sql.fetch_frame(conn, query, params)
+        assert list(got.dtypes) == list(expected.dtypes) and got.equals(expected), query
+    # Arrow converts strings, floats, timestamps and columns without NULLs itself; the others go through DuckDB
+    table = conn.sql("SELECT s, f, ts, fl, k, nullable_int, b, d, h FROM t").to_arrow_table()
+    alike = [warehouse_sql._converts_alike(column) for column in table.columns]
+    assert alike == [True, True, True, True, True, False, False, False, False]
+    assert [
+        warehouse_sql._converts_alike(c) for c in conn.sql("SELECT b, ti FROM t WHERE k = 1").to_arrow_table().columns
+    ] == [True, True]
