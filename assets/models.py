@@ -171,7 +171,8 @@ def _record_model(
     challenger, register the rule policies that may serve in its place, store every evaluation; returns the model
     asset's metadata."""
     tables, figures = extras
-    example = train[spec.features].head(EXAMPLE_ROWS).astype(float)  # the logged input example and signature
+    # the input example (and signature) logged with a LightGBM model and the rules; a model that logs itself has its own
+    example = train[spec.features].head(EXAMPLE_ROWS).astype(float) if spec.log is None or rules else None
     cutoffs = pd.to_datetime(train["as_of_date"].drop_duplicates())
     tags = {
         "dagster_run_id": context.run.run_id,
@@ -302,25 +303,33 @@ def _training_set_asset(spec: TrainingSetSpec):
         context: AssetExecutionContext, config: TrainingSetConfig, warehouse: Warehouse
     ) -> MaterializeResult:
         started = time.perf_counter()
-        with warehouse.connect() as conn:
-            tz = warehouse.timezone
-            cutoffs = spec.cutoffs(conn, tz)
-            if len(cutoffs) < 2:  # the models it feeds are skipped (see ``training_blocker``): no stale rows stay
-                conn.execute(f"DROP TABLE IF EXISTS {spec.table}")
-                return _not_built(
-                    context,
-                    spec,
-                    f"{len(cutoffs)} cut-off day(s) with labels for it; it needs 2, one of them for the hold-out",
+        with profile.profiled() as seconds:
+            with warehouse.connect() as conn:
+                tz = warehouse.timezone
+                cutoffs = spec.cutoffs(conn, tz)
+                if len(cutoffs) < 2:  # the models it feeds are skipped (``training_blocker``): no stale rows stay
+                    conn.execute(f"DROP TABLE IF EXISTS {spec.table}")
+                    return _not_built(
+                        context,
+                        spec,
+                        f"{len(cutoffs)} cut-off day(s) with labels for it; it needs 2, one of them for the hold-out",
+                    )
+                train_days, holdout_day = training.split_cutoffs(cutoffs, spec.train_days(config.train_days))
+                with profile.step("build"):
+                    frame = spec.build(conn, train_days, holdout_day, tz)
+                with profile.step("store"):
+                    replace_table(conn, spec.table, frame)
+                with profile.step("suite"):  # as the daily tables': expectations counted in SQL over every row
+                    checked, _ = validate_window(conn, spec.table, {}, spec.table, f"{spec.table}_suite")
+                with profile.step("point_in_time"):
+                    suite, per_day = spec.point_in_time(conn, frame)
+            with profile.step("point_in_time"):
+                in_time = validate(
+                    per_day,
+                    suite,
+                    f"{spec.table}_point_in_time",
+                    extra_metadata={"per_day": markdown_preview(per_day, 31)},
                 )
-            train_days, holdout_day = training.split_cutoffs(cutoffs, spec.train_days(config.train_days))
-            frame = spec.build(conn, train_days, holdout_day, tz)
-            replace_table(conn, spec.table, frame)
-            # as the daily tables: row-wise expectations counted in SQL over every stored row, GX on the first rows
-            checked, _ = validate_window(conn, spec.table, {}, spec.table, f"{spec.table}_suite")
-            suite, per_day = spec.point_in_time(conn, frame)
-        in_time = validate(
-            per_day, suite, f"{spec.table}_point_in_time", extra_metadata={"per_day": markdown_preview(per_day, 31)}
-        )
         return MaterializeResult(
             metadata={
                 "dagster/row_count": len(frame),
@@ -329,7 +338,7 @@ def _training_set_asset(spec: TrainingSetSpec):
                 "train_rows": int((frame["split"] == "train").sum()),
                 "holdout_rows": int((frame["split"] == "holdout").sum()),
                 "preview": markdown_preview(frame),
-                "seconds": round(time.perf_counter() - started, 2),
+                **profile_metadata(seconds, started),
             },
             check_results=[checked, in_time],
         )

@@ -187,7 +187,10 @@ def test_training_registers_models_and_promotes_a_champion(built):
     suites = {c.check_name: c for c in training.get_asset_check_evaluations()}
     for node in ("ranker_training_set", "next_action_training_set", "next_event_training_set"):
         metadata = training.asset_materializations_for_node(node)[0].metadata
-        assert metadata["dagster/row_count"].value > 0 and "|" in metadata["preview"].value and "seconds" in metadata
+        assert metadata["dagster/row_count"].value > 0 and "|" in metadata["preview"].value
+        profile = metadata["profile"].value  # where its seconds went: building, storing, checking
+        assert {"build", "store", "suite", "point_in_time", "other"} <= set(profile)
+        assert abs(sum(profile.values()) - metadata["seconds"].value) < 0.05
         # its suite counts the row-wise expectations over every stored row in SQL, as a daily table's does
         suite = suites[f"{node}_suite"]
         assert suite.passed and suite.metadata["rows_validated"].value == metadata["dagster/row_count"].value

@@ -43,11 +43,16 @@ def test_a_tiny_benchmark_measures_every_stage_and_writes_the_report(tmp_path):
     assert report.count("steal in /proc/stat") == 3
 
 
-def test_bench_demo_reports_each_asset_and_where_each_model_asset_spent_its_seconds(tmp_path):
+def test_bench_demo_reports_each_asset_and_where_each_training_set_and_model_spent_its_seconds(tmp_path):
     report = _bench(tmp_path / "work", tmp_path / "demo.md", "--demo", "--demo-options=--days 5 --events-per-day 1500")
     assert "| daily_pipeline " in report and "| publish " in report and "shopseq demo ≤ 90 s" in report
-    profiles = report.split("Where each model asset")[1].split("| target")[0]
-    header = profiles.splitlines()[2]
+    sets, models = (
+        report.split("Where each training set's and model asset's")[1].split("| target")[0].split("| model asset")
+    )
+    assert all(step in sets.split("| training set")[1].splitlines()[0] for step in ("build", "store", "suite", "total"))
+    for asset in ("ranker_training_set", "session_training_set", "next_event_training_set"):
+        assert f"| {asset} " in sets and f"| {asset} " not in models, asset
+    header = models.splitlines()[0]
     assert all(step in header for step in ("read", "boost", "evaluate", "bootstrap", "mlflow", "other", "total"))
     for asset in ("next_purchase_model", "next_item_ranker", "next_event_model", "session_next_item_model"):
-        assert f"| {asset} " in profiles, asset
+        assert f"| {asset} " in models, asset
