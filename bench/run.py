@@ -564,9 +564,11 @@ def spark_report(events: int, shopseq: dict[str, dict], run: dict) -> str:
 
 
 def demo_report(demo: dict) -> str:
-    """``shopseq demo``: each asset's seconds in the order they ran, where the model assets spent theirs, and the
-    demo's targets."""
+    """``shopseq demo``: each asset's seconds in the order they ran, where the training sets and the model assets
+    spent theirs, and the demo's targets."""
     from tabulate import tabulate
+
+    from assets.logic.catalogue import TRAINING_SETS
 
     total = demo["stages"][0]["seconds"]
     per_job: dict[str, float] = {}
@@ -581,8 +583,6 @@ def demo_report(demo: dict) -> str:
             tablefmt="github",
         ),
     ]
-    from assets.logic.catalogue import TRAINING_SETS
-
     profiles = {"training set": {}, "model asset": {}}
     for asset, steps in demo["profiles"].items():
         profiles["training set" if asset in TRAINING_SETS else "model asset"][asset] = steps
