@@ -102,7 +102,8 @@ def _collect_less() -> None:
     """Python's cyclic garbage collector for a process that runs the graph in-process: the stack just imported
     (Dagster, MLflow, pandas, ...) is moved out of its reach (``gc.freeze``), and it runs after 50,000 net
     allocations instead of 700. Memory is freed by reference counting as before; only reference cycles wait longer.
-    With the defaults a full collection scanned that whole heap 22-28 times in the demo: 5.6-7.2 s of it."""
+    With the defaults, full collections scanning that whole heap were a noticeable part of the demo
+    (BENCHMARKS.md)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)

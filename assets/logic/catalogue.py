@@ -134,7 +134,7 @@ def _latest_event_per_day(hours_since_last_event: str, measured_from: str = "cut
     def per_day(conn, frame: pd.DataFrame) -> tuple[str, pd.DataFrame]:
         latest = frame[measured_from] - pd.to_timedelta(frame[hours_since_last_event], unit="h")
         return "point_in_time", (
-            frame[["as_of_date", "cutoff"]]  # the columns read: a copy of every column took seconds
+            frame[["as_of_date", "cutoff"]]  # the columns read, not a copy of the whole set
             .assign(latest_event_time=latest)
             .groupby("as_of_date", as_index=False)
             .agg(cutoff=("cutoff", "min"), latest_event_time=("latest_event_time", "max"), rows=("cutoff", "size"))

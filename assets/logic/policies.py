@@ -59,7 +59,12 @@ class RulePolicy:
 
     def predict(self, rows: pd.DataFrame | np.ndarray) -> np.ndarray:
         matrix = self._matrix(rows)
-        score = self.intercept + self.slope * self.terms(matrix).sum(axis=1)
+        if len(self.weights) == 1:  # a row's sum of terms is its one term: no matrix of every feature's term
+            ((column, weight),) = self.weights
+            total = weight * np.nan_to_num(matrix[:, self.features.index(column)])
+        else:
+            total = self.terms(matrix).sum(axis=1)
+        score = self.intercept + self.slope * total
         if self.only_where is not None:
             score = np.where(matrix[:, self.features.index(self.only_where)] > 0, score, np.nan)
         return 1.0 / (1.0 + np.exp(-score)) if self.logistic else score

@@ -24,9 +24,9 @@ def _converts_alike(column: pa.ChunkedArray) -> bool:
 
 
 def fetch_frame(conn: duckdb.DuckDBPyConnection, query: str, params: Sequence | dict | None = None) -> pd.DataFrame:
-    """The rows of ``query`` as a pandas frame equal to DuckDB's ``.df()``, through Arrow: string columns convert
-    twice as fast that way (1.8 s against 4.1 s for the demo's 1.4M-row session training set). A result with a
-    column Arrow converts otherwise (``_converts_alike``) is converted by DuckDB from the Arrow table."""
+    """The rows of ``query`` as a pandas frame equal to DuckDB's ``.df()``, through Arrow, which makes the Python
+    strings of key columns about twice as fast (BENCHMARKS.md). A result with a column Arrow converts otherwise
+    (``_converts_alike``) is converted by DuckDB from the Arrow table."""
     table = conn.sql(query, params=params).to_arrow_table()
     if all(_converts_alike(column) for column in table.columns):
         return table.to_pandas()

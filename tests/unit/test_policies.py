@@ -28,6 +28,17 @@ def test_a_rule_scores_its_weighted_sum_only_where_it_proposes():
     assert rule.feature_name() == RANKER_FEATURES
 
 
+def test_a_one_term_rule_scores_exactly_its_sum_of_terms():
+    rng = np.random.default_rng(4)
+    frame = _candidates(rng)
+    frame.loc[::7, "recent_score"] = np.nan  # a missing value is a term of 0
+    frame.loc[::5, "recent_score"] = 0.0
+    for weight, intercept, slope in ((1.0, 0.0, 1.0), (-2.5, 0.3, -0.7), (0.1, -1.0, 3.0)):
+        rule = RulePolicy("r", tuple(RANKER_FEATURES), (("recent_score", weight),), None, intercept, slope)
+        summed = intercept + slope * rule.terms(frame).sum(axis=1)  # every feature's term, added up
+        assert np.array_equal(rule.predict(frame), summed), weight
+
+
 def test_a_rule_refuses_columns_outside_its_features():
     with pytest.raises(ValueError, match="not among its features"):
         RulePolicy("bad", ("a",), (("b", 1.0),))
