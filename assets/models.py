@@ -172,7 +172,7 @@ def _record_model(
     asset's metadata."""
     tables, figures = extras
     # the input example (and signature) logged with a LightGBM model and the rules; a model that logs itself has its own
-    example = train[spec.features].head(EXAMPLE_ROWS).astype(float) if spec.log is None or rules else None
+    example = train.head(EXAMPLE_ROWS)[spec.features].astype(float) if spec.log is None or rules else None
     cutoffs = pd.to_datetime(train["as_of_date"].drop_duplicates())
     tags = {
         "dagster_run_id": context.run.run_id,

@@ -91,21 +91,13 @@ def feature_experiment(conn, train, holdout, targets, train_windows, hold_window
             ),
         )
         scores = booster.predict(scored_holdout[columns].astype(float))
-        policy = _Fixed(pd.Series(scores, index=scored_holdout.index))
+        policy = gru_model.FixedScores(scores)  # in the rows' order of scored_holdout
         evaluation = session_model.evaluate_sessions(scored_holdout, policy, targets)
         results[name] = evaluation[evaluation["method"] == "model"].assign(method=name)
         if name == "lgbm_plus_gru":
             gain = pd.Series(booster.feature_importance("gain"), index=booster.feature_name())
             results["gain"] = (gain / gain.sum()).sort_values(ascending=False).head(8)
     return results
-
-
-class _Fixed:
-    def __init__(self, scores: pd.Series):
-        self.scores = scores
-
-    def predict(self, rows):
-        return self.scores.reindex(rows.index).to_numpy()
 
 
 def main(argv: list[str] | None = None) -> None:

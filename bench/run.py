@@ -591,7 +591,8 @@ def demo_report(demo: dict) -> str:
         "out the steps timed inside it):\n"
     )
     for kind, per_asset in profiles.items():
-        lines.append("\n" + _profile_table(kind, per_asset))
+        if per_asset:  # results saved before training sets were profiled have none
+            lines.append("\n" + _profile_table(kind, per_asset))
     models = sum(sum(p.values()) for p in profiles["model asset"].values())
     targets = [
         ["shopseq demo ≤ 90 s", f"{total:.1f} s", _mark(total <= 90)],

@@ -2,6 +2,7 @@
 
 import argparse
 import datetime as dt
+import functools
 import gc
 import os
 import shutil
@@ -98,6 +99,7 @@ def _progress(message: str) -> None:
     print(message, flush=True)
 
 
+@functools.cache  # once per process: a second call would freeze what the first run left alive
 def _collect_less() -> None:
     """Python's cyclic garbage collector for a process that runs the graph in-process: the stack just imported
     (Dagster, MLflow, pandas, ...) is moved out of its reach (``gc.freeze``), and it runs after 50,000 net

@@ -507,7 +507,8 @@ def _gru_rows(conn, train_days: list[dt.date], holdout: dt.date, tz: str) -> pd.
             start, end = day_bounds(day + dt.timedelta(days=1), tz)
             rows = gru_model.session_sequences(conn, start, end)
             frames.append(
-                rows.assign(
+                with_columns(
+                    rows,
                     split=split,
                     as_of_date=pd.Timestamp(day).as_unit("ns"),
                     cutoff=pd.Timestamp(start),

@@ -46,7 +46,12 @@ class RulePolicy:
     def _matrix(self, rows: pd.DataFrame | np.ndarray) -> np.ndarray:
         if isinstance(rows, pd.DataFrame):
             return rows[list(self.features)].to_numpy(dtype=np.float64)
-        return np.asarray(rows, dtype=np.float64).reshape(-1, len(self.features))
+        matrix = np.asarray(rows, dtype=np.float64)
+        if matrix.ndim == 2 and matrix.shape[1] != len(self.features):
+            raise ValueError(
+                f"rule {self.name!r} reads {len(self.features)} features, got rows of {matrix.shape[1]} columns"
+            )
+        return matrix.reshape(-1, len(self.features))
 
     def terms(self, rows: pd.DataFrame | np.ndarray) -> np.ndarray:
         """Each feature's term of the score, per row (rows by ``features``): the rule's exact attribution."""

@@ -776,18 +776,23 @@ def _otto_rows(listed: dict[str, np.ndarray], targets: pd.DataFrame, click_hits:
 def evaluate_sessions(
     holdout: pd.DataFrame, model, targets: pd.DataFrame, ks: tuple[int, ...] = METRIC_KS
 ) -> pd.DataFrame:
-    """``model`` (a LightGBM booster or a ``RulePolicy``) and every rule of ``SESSION_RULES`` on the hold-out
-    positions ``targets`` (``session_targets``), each ranked by the same code from its ``predict``: HR, MRR and
-    NDCG at each K with 95% bootstrap intervals over positions, catalogue coverage and popularity bias (the mean
-    popularity of the listed items over the top item's) at the largest K. ``users`` counts positions."""
+    """``model`` (a LightGBM booster, a ``RulePolicy`` or ``gru_model.FixedScores``) and every rule of
+    ``SESSION_RULES`` on the hold-out positions ``targets`` (``session_targets``), each ranked by the same code from
+    its ``predict``: HR, MRR and NDCG at each K with 95% bootstrap intervals over positions, catalogue coverage and
+    popularity bias (the mean popularity of the listed items over the top item's) at the largest K. ``users``
+    counts positions. ``predict`` gets the hold-out's rows in order: a float matrix of ``SESSION_FEATURES``, or the
+    columns a policy names (``feature_name``) when they are others (a version registered before the features
+    changed)."""
     methods = {"model": model, **SESSION_RULES}
-    # what every method reads, made once: its features (as one matrix: a frame is converted on every predict), the
+    # what every method reads, made once: its features (one matrix: a frame is converted on every predict), the
     # rows' ranking codes, the targets' rows
     features = holdout[SESSION_FEATURES].to_numpy(dtype=float)
     codes, positions = candidate_codes(holdout), _positions(holdout, targets)
     rows = []
     for method, policy in methods.items():
-        scores = policy.predict(features) if len(holdout) else np.array([])
+        names = list(policy.feature_name()) if hasattr(policy, "feature_name") else SESSION_FEATURES
+        read = features if names == SESSION_FEATURES else holdout[names].to_numpy(dtype=float)
+        scores = policy.predict(read) if len(holdout) else np.array([])
         rows += _method_rows(holdout, targets, rank_candidates(holdout, scores, codes), method, ks, positions)
     return pd.DataFrame(rows)
 

@@ -10,27 +10,32 @@ import pyarrow as pa
 
 from assets.logic.schema import DAILY_TABLES, table_columns
 
+# The DuckDB types whose Arrow column ``to_pandas`` makes what ``.df()`` makes: integers and booleans only without
+# NULLs (``.df()`` makes nullable Int / boolean columns of them, Arrow floats and objects), DATE once cast to a
+# timestamp (as ``.df()`` casts it). Not UUID (Arrow: str, ``.df()``: uuid.UUID), ENUM, DECIMAL, HUGEINT, lists.
+_INTEGER_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "BOOLEAN"}
+_ALIKE_TYPES = {"VARCHAR", "DOUBLE", "FLOAT", "TIMESTAMP", "DATE", *_INTEGER_TYPES}
 
-def _converts_alike(column: pa.ChunkedArray) -> bool:
-    """Whether Arrow's ``to_pandas`` makes of ``column`` what DuckDB's ``.df()`` makes of it: strings, floats and
-    naive timestamps always; integers and booleans without NULLs (``.df()`` makes nullable Int / boolean columns of
-    them, Arrow floats and objects); not DATE, DECIMAL, HUGEINT or lists."""
-    kind = column.type
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_floating(kind):
-        return True
-    if pa.types.is_timestamp(kind):
-        return kind.tz is None
-    return (pa.types.is_integer(kind) or pa.types.is_boolean(kind)) and column.null_count == 0
+
+def _converts_alike(duckdb_type: str, column: pa.ChunkedArray) -> bool:
+    return duckdb_type in _ALIKE_TYPES and (duckdb_type not in _INTEGER_TYPES or column.null_count == 0)
 
 
 def fetch_frame(conn: duckdb.DuckDBPyConnection, query: str, params: Sequence | dict | None = None) -> pd.DataFrame:
     """The rows of ``query`` as a pandas frame equal to DuckDB's ``.df()``, through Arrow, which makes the Python
-    strings of key columns about twice as fast (BENCHMARKS.md). A result with a column Arrow converts otherwise
-    (``_converts_alike``) is converted by DuckDB from the Arrow table."""
-    table = conn.sql(query, params=params).to_arrow_table()
-    if all(_converts_alike(column) for column in table.columns):
-        return table.to_pandas()
-    return conn.from_arrow(table).df()
+    strings of key columns about twice as fast (BENCHMARKS.md). A result with a column of another type is
+    converted by DuckDB; integers or booleans with NULLs, by DuckDB from the Arrow table (``_converts_alike``)."""
+    relation = conn.sql(query, params=params)
+    types = [str(kind) for kind in relation.types]
+    if not set(types) <= _ALIKE_TYPES:
+        return relation.df()
+    table = relation.to_arrow_table()
+    if not all(_converts_alike(kind, column) for kind, column in zip(types, table.columns, strict=True)):
+        return conn.from_arrow(table).df()
+    for i, kind in enumerate(types):
+        if kind == "DATE":  # as .df() makes it: datetime64[us], not Python dates
+            table = table.set_column(i, table.field(i).name, table.column(i).cast(pa.timestamp("us")))
+    return table.to_pandas()
 
 
 def _daily_tables(conn: duckdb.DuckDBPyConnection) -> dict[str, str]:
