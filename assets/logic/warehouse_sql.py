@@ -13,12 +13,22 @@ from assets.logic.schema import DAILY_TABLES, table_columns
 # The DuckDB types whose Arrow column ``to_pandas`` makes what ``.df()`` makes: integers and booleans only without
 # NULLs (``.df()`` makes nullable Int / boolean columns of them, Arrow floats and objects), DATE once cast to a
 # timestamp (as ``.df()`` casts it). Not UUID (Arrow: str, ``.df()``: uuid.UUID), ENUM, DECIMAL, HUGEINT, lists.
-_INTEGER_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "BOOLEAN"}
-_ALIKE_TYPES = {"VARCHAR", "DOUBLE", "FLOAT", "TIMESTAMP", "DATE", *_INTEGER_TYPES}
+_WITHOUT_NULLS_TYPES = {
+    "TINYINT",
+    "SMALLINT",
+    "INTEGER",
+    "BIGINT",
+    "UTINYINT",
+    "USMALLINT",
+    "UINTEGER",
+    "UBIGINT",
+    "BOOLEAN",
+}
+_ALIKE_TYPES = {"VARCHAR", "DOUBLE", "FLOAT", "TIMESTAMP", "DATE", *_WITHOUT_NULLS_TYPES}
 
 
 def _converts_alike(duckdb_type: str, column: pa.ChunkedArray) -> bool:
-    return duckdb_type in _ALIKE_TYPES and (duckdb_type not in _INTEGER_TYPES or column.null_count == 0)
+    return duckdb_type in _ALIKE_TYPES and (duckdb_type not in _WITHOUT_NULLS_TYPES or column.null_count == 0)
 
 
 def fetch_frame(conn: duckdb.DuckDBPyConnection, query: str, params: Sequence | dict | None = None) -> pd.DataFrame:
