@@ -19,7 +19,7 @@ from assets.logic import gru_model, next_event, session_model, training
 from assets.logic.candidates import RANKER_FEATURES, stored_ranker_rows_sql
 from assets.logic.features import USER_FEATURE_COLUMNS
 from assets.logic.policies import RulePolicy
-from assets.logic.warehouse_sql import day_bounds, fetch_frame
+from assets.logic.warehouse_sql import day_bounds, fetch_frame, with_columns
 
 # The fewest examples of a label's rarer class (or users, for the ranker) a split needs to train on and to measure
 # on: below it a hold-out AUC rests on a handful of users (one returning session among 17,710 on YooChoose).
@@ -113,14 +113,6 @@ def _missing_splits(conn: duckdb.DuckDBPyConnection, table: str) -> str | None:
 
 
 # --- training sets ------------------------------------------------------------------------------------------------
-
-
-def with_columns(frame: pd.DataFrame, **columns) -> pd.DataFrame:
-    """``frame.assign(**columns)`` for a frame of one's own, set in place: ``assign`` copies every column first (a
-    second copy of a training set's days before the one ``pd.concat`` makes)."""
-    for name, value in columns.items():
-        frame[name] = value
-    return frame
 
 
 def _split_frame(train: pd.DataFrame, holdout: pd.DataFrame) -> pd.DataFrame:

@@ -40,7 +40,7 @@ from assets.logic import training
 from assets.logic.metrics import bootstrap_interval
 from assets.logic.policies import RulePolicy
 from assets.logic.training import LightGBMParams
-from assets.logic.warehouse_sql import fetch_frame
+from assets.logic.warehouse_sql import fetch_frame, with_columns
 
 SR_STEPS = 10
 # 1 / gap for every gap up to SR_STEPS is a whole number of 1 / 2520ths (2520 = lcm(1..10)): integer sums are exact
@@ -336,10 +336,10 @@ def _session_knn(conn: duckdb.DuckDBPyConnection, width: int) -> None:
         FROM sm_prefixes p LEFT JOIN sm_knn_sessions s ON s.neighbour = p.user_id || '/' || p.session_id
         """
     )
-    shape = {
-        name: conn.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
-        for name, table in (("prefixes", "sm_knn_prefixes"), ("items", "sm_knn_items"), ("sessions", "sm_knn_sessions"))
-    }
+    own_session = conn.execute("SELECT own_session FROM sm_knn_prefixes ORDER BY code").fetchnumpy()["own_session"]
+    items, sessions = (
+        conn.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0] for table in ("sm_knn_items", "sm_knn_sessions")
+    )
     weights = conn.execute(
         """
         SELECT p.code AS prefix, i.code AS item, max(s.step) AS weight
@@ -359,9 +359,8 @@ def _session_knn(conn: duckdb.DuckDBPyConnection, width: int) -> None:
         FROM sm_session_items JOIN sm_knn_sessions s USING (neighbour) JOIN sm_knn_items i USING (item_id)
         """
     ).fetchnumpy()
-    own_session = conn.execute("SELECT own_session FROM sm_knn_prefixes ORDER BY code").fetchnumpy()["own_session"]
 
-    prefixes, items, sessions = shape["prefixes"], shape["items"], shape["sessions"]
+    prefixes = len(own_session)
     prefix_items = sparse.csr_matrix(
         (weights["weight"].astype(np.int64), (weights["prefix"], weights["item"])), shape=(prefixes, items)
     )
@@ -584,8 +583,7 @@ def session_frame(
         frame = _candidates(conn, positives_only)
     finally:
         _drop_temp(conn)
-    frame["cutoff"], frame["window_end"] = pd.Timestamp(target_start), pd.Timestamp(target_end)  # no copy
-    return frame
+    return with_columns(frame, cutoff=pd.Timestamp(target_start), window_end=pd.Timestamp(target_end))
 
 
 def session_targets(

@@ -234,14 +234,15 @@ def rule_offset(frame: pd.DataFrame, features: list[str], weights: dict[str, flo
     logistic fit) and written as trees: one tree per feature holding its term of the offset in a leaf per value. As
     the ``start`` of ``boost`` these trees come first in the model file, so every scorer adds the offset and none can
     forget it, and the rule's order is kept (the offset ranks rows as the rule does)."""
-    score = sum(weight * frame[column].to_numpy(dtype=float) for column, weight in weights.items())
-    a, b = logistic_fit(score, y.astype(float))
     # The rule's columns; every other feature is 0 here, one value, which LightGBM leaves out of the Dataset (a tree
     # may not split on it anyway): binning every feature of a large frame was most of the rule's time. The trees are
     # the same; the model file's ranges of the other features are those of the Dataset boosting continues on.
     values = np.zeros((len(frame), len(features)))
     for column in weights:
         values[:, features.index(column)] = frame[column].to_numpy(dtype=float)
+    rows = pd.DataFrame(values, columns=features, copy=False)
+    score = sum(weight * values[:, features.index(column)] for column, weight in weights.items())
+    a, b = logistic_fit(score, y.astype(float))
     offset, booster = np.full(len(frame), a), None
     for column, weight in weights.items():
         # Each tree fits what the trees before it left: its own term of the offset.
@@ -253,7 +254,7 @@ def rule_offset(frame: pd.DataFrame, features: list[str], weights: dict[str, flo
         }  # not binned
         booster = lgb.train(
             tree,
-            lgb.Dataset(pd.DataFrame(values, columns=features), label=offset, params=tree),
+            lgb.Dataset(rows, label=offset, params=tree),
             num_boost_round=1,
             init_model=booster,
         )

@@ -48,6 +48,14 @@ def fetch_frame(conn: duckdb.DuckDBPyConnection, query: str, params: Sequence | 
     return table.to_pandas()
 
 
+def with_columns(frame: pd.DataFrame, **columns) -> pd.DataFrame:
+    """``frame.assign(**columns)`` for a frame of one's own (one just fetched), set in place: ``assign`` copies
+    every column first (a second copy of a training set's days before the one ``pd.concat`` makes)."""
+    for name, value in columns.items():
+        frame[name] = value
+    return frame
+
+
 def _daily_tables(conn: duckdb.DuckDBPyConnection) -> dict[str, str]:
     """The daily tables this warehouse holds, with their day column and its type."""
     types = dict(
