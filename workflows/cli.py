@@ -196,27 +196,25 @@ class Pipeline:
             _progress(f"[{group:>9}] {step.step_key:<24} {step.end_time - step.start_time:6.1f} s  {outcome}")
         _progress(f"[{job_name:>9}] done in {time.perf_counter() - began:5.1f} s")
 
-    def has(self, table: str) -> bool:
-        with self.resources["warehouse"].connect(read_only=True) as conn:
-            return bool(
-                conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]).fetchone()[
-                    0
-                ]
-            )
 
-    def count(self, table: str) -> int:
-        if not self.has(table):
-            return 0
-        with self.resources["warehouse"].connect(read_only=True) as conn:
-            return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+def _has(conn, table: str) -> bool:
+    return bool(
+        conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]).fetchall()[0][0]
+    )
+
+
+def _count(conn, table: str) -> int:
+    return int(conn.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]) if _has(conn, table) else 0
 
 
 def summary(pipeline: Pipeline, users: int = 3) -> str:
-    """Rows per stage, the models beside their baselines, a few users' recommendations, the UI commands."""
-    lines = ["", "Rows per table:"]
-    lines += [f"  {t:<26} {pipeline.count(t):>10,}" for t in SUMMARY_TABLES]
-    if pipeline.has("promotion_log"):
-        lines += _model_summary(pipeline, users)
+    """Rows per stage, the models beside their baselines, a few users' recommendations, the UI commands: read on
+    one connection (a warehouse's every opening reads its catalogue)."""
+    with pipeline.resources["warehouse"].connect(read_only=True) as conn:
+        lines = ["", "Rows per table:"]
+        lines += [f"  {t:<26} {_count(conn, t):>10,}" for t in SUMMARY_TABLES]
+        if _has(conn, "promotion_log"):
+            lines += _model_summary(conn, users)
     home = pipeline.home
     lines += [
         "",
@@ -245,7 +243,7 @@ def _promotion_lines(decisions) -> list[str]:
     ]
 
 
-def _model_summary(pipeline: Pipeline, users: int) -> list[str]:
+def _model_summary(conn, users: int) -> list[str]:
     import pandas as pd
 
     lines = []
@@ -253,43 +251,41 @@ def _model_summary(pipeline: Pipeline, users: int) -> list[str]:
     serves = (
         """(SELECT any_value(policy_kind || ' ' || policy) FROM model_evaluations e
                   WHERE e.model_name = p.model_name AND e.model_version = p.champion_version)"""
-        if pipeline.has("model_evaluations")
+        if _has(conn, "model_evaluations")
         else "NULL"
     )
-    with pipeline.resources["warehouse"].connect(read_only=True) as conn:
-        decisions = conn.execute(
-            f"""SELECT model_name, champion_version, decision, reason, {serves} AS serves FROM promotion_log p
-                QUALIFY row_number() OVER (PARTITION BY model_name ORDER BY decided_at DESC) = 1 ORDER BY model_name"""
-        ).df()
+    decisions = conn.execute(
+        f"""SELECT model_name, champion_version, decision, reason, {serves} AS serves FROM promotion_log p
+            QUALIFY row_number() OVER (PARTITION BY model_name ORDER BY decided_at DESC) = 1 ORDER BY model_name"""
+    ).df()
     skipped = decisions[decisions["decision"] == "skipped"]
     trainable = decisions.loc[decisions["decision"] != "skipped", "model_name"].tolist()
     lines += ["", f"Models this home's data can train: {', '.join(trainable) or 'none'}"]
     if len(skipped):
         lines += ["Models it cannot train (skipped, the run goes on):"]
         lines += [f"  {r.model_name}: {r.reason}" for r in skipped.itertuples()]
-    if not pipeline.has("model_evaluations"):
+    if not _has(conn, "model_evaluations"):
         return lines + _promotion_lines(decisions)
-    with pipeline.resources["warehouse"].connect(read_only=True) as conn:
-        evaluation = conn.execute(
-            """SELECT * FROM model_evaluations
-               WHERE (model_name, model_version) IN (SELECT (model_name, arg_max(model_version, evaluated_at))
-                                                     FROM model_evaluations WHERE coalesce(policy_kind,
-                                                         'learned') = 'learned'
-                                                     GROUP BY model_name)
-                 AND metric IN ('recall@20', 'ndcg@20', 'hr@20', 'mrr@20', 'auc', 'pr_auc', 'brier')"""
+    evaluation = conn.execute(
+        """SELECT * FROM model_evaluations
+           WHERE (model_name, model_version) IN (SELECT (model_name, arg_max(model_version, evaluated_at))
+                                                 FROM model_evaluations WHERE coalesce(policy_kind,
+                                                     'learned') = 'learned'
+                                                 GROUP BY model_name)
+             AND metric IN ('recall@20', 'ndcg@20', 'hr@20', 'mrr@20', 'auc', 'pr_auc', 'brier')"""
+    ).df()
+    recs = (
+        conn.execute(
+            """SELECT user_id, list(item_id ORDER BY rank)[1:5] AS top_5, any_value(model_name) AS model,
+                  any_value(model_version) AS version, any_value(policy_kind || ' ' || policy) AS policy,
+                  arg_min(reason, rank) AS first_reason
+           FROM recommendations WHERE as_of_date = (SELECT max(as_of_date) FROM recommendations)
+           GROUP BY user_id ORDER BY user_id LIMIT ?""",
+            [users],
         ).df()
-        recs = (
-            conn.execute(
-                """SELECT user_id, list(item_id ORDER BY rank)[1:5] AS top_5, any_value(model_name) AS model,
-                      any_value(model_version) AS version, any_value(policy_kind || ' ' || policy) AS policy,
-                      arg_min(reason, rank) AS first_reason
-               FROM recommendations WHERE as_of_date = (SELECT max(as_of_date) FROM recommendations)
-               GROUP BY user_id ORDER BY user_id LIMIT ?""",
-                [users],
-            ).df()
-            if pipeline.has("recommendations")
-            else None
-        )
+        if _has(conn, "recommendations")
+        else None
+    )
     holdout = evaluation["holdout_day"].max() if len(evaluation) else "?"
     lines += ["", f"Temporal hold-out (features as of {pd.Timestamp(holdout).date()}, targets on the next day):"]
     # "model" and the list baselines are the served lists (after the business rules), "<method>_raw" the ranked ones

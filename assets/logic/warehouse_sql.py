@@ -12,7 +12,8 @@ from assets.logic.schema import DAILY_TABLES, table_columns
 
 # The DuckDB types whose Arrow column ``to_pandas`` makes what ``.df()`` makes: integers and booleans only without
 # NULLs (``.df()`` makes nullable Int / boolean columns of them, Arrow floats and objects), DATE once cast to a
-# timestamp (as ``.df()`` casts it). Not UUID (Arrow: str, ``.df()``: uuid.UUID), ENUM, DECIMAL, HUGEINT, lists.
+# timestamp (as ``.df()`` casts it), TIMESTAMP_NS (a pandas timestamp column stored: in most training sets). Not
+# UUID (Arrow: str, ``.df()``: uuid.UUID), ENUM, DECIMAL, HUGEINT, lists.
 _WITHOUT_NULLS_TYPES = {
     "TINYINT",
     "SMALLINT",
@@ -24,7 +25,7 @@ _WITHOUT_NULLS_TYPES = {
     "UBIGINT",
     "BOOLEAN",
 }
-_ALIKE_TYPES = {"VARCHAR", "DOUBLE", "FLOAT", "TIMESTAMP", "DATE", *_WITHOUT_NULLS_TYPES}
+_ALIKE_TYPES = {"VARCHAR", "DOUBLE", "FLOAT", "TIMESTAMP", "TIMESTAMP_NS", "DATE", *_WITHOUT_NULLS_TYPES}
 
 
 def _converts_alike(duckdb_type: str, column: pa.ChunkedArray) -> bool:

@@ -463,14 +463,15 @@ def test_fetch_frame_gives_what_duckdb_df_gives():
         """CREATE TABLE t AS SELECT * FROM (VALUES
            (1, 1::INTEGER, 'a', 1.5::DOUBLE, DATE '2025-03-01', TIMESTAMP '2025-03-01 10:00:00.123456', true,
             10::HUGEINT, [1, 2], 1.25::DECIMAL(10, 2), 3::TINYINT, 2.5::FLOAT,
-            'c5d3bb6e-6b2f-4f7b-8a55-0f2f0d3c2a11'::UUID, 'calm'::mood, TIMESTAMPTZ '2025-03-01 10:00:00+00'),
-           (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)
-        ) v(k, nullable_int, s, f, d, ts, b, h, l, dec, ti, fl, u, m, tz)"""
+            'c5d3bb6e-6b2f-4f7b-8a55-0f2f0d3c2a11'::UUID, 'calm'::mood, TIMESTAMPTZ '2025-03-01 10:00:00+00',
+            TIMESTAMP_NS '2025-03-01 10:00:00.123456789'),
+           (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)
+        ) v(k, nullable_int, s, f, d, ts, b, h, l, dec, ti, fl, u, m, tz, ns)"""
     )
     queries = [
         "SELECT * FROM t ORDER BY k",
         "SELECT * FROM t WHERE k = $k",
-        "SELECT k, s, f, d, ts, fl FROM t ORDER BY k",  # converted by Arrow alone
+        "SELECT k, s, f, d, ts, fl, ns FROM t ORDER BY k",  # converted by Arrow alone
         "SELECT k, b, ti FROM t WHERE k = 1",
         "SELECT k, s FROM t WHERE false",
     ] + [f"SELECT k, {column} FROM t ORDER BY k" for column in ("nullable_int", "b", "h", "l", "dec", "u", "m", "tz")]
@@ -481,7 +482,7 @@ def test_fetch_frame_gives_what_duckdb_df_gives():
         assert list(got.dtypes) == list(expected.dtypes) and got.equals(expected), query
         assert [type(v) for v in got.iloc[0]] == [type(v) for v in expected.iloc[0]] if len(got) else True, query
     # Arrow converts strings, floats, dates, timestamps and integers and booleans without NULLs itself
-    relation = conn.sql("SELECT s, f, d, ts, fl, k, nullable_int, b, u, m, h, tz FROM t")
+    relation = conn.sql("SELECT s, f, d, ts, fl, ns, k, nullable_int, b, u, m, h, tz FROM t")
     columns = relation.to_arrow_table().columns
     alike = [warehouse_sql._converts_alike(str(kind), c) for kind, c in zip(relation.types, columns, strict=True)]
-    assert alike == [True, True, True, True, True, True, False, False, False, False, False, False]
+    assert alike == [True, True, True, True, True, True, True, False, False, False, False, False, False]
