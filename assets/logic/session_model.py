@@ -627,12 +627,12 @@ def train_session_ranker(frame: pd.DataFrame, params: LightGBMParams) -> lgb.Boo
         | params.to_lightgbm("lambdarank")
         | {"lambdarank_truncation_level": 20, "metric": "ndcg", "eval_at": [20]}
     )
-    # only what the datasets read: each of them sorts the rows, and the prefixes' other columns only slow that down
-    read = frame[["cutoff", "prefix_id", "item_id", "relevance", *SESSION_FEATURES]]
+    # the days are split by as_of_date, the training set's cut-off day; session_frame's rows have their window's start
+    days = frame if "as_of_date" in frame else frame.assign(as_of_date=frame["cutoff"])
     return training.boost(
         lgb_params,
         _session_dataset,
-        read.assign(as_of_date=read["cutoff"]),
+        days,
         params,
         start=lambda rows: training.rule_offset(
             rows, SESSION_FEATURES, SESSION_RULE_START, rows["relevance"].to_numpy() > 0

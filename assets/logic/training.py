@@ -164,11 +164,16 @@ def validation_split(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The rows of the training cut-offs before the last one (fit) and of the last one (validation).
 
     The validation day lies before the hold-out, so the hold-out stays untouched while the validation day picks
-    the number of boosting rounds. A training set of one cut-off has no validation day (empty frame)."""
+    the number of boosting rounds. A training set of one cut-off has no validation day (empty frame). A set read in
+    day order (as the training sets are stored) is split into two slices that share its memory, not copied."""
     days = frame["as_of_date"]
     if days.nunique() < 2:
         return frame, frame.iloc[0:0]
-    return frame[days < days.max()], frame[days == days.max()]
+    last = (days == days.max()).to_numpy()
+    first = int(last.argmax())
+    if last[first:].all():  # the last day's rows come last
+        return frame.iloc[:first], frame.iloc[first:]
+    return frame[~last], frame[last]
 
 
 def boost(lgb_params: dict, dataset, frame: pd.DataFrame, params: LightGBMParams, start=None) -> lgb.Booster:
@@ -237,10 +242,9 @@ def rule_offset(frame: pd.DataFrame, features: list[str], weights: dict[str, flo
     # The rule's columns; every other feature is 0 here, one value, which LightGBM leaves out of the Dataset (a tree
     # may not split on it anyway): binning every feature of a large frame was most of the rule's time. The trees are
     # the same; the model file's ranges of the other features are those of the Dataset boosting continues on.
-    values = np.zeros((len(frame), len(features)))
+    values = np.zeros((len(frame), len(features)), order="F")  # a column at a time, as LightGBM reads it
     for column in weights:
         values[:, features.index(column)] = frame[column].to_numpy(dtype=float)
-    rows = pd.DataFrame(values, columns=features, copy=False)
     score = sum(weight * values[:, features.index(column)] for column, weight in weights.items())
     a, b = logistic_fit(score, y.astype(float))
     offset, booster = np.full(len(frame), a), None
@@ -254,7 +258,7 @@ def rule_offset(frame: pd.DataFrame, features: list[str], weights: dict[str, flo
         }  # not binned
         booster = lgb.train(
             tree,
-            lgb.Dataset(rows, label=offset, params=tree),
+            lgb.Dataset(values, label=offset, feature_name=features, params=tree),
             num_boost_round=1,
             init_model=booster,
         )
@@ -286,13 +290,21 @@ def train_binary(frame: pd.DataFrame, label: str, params: LightGBMParams) -> lgb
 
 def ranking_dataset(query: list[str], features: list[str]):
     """``dataset(rows, reference)`` for ``boost``: one LambdaRank query group per value of the ``query`` columns, its
-    candidates in item order, so LightGBM sees the same rows in the same order on every run."""
+    candidates in item order, so LightGBM sees the same rows in the same order on every run. Only the keys are
+    sorted; each feature is gathered once, in that order, into the column-major matrix LightGBM reads."""
 
     def dataset(rows: pd.DataFrame, reference: lgb.Dataset | None) -> lgb.Dataset:
-        ordered = rows.sort_values([*query, "item_id"], kind="stable")
-        groups = ordered.groupby(query, sort=False).size().to_numpy()
+        keys = rows[[*query, "item_id"]].reset_index(drop=True).sort_values([*query, "item_id"], kind="stable")
+        order = keys.index.to_numpy()
+        groups = keys.groupby(query, sort=False).size().to_numpy()
+        values = np.empty((len(rows), len(features)), order="F")
+        for j, column in enumerate(features):
+            np.take(rows[column].to_numpy(dtype=float), order, out=values[:, j])
         return lgb.Dataset(
-            ordered[features].astype(float), label=ordered["relevance"], group=groups, reference=reference
+            pd.DataFrame(values, columns=features, copy=False),
+            label=rows["relevance"].to_numpy()[order],
+            group=groups,
+            reference=reference,
         )
 
     return dataset

@@ -47,6 +47,33 @@ def test_the_validation_day_is_the_last_training_cutoff_before_the_holdout_and_i
     assert set(valid["as_of_date"]) == {train_days[-1]} and set(fit["as_of_date"]) == set(train_days[:-1])
 
 
+def test_the_validation_split_of_a_set_in_day_order_shares_its_memory_and_equals_the_split_of_any_order():
+    frame = _users(np.random.default_rng(0), DAYS[:3])
+    shuffled = frame.sample(frac=1.0, random_state=1)
+    fit, valid = training.validation_split(frame)
+    assert np.shares_memory(fit["views_7d"].to_numpy(), frame["views_7d"].to_numpy())  # slices, not copies
+    for ours, theirs in zip((fit, valid), training.validation_split(shuffled), strict=True):
+        pd.testing.assert_frame_equal(ours, theirs.sort_index())
+    assert set(valid["as_of_date"]) == {DAYS[2]} and len(fit) + len(valid) == len(frame)
+
+
+def test_a_ranking_dataset_holds_the_rows_sorted_by_group_and_item_whatever_their_order():
+    rng = np.random.default_rng(3)
+    frame = _users(rng, DAYS[:2]).assign(
+        item_id=lambda f: [f"i{v:02d}" for v in rng.integers(0, 40, len(f))],
+        relevance=lambda f: rng.integers(0, 3, len(f)),
+        views_7d=lambda f: f["views_7d"].astype(int),  # an integer feature is read as a double
+    )
+    features = ["views_7d", "purchases_28d", "events_1d"]
+    made = training.ranking_dataset(["as_of_date", "user_id"], features)(frame.sample(frac=1.0, random_state=2), None)
+    ordered = frame.sort_values(["as_of_date", "user_id", "item_id"], kind="stable")
+    # what LightGBM is given: the features as doubles, labels and groups in that order
+    np.testing.assert_array_equal(made.data.to_numpy(), ordered[features].to_numpy(dtype=float))
+    assert list(made.data.columns) == features
+    np.testing.assert_array_equal(made.label, ordered["relevance"].to_numpy())
+    np.testing.assert_array_equal(made.group, ordered.groupby(["as_of_date", "user_id"], sort=False).size().to_numpy())
+
+
 def test_a_small_training_set_is_refitted_on_every_cutoff_with_the_rounds_found():
     frame = _users(np.random.default_rng(0), DAYS[:4])
     fitted, validated = [], []
