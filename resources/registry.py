@@ -178,6 +178,11 @@ class ModelRegistry(RetriesTransientFailures):
     def resolved_ui_url(self) -> str:
         return self.ui_url or self._environment.get(UI_URL_VARIABLE) or DEFAULT_UI_URL
 
+    def create_store(self) -> None:
+        """A local sqlite store's tables, created now if this process has not opened the store yet
+        (``_create_store_once``); a tracking server keeps its own."""
+        self._create_store_once(self.resolved_tracking_uri())
+
     def _create_store_once(self, uri: str) -> None:
         """Open a local sqlite store for the first time in this process under the exclusive lock on the file
         beside it (``<home>/mlflow.lock``). MLflow creates a store's tables (alembic migrations) when a process

@@ -1,5 +1,6 @@
 import multiprocessing
 import socket
+import sqlite3
 import time
 
 import lightgbm as lgb
@@ -50,6 +51,19 @@ def test_two_processes_opening_a_fresh_home_at_once_both_find_the_registry(tmp_p
             worker.join(timeout=30)
         assert outcomes == ["ok", "ok"], (attempt, outcomes)
         assert (home / "mlflow.lock").exists()
+
+
+def test_a_homes_store_is_created_ahead_and_a_store_that_cannot_be_is_one_clear_error(tmp_path):
+    from workflows.cli import StageFailed, _create_mlflow_store
+
+    registry = ModelRegistry(home=str(tmp_path / "home"))
+    _create_mlflow_store(registry)  # what shopseq run does beside its daily stage
+    tables = sqlite3.connect(tmp_path / "home" / "mlflow.db").execute("SELECT name FROM sqlite_master").fetchall()
+    assert {("experiments",), ("registered_models",), ("model_versions",)} <= set(tables)
+    (tmp_path / "a_file").write_text("not a folder")
+    blocked = ModelRegistry(home=str(tmp_path / "home"), tracking_uri=f"sqlite:///{tmp_path}/a_file/mlflow.db")
+    with pytest.raises(StageFailed, match=r"cannot create the MLflow store sqlite:///.*a_file/mlflow\.db"):
+        _create_mlflow_store(blocked)
 
 
 def _closed_port() -> int:
