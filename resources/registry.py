@@ -399,7 +399,6 @@ class ModelRegistry(RetriesTransientFailures):
         import numpy as np
 
         from assets.logic.policies import RULE
-        from resources.rule_model import RuleModel
 
         digest = policy.sha256()  # hex digits and a catalogue model name: nothing from a user in the filter
         with self._asking(f"look for {policy.name} in {model_name}"):
@@ -413,7 +412,8 @@ class ModelRegistry(RetriesTransientFailures):
             model_name,
             lambda path, mlflow_model, signature, example: mlflow.pyfunc.save_model(
                 path,
-                python_model=RuleModel(policy),
+                python_model=str(Path(__file__).with_name("rule_model.py")),  # models from code
+                model_config=policy.config(),
                 mlflow_model=mlflow_model,
                 signature=signature,
                 input_example=example,

@@ -4,6 +4,7 @@ import argparse
 import datetime as dt
 import functools
 import gc
+import logging
 import os
 import shutil
 import sys
@@ -120,6 +121,15 @@ def _create_mlflow_store(registry) -> None:
         raise StageFailed(f"cannot create the MLflow store {registry.resolved_tracking_uri()}: {error}") from error
 
 
+def _quiet_mlflow() -> None:
+    """MLflow's INFO lines (its store's migrations, each input example validated) would interleave with the run's
+    own progress: its warnings and errors only, unless ``MLFLOW_LOGGING_LEVEL`` asks for more. Read by MLflow when
+    it is imported, and set on its logger in case it already is."""
+    if "MLFLOW_LOGGING_LEVEL" not in os.environ:
+        os.environ["MLFLOW_LOGGING_LEVEL"] = "WARNING"
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+
 class Pipeline:
     """Launches the code location's jobs in-process on one home, as the schedules and sensors launch them: each is
     recorded in the home's Dagster instance as a run of that job. When to train and what to publish is decided in
@@ -141,6 +151,7 @@ class Pipeline:
         self.defs = build_definitions(self.resources)
         self.instance = DagsterInstance.get()
         _collect_less()
+        _quiet_mlflow()
 
     def launch(self, job_name: str, start: dt.date | None = None, end: dt.date | None = None):
         """One run of the job ``job_name`` (for the day ``start``, or the days ``start..end`` as one ranged run, as a

@@ -89,6 +89,31 @@ class RulePolicy:
             intercept = float(np.log(rate / (1 - rate)) - slope * score.mean())
         return RulePolicy(self.name, self.features, self.weights, self.only_where, intercept, slope, logistic=True)
 
+    def config(self) -> dict:
+        """The rule's whole definition as plain values (the ``model_config`` of its MLflow model): ``from_config``
+        gives the same rule back."""
+        return {
+            "name": self.name,
+            "features": list(self.features),
+            "weights": [[column, weight] for column, weight in self.weights],
+            "only_where": self.only_where,
+            "intercept": self.intercept,
+            "slope": self.slope,
+            "logistic": self.logistic,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> "RulePolicy":
+        return cls(
+            config["name"],
+            tuple(config["features"]),
+            tuple((column, float(weight)) for column, weight in config["weights"]),
+            config["only_where"],
+            float(config["intercept"]),
+            float(config["slope"]),
+            bool(config["logistic"]),
+        )
+
     def params(self) -> dict:
         """The rule's definition, as MLflow parameters and for its digest."""
         return {

@@ -2,6 +2,7 @@ import multiprocessing
 import socket
 import sqlite3
 import time
+from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
@@ -123,11 +124,16 @@ def test_versions_are_logged_and_loaded_through_the_registrys_own_uri_leaving_ml
         datasets={"training": (frame, "train split")},
         figures={"importance": figure},
     )
-    rule = registry.rule_version("m", RulePolicy("a_rule", ("a", "b"), (("a", 1.0),)), frame, {"auc": 0.4}, {})
+    # a calibrated two-term rule: its definition is the model's config, read back exactly (no pickle)
+    policy = RulePolicy("a_rule", ("a", "b"), (("b", 0.1), ("a", 1.0)), intercept=-0.1 / 3, slope=2 / 3, logistic=True)
+    rule = registry.rule_version("m", policy, frame, {"auc": 0.4}, {})
     assert (learned.version, rule.version) == (1, 2)
     assert registry.version_for_alias("m", "challenger") == learned
     assert np.array_equal(registry.load_policy(learned).predict(frame), booster.predict(frame))
-    assert np.array_equal(registry.load_policy(rule).predict(frame), frame["a"].to_numpy())
+    assert registry.load_policy(rule) == policy
+    assert np.array_equal(registry.load_policy(rule).predict(frame), policy.predict(frame))
+    rule_files = Path(registry.client().get_model_version_download_uri("m", "2").removeprefix("file://"))
+    assert not list(rule_files.rglob("*.pkl")) and (rule_files / "MLmodel").exists()
     run = registry.client().get_run(learned.run_id)
     assert run.info.status == "FINISHED" and run.data.metrics == {"auc": 0.5} and run.data.params == {"rounds": "3"}
     assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["train split"]
