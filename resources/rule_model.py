@@ -12,7 +12,8 @@ from assets.logic.policies import RulePolicy
 
 class RuleModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
-        self.policy = RulePolicy.from_config(context.model_config)
+        if context.model_config:  # logged from code; one pickled by an earlier release holds its policy already
+            self.policy = RulePolicy.from_config(context.model_config)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
         return self.policy.predict(model_input)

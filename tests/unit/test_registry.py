@@ -67,6 +67,24 @@ def test_a_homes_store_is_created_ahead_and_a_store_that_cannot_be_is_one_clear_
         _create_mlflow_store(blocked)
 
 
+def test_a_rule_pickled_by_an_earlier_release_still_loads(tmp_path):
+    """Rule versions were cloudpickled ``RuleModel`` objects holding their policy before they were logged from code."""
+    import mlflow.pyfunc
+
+    from assets.logic.policies import RulePolicy
+    from resources.rule_model import RuleModel
+
+    policy = RulePolicy("a_rule", ("a", "b"), (("a", 1.0),), intercept=0.25, slope=0.5)
+    pickled = RuleModel()
+    pickled.policy = policy  # what the earlier RuleModel(policy) held
+    mlflow.pyfunc.save_model(tmp_path / "old", python_model=pickled, pip_requirements=["pandas"])
+    assert list((tmp_path / "old").glob("*.pkl"))
+    loaded = mlflow.pyfunc.load_model(str(tmp_path / "old"))
+    assert loaded.unwrap_python_model().policy == policy
+    frame = pd.DataFrame({"a": [1.0, 3.0], "b": [0.0, 0.0]})
+    np.testing.assert_array_equal(loaded.predict(frame), policy.predict(frame))
+
+
 def _closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
