@@ -261,17 +261,35 @@ def _target_prefixes(
 
 def _top_per_row(matrix: sparse.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(rows, columns, values, ranks) of the ``k`` largest entries of each row of ``matrix`` (integers >= 0), ties
-    by the smaller column, in the order of rows and ranks (1-based). Sorts ``matrix``'s indices in place."""
-    matrix.sort_indices()
-    rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+    by the smaller column, in the order of rows and ranks (1-based).
+
+    When a histogram of every row's values is no larger than the entries (the neighbour similarities: a few hundred
+    values), only the entries at or above each row's k-th largest value are sorted, by one key of row, value
+    (highest first) and column. Otherwise every entry is sorted by row and value, each row's columns put in order
+    first (``matrix``'s indices, sorted in place)."""
+    n, columns = matrix.shape
+    rows = np.repeat(np.arange(n), np.diff(matrix.indptr))
     span = int(matrix.data.max()) + 1 if matrix.nnz else 1
-    # by row, then value, highest first; a stable sort keeps each row's columns in order within a value
-    order = np.argsort(rows * span + (span - 1 - matrix.data), kind="stable")
+    if n * span <= matrix.nnz and n * span * columns < 2**62:
+        at_least = np.bincount(rows * span + matrix.data, minlength=n * span).reshape(n, span)
+        at_least = np.cumsum(at_least[:, ::-1], axis=1)[:, ::-1]  # a row's entries of each value or more
+        kth = np.maximum((at_least >= k).sum(axis=1) - 1, 0)  # the row's k-th largest value (0: fewer than k)
+        kept = np.flatnonzero(matrix.data >= kth[rows])
+        rows, values, indices = rows[kept], matrix.data[kept], matrix.indices[kept]
+        order = np.argsort((rows * span + (span - 1 - values)) * columns + indices)  # one key per entry
+        per_row = np.bincount(rows, minlength=n)
+        starts = np.cumsum(per_row) - per_row
+    else:
+        matrix.sort_indices()
+        values, indices = matrix.data, matrix.indices
+        # by row, then value, highest first; a stable sort keeps each row's columns in order within a value
+        order = np.argsort(rows * span + (span - 1 - values), kind="stable")
+        starts = matrix.indptr[:-1]
     # sorted by row first, the i-th entry in that order is of row rows[i], ranked from its row's first entry
-    rank = np.arange(matrix.nnz) - matrix.indptr[rows] + 1
+    rank = np.arange(len(rows)) - starts[rows] + 1
     listed = rank <= k
     top = order[listed]
-    return rows[listed], matrix.indices[top], matrix.data[top], rank[listed]
+    return rows[listed], indices[top], values[top], rank[listed]
 
 
 def _block_votes(
@@ -679,13 +697,14 @@ def _ranks_at(ranks: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return found
 
 
-def _positions(holdout: pd.DataFrame, targets: pd.DataFrame) -> dict:
+def _positions(holdout: pd.DataFrame, targets: pd.DataFrame, items: np.ndarray | None = None) -> dict:
     """What every method's metric rows read of the hold-out and its targets, found once: the candidate row of each
-    target (and of each OTTO label), the candidate rows of the positions measured, the item codes."""
+    target (and of each OTTO label), the candidate rows of the positions measured, the item codes (``items``:
+    ``candidate_codes(holdout)[1]`` when made already)."""
     positions = {
         "target_rows": _rows_of(holdout, targets),
         "in_targets": holdout["prefix_id"].isin(targets["prefix_id"]).to_numpy(),
-        "items": candidate_codes(holdout)[1],
+        "items": candidate_codes(holdout)[1] if items is None else items,
     }
     if "carts" in targets and (targets["carts"].map(len).sum() or targets["orders"].map(len).sum()):
         for action in ("carts", "orders"):
@@ -785,7 +804,8 @@ def evaluate_sessions(
     # what every method reads, made once: its features (one matrix: a frame is converted on every predict), the
     # rows' ranking codes, the targets' rows
     features = holdout[SESSION_FEATURES].to_numpy(dtype=float)
-    codes, positions = candidate_codes(holdout), _positions(holdout, targets)
+    codes = candidate_codes(holdout)
+    positions = _positions(holdout, targets, codes[1])
     rows = []
     for method, policy in methods.items():
         names = list(policy.feature_name()) if hasattr(policy, "feature_name") else SESSION_FEATURES

@@ -581,3 +581,24 @@ def test_session_knn_of_no_prefix_is_an_empty_table_with_its_columns():
     finally:
         sm._drop_temp(conn)
     assert count == 0 and columns == ["prefix_id", "item_id", "sknn_score", "sknn_share", "sknn_rank"]
+
+
+@pytest.mark.parametrize("top", [3, 100])  # small values: the histogram path; large ones: the sort of every entry
+def test_top_per_row_keeps_each_rows_k_largest_values_ties_by_the_smaller_column(top):
+    from scipy import sparse
+
+    rng = np.random.default_rng(top)
+    dense = rng.integers(0, top + 1, size=(200, 60)) * (rng.random((200, 60)) < 0.5)  # many ties, rows of 0-60
+    dense[7] = 0  # a row without entries
+    csr = sparse.csr_matrix(dense)
+    backwards = np.concatenate([np.arange(a, b)[::-1] for a, b in zip(csr.indptr[:-1], csr.indptr[1:])])
+    matrix = sparse.csr_matrix((csr.data[backwards], csr.indices[backwards], csr.indptr), shape=dense.shape)
+    assert (matrix.toarray() == dense).all() and not matrix.has_sorted_indices  # each row's columns unordered, as @
+    rows, columns, values, ranks = sm._top_per_row(matrix.copy(), 5)
+    expected = [
+        (r, c, int(dense[r, c]), rank)
+        for r in range(dense.shape[0])
+        for rank, c in enumerate(sorted(np.flatnonzero(dense[r]), key=lambda c: (-dense[r, c], c))[:5], start=1)
+    ]
+    assert list(zip(rows.tolist(), columns.tolist(), values.tolist(), ranks.tolist())) == expected
+    assert (matrix.shape[0] * (top + 1) <= matrix.nnz) == (top == 3)  # each case takes the path it names
