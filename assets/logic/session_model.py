@@ -29,6 +29,7 @@ position's next item is a target. A rule's list is the items it scores, then the
 from __future__ import annotations
 
 import datetime as dt
+from concurrent.futures import ThreadPoolExecutor
 
 import duckdb
 import lightgbm as lgb
@@ -391,12 +392,21 @@ def _session_knn(conn: duckdb.DuckDBPyConnection, width: int) -> None:
         (np.ones(len(incidence["item"]), dtype=np.int64), (incidence["session"], incidence["item"])),
         shape=(sessions, items),
     )
-    # a block of prefixes at a time: each prefix's row is its own, and the similarities of every prefix at once
-    # (every catalogue item in ``item_next_items``) would not fit in memory where the SQL spilled to disk
-    votes = [
-        _block_votes(prefix_items[first : first + SKNN_BLOCK], item_sessions, session_items, own_session, first, width)
-        for first in range(0, max(prefixes, 1), SKNN_BLOCK)  # no prefix: one empty block, the frame's columns
-    ]
+    # A block of prefixes at a time: each prefix's row is its own, and the similarities of every prefix at once
+    # (every catalogue item in ``item_next_items``) would not fit in memory where the SQL spilled to disk. The blocks
+    # run on DuckDB's threads (sparse products and sorts release the GIL), SKNN_BLOCK prefixes in flight in all,
+    # and are put together in prefix order: the same rows whatever the threads.
+    threads = max(1, min(int(conn.execute("SELECT current_setting('threads')").fetchall()[0][0]), prefixes))
+    block = max(1, min(SKNN_BLOCK // threads, -(-prefixes // threads)))
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        votes = list(
+            pool.map(
+                lambda first: _block_votes(
+                    prefix_items[first : first + block], item_sessions, session_items, own_session, first, width
+                ),
+                range(0, max(prefixes, 1), block),  # no prefix: one empty block, the frame's columns
+            )
+        )
     conn.register("sm_knn_votes", pd.concat(votes, ignore_index=True))
     try:
         # integer over integer: the same doubles as the SQL's sums divided

@@ -530,9 +530,9 @@ def _past_session_prefixes(conn: duckdb.DuckDBPyConnection) -> None:
 
 
 @pytest.mark.parametrize("prefixes", ["target day", "past sessions"])
-@pytest.mark.parametrize("block", [sm.SKNN_BLOCK, 7])
+@pytest.mark.parametrize("block, threads", [(sm.SKNN_BLOCK, 1), (sm.SKNN_BLOCK, 2), (7, 2)])
 def test_session_knn_gives_the_rows_of_the_string_key_sql_with_its_tie_breaks_and_exclusion(
-    monkeypatch, prefixes, block
+    monkeypatch, prefixes, block, threads
 ):
     """``_session_knn`` (sparse integer matrices, in blocks of prefixes) against the SQL it replaced, on a log full
     of ties in similarity and recency, with few neighbours, a small sample and a small width so that every tie-break
@@ -542,6 +542,7 @@ def test_session_knn_gives_the_rows_of_the_string_key_sql_with_its_tie_breaks_an
     monkeypatch.setattr(sm, "SKNN_SAMPLE", 40)
     monkeypatch.setattr(sm, "SKNN_BLOCK", block)
     conn = _warehouse(_tied_log())
+    conn.execute(f"SET threads = {threads}")  # session-kNN's blocks run on as many threads
     start, end = _window(2)
 
     def reference(**variant) -> pd.DataFrame:
