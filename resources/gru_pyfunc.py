@@ -51,7 +51,7 @@ class GRUSessionPyfunc(mlflow.pyfunc.PythonModel):
         """The model the registry loads for the pipeline (``ModelRegistry.load_policy``)."""
         return self.model
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         return score_sessions(self.model, model_input, self.k)
 
 
