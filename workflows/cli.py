@@ -186,8 +186,8 @@ class Pipeline:
         from workflows.jobs import daily_pipeline_job, publish_job, training_job
 
         with ThreadPoolExecutor(max_workers=1) as beside:
-            # A new home's MLflow store is created (its tables: MLflow's migrations, about 2 s) beside the daily
-            # stage, whose time is DuckDB's more than Python's, instead of in the first model asset.
+            # A new home's MLflow store is created (its tables: MLflow's migrations) beside the daily stage, whose
+            # time is DuckDB's more than Python's, instead of in the first model asset.
             store = beside.submit(_create_mlflow_store, self.resources["registry"]) if train else None
             self._stage(daily_pipeline_job.name, f"{(end - start).days + 1} day(s) {start}..{end}", start, end)
             if store is not None:

@@ -85,7 +85,7 @@ class RulePolicy:
         intercept, slope = logistic_fit(score, y)
         if slope <= 0:
             rate = min(max(y.mean(), 1e-6), 1 - 1e-6)
-            slope = 1e-9 / (score.std() or 1.0)
+            slope = float(1e-9 / (score.std() or 1.0))
             intercept = float(np.log(rate / (1 - rate)) - slope * score.mean())
         return RulePolicy(self.name, self.features, self.weights, self.only_where, intercept, slope, logistic=True)
 
@@ -95,11 +95,11 @@ class RulePolicy:
         return {
             "name": self.name,
             "features": list(self.features),
-            "weights": [[column, weight] for column, weight in self.weights],
+            "weights": [[column, float(weight)] for column, weight in self.weights],
             "only_where": self.only_where,
-            "intercept": self.intercept,
-            "slope": self.slope,
-            "logistic": self.logistic,
+            "intercept": float(self.intercept),  # plain floats: numpy's cannot be written to the model's YAML
+            "slope": float(self.slope),
+            "logistic": bool(self.logistic),
         }
 
     @classmethod

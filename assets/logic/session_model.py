@@ -56,7 +56,7 @@ SKNN_NEIGHBOURS = 100
 # neighbour search most of the in-session training set's time (64M prefix x session pairs on the synthetic shop's
 # hold-out day, 24M with 500).
 SKNN_SAMPLE = 500
-SKNN_BLOCK = 20_000  # prefixes per block of session-kNN's sparse products (``_session_knn``)
+SKNN_BLOCK = 20_000  # prefixes in session-kNN's sparse products at once, over its threads' blocks (``_session_knn``)
 SOURCES = ("session", "sr", "sknn", "markov", "sr3", "popular")
 NO_RANK = 999
 
@@ -394,8 +394,8 @@ def _session_knn(conn: duckdb.DuckDBPyConnection, width: int) -> None:
     )
     # A block of prefixes at a time: each prefix's row is its own, and the similarities of every prefix at once
     # (every catalogue item in ``item_next_items``) would not fit in memory where the SQL spilled to disk. The blocks
-    # run on DuckDB's threads (sparse products and sorts release the GIL), SKNN_BLOCK prefixes in flight in all,
-    # and are put together in prefix order: the same rows whatever the threads.
+    # run on as many Python threads as DuckDB has (sparse products and sorts release the GIL), SKNN_BLOCK prefixes
+    # in flight in all, and are put together in prefix order: the same rows whatever the threads.
     threads = max(1, min(int(conn.execute("SELECT current_setting('threads')").fetchall()[0][0]), prefixes))
     block = max(1, min(SKNN_BLOCK // threads, -(-prefixes // threads)))
     with ThreadPoolExecutor(max_workers=threads) as pool:

@@ -165,15 +165,16 @@ def validation_split(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
     The validation day lies before the hold-out, so the hold-out stays untouched while the validation day picks
     the number of boosting rounds. A training set of one cut-off has no validation day (empty frame). A set read in
-    day order (as the training sets are stored) is split into two slices that share its memory, not copied."""
+    day order (as the training sets are stored) is split into two slices of it, not copied: views that must not be
+    written to."""
     days = frame["as_of_date"]
     if days.nunique() < 2:
         return frame, frame.iloc[0:0]
-    last = (days == days.max()).to_numpy()
+    before, last = (days < days.max()).to_numpy(), (days == days.max()).to_numpy()
     first = int(last.argmax())
-    if last[first:].all():  # the last day's rows come last
+    if before[:first].all() and last[first:].all():  # the earlier days' rows, then the last day's
         return frame.iloc[:first], frame.iloc[first:]
-    return frame[~last], frame[last]
+    return frame[before], frame[last]
 
 
 def boost(lgb_params: dict, dataset, frame: pd.DataFrame, params: LightGBMParams, start=None) -> lgb.Booster:
@@ -301,7 +302,7 @@ def ranking_dataset(query: list[str], features: list[str]):
         for j, column in enumerate(features):
             np.take(rows[column].to_numpy(dtype=float), order, out=values[:, j])
         return lgb.Dataset(
-            pd.DataFrame(values, columns=features, copy=False),
+            pd.DataFrame(values, columns=features, copy=False),  # a frame: the model file says so (pandas_categorical)
             label=rows["relevance"].to_numpy()[order],
             group=groups,
             reference=reference,

@@ -142,8 +142,16 @@ def test_versions_are_logged_and_loaded_through_the_registrys_own_uri_leaving_ml
         datasets={"training": (frame, "train split")},
         figures={"importance": figure},
     )
-    # a calibrated two-term rule: its definition is the model's config, read back exactly (no pickle)
-    policy = RulePolicy("a_rule", ("a", "b"), (("b", 0.1), ("a", 1.0)), intercept=-0.1 / 3, slope=2 / 3, logistic=True)
+    # a calibrated two-term rule: its definition is the model's config, read back exactly (no pickle); numpy's
+    # floats, as a fit leaves them, are written as the floats they are
+    policy = RulePolicy(
+        "a_rule",
+        ("a", "b"),
+        (("b", np.float64(0.1)), ("a", 1.0)),
+        intercept=np.float64(-0.1 / 3),
+        slope=2 / 3,
+        logistic=True,
+    )
     rule = registry.rule_version("m", policy, frame, {"auc": 0.4}, {})
     assert (learned.version, rule.version) == (1, 2)
     assert registry.version_for_alias("m", "challenger") == learned

@@ -591,15 +591,21 @@ def test_top_per_row_keeps_each_rows_k_largest_values_ties_by_the_smaller_column
     rng = np.random.default_rng(top)
     dense = rng.integers(0, top + 1, size=(200, 60)) * (rng.random((200, 60)) < 0.5)  # many ties, rows of 0-60
     dense[7] = 0  # a row without entries
+    dense[8] = 0
+    dense[8, [3, 9]] = [top, 1]  # a row of fewer than k entries
     csr = sparse.csr_matrix(dense)
+    csr.data[csr.indptr[8]] = 0  # a stored zero (in the row of two): an entry like any other, as in the sum it was
     backwards = np.concatenate([np.arange(a, b)[::-1] for a, b in zip(csr.indptr[:-1], csr.indptr[1:])])
     matrix = sparse.csr_matrix((csr.data[backwards], csr.indices[backwards], csr.indptr), shape=dense.shape)
-    assert (matrix.toarray() == dense).all() and not matrix.has_sorted_indices  # each row's columns unordered, as @
-    rows, columns, values, ranks = sm._top_per_row(matrix.copy(), 5)
+    full = csr.toarray()
+    assert (matrix.toarray() == full).all() and not matrix.has_sorted_indices  # each row's columns unordered, as @
+    stored = [csr.indices[csr.indptr[r] : csr.indptr[r + 1]] for r in range(dense.shape[0])]
     expected = [
-        (r, c, int(dense[r, c]), rank)
+        (r, c, int(full[r, c]), rank)
         for r in range(dense.shape[0])
-        for rank, c in enumerate(sorted(np.flatnonzero(dense[r]), key=lambda c: (-dense[r, c], c))[:5], start=1)
+        for rank, c in enumerate(sorted(stored[r], key=lambda c: (-full[r, c], c))[:5], start=1)
     ]
+    rows, columns, values, ranks = sm._top_per_row(matrix.copy(), 5)
     assert list(zip(rows.tolist(), columns.tolist(), values.tolist(), ranks.tolist())) == expected
+    assert [(c, v) for r, c, v in zip(rows.tolist(), columns.tolist(), values.tolist()) if r == 8] == [(9, 1), (3, 0)]
     assert (matrix.shape[0] * (top + 1) <= matrix.nnz) == (top == 3)  # each case takes the path it names

@@ -55,18 +55,27 @@ def test_the_validation_split_of_a_set_in_day_order_shares_its_memory_and_equals
     for ours, theirs in zip((fit, valid), training.validation_split(shuffled), strict=True):
         pd.testing.assert_frame_equal(ours, theirs.sort_index())
     assert set(valid["as_of_date"]) == {DAYS[2]} and len(fit) + len(valid) == len(frame)
+    undated = frame.assign(as_of_date=frame["as_of_date"].astype("datetime64[ns]"))
+    undated.loc[0, "as_of_date"] = pd.NaT  # a row of no day is in neither part, as the days' masks leave it
+    fit, valid = training.validation_split(undated)
+    assert len(fit) + len(valid) == len(frame) - 1 and 0 not in fit.index and 0 not in valid.index
 
 
 def test_a_ranking_dataset_holds_the_rows_sorted_by_group_and_item_whatever_their_order():
     rng = np.random.default_rng(3)
-    frame = _users(rng, DAYS[:2]).assign(
-        item_id=lambda f: [f"i{v:02d}" for v in rng.integers(0, 40, len(f))],
+    users = _users(rng, DAYS[:2], users=40)
+    frame = pd.concat([users] * 5, ignore_index=True).assign(  # five candidate items per (day, user)
+        item_id=lambda f: [f"i{v:03d}" for v in rng.permutation(len(f))],
         relevance=lambda f: rng.integers(0, 3, len(f)),
-        views_7d=lambda f: f["views_7d"].astype(int),  # an integer feature is read as a double
+        views_7d=lambda f: rng.integers(0, 9, len(f)),  # an integer feature is read as a double
+        purchases_28d=lambda f: rng.random(len(f)),
     )
+    shuffled = frame.sample(frac=1.0, random_state=2)
+    shuffled.index = shuffled.index % 7  # index labels repeated: positions count, not labels
     features = ["views_7d", "purchases_28d", "events_1d"]
-    made = training.ranking_dataset(["as_of_date", "user_id"], features)(frame.sample(frac=1.0, random_state=2), None)
+    made = training.ranking_dataset(["as_of_date", "user_id"], features)(shuffled, None)
     ordered = frame.sort_values(["as_of_date", "user_id", "item_id"], kind="stable")
+    assert set(ordered.groupby(["as_of_date", "user_id"]).size()) == {5}
     # what LightGBM is given: the features as doubles, labels and groups in that order
     np.testing.assert_array_equal(made.data.to_numpy(), ordered[features].to_numpy(dtype=float))
     assert list(made.data.columns) == features
