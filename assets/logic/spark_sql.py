@@ -309,6 +309,10 @@ def _zipped_unnests(select: exp.Select) -> exp.Select:
 
 
 def _rewrite_node(node: exp.Expression) -> exp.Expression:
+    if isinstance(node, exp.CTE) and node.args.get("materialized") is not None:
+        # DuckDB's [NOT] MATERIALIZED is a plan hint Spark's SQL does not have: the rows are the same without it
+        node.set("materialized", None)
+        return node
     if isinstance(node, exp.Select):
         return _zipped_unnests(node)
     if isinstance(node, exp.Interval) and isinstance(node.this, exp.Paren):
@@ -376,7 +380,7 @@ def daily_statement(table: str, day: dt.date, tz: str = "UTC", bot_events_per_da
     """The statement of the daily ``table`` (one of ``lake.LAKE_TABLES``) for ``day``, with the parameters its DuckDB
     builder (``clean_day``, ``build_sessions_day``, ..., ``build_candidates_day``) binds, for an engine to replace
     the day. The SQL is the builder's own; candidates read the co-visitation pairs and the day's item features as
-    CTEs, in one pass (the DuckDB builder stores them as temp tables and splits the users into passes by hash,
+    CTEs, in one pass (the DuckDB builder stores them as temp tables and splits the users into passes by id range,
     which gives the same rows)."""
     from assets.logic.candidates import candidates_sql, covis_pairs_sql
     from assets.logic.events import CLEAN_SQL

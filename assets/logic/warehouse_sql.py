@@ -137,11 +137,11 @@ def replace_window(
     time_column: str,
     start: dt.datetime,
     end: dt.datetime,
-    select_sql: str | Iterable[str | duckdb.DuckDBPyRelation],
+    select_sql: str | Iterable[str | tuple[str, Sequence | dict] | duckdb.DuckDBPyRelation],
     params: Sequence | dict | None = None,
 ) -> int:
     """Delete ``[start, end)`` of ``table`` and insert ``select_sql`` (or each of several SELECTs or relations,
-    one after another) in one transaction.
+    one after another) in one transaction. A SELECT binds ``params``, or its own when given as ``(sql, params)``.
 
     Re-running a partition therefore replaces exactly that partition; a failure
     rolls back and leaves the previous rows in place. Returns the rows inserted.
@@ -153,7 +153,8 @@ def replace_window(
             if isinstance(select, duckdb.DuckDBPyRelation):
                 select.query("incoming", f"INSERT INTO {table} BY NAME SELECT * FROM incoming")
             else:
-                conn.execute(f"INSERT INTO {table} BY NAME {select}", params or [])
+                sql, bound = select if isinstance(select, tuple) else (select, params)
+                conn.execute(f"INSERT INTO {table} BY NAME {sql}", bound or [])
         inserted = conn.execute(
             f"SELECT count(*) FROM {table} WHERE {time_column} >= ? AND {time_column} < ?", [start, end]
         ).fetchone()[0]

@@ -112,6 +112,12 @@ def test_interval_with_parenthesised_quantity():
     assert "INTERVAL 30 MINUTE" in to_spark("SELECT t - INTERVAL (30) MINUTE FROM e", {})
 
 
+def test_cte_materialisation_hints_are_dropped():
+    hinted = "WITH a AS NOT MATERIALIZED (SELECT 1 AS x), b AS MATERIALIZED (SELECT 2 AS y) SELECT * FROM a, b"
+    sql = to_spark(hinted, {})
+    assert "MATERIALIZED" not in sql.upper() and "WITH a AS (SELECT 1 AS x), b AS (SELECT 2 AS y)" in sql
+
+
 def test_decimal_literals_divide_as_doubles():
     division = _tree(to_spark("SELECT x / 3600.0 AS h FROM e", {})).find(exp.Div)
     assert isinstance(division.expression, exp.Cast) and division.expression.to.this == exp.DataType.Type.DOUBLE

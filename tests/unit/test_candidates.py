@@ -89,3 +89,31 @@ def test_a_days_rows_join_that_days_features_only(default_shop):
     users = conn.execute("SELECT user_id, events_7d FROM user_features WHERE as_of_date = ?", [day]).df()
     joined = rows[["user_id", "user_events_7d"]].merge(users, on="user_id", how="left")
     pd.testing.assert_series_equal(joined["user_events_7d"], joined["events_7d"], check_names=False)
+
+
+def test_the_passes_are_ordered_disjoint_ranges_that_cover_every_user(monkeypatch):
+    from assets.logic import candidates
+    from assets.logic.warehouse_sql import ensure_table
+
+    conn = duckdb.connect()
+    ensure_table(conn, "cleaned_events")
+    cutoff = dt.datetime(2025, 3, 2)
+    # 40 users of 1-9 events, and one user with more events than a pass: the quantiles repeat its id
+    counts = {f"u{n:02d}": 1 + n % 9 for n in range(40)} | {"u20": 60}
+    conn.execute(
+        """INSERT INTO cleaned_events (event_time, user_id, session_id, event_type, event_id, is_bot)
+           SELECT $cutoff - INTERVAL 1 HOUR, user_id, 's', 'view', user_id || '-' || i, false
+           FROM (SELECT unnest($users) AS user_id, unnest($counts) AS n), range(n) r(i)""",
+        {"cutoff": cutoff, "users": list(counts), "counts": list(counts.values())},
+    )
+    monkeypatch.setattr(candidates, "EVENTS_PER_PASS", 20)
+    bounds = candidates.pass_bounds(conn, cutoff)
+    assert bounds[0][0] is None and bounds[-1][1] is None and len(bounds) >= 5
+    assert all(high == low for (_, high), (low, _) in zip(bounds[:-1], bounds[1:]))  # adjacent
+    assert all(low < high for low, high in bounds if low is not None and high is not None)  # none empty, ascending
+    for user in counts:
+        assert sum((low is None or user >= low) and (high is None or user < high) for low, high in bounds) == 1
+    heavy = [b for b in bounds if b[0] == "u20"]
+    assert heavy and sum(n for u, n in counts.items() if heavy[0][0] <= u < heavy[0][1]) >= 60
+    monkeypatch.setattr(candidates, "EVENTS_PER_PASS", 10_000)
+    assert candidates.pass_bounds(conn, cutoff) == [(None, None)]
