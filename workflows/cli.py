@@ -124,7 +124,8 @@ def _create_mlflow_store(registry) -> None:
 def _quiet_mlflow() -> None:
     """MLflow's INFO lines (its store's migrations, each input example validated) would interleave with the run's
     own progress: its warnings and errors only, unless ``MLFLOW_LOGGING_LEVEL`` asks for more. Read by MLflow when
-    it is imported, and set on its logger in case it already is."""
+    it is imported, and set on its logger in case it already is. Set for the jobs (``Pipeline``), not with the
+    home's other MLflow defaults (``prepare_home``): ``shopseq mlflow-ui`` keeps MLflow's INFO lines."""
     if "MLFLOW_LOGGING_LEVEL" not in os.environ:
         os.environ["MLFLOW_LOGGING_LEVEL"] = "WARNING"
         logging.getLogger("mlflow").setLevel(logging.WARNING)

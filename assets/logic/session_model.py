@@ -707,14 +707,14 @@ def _ranks_at(ranks: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return found
 
 
-def _positions(holdout: pd.DataFrame, targets: pd.DataFrame, items: np.ndarray | None = None) -> dict:
+def _positions(holdout: pd.DataFrame, targets: pd.DataFrame, items: np.ndarray) -> dict:
     """What every method's metric rows read of the hold-out and its targets, found once: the candidate row of each
     target (and of each OTTO label), the candidate rows of the positions measured, the item codes (``items``:
-    ``candidate_codes(holdout)[1]`` when made already)."""
+    ``candidate_codes(holdout)[1]``)."""
     positions = {
         "target_rows": _rows_of(holdout, targets),
         "in_targets": holdout["prefix_id"].isin(targets["prefix_id"]).to_numpy(),
-        "items": candidate_codes(holdout)[1] if items is None else items,
+        "items": items,
     }
     if "carts" in targets and (targets["carts"].map(len).sum() or targets["orders"].map(len).sum()):
         for action in ("carts", "orders"):
@@ -729,11 +729,10 @@ def _method_rows(
     ranks: np.ndarray,
     method: str,
     ks: tuple[int, ...],
-    positions: dict | None = None,
+    positions: dict,
 ) -> list[dict]:
     """The metric rows of one method from its candidate ranks: a position whose next item is not among its
-    candidates is a miss. ``positions``: ``_positions(holdout, targets)``, found once for every method."""
-    positions = _positions(holdout, targets) if positions is None else positions
+    candidates is a miss. ``positions``: ``_positions(holdout, targets, ...)``, found once for every method."""
     rank = _ranks_at(ranks, positions["target_rows"])  # NaN: not a candidate
     rows = []
     for k in ks:

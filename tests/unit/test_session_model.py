@@ -442,7 +442,9 @@ def test_otto_score_weights_the_recall_of_clicks_carts_and_orders_as_its_evaluat
     targets = pd.DataFrame(
         {"prefix_id": ["p1", "p2"], "item_id": ["i1", "i9"], "carts": [["i2", "i5"], ["i3"]], "orders": [["i5"], []]}
     )
-    rows = pd.DataFrame(sm._method_rows(holdout, targets, sm.rank_candidates(holdout, holdout["sr_score"]), "sr", (2,)))
+    items = sm.candidate_codes(holdout)[1]
+    ranks = sm.rank_candidates(holdout, holdout["sr_score"])
+    rows = pd.DataFrame(sm._method_rows(holdout, targets, ranks, "sr", (2,), sm._positions(holdout, targets, items)))
     got = rows.set_index("metric")["value"]
     assert got["otto_recall_clicks@2"] == pytest.approx(0.5)
     assert got["otto_recall_carts@2"] == pytest.approx(2 / 3)
@@ -451,7 +453,8 @@ def test_otto_score_weights_the_recall_of_clicks_carts_and_orders_as_its_evaluat
     # a click log has no carts or orders: no OTTO rows
     clicks = targets.assign(carts=[[], []], orders=[[], []])
     assert not any(
-        "otto" in r["metric"] for r in sm._method_rows(holdout, clicks, np.array([1, 2, 3, 1, 2]), "sr", (2,))
+        "otto" in r["metric"]
+        for r in sm._method_rows(holdout, clicks, ranks, "sr", (2,), sm._positions(holdout, clicks, items))
     )
 
 
