@@ -56,7 +56,8 @@ TRENDING_MIN_SCORE = 5
 RECENCY_HOURS = 48.0
 EVENTS_PER_PASS = 400_000  # history events per pass of the user side (see build_candidates_day)
 SOURCES = ("recent", "covis", "category", "new", "trending", "popular")
-HISTORY_COLUMNS = "user_id, item_id, category_id, event_type, event_time, event_id, session_id, cutoff"  # read
+# the columns of the history the user side reads
+HISTORY_COLUMNS = "user_id, item_id, category_id, event_type, event_time, event_id, session_id, cutoff"
 
 RANKER_FEATURES = [
     "recent_score",
