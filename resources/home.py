@@ -2,6 +2,7 @@
 for the commands)."""
 
 import datetime as dt
+import fcntl
 import json
 from pathlib import Path
 from typing import Any
@@ -77,9 +78,14 @@ def _is_day(value: Any) -> bool:
 
 
 def write_settings(home: str, **values: Any) -> None:
-    """Merge ``values`` into the settings; the file is replaced whole (written beside it, then renamed)."""
+    """Merge ``values`` into the settings; the file is replaced whole (written beside it, then renamed). Writers
+    take turns on ``settings.lock`` beside it (``flock``, which the kernel drops with a process that dies): two
+    processes starting on a new home at once both record its engine, and each must read what the other wrote and
+    rename its own staged file."""
     path = home_paths(home)["settings"]
     path.parent.mkdir(parents=True, exist_ok=True)
-    staged = path.with_name(f".{path.name}.partial")
-    staged.write_text(json.dumps({**read_settings(home), **values}, indent=2, sort_keys=True) + "\n")
-    staged.replace(path)
+    with open(path.with_name("settings.lock"), "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        staged = path.with_name(f".{path.name}.partial")
+        staged.write_text(json.dumps({**read_settings(home), **values}, indent=2, sort_keys=True) + "\n")
+        staged.replace(path)

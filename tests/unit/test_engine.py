@@ -123,3 +123,19 @@ def test_a_failed_lake_day_write_leaves_the_previous_day_readable(tmp_path):
     assert conn.sql("SELECT user_id FROM user_sequences ORDER BY 1").fetchall() == [("u1",), ("u2",)]
     assert [p.name for p in (lake / "user_sequences").iterdir()] == [f"day={DAY}"]
     assert not any((lake / ".staging").rglob("*.parquet"))  # the half-written files went with the failure
+
+
+def test_settings_written_by_many_writers_at_once_keep_every_value(tmp_path):
+    """Processes starting on a new home at once each record settings: every write must succeed and none may be
+    lost (threads open the lock file each, so they take turns as processes do)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from resources.home import write_settings
+
+    def write(n: int) -> None:
+        for i in range(20):
+            write_settings(str(tmp_path), **{f"writer_{n}": i})
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(write, range(8)))  # re-raises a writer's error
+    assert read_settings(str(tmp_path)) == {f"writer_{n}": 19 for n in range(8)}
