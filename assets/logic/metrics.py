@@ -119,7 +119,10 @@ def top_k(
     item; they get the fallback list. Returns user_id, item_id, score, rank;
     fallback rows get score NaN.
     """
-    ranked = scored.sort_values(["user_id", score_column, "item_id"], ascending=[True, False, True])
+    # only the columns it returns are sorted: a wide candidate frame would move every feature column
+    ranked = scored[["user_id", "item_id", score_column]].sort_values(
+        ["user_id", score_column, "item_id"], ascending=[True, False, True]
+    )
     ranked = ranked.assign(rank=ranked.groupby("user_id").cumcount() + 1)
     ranked = ranked[ranked["rank"] <= k][["user_id", "item_id", score_column, "rank"]]
     ranked = ranked.rename(columns={score_column: "score"})

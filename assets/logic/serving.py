@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from assets.logic.candidates import RANKER_FEATURES, stored_ranker_rows_sql
-from assets.logic.explanations import WORDING_COLUMNS, top_family, word
+from assets.logic.explanations import WORDING_COLUMNS, leaf_indices, top_family, top_family_of_leaves, word
 from assets.logic.features import USER_FEATURE_COLUMNS
 from assets.logic.policies import RulePolicy
 
@@ -114,6 +114,15 @@ def _position_in_run(first: np.ndarray) -> np.ndarray:
     return positions - np.maximum.accumulate(np.where(first, positions, 0))
 
 
+def _codes(column: pa.ChunkedArray) -> tuple[pa.DictionaryArray, np.ndarray]:
+    """The non-null strings of ``column`` dictionary-encoded, and each row's place among the distinct strings in
+    sorted order: an integer sort key that orders the rows as their strings do (sorting 2.75M rows by two string
+    keys cost more than encoding them)."""
+    encoded = pc.dictionary_encode(column).combine_chunks()
+    place = pc.rank(encoded.dictionary, sort_keys="ascending").to_numpy()
+    return encoded, place[encoded.indices.to_numpy()]
+
+
 def ranked_table(
     scored: pd.DataFrame | pa.Table, users: pd.Series, rules: BusinessRules, k: int, keep: tuple[str, ...] = ()
 ) -> pa.Table:
@@ -137,18 +146,20 @@ def ranked_table(
     if rules.exclude_purchased:
         allowed = pc.and_(allowed, pc.equal(pc.fill_null(table["ui_purchases"].cast(pa.float64()), 0.0), 0.0))
     rows = np.flatnonzero(allowed.to_numpy(zero_copy_only=False))  # the allowed rows of ``table``
-    keys = table.select(["user_id", "item_id", "category_id", "popular_rank", "score"]).take(rows)
+    user, user_key = _codes(table["user_id"])
+    user_of = user.indices.to_numpy()[rows]  # each allowed row's user, by code
+    keys = pa.table(
+        {
+            "user": user_key[rows],
+            "score": table["score"].take(rows),
+            "popular_rank": table["popular_rank"].take(rows),
+            "item": _codes(table["item_id"])[1][rows],
+        }
+    )
     order = pc.sort_indices(
         keys,
-        sort_keys=[
-            ("user_id", "ascending"),
-            ("score", "descending"),
-            ("popular_rank", "ascending"),
-            ("item_id", "ascending"),
-        ],  # nulls at the end, under either order: as DuckDB orders them
-    ).to_numpy()
-    user = pc.dictionary_encode(keys["user_id"]).combine_chunks()
-    user_of = user.indices.to_numpy()  # each allowed row's user, by code
+        sort_keys=[("user", "ascending"), ("score", "descending"), ("popular_rank", "ascending"), ("item", "ascending")],
+    ).to_numpy()  # nulls at the end, under either order: as DuckDB orders them
     user_code = user_of[order]
     new_user = np.ones(len(order), bool)
     new_user[1:] = user_code[1:] != user_code[:-1]
@@ -158,9 +169,9 @@ def ranked_table(
     kept = np.ones(len(order), bool)
     if rules.max_per_category:
         # each candidate's place among its user's candidates of the same category (the item itself without one)
-        category = pc.coalesce(keys["category_id"].cast(pa.string()), keys["item_id"].cast(pa.string()))
+        category = pc.coalesce(table["category_id"].cast(pa.string()), table["item_id"].cast(pa.string()))
         category = pc.dictionary_encode(category).combine_chunks()
-        group = user_place[user_code] * len(category.dictionary) + category.indices.to_numpy()[order]
+        group = user_place[user_code] * len(category.dictionary) + category.indices.to_numpy()[rows[order]]
         by_group = np.argsort(group, kind="stable")  # stable: the sorted order within each (user, category)
         sorted_group = group[by_group]
         in_group = np.empty(len(order), np.int64)
@@ -172,7 +183,8 @@ def ranked_table(
     ranked = table.take(rows[chosen]).append_column("rank", pa.array(rank))
     fill = min(rules.min_items, k)
     have = np.bincount(user_of[chosen], minlength=len(user.dictionary))
-    short = np.flatnonzero(have < fill)  # users with candidates whose lists are short (the others get nothing)
+    # users with allowed candidates whose lists are short (the others get nothing)
+    short = np.flatnonzero((have < fill) & (np.bincount(user_of, minlength=len(user.dictionary)) > 0))
     if len(short):
         short_users = pa.table({"user_id": user.dictionary.take(pa.array(short)), "n": pa.array(have[short])})
         with duckdb.connect() as conn:
@@ -231,9 +243,12 @@ def recommend_scored(
     )
     ranked = ranked_table(scored, users, rules, k, keep=("row", *WORDING_COLUMNS))
     chosen = ranked["row"].to_numpy()
-    reason = (
-        word(ranked, top_family(booster, _take_rows(matrices, chosen))) if len(chosen) else pa.array([], pa.string())
-    )
+    if not len(chosen):
+        reason = pa.array([], pa.string())
+    elif isinstance(booster, RulePolicy):  # a rule's terms are read from the chosen rows' features
+        reason = word(ranked, top_family(booster, _take_rows(matrices, chosen)))
+    else:  # the leaves of every candidate, read from the matrices in place: cheaper than gathering the chosen rows
+        reason = word(ranked, top_family_of_leaves(booster, leaf_indices(booster, matrices)[chosen]))
     return ranked.select(["user_id", "item_id", "score", "source", "rank", "rules"]).append_column(
         "reason", pc.if_else(pc.equal(ranked["source"], "fallback"), FALLBACK_REASON, reason)
     )

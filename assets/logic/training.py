@@ -436,7 +436,10 @@ def recommendation_lists(
     popular = popular_items(candidates)
     scored = candidates.assign(model=scores, **{name: policy.predict(candidates) for name, policy in policies.items()})
     methods = ["model", *policies]
-    lists = {f"{method}_raw": top_k(scored.dropna(subset=[method]), method, k, popular, users) for method in methods}
+    lists = {
+        f"{method}_raw": top_k(scored[["user_id", "item_id", method]].dropna(subset=[method]), method, k, popular, users)
+        for method in methods
+    }
     if markov is not None:
         lists["markov_raw"] = top_k(markov, "markov", k, popular, users)
     rows = scored[RULE_COLUMNS]

@@ -3,7 +3,17 @@ import numpy as np
 import pandas as pd
 
 from assets.logic.candidates import RANKER_FEATURES
-from assets.logic.explanations import family_contributions, feature_family, reasons, word
+from assets.logic.explanations import (
+    FAMILIES,
+    _path_table,
+    family_contributions,
+    feature_family,
+    leaf_indices,
+    reasons,
+    top_family,
+    top_family_of_leaves,
+    word,
+)
 
 
 def _booster_driven_by_views():
@@ -53,6 +63,22 @@ def test_reasons_read_only_the_first_rounds():
     raw_5 = booster.predict(rows[RANKER_FEATURES], raw_score=True, num_iteration=5)
     bias_5 = booster.predict(rows[RANKER_FEATURES], pred_contrib=True, num_iteration=5)[:, -1]
     assert np.allclose(first.sum(axis=1).to_numpy() + bias_5, raw_5)
+
+
+def test_contributions_from_leaves_are_the_per_tree_sums_bit_for_bit():
+    """The one sparse product adds each row's trees in tree order: the sums a loop over the trees makes, exactly; and
+    the reasons from the leaves of stacked matrices are the reasons from the features."""
+    booster, frame = _booster_driven_by_views()
+    matrix = frame[RANKER_FEATURES].to_numpy(np.float64)
+    families = [*FAMILIES, "item_popularity"]
+    table = _path_table(booster, 20, families)
+    leaves = leaf_indices(booster, [matrix[:1500], matrix[1500:]], 20)
+    loop = np.zeros((len(matrix), len(families)))
+    for t in range(leaves.shape[1]):
+        loop += table[t, leaves[:, t]]
+    assert np.array_equal(family_contributions(booster, matrix, rounds=20).to_numpy(), loop)
+    assert (top_family_of_leaves(booster, leaves[::7]) == top_family(booster, matrix[::7])).all()
+    assert len(top_family_of_leaves(booster, leaves[:0])) == 0
 
 
 def test_wording_uses_the_rows_numbers():
