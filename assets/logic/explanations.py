@@ -104,7 +104,9 @@ def leaf_indices(booster: lgb.Booster, matrices: list[np.ndarray], rounds: int |
     )
 
 
-def _leaf_contributions(booster: lgb.Booster, leaves: np.ndarray, rounds: int | None, families: list[str]) -> np.ndarray:
+def _leaf_contributions(
+    booster: lgb.Booster, leaves: np.ndarray, rounds: int | None, families: list[str]
+) -> np.ndarray:
     """Per row of ``leaves`` (``leaf_indices`` of the same ``rounds``), the summed credit of each family: the rows'
     leaves as a sparse one-hot matrix times the path table, which adds each row's trees in tree order, as a loop over
     the trees would (the same sums, bit for bit), without a gathered copy per tree (0.5 s -> 0.2 s per 1M rows)."""

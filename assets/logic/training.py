@@ -436,10 +436,10 @@ def recommendation_lists(
     popular = popular_items(candidates)
     scored = candidates.assign(model=scores, **{name: policy.predict(candidates) for name, policy in policies.items()})
     methods = ["model", *policies]
-    lists = {
-        f"{method}_raw": top_k(scored[["user_id", "item_id", method]].dropna(subset=[method]), method, k, popular, users)
-        for method in methods
-    }
+    lists = {}
+    for method in methods:
+        proposed = scored[["user_id", "item_id", method]].dropna(subset=[method])  # narrow: top_k sorts what it gets
+        lists[f"{method}_raw"] = top_k(proposed, method, k, popular, users)
     if markov is not None:
         lists["markov_raw"] = top_k(markov, "markov", k, popular, users)
     rows = scored[RULE_COLUMNS]

@@ -203,6 +203,25 @@ def test_a_day_scored_in_batches_of_users_gives_the_rows_of_one_batch():
     pd.testing.assert_frame_equal(whole.drop(columns="as_of_date"), from_frame)
 
 
+def test_batches_are_read_through_the_connections_temporary_views():
+    """The next batch is read on a cursor of its own: on a spark home the daily tables are temporary views of the
+    connection (over the lake), which a bare cursor does not see; here they hide empty tables of the same names."""
+    frame, booster = _candidates_and_ranker()
+    users = pd.Series(sorted(frame["user_id"].unique()))
+    day = frame["as_of_date"].iloc[0]
+    with duckdb.connect() as stored:
+        _store(stored, frame)
+        want = pa.concat_tables(serving.recommend_day(stored, booster, day, k=5, users=users, batch_users=7))
+    with duckdb.connect() as conn:
+        _store(conn, frame)
+        for table in ("ranking_candidates", "user_features", "item_features"):
+            conn.execute(f"ALTER TABLE {table} RENAME TO lake_{table}")
+            conn.execute(f"CREATE TABLE {table} AS FROM lake_{table} LIMIT 0")
+            conn.execute(f"CREATE TEMP VIEW {table} AS FROM lake_{table}")
+        got = pa.concat_tables(serving.recommend_day(conn, booster, day, k=5, users=users, batch_users=7))
+    assert len(got) == 5 * len(users) and got.equals(want)
+
+
 def test_reasons_and_scores_follow_their_rows_across_chunks():
     frame, booster = _candidates_and_ranker()
     users = pd.Series(sorted(frame["user_id"].unique()))
