@@ -90,7 +90,7 @@ def _path_table(booster: lgb.Booster, rounds: int | None, families: list[str]) -
             credit(t, child, step)
 
     for t, root in enumerate(trees):
-        if "leaf_index" not in root:  # a tree of one leaf credits nothing
+        if "left_child" in root:  # a tree of one leaf (written without a leaf index) credits nothing
             expected(root)
             credit(t, root, np.zeros(len(families)))
     return table
@@ -100,7 +100,7 @@ def leaf_indices(booster: lgb.Booster, matrices: list[np.ndarray], rounds: int |
     """Each row's leaf in each tree of the first ``rounds`` boosting rounds (None: all), rows of the ``matrices``
     (by ``RANKER_FEATURES``) stacked: one ``pred_leaf`` pass per matrix, read in place."""
     return np.concatenate(
-        [booster.predict(m, pred_leaf=True, num_iteration=rounds).reshape(len(m), -1) for m in matrices]
+        [booster.predict(m, pred_leaf=True, num_iteration=rounds).reshape(len(m), -1) for m in matrices if len(m)]
     )
 
 

@@ -4,7 +4,7 @@ import datetime as dt
 import functools
 import tempfile
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,11 +117,11 @@ def _position_in_run(first: np.ndarray) -> np.ndarray:
 
 
 def _codes(column: pa.ChunkedArray) -> tuple[pa.DictionaryArray, np.ndarray]:
-    """The non-null strings of ``column`` dictionary-encoded, and each row's place among the distinct strings in
-    sorted order: an integer sort key that orders the rows as their strings do (sorting 2.75M rows by two string
-    keys cost more than encoding them)."""
-    encoded = pc.dictionary_encode(column).combine_chunks()
-    place = pc.rank(encoded.dictionary, sort_keys="ascending").to_numpy()
+    """The strings of ``column`` dictionary-encoded (a null is an entry too), and each row's place among the
+    distinct strings in sorted order, a null last: an integer sort key that orders the rows as their strings do
+    (sorting 2.75M rows by two string keys cost more than encoding them)."""
+    encoded = pc.dictionary_encode(column, null_encoding="encode").combine_chunks()
+    place = pc.rank(encoded.dictionary, sort_keys="ascending", null_placement="at_end").to_numpy()
     return encoded, place[encoded.indices.to_numpy()]
 
 
@@ -276,12 +276,18 @@ def recommend(
     return recommend_scored(booster, batch, users, k, rules)
 
 
+# The tables ``recommend_day`` reads (``candidates.stored_ranker_rows_sql``).
+_SCORED_TABLES = ("ranking_candidates", "user_features", "item_features")
+
+
 def _reader(conn: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
     """A cursor of ``conn`` (a connection of its own to the same database, for another thread) with ``conn``'s
-    temporary views: on a spark home the daily tables are temporary views over the lake (``lake.attach_lake``)."""
+    temporary views of the tables scoring reads: on a spark home the daily tables are temporary views over the lake
+    (``lake.attach_lake``), each a read of Parquet files that depends on nothing else of the connection."""
     reader = conn.cursor()
     for (create,) in conn.execute(
-        "SELECT sql FROM duckdb_views() WHERE temporary AND database_name = 'temp' AND NOT internal ORDER BY view_oid"
+        "SELECT sql FROM duckdb_views() WHERE temporary AND NOT internal AND list_contains($tables, view_name)",
+        {"tables": list(_SCORED_TABLES)},
     ).fetchall():
         reader.execute(create)
     return reader
@@ -317,7 +323,9 @@ def recommend_day(
 
     # The next batch is read (by DuckDB, on a cursor of its own, in a thread) while this one is scored, ranked and
     # explained (mostly numpy and Arrow on the main thread): memory holds two batches, not one. 1M users of the
-    # 10M-event day: 100.3 and 107.8 s against 115.8 and 131.8 s read in turn (alternating, same rows).
+    # 10M-event day: 100.3 and 107.8 s against 115.8 and 131.8 s read in turn (alternating, same rows). The read
+    # has ended before a batch is yielded: a consumer that fails while it writes the batch leaves no query running
+    # on the cursor (closing the connection under a running one fails and hides the consumer's error).
     with _reader(conn) as reader, ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(read, batches[0]) if batches else None
         for i, some in enumerate(batches):
@@ -325,6 +333,7 @@ def recommend_day(
             pending = pool.submit(read, batches[i + 1]) if i + 1 < len(batches) else None
             recs = recommend_scored(booster, batch, some, k, rules)
             del batch
+            wait([pending] if pending else [])
             yield recs.append_column("as_of_date", pa.repeat(pa.scalar(day, pa.date32()), len(recs)))
 
 

@@ -81,6 +81,16 @@ def test_contributions_from_leaves_are_the_per_tree_sums_bit_for_bit():
     assert len(top_family_of_leaves(booster, leaves[:0])) == 0
 
 
+def test_a_tree_of_one_leaf_credits_nothing():
+    """A model that found no split (a constant label) is one tree of one leaf, written without a split or a leaf
+    index: it credits no family, and the reason falls back to popularity."""
+    frame = pd.DataFrame(np.random.default_rng(3).uniform(0, 1, (200, len(RANKER_FEATURES))), columns=RANKER_FEATURES)
+    booster = lgb.train({"objective": "regression", "verbosity": -1}, lgb.Dataset(frame, np.ones(len(frame))), 5)
+    assert [tree["num_leaves"] for tree in booster.dump_model()["tree_info"]] == [1]
+    assert (family_contributions(booster, frame.head(20)).to_numpy() == 0).all()
+    assert (top_family(booster, frame.head(20)) == "item_popularity").all()
+
+
 def test_wording_uses_the_rows_numbers():
     rows = pd.DataFrame(
         {

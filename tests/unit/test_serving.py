@@ -51,6 +51,23 @@ def test_without_rules_the_ranking_is_the_models():
     assert recs["item_id"].tolist() == ["a", "b", "c", "d"] and recs["source"].ne("fallback").all()
 
 
+def test_a_missing_item_id_ranks_after_its_ties_and_a_missing_user_is_left_out():
+    scored = pd.DataFrame(
+        {
+            "user_id": ["u1", "u1", "u1", None],
+            "item_id": [None, "b", "a", "c"],
+            "category_id": ["c1", "c2", "c3", "c1"],
+            "source": "covis",
+            "ui_purchases": 0,
+            "popular_rank": 999,
+            "score": [0.5, 0.5, 0.9, 0.9],
+        }
+    )
+    rules = BusinessRules(exclude_purchased=False, max_per_category=0, min_items=0)
+    recs = ranked_table(scored, pd.Series(["u1"]), rules, k=5).to_pandas()
+    assert recs["user_id"].tolist() == ["u1"] * 3 and recs["item_id"].tolist() == ["a", "b", None]
+
+
 # The rules as two SQL windows over every candidate (the code before ``ranked_table`` sorted them once): the
 # reference the one-pass rules must give row for row.
 _TWO_WINDOWS_SQL = """
@@ -201,6 +218,27 @@ def test_a_day_scored_in_batches_of_users_gives_the_rows_of_one_batch():
     )
     from_frame = serving.recommend(booster, frame, users, k=5).to_pandas()
     pd.testing.assert_frame_equal(whole.drop(columns="as_of_date"), from_frame)
+
+
+def test_a_consumer_that_fails_mid_day_leaves_no_read_running(monkeypatch):
+    """The next batch is read while one is scored, but no read runs once a batch is yielded: a consumer that fails
+    while it writes a batch keeps its own error, and the connection closes (under a running read on its cursor,
+    DuckDB refuses to close it)."""
+    frame, booster = _candidates_and_ranker()
+    users = pd.Series(sorted(frame["user_id"].unique()))
+    slow = serving.scoring_sql  # each read takes a moment, so a read left running would still run
+    monkeypatch.setattr(
+        serving, "scoring_sql", lambda r: f"{slow(r)} WHERE (SELECT sum(i) FROM range(20000000) t(i)) > 0"
+    )
+    conn = duckdb.connect(config={"threads": 1})
+    _store(conn, frame)
+    batches = serving.recommend_day(conn, booster, frame["as_of_date"].iloc[0], k=5, users=users, batch_users=7)
+    with pytest.raises(OSError, match="disk full"):
+        for i, _ in enumerate(batches):
+            if i == 1:
+                raise OSError("disk full")
+    conn.close()
+    batches.close()
 
 
 def test_batches_are_read_through_the_connections_temporary_views():
