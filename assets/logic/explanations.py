@@ -51,6 +51,10 @@ FAMILIES = {
 }
 
 
+# every family a contribution is credited to, in the column order of ``family_contributions``
+ALL_FAMILIES = [*FAMILIES, "item_popularity"]
+
+
 def feature_family(feature: str) -> str:
     for family, members in FAMILIES.items():
         if feature in members:
@@ -128,7 +132,7 @@ def family_contributions(
     decision paths in the first ``rounds`` boosting rounds (None: all); with the trees' expected values
     (the bias) they add up to the raw score. ``features``: a frame with the ranker's features or their
     matrix (rows by ``RANKER_FEATURES``)."""
-    families = [*FAMILIES, "item_popularity"]
+    families = ALL_FAMILIES
     if isinstance(features, pd.DataFrame):
         index, features = features.index, np.ascontiguousarray(features[RANKER_FEATURES], dtype=np.float64)
     else:
@@ -145,15 +149,15 @@ def family_contributions(
     return pd.DataFrame(contributions, columns=families, index=index)
 
 
-def _top(contributions: pd.DataFrame) -> np.ndarray:
-    """Per row, the family with the largest positive contribution (``item_popularity`` when none is positive)."""
-    values = contributions.to_numpy(dtype=np.float64)
+def _top(contributions: np.ndarray) -> np.ndarray:
+    """Per row of ``contributions`` (columns ``ALL_FAMILIES``), the family with the largest positive contribution
+    (``item_popularity`` when none is positive)."""
     top = (
-        np.array(contributions.columns, dtype=object)[values.argmax(axis=1)]
-        if len(values)
-        else np.array([], dtype=object)
+        np.array(ALL_FAMILIES, dtype=object)[contributions.argmax(axis=1)]
+        if len(contributions)
+        else np.array([], object)
     )
-    top[values.max(axis=1, initial=0) <= 0] = "item_popularity"
+    top[contributions.max(axis=1, initial=0) <= 0] = "item_popularity"
     return top
 
 
@@ -161,14 +165,13 @@ def top_family(
     booster: lgb.Booster, features: pd.DataFrame | np.ndarray, rounds: int | None = EXPLAINED_ROUNDS
 ) -> np.ndarray:
     """Per row, the family with the largest positive contribution (``item_popularity`` when none is positive)."""
-    return _top(family_contributions(booster, features, rounds))
+    return _top(family_contributions(booster, features, rounds).to_numpy(dtype=np.float64))
 
 
 def top_family_of_leaves(booster: lgb.Booster, leaves: np.ndarray, rounds: int | None = EXPLAINED_ROUNDS) -> np.ndarray:
     """``top_family`` of rows given by their leaves (``leaf_indices`` of the same ``rounds``) instead of their
     features: a scorer that has the leaves of every candidate need not gather the chosen rows' features."""
-    families = [*FAMILIES, "item_popularity"]
-    return _top(pd.DataFrame(_leaf_contributions(booster, leaves, rounds, families), columns=families))
+    return _top(_leaf_contributions(booster, leaves, rounds, ALL_FAMILIES))
 
 
 def _times(column: str, what: str) -> str:

@@ -4,7 +4,7 @@ import pandas as pd
 
 from assets.logic.candidates import RANKER_FEATURES
 from assets.logic.explanations import (
-    FAMILIES,
+    ALL_FAMILIES,
     _path_table,
     family_contributions,
     feature_family,
@@ -70,7 +70,7 @@ def test_contributions_from_leaves_are_the_per_tree_sums_bit_for_bit():
     the reasons from the leaves of stacked matrices are the reasons from the features."""
     booster, frame = _booster_driven_by_views()
     matrix = frame[RANKER_FEATURES].to_numpy(np.float64)
-    families = [*FAMILIES, "item_popularity"]
+    families = ALL_FAMILIES
     table = _path_table(booster, 20, families)
     leaves = leaf_indices(booster, [matrix[:1500], matrix[1500:]], 20)
     loop = np.zeros((len(matrix), len(families)))
