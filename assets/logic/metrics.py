@@ -27,32 +27,61 @@ def per_user_ranking(recommendations: pd.DataFrame, targets: pd.DataFrame, k: in
 
 def per_user_rankings(recommendations: pd.DataFrame, targets: pd.DataFrame, ks) -> dict[int, pd.DataFrame]:
     """``per_user_ranking`` at each K of ``ks``, the lists matched with the targets once (at the largest K)."""
-    users = targets["user_id"].drop_duplicates()
-    n_targets = targets.groupby("user_id")["item_id"].nunique().reindex(users.values).to_numpy()
-    top = recommendations[recommendations["rank"] <= max(ks)]
-    matched = top.merge(targets[["user_id", "item_id"]].drop_duplicates(), on=["user_id", "item_id"])
-    result = {}
-    for k in ks:
-        hits = matched[matched["rank"] <= k]
-        per_user = pd.DataFrame(index=users.values)
-        per_user["hits"] = hits.groupby("user_id").size()
-        per_user["dcg"] = (1.0 / np.log2(hits["rank"] + 1.0)).groupby(hits["user_id"]).sum()
-        per_user["first_hit"] = hits.groupby("user_id")["rank"].min()
-        per_user = per_user.fillna({"hits": 0.0, "dcg": 0.0})
-        ideal_n = np.minimum(n_targets, k)
-        # the ideal DCG of n hits, for each n up to K (the same sums as summing each user's own)
-        ideal = np.array([np.sum(1.0 / np.log2(np.arange(2, n + 2))) for n in range(k + 1)])
-        idcg = ideal[ideal_n]
-        result[k] = pd.DataFrame(
-            {
-                "recall": per_user["hits"].to_numpy() / ideal_n,
-                "hr": (per_user["hits"].to_numpy() > 0).astype(float),
-                "ndcg": per_user["dcg"].to_numpy() / idcg if len(idcg) else np.array([]),
-                "mrr": np.where(per_user["first_hit"].isna(), 0.0, 1.0 / per_user["first_hit"]),
-            },
-            index=per_user.index,
-        )
-    return result
+    return RankedLists({"": recommendations}, max(ks)).per_user(targets, ks)[""]
+
+
+class RankedLists:
+    """Several methods' top-K lists (``{method: frame}``, columns user_id, item_id, rank) measured against any
+    number of target sets (``per_user``): every list's (user, item) pairs are encoded once, as one integer each, so
+    a target set is matched with every list by one lookup of integers instead of a merge of ids per list."""
+
+    def __init__(self, lists: dict[str, pd.DataFrame], k: int):
+        self.methods = list(lists)
+        top = [frame[frame["rank"] <= k] for frame in lists.values()]
+        self.method = np.repeat(np.arange(len(top)), [len(frame) for frame in top])
+        self.rank = np.concatenate([frame["rank"].to_numpy(dtype=np.int64) for frame in top])
+        self.user, users = pd.factorize(np.concatenate([frame["user_id"].to_numpy(object) for frame in top]))
+        item, items = pd.factorize(np.concatenate([frame["item_id"].to_numpy(object) for frame in top]))
+        self.users, self.items = pd.Index(users), pd.Index(items)
+        self.pair = self.user.astype(np.int64) * max(len(items), 1) + item
+
+    def per_user(self, targets: pd.DataFrame, ks) -> dict[str, dict[int, pd.DataFrame]]:
+        """``per_user_ranking`` of each method's list at each K of ``ks`` against ``targets`` (user_id, item_id):
+        one row per target user, in order of first appearance."""
+        users = targets["user_id"].drop_duplicates()
+        user, item = self.users.get_indexer(targets["user_id"]), self.items.get_indexer(targets["item_id"])
+        known = (user >= 0) & (item >= 0)  # a pair no list holds is no hit
+        matched = np.flatnonzero(np.isin(self.pair, np.unique(user[known] * max(len(self.items), 1) + item[known])))
+        # the position among ``users`` of each matched row's user
+        position = np.full(len(self.users), -1)
+        listed = self.users.get_indexer(users)
+        position[listed[listed >= 0]] = np.flatnonzero(listed >= 0)
+        n_targets = targets.groupby("user_id")["item_id"].nunique().reindex(users.values).to_numpy()
+        n = len(users)
+        result = {}
+        for code, method in enumerate(self.methods):
+            rows = matched[self.method[matched] == code]
+            at, rank = position[self.user[rows]], self.rank[rows]
+            result[method] = {}
+            for k in ks:
+                hit = rank <= k
+                hits = np.bincount(at[hit], minlength=n).astype(float)
+                dcg = np.bincount(at[hit], weights=1.0 / np.log2(rank[hit] + 1.0), minlength=n)
+                first_hit = np.full(n, np.inf)
+                np.minimum.at(first_hit, at[hit], rank[hit])
+                ideal_n = np.minimum(n_targets, k)
+                # the ideal DCG of n hits, for each n up to K (the same sums as summing each user's own)
+                ideal = np.array([np.sum(1.0 / np.log2(np.arange(2, m + 2))) for m in range(k + 1)])
+                result[method][k] = pd.DataFrame(
+                    {
+                        "recall": hits / ideal_n,
+                        "hr": (hits > 0).astype(float),
+                        "ndcg": dcg / ideal[ideal_n] if n else np.array([]),
+                        "mrr": 1.0 / first_hit,  # 0 without a hit
+                    },
+                    index=users.values,
+                )
+        return result
 
 
 def bootstrap_interval(
@@ -61,15 +90,29 @@ def bootstrap_interval(
     """95% percentile bootstrap interval over resampled rows (users) of ``values``: of their mean
     (vectorised), or of ``statistic(rows)`` when given (``values`` are then row indices)."""
     values = np.asarray(values)
+    if statistic is None:
+        return tuple(bootstrap_intervals(values[:, None], samples, seed)[0])
     if len(values) < 2:
         return float("nan"), float("nan")
     with profile.step("bootstrap"):
         draws = np.random.default_rng(seed).integers(0, len(values), size=(samples, len(values)))
-        if statistic is None:
-            stats = values[draws].mean(axis=1)
-        else:
-            stats = np.array([statistic(values[d]) for d in draws], dtype=float)
+        stats = np.array([statistic(values[d]) for d in draws], dtype=float)
         return float(np.nanpercentile(stats, 2.5)), float(np.nanpercentile(stats, 97.5))
+
+
+def bootstrap_intervals(columns: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = 7) -> list[tuple]:
+    """``bootstrap_interval`` of the mean of each column of ``columns`` (rows: users), the resamples drawn once for
+    all of them: the same draws, and so the same intervals, as one column at a time."""
+    columns = np.asarray(columns, dtype=float)
+    if len(columns) < 2:
+        return [(float("nan"), float("nan"))] * columns.shape[1]
+    with profile.step("bootstrap"):
+        draws = np.random.default_rng(seed).integers(0, len(columns), size=(samples, len(columns)))
+        intervals = []
+        for column in columns.T:
+            stats = column[draws].mean(axis=1)
+            intervals.append((float(np.nanpercentile(stats, 2.5)), float(np.nanpercentile(stats, 97.5))))
+        return intervals
 
 
 def auc(y_true: np.ndarray, p: np.ndarray) -> float:

@@ -38,7 +38,7 @@ import pandas as pd
 from scipy import sparse
 
 from assets.logic import training
-from assets.logic.metrics import bootstrap_interval
+from assets.logic.metrics import bootstrap_intervals
 from assets.logic.policies import RulePolicy
 from assets.logic.training import LightGBMParams
 from assets.logic.warehouse_sql import fetch_frame, with_columns
@@ -692,12 +692,20 @@ def candidate_codes(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return pd.factorize(frame["prefix_id"], sort=True)[0], pd.factorize(frame["item_id"], sort=True)[0]
 
 
-def _rows_of(holdout: pd.DataFrame, pairs: pd.DataFrame) -> np.ndarray:
-    """The row of ``holdout`` holding each (prefix_id, item_id) of ``pairs`` (one per pair: a prefix's candidates
-    are distinct items), -1 for a pair that is not among the candidates."""
-    rows = holdout[["prefix_id", "item_id"]].assign(row=np.arange(len(holdout)))
-    found = pairs[["prefix_id", "item_id"]].merge(rows, on=["prefix_id", "item_id"], how="left")["row"]
-    return found.fillna(-1).to_numpy(dtype=np.int64)
+def _row_finder(holdout: pd.DataFrame):
+    """A function from (prefix_id, item_id) pairs to the row of ``holdout`` holding each pair (one per pair: a
+    prefix's candidates are distinct items), -1 for a pair that is not among the candidates. Each pair is one
+    integer (its prefix's and item's codes), looked up in one index of the hold-out's pairs."""
+    prefix, prefixes = pd.factorize(holdout["prefix_id"])
+    item, items = pd.factorize(holdout["item_id"])
+    prefixes, items, width = pd.Index(prefixes), pd.Index(items), max(len(items), 1)
+    rows = pd.Index(prefix.astype(np.int64) * width + item)
+
+    def rows_of(pairs: pd.DataFrame) -> np.ndarray:
+        p, i = prefixes.get_indexer(pairs["prefix_id"]), items.get_indexer(pairs["item_id"])
+        return rows.get_indexer(np.where((p >= 0) & (i >= 0), p.astype(np.int64) * width + i, -1))
+
+    return rows_of
 
 
 def _ranks_at(ranks: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -711,15 +719,16 @@ def _positions(holdout: pd.DataFrame, targets: pd.DataFrame, items: np.ndarray) 
     """What every method's metric rows read of the hold-out and its targets, found once: the candidate row of each
     target (and of each OTTO label), the candidate rows of the positions measured, the item codes (``items``:
     ``candidate_codes(holdout)[1]``)."""
+    rows_of = _row_finder(holdout)
     positions = {
-        "target_rows": _rows_of(holdout, targets),
+        "target_rows": rows_of(targets),
         "in_targets": holdout["prefix_id"].isin(targets["prefix_id"]).to_numpy(),
         "items": items,
     }
     if "carts" in targets and (targets["carts"].map(len).sum() or targets["orders"].map(len).sum()):
         for action in ("carts", "orders"):
             labels = targets[["prefix_id", action]].explode(action).dropna().rename(columns={action: "item_id"})
-            positions[action] = _rows_of(holdout, labels)
+            positions[action] = rows_of(labels)
     return positions
 
 
@@ -734,24 +743,24 @@ def _method_rows(
     """The metric rows of one method from its candidate ranks: a position whose next item is not among its
     candidates is a miss. ``positions``: ``_positions(holdout, targets, ...)``, found once for every method."""
     rank = _ranks_at(ranks, positions["target_rows"])  # NaN: not a candidate
-    rows = []
+    per_position = {}
     for k in ks:
         hit = np.nan_to_num(rank <= k)
-        per_position = {
-            "hr": hit.astype(float),
-            "mrr": np.where(hit > 0, 1.0 / np.nan_to_num(rank, nan=1.0), 0.0),
-            "ndcg": np.where(hit > 0, 1.0 / np.log2(np.nan_to_num(rank, nan=1.0) + 1.0), 0.0),
+        per_position |= {
+            f"hr@{k}": hit.astype(float),
+            f"mrr@{k}": np.where(hit > 0, 1.0 / np.nan_to_num(rank, nan=1.0), 0.0),
+            f"ndcg@{k}": np.where(hit > 0, 1.0 / np.log2(np.nan_to_num(rank, nan=1.0) + 1.0), 0.0),
         }
-        for name, values in per_position.items():
-            low, high = bootstrap_interval(values)
-            rows.append(
-                {
-                    "metric": f"{name}@{k}",
-                    "value": float(values.mean()) if len(targets) else float("nan"),
-                    "ci_low": low,
-                    "ci_high": high,
-                }
-            )
+    intervals = bootstrap_intervals(np.column_stack(list(per_position.values())))
+    rows = [
+        {
+            "metric": metric,
+            "value": float(values.mean()) if len(targets) else float("nan"),
+            "ci_low": low,
+            "ci_high": high,
+        }
+        for (metric, values), (low, high) in zip(per_position.items(), intervals)
+    ]
     k = max(ks)
     listed = positions["in_targets"] & (ranks <= k)
     catalogue = float(holdout["catalogue_items"].iloc[0]) if len(holdout) else float("nan")
@@ -812,13 +821,13 @@ def evaluate_sessions(
     methods = {"model": model, **SESSION_RULES}
     # what every method reads, made once: its features (one matrix: a frame is converted on every predict), the
     # rows' ranking codes, the targets' rows
-    features = holdout[SESSION_FEATURES].to_numpy(dtype=float)
+    features = training.feature_matrix(holdout, SESSION_FEATURES)
     codes = candidate_codes(holdout)
     positions = _positions(holdout, targets, codes[1])
     rows = []
     for method, policy in methods.items():
         names = list(policy.feature_name()) if hasattr(policy, "feature_name") else SESSION_FEATURES
-        read = features if names == SESSION_FEATURES else holdout[names].to_numpy(dtype=float)
+        read = features if names == SESSION_FEATURES else training.feature_matrix(holdout, names)
         scores = policy.predict(read) if len(holdout) else np.array([])
         rows += _method_rows(holdout, targets, rank_candidates(holdout, scores, codes), method, ks, positions)
     return pd.DataFrame(rows)
@@ -826,7 +835,9 @@ def evaluate_sessions(
 
 def _top_k(frame: pd.DataFrame, model, k: int) -> pd.DataFrame:
     scores = (
-        np.asarray(model.predict(frame[SESSION_FEATURES].astype(float)), dtype=float) if len(frame) else np.array([])
+        np.asarray(model.predict(training.feature_matrix(frame, SESSION_FEATURES)), dtype=float)
+        if len(frame)
+        else np.array([])
     )
     ranked = frame[["prefix_id", "item_id", "source"]].assign(score=scores, rank=rank_candidates(frame, scores))
     return ranked[ranked["rank"] <= k].sort_values(["prefix_id", "rank"], ignore_index=True)

@@ -97,3 +97,28 @@ def test_rank_sum_auc_equals_sklearn_with_ties():
     p = np.round(rng.uniform(0, 1, 500) + 0.3 * y, 1)  # rounded: many ties
     assert auc(y, p) == pytest.approx(roc_auc_score(y, p))
     assert math.isnan(auc(np.zeros(5), np.arange(5)))
+
+
+def test_ranked_lists_measure_each_method_as_its_own_list():
+    from assets.logic.metrics import RankedLists
+
+    lists = {
+        "first": _recs([("a", "x", 1), ("a", "y", 2), ("b", "p", 1), ("b", "q", 2)]),
+        "second": _recs([("a", "y", 1), ("a", "w", 2), ("c", "x", 1), ("d", "z", 1)]),
+        "empty": _recs([]),
+    }
+    # c's target x is listed for a only; d is listed but no target user; e has targets no list holds
+    targets = pd.DataFrame({"user_id": ["a", "a", "b", "c", "e"], "item_id": ["y", "w", "q", "x", "v"]})
+    measured = RankedLists(lists, 2).per_user(targets, (1, 2))
+    for method, recs in lists.items():
+        for k in (1, 2):
+            pd.testing.assert_frame_equal(measured[method][k], per_user_ranking(recs[recs["rank"] <= k], targets, k))
+    assert measured["second"][2].loc["a", "recall"] == 1.0 and measured["first"][2].loc["a", "mrr"] == 0.5
+    assert measured["empty"][2]["hr"].sum() == 0.0 and list(measured["empty"][2].index) == ["a", "b", "c", "e"]
+
+
+def test_bootstrap_intervals_draw_once_for_the_same_intervals_as_one_column_at_a_time():
+    from assets.logic.metrics import bootstrap_interval, bootstrap_intervals
+
+    columns = np.random.default_rng(3).random((300, 4))
+    assert bootstrap_intervals(columns) == [bootstrap_interval(column) for column in columns.T]
