@@ -1,6 +1,7 @@
 """The model registry: MLflow tracking and registry behind a small interface."""
 
 import fcntl
+import json
 import os
 import subprocess
 import tempfile
@@ -60,7 +61,6 @@ def _dataset_entity(frame: pd.DataFrame, name: str):
     row and value counts, and a digest of every row. ``mlflow.data.from_pandas`` on the whole frame looks at every
     value in Python to infer the schema (9 s for 200,000 rows of 27 columns, most of a model asset's MLflow time)."""
     import hashlib
-    import json
 
     import mlflow.data
     from mlflow.entities import Dataset
@@ -264,9 +264,9 @@ class ModelRegistry(RetriesTransientFailures):
 
         Through the explicit client: MLflow's ``start_run`` and ``<flavor>.log_model`` work on the process-wide
         tracking URI, so the run, the logged model and the version are created here step by step."""
-        from mlflow.entities import DatasetInput, InputTag, LoggedModelOutput, LoggedModelStatus, Metric, Param
+        from mlflow.entities import DatasetInput, InputTag, LoggedModelOutput, LoggedModelStatus, Metric, Param, RunTag
         from mlflow.models import Model, infer_signature
-        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_LOGGED_ARTIFACTS
 
         example = features.head(EXAMPLE_ROWS)
         signature = infer_signature(example, predict(example))
@@ -275,11 +275,23 @@ class ModelRegistry(RetriesTransientFailures):
             run = client.create_run(self._experiment_id(client, model_name), tags={**tags, **_code_version()})
             run_id = run.info.run_id
             try:
+                # the tables and figures in one folder, logged at once: the files ``log_table`` and ``log_figure``
+                # write, and the tag by which MLflow's UI lists the tables (one call for each was a list of the
+                # run's artifacts, a read of the run and a tag each)
+                with tempfile.TemporaryDirectory() as folder:
+                    for name, table in (tables or {}).items():
+                        table.to_json(Path(folder) / f"{name}.json", orient="split", index=False, date_format="iso")
+                    for name, figure in (figures or {}).items():
+                        figure.savefig(Path(folder) / f"{name}.png")
+                    if tables or figures:
+                        client.log_artifacts(run_id, folder)
+                listed = [{"path": f"{name}.json", "type": "table"} for name in tables or {}]
                 now = int(time.time() * 1000)
                 client.log_batch(
                     run_id,
                     metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
                     params=[Param(k, str(v)) for k, v in params.items()],
+                    tags=[RunTag(MLFLOW_LOGGED_ARTIFACTS, json.dumps(listed))] if listed else [],
                 )
                 inputs = [
                     DatasetInput(_dataset_entity(frame, name), [InputTag(MLFLOW_DATASET_CONTEXT, context)])
@@ -287,10 +299,6 @@ class ModelRegistry(RetriesTransientFailures):
                 ]
                 if inputs:
                     client.log_inputs(run_id, datasets=inputs)
-                for name, table in (tables or {}).items():
-                    client.log_table(run_id, table, artifact_file=f"{name}.json")
-                for name, figure in (figures or {}).items():
-                    client.log_figure(run_id, figure, f"{name}.png")
                 logged = client.create_logged_model(
                     run.info.experiment_id,
                     name="model",
@@ -317,18 +325,17 @@ class ModelRegistry(RetriesTransientFailures):
                 # the source is where the files are, not ``models:/<model id>``: MLflow's sqlite registry resolves
                 # that through the process-wide tracking URI
                 version = client.create_model_version(
-                    model_name, logged.artifact_location, run_id=run_id, model_id=logged.model_id
+                    model_name,
+                    logged.artifact_location,
+                    run_id=run_id,
+                    tags={key: tags[key] for key in ("policy", "policy_kind", "policy_sha256") if key in tags},
+                    model_id=logged.model_id,
                 )
             except BaseException:
                 client.set_terminated(run_id, "FAILED")
                 raise
             client.set_terminated(run_id, "FINISHED")
-        ref = ModelVersionRef(model_name, int(version.version), run_id)
-        with self._asking(f"tag {model_name} version {ref.version}"):
-            for key in ("policy", "policy_kind", "policy_sha256"):
-                if key in tags:
-                    client.set_model_version_tag(model_name, str(ref.version), key, tags[key])
-        return ref
+        return ModelVersionRef(model_name, int(version.version), run_id)
 
     @staticmethod
     def _register(client, model_name: str) -> None:

@@ -84,30 +84,62 @@ class RankedLists:
         return result
 
 
-def bootstrap_interval(
-    values: np.ndarray, statistic=None, samples: int = BOOTSTRAP_SAMPLES, seed: int = 7
+def bootstrap_interval(values: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = 7) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean of ``values`` over resampled rows (users)."""
+    return bootstrap_intervals(np.asarray(values)[:, None], samples, seed)[0]
+
+
+def bootstrap_draws(rows: int, samples: int = BOOTSTRAP_SAMPLES, seed: int = 7) -> np.ndarray:
+    """The rows each of ``samples`` resamples draws: the same for every statistic of the same rows."""
+    return np.random.default_rng(seed).integers(0, rows, size=(samples, rows))
+
+
+def auc_interval(
+    y_true: np.ndarray, p: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = 7
 ) -> tuple[float, float]:
-    """95% percentile bootstrap interval over resampled rows (users) of ``values``: of their mean
-    (vectorised), or of ``statistic(rows)`` when given (``values`` are then row indices)."""
-    values = np.asarray(values)
-    if statistic is None:
-        return tuple(bootstrap_intervals(values[:, None], samples, seed)[0])
-    if len(values) < 2:
+    """95% percentile bootstrap interval of ``auc`` over resampled rows (users), from the draws of
+    ``bootstrap_interval``. Each resample's AUC is counted from one sort of the scores: a resample weighs each row
+    by how often it drew it, and its AUC is the weighted share of (positive, negative) pairs ranked in order, ties
+    counted half. Those sums are whole or half numbers, exact, so each AUC is the one ``auc`` computes from the
+    resampled rows' ranks, to the bit."""
+    y, p = np.asarray(y_true).astype(bool), np.asarray(p, dtype=float)
+    n = len(y)
+    if n < 2:
         return float("nan"), float("nan")
     with profile.step("bootstrap"):
-        draws = np.random.default_rng(seed).integers(0, len(values), size=(samples, len(values)))
-        stats = np.array([statistic(values[d]) for d in draws], dtype=float)
+        group = np.unique(p, return_inverse=True)[1].ravel()  # each row's tie group of scores, lowest first
+        groups = group.max() + 1
+        stats = []
+        draws = bootstrap_draws(n, samples, seed)
+        block = max(1, 20_000_000 // n)  # resamples at a time: a few arrays of ~160 MB at most
+        for first in range(0, samples, block):
+            drawn = draws[first : first + block]
+            key = (np.arange(len(drawn))[:, None] * groups + group[drawn]).ravel()
+            positive_draw = y[drawn].ravel()
+            # how many positive and negative rows each resample drew in each tie group
+            positive, negative = (
+                np.bincount(key[mask], minlength=len(drawn) * groups).reshape(len(drawn), groups).astype(float)
+                for mask in (positive_draw, ~positive_draw)
+            )
+            below = np.cumsum(negative, axis=1) - negative  # negatives scored strictly lower
+            pairs = positive.sum(axis=1) * negative.sum(axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                stats.append(np.where(pairs > 0, (positive * (below + 0.5 * negative)).sum(axis=1) / pairs, np.nan))
+        stats = np.concatenate(stats)
         return float(np.nanpercentile(stats, 2.5)), float(np.nanpercentile(stats, 97.5))
 
 
-def bootstrap_intervals(columns: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = 7) -> list[tuple]:
+def bootstrap_intervals(
+    columns: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = 7, draws: np.ndarray | None = None
+) -> list[tuple]:
     """``bootstrap_interval`` of the mean of each column of ``columns`` (rows: users), the resamples drawn once for
-    all of them: the same draws, and so the same intervals, as one column at a time."""
+    all of them (or given: ``bootstrap_draws`` of as many rows, for statistics measured apart): the same draws, and
+    so the same intervals, as one column at a time."""
     columns = np.asarray(columns, dtype=float)
     if len(columns) < 2:
         return [(float("nan"), float("nan"))] * columns.shape[1]
     with profile.step("bootstrap"):
-        draws = np.random.default_rng(seed).integers(0, len(columns), size=(samples, len(columns)))
+        draws = bootstrap_draws(len(columns), samples, seed) if draws is None else draws
         intervals = []
         for column in columns.T:
             stats = column[draws].mean(axis=1)

@@ -38,7 +38,7 @@ import pandas as pd
 from scipy import sparse
 
 from assets.logic import training
-from assets.logic.metrics import bootstrap_intervals
+from assets.logic.metrics import bootstrap_draws, bootstrap_intervals
 from assets.logic.policies import RulePolicy
 from assets.logic.training import LightGBMParams
 from assets.logic.warehouse_sql import fetch_frame, with_columns
@@ -739,9 +739,11 @@ def _method_rows(
     method: str,
     ks: tuple[int, ...],
     positions: dict,
+    draws: np.ndarray | None = None,
 ) -> list[dict]:
     """The metric rows of one method from its candidate ranks: a position whose next item is not among its
-    candidates is a miss. ``positions``: ``_positions(holdout, targets, ...)``, found once for every method."""
+    candidates is a miss. ``positions``: ``_positions(holdout, targets, ...)``, found once for every method, as
+    the bootstrap's ``draws`` may be."""
     rank = _ranks_at(ranks, positions["target_rows"])  # NaN: not a candidate
     per_position = {}
     for k in ks:
@@ -751,7 +753,7 @@ def _method_rows(
             f"mrr@{k}": np.where(hit > 0, 1.0 / np.nan_to_num(rank, nan=1.0), 0.0),
             f"ndcg@{k}": np.where(hit > 0, 1.0 / np.log2(np.nan_to_num(rank, nan=1.0) + 1.0), 0.0),
         }
-    intervals = bootstrap_intervals(np.column_stack(list(per_position.values())))
+    intervals = bootstrap_intervals(np.column_stack(list(per_position.values())), draws=draws)
     rows = [
         {
             "metric": metric,
@@ -824,12 +826,13 @@ def evaluate_sessions(
     features = training.feature_matrix(holdout, SESSION_FEATURES)
     codes = candidate_codes(holdout)
     positions = _positions(holdout, targets, codes[1])
+    draws = bootstrap_draws(len(targets)) if len(targets) >= 2 else None
     rows = []
     for method, policy in methods.items():
         names = list(policy.feature_name()) if hasattr(policy, "feature_name") else SESSION_FEATURES
         read = features if names == SESSION_FEATURES else training.feature_matrix(holdout, names)
         scores = policy.predict(read) if len(holdout) else np.array([])
-        rows += _method_rows(holdout, targets, rank_candidates(holdout, scores, codes), method, ks, positions)
+        rows += _method_rows(holdout, targets, rank_candidates(holdout, scores, codes), method, ks, positions, draws)
     return pd.DataFrame(rows)
 
 

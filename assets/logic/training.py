@@ -20,7 +20,7 @@ from assets.logic.features import HISTORY_DAYS, USER_FEATURE_COLUMNS
 from assets.logic.metrics import (
     RANKING_METRICS,
     RankedLists,
-    auc,
+    auc_interval,
     binary_metrics,
     bootstrap_interval,
     bootstrap_intervals,
@@ -566,7 +566,7 @@ def evaluate_next_action(
         for metric, value in binary_metrics(y, p).items():
             low = high = float("nan")
             if metric == "auc":
-                low, high = bootstrap_interval(np.arange(len(y)), lambda idx, p=p: auc(y[idx], p[idx]))
+                low, high = auc_interval(y, p)
             elif metric == "brier":
                 low, high = bootstrap_interval((np.clip(p, 1e-6, 1 - 1e-6) - y) ** 2)
             rows.append(

@@ -1,3 +1,4 @@
+import json
 import multiprocessing
 import socket
 import sqlite3
@@ -167,6 +168,16 @@ def test_versions_are_logged_and_loaded_through_the_registrys_own_uri_leaving_ml
         "holdout_evaluation.json",
         "importance.png",
     }
+    # the table as ``log_table`` writes it, listed where MLflow's UI looks for tables
+    assert json.loads(run.data.tags["mlflow.loggedArtifacts"]) == [{"path": "holdout_evaluation.json", "type": "table"}]
+    logged = registry.client().download_artifacts(learned.run_id, "holdout_evaluation.json", str(tmp_path / "home"))
+    pd.testing.assert_frame_equal(pd.read_json(logged, orient="split"), frame.head())
+    assert registry.client().get_model_version("m", "2").tags == {
+        "policy": "a_rule",
+        "policy_kind": "rule",
+        "policy_sha256": policy.sha256(),
+    }
+    assert registry.client().get_model_version("m", "1").tags == {"policy": "lightgbm", "policy_kind": "learned"}
     assert mlflow.get_tracking_uri() == global_uri and dict(os.environ) == environment
     assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]
 
