@@ -111,13 +111,9 @@ SESSION_RULE_START = {"sr_score": 1.0}
 METRIC_KS = (10, 20)
 
 
-def _item_side(conn: duckdb.DuckDBPyConnection, cutoff: dt.datetime, width: int = SOURCE_ITEMS) -> None:
-    """Temp tables of what the item side knows at ``cutoff``, from the events before it only: ``sm_hist`` (each
-    past session's events in order), ``sm_items`` (popularity and recency), ``sm_rules`` (SR weight and Markov
-    count of every pair within ``SR_STEPS`` steps), ``sm_sr`` / ``sm_markov`` (each item's top ``width``
-    successors), ``sm_popular`` (the top ``width`` items), ``sm_session_items`` (each past session's items, the votes
-    of session-kNN) and ``sm_item_sessions`` (its neighbour index: each item's ``SKNN_SAMPLE`` most recent
-    sessions)."""
+def _known_items(conn: duckdb.DuckDBPyConnection, cutoff: dt.datetime) -> None:
+    """Temp tables ``sm_hist`` (each past session's events in order) and ``sm_items`` (each item's popularity and
+    recency), from the events before ``cutoff`` only: the items a prefix may hold (``_target_prefixes``)."""
     params = {"cutoff": cutoff}
     conn.execute(
         """
@@ -140,6 +136,15 @@ def _item_side(conn: duckdb.DuckDBPyConnection, cutoff: dt.datetime, width: int 
         """,
         params,
     )
+
+
+def _item_side(conn: duckdb.DuckDBPyConnection, cutoff: dt.datetime, width: int = SOURCE_ITEMS) -> None:
+    """Temp tables of what the item side knows at ``cutoff``, from the events before it only: ``_known_items``'s,
+    ``sm_rules`` (SR weight and Markov count of every pair within ``SR_STEPS`` steps), ``sm_sr`` / ``sm_markov``
+    (each item's top ``width`` successors), ``sm_popular`` (the top ``width`` items), ``sm_session_items`` (each
+    past session's items, the votes of session-kNN) and ``sm_item_sessions`` (its neighbour index: each item's
+    ``SKNN_SAMPLE`` most recent sessions)."""
+    _known_items(conn, cutoff)
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE sm_rules AS
@@ -231,7 +236,7 @@ def _target_prefixes(
     belong to the day they start, as session-rec splits by session, so one running past midnight is evaluated
     whole and every prefix's events come after the item side's; with ``positions_per_session``, at most that many
     of each session's prefixes, a fixed pseudo-random choice) and ``sm_steps`` (each prefix's own events,
-    ``step`` 1 .. ``position``), after ``_item_side``."""
+    ``step`` 1 .. ``position``), after ``_known_items``."""
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE sm_sequences AS
@@ -623,7 +628,7 @@ def session_targets(
     item the target. Columns prefix_id, session_id, position, item_id (the true next item), and ``carts`` and
     ``orders``: the items the session adds to the cart and buys after the prefix (OTTO's labels)."""
     try:
-        _item_side(conn, target_start)
+        _known_items(conn, target_start)  # the item side's rules are not needed to find the positions
         _target_prefixes(conn, target_start, target_end)
         return conn.execute(
             """SELECT p.prefix_id, p.session_id, p.position, p.next_item AS item_id,
