@@ -27,41 +27,73 @@ def per_user_ranking(recommendations: pd.DataFrame, targets: pd.DataFrame, k: in
 
 def per_user_rankings(recommendations: pd.DataFrame, targets: pd.DataFrame, ks) -> dict[int, pd.DataFrame]:
     """``per_user_ranking`` at each K of ``ks``, the lists matched with the targets once (at the largest K)."""
-    return RankedLists({"": recommendations}, max(ks)).per_user(targets, ks)[""]
+    return RankedLists({"": recommendations}, max(ks), targets).per_user(targets, ks)[""]
+
+
+class PairCodes:
+    """(first, second) id pairs as one integer each, from the codes of the ids of the pairs given: pairs are then
+    matched by integer lookups instead of merges of ids. A pair with a null id, or with an id the given pairs do
+    not hold (``encode``), has code -1 and matches nothing."""
+
+    def __init__(self, first: pd.Series | np.ndarray, second: pd.Series | np.ndarray):
+        a, firsts = pd.factorize(np.asarray(first, dtype=object))
+        b, seconds = pd.factorize(np.asarray(second, dtype=object))
+        self.firsts, self.seconds, self.width = pd.Index(firsts), pd.Index(seconds), max(len(seconds), 1)
+        self.codes = self._pairs(a, b)
+
+    def _pairs(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.where((a >= 0) & (b >= 0), a.astype(np.int64) * self.width + b, -1)
+
+    def encode(self, first: pd.Series | np.ndarray, second: pd.Series | np.ndarray) -> np.ndarray:
+        """The codes of other pairs in this encoding."""
+        return self._pairs(self.firsts.get_indexer(first), self.seconds.get_indexer(second))
 
 
 class RankedLists:
-    """Several methods' top-K lists (``{method: frame}``, columns user_id, item_id, rank) measured against any
-    number of target sets (``per_user``): every list's (user, item) pairs are encoded once, as one integer each, so
-    a target set is matched with every list by one lookup of integers instead of a merge of ids per list."""
+    """Several methods' top-K lists (``{method: frame}``, columns user_id, item_id, rank) measured against target
+    sets drawn from ``targets`` (user_id, item_id; ``per_user``). Only the list rows whose (user, item) pair is
+    among ``targets`` are kept, each pair as one integer (``PairCodes`` of the targets): a target set is then
+    matched with every list by one lookup of integers instead of a merge of ids per list, and memory holds the
+    potential hits, not the lists."""
 
-    def __init__(self, lists: dict[str, pd.DataFrame], k: int):
-        self.methods = list(lists)
-        top = [frame[frame["rank"] <= k] for frame in lists.values()]
-        self.method = np.repeat(np.arange(len(top)), [len(frame) for frame in top])
-        self.rank = np.concatenate([frame["rank"].to_numpy(dtype=np.int64) for frame in top])
-        self.user, users = pd.factorize(np.concatenate([frame["user_id"].to_numpy(object) for frame in top]))
-        item, items = pd.factorize(np.concatenate([frame["item_id"].to_numpy(object) for frame in top]))
-        self.users, self.items = pd.Index(users), pd.Index(items)
-        self.pair = self.user.astype(np.int64) * max(len(items), 1) + item
+    def __init__(self, lists: dict[str, pd.DataFrame], k: int, targets: pd.DataFrame):
+        self.methods, self.k = list(lists), k
+        self.pairs = PairCodes(targets["user_id"], targets["item_id"])
+        targeted = pd.Index(np.unique(self.pairs.codes[self.pairs.codes >= 0]))
+        codes, ranks, methods = [], [], []
+        for method, frame in enumerate(lists.values()):
+            code = self.pairs.encode(frame["user_id"], frame["item_id"])
+            rank = frame["rank"].to_numpy(dtype=np.int64)
+            kept = (targeted.get_indexer(code) >= 0) & (rank <= k)
+            codes.append(code[kept])
+            ranks.append(rank[kept])
+            methods.append(np.full(kept.sum(), method, dtype=np.int16))
+        self.code, self.rank, self.method = (np.concatenate(parts) for parts in (codes, ranks, methods))
 
     def per_user(self, targets: pd.DataFrame, ks) -> dict[str, dict[int, pd.DataFrame]]:
-        """``per_user_ranking`` of each method's list at each K of ``ks`` against ``targets`` (user_id, item_id):
-        one row per target user, in order of first appearance."""
+        """``per_user_ranking`` of each method's list at each K of ``ks`` (at most the lists' K) against
+        ``targets`` (user_id, item_id; rows of the targets given when the lists were): one row per target user, in
+        order of first appearance."""
+        if max(ks) > self.k:
+            raise ValueError(f"the lists were cut at K = {self.k}: they cannot be measured at K = {max(ks)}")
+        wanted = self.pairs.encode(targets["user_id"], targets["item_id"])
+        if (wanted[targets["user_id"].notna().to_numpy() & targets["item_id"].notna().to_numpy()] < 0).any():
+            raise ValueError("targets outside those the lists were matched with: their hits would be missed")
+        matched = np.flatnonzero(pd.Index(np.unique(wanted[wanted >= 0])).get_indexer(self.code) >= 0)
         users = targets["user_id"].drop_duplicates()
-        user, item = self.users.get_indexer(targets["user_id"]), self.items.get_indexer(targets["item_id"])
-        known = (user >= 0) & (item >= 0)  # a pair no list holds is no hit
-        matched = np.flatnonzero(np.isin(self.pair, np.unique(user[known] * max(len(self.items), 1) + item[known])))
         # the position among ``users`` of each matched row's user
-        position = np.full(len(self.users), -1)
-        listed = self.users.get_indexer(users)
+        position = np.full(len(self.pairs.firsts), -1)
+        listed = self.pairs.firsts.get_indexer(users)
         position[listed[listed >= 0]] = np.flatnonzero(listed >= 0)
+        matched_user = position[self.code[matched] // self.pairs.width]
         n_targets = targets.groupby("user_id")["item_id"].nunique().reindex(users.values).to_numpy()
         n = len(users)
+        # the ideal DCG of m hits, for each m up to K (the same sums as summing each user's own)
+        ideal = np.array([np.sum(1.0 / np.log2(np.arange(2, m + 2))) for m in range(max(ks) + 1)])
         result = {}
         for code, method in enumerate(self.methods):
-            rows = matched[self.method[matched] == code]
-            at, rank = position[self.user[rows]], self.rank[rows]
+            mine = self.method[matched] == code
+            at, rank = matched_user[mine], self.rank[matched[mine]]
             result[method] = {}
             for k in ks:
                 hit = rank <= k
@@ -70,8 +102,6 @@ class RankedLists:
                 first_hit = np.full(n, np.inf)
                 np.minimum.at(first_hit, at[hit], rank[hit])
                 ideal_n = np.minimum(n_targets, k)
-                # the ideal DCG of n hits, for each n up to K (the same sums as summing each user's own)
-                ideal = np.array([np.sum(1.0 / np.log2(np.arange(2, m + 2))) for m in range(k + 1)])
                 result[method][k] = pd.DataFrame(
                     {
                         "recall": hits / ideal_n,
@@ -107,13 +137,14 @@ def auc_interval(
     if n < 2:
         return float("nan"), float("nan")
     with profile.step("bootstrap"):
+        unscored = np.isnan(p)  # a resample that draws a NaN score has no AUC, as ``auc`` gives it none
         group = np.unique(p, return_inverse=True)[1].ravel()  # each row's tie group of scores, lowest first
         groups = group.max() + 1
-        stats = []
-        draws = bootstrap_draws(n, samples, seed)
-        block = max(1, 20_000_000 // n)  # resamples at a time: a few arrays of ~160 MB at most
+        generator, stats = np.random.default_rng(seed), []
+        block = max(1, 2_000_000 // n)  # resamples at a time: about ten arrays of 16 MB
         for first in range(0, samples, block):
-            drawn = draws[first : first + block]
+            # drawn a block at a time from one generator: the same draws as ``bootstrap_draws`` at once
+            drawn = generator.integers(0, n, size=(min(block, samples - first), n))
             key = (np.arange(len(drawn))[:, None] * groups + group[drawn]).ravel()
             positive_draw = y[drawn].ravel()
             # how many positive and negative rows each resample drew in each tie group
@@ -124,7 +155,8 @@ def auc_interval(
             below = np.cumsum(negative, axis=1) - negative  # negatives scored strictly lower
             pairs = positive.sum(axis=1) * negative.sum(axis=1)
             with np.errstate(invalid="ignore", divide="ignore"):
-                stats.append(np.where(pairs > 0, (positive * (below + 0.5 * negative)).sum(axis=1) / pairs, np.nan))
+                block_auc = np.where(pairs > 0, (positive * (below + 0.5 * negative)).sum(axis=1) / pairs, np.nan)
+            stats.append(np.where(unscored[drawn].any(axis=1), np.nan, block_auc) if unscored.any() else block_auc)
         stats = np.concatenate(stats)
         return float(np.nanpercentile(stats, 2.5)), float(np.nanpercentile(stats, 97.5))
 
@@ -140,6 +172,8 @@ def bootstrap_intervals(
         return [(float("nan"), float("nan"))] * columns.shape[1]
     with profile.step("bootstrap"):
         draws = bootstrap_draws(len(columns), samples, seed) if draws is None else draws
+        if draws.shape[1] != len(columns):
+            raise ValueError(f"draws of {draws.shape[1]} rows given for {len(columns)} rows")
         intervals = []
         for column in columns.T:
             stats = column[draws].mean(axis=1)

@@ -38,7 +38,7 @@ import pandas as pd
 from scipy import sparse
 
 from assets.logic import training
-from assets.logic.metrics import bootstrap_draws, bootstrap_intervals
+from assets.logic.metrics import PairCodes, bootstrap_draws, bootstrap_intervals
 from assets.logic.policies import RulePolicy
 from assets.logic.training import LightGBMParams
 from assets.logic.warehouse_sql import fetch_frame, with_columns
@@ -698,23 +698,22 @@ def candidate_codes(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _row_finder(holdout: pd.DataFrame):
-    """A function from (prefix_id, item_id) pairs to the row of ``holdout`` holding each pair (one per pair: a
-    prefix's candidates are distinct items), -1 for a pair that is not among the candidates. Each pair is one
-    integer (its prefix's and item's codes), looked up in one index of the hold-out's pairs."""
-    prefix, prefixes = pd.factorize(holdout["prefix_id"])
-    item, items = pd.factorize(holdout["item_id"])
-    prefixes, items, width = pd.Index(prefixes), pd.Index(items), max(len(items), 1)
-    rows = pd.Index(prefix.astype(np.int64) * width + item)
+    """A function from (prefix_id, item_id) pairs to the row of ``holdout`` holding each pair (a prefix's
+    candidates are distinct items: an index of its pairs that are not raises), -1 for a pair that is not among the
+    candidates. The pairs are integers (``metrics.PairCodes``), looked up in one index of the hold-out's pairs."""
+    pairs = PairCodes(holdout["prefix_id"], holdout["item_id"])
+    valid = np.flatnonzero(pairs.codes >= 0)
+    rows = pd.Index(pairs.codes[valid])
 
-    def rows_of(pairs: pd.DataFrame) -> np.ndarray:
-        p, i = prefixes.get_indexer(pairs["prefix_id"]), items.get_indexer(pairs["item_id"])
-        return rows.get_indexer(np.where((p >= 0) & (i >= 0), p.astype(np.int64) * width + i, -1))
+    def rows_of(other: pd.DataFrame) -> np.ndarray:
+        found = rows.get_indexer(pairs.encode(other["prefix_id"], other["item_id"]))
+        return np.where(found >= 0, valid[found], -1)
 
     return rows_of
 
 
 def _ranks_at(ranks: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``ranks`` of ``rows`` (``_rows_of``), NaN where a row is -1 (not a candidate)."""
+    """``ranks`` of ``rows`` (``_row_finder``'s), NaN where a row is -1 (not a candidate)."""
     found = np.full(len(rows), np.nan)
     found[rows >= 0] = ranks[rows[rows >= 0]]
     return found
@@ -834,16 +833,22 @@ def evaluate_sessions(
     draws = bootstrap_draws(len(targets)) if len(targets) >= 2 else None
     rows = []
     for method, policy in methods.items():
-        names = list(policy.feature_name()) if hasattr(policy, "feature_name") else SESSION_FEATURES
+        names = _inputs(policy)
         read = features if names == SESSION_FEATURES else training.feature_matrix(holdout, names)
         scores = policy.predict(read) if len(holdout) else np.array([])
         rows += _method_rows(holdout, targets, rank_candidates(holdout, scores, codes), method, ks, positions, draws)
     return pd.DataFrame(rows)
 
 
+def _inputs(policy) -> list[str]:
+    """The columns ``policy``'s ``predict`` reads, in its order: ``SESSION_FEATURES``, or those it names
+    (``feature_name``: a version registered before the features changed reads others)."""
+    return list(policy.feature_name()) if hasattr(policy, "feature_name") else SESSION_FEATURES
+
+
 def _top_k(frame: pd.DataFrame, model, k: int) -> pd.DataFrame:
     scores = (
-        np.asarray(model.predict(training.feature_matrix(frame, SESSION_FEATURES)), dtype=float)
+        np.asarray(model.predict(training.feature_matrix(frame, _inputs(model))), dtype=float)
         if len(frame)
         else np.array([])
     )

@@ -513,7 +513,7 @@ def evaluate_ranker(
     promotion decides on; ``model_raw`` (``<baseline>_raw``) the raw ranked list. Segments other than ``all`` are
     reported for ``any``."""
     users = targets["user_id"].drop_duplicates()
-    lists = RankedLists(ranker_lists(candidates, model, users, max(ks), markov, rules, policies), max(ks))
+    lists = RankedLists(ranker_lists(candidates, model, users, max(ks), markov, rules, policies), max(ks), targets)
     rows = []
     for segment, segment_targets in _segments(targets).items():
         for target, event_type in TARGET_FILTERS.items():

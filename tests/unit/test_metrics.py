@@ -109,7 +109,7 @@ def test_ranked_lists_measure_each_method_as_its_own_list():
     }
     # c's target x is listed for a only; d is listed but no target user; e has targets no list holds
     targets = pd.DataFrame({"user_id": ["a", "a", "b", "c", "e"], "item_id": ["y", "w", "q", "x", "v"]})
-    measured = RankedLists(lists, 2).per_user(targets, (1, 2))
+    measured = RankedLists(lists, 2, targets).per_user(targets, (1, 2))
     for method, recs in lists.items():
         for k in (1, 2):
             pd.testing.assert_frame_equal(measured[method][k], per_user_ranking(recs[recs["rank"] <= k], targets, k))
@@ -138,3 +138,37 @@ def test_auc_interval_is_the_auc_of_each_resample_to_the_bit():
     assert all(math.isnan(v) for v in auc_interval(np.array([True]), np.array([0.5])))
     low, high = auc_interval(np.r_[np.ones(3, bool), np.zeros(200, bool)], rng.random(203))
     assert 0.0 <= low <= high <= 1.0
+
+
+def test_ranked_lists_match_no_pair_through_a_null_id_and_refuse_a_larger_k():
+    """A null id has no code: it must not stand for another user's pair (codes are user x items + item)."""
+    from assets.logic.metrics import RankedLists
+
+    lists = {"m": _recs([("a", "x", 1), ("b", None, 1), ("b", "y", 2)])}
+    targets = pd.DataFrame({"user_id": ["a", "b"], "item_id": ["y", "z"]})
+    measured = RankedLists(lists, 2, targets).per_user(targets, (2,))["m"][2]
+    assert measured["hr"].tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError, match="cut at K = 2"):
+        RankedLists(lists, 2, targets).per_user(targets, (3,))
+
+
+def test_auc_interval_leaves_out_resamples_with_a_missing_score_as_auc_does():
+    from assets.logic.metrics import BOOTSTRAP_SAMPLES, auc, auc_interval
+
+    rng = np.random.default_rng(2)
+    y, p = rng.random(300) < 0.3, rng.random(300)
+    p[[5, 77]] = np.nan
+    draws = np.random.default_rng(7).integers(0, len(y), size=(BOOTSTRAP_SAMPLES, len(y)))
+    stats = np.array([auc(y[d], p[d]) for d in draws])
+    expected = (np.nanpercentile(stats, 2.5), np.nanpercentile(stats, 97.5))
+    got = auc_interval(y, p)
+    assert got == expected or (np.isnan(expected).all() and np.isnan(got).all())
+
+
+def test_ranked_lists_refuse_targets_they_were_not_matched_with():
+    from assets.logic.metrics import RankedLists
+
+    lists = {"m": _recs([("a", "x", 1)])}
+    matched_with = pd.DataFrame({"user_id": ["a"], "item_id": ["y"]})
+    with pytest.raises(ValueError, match="targets outside"):
+        RankedLists(lists, 1, matched_with).per_user(pd.DataFrame({"user_id": ["a"], "item_id": ["x"]}), (1,))

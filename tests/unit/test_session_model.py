@@ -612,3 +612,18 @@ def test_top_per_row_keeps_each_rows_k_largest_values_ties_by_the_smaller_column
     assert list(zip(rows.tolist(), columns.tolist(), values.tolist(), ranks.tolist())) == expected
     assert [(c, v) for r, c, v in zip(rows.tolist(), columns.tolist(), values.tolist()) if r == 8] == [(9, 1), (3, 0)]
     assert (matrix.shape[0] * (top + 1) <= matrix.nnz) == (top == 3)  # each case takes the path it names
+
+
+def test_a_rule_of_older_features_scores_its_own_columns_in_the_served_top_k():
+    """A rule version registered before ``SESSION_FEATURES`` changed names other columns, in another order: the
+    served lists read those by name (as ``evaluate_sessions`` does), not today's columns by position."""
+    from assets.logic.policies import RulePolicy
+
+    frame = pd.DataFrame({"prefix_id": ["p"] * 4, "item_id": ["a", "b", "c", "d"], "source": "sr"})
+    for feature in sm.SESSION_FEATURES:
+        frame[feature] = 0.0
+    frame["sr_score"], frame["pop_all"] = [1.0, 4.0, 3.0, 2.0], [9.0, 1.0, 2.0, 3.0]
+    older = RulePolicy("sr_old", ("pop_all", "sr_score", "retired_feature"), (("sr_score", 1.0),))
+    frame["retired_feature"] = 0.0
+    top = sm._top_k(frame, older, 3)
+    assert top["item_id"].tolist() == ["b", "c", "d"] and top["score"].tolist() == [4.0, 3.0, 2.0]
