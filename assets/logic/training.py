@@ -447,18 +447,24 @@ def recommendation_lists(
     made by ``serving.ranked_table``, the function that writes the recommendations: a rule's scores take the
     ranker's place, exactly as when that rule serves."""
     popular = popular_items(candidates)
-    scored = candidates.assign(model=scores, **{name: policy.predict(candidates) for name, policy in policies.items()})
-    methods = ["model", *policies]
+    method_scores = {
+        "model": np.asarray(scores, dtype=float),
+        **{name: policy.predict(candidates) for name, policy in policies.items()},
+    }  # beside the candidates, not a copy of them with more columns
     lists = {}
-    for method in methods:
-        proposed = scored[["user_id", "item_id", method]].dropna(subset=[method])  # narrow: top_k sorts what it gets
+    for method, values in method_scores.items():
+        # narrow: top_k sorts what it gets
+        proposed = candidates[["user_id", "item_id"]].assign(**{method: values}).dropna(subset=[method])
         lists[f"{method}_raw"] = top_k(proposed, method, k, popular, users)
     if markov is not None:
         lists["markov_raw"] = top_k(markov, "markov", k, popular, users)
-    rows = scored[RULE_COLUMNS]
+    rows = candidates[RULE_COLUMNS]
     table = pa.Table.from_pandas(rows, preserve_index=False)  # the candidates' columns, converted once
     # from_pandas turns a missing score (NaN) into null, which the rules rank after every score
-    served = {method: table.append_column("score", pa.array(scored[method], from_pandas=True)) for method in methods}
+    served = {
+        method: table.append_column("score", pa.array(values, from_pandas=True))
+        for method, values in method_scores.items()
+    }
     if markov is not None:
         # Markov proposes items outside the candidates too: they keep its score, without a category or a popular rank
         outer = (
