@@ -54,16 +54,29 @@ def _unique_columns(kind: str, kwargs: dict) -> list[str] | None:
     return None
 
 
+def _present(unique: list[str]) -> str:
+    """Rows whose key is not missing altogether (GX ignores rows whose key columns are all missing)."""
+    if len(unique) == 1:
+        return f"{_q(unique[0])} IS NOT NULL"
+    return "NOT (" + " AND ".join(f"{_q(c)} IS NULL" for c in unique) + ")"
+
+
 def _duplicates_sql(relation: str, unique: list[str], select: str) -> str:
     """Groups of the key ``unique`` held by more than one row; rows whose key columns are all missing are
     ignored, as GX does by default."""
     keys = ", ".join(_q(c) for c in unique)
-    present = (
-        f"{_q(unique[0])} IS NOT NULL"
-        if len(unique) == 1
-        else "NOT (" + " AND ".join(f"{_q(c)} IS NULL" for c in unique) + ")"
-    )
-    return f"SELECT {select} FROM {relation} WHERE {present} GROUP BY {keys} HAVING count(*) > 1"
+    return f"SELECT {select} FROM {relation} WHERE {_present(unique)} GROUP BY {keys} HAVING count(*) > 1"
+
+
+def _hash_collisions_sql(unique: list[str]) -> str:
+    """An aggregate that is 0 when every present key of ``unique`` is distinct, counted in the same scan as the
+    other expectations: the present rows less their distinct 64-bit key hashes. Distinct hashes mean distinct keys;
+    more rows than hashes means a duplicate or (about once in 10^5 suites of 20M rows) two keys sharing a hash,
+    which ``sql_outcomes`` then tells apart by grouping the keys themselves. Counting the distinct hashes of the
+    candidates' 20.8M keys took 1.3-1.7 s where grouping the keys took 2.5-3.5 s."""
+    present = _present(unique)
+    keys = ", ".join(_q(c) for c in unique)
+    return f"count(*) FILTER (WHERE {present}) - count(DISTINCT hash({keys})) FILTER (WHERE {present})"
 
 
 def counted_in_sql(expectation: dict) -> bool:
@@ -88,7 +101,7 @@ def sql_outcomes(
         if condition:
             columns.append(f"count(*) FILTER (WHERE {condition})")
         elif unique:
-            columns.append(f"(SELECT coalesce(sum(n), 0) FROM ({_duplicates_sql(relation, unique, 'count(*) AS n')}))")
+            columns.append(_hash_collisions_sql(unique))
         else:
             columns.append("NULL")
     counts = conn.execute(f"SELECT {', '.join(columns)} FROM {relation}", params).fetchone()
@@ -96,6 +109,10 @@ def sql_outcomes(
     outcomes = []
     for e, unexpected in zip(expectations, counts[1:]):
         kind, kwargs = e["type"], e["kwargs"]
+        unique = _unique_columns(kind, kwargs)
+        if unique and unexpected:  # a duplicate or a shared hash: every row of a duplicated key is unexpected
+            sql = f"SELECT coalesce(sum(n), 0) FROM ({_duplicates_sql(relation, unique, 'count(*) AS n')})"
+            unexpected = conn.execute(sql, params).fetchone()[0]
         if kind == "expect_table_row_count_to_be_between":
             low, high = kwargs.get("min_value"), kwargs.get("max_value")
             success = (low is None or rows >= low) and (high is None or rows <= high)

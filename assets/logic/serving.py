@@ -305,8 +305,8 @@ def recommend_day(
     """Top-k items for every user active on ``day`` (or for ``users``), as of its end, from the day's candidates in
     the warehouse (see ``recommend_scored``), yielded ``batch_users`` users at a time, in their order: memory is
     bounded by two batches (the one scored and the next, read meanwhile), not by the day, when each batch is written
-    before the next is made. A batch of sorted users reads only its own rows, as the candidates are stored in user
-    order (see ``build_candidates_day``), with its users' features and the day's item features joined
+    before the next is made. A batch of sorted users reads little more than its own rows, as the candidates are
+    stored clustered by user (see ``build_candidates_day``), with its users' features and the day's item features joined
     (``candidates.stored_ranker_rows_sql``)."""
     users = active_users(conn, day) if users is None else users
     batch_rows = scoring_sql(

@@ -28,6 +28,8 @@ DuckDB                                 Spark
                                        they lack it
 ``SELECT unnest(a) AS x, unnest(b)``   ``SELECT inline(arrays_zip(a, b)) AS (x, y)``: Spark allows one
                                        generator per SELECT; DuckDB unnests side by side
+``hash(a, b)`` (64 bits)               ``xxhash64(a, b)``: Spark's ``hash`` has 32 bits, so the suites'
+                                       distinct key hashes (``expectations.sql``) would collide on big days
 =====================================  ===================================================================
 
 No pyspark import here: the translation is pure and tested without a JVM.
@@ -334,6 +336,8 @@ def _rewrite_node(node: exp.Expression) -> exp.Expression:
     if isinstance(node, exp.AnyValue) and isinstance(node.this, exp.Order):
         first = exp.func("try_element_at", _sorted_struct_list(node.this.this, node.this, True), exp.Literal.number(1))
         return exp.Dot(this=first, expression=exp.to_identifier("v"))
+    if isinstance(node, exp.Anonymous) and node.name.lower() == "hash":
+        return exp.func("xxhash64", *(e.copy() for e in node.expressions))
     if isinstance(node, (exp.ArgMax, exp.ArgMin)):
         value, key = node.this, node.expression
         if isinstance(key, exp.Tuple):

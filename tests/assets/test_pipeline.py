@@ -352,23 +352,23 @@ def test_candidates_in_passes_over_users_are_the_rows_of_one_pass(built, tmp_pat
         passes = []
         replace_window = candidates.replace_window
         monkeypatch.setattr(
-            candidates, "replace_window", lambda conn, *a: passes.append(len(a[4])) or replace_window(conn, *a)
+            candidates, "replace_window", lambda conn, *a: passes.append(a[4]) or replace_window(conn, *a)
         )
         rows = candidates.build_candidates_day(conn, day)
         in_passes = conn.execute(
             "SELECT * FROM ranking_candidates WHERE as_of_date = ? ORDER BY user_id, item_id", [day]
         ).df()
-        # each pass is a range of users stored in (user, item) order, the ranges in order (serving's batches of
-        # users rely on it): the day is stored in (user, item) order
-        steps_back = conn.execute(
-            """SELECT count(*) FILTER (WHERE back) FROM (
-                   SELECT (user_id, item_id) < (lag(user_id, 1, '') OVER w, lag(item_id, 1, '') OVER w) AS back
-                   FROM ranking_candidates WHERE as_of_date = ? WINDOW w AS (ORDER BY rowid))""",
-            [day],
-        ).fetchone()[0]
-    assert passes[0] >= 3 and rows == len(one_pass) == len(in_passes) > 0
+        # the passes are ranges of users stored in the ranges' order (serving's batches of users rely on it): the
+        # pass each stored row's user belongs to never steps back
+        highs = [bound.get("high") for _, bound in passes[0]]
+        assert highs[-1] is None and highs[:-1] == sorted(highs[:-1])
+        stored_users = conn.execute(
+            "SELECT user_id FROM ranking_candidates WHERE as_of_date = ? ORDER BY rowid", [day]
+        ).fetchnumpy()["user_id"]
+        pass_of_row = np.searchsorted(np.array(highs[:-1], dtype=object), stored_users, side="right")
+    assert len(passes[0]) >= 3 and rows == len(one_pass) == len(in_passes) > 0
     pd.testing.assert_frame_equal(in_passes, one_pass, check_exact=True)
-    assert steps_back == 0
+    assert (np.diff(pass_of_row) >= 0).all() and pass_of_row[-1] == len(highs) - 1
 
 
 # Every table a model is trained or evaluated on, from the daily partitions to the training sets.

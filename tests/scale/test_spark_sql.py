@@ -141,6 +141,11 @@ def test_arg_max_of_a_tuple_skips_null_values():
     assert "MAX_BY(c, IF(c IS NULL, NULL, STRUCT(t, id)))" in sql
 
 
+def test_hash_keeps_its_64_bits():
+    sql = to_spark("SELECT count(DISTINCT hash(a, b)) AS n FROM e", {})
+    assert "COUNT(DISTINCT XXHASH64(a, b))" in sql
+
+
 def test_star_exclude_expands_from_the_schema_through_ctes():
     sql = to_spark(
         "WITH d AS (SELECT * FROM raw WHERE x > 0) SELECT * EXCLUDE (b, c) FROM d", {}, {"raw": ["a", "b", "c", "x"]}

@@ -106,6 +106,24 @@ def test_duckdb_counts_the_same_unexpected_rows_as_gx():
     assert by_sql[4]["examples"] == ["fly", "teleport"] and by_sql[5]["examples"] == ["2"]
 
 
+def test_keys_that_share_a_hash_are_not_duplicates(monkeypatch):
+    """Uniqueness is counted by distinct key hashes in the suite's one scan; where the hashes are fewer than the
+    keys the keys themselves are grouped, so two distinct keys that share a hash are no failure."""
+    import duckdb
+
+    from expectations import sql
+
+    frame = pd.DataFrame({"user_id": ["a", "a", "b"], "rank": [1, 2, 1]})
+    compound, single = PARITY_EXPECTATIONS[6], {**PARITY_EXPECTATIONS[5], "kwargs": {"column": "user_id"}}
+    with duckdb.connect() as conn:
+        conn.register("frame", frame)
+        counted = [o["unexpected_count"] for o in sql.sql_outcomes(conn, "frame", {}, [compound, single])[1]]
+        monkeypatch.setattr(sql, "_hash_collisions_sql", lambda unique: "1")  # as if two keys shared a hash
+        grouped = sql.sql_outcomes(conn, "frame", {}, [compound, single])[1]
+    assert counted == [o["unexpected_count"] for o in grouped] == [0, 2]
+    assert [o["success"] for o in grouped] == [True, False] and grouped[1]["examples"] == ["a"]
+
+
 def test_window_suite_counts_every_row_not_only_what_gx_reads(tmp_path):
     """One bad price among 50,000 rows fails the suite even when GX reads 100 rows."""
     import duckdb
