@@ -106,8 +106,11 @@ def test_the_passes_are_ordered_disjoint_ranges_that_cover_every_user(monkeypatc
            FROM (SELECT unnest($users) AS user_id, unnest($counts) AS n), range(n) r(i)""",
         {"cutoff": cutoff, "users": list(counts), "counts": list(counts.values())},
     )
+    # the history in user order, as build_candidates_day stores it
+    conn.execute("CREATE TABLE history AS SELECT user_id FROM cleaned_events ORDER BY user_id")
+    events = sum(counts.values())
     monkeypatch.setattr(candidates, "EVENTS_PER_PASS", 20)
-    bounds = candidates.pass_bounds(conn, cutoff)
+    bounds = candidates.pass_bounds(conn, "history", events)
     assert bounds[0][0] is None and bounds[-1][1] is None and len(bounds) >= 5
     assert all(high == low for (_, high), (low, _) in zip(bounds[:-1], bounds[1:]))  # adjacent
     assert all(low < high for low, high in bounds if low is not None and high is not None)  # none empty, ascending
@@ -115,5 +118,11 @@ def test_the_passes_are_ordered_disjoint_ranges_that_cover_every_user(monkeypatc
         assert sum((low is None or user >= low) and (high is None or user < high) for low, high in bounds) == 1
     heavy = [b for b in bounds if b[0] == "u20"]
     assert heavy and sum(n for u, n in counts.items() if heavy[0][0] <= u < heavy[0][1]) >= 60
+    # the bounds are the history's quantiles: each range but the heavy user's holds a pass of events, give or take
+    # one user's (at most 9)
+    for low, high in bounds:
+        if low != "u20":
+            events_in = sum(n for u, n in counts.items() if (low is None or u >= low) and (high is None or u < high))
+            assert 20 - 9 <= events_in <= 20 + 9, (low, high, events_in)
     monkeypatch.setattr(candidates, "EVENTS_PER_PASS", 10_000)
-    assert candidates.pass_bounds(conn, cutoff) == [(None, None)]
+    assert candidates.pass_bounds(conn, "history", events) == [(None, None)]
