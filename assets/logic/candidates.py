@@ -334,10 +334,11 @@ def build_candidates_day(conn: duckdb.DuckDBPyConnection, day: dt.date, tz: str 
         history, params = "SELECT * FROM day_history", {"as_of_date": day}
     # The passes are stored in the order of their ranges, so the day is clustered by user: serving reads a day's
     # users a batch at a time (a sorted slice of them, several passes' worth on a big day), and DuckDB skips the
-    # passes outside the batch's range (a sixteenth of the users of a 10M-event day read in 0.27 s instead of 3.1 s
-    # when the day was not clustered). Within a pass the rows keep the order the query made them in: sorting each
-    # pass by (user, item) cost 7 of the 10M-event day's 43 s of passes, and serving 1M users was no faster for it
-    # (90.6 / 92.1 s sorted, 100.2 / 85.4 s not, alternating; its batch reads 6.0-6.6 s against 6.6-6.8 s).
+    # passes outside the batch's range (a sixteenth of the users of a 10M-event day read in 0.27 s, sorted, instead
+    # of 3.1 s when the day was not clustered at all). Within a pass the rows keep the order the query made them in:
+    # sorting each pass by (user, item) cost 7 of the 10M-event day's 43 s of passes, and serving 1M users was no
+    # faster for it (90.6 / 92.1 s sorted, 100.2 / 85.4 s not, alternating; the day's 8 batch reads 6.0-6.6 s
+    # sorted against 6.6-6.8 s not).
     selects = []
     for low, high in bounds:
         bound, conditions = dict(params), ["true"]

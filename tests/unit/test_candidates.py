@@ -120,6 +120,11 @@ def test_the_passes_are_ordered_disjoint_ranges_that_cover_every_user(monkeypatc
     assert heavy and sum(n for u, n in counts.items() if heavy[0][0] <= u < heavy[0][1]) >= 60
     # the bounds are the history's quantiles: each range but the heavy user's holds a pass of events, give or take
     # one user's (at most 9)
+    passes = -(-events // 20)
+    (quantiles,) = conn.execute(
+        "SELECT quantile_disc(user_id, $f) FROM history", {"f": [k / passes for k in range(1, passes)]}
+    ).fetchone()
+    assert [low for low, _ in bounds[1:]] == sorted(set(quantiles))
     for low, high in bounds:
         if low != "u20":
             events_in = sum(n for u, n in counts.items() if (low is None or u >= low) and (high is None or u < high))

@@ -122,6 +122,19 @@ def test_keys_that_share_a_hash_are_not_duplicates(monkeypatch):
         grouped = sql.sql_outcomes(conn, "frame", {}, [compound, single])[1]
     assert counted == [o["unexpected_count"] for o in grouped] == [0, 2]
     assert [o["success"] for o in grouped] == [True, False] and grouped[1]["examples"] == ["a"]
+    # a key missing in part is a key (two such rows are duplicates); missing altogether it is ignored, as by GX
+    from expectations.adapter import run_suite
+
+    partly = pd.DataFrame({"user_id": [None, None, None, None, "a"], "rank": [2, 2, None, None, 2]})
+    with duckdb.connect() as conn:
+        conn.register("partly", partly)
+        monkeypatch.undo()
+        by_sql = sql.sql_outcomes(conn, "partly", {}, [compound])[1]
+    assert (
+        [o["unexpected_count"] for o in by_sql]
+        == [o["unexpected_count"] for o in run_suite(partly, "raw_events", [compound])]
+        == [2]
+    )
 
 
 def test_window_suite_counts_every_row_not_only_what_gx_reads(tmp_path):
