@@ -95,9 +95,9 @@ def sql_outcomes(
     """The rows of ``relation`` (a table name or a parenthesised SELECT with ``params``) and one outcome per
     expectation (all must be ``counted_in_sql``), counted over every row; examples are read for failures only."""
     columns = ["count(*)"]
-    for e in expectations:
+    uniques = [_unique_columns(e["type"], e["kwargs"]) for e in expectations]
+    for e, unique in zip(expectations, uniques):
         condition = _unexpected_condition(e["type"], e["kwargs"])
-        unique = _unique_columns(e["type"], e["kwargs"])
         if condition:
             columns.append(f"count(*) FILTER (WHERE {condition})")
         elif unique:
@@ -107,9 +107,8 @@ def sql_outcomes(
     counts = conn.execute(f"SELECT {', '.join(columns)} FROM {relation}", params).fetchone()
     rows = counts[0]
     outcomes = []
-    for e, unexpected in zip(expectations, counts[1:]):
+    for e, unique, unexpected in zip(expectations, uniques, counts[1:]):
         kind, kwargs = e["type"], e["kwargs"]
-        unique = _unique_columns(kind, kwargs)
         if unique and unexpected:  # a duplicate or a shared hash: every row of a duplicated key is unexpected
             sql = f"SELECT coalesce(sum(n), 0) FROM ({_duplicates_sql(relation, unique, 'count(*) AS n')})"
             unexpected = conn.execute(sql, params).fetchone()[0]
