@@ -4,10 +4,13 @@
 session as of its last event, gives each session's top ``k`` next items (session_id, rank, item_id, score) over the
 items the model knows. The run logs the model's parameters, its training curve (the loss of every epoch, and the
 validation day's MRR@20 and HR@20 while early stopping, as metrics with the epoch as step), the hold-out metrics, a
-signature inferred from an example and explicit pip requirements (JAX, Optax, numpy, pandas).
+signature inferred from an example and explicit pip requirements (JAX, Optax, numpy, pandas). Nothing is pickled:
+the model is logged from code (``gru_model_code.py``) with its weights and vocabulary as an artifact.
 """
 
+import tempfile
 from importlib.metadata import version
+from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
@@ -18,6 +21,7 @@ from assets.logic.policies import LEARNED
 from resources.registry import CHALLENGER, ModelRegistry, ModelVersionRef
 
 GRU_POLICY = GRUSessionModel.name
+GRU_ARTIFACT = "gru"  # the version's artifact holding the model's files (``GRUSessionModel.save``)
 
 
 def _as_sequences(events: pd.DataFrame) -> pd.DataFrame:
@@ -42,9 +46,16 @@ def score_sessions(model: GRUSessionModel, events: pd.DataFrame, k: int = 20) ->
 
 
 class GRUSessionPyfunc(mlflow.pyfunc.PythonModel):
-    def __init__(self, model: GRUSessionModel, k: int = 20):
+    """Logged from ``gru_model_code.py`` (MLflow's models from code), the model's files an artifact it loads; a
+    version pickled by an earlier release holds its model already."""
+
+    def __init__(self, model: GRUSessionModel | None = None, k: int = 20):
         self.model = model
         self.k = k
+
+    def load_context(self, context):
+        if GRU_ARTIFACT in (context.artifacts or {}):
+            self.model = GRUSessionModel.load(Path(context.artifacts[GRU_ARTIFACT]))
 
     @property
     def policy(self) -> GRUSessionModel:
@@ -73,25 +84,28 @@ def log_gru(
     import mlflow.pyfunc
 
     pyfunc = GRUSessionPyfunc(model)
-    ref = registry._log_version(
-        model_name,
-        lambda path, mlflow_model, signature, example: mlflow.pyfunc.save_model(
-            path,
-            python_model=pyfunc,
-            mlflow_model=mlflow_model,
-            signature=signature,
-            input_example=example,
-            pip_requirements=pip_requirements(),
-        ),
-        example,
-        lambda events: pyfunc.predict(None, events),
-        model.describe(),
-        metrics,
-        {**tags, "policy": GRU_POLICY, "policy_kind": LEARNED, "model_sha256": model.sha256()},
-        tables,
-        None,
-        None,
-    )
+    with tempfile.TemporaryDirectory() as folder:
+        model.save(Path(folder))  # the weights as arrays, not a pickle: MLflow copies them into the version
+        ref = registry._log_version(
+            model_name,
+            lambda path, mlflow_model, signature, example: mlflow.pyfunc.save_model(
+                path,
+                python_model=str(Path(__file__).with_name("gru_model_code.py")),  # models from code
+                artifacts={GRU_ARTIFACT: folder},
+                mlflow_model=mlflow_model,
+                signature=signature,
+                input_example=example,
+                pip_requirements=pip_requirements(),
+            ),
+            example,
+            lambda events: pyfunc.predict(None, events),
+            model.describe(),
+            metrics,
+            {**tags, "policy": GRU_POLICY, "policy_kind": LEARNED, "model_sha256": model.sha256()},
+            tables,
+            None,
+            None,
+        )
     with registry._asking(f"mark {model_name} version {ref.version} {CHALLENGER}"):
         client = registry.client()
         for point in model.curve:  # the training curve: one metric per phase, the epoch as step

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -34,6 +35,7 @@ METRIC_K = 20
 SEQUENCE_COLUMNS = ("session_key", "step", "item_id")
 """What the model reads of a session: its events' items in step order."""
 DEEP_EXTRA_HINT = 'the recurrent session model needs JAX: pip install -e ".[deep]"'
+_WEIGHT = "weight_"  # a weight's name in the saved arrays, beside the vocabulary's
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,23 @@ class GRUSessionModel:
 
     def describe(self) -> dict:
         return {**asdict(self.params), "vocabulary": len(self.items), "chosen_epochs": self.epochs}
+
+    def save(self, folder: Path) -> None:
+        """The model as files, nothing pickled: its settings, epochs and training curve (``model.json``), its
+        vocabulary and weights (``arrays.npz``). ``load`` reads them back bit for bit."""
+        folder.mkdir(parents=True, exist_ok=True)
+        described = {"params": asdict(self.params), "epochs": self.epochs, "curve": self.curve}
+        (folder / "model.json").write_text(json.dumps(described, sort_keys=True))
+        weights = {f"{_WEIGHT}{name}": array for name, array in self.weights.items()}
+        np.savez(folder / "arrays.npz", items=np.asarray(self.items, dtype=str), **weights)
+
+    @classmethod
+    def load(cls, folder: Path) -> "GRUSessionModel":
+        described = json.loads((folder / "model.json").read_text())
+        with np.load(folder / "arrays.npz", allow_pickle=False) as arrays:
+            items = arrays["items"].astype(object)
+            weights = {name.removeprefix(_WEIGHT): arrays[name] for name in arrays.files if name.startswith(_WEIGHT)}
+        return cls(GRUParams(**described["params"]), items, weights, described["epochs"], described["curve"])
 
     def sha256(self) -> str:
         """Equal digests, equal models: the settings, the vocabulary and every weight's bytes."""

@@ -161,6 +161,9 @@ def test_the_catalogue_spec_trains_measures_and_records_the_gru_as_an_mlflow_pyf
             files, dst_path=str(tmp_path / "served"), tracking_uri=uri, registry_uri=uri
         )
     )
+    # logged from code with the model's files, nothing pickled; the model read back is the one trained
+    assert not list((tmp_path / "served").rglob("*.pkl"))
+    assert loaded.unwrap_python_model().policy.sha256() == model.sha256()
     served = loaded.predict(events)
     expected = score_sessions(model, events)
     np.testing.assert_array_equal(served["item_id"].to_numpy(), expected["item_id"].to_numpy())
@@ -172,6 +175,30 @@ def test_the_catalogue_spec_trains_measures_and_records_the_gru_as_an_mlflow_pyf
     assert [m.step for m in history] == list(range(1, model.epochs + 1))
     assert registry.run_tags(ref)["model_sha256"] == model.sha256()
     assert registry.version_for_alias(spec.name, "challenger").version == ref.version
+
+
+def test_the_gru_saved_as_files_loads_equal_and_a_version_pickled_by_an_earlier_release_still_loads(tmp_path):
+    """``GRUSessionModel.save`` / ``load`` give back the same settings, vocabulary, weights and curve; GRU versions
+    were cloudpickled ``GRUSessionPyfunc`` objects holding their model before they were logged from code."""
+    import mlflow.pyfunc
+
+    from resources.gru_pyfunc import GRUSessionPyfunc
+
+    rng = np.random.default_rng(5)
+    weights = {"embed": rng.normal(size=(4, 3)).astype(np.float32), "out_b": rng.normal(size=4).astype(np.float32)}
+    curve = [{"phase": "fit", "epoch": 1, "train_loss": 1.5, "valid_mrr@20": float("nan")}]
+    items = np.array(["a", "b", "c"], dtype=object)
+    model = gm.GRUSessionModel(gm.GRUParams(embedding=3, hidden=3), items, weights, 2, curve)
+    model.save(tmp_path / "files")
+    read = gm.GRUSessionModel.load(tmp_path / "files")
+    assert read.sha256() == model.sha256() and read.params == model.params and read.epochs == 2
+    assert list(read.items) == ["a", "b", "c"] and read.items.dtype == object
+    assert all(read.weights[n].dtype == np.float32 for n in weights)
+    assert read.curve[0]["train_loss"] == 1.5 and np.isnan(read.curve[0]["valid_mrr@20"])
+
+    mlflow.pyfunc.save_model(tmp_path / "old", python_model=GRUSessionPyfunc(model), pip_requirements=["numpy"])
+    assert list((tmp_path / "old").glob("*.pkl"))
+    assert mlflow.pyfunc.load_model(str(tmp_path / "old")).unwrap_python_model().policy.sha256() == model.sha256()
 
 
 def test_without_the_deep_extra_the_gru_is_skipped_with_the_install_command(monkeypatch):
