@@ -270,6 +270,37 @@ def _promotion_lines(decisions) -> list[str]:
     ]
 
 
+def _holdout_table(rows, model_name: str) -> list[str]:
+    """One model's hold-out metrics: a row per method (the model, the bounds of its 95% bootstrap interval, then
+    its baselines in the catalogue's order, each as served and raw), a column per target and metric; for a model
+    measured per segment, its recall and NDCG of target ``any`` per segment below, with the users of each."""
+    from assets.logic.catalogue import CATALOGUE
+
+    spec = CATALOGUE.get(model_name)
+    order = ["model", "95% CI low", "95% CI high"]
+    order += [m for b in ("model", *(spec.baselines if spec else ())) for m in (b, f"{b}_raw")]
+
+    def table(frame, columns: list[str]) -> list[str]:
+        pivot = frame.pivot_table(index="method", columns=columns, values="value")
+        pivot = pivot[sorted(pivot.columns, key=lambda c: (c[0] != "any", *c) if isinstance(c, tuple) else (c,))]
+        model = frame[frame["method"] == "model"].set_index(columns).reindex(pivot.columns)
+        pivot.loc["95% CI low"], pivot.loc["95% CI high"] = model["ci_low"].to_numpy(), model["ci_high"].to_numpy()
+        shown = [m for m in dict.fromkeys(order) if m in pivot.index] + sorted(set(pivot.index) - set(order))
+        pivot = pivot.reindex(shown).rename_axis(index=None)
+        return ["    " + line for line in pivot.round(3).to_string(na_rep="").splitlines()]
+
+    overall = rows[rows["segment"] == "all"]
+    targets = overall["target"].nunique() > 1  # the ranker's any / add_to_cart / purchase
+    lines = table(overall, ["target", "metric"] if targets else ["metric"])
+    segments = rows[(rows["segment"] != "all") & rows["metric"].isin(["recall@20", "ndcg@20"])]
+    if len(segments):
+        users = segments[segments["method"] == "model"].groupby("segment")["users"].max()
+        users = users[users > 0]  # a segment no user falls in (no new users in the hold-out) has no metrics
+        lines += [f"    by segment (target any; users: {', '.join(f'{s} {n:,}' for s, n in users.items())}):"]
+        lines += table(segments, ["segment", "metric"])
+    return lines
+
+
 def _model_summary(conn, users: int) -> list[str]:
     import pandas as pd
 
@@ -314,44 +345,13 @@ def _model_summary(conn, users: int) -> list[str]:
         else None
     )
     holdout = evaluation["holdout_day"].max() if len(evaluation) else "?"
-    lines += ["", f"Temporal hold-out (features as of {pd.Timestamp(holdout).date()}, targets on the next day):"]
-    # "model" and the list baselines are the served lists (after the business rules), "<method>_raw" the ranked ones
-    methods = [
-        "model",
-        "model_raw",
-        "repeat_recent",
-        "repeat_recent_raw",
-        "recent_covis_pop",
-        "covisitation",
-        "markov",
-        "popularity",
-        "buy_history_rule",
-        "cart_history_rule",
-        "activity_rule",
-        "base_rate",
-        "last_type_markov",
-        "class_prior",
-        "sr",
-        "sr3",
-        "sknn",
+    lines += [
+        "",
+        f"Temporal hold-out (features as of {pd.Timestamp(holdout).date()}, targets on the next day; a ranked list as "
+        "served, after the business rules, and <method>_raw before them):",
     ]
-    overall = evaluation[evaluation["segment"] == "all"]
-    table = overall.pivot_table(index=["model_name", "target", "metric"], columns="method", values="value")
-    model = overall[overall["method"] == "model"].set_index(["model_name", "target", "metric"]).reindex(table.index)
-    table.insert(
-        0,
-        "model 95% CI",
-        [f"{lo:.3f}..{hi:.3f}" if lo == lo else "" for lo, hi in zip(model["ci_low"], model["ci_high"])],
-    )
-    ordered = ["model 95% CI"] + [c for c in methods if c in table.columns]
-    lines += ["  " + line for line in table[ordered].round(3).to_string(na_rep="").splitlines()]
-    segments = evaluation[(evaluation["segment"] != "all") & evaluation["metric"].isin(["recall@20", "ndcg@20"])]
-    if len(segments):
-        lines += ["", "By segment (target any):"]
-        by_segment = segments.pivot_table(index=["segment", "metric"], columns="method", values="value")
-        by_segment["users"] = segments.groupby(["segment", "metric"])["users"].max()
-        shown = [c for c in methods if c in by_segment.columns] + ["users"]
-        lines += ["  " + line for line in by_segment[shown].round(3).to_string(na_rep="").splitlines()]
+    for name, rows in evaluation.groupby("model_name", sort=True):
+        lines += [f"  {name}"] + _holdout_table(rows, name)
     lines += _promotion_lines(decisions)
     if recs is None:
         return lines

@@ -1,0 +1,71 @@
+import pandas as pd
+
+from workflows.cli import _holdout_table
+
+
+def _rows(model_name, segment, methods, targets, metrics, users=10):
+    return [
+        {
+            "model_name": model_name,
+            "segment": segment,
+            "method": method,
+            "target": target,
+            "metric": metric,
+            "value": 0.1 * (i + 1),
+            "ci_low": 0.01 if method == "model" else None,
+            "ci_high": 0.99 if method == "model" else None,
+            "users": users,
+        }
+        for i, method in enumerate(methods)
+        for target in targets
+        for metric in metrics
+    ]
+
+
+def test_a_models_hold_out_table_lists_the_model_its_interval_then_its_baselines_in_the_catalogues_order():
+    """A row per method (the model, its interval, each baseline served then raw, as the catalogue orders them), a
+    column per target (``any`` first) and metric, and the segments below with the users each holds."""
+    methods = [
+        "recent_covis_pop",
+        "markov_raw",
+        "model_raw",
+        "popularity",
+        "repeat_recent",
+        "model",
+        "repeat_recent_raw",
+    ]
+    rows = pd.DataFrame(
+        _rows("shopseq_next_item_ranker", "all", methods, ["purchase", "any"], ["ndcg@20", "recall@20"])
+        + _rows("shopseq_next_item_ranker", "cold_items", ["model", "repeat_recent"], ["any"], ["ndcg@20"], users=7)
+        + _rows("shopseq_next_item_ranker", "new_users", ["model"], ["any"], ["ndcg@20"], users=0)
+    )
+    lines = _holdout_table(rows, "shopseq_next_item_ranker")
+    labels = [line.split()[0] for line in lines]
+    # the catalogue's baselines of the ranker: popularity, repeat_recent, covisitation, recent_covis_pop, markov
+    assert labels[:12] == [
+        "target",
+        "metric",
+        "model",
+        "95%",
+        "95%",
+        "model_raw",
+        "popularity",
+        "repeat_recent",
+        "repeat_recent_raw",
+        "recent_covis_pop",
+        "markov_raw",
+        "by",
+    ]
+    assert lines[0].split() == ["target", "any", "purchase"]
+    assert lines[3].split() == ["95%", "CI", "low", "0.01", "0.01", "0.01", "0.01"]
+    assert lines[11].strip() == "by segment (target any; users: cold_items 7):"
+    assert [line.split()[0] for line in lines[12:]] == ["segment", "metric", "model", "95%", "95%", "repeat_recent"]
+
+
+def test_a_next_action_models_table_has_a_column_per_metric():
+    rows = pd.DataFrame(
+        _rows("shopseq_next_purchase", "all", ["base_rate", "model", "buy_history_rule"], ["label_purchase"], ["auc"])
+    )
+    lines = _holdout_table(rows, "shopseq_next_purchase")
+    assert [line.split()[0] for line in lines] == ["metric", "model", "95%", "95%", "buy_history_rule", "base_rate"]
+    assert lines[1].split() == ["model", "0.20"]  # the second method given: 0.2
