@@ -277,15 +277,15 @@ def _holdout_table(rows, model_name: str) -> list[str]:
     from assets.logic.catalogue import CATALOGUE
 
     spec = CATALOGUE.get(model_name)
-    order = ["model", "95% CI low", "95% CI high"]
-    order += [m for b in ("model", *(spec.baselines if spec else ())) for m in (b, f"{b}_raw")]
+    baselines = [m for b in (spec.baselines if spec else ()) for m in (b, f"{b}_raw")]
+    order = ["model", "95% CI low", "95% CI high", "model_raw", *baselines]
 
     def table(frame, columns: list[str]) -> list[str]:
         pivot = frame.pivot_table(index="method", columns=columns, values="value")
         pivot = pivot[sorted(pivot.columns, key=lambda c: (c[0] != "any", *c) if isinstance(c, tuple) else (c,))]
         model = frame[frame["method"] == "model"].set_index(columns).reindex(pivot.columns)
         pivot.loc["95% CI low"], pivot.loc["95% CI high"] = model["ci_low"].to_numpy(), model["ci_high"].to_numpy()
-        shown = [m for m in dict.fromkeys(order) if m in pivot.index] + sorted(set(pivot.index) - set(order))
+        shown = [m for m in order if m in pivot.index] + sorted(set(pivot.index) - set(order))
         pivot = pivot.reindex(shown).rename_axis(index=None)
         return ["    " + line for line in pivot.round(3).to_string(na_rep="").splitlines()]
 
