@@ -324,13 +324,17 @@ def _model_summary(conn, users: int) -> list[str]:
         lines += [f"  {r.model_name}: {r.reason}" for r in skipped.itertuples()]
     if not _has(conn, "model_evaluations"):
         return lines + _promotion_lines(decisions)
+    # each model's newest learned version, as last evaluated: a champion kept over several days has an evaluation
+    # per hold-out day, and is evaluated again after a newer challenger, so neither the latest evaluation nor all of
+    # a version's rows would do
     evaluation = conn.execute(
-        """SELECT * FROM model_evaluations
-           WHERE (model_name, model_version) IN (SELECT (model_name, arg_max(model_version, evaluated_at))
-                                                 FROM model_evaluations WHERE coalesce(policy_kind,
-                                                     'learned') = 'learned'
-                                                 GROUP BY model_name)
-             AND metric IN ('recall@20', 'ndcg@20', 'hr@20', 'mrr@20', 'auc', 'pr_auc', 'brier')"""
+        """WITH latest AS (
+               SELECT model_name, model_version, max(evaluated_at) AS evaluated_at FROM model_evaluations
+               WHERE coalesce(policy_kind, 'learned') = 'learned' GROUP BY model_name, model_version
+               QUALIFY row_number() OVER (PARTITION BY model_name ORDER BY model_version DESC) = 1
+           )
+           SELECT e.* FROM model_evaluations e JOIN latest USING (model_name, model_version, evaluated_at)
+           WHERE metric IN ('recall@20', 'ndcg@20', 'hr@20', 'mrr@20', 'auc', 'pr_auc', 'brier')"""
     ).df()
     recs = (
         conn.execute(
@@ -347,8 +351,8 @@ def _model_summary(conn, users: int) -> list[str]:
     holdout = evaluation["holdout_day"].max() if len(evaluation) else "?"
     lines += [
         "",
-        f"Temporal hold-out (features as of {pd.Timestamp(holdout).date()}, targets on the next day; a ranked list as "
-        "served, after the business rules, and <method>_raw before them):",
+        f"Temporal hold-out (features as of {pd.Timestamp(holdout).date()}, targets on the next day; the ranker's "
+        "lists as served, after the business rules, and <method>_raw before them):",
     ]
     for name, rows in evaluation.groupby("model_name", sort=True):
         lines += [f"  {name}"] + _holdout_table(rows, name)

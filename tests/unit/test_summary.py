@@ -69,3 +69,53 @@ def test_a_next_action_models_table_has_a_column_per_metric():
     lines = _holdout_table(rows, "shopseq_next_purchase")
     assert [line.split()[0] for line in lines] == ["metric", "model", "95%", "95%", "buy_history_rule", "base_rate"]
     assert lines[1].split() == ["model", "0.20"]  # the second method given: 0.2
+
+
+def test_the_summary_shows_each_models_newest_learned_version_as_last_evaluated():
+    """A champion kept over two hold-out days has two evaluations, and is evaluated again after the newer challenger:
+    the summary shows the challenger's one evaluation, not the champion's re-scoring nor both days mixed."""
+    import datetime as dt
+
+    import duckdb
+
+    from workflows.cli import _model_summary
+
+    conn = duckdb.connect()
+    t = dt.datetime(2026, 1, 1)
+    evaluations = []
+    for version, day, at, value in ((1, 4, t, 0.40), (2, 5, t + dt.timedelta(hours=1), 0.45)):
+        evaluations += _evaluation(version, dt.date(2014, 4, day), at, value)
+    evaluations += _evaluation(1, dt.date(2014, 4, 5), t + dt.timedelta(hours=2), 0.41)  # the champion re-scored
+    evaluations += _evaluation(3, dt.date(2014, 4, 5), t + dt.timedelta(hours=3), 0.30, kind="rule")
+    conn.register("frame", pd.DataFrame(evaluations))
+    conn.execute("CREATE TABLE model_evaluations AS SELECT * FROM frame")
+    conn.execute(
+        """CREATE TABLE promotion_log AS SELECT 'shopseq_next_purchase' AS model_name, 1 AS champion_version,
+           'kept' AS decision, 'no better' AS reason, TIMESTAMP '2026-01-01 03:00' AS decided_at"""
+    )
+    text = "\n".join(_model_summary(conn, 3))
+    assert "features as of 2014-04-05" in text
+    model_line = next(line for line in text.splitlines() if line.split()[:1] == ["model"])
+    assert model_line.split() == ["model", "0.45"]
+
+
+def _evaluation(version, day, at, value, kind="learned"):
+    return [
+        {
+            "segment": "all",
+            "method": method,
+            "target": "label_purchase",
+            "metric": "auc",
+            "value": value if method == "model" else 0.5,
+            "ci_low": value - 0.1 if method == "model" else None,
+            "ci_high": value + 0.1 if method == "model" else None,
+            "users": 100,
+            "model_name": "shopseq_next_purchase",
+            "model_version": version,
+            "holdout_day": day,
+            "evaluated_at": at,
+            "policy": "lightgbm" if kind == "learned" else "buy_history_rule",
+            "policy_kind": kind,
+        }
+        for method in ("model", "base_rate")
+    ]
