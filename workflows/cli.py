@@ -51,16 +51,34 @@ class UsageError(Exception):
     """A command that cannot run as given (an option, a file, the state of the home): one line, exit code 2."""
 
 
-def prepare_home(home: str) -> Path:
-    """Create the home folder, point Dagster and MLflow at it, and return it (absolute)."""
+def home_folder(home: str, existing: bool = False) -> Path:
+    """``--home`` as an absolute path, checked without making anything: not empty, a usable name, no file in the
+    way; with ``existing`` (a command that reads a home's state), a folder that is there."""
     if not home.strip():
         raise UsageError("--home is empty: name a folder for the home (default: $SHOPSEQ_HOME or ./.shopseq)")
     try:
         root = Path(home).expanduser().resolve()
+        there = next((p for p in (root, *root.parents) if p.exists()), None)
+    except (OSError, ValueError) as error:  # no permission, a NUL byte in the name
+        raise UsageError(f"--home {home!r} cannot be used as a home folder: {error}") from None
+    if there is not None and not there.is_dir():
+        raise UsageError(f"--home {home!r} cannot be used as a home folder: {there} is a file")
+    if existing and there != root:
+        raise UsageError(
+            f"--home {home!r}: {root} is not a shopseq home (no such folder); make one with shopseq demo, or "
+            "shopseq ingest then shopseq run"
+        )
+    return root
+
+
+def prepare_home(home: str, existing: bool = False) -> Path:
+    """Create the home folder (``home_folder`` checks it first), point Dagster and MLflow at it, and return it."""
+    root = home_folder(home, existing)
+    try:
         dagster_home = root / "dagster_home"
         dagster_home.mkdir(parents=True, exist_ok=True)
         write_instance_settings(dagster_home)
-    except (OSError, ValueError) as error:  # a file in the way, no permission, a NUL byte in the name
+    except OSError as error:  # no permission
         raise UsageError(f"--home {home!r} cannot be used as a home folder: {error}") from None
     os.environ["SHOPSEQ_HOME"] = str(root)
     os.environ["DAGSTER_HOME"] = str(dagster_home)
@@ -424,10 +442,15 @@ def _pseudonym_settings(settings: dict, key: str | None, landed: bool) -> dict:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from assets.logic.ingest import FORMATS, IngestError, ingest
+    from assets.logic.ingest import FORMATS, IngestError, ingest, source_files
     from resources import LandingSource, Warehouse
     from resources.home import read_settings, write_settings
 
+    try:
+        source_files(args.path)  # a missing or unreadable file is named before the home is made or touched
+    except IngestError as error:
+        print(f"error: cannot ingest {error}", file=sys.stderr)
+        return 2
     home = prepare_home(args.home)
     landing = LandingSource(home=str(home))
     tz = args.tz or FORMATS[args.format].default_tz
@@ -498,6 +521,23 @@ def _check_partitions(start: dt.date, end: dt.date) -> None:
             raise UsageError(f"{day} is not a daily partition: days run from {first} to yesterday (UTC)")
 
 
+def _check_landing(landing, mode: str, landed: list[dt.date], start: dt.date, end: dt.date) -> None:
+    """Every day of ``start``..``end`` can be read: landed, in a home of ingested logs; on or after the day the
+    synthetic shop opened, in a synthetic home (its days are made when first read)."""
+    if mode == "files":
+        wanted = [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
+        missing = sorted(set(wanted) - set(landed))
+        if missing:
+            span = f"{missing[0]}..{missing[-1]} ({len(missing)} days)" if len(missing) > 1 else str(missing[0])
+            have = f"{landed[0]}..{landed[-1]}" if landed else "none"
+            raise UsageError(
+                f"no landing files for {span} under {landing.root} (landed days: {have}); ingest them first, or "
+                "choose --start and --end among the landed days"
+            )
+    elif start < (opened := landing.shop().shop_start):
+        raise UsageError(f"--start {start} is before the synthetic shop of this home opened on {opened}")
+
+
 def _withdraw_pending_days(home: Path, warehouse) -> dict[str, int]:
     """Delete from the warehouse the days an ingest withdrew from the landing (a re-ingested file no longer has
     them), as recorded in ``settings.json`` before that ingest published; then forget them. ``ingest`` calls it
@@ -527,17 +567,19 @@ def _withdraw_pending_days(home: Path, warehouse) -> dict[str, int]:
 def cmd_run(args: argparse.Namespace) -> int:
     from resources import LandingSource
 
-    home = prepare_home(args.home)
-    landing = LandingSource(home=str(home), mode=args.landing_mode)
-    _ = landing.effective_mode  # refuses synthetic days in a home of ingested logs, or one without its settings
+    root = home_folder(args.home)  # the days are checked before the home is made: a mistyped day writes nothing
+    landing = LandingSource(home=str(root), mode=args.landing_mode)
+    mode = landing.effective_mode  # refuses synthetic days in a home of ingested logs, or one without its settings
     landed = landing.landed_days()
     if args.start is None and not landed:
-        raise UsageError(f"no landing days under {home}/landing; pass --start (synthetic) or run shopseq ingest first")
+        raise UsageError(f"no landing days under {root}/landing; pass --start (synthetic) or run shopseq ingest first")
     start = args.start or landed[0]
     end = args.end or (landed[-1] if args.start is None else start)
     if end < start:
         raise UsageError(f"--end {end} is before --start {start}")
     _check_partitions(start, end)
+    _check_landing(landing, mode, landed, start, end)
+    home = prepare_home(args.home)
     pipeline = Pipeline(home, landing_mode=args.landing_mode)
     _withdraw_pending_days(home, pipeline.resources["warehouse"])
     pipeline.run(start, end, train=not args.skip_training)
@@ -614,7 +656,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from resources.home import read_settings
     from resources.registry import NoChampionError
 
-    home = prepare_home(args.home)
+    home = prepare_home(args.home, existing=True)
     out = _output_file(args.out, home, args.events)
     warehouse = Warehouse(home=str(home))
     if not Path(warehouse.path).exists():
@@ -756,7 +798,7 @@ def _move_champion(args: argparse.Namespace, version_of) -> int:
     from resources import ModelRegistry, Warehouse
     from resources.registry import CHAMPION
 
-    home = prepare_home(args.home)
+    home = prepare_home(args.home, existing=True)
     registry = ModelRegistry(home=str(home), tracking_uri=os.environ.get("SHOPSEQ_MLFLOW_TRACKING_URI", ""))
     current = registry.version_for_alias(args.model, CHAMPION)
     with Warehouse(home=str(home)).connect() as conn:
@@ -809,7 +851,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from resources import ModelRegistry, Warehouse
     from workflows.explain import explain
 
-    home = prepare_home(args.home)
+    home = prepare_home(args.home, existing=True)
     registry = ModelRegistry(home=str(home), tracking_uri=os.environ.get("SHOPSEQ_MLFLOW_TRACKING_URI", ""))
     try:
         print(explain(Warehouse(home=str(home)), registry, DagsterInstance.get(), args.user, args.day))

@@ -66,11 +66,20 @@ def explain(warehouse, registry, instance, user: str, day: dt.date) -> str:
             r[0]
             for r in conn.execute(
                 "SELECT table_name FROM information_schema.tables WHERE table_name IN ('recommendations', "
-                "'next_action_predictions')"
+                "'next_action_predictions', 'item_next_items')"
             ).fetchall()
         }
-        if not tables:
-            raise ValueError(f"{warehouse.path} holds no published rows yet: nothing has been served on this home")
+        if not tables - {"item_next_items"}:
+            served = (
+                " (its item_next_items are lists per item, for sessions, not rows of a user)"
+                if "item_next_items" in tables
+                else ""
+            )
+            raise ValueError(
+                f"{warehouse.path} holds no recommendations or next-action predictions: nothing has been served to a "
+                f"user on this home{served}"
+            )
+        tables -= {"item_next_items"}
         served = conn.execute(
             " UNION ALL ".join(_SERVED[t] for t in sorted(tables)) + " ORDER BY 1, 2", {"user": user, "day": day}
         ).df()

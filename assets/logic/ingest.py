@@ -402,7 +402,7 @@ FORMATS: dict[str, SourceFormat] = {
 # ---------------------------------------------------------------- reading lines
 
 
-def _source_files(paths: list[str]) -> list[Path]:
+def source_files(paths: list[str]) -> list[Path]:
     """Each source file once, as first named, identified by its resolved path (see the module docstring).
 
     Everything is checked before a byte is read: anything but a regular file is refused, since a FIFO or a
@@ -847,7 +847,7 @@ def place(
     if first > last:
         raise ValueError(f"--start {first} is after --end {last}: no day could be valid")
     now = now or dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    sources = _source_files(paths)
+    sources = source_files(paths)
     conn.execute("SET TimeZone = $tz", {"tz": tz})
     conn.execute(f"CREATE TABLE staged {_STAGED_COLUMNS}")
     for source in sources:

@@ -352,3 +352,44 @@ def test_a_home_refuses_the_engine_it_did_not_start_with(isolated, capsys, monke
     code, err = _run(["run", "--home", str(home), "--start", "2025-03-01"], capsys)
     assert code == 2 and "builds its daily tables on spark" in err and "SHOPSEQ_ENGINE=duckdb" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_days_a_run_cannot_read_are_refused_before_the_home_is_touched(isolated, capsys):
+    """A day not landed in a home of ingested logs, or before a synthetic shop opened: one line, exit 2, and the
+    home gains no state (no warehouse, no Dagster instance; reading the landing takes its lock file)."""
+    home = isolated / "logs"
+    (home / "landing" / "2014-04-01").mkdir(parents=True)
+    (home / "landing" / "2014-04-01" / "events.parquet").write_bytes(b"PAR1")
+    (home / "settings.json").write_text('{"landing": "files", "timezone": "UTC"}')
+    for argv, expected in (
+        (["--start", "2020-01-01"], "no landing files for 2020-01-01 under"),
+        (["--start", "2014-04-01", "--end", "2014-04-03"], "no landing files for 2014-04-02..2014-04-03 (2 days)"),
+    ):
+        code, err = _run(["run", "--home", str(home), *argv], capsys)
+        assert code == 2 and expected in err and "landed days: 2014-04-01..2014-04-01" in err, err
+        assert len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in home.iterdir()) == ["landing", "settings.json"]
+    code, err = _run(["run", "--home", str(isolated / "typo"), "--start", "2014-04-02"], capsys)
+    assert code == 2 and "--start 2014-04-02 is before the synthetic shop of this home opened on 2025-03-01" in err
+    assert not (isolated / "typo").exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["explain", "--user", "u1", "--day", "2025-03-01"],
+        ["promote", "--model", "shopseq_next_item_ranker", "--version", "1", "--reason", "r"],
+        ["rollback", "--model", "shopseq_next_item_ranker"],
+        ["predict", "--events", "events.csv", "--format", "taobao", "--out", "o.csv"],
+    ],
+)
+def test_a_command_that_reads_a_home_refuses_one_that_does_not_exist_and_makes_nothing(isolated, capsys, argv):
+    code, err = _run([argv[0], "--home", str(isolated / "nohome"), *argv[1:]], capsys)
+    assert code == 2 and "is not a shopseq home (no such folder)" in err, err
+    assert not (isolated / "nohome").exists()
+
+
+def test_an_ingest_of_a_missing_file_makes_no_home(isolated, capsys):
+    code, err = _run(["ingest", "--home", str(isolated / "new"), "--format", "taobao", "--path", "gone.csv"], capsys)
+    assert code == 2 and err.strip() == "error: cannot ingest gone.csv: file not found"
+    assert not (isolated / "new").exists()
