@@ -708,26 +708,35 @@ def cmd_predict(args: argparse.Namespace) -> int:
         scored_seconds = time.perf_counter() - began - read_seconds
         _write_predictions(conn, frame, out)
     sequences = frame["sequence_id"].nunique()
-    reasons = {k: v for k, v in report.items() if k not in ("read", "accepted", "quarantined")}
-    print(
-        f"Read {args.format} {', '.join(args.events)} ({tz} days): {report['read']:,} rows = {report['accepted']:,} "
-        f"accepted + {report['quarantined']:,} quarantined"
-        + (f" ({', '.join(f'{r} {n:,}' for r, n in sorted(reasons.items()))})" if reasons else "")
-        + f" in {read_seconds:.1f} s."
-    )
+    print(_read_line(args, report, f" ({tz} days)", f" in {read_seconds:.1f} s"))
     print(
         f"Scored {sequences:,} sequences as of their last event in {scored_seconds:.1f} s with "
         f"{frame['models'].iloc[0]}; item statistics as of {item_day}."
     )
     sources = frame["source"].value_counts()
     print("Items by candidate source: " + ", ".join(f"{s} {n:,}" for s, n in sources.items()))
-    short = (frame.groupby("sequence_id")["rank"].max() < args.k).sum()
-    if short:
-        print(f"{short:,} sequences got fewer than {args.k} items (the warehouse knows too few popular items).")
+    _print_short_lists(frame, args.k, "the warehouse knows too few popular items")
     for note in notes:
         print(f"note: {note}")
     print(f"Wrote {len(frame):,} rows to {out}")
     return 0
+
+
+def _read_line(args: argparse.Namespace, report: dict, days: str = "", seconds: str = "") -> str:
+    """What ``predict`` read: rows = accepted + quarantined, with the count of each quarantine reason."""
+    reasons = {k: v for k, v in report.items() if k not in ("read", "accepted", "quarantined")}
+    return (
+        f"Read {args.format} {', '.join(args.events)}{days}: {report['read']:,} rows = {report['accepted']:,} "
+        f"accepted + {report['quarantined']:,} quarantined"
+        + (f" ({', '.join(f'{r} {n:,}' for r, n in sorted(reasons.items()))})" if reasons else "")
+        + f"{seconds}."
+    )
+
+
+def _print_short_lists(frame, k: int, why: str) -> None:
+    short = (frame.groupby("sequence_id")["rank"].max() < k).sum()
+    if short:
+        print(f"{short:,} of {frame['sequence_id'].nunique():,} sequences got fewer than {k} items ({why}).")
 
 
 def _write_predictions(conn, frame, out: Path) -> None:
@@ -779,14 +788,17 @@ def _predict_sessions(args: argparse.Namespace, home: Path, out: Path, warehouse
             f", {NEXT_EVENT_MODEL} v{next_event_ref.version}" if next_event_ref else ""
         )
         _write_predictions(conn, frame, out)
-    print(
-        f"Read {args.format} {', '.join(args.events)}: {report['read']:,} rows = {report['accepted']:,} accepted + "
-        f"{report['quarantined']:,} quarantined."
-    )
+    print(_read_line(args, report))
     print(
         f"Scored {frame['sequence_id'].nunique():,} sessions as of their last event in "
         f"{time.perf_counter() - began:.1f} s with {frame['models'].iloc[0]}; item side from the warehouse's "
         f"events before {cutoff}."
+    )
+    _print_short_lists(
+        frame,
+        args.k,
+        f"the warehouse has few events before {cutoff}, the file's first: a list adds to a session's own items only "
+        "what the shop's history before the file knows",
     )
     print(f"Wrote {len(frame):,} rows to {out}")
     return 0

@@ -119,3 +119,20 @@ def _evaluation(version, day, at, value, kind="learned"):
         }
         for method in ("model", "base_rate")
     ]
+
+
+def test_predict_says_what_it_quarantined_and_how_many_lists_came_out_short(capsys):
+    import argparse
+
+    from workflows.cli import _print_short_lists, _read_line
+
+    args = argparse.Namespace(format="diginetica", events=["a.csv"])
+    report = {"read": 10, "accepted": 8, "quarantined": 2, "exact_duplicate": 1, "missing_item": 1}
+    assert _read_line(args, report) == (
+        "Read diginetica a.csv: 10 rows = 8 accepted + 2 quarantined (exact_duplicate 1, missing_item 1)."
+    )
+    frame = pd.DataFrame({"sequence_id": ["s1", "s1", "s2"], "rank": [1, 2, 1]})
+    _print_short_lists(frame, 2, "why")
+    assert capsys.readouterr().out == "1 of 2 sequences got fewer than 2 items (why).\n"
+    _print_short_lists(frame[frame["sequence_id"] == "s1"], 2, "why")
+    assert capsys.readouterr().out == ""
