@@ -593,7 +593,7 @@ OUTPUT_FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "json", ".json
 def _scoring_models(registry, overrides: list[str]) -> tuple[dict, list[str]]:
     """{model name: version ref} to score with: each model's champion unless ``NAME=V`` (or ``V`` for the
     ranker) names a version; other models than the ranker without a champion are left out, with a note."""
-    from assets.logic.catalogue import NEXT_ACTION_MODELS, NEXT_EVENT_MODEL, RANKER_MODEL
+    from assets.logic.catalogue import NEXT_ACTION_MODELS, NEXT_EVENT_MODEL, RANKER_MODEL, SESSION_MODEL
     from resources.registry import CHAMPION
 
     optional = [*NEXT_ACTION_MODELS.values(), NEXT_EVENT_MODEL]
@@ -604,7 +604,7 @@ def _scoring_models(registry, overrides: list[str]) -> tuple[dict, list[str]]:
         if name not in (RANKER_MODEL, *optional) or not (version.isascii() and version.isdigit()):
             raise UsageError(
                 f"--model-version {text!r}: give V (the ranker) or NAME=V with NAME one of "
-                f"{RANKER_MODEL}, {', '.join(optional)}"
+                f"{RANKER_MODEL}, {', '.join(optional)} (or {SESSION_MODEL}, scoring sessions alone)"
             )
         chosen[name] = registry.version(name, int(version))
     notes = []
@@ -664,15 +664,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
     registry = ModelRegistry(home=str(home), tracking_uri=os.environ.get("SHOPSEQ_MLFLOW_TRACKING_URI", ""))
     from resources.registry import CHAMPION
 
+    overrides = args.model_version or []
+    session_pins = [text for text in overrides if text.rpartition("=")[0] == SESSION_MODEL]
     session_champion = registry.version_for_alias(SESSION_MODEL, CHAMPION)
-    if args.protocol == "auto":  # a home of anonymous sessions has no ranker: the in-session champion scores them
-        use_session = session_champion is not None and registry.version_for_alias(RANKER_MODEL, CHAMPION) is None
-        args.protocol = "session" if use_session and not args.model_version else "next-day"
+    if args.protocol == "auto":  # a home of anonymous sessions has no ranker: the in-session model scores them
+        use_session = (session_champion or session_pins) and registry.version_for_alias(RANKER_MODEL, CHAMPION) is None
+        args.protocol = "session" if use_session and len(session_pins) == len(overrides) else "next-day"
     if args.protocol == "session":
-        if session_champion is None:
+        if len(session_pins) != len(overrides):
+            raise UsageError(f"--model-version with --protocol session: give {SESSION_MODEL}=V only")
+        if session_pins:
+            version = session_pins[-1].rpartition("=")[2]
+            if not (version.isascii() and version.isdigit()):
+                raise UsageError(f"--model-version {session_pins[-1]!r}: give {SESSION_MODEL}=V, V a version number")
+            try:
+                session_champion = registry.version(SESSION_MODEL, int(version))
+            except ValueError as error:
+                raise UsageError(str(error)) from None
+        elif session_champion is None:
             raise UsageError(f"--protocol session: {SESSION_MODEL} has no champion on this home (see the run summary)")
-        if args.model_version:
-            raise UsageError("--model-version names next-day models: leave it out with --protocol session")
         return _predict_sessions(args, home, out, warehouse, registry, session_champion)
     try:
         refs, notes = _scoring_models(registry, args.model_version or [])
@@ -1087,7 +1097,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model-version",
         action="append",
         metavar="[NAME=]V",
-        help="score with this version instead of the champion: V for the ranker, NAME=V for another model (repeatable)",
+        help="score with this version instead of the champion: V for the ranker, NAME=V for another model "
+        "(repeatable; shopseq_session_next_item=V scores sessions with that version)",
     )
     predict.set_defaults(func=cmd_predict)
 

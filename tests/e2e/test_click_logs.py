@@ -91,19 +91,8 @@ def test_a_click_log_trains_the_in_session_model_publishes_next_items_and_names_
     prefixes.write_text(
         "SessionId\tItemId\tTime\n900001\t5\t1396915200.0\n900001\t6\t1396915260.0\n900002\t40\t1396915300.0\n"
     )
-    out = run_cli(
-        "predict",
-        "--events",
-        str(prefixes),
-        "--format",
-        "yoochoose-clicks",
-        "--k",
-        "10",
-        "--out",
-        str(tmp_path / "next.csv"),
-        home=home,
-        cwd=cwd,
-    )
+    common = ["--events", str(prefixes), "--format", "yoochoose-clicks", "--k", "10"]
+    out = run_cli("predict", *common, "--out", str(tmp_path / "next.csv"), home=home, cwd=cwd)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Scored 2 sessions as of their last event" in out.stdout and "with shopseq_session_next_item v" in out.stdout
     with duckdb.connect() as conn:
@@ -111,6 +100,12 @@ def test_a_click_log_trains_the_in_session_model_publishes_next_items_and_names_
             f"SELECT sequence_id, count(*), max(rank) FROM read_csv('{tmp_path / 'next.csv'}') GROUP BY ALL ORDER BY 1"
         ).fetchall()
     assert [(r[1], r[2]) for r in rows] == [(10, 10), (10, 10)]
+    # a version named instead of the champion: the session model's first, a rule or the learned model
+    pinned = [*common, "--out", str(tmp_path / "pinned.csv"), "--model-version", "shopseq_session_next_item=1"]
+    out = run_cli("predict", *pinned, home=home, cwd=cwd)
+    assert out.returncode == 0 and "with shopseq_session_next_item v1;" in out.stdout, out.stderr[-3000:]
+    out = run_cli("predict", *pinned[:-1], "shopseq_session_next_item=999", home=home, cwd=cwd)
+    assert out.returncode == 2 and "has no version 999" in out.stderr and "Traceback" not in out.stderr
     out = run_cli(
         "predict",
         "--events",
