@@ -499,15 +499,19 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     )
     print(report.table())
     for path, counts in report.per_file.items():
-        print(f"  {path}: {counts['read']:,} rows read, {counts['quarantined_at_ingest']:,} unparseable at ingest")
+        print(
+            f"  {path}: {counts['read']:,} rows read, {counts['quarantined_at_ingest']:,} quarantined at ingest "
+            "(unparseable, or outside the valid days)"
+        )
     if report.withdrawn:
         print(
             f"{', '.join(map(str, report.withdrawn))}: no longer in the re-ingested file(s), so no landing files "
             "any more (withdrawn)"
         )
     _withdraw_pending_days(home, Warehouse(home=str(home)))
-    days = sorted(report.per_day)
-    print(f"\nNext: shopseq run --home {home}   (materialises {days[0]}..{days[-1]})")
+    days = landing.landed_days()  # run materialises every landed day, this ingest's and those before it
+    if days:
+        print(f"\nNext: shopseq run --home {home}   (materialises {days[0]}..{days[-1]})")
     return 0
 
 
@@ -810,6 +814,8 @@ def _predict_sessions(args: argparse.Namespace, home: Path, out: Path, warehouse
         f"the warehouse has few events before {cutoff}, the file's first: a list adds to a session's own items only "
         "what the shop's history before the file knows",
     )
+    if next_event_ref is None:
+        print(f"note: {NEXT_EVENT_MODEL} has no champion: its p_next_* columns are left out")
     print(f"Wrote {len(frame):,} rows to {out}")
     return 0
 
