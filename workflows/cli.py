@@ -228,16 +228,22 @@ class Pipeline:
         _progress(f"[{job_name:>9}] {what} ...")
         result = self.launch(job_name, start, end)
         graph = self.defs.resolve_asset_graph()
-        rows = {
-            event.asset_key.to_user_string(): event.materialization.metadata.get("dagster/row_count")
+        metadata = {
+            event.asset_key.to_user_string(): event.materialization.metadata
             for event in result.get_asset_materialization_events()
         }
         for step in sorted(self.instance.get_run_step_stats(result.run_id), key=lambda s: s.start_time or 0):
             group = graph.get(AssetKey(step.step_key)).group_name
-            if step.step_key not in rows:  # a skippable asset that was not materialised: a serving table
+            facts = metadata.get(step.step_key)
+            if facts is None:  # a skippable asset that was not materialised: a serving table
                 outcome = "not published: no champion for its model(s) yet (see Promotion)"
+            elif "not_built_because" in facts:
+                outcome = f"not built: {facts['not_built_because'].value}"
+            elif "not_trained_because" in facts:
+                outcome = "not trained: this home's data cannot train it (why: below)"
             else:
-                outcome = f"{rows[step.step_key].value:,} rows" if rows[step.step_key] else ""
+                rows = facts.get("dagster/row_count")
+                outcome = f"{rows.value:,} rows" if rows else ""
             _progress(f"[{group:>9}] {step.step_key:<24} {step.end_time - step.start_time:6.1f} s  {outcome}")
         _progress(f"[{job_name:>9}] done in {time.perf_counter() - began:5.1f} s")
 
@@ -669,6 +675,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from resources.registry import CHAMPION
 
     overrides = args.model_version or []
+    auto = args.protocol == "auto"
     session_pins = [text for text in overrides if text.rpartition("=")[0] == SESSION_MODEL]
     session_champion = registry.version_for_alias(SESSION_MODEL, CHAMPION)
     if args.protocol == "auto":  # a home of anonymous sessions has no ranker: the in-session model scores them
@@ -690,7 +697,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return _predict_sessions(args, home, out, warehouse, registry, session_champion)
     try:
         refs, notes = _scoring_models(registry, args.model_version or [])
-    except (NoChampionError, ValueError) as error:
+    except NoChampionError as error:
+        also = f"; nor has {SESSION_MODEL}, which would score sessions" if auto and session_champion is None else ""
+        raise UsageError(f"{error}{also} (see the run summary)") from None
+    except ValueError as error:
         raise UsageError(str(error)) from None
     inputs = {RANKER_MODEL: RANKER_FEATURES, NEXT_EVENT_MODEL: NEXT_EVENT_FEATURES}
     boosters = {}
