@@ -203,6 +203,12 @@ def promote_model(conn_factory, registry: ModelRegistry, spec: ModelSpec, config
     with conn_factory() as conn:  # a writer's: the evaluations table may have to be made
         day = holdout_day(conn, spec.training_set)
         stored = _stored_evaluations(conn, spec.name, day)
+    if challenger.version in stored:
+        # Only evaluations made since the challenger's were made on the hold-out's rows as they are now (its rules
+        # are stored right after it): the same day's rows change when an ingest withdraws a day, so a champion
+        # evaluated before is evaluated again, not compared by an old figure.
+        since = stored[challenger.version][2]["evaluated_at"].max()
+        stored = {v: e for v, e in stored.items() if e[2]["evaluated_at"].max() >= since}
     rule_refs = [
         ModelVersionRef(spec.name, version, rows["run_id"].iloc[0])
         for version, (policy, kind, rows) in sorted(stored.items())

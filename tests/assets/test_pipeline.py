@@ -592,6 +592,47 @@ def test_a_moved_champion_alias_requests_a_re_scoring_of_the_latest_partition(bu
     assert "shopseq_next_item_ranker 7->1" in request.tags["shopseq/reason"]
 
 
+def test_a_champion_evaluated_before_the_challenger_on_the_same_day_is_evaluated_again(built, tmp_path):
+    """The same hold-out day's rows change when an ingest withdraws a day: promotion compares the challenger with the
+    champion measured now, not with a figure stored before the challenger was evaluated (made stale here by hand)."""
+    from dagster import RunConfig
+
+    from assets.models import TrainingConfig
+
+    home = shutil.copytree(built[0], tmp_path / "home")
+    resources, ranker = build_resources(str(home)), "shopseq_next_item_ranker"
+    champion = resources["registry"].champion(ranker).version
+    with duckdb.connect(f"{home}/warehouse.duckdb") as conn:
+        conn.execute(
+            "UPDATE model_evaluations SET value = 0.99 WHERE model_name = ? AND model_version = ? AND method = 'model'",
+            [ranker, champion],
+        )
+    result = materialize(
+        [a for a in ALL_ASSETS if a.key.to_user_string() in ("next_item_ranker", "champion_promotion")],
+        resources=resources,
+        instance=DagsterInstance.ephemeral(),
+        raise_on_error=False,
+        run_config=RunConfig(ops={"next_item_ranker": TrainingConfig(num_boost_round=1, num_leaves=2)}),
+    )
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    before, day = (
+        duckdb.connect(f"{home}/warehouse.duckdb", read_only=True)
+        .execute(
+            "SELECT arg_max(champion_metric_before, decided_at), arg_max(holdout_day, decided_at) FROM promotion_log "
+            "WHERE model_name = ?",
+            [ranker],
+        )
+        .fetchone()
+    )
+    rescored = _count(
+        home,
+        f"""SELECT arg_max(value, evaluated_at) FROM model_evaluations WHERE model_name = '{ranker}'
+            AND model_version = {champion} AND holdout_day = '{day}' AND method = 'model' AND segment = 'all'
+            AND target = 'any' AND metric = 'ndcg@20'""",
+    )
+    assert before != 0.99 and before == pytest.approx(rescored) and rescored < 0.99
+
+
 def test_champion_lifecycle_gates_manual_moves_rescoring_and_rollback(built, tmp_path, monkeypatch):
     """v1 is champion; a worse v2 stays challenger; a person promotes v2 and the sensor re-scores the latest day
     with it; a better v3 is promoted over v2; rollback restores v2; a move in the MLflow UI is re-scored too;
