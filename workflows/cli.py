@@ -176,7 +176,7 @@ class Pipeline:
         """One run of the job ``job_name`` (for the day ``start``, or the days ``start..end`` as one ranged run, as a
         backfill launches them); raises ``StageFailed`` naming the failed steps and checks."""
         from assets.partitions import RANGE_END_TAG, RANGE_START_TAG
-        from workflows.sensors import step_error
+        from workflows.sensors import append_failure, failure_record, step_error
 
         window = {}
         if start is not None and (end or start) == start:
@@ -190,13 +190,17 @@ class Pipeline:
             **window,
         )
         if not result.success:
-            details = []
+            details, checks = [], []
             for event in result.all_events:
                 if event.event_type_value == "ASSET_CHECK_EVALUATION" and not event.event_specific_data.passed:
                     check = event.event_specific_data
+                    checks.append(f"{check.asset_key.to_user_string()}:{check.check_name}")
                     details.append(f"check {check.check_name} failed: {check.description or check.metadata}"[:600])
                 elif event.is_step_failure:
                     details.append(f"{event.step_key}: {step_error(event)[:600]}")
+            # recorded as the run_failure_recorder sensor records it, which runs only under the daemon
+            steps = [event for event in result.all_events if event.is_step_failure]
+            append_failure(str(self.home), failure_record(self.instance.get_run_by_id(result.run_id), steps, checks))
             raise StageFailed(f"job {job_name} failed (run {result.run_id}): {'; '.join(details)}")
         return result
 
@@ -926,7 +930,7 @@ def cmd_failures(args: argparse.Namespace) -> int:
         lines = path.read_bytes().decode("utf-8", errors="replace").splitlines() if path.exists() else []
     except OSError as error:
         raise UsageError(f"{path} cannot be read: {error.strerror}") from None
-    records, unreadable = [], []
+    records, unreadable, seen = [], [], set()
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -934,10 +938,11 @@ def cmd_failures(args: argparse.Namespace) -> int:
             record = json.loads(line)
         except json.JSONDecodeError:  # a line cut short when the recorder was killed mid-write
             record = None
-        if _is_failure_record(record):
-            records.append(record)
-        else:
+        if not _is_failure_record(record):
             unreadable.append(number)
+        elif record["run_id"] not in seen:  # a run both shopseq run and the sensor recorded is listed once
+            seen.add(record["run_id"])
+            records.append(record)
     if unreadable:
         print(
             f"note: {path} line(s) {', '.join(map(str, unreadable))} are not complete failure records (cut short "

@@ -161,6 +161,13 @@ def failure_record(run, step_failures: list, failed_checks: list[str]) -> dict:
     }
 
 
+def append_failure(home: str, record: dict) -> None:
+    """A failed run's record as one line of ``<home>/run_failures.jsonl``: the sensor's, and ``shopseq run``'s for the
+    runs it launches (a run both record is listed once, by its id)."""
+    with open(Path(home) / RUN_FAILURES_FILE, "a") as out:
+        out.write(json.dumps(record) + "\n")
+
+
 @run_failure_sensor(
     monitor_all_code_locations=False, minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING
 )
@@ -177,8 +184,7 @@ def run_failure_recorder(context: RunFailureSensorContext, warehouse: Warehouse)
         if not event.dagster_event.event_specific_data.passed
     ]
     record = failure_record(context.dagster_run, context.get_step_failure_events(), checks)
-    with open(Path(warehouse.home) / RUN_FAILURES_FILE, "a") as out:
-        out.write(json.dumps(record) + "\n")
+    append_failure(warehouse.home, record)
     context.log.error(
         f"run {record['run_id']} of {record['job']} ({record['partition']}) failed: "
         + "; ".join(f"{s['step']}: {s['error'][:200]}" for s in record["failed_steps"])

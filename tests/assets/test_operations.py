@@ -124,6 +124,27 @@ def test_a_failed_run_is_recorded_with_its_partition_step_and_error(tmp_path, ca
     assert "    raw_events: " in printed and "no landing files for 2025-03-01" in printed
 
 
+def test_a_run_shopseq_run_launched_is_recorded_without_the_daemon_and_listed_once(tmp_path, capsys, monkeypatch):
+    """``shopseq run`` launches its jobs in-process, where no sensor runs: it records a failed run itself, as the
+    run_failure_recorder does; a run both recorded (the daemon watching the same instance) is listed once."""
+    from workflows.cli import Pipeline, StageFailed, prepare_home
+
+    for variable in ("SHOPSEQ_HOME", "DAGSTER_HOME"):  # prepare_home sets them: restored after the test
+        monkeypatch.setenv(variable, str(tmp_path))
+    home = prepare_home(str(tmp_path / "home"))
+    write_settings(str(home), landing="files")  # no landing day: raw_events fails by name
+    with pytest.raises(StageFailed, match="no landing files for 2025-03-01"):
+        Pipeline(home).launch("daily_pipeline", DAYS[0])
+    lines = (home / RUN_FAILURES_FILE).read_text().splitlines()
+    record = json.loads(lines[-1])
+    assert len(lines) == 1 and record["job"] == "daily_pipeline" and record["partition"] == DAYS[0].isoformat()
+    assert record["failed_steps"][0]["step"] == "raw_events"
+    with open(home / RUN_FAILURES_FILE, "a") as out:  # the sensor's line for the same run
+        out.write(lines[0] + "\n")
+    assert main(["failures", "--home", str(home)]) == 0
+    assert capsys.readouterr().out.count(f"run {record['run_id']}") == 1
+
+
 def test_publishing_follows_the_latest_days_features_by_declarative_automation():
     instance = DagsterInstance.ephemeral()
     today = dt.datetime.now(dt.UTC).date()
