@@ -244,7 +244,7 @@ class Pipeline:
             elif "not_built_because" in facts:
                 outcome = f"not built: {facts['not_built_because'].value}"
             elif "not_trained_because" in facts:
-                outcome = "not trained: this home's data cannot train it (why: below)"
+                outcome = f"not trained: {facts['not_trained_because'].value}"
             else:
                 rows = facts.get("dagster/row_count")
                 outcome = f"{rows.value:,} rows" if rows else ""
