@@ -190,16 +190,16 @@ class Pipeline:
             **window,
         )
         if not result.success:
-            details, checks = [], []
+            details, checks, steps = [], [], []
             for event in result.all_events:
                 if event.event_type_value == "ASSET_CHECK_EVALUATION" and not event.event_specific_data.passed:
                     check = event.event_specific_data
                     checks.append(f"{check.asset_key.to_user_string()}:{check.check_name}")
                     details.append(f"check {check.check_name} failed: {check.description or check.metadata}"[:600])
                 elif event.is_step_failure:
+                    steps.append(event)
                     details.append(f"{event.step_key}: {step_error(event)[:600]}")
             # recorded as the run_failure_recorder sensor records it, which runs only under the daemon
-            steps = [event for event in result.all_events if event.is_step_failure]
             append_failure(str(self.home), failure_record(self.instance.get_run_by_id(result.run_id), steps, checks))
             raise StageFailed(f"job {job_name} failed (run {result.run_id}): {'; '.join(details)}")
         return result

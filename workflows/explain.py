@@ -62,24 +62,20 @@ def explain(warehouse, registry, instance, user: str, day: dt.date) -> str:
     if not Path(warehouse.path).exists():
         raise ValueError(f"{warehouse.path} does not exist: run shopseq run (or demo) on this home first")
     with warehouse.connect(read_only=True) as conn:
-        tables = {
+        published = {
             r[0]
             for r in conn.execute(
                 "SELECT table_name FROM information_schema.tables WHERE table_name IN ('recommendations', "
                 "'next_action_predictions', 'item_next_items')"
             ).fetchall()
         }
-        if not tables - {"item_next_items"}:
-            served = (
-                " (its item_next_items are lists per item, for sessions, not rows of a user)"
-                if "item_next_items" in tables
-                else ""
-            )
+        tables = published & set(_SERVED)  # the per-user tables
+        if not tables:
+            lists = " (its item_next_items are lists per item, for sessions, not rows of a user)"
             raise ValueError(
                 f"{warehouse.path} holds no recommendations or next-action predictions: nothing has been served to a "
-                f"user on this home{served}"
+                f"user on this home{lists if published else ''}"
             )
-        tables -= {"item_next_items"}
         served = conn.execute(
             " UNION ALL ".join(_SERVED[t] for t in sorted(tables)) + " ORDER BY 1, 2", {"user": user, "day": day}
         ).df()
