@@ -520,6 +520,17 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         )
     _withdraw_pending_days(home, Warehouse(home=str(home)))
     days = landing.landed_days()  # run materialises every landed day, this ingest's and those before it
+    for day, accepted, median in report.partial_days():
+        print(
+            f"note: {day} has {accepted:,} accepted events, {accepted / median:.1%} of the median day's {median:,} "
+            f"({tz} days): the log {'ends' if day == max(report.per_day) else 'starts'} within it"
+            + (
+                f". As the last landed day it is the day run publishes for and holds the models' hold-out "
+                f"targets: shopseq run --home {home} --end {day - dt.timedelta(days=1)} leaves it out."
+                if days and day == days[-1]
+                else "."
+            )
+        )
     if days:
         print(f"\nNext: shopseq run --home {home}   (materialises {days[0]}..{days[-1]})")
     return 0
@@ -602,6 +613,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 OUTPUT_FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "json", ".json": "json"}
+FOREIGN_ITEMS = 0.1  # ``predict`` warns when fewer of a file's events are on items the home knows
 
 
 def _scoring_models(registry, overrides: list[str]) -> tuple[dict, list[str]]:
@@ -664,7 +676,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from assets.logic.features import USER_FEATURE_COLUMNS
     from assets.logic.ingest import FORMATS, IngestError
     from assets.logic.next_event import NEXT_EVENT_FEATURES
-    from assets.logic.predict import load_item_side, read_sequences, score_sequences
+    from assets.logic.predict import known_items, load_item_side, read_sequences, score_sequences
     from assets.logic.serving import BusinessRules, check_features
     from resources import ModelRegistry, Warehouse
     from resources.home import read_settings
@@ -720,6 +732,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             read_seconds = time.perf_counter() - began
             with warehouse.read_lock():
                 load_item_side(conn, warehouse.path, item_day, warehouse.timezone)
+            known = known_items(conn, "SELECT item_id FROM predict_item_now")
         except (IngestError, ValueError) as error:
             print(f"error: cannot score {error}", file=sys.stderr)
             return 2
@@ -744,6 +757,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     sources = frame["source"].value_counts()
     print("Items by candidate source: " + ", ".join(f"{s} {n:,}" for s, n in sources.items()))
     _print_short_lists(frame, args.k, "the warehouse knows too few popular items")
+    _print_known_items(known, f"item statistics as of {item_day}")
     for note in notes:
         print(f"note: {note}")
     print(f"Wrote {len(frame):,} rows to {out}")
@@ -765,6 +779,20 @@ def _print_short_lists(frame, k: int, why: str) -> None:
     short = (frame.groupby("sequence_id")["rank"].max() < k).sum()
     if short:
         print(f"{short:,} of {frame['sequence_id'].nunique():,} sequences got fewer than {k} items ({why}).")
+
+
+def _print_known_items(known: tuple[int, int], of: str) -> None:
+    """How many of the file's events are on items the home knows; a file of another shop knows next to none."""
+    events, on_known = known
+    share = on_known / events if events else 0.0
+    print(
+        f"{on_known:,} of the file's {events:,} events with an item ({share:.0%}) are on items the home knows ({of})."
+    )
+    if share < FOREIGN_ITEMS:
+        print(
+            f"warning: under {FOREIGN_ITEMS:.0%} of the file's items are known to this home: is it a log of the shop "
+            "the home learned? Its lists can then only be the home's popular items and the sequences' own items."
+        )
 
 
 def _write_predictions(conn, frame, out: Path) -> None:
@@ -808,7 +836,7 @@ def _predict_sessions(args: argparse.Namespace, home: Path, out: Path, warehouse
         try:
             report = read_sequences(conn, args.events, args.format, tz)
             with warehouse.read_lock():
-                frame, cutoff = score_sessions(conn, warehouse.path, model, args.k, next_event_model)
+                frame, cutoff, known = score_sessions(conn, warehouse.path, model, args.k, next_event_model)
         except (IngestError, ValueError) as error:
             print(f"error: cannot score {error}", file=sys.stderr)
             return 2
@@ -828,6 +856,7 @@ def _predict_sessions(args: argparse.Namespace, home: Path, out: Path, warehouse
         f"the warehouse has few events before {cutoff}, the file's first: a list adds to a session's own items only "
         "what the shop's history before the file knows",
     )
+    _print_known_items(known, "the items of the warehouse's events")
     if next_event_ref is None:
         print(f"note: {NEXT_EVENT_MODEL} has no champion: its p_next_* columns are left out")
     print(f"Wrote {len(frame):,} rows to {out}")

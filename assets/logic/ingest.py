@@ -116,6 +116,7 @@ import os
 import re
 import shutil
 import stat
+import statistics
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
@@ -134,6 +135,8 @@ from assets.logic.warehouse_sql import check_timezone
 EARLIEST_DAY = dt.date(1995, 1, 1)
 # Landing file names keep this much of the source's name (file systems allow 255 bytes; the digest identifies it).
 MAX_STEM = 120
+# A first or last day with fewer accepted events than this share of the median day's is reported as partial.
+PARTIAL_DAY_SHARE = 0.05
 BATCH_LINES = 200_000
 UTF8_BOM = b"\xef\xbb\xbf"
 # Beside the day folders of the landing root; none of these names is a day, so readers skip them.
@@ -764,6 +767,17 @@ class IngestReport:
     @property
     def quarantined(self) -> int:
         return self.read - self.accepted
+
+    def partial_days(self, share: float = PARTIAL_DAY_SHARE) -> list[tuple[dt.date, int, int]]:
+        """The first and last day of the report when it accepted fewer than ``share`` of the median day's events
+        (a log that starts or ends within a day of the home's timezone), as (day, accepted, median); none for
+        fewer than three days."""
+        if len(self.per_day) < 3:
+            return []
+        days = sorted(self.per_day)
+        median = int(statistics.median(self.per_day[d]["accepted"] for d in days))
+        edges = dict.fromkeys([days[0], days[-1]])
+        return [(d, self.per_day[d]["accepted"], median) for d in edges if self.per_day[d]["accepted"] < share * median]
 
     def table(self) -> str:
         reasons = sorted({k for c in self.per_day.values() for k in c} - {"read", "accepted", "quarantined"})

@@ -128,14 +128,28 @@ def auc_interval(
     y_true: np.ndarray, p: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = 7
 ) -> tuple[float, float]:
     """95% percentile bootstrap interval of ``auc`` over resampled rows (users), from the draws of
-    ``bootstrap_interval``. Each resample's AUC is counted from one sort of the scores: a resample weighs each row
-    by how often it drew it, and its AUC is the weighted share of (positive, negative) pairs ranked in order, ties
-    counted half. Those sums are whole or half numbers, exact, so each AUC is the one ``auc`` computes from the
-    resampled rows' ranks, to the bit."""
+    ``bootstrap_interval`` (see ``resampled_aucs``)."""
+    return percentile_interval(resampled_aucs(y_true, p, samples, seed))
+
+
+def percentile_interval(stats: np.ndarray) -> tuple[float, float]:
+    """The 95% percentile interval of resampled statistics; resamples without a value (NaN) are left out."""
+    if np.isnan(stats).all():
+        return float("nan"), float("nan")
+    return float(np.nanpercentile(stats, 2.5)), float(np.nanpercentile(stats, 97.5))
+
+
+def resampled_aucs(y_true: np.ndarray, p: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = 7) -> np.ndarray:
+    """The AUC of each of ``samples`` resamples of the rows, drawn as ``bootstrap_draws`` draws them (so statistics
+    of the same rows share their resamples), NaN where a resample has one class or draws an unscored row. Each
+    resample's AUC is counted from one sort of the scores: a resample weighs each row by how often it drew it, and
+    its AUC is the weighted share of (positive, negative) pairs ranked in order, ties counted half. Those sums are
+    whole or half numbers, exact, so each AUC is the one ``auc`` computes from the resampled rows' ranks, to the
+    bit."""
     y, p = np.asarray(y_true).astype(bool), np.asarray(p, dtype=float)
     n = len(y)
     if n < 2:
-        return float("nan"), float("nan")
+        return np.full(samples, np.nan)
     with profile.step("bootstrap"):
         unscored = np.isnan(p)  # a resample that draws a NaN score has no AUC, as ``auc`` gives it none
         group = np.unique(p, return_inverse=True)[1].ravel()  # each row's tie group of scores, lowest first
@@ -157,8 +171,7 @@ def auc_interval(
             with np.errstate(invalid="ignore", divide="ignore"):
                 block_auc = np.where(pairs > 0, (positive * (below + 0.5 * negative)).sum(axis=1) / pairs, np.nan)
             stats.append(np.where(unscored[drawn].any(axis=1), np.nan, block_auc) if unscored.any() else block_auc)
-        stats = np.concatenate(stats)
-        return float(np.nanpercentile(stats, 2.5)), float(np.nanpercentile(stats, 97.5))
+        return np.concatenate(stats)
 
 
 def bootstrap_intervals(
@@ -174,11 +187,7 @@ def bootstrap_intervals(
         draws = bootstrap_draws(len(columns), samples, seed) if draws is None else draws
         if draws.shape[1] != len(columns):
             raise ValueError(f"draws of {draws.shape[1]} rows given for {len(columns)} rows")
-        intervals = []
-        for column in columns.T:
-            stats = column[draws].mean(axis=1)
-            intervals.append((float(np.nanpercentile(stats, 2.5)), float(np.nanpercentile(stats, 97.5))))
-        return intervals
+        return [percentile_interval(column[draws].mean(axis=1)) for column in columns.T]
 
 
 def auc(y_true: np.ndarray, p: np.ndarray) -> float:

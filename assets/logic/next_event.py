@@ -15,7 +15,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from assets.logic.metrics import auc, bootstrap_interval
+from assets.logic.metrics import auc, bootstrap_intervals, percentile_interval, resampled_aucs
 from assets.logic.schema import EVENT_TYPES
 from assets.logic.training import LightGBMParams, boost
 
@@ -161,9 +161,33 @@ def multiclass_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     }
 
 
+def multiclass_intervals(y: np.ndarray, p: np.ndarray, values: dict[str, float]) -> dict[str, tuple[float, float]]:
+    """95% bootstrap intervals over states of ``multiclass_metrics``' ``values`` (of ``y`` and the normalised
+    ``p``): the macro AUC, each type's AUC, the log loss and the Brier score, every one from the same resamples. A
+    resample's macro AUC is the mean over the types it has both labels of, as ``multiclass_metrics`` measures it."""
+    onehot = np.eye(len(EVENT_CLASSES))[y]
+    per_state = {  # per-state losses: the interval of their mean
+        "log_loss": -np.log(p[np.arange(len(y)), y]),
+        "brier": ((p - onehot) ** 2).sum(axis=1),
+    }
+    intervals = dict(zip(per_state, bootstrap_intervals(np.column_stack(list(per_state.values())))))
+    resampled = {  # each type's AUC per resample, for the types the hold-out has both labels of
+        t: resampled_aucs(onehot[:, c], p[:, c]) for c, t in enumerate(EVENT_CLASSES) if f"auc_{t}" in values
+    }
+    intervals |= {f"auc_{t}": percentile_interval(stats) for t, stats in resampled.items()}
+    if resampled:
+        stacked = np.column_stack(list(resampled.values()))
+        counted = (~np.isnan(stacked)).sum(axis=1)
+        intervals["auc"] = percentile_interval(
+            np.where(counted > 0, np.nansum(stacked, axis=1) / np.maximum(counted, 1), np.nan)
+        )
+    return intervals
+
+
 def evaluate_next_event(holdout: pd.DataFrame, booster: lgb.Booster, train: pd.DataFrame) -> pd.DataFrame:
     """The model beside the class prior and a last-type Markov chain (both from the training states) on the
-    hold-out states, with 95% bootstrap intervals over states for the log loss and the Brier score."""
+    hold-out states, with 95% bootstrap intervals over states for the macro AUC, each type's AUC, the log loss and
+    the Brier score (``multiclass_intervals``)."""
     y = holdout["next_type"].map(EVENT_CLASSES.index).to_numpy()
     methods = {
         "model": booster.predict(holdout[NEXT_EVENT_FEATURES].astype(float)).reshape(len(holdout), -1),
@@ -173,12 +197,10 @@ def evaluate_next_event(holdout: pd.DataFrame, booster: lgb.Booster, train: pd.D
     rows = []
     for method, p in methods.items():
         p = np.clip(p, 1e-9, 1.0) / np.clip(p, 1e-9, 1.0).sum(axis=1, keepdims=True)
-        per_state = {  # per-state losses: their bootstrap intervals are vectorised
-            "log_loss": -np.log(p[np.arange(len(y)), y]),
-            "brier": ((p - np.eye(len(EVENT_CLASSES))[y]) ** 2).sum(axis=1),
-        }
-        for metric, value in multiclass_metrics(y, p).items():
-            low, high = bootstrap_interval(per_state[metric]) if metric in per_state else (float("nan"), float("nan"))
+        values = multiclass_metrics(y, p)
+        intervals = multiclass_intervals(y, p, values)
+        for metric, value in values.items():
+            low, high = intervals.get(metric, (float("nan"), float("nan")))
             rows.append(
                 {
                     "segment": "all",

@@ -94,6 +94,17 @@ def load_item_side(conn: duckdb.DuckDBPyConnection, warehouse: str, day: dt.date
     return items
 
 
+def known_items(conn: duckdb.DuckDBPyConnection, known: str, params=None) -> tuple[int, int]:
+    """How many of the file's events (``sequence_events``) have an item, and how many of those are on an item of
+    ``known`` (a SELECT of ``item_id``): a file from another shop knows next to none."""
+    [(events, on_known)] = conn.execute(
+        f"""SELECT count(*), count(*) FILTER (WHERE item_id IN ({known}))
+            FROM memory.main.sequence_events WHERE item_id IS NOT NULL""",
+        params,
+    ).fetchall()
+    return events, on_known
+
+
 def next_event_probabilities(conn: duckdb.DuckDBPyConnection, model, sequence: str) -> pd.DataFrame:
     """``p_next_<type>`` of the next event of each sequence of ``sequence_events`` (``sequence``: the SQL of its
     key, a user or a user's session), from the state after its last event. Columns sequence_id, p_next_*."""
@@ -170,7 +181,8 @@ def score_sessions(
     (a booster or a rule policy): its top ``k`` next items with their source and a reason. The item side (rules,
     neighbours, popularity) is read from the warehouse (attached read-only for this call only), from its events
     before the file's first event and before the warehouse's last one: no prefix's list uses an event after it.
-    With ``next_event_model``, each session's ``p_next_<type>``. Returns the rows and that cut-off."""
+    With ``next_event_model``, each session's ``p_next_<type>``. Returns the rows, that cut-off and ``known_items``
+    of the warehouse's events (of any time: is the file of the warehouse's shop?)."""
     from assets.logic.session_model import score_prefixes
 
     events = conn.execute(
@@ -187,6 +199,7 @@ def score_sessions(
             [(last,)] = conn.execute("SELECT max(event_time) FROM cleaned_events").fetchall()
             cutoff = min(events["event_time"].min(), last + dt.timedelta(microseconds=1))
             top = score_prefixes(conn, events, model, cutoff, k)
+            known = known_items(conn, "SELECT item_id FROM wh.cleaned_events")  # the shop's: any time
         finally:
             conn.execute("USE memory")
     out = top.rename(columns={"session_id": "sequence_id"}).merge(sizes, on="sequence_id", how="left")
@@ -196,4 +209,4 @@ def score_sessions(
         next_event = next_event_probabilities(conn, next_event_model, "user_id || '/' || session_id")
         out = out.merge(next_event, on="sequence_id", how="left")
         columns += [c for c in next_event.columns if c.startswith("p_next_")]
-    return out.sort_values(["sequence_id", "rank"])[columns].reset_index(drop=True), cutoff
+    return out.sort_values(["sequence_id", "rank"])[columns].reset_index(drop=True), cutoff, known

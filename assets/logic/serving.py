@@ -121,7 +121,7 @@ def _codes(column: pa.ChunkedArray) -> tuple[pa.DictionaryArray, np.ndarray]:
     distinct strings in sorted order, a null last: an integer sort key that orders the rows as their strings do
     (sorting 2.75M rows by two string keys cost more than encoding them)."""
     encoded = pc.dictionary_encode(column, null_encoding="encode").combine_chunks()
-    place = pc.rank(encoded.dictionary, sort_keys="ascending", null_placement="at_end").to_numpy()
+    place = pc.rank(encoded.dictionary, sort_keys="ascending").to_numpy()  # a null ranks last by default
     return encoded, place[encoded.indices.to_numpy()]
 
 

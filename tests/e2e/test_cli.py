@@ -222,6 +222,7 @@ def test_predict_scores_known_cold_and_search_only_sequences(demo, tmp_path):
     out = _predict(home, source, "canonical-csv", tmp_path / "predictions.parquet", "--k", "10")
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"{len(known) + 4} rows = {len(known) + 3} accepted + 1 quarantined (missing_user 1)" in out.stdout
+    assert "are on items the home knows" in out.stdout and "warning" not in out.stdout  # the home's own shop
     frame = pd.read_parquet(tmp_path / "predictions.parquet")
     assert set(frame["sequence_id"]) == {known["user_id"].iloc[0], "cold", "searcher"}
     _assert_ranked_lists(frame, 10)
@@ -255,6 +256,7 @@ def test_predict_runs_on_the_shared_samples(demo, tmp_path, fmt, path, sequences
     home, _ = demo
     out = _predict(home, SHARED / path, fmt, tmp_path / "predictions.csv")
     assert out.returncode == 0, out.stderr[-3000:]
+    assert "warning: under 10% of the file's items are known to this home" in out.stdout  # another shop's log
     frame = pd.read_csv(tmp_path / "predictions.csv", dtype={"sequence_id": str, "item_id": str})
     _assert_ranked_lists(frame, 20)
     if sequences is None:  # one sequence per session without a user, one per user otherwise

@@ -891,3 +891,17 @@ def test_a_non_integral_or_non_numeric_id_is_bad_type_and_canonical_formats_keep
     )
     ingest([canonical], "canonical-csv", str(tmp_path / "c"), now=NOW)
     assert _landed(tmp_path / "c")[["user_id", "item_id"]].values.tolist() == [["12.0", "007"]]
+
+
+def test_partial_days_are_a_tiny_first_or_last_day_beside_the_median():
+    from assets.logic.ingest import IngestReport
+
+    def report(*accepted):
+        days = {dt.date(2025, 3, 1) + dt.timedelta(days=i): {"read": n, "accepted": n} for i, n in enumerate(accepted)}
+        return IngestReport(days, {}, "UTC")
+
+    first, last = dt.date(2025, 3, 1), dt.date(2025, 3, 5)
+    assert report(3, 100, 90, 110, 4).partial_days() == [(first, 3, 90), (last, 4, 90)]
+    assert report(100, 90, 2, 110, 95).partial_days() == []  # a quiet day inside the log is the shop's, not a cut
+    assert report(100, 90, 110, 95, 5).partial_days() == []  # 5% of the median: not below it
+    assert report(100, 1).partial_days() == []  # two days have no median to speak of

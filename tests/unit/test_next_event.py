@@ -3,8 +3,16 @@ import datetime as dt
 import duckdb
 import numpy as np
 import pandas as pd
+import pytest
 
-from assets.logic.next_event import EVENT_CLASSES, NEXT_EVENT_FEATURES, multiclass_metrics, session_states_sql
+from assets.logic.metrics import BOOTSTRAP_SAMPLES
+from assets.logic.next_event import (
+    EVENT_CLASSES,
+    NEXT_EVENT_FEATURES,
+    multiclass_intervals,
+    multiclass_metrics,
+    session_states_sql,
+)
 
 T0 = dt.datetime(2025, 3, 10, 12, 0)
 
@@ -68,6 +76,34 @@ def test_multiclass_metrics_reward_the_right_class():
     assert flat["auc"] == 0.5
     assert good["log_loss"] < flat["log_loss"] and good["brier"] < flat["brier"]
     assert "auc_search" not in good  # no hold-out state has a search next: its AUC is undefined, not reported
+
+
+def test_multiclass_intervals_are_the_percentiles_of_the_metrics_of_each_resample():
+    """Against the definition: ``multiclass_metrics`` of every resample of the states (the shared draws), a rare
+    type missing from some resamples (left out of their macro AUC) and one type missing from the hold-out."""
+    rng = np.random.default_rng(4)
+    y = rng.choice([0, 2, 3, 5], size=300, p=[0.6, 0.3, 0.09, 0.01])  # no search (1) nor favorite (4)
+    p = rng.random((300, len(EVENT_CLASSES))) + 2.0 * np.eye(len(EVENT_CLASSES))[y] * rng.random((300, 1))
+    p[:, 3] = np.round(p[:, 3], 1)  # ties
+    p /= p.sum(axis=1, keepdims=True)
+    values = multiclass_metrics(y, p)
+    intervals = multiclass_intervals(y, p, values)
+    draws = np.random.default_rng(7).integers(0, len(y), size=(BOOTSTRAP_SAMPLES, len(y)))
+    resampled = [multiclass_metrics(y[d], p[d]) for d in draws]
+    assert sum("auc_purchase" not in r for r in resampled) > 0  # the rare type is missing from some resamples
+    assert set(intervals) == {
+        "auc",
+        "auc_view",
+        "auc_add_to_cart",
+        "auc_remove_from_cart",
+        "auc_purchase",
+        "log_loss",
+        "brier",
+    }
+    for metric, (low, high) in intervals.items():
+        stats = np.array([r.get(metric, np.nan) for r in resampled])
+        assert (low, high) == pytest.approx((np.nanpercentile(stats, 2.5), np.nanpercentile(stats, 97.5)), rel=1e-9)
+        assert low <= values[metric] <= high
 
 
 def test_an_event_id_repeated_on_two_days_of_one_session_gives_one_state_per_event():

@@ -289,3 +289,14 @@ def test_a_list_filled_from_popular_items_says_so():
     assert filled.any()  # 4 categories, one item each, then the popular items fill the list
     assert recs.loc[filled, "reason"].eq(serving.FALLBACK_REASON).all()
     assert not recs.loc[~filled, "reason"].isin([serving.FALLBACK_REASON]).any() and recs["reason"].notna().all()
+
+
+def test_string_codes_order_rows_as_their_strings_a_null_last_without_a_warning():
+    import warnings
+
+    from assets.logic.serving import _codes
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pyarrow 25 deprecated rank's null_placement: a warning on every predict
+        _, place = _codes(pa.chunked_array([["b", None], ["a", "b"]]))
+    assert place.tolist() == [2, 3, 1, 2]

@@ -378,7 +378,7 @@ def test_predict_scores_each_session_with_an_item_side_from_before_the_files_fir
                 ('sX', 'X', 'i02', TIMESTAMP '2025-05-04 01:02:00', 'view', 'x2'),
                 ('sY', 'Y', 'i03', TIMESTAMP '2025-05-04 02:00:00', 'view', 'y1'))
                 t(user_id, session_id, item_id, event_time, event_type, event_id)""")
-            frame, cutoff = score_sessions(
+            frame, cutoff, _ = score_sessions(
                 conn,
                 str(path),
                 RulePolicy("sr", tuple(sm.SESSION_FEATURES), (("sr_score", 1.0),), only_where="in_sr"),
@@ -419,7 +419,7 @@ def test_predict_adds_each_sessions_next_event_type_probabilities_from_the_state
             ('sY', 'Y', 'i03', TIMESTAMP '2025-05-09 02:00:00', 'view', 'y1', false))
             t(user_id, session_id, item_id, event_time, event_type, event_id, is_bot)""")
         rule = RulePolicy("sr", tuple(sm.SESSION_FEATURES), (("sr_score", 1.0),), only_where="in_sr")
-        frame, _ = score_sessions(conn, str(path), rule, 3, LastType())
+        frame, _, _ = score_sessions(conn, str(path), rule, 3, LastType())
     first = frame.groupby("sequence_id").first()
     assert first.loc["sX/X", "p_next_add_to_cart"] == 1.0 and first.loc["sY/Y", "p_next_view"] == 1.0
 

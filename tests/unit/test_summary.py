@@ -136,3 +136,52 @@ def test_predict_says_what_it_quarantined_and_how_many_lists_came_out_short(caps
     assert capsys.readouterr().out == "1 of 2 sequences got fewer than 2 items (why).\n"
     _print_short_lists(frame[frame["sequence_id"] == "s1"], 2, "why")
     assert capsys.readouterr().out == ""
+
+
+def test_predict_warns_when_a_files_items_are_foreign_to_the_home(capsys):
+    import duckdb
+
+    from assets.logic.predict import known_items
+    from workflows.cli import _print_known_items
+
+    with duckdb.connect() as conn:
+        conn.execute("CREATE TABLE sequence_events AS SELECT * FROM (VALUES ('a'), ('a'), ('b'), (NULL)) t(item_id)")
+        conn.execute("CREATE TABLE shop_items AS SELECT * FROM (VALUES ('a'), ('c')) t(item_id)")
+        assert known_items(conn, "SELECT item_id FROM shop_items") == (3, 2)  # the search without an item left out
+        assert known_items(conn, "SELECT item_id FROM shop_items WHERE item_id > ?", ["b"]) == (3, 0)
+    _print_known_items((3, 2), "of the day")
+    assert (
+        capsys.readouterr().out
+        == "2 of the file's 3 events with an item (67%) are on items the home knows (of the day).\n"
+    )
+    _print_known_items((100, 9), "of the day")
+    out = capsys.readouterr().out
+    assert "(9%)" in out and "warning: under 10% of the file's items are known to this home" in out
+    _print_known_items((0, 0), "of the day")  # a file of searches only
+    assert "warning" in capsys.readouterr().out
+
+
+def test_ingest_notes_a_partial_first_or_last_day(tmp_path, monkeypatch, capsys):
+    """A log that starts or ends within a day of the home's timezone: the tiny last day would be the next-day
+    models' hold-out, so ingest says so and how to leave it out; full days get no note."""
+    from workflows.cli import main
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home" / "dagster_home"))
+    start = 1511539200  # 2017-11-25 00:00, China time
+    lines = [f"{i % 7},{i},1,pv,{start + day * 86400 + i * 600}" for day in range(3) for i in range(100)]
+    lines += [f"1,5,1,pv,{start + 3 * 86400 + 60}", f"2,6,1,buy,{start + 3 * 86400 + 120}"]
+    source = tmp_path / "log.csv"
+    source.write_text("\n".join(lines) + "\n")
+    home = tmp_path / "home"
+    assert main(["ingest", "--home", str(home), "--format", "taobao", "--path", str(source)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "note: 2017-11-28 has 2 accepted events, 2.0% of the median day's 100 (Asia/Shanghai days): the log ends "
+        f"within it. As the last landed day it is the day run publishes for and holds the models' hold-out "
+        f"targets: shopseq run --home {home} --end 2017-11-27 leaves it out." in out
+    )
+    assert out.count("note:") == 1  # the first day is whole
+
+    source.write_text("\n".join(lines[:300]) + "\n")  # whole days only
+    assert main(["ingest", "--home", str(tmp_path / "whole"), "--format", "taobao", "--path", str(source)]) == 0
+    assert "note:" not in capsys.readouterr().out
