@@ -124,14 +124,6 @@ def bootstrap_draws(rows: int, samples: int = BOOTSTRAP_SAMPLES, seed: int = 7) 
     return np.random.default_rng(seed).integers(0, rows, size=(samples, rows))
 
 
-def auc_interval(
-    y_true: np.ndarray, p: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = 7
-) -> tuple[float, float]:
-    """95% percentile bootstrap interval of ``auc`` over resampled rows (users), from the draws of
-    ``bootstrap_interval`` (see ``resampled_aucs``)."""
-    return percentile_interval(resampled_aucs(y_true, p, samples, seed))
-
-
 def percentile_interval(stats: np.ndarray) -> tuple[float, float]:
     """The 95% percentile interval of resampled statistics; resamples without a value (NaN) are left out."""
     if np.isnan(stats).all():
@@ -141,37 +133,48 @@ def percentile_interval(stats: np.ndarray) -> tuple[float, float]:
 
 def resampled_aucs(y_true: np.ndarray, p: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = 7) -> np.ndarray:
     """The AUC of each of ``samples`` resamples of the rows, drawn as ``bootstrap_draws`` draws them (so statistics
-    of the same rows share their resamples), NaN where a resample has one class or draws an unscored row. Each
-    resample's AUC is counted from one sort of the scores: a resample weighs each row by how often it drew it, and
-    its AUC is the weighted share of (positive, negative) pairs ranked in order, ties counted half. Those sums are
-    whole or half numbers, exact, so each AUC is the one ``auc`` computes from the resampled rows' ranks, to the
-    bit."""
-    y, p = np.asarray(y_true).astype(bool), np.asarray(p, dtype=float)
-    n = len(y)
-    if n < 2:
-        return np.full(samples, np.nan)
-    with profile.step("bootstrap"):
-        unscored = np.isnan(p)  # a resample that draws a NaN score has no AUC, as ``auc`` gives it none
-        group = np.unique(p, return_inverse=True)[1].ravel()  # each row's tie group of scores, lowest first
-        groups = group.max() + 1
-        generator, stats = np.random.default_rng(seed), []
-        block = max(1, 2_000_000 // n)  # resamples at a time: about ten arrays of 16 MB
-        for first in range(0, samples, block):
-            # drawn a block at a time from one generator: the same draws as ``bootstrap_draws`` at once
-            drawn = generator.integers(0, n, size=(min(block, samples - first), n))
-            key = (np.arange(len(drawn))[:, None] * groups + group[drawn]).ravel()
-            positive_draw = y[drawn].ravel()
-            # how many positive and negative rows each resample drew in each tie group
-            positive, negative = (
-                np.bincount(key[mask], minlength=len(drawn) * groups).reshape(len(drawn), groups).astype(float)
-                for mask in (positive_draw, ~positive_draw)
-            )
-            below = np.cumsum(negative, axis=1) - negative  # negatives scored strictly lower
-            pairs = positive.sum(axis=1) * negative.sum(axis=1)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                block_auc = np.where(pairs > 0, (positive * (below + 0.5 * negative)).sum(axis=1) / pairs, np.nan)
-            stats.append(np.where(unscored[drawn].any(axis=1), np.nan, block_auc) if unscored.any() else block_auc)
-        return np.concatenate(stats)
+    of the same rows share their resamples), NaN where a resample has one class or draws an unscored row.
+    ``p`` is one column of scores, or several (rows x columns: each column's AUC from the same resamples, against
+    the matching column of ``y_true`` or against its one column); the result is (samples,) or (samples, columns).
+
+    A resample weighs each row by how often it drew it (counted once for every column), and its AUC is the
+    weighted share of (positive, negative) pairs ranked in order, ties counted half, from one sort of each column's
+    scores. Those sums are whole or half numbers, exact, so each AUC is the one ``auc`` computes from the
+    resampled rows' ranks, to the bit."""
+    p = np.asarray(p, dtype=float)
+    scores = p.reshape(len(p), -1)
+    labels = np.broadcast_to(np.asarray(y_true).astype(bool).reshape(len(p), -1), scores.shape)
+    n, m = scores.shape
+    stats = np.full((samples, m), np.nan)
+    if n >= 2:
+        with profile.step("bootstrap"):
+            columns = []
+            for c in range(m):
+                order = np.argsort(scores[:, c], kind="stable")
+                ranked = scores[order, c]
+                ties = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])  # where each tie group starts
+                columns.append((order, labels[order, c], ties, np.isnan(scores[:, c])))
+            generator = np.random.default_rng(seed)
+            block = max(1, 250_000 // n)  # resamples at a time: arrays of about 2 MB, which stay in the caches
+            for first in range(0, samples, block):
+                # drawn a block at a time from one generator: the same draws as ``bootstrap_draws`` at once
+                drawn = generator.integers(0, n, size=(min(block, samples - first), n))
+                rows = len(drawn)
+                weights = np.bincount((np.arange(rows)[:, None] * n + drawn).ravel(), minlength=rows * n)
+                weights = weights.reshape(rows, n).astype(float)
+                for c, (order, positive_row, ties, unscored) in enumerate(columns):
+                    weighed = weights[:, order]
+                    # each resample's positive and negative rows in each tie group, lowest scores first
+                    positive = np.add.reduceat(weighed * positive_row, ties, axis=1)
+                    negative = np.add.reduceat(weighed * ~positive_row, ties, axis=1)
+                    below = np.cumsum(negative, axis=1) - negative  # negatives scored strictly lower
+                    pairs = positive.sum(axis=1) * negative.sum(axis=1)
+                    with np.errstate(invalid="ignore", divide="ignore"):
+                        aucs = np.where(pairs > 0, (positive * (below + 0.5 * negative)).sum(axis=1) / pairs, np.nan)
+                    if unscored.any():  # a resample that draws a NaN score has no AUC, as ``auc`` gives it none
+                        aucs = np.where((weights[:, unscored] > 0).any(axis=1), np.nan, aucs)
+                    stats[first : first + rows, c] = aucs
+    return stats[:, 0] if p.ndim == 1 else stats
 
 
 def bootstrap_intervals(

@@ -171,12 +171,11 @@ def multiclass_intervals(y: np.ndarray, p: np.ndarray, values: dict[str, float])
         "brier": ((p - onehot) ** 2).sum(axis=1),
     }
     intervals = dict(zip(per_state, bootstrap_intervals(np.column_stack(list(per_state.values())))))
-    resampled = {  # each type's AUC per resample, for the types the hold-out has both labels of
-        t: resampled_aucs(onehot[:, c], p[:, c]) for c, t in enumerate(EVENT_CLASSES) if f"auc_{t}" in values
-    }
-    intervals |= {f"auc_{t}": percentile_interval(stats) for t, stats in resampled.items()}
-    if resampled:
-        stacked = np.column_stack(list(resampled.values()))
+    # each type's AUC per resample, for the types the hold-out has both labels of
+    present = [c for c, t in enumerate(EVENT_CLASSES) if f"auc_{t}" in values]
+    if present:
+        stacked = resampled_aucs(onehot[:, present], p[:, present])
+        intervals |= {f"auc_{EVENT_CLASSES[c]}": percentile_interval(stacked[:, i]) for i, c in enumerate(present)}
         counted = (~np.isnan(stacked)).sum(axis=1)
         intervals["auc"] = percentile_interval(
             np.where(counted > 0, np.nansum(stacked, axis=1) / np.maximum(counted, 1), np.nan)

@@ -20,10 +20,11 @@ from assets.logic.features import HISTORY_DAYS, USER_FEATURE_COLUMNS
 from assets.logic.metrics import (
     RANKING_METRICS,
     RankedLists,
-    auc_interval,
     binary_metrics,
     bootstrap_interval,
     bootstrap_intervals,
+    percentile_interval,
+    resampled_aucs,
     top_k,
 )
 from assets.logic.policies import RulePolicy, logistic_fit
@@ -567,12 +568,13 @@ def evaluate_next_action(
         **{name: policy.predict(features) for name, policy in policies.items()},
         "base_rate": np.full(len(holdout), train_rate),
     }
+    resampled = resampled_aucs(y, np.column_stack(list(candidates.values())))  # every method's from the same draws
     rows = []
-    for method, p in candidates.items():
+    for (method, p), aucs in zip(candidates.items(), resampled.T):
         for metric, value in binary_metrics(y, p).items():
             low = high = float("nan")
             if metric == "auc":
-                low, high = auc_interval(y, p)
+                low, high = percentile_interval(aucs)
             elif metric == "brier":
                 low, high = bootstrap_interval((np.clip(p, 1e-6, 1 - 1e-6) - y) ** 2)
             rows.append(

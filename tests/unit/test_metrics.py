@@ -124,16 +124,30 @@ def test_bootstrap_intervals_draw_once_for_the_same_intervals_as_one_column_at_a
     assert bootstrap_intervals(columns) == [bootstrap_interval(column) for column in columns.T]
 
 
-def test_auc_interval_is_the_auc_of_each_resample_to_the_bit():
+def auc_interval(y, p):
+    from assets.logic.metrics import percentile_interval, resampled_aucs
+
+    return percentile_interval(resampled_aucs(y, p))
+
+
+def test_resampled_aucs_are_the_auc_of_each_resample_to_the_bit():
     """Against the definition: every resample's rows ranked anew (ties included: scores of few values)."""
-    from assets.logic.metrics import BOOTSTRAP_SAMPLES, auc, auc_interval
+    from assets.logic.metrics import BOOTSTRAP_SAMPLES, auc, resampled_aucs
 
     rng = np.random.default_rng(5)
-    y = rng.random(400) < 0.2
-    for p in (rng.random(400), rng.integers(0, 5, 400).astype(float), np.where(y, 0.9, 0.1)):
-        draws = np.random.default_rng(7).integers(0, len(y), size=(BOOTSTRAP_SAMPLES, len(y)))
+    y = rng.random(3000) < 0.2  # resampled 83 at a time: three blocks of draws
+    columns = (rng.random(3000), rng.integers(0, 5, 3000).astype(float), np.where(y, 0.9, 0.1))
+    draws = np.random.default_rng(7).integers(0, len(y), size=(BOOTSTRAP_SAMPLES, len(y)))
+    for p in columns:
         stats = np.array([auc(y[d], p[d]) for d in draws])
+        assert np.array_equal(resampled_aucs(y, p), stats, equal_nan=True)
         assert auc_interval(y, p) == (np.nanpercentile(stats, 2.5), np.nanpercentile(stats, 97.5))
+    # several columns at once: the same resamples, against one label column or a label column each
+    together = resampled_aucs(y, np.column_stack(columns))
+    assert np.array_equal(together, np.column_stack([resampled_aucs(y, p) for p in columns]), equal_nan=True)
+    labels = np.column_stack([y, ~y, y])
+    each = resampled_aucs(labels, np.column_stack(columns))
+    assert np.array_equal(each[:, 1], resampled_aucs(~y, columns[1]), equal_nan=True)
     # resamples of one class have no AUC: left out, as nanpercentile leaves them
     assert all(math.isnan(v) for v in auc_interval(np.array([True]), np.array([0.5])))
     low, high = auc_interval(np.r_[np.ones(3, bool), np.zeros(200, bool)], rng.random(203))
@@ -153,7 +167,7 @@ def test_ranked_lists_match_no_pair_through_a_null_id_and_refuse_a_larger_k():
 
 
 def test_auc_interval_leaves_out_resamples_with_a_missing_score_as_auc_does():
-    from assets.logic.metrics import BOOTSTRAP_SAMPLES, auc, auc_interval
+    from assets.logic.metrics import BOOTSTRAP_SAMPLES, auc
 
     rng = np.random.default_rng(2)
     y, p = rng.random(300) < 0.3, rng.random(300)
