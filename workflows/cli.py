@@ -522,7 +522,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     days = landing.landed_days()  # run materialises every landed day, this ingest's and those before it
     for day, accepted, median in report.partial_days():
         print(
-            f"note: {day} has {accepted:,} accepted events, {accepted / median:.1%} of the median day's {median:,} "
+            f"note: {day} has {accepted:,} accepted events, {accepted / median:.1%} of the median day's {median:,.0f} "
             f"({tz} days): the log {'ends' if day == max(report.per_day) else 'starts'} within it"
             + (
                 f". As the last landed day it is the day run publishes for and holds the models' hold-out "
@@ -782,16 +782,21 @@ def _print_short_lists(frame, k: int, why: str) -> None:
 
 
 def _print_known_items(known: tuple[int, int], of: str) -> None:
-    """How many of the file's events are on items the home knows; a file of another shop knows next to none."""
+    """How many of the file's events are on items the home knows; a file of another shop knows next to none. A
+    file without an item (searches only) has nothing to tell."""
     events, on_known = known
-    share = on_known / events if events else 0.0
+    if not events:
+        return
+    share = on_known / events
     print(
-        f"{on_known:,} of the file's {events:,} events with an item ({share:.0%}) are on items the home knows ({of})."
+        f"{on_known:,} of the file's {events:,} events with an item ({share:.1%}) are on items the home knows",
+        f"({of}).",
     )
     if share < FOREIGN_ITEMS:
         print(
-            f"warning: under {FOREIGN_ITEMS:.0%} of the file's items are known to this home: is it a log of the shop "
-            "the home learned? Its lists can then only be the home's popular items and the sequences' own items."
+            f"warning: under {FOREIGN_ITEMS:.0%} of the file's events are on items this home knows: is it a log of "
+            "the shop the home learned? Its lists can then only be the home's popular items and the sequences' own "
+            "items."
         )
 
 
@@ -856,7 +861,7 @@ def _predict_sessions(args: argparse.Namespace, home: Path, out: Path, warehouse
         f"the warehouse has few events before {cutoff}, the file's first: a list adds to a session's own items only "
         "what the shop's history before the file knows",
     )
-    _print_known_items(known, "the items of the warehouse's events")
+    _print_known_items(known, "items of any of the warehouse's events")
     if next_event_ref is None:
         print(f"note: {NEXT_EVENT_MODEL} has no champion: its p_next_* columns are left out")
     print(f"Wrote {len(frame):,} rows to {out}")

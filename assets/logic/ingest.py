@@ -755,6 +755,8 @@ class IngestReport:
     timezone: str
     # Days that held landing files of these sources before the ingest and hold no landing file after it.
     withdrawn: list[dt.date] = field(default_factory=list)
+    # Days that also hold landing files of other sources: their counts here are not the whole day's.
+    shared: list[dt.date] = field(default_factory=list)
 
     @property
     def read(self) -> int:
@@ -768,16 +770,19 @@ class IngestReport:
     def quarantined(self) -> int:
         return self.read - self.accepted
 
-    def partial_days(self, share: float = PARTIAL_DAY_SHARE) -> list[tuple[dt.date, int, int]]:
+    def partial_days(self, share: float = PARTIAL_DAY_SHARE) -> list[tuple[dt.date, int, float]]:
         """The first and last day of the report when it accepted fewer than ``share`` of the median day's events
         (a log that starts or ends within a day of the home's timezone), as (day, accepted, median); none for
-        fewer than three days."""
+        fewer than three days, nor for a day other sources land on too (its count here is not the day's)."""
         if len(self.per_day) < 3:
             return []
         days = sorted(self.per_day)
-        median = int(statistics.median(self.per_day[d]["accepted"] for d in days))
-        edges = dict.fromkeys([days[0], days[-1]])
-        return [(d, self.per_day[d]["accepted"], median) for d in edges if self.per_day[d]["accepted"] < share * median]
+        median = statistics.median(self.per_day[d]["accepted"] for d in days)
+        return [
+            (d, self.per_day[d]["accepted"], median)
+            for d in (days[0], days[-1])
+            if self.per_day[d]["accepted"] < share * median and d not in self.shared
+        ]
 
     def table(self) -> str:
         reasons = sorted({k for c in self.per_day.values() for k in c} - {"read", "accepted", "quarantined"})
@@ -914,7 +919,7 @@ def ingest(
                     _pseudonymise(conn, pseudonym_key)
                 written = _write_days(conn, staging, sources)
                 report = _report(conn, staging, written, sources, tz)
-            steps, report.withdrawn = _publish_steps(root, written, sources)
+            steps, report.withdrawn, report.shared = _publish_steps(root, written, sources)
             if on_staged is not None:
                 on_staged(report)
             _publish(root, staging, steps)
@@ -1022,10 +1027,11 @@ def _report(conn: duckdb.DuckDBPyConnection, staging: Path, written, sources: li
 
 def _publish_steps(
     root: Path, written: list[tuple[dt.date, str]], sources: list[Path]
-) -> tuple[list[list[str]], list[dt.date]]:
+) -> tuple[list[list[str]], list[dt.date], list[dt.date]]:
     """The steps that replace the landing files of ``sources`` by the staged ``written`` ones: move each new
     file in, then withdraw every file an earlier ingest of these sources left in a day they no longer reach.
-    Also the days withdrawn: those that held files of these sources and are left with no landing file."""
+    Also the days withdrawn (those that held files of these sources and are left with no landing file) and the
+    days written that also hold files of other sources."""
     names = {landing_name(s) for s in sources}
     before = {folder.name: {f.name for f in folder.glob("*.parquet")} for folder in _day_folders(root)}
     new = {(day.isoformat(), name) for day, name in written}
@@ -1038,7 +1044,8 @@ def _publish_steps(
     steps = [["move", day, name] for day, name in sorted(new)]
     steps += [["withdraw", day, name] for day, name in sorted(old - new)]
     withdrawn = sorted(dt.date.fromisoformat(day) for day in {day for day, _ in old} if not after[day])
-    return steps, withdrawn
+    shared = sorted(dt.date.fromisoformat(day) for day in {day for day, _ in new} if after[day] - names)
+    return steps, withdrawn, shared
 
 
 def _day_folders(root: Path) -> list[Path]:

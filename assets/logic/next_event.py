@@ -145,11 +145,16 @@ def _last_type_markov(train: pd.DataFrame, holdout: pd.DataFrame) -> np.ndarray:
     return table[last(holdout)]
 
 
+def _normalised(p: np.ndarray) -> np.ndarray:
+    """Probabilities of at least 1e-9 summing to 1 per row: what the metrics and their intervals measure."""
+    p = np.clip(p, 1e-9, 1.0)
+    return p / p.sum(axis=1, keepdims=True)
+
+
 def multiclass_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     """Macro one-vs-rest AUC over the classes the hold-out has (and each one's AUC), log loss, Brier
     (squared error summed over classes), accuracy."""
-    p = np.clip(p, 1e-9, 1.0)
-    p = p / p.sum(axis=1, keepdims=True)
+    p = _normalised(p)
     onehot = np.eye(len(EVENT_CLASSES))[y]
     aucs = [auc(onehot[:, c], p[:, c]) for c in range(len(EVENT_CLASSES))]
     return {
@@ -161,10 +166,11 @@ def multiclass_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     }
 
 
-def multiclass_intervals(y: np.ndarray, p: np.ndarray, values: dict[str, float]) -> dict[str, tuple[float, float]]:
-    """95% bootstrap intervals over states of ``multiclass_metrics``' ``values`` (of ``y`` and the normalised
-    ``p``): the macro AUC, each type's AUC, the log loss and the Brier score, every one from the same resamples. A
-    resample's macro AUC is the mean over the types it has both labels of, as ``multiclass_metrics`` measures it."""
+def multiclass_intervals(y: np.ndarray, p: np.ndarray) -> dict[str, tuple[float, float]]:
+    """95% bootstrap intervals over states of ``multiclass_metrics`` of ``y`` and ``p``: the macro AUC, each type's
+    AUC, the log loss and the Brier score, every one from the same resamples. A resample's macro AUC is the mean
+    over the types it has both labels of, as ``multiclass_metrics`` measures it."""
+    p = _normalised(p)
     onehot = np.eye(len(EVENT_CLASSES))[y]
     per_state = {  # per-state losses: the interval of their mean
         "log_loss": -np.log(p[np.arange(len(y)), y]),
@@ -172,7 +178,7 @@ def multiclass_intervals(y: np.ndarray, p: np.ndarray, values: dict[str, float])
     }
     intervals = dict(zip(per_state, bootstrap_intervals(np.column_stack(list(per_state.values())))))
     # each type's AUC per resample, for the types the hold-out has both labels of
-    present = [c for c, t in enumerate(EVENT_CLASSES) if f"auc_{t}" in values]
+    present = [c for c in range(len(EVENT_CLASSES)) if 0 < onehot[:, c].sum() < len(y)]
     if present:
         stacked = resampled_aucs(onehot[:, present], p[:, present])
         intervals |= {f"auc_{EVENT_CLASSES[c]}": percentile_interval(stacked[:, i]) for i, c in enumerate(present)}
@@ -195,10 +201,8 @@ def evaluate_next_event(holdout: pd.DataFrame, booster: lgb.Booster, train: pd.D
     }
     rows = []
     for method, p in methods.items():
-        p = np.clip(p, 1e-9, 1.0) / np.clip(p, 1e-9, 1.0).sum(axis=1, keepdims=True)
-        values = multiclass_metrics(y, p)
-        intervals = multiclass_intervals(y, p, values)
-        for metric, value in values.items():
+        intervals = multiclass_intervals(y, p)
+        for metric, value in multiclass_metrics(y, p).items():
             low, high = intervals.get(metric, (float("nan"), float("nan")))
             rows.append(
                 {

@@ -176,7 +176,7 @@ SESSION_REASONS = {
 
 def score_sessions(
     conn: duckdb.DuckDBPyConnection, warehouse: str, model, k: int, next_event_model: lgb.Booster | None = None
-) -> tuple[pd.DataFrame, dt.datetime]:
+) -> tuple[pd.DataFrame, dt.datetime, tuple[int, int]]:
     """Each session of ``sequence_events`` (see ``read_sequences``) as of its last event, with the in-session model
     (a booster or a rule policy): its top ``k`` next items with their source and a reason. The item side (rules,
     neighbours, popularity) is read from the warehouse (attached read-only for this call only), from its events

@@ -21,7 +21,6 @@ from assets.logic.metrics import (
     RANKING_METRICS,
     RankedLists,
     binary_metrics,
-    bootstrap_interval,
     bootstrap_intervals,
     percentile_interval,
     resampled_aucs,
@@ -568,15 +567,15 @@ def evaluate_next_action(
         **{name: policy.predict(features) for name, policy in policies.items()},
         "base_rate": np.full(len(holdout), train_rate),
     }
-    resampled = resampled_aucs(y, np.column_stack(list(candidates.values())))  # every method's from the same draws
+    # every method's AUC and Brier score from the same draws, of the clipped probabilities ``binary_metrics`` measures
+    clipped = np.clip(np.column_stack(list(candidates.values())), 1e-6, 1 - 1e-6)
+    aucs = resampled_aucs(y, clipped).T
+    briers = bootstrap_intervals((clipped - y[:, None]) ** 2)
     rows = []
-    for (method, p), aucs in zip(candidates.items(), resampled.T):
+    for (method, p), method_aucs, brier in zip(candidates.items(), aucs, briers):
+        intervals = {"auc": percentile_interval(method_aucs), "brier": brier}
         for metric, value in binary_metrics(y, p).items():
-            low = high = float("nan")
-            if metric == "auc":
-                low, high = percentile_interval(aucs)
-            elif metric == "brier":
-                low, high = bootstrap_interval((np.clip(p, 1e-6, 1 - 1e-6) - y) ** 2)
+            low, high = intervals.get(metric, (float("nan"), float("nan")))
             rows.append(
                 {
                     "segment": "all",

@@ -256,7 +256,7 @@ def test_predict_runs_on_the_shared_samples(demo, tmp_path, fmt, path, sequences
     home, _ = demo
     out = _predict(home, SHARED / path, fmt, tmp_path / "predictions.csv")
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "warning: under 10% of the file's items are known to this home" in out.stdout  # another shop's log
+    assert "warning: under 10% of the file's events are on items this home knows" in out.stdout  # another shop's
     frame = pd.read_csv(tmp_path / "predictions.csv", dtype={"sequence_id": str, "item_id": str})
     _assert_ranked_lists(frame, 20)
     if sequences is None:  # one sequence per session without a user, one per user otherwise

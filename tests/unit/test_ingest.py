@@ -896,12 +896,17 @@ def test_a_non_integral_or_non_numeric_id_is_bad_type_and_canonical_formats_keep
 def test_partial_days_are_a_tiny_first_or_last_day_beside_the_median():
     from assets.logic.ingest import IngestReport
 
-    def report(*accepted):
+    def report(*accepted, shared=()):
         days = {dt.date(2025, 3, 1) + dt.timedelta(days=i): {"read": n, "accepted": n} for i, n in enumerate(accepted)}
-        return IngestReport(days, {}, "UTC")
+        return IngestReport(days, {}, "UTC", shared=list(shared))
 
     first, last = dt.date(2025, 3, 1), dt.date(2025, 3, 5)
     assert report(3, 100, 90, 110, 4).partial_days() == [(first, 3, 90), (last, 4, 90)]
     assert report(100, 90, 2, 110, 95).partial_days() == []  # a quiet day inside the log is the shop's, not a cut
-    assert report(100, 90, 110, 95, 5).partial_days() == []  # 5% of the median: not below it
+    assert report(100, 100, 100, 100, 5).partial_days() == []  # 5% of the median: not below it
+    assert report(100, 100, 100, 100, 4).partial_days() == [(last, 4, 100)]
+    sixth = dt.date(2025, 3, 6)  # six days: the median 100.5 is not rounded down
+    assert report(100, 100, 101, 101, 101, 5).partial_days() == [(sixth, 5, 100.5)]
     assert report(100, 1).partial_days() == []  # two days have no median to speak of
+    # other sources land on the day too: this ingest's count is not the day's
+    assert report(3, 100, 90, 110, 4, shared=[last]).partial_days() == [(first, 3, 90)]

@@ -152,13 +152,15 @@ def test_predict_warns_when_a_files_items_are_foreign_to_the_home(capsys):
     _print_known_items((3, 2), "of the day")
     assert (
         capsys.readouterr().out
-        == "2 of the file's 3 events with an item (67%) are on items the home knows (of the day).\n"
+        == "2 of the file's 3 events with an item (66.7%) are on items the home knows (of the day).\n"
     )
-    _print_known_items((100, 9), "of the day")
+    _print_known_items((1000, 99), "of the day")
     out = capsys.readouterr().out
-    assert "(9%)" in out and "warning: under 10% of the file's items are known to this home" in out
-    _print_known_items((0, 0), "of the day")  # a file of searches only
-    assert "warning" in capsys.readouterr().out
+    assert "(9.9%)" in out and "warning: under 10% of the file's events are on items this home knows" in out
+    _print_known_items((1000, 100), "of the day")
+    assert "warning" not in capsys.readouterr().out
+    _print_known_items((0, 0), "of the day")  # a file of searches only: no item to be foreign
+    assert capsys.readouterr().out == ""
 
 
 def test_ingest_notes_a_partial_first_or_last_day(tmp_path, monkeypatch, capsys):
@@ -182,6 +184,13 @@ def test_ingest_notes_a_partial_first_or_last_day(tmp_path, monkeypatch, capsys)
     )
     assert out.count("note:") == 1  # the first day is whole
 
-    source.write_text("\n".join(lines[:300]) + "\n")  # whole days only
+    whole = lines[:300] + [f"{i % 7},{i},1,pv,{start + 3 * 86400 + i * 600}" for i in range(100)]
+    source.write_text("\n".join(whole) + "\n")  # whole days only
     assert main(["ingest", "--home", str(tmp_path / "whole"), "--format", "taobao", "--path", str(source)]) == 0
+    assert "note:" not in capsys.readouterr().out
+    # a second file with a few events of each day, one of the last: the landed day is whole, whatever this file
+    # holds of it
+    extra = tmp_path / "extra.csv"
+    extra.write_text("\n".join([*lines[1:300:6], lines[-1]]) + "\n")
+    assert main(["ingest", "--home", str(tmp_path / "whole"), "--format", "taobao", "--path", str(extra)]) == 0
     assert "note:" not in capsys.readouterr().out

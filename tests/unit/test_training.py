@@ -220,3 +220,24 @@ def test_a_training_set_stacks_the_days_asked_within_its_own_limit():
     days = [dt.date(2025, 3, d) for d in range(1, 15)]
     train, holdout = training.split_cutoffs(days, session.train_days(0))
     assert train == days[-1 - limit : -1] and holdout == days[-1]
+
+
+def test_next_action_intervals_measure_the_probabilities_the_values_do():
+    """The metrics clip probabilities to [1e-6, 1 - 1e-6]; saturated scores become ties there, and the AUC's
+    interval must be of the same clipped scores (it was (1.0, 1.0) around an AUC of 0.5)."""
+
+    class Saturated:
+        def predict(self, features):
+            return np.where(np.arange(len(features)) < 20, 1 - 1e-7, 1 - 5e-7)
+
+    holdout = pd.DataFrame(0.0, index=range(100), columns=USER_FEATURE_COLUMNS).assign(
+        label_purchase=np.arange(100) < 20
+    )
+    evaluation = training.evaluate_next_action(holdout, Saturated(), "label_purchase", 0.2, {}).set_index(
+        ["method", "metric"]
+    )
+    for method in ("model", "base_rate"):
+        auc = evaluation.loc[(method, "auc")]
+        assert auc["value"] == 0.5 and auc["ci_low"] == auc["ci_high"] == 0.5
+        brier = evaluation.loc[(method, "brier")]
+        assert brier["ci_low"] <= brier["value"] <= brier["ci_high"]
