@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
-from dagster import InitResourceContext
+from dagster import DagsterExecutionInterruptedError, InitResourceContext
 from pydantic import PrivateAttr
 
 from resources.home import home_paths, read_settings
@@ -205,5 +205,13 @@ class Warehouse(RetriesTransientFailures):
 
                     attach_views(conn, home_paths(self.home)["lake"], views)
                 yield conn
+            except (duckdb.InterruptException, RuntimeError) as error:
+                # A signal that stops the run (Dagster's SIGTERM / SIGINT handler) landed inside a query: DuckDB
+                # replaces the handler's interruption by RuntimeError("Query interrupted") (InterruptException when
+                # a connection is interrupted), which alone would fail the step and let the run go on with the next
+                # one. Nothing in shopseq interrupts a connection otherwise.
+                if isinstance(error, duckdb.InterruptException) or str(error) == "Query interrupted":
+                    raise DagsterExecutionInterruptedError(f"interrupted in a warehouse query: {error}") from error
+                raise
             finally:
                 conn.close()

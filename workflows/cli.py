@@ -262,14 +262,20 @@ def _count(conn, table: str) -> int:
     return int(conn.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]) if _has(conn, table) else 0
 
 
-def summary(pipeline: Pipeline, users: int = 3) -> str:
-    """Rows per stage, the models beside their baselines, a few users' recommendations, the UI commands: read on
-    one connection (a warehouse's every opening reads its catalogue)."""
+def summary(pipeline: Pipeline, published: dt.date, users: int = 3) -> str:
+    """Rows per stage, the models beside their baselines, the policy each champion is, a few users'
+    recommendations of the day ``published``, the UI commands: read on one connection (a warehouse's every opening
+    reads its catalogue)."""
+    from assets.logic.catalogue import CATALOGUE
+    from resources.registry import CHAMPION
+
+    registry = pipeline.resources["registry"]
+    champions = {name: getattr(registry.version_for_alias(name, CHAMPION), "version", None) for name in CATALOGUE}
     with pipeline.resources["warehouse"].connect(read_only=True) as conn:
         lines = ["", "Rows per table:"]
         lines += [f"  {t:<26} {_count(conn, t):>10,}" for t in SUMMARY_TABLES]
         if _has(conn, "promotion_log"):
-            lines += _model_summary(conn, users)
+            lines += _model_summary(conn, users, champions, published)
     home = pipeline.home
     lines += [
         "",
@@ -281,6 +287,42 @@ def summary(pipeline: Pipeline, users: int = 3) -> str:
         f"{home}/mlartifacts)",
     ]
     return "\n".join(lines)
+
+
+def _champions_now(conn, decisions, champions: dict[str, int | None]):
+    """The last promotion run's decision per model, with the champion the registry names now: a version promoted,
+    rolled back or set in MLflow since is the one served, and its reason is the last move ``alias_history`` records
+    (none for a move made in MLflow that no publish run has seen yet). ``serves``: the champion's kind and policy,
+    from its stored evaluation."""
+    import pandas as pd
+
+    decisions = decisions.copy()
+    for i, r in decisions.iterrows():
+        now = champions.get(r.model_name)
+        was = None if pd.isna(r.champion_version) else int(r.champion_version)
+        if now == was:
+            continue
+        moved = (
+            conn.execute(
+                """SELECT changed_by || ': ' || reason FROM alias_history WHERE model_name = ? AND alias = 'champion'
+                   AND to_version IS NOT DISTINCT FROM ? ORDER BY changed_at DESC LIMIT 1""",
+                [r.model_name, now],
+            ).fetchall()
+            if _has(conn, "alias_history")
+            else []
+        )
+        decisions.loc[i, ["champion_version", "decision"]] = [now, "set outside the promotion run"]
+        decisions.loc[i, "reason"] = moved[0][0] if moved else "in MLflow, not yet recorded in alias_history"
+    decisions["serves"] = None
+    if _has(conn, "model_evaluations"):
+        for i, r in decisions[decisions["champion_version"].notna()].iterrows():
+            [(serves,)] = conn.execute(
+                """SELECT any_value(policy_kind || ' ' || policy) FROM model_evaluations
+                   WHERE model_name = ? AND model_version = ?""",
+                [r.model_name, int(r.champion_version)],
+            ).fetchall()
+            decisions.loc[i, "serves"] = serves
+    return decisions
 
 
 def _promotion_lines(decisions) -> list[str]:
@@ -329,21 +371,15 @@ def _holdout_table(rows, model_name: str) -> list[str]:
     return lines
 
 
-def _model_summary(conn, users: int) -> list[str]:
+def _model_summary(conn, users: int, champions: dict[str, int | None], published: dt.date) -> list[str]:
     import pandas as pd
 
     lines = []
-    # the champion's policy and kind, from its stored evaluation
-    serves = (
-        """(SELECT any_value(policy_kind || ' ' || policy) FROM model_evaluations e
-                  WHERE e.model_name = p.model_name AND e.model_version = p.champion_version)"""
-        if _has(conn, "model_evaluations")
-        else "NULL"
-    )
     decisions = conn.execute(
-        f"""SELECT model_name, champion_version, decision, reason, {serves} AS serves FROM promotion_log p
-            QUALIFY row_number() OVER (PARTITION BY model_name ORDER BY decided_at DESC) = 1 ORDER BY model_name"""
+        """SELECT model_name, champion_version, decision, reason FROM promotion_log p
+           QUALIFY row_number() OVER (PARTITION BY model_name ORDER BY decided_at DESC) = 1 ORDER BY model_name"""
     ).df()
+    decisions = _champions_now(conn, decisions, champions)
     skipped = decisions[decisions["decision"] == "skipped"]
     trainable = decisions.loc[decisions["decision"] != "skipped", "model_name"].tolist()
     lines += ["", f"Models this home's data can train: {', '.join(trainable) or 'none'}"]
@@ -369,9 +405,8 @@ def _model_summary(conn, users: int) -> list[str]:
             """SELECT user_id, list(item_id ORDER BY rank)[1:5] AS top_5, any_value(model_name) AS model,
                   any_value(model_version) AS version, any_value(policy_kind || ' ' || policy) AS policy,
                   arg_min(reason, rank) AS first_reason
-           FROM recommendations WHERE as_of_date = (SELECT max(as_of_date) FROM recommendations)
-           GROUP BY user_id ORDER BY user_id LIMIT ?""",
-            [users],
+           FROM recommendations WHERE as_of_date = ? GROUP BY user_id ORDER BY user_id LIMIT ?""",
+            [published, users],
         ).df()
         if _has(conn, "recommendations")
         else None
@@ -385,9 +420,9 @@ def _model_summary(conn, users: int) -> list[str]:
     for name, rows in evaluation.groupby("model_name", sort=True):
         lines += [f"  {name}"] + _holdout_table(rows, name)
     lines += _promotion_lines(decisions)
-    if recs is None:
+    if recs is None or recs.empty:
         return lines
-    lines += ["", "Recommendations (first users, top 5 of 20):"]
+    lines += ["", f"Recommendations for {published} (first users, top 5 of 20):"]
     for r in recs.itertuples():
         lines += [
             f"  {r.user_id:<10} {', '.join(r.top_5)}  [{r.model} v{r.version}, {r.policy}]",
@@ -417,7 +452,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _progress(f"[  landing] done in {time.perf_counter() - began:5.1f} s")
     pipeline = Pipeline(home)
     pipeline.run(args.start, end)
-    print(summary(pipeline))
+    print(summary(pipeline, end))
     print(f"\nDemo finished in {time.perf_counter() - began:.0f} s.")
     return 0
 
@@ -608,7 +643,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     pipeline = Pipeline(home, landing_mode=args.landing_mode)
     _withdraw_pending_days(home, pipeline.resources["warehouse"])
     pipeline.run(start, end, train=not args.skip_training)
-    print(summary(pipeline))
+    print(summary(pipeline, end))
     return 0
 
 

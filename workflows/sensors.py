@@ -44,8 +44,9 @@ def champion_alias_sensor(context: SensorEvaluationContext, registry: ModelRegis
     context.update_cursor(json.dumps(champions, sort_keys=True))
     if before is None or before == champions:
         return SkipReason("no champion alias moved" if before is not None else "recorded the current champions")
-    latest = context.instance.get_latest_materialization_event(AssetKey("recommendations"))
-    partition = latest.dagster_event.partition if latest and latest.dagster_event else None
+    # the latest day published, not the day materialised last: a backfill of an old day must not take the re-scoring
+    published = context.instance.get_materialized_partitions(AssetKey("recommendations"))
+    partition = max(published) if published else None  # ISO dates: their order is the days'
     if partition is None:
         return SkipReason(
             f"champions moved ({before} -> {champions}) but no recommendations partition is published yet"

@@ -573,7 +573,7 @@ def test_a_version_is_replayed_only_on_days_after_its_data():
 def test_a_moved_champion_alias_requests_a_re_scoring_of_the_latest_partition(built):
     import json
 
-    from dagster import RunRequest, SkipReason, build_sensor_context
+    from dagster import AssetMaterialization, RunRequest, SkipReason, build_sensor_context
 
     from workflows.sensors import champion_alias_sensor
 
@@ -590,6 +590,10 @@ def test_a_moved_champion_alias_requests_a_re_scoring_of_the_latest_partition(bu
     request = champion_alias_sensor(moved)
     assert isinstance(request, RunRequest) and request.partition_key == DAYS[-1].isoformat()
     assert "shopseq_next_item_ranker 7->1" in request.tags["shopseq/reason"]
+    # an engineer re-publishes an old day: the latest published day is still the one re-scored
+    instance.report_runless_asset_event(AssetMaterialization("recommendations", partition=DAYS[0].isoformat()))
+    again = build_sensor_context(instance=instance, cursor=before, resources={"registry": resources["registry"]})
+    assert champion_alias_sensor(again).partition_key == DAYS[-1].isoformat()
 
 
 def test_a_champion_evaluated_before_the_challenger_on_the_same_day_is_evaluated_again(built, tmp_path):

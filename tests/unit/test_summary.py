@@ -93,10 +93,55 @@ def test_the_summary_shows_each_models_newest_learned_version_as_last_evaluated(
         """CREATE TABLE promotion_log AS SELECT 'shopseq_next_purchase' AS model_name, 1 AS champion_version,
            'kept' AS decision, 'no better' AS reason, TIMESTAMP '2026-01-01 03:00' AS decided_at"""
     )
-    text = "\n".join(_model_summary(conn, 3))
+    text = "\n".join(_model_summary(conn, 3, {"shopseq_next_purchase": 1}, dt.date(2014, 4, 6)))
     assert "features as of 2014-04-05" in text
     model_line = next(line for line in text.splitlines() if line.split()[:1] == ["model"])
     assert model_line.split() == ["model", "0.45"]
+    assert "shopseq_next_purchase: champion v1, learned lightgbm (kept: no better)" in text
+
+    # since that promotion run, the rule v3 was promoted by hand, then the champion moved to v2 in MLflow: the
+    # summary names the policy served now and why, not the last run's decision
+    conn.execute(
+        """CREATE TABLE alias_history AS SELECT TIMESTAMP '2026-01-01 04:00' AS changed_at,
+           'shopseq_next_purchase' AS model_name, 'champion' AS alias, 1 AS from_version, 3 AS to_version,
+           'the rule is steadier' AS reason, 'shopseq promote' AS changed_by"""
+    )
+    text = "\n".join(_model_summary(conn, 3, {"shopseq_next_purchase": 3}, dt.date(2014, 4, 6)))
+    assert (
+        "shopseq_next_purchase: champion v3, rule buy_history_rule (set outside the promotion run: shopseq promote: "
+        "the rule is steadier)" in text
+    )
+    text = "\n".join(_model_summary(conn, 3, {"shopseq_next_purchase": 2}, dt.date(2014, 4, 6)))
+    assert (
+        "shopseq_next_purchase: champion v2, learned lightgbm (set outside the promotion run: in MLflow, not yet "
+        "recorded in alias_history)" in text
+    )
+
+
+def test_the_summary_shows_the_recommendations_of_the_day_the_run_published():
+    """A run of past days publishes its last day: the sample lists are that day's, not the newest in the table."""
+    import datetime as dt
+
+    import duckdb
+
+    from workflows.cli import _model_summary
+
+    conn = duckdb.connect()
+    conn.register("frame", pd.DataFrame(_evaluation(1, dt.date(2014, 4, 5), dt.datetime(2026, 1, 1), 0.4)))
+    conn.execute("CREATE TABLE model_evaluations AS SELECT * FROM frame")
+    conn.execute(
+        """CREATE TABLE promotion_log AS SELECT 'shopseq_next_purchase' AS model_name, 1 AS champion_version,
+           'promoted' AS decision, 'first' AS reason, TIMESTAMP '2026-01-01 03:00' AS decided_at"""
+    )
+    conn.execute(
+        """CREATE TABLE recommendations AS SELECT * FROM (VALUES
+           (DATE '2014-04-03', 'u1', 1, 'old', 'r', 'shopseq_next_item_ranker', 1, 'repeat_recent', 'rule'),
+           (DATE '2014-04-06', 'u1', 1, 'new', 'r', 'shopseq_next_item_ranker', 2, 'lightgbm', 'learned'))
+           t(as_of_date, user_id, rank, item_id, reason, model_name, model_version, policy, policy_kind)"""
+    )
+    text = "\n".join(_model_summary(conn, 3, {"shopseq_next_purchase": 1}, dt.date(2014, 4, 3)))
+    assert "Recommendations for 2014-04-03 (first users, top 5 of 20):" in text
+    assert "  u1         old  [shopseq_next_item_ranker v1, rule repeat_recent]" in text
 
 
 def _evaluation(version, day, at, value, kind="learned"):
