@@ -191,12 +191,15 @@ def test_a_signal_inside_a_warehouse_query_stops_the_run(tmp_path):
         stdout=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "started").exists():
-        assert run.poll() is None and time.monotonic() < deadline, run.communicate()[1][-3000:]
-        time.sleep(0.1)
-    time.sleep(1.0)  # well inside the query
-    run.send_signal(signal.SIGINT)
-    out, err = run.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "started").exists():
+            assert run.poll() is None and time.monotonic() < deadline, run.communicate()[1][-3000:]
+            time.sleep(0.1)
+        time.sleep(1.0)  # well inside the query
+        run.send_signal(signal.SIGINT)
+        out, err = run.communicate(timeout=120)
+    finally:
+        run.kill()  # a run the signal did not stop would go on querying forever
     assert out.strip().endswith("failed") and "interrupted in a warehouse query" in err
     assert not (tmp_path / "next_step_ran").exists()  # the run stopped there
