@@ -297,10 +297,13 @@ def _champions_now(conn, decisions, champions: dict[str, int | None]):
     import pandas as pd
 
     decisions = decisions.copy()
+    # whole numbers or None, whatever dtype the log's column came in (a champion may be taken away, too)
+    decisions["champion_version"] = pd.Series(
+        [None if pd.isna(v) else int(v) for v in decisions["champion_version"]], index=decisions.index, dtype=object
+    )
     for i, r in decisions.iterrows():
         now = champions.get(r.model_name)
-        was = None if pd.isna(r.champion_version) else int(r.champion_version)
-        if now == was:
+        if now == r.champion_version:
             continue
         moved = (
             conn.execute(
@@ -319,7 +322,7 @@ def _champions_now(conn, decisions, champions: dict[str, int | None]):
             [(serves,)] = conn.execute(
                 """SELECT any_value(policy_kind || ' ' || policy) FROM model_evaluations
                    WHERE model_name = ? AND model_version = ?""",
-                [r.model_name, int(r.champion_version)],
+                [r.model_name, r.champion_version],
             ).fetchall()
             decisions.loc[i, "serves"] = serves
     return decisions

@@ -111,6 +111,8 @@ def test_the_summary_shows_each_models_newest_learned_version_as_last_evaluated(
         "shopseq_next_purchase: champion v3, rule buy_history_rule (set outside the promotion run: shopseq promote: "
         "the rule is steadier)" in text
     )
+    text = "\n".join(_model_summary(conn, 3, {"shopseq_next_purchase": None}, dt.date(2014, 4, 6)))
+    assert "shopseq_next_purchase: no champion, not served (set outside the promotion run" in text  # alias removed
     text = "\n".join(_model_summary(conn, 3, {"shopseq_next_purchase": 2}, dt.date(2014, 4, 6)))
     assert (
         "shopseq_next_purchase: champion v2, learned lightgbm (set outside the promotion run: in MLflow, not yet "
