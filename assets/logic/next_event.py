@@ -151,6 +151,11 @@ def _normalised(p: np.ndarray) -> np.ndarray:
     return p / p.sum(axis=1, keepdims=True)
 
 
+def _per_state_losses(y: np.ndarray, p: np.ndarray, onehot: np.ndarray) -> dict[str, np.ndarray]:
+    """Each state's log loss and Brier score (squared error summed over classes) of the normalised ``p``."""
+    return {"log_loss": -np.log(p[np.arange(len(y)), y]), "brier": ((p - onehot) ** 2).sum(axis=1)}
+
+
 def multiclass_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     """Macro one-vs-rest AUC over the classes the hold-out has (and each one's AUC), log loss, Brier
     (squared error summed over classes), accuracy."""
@@ -159,8 +164,7 @@ def multiclass_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     aucs = [auc(onehot[:, c], p[:, c]) for c in range(len(EVENT_CLASSES))]
     return {
         "auc": float(np.nanmean(aucs)) if not np.all(np.isnan(aucs)) else float("nan"),
-        "log_loss": float(-np.log(p[np.arange(len(y)), y]).mean()),
-        "brier": float(((p - onehot) ** 2).sum(axis=1).mean()),
+        **{metric: float(values.mean()) for metric, values in _per_state_losses(y, p, onehot).items()},
         "accuracy": float((p.argmax(axis=1) == y).mean()),
         **{f"auc_{t}": float(a) for t, a in zip(EVENT_CLASSES, aucs) if not np.isnan(a)},
     }
@@ -172,10 +176,7 @@ def multiclass_intervals(y: np.ndarray, p: np.ndarray) -> dict[str, tuple[float,
     over the types it has both labels of, as ``multiclass_metrics`` measures it."""
     p = _normalised(p)
     onehot = np.eye(len(EVENT_CLASSES))[y]
-    per_state = {  # per-state losses: the interval of their mean
-        "log_loss": -np.log(p[np.arange(len(y)), y]),
-        "brier": ((p - onehot) ** 2).sum(axis=1),
-    }
+    per_state = _per_state_losses(y, p, onehot)  # the interval of their mean
     intervals = dict(zip(per_state, bootstrap_intervals(np.column_stack(list(per_state.values())))))
     # each type's AUC per resample, for the types the hold-out has both labels of
     present = [c for c in range(len(EVENT_CLASSES)) if 0 < onehot[:, c].sum() < len(y)]
